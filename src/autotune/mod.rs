@@ -1,0 +1,1 @@
+//! The autotune map (being written).

@@ -1,0 +1,359 @@
+//! Backends: what the engine drives to run a kernel variant on a queue.
+//!
+//! This module owns the [`Backend`] trait and the plain data that crosses it: device
+//! descriptions, kernel variants, dispatch jobs and their outputs, and the typed
+//! [`BackendError`]. It decides nothing (which variant to run, on which queue, is the
+//! engine's job) and holds no state of its own; the implementations are the Vulkan
+//! backend (vulkano, behind the default `vulkan` feature) and the CPU backend (rayon),
+//! which is also the reference for correctness.
+
+use std::fmt;
+use std::sync::Arc;
+
+pub mod cpu;
+#[cfg(feature = "vulkan")]
+pub mod vulkan;
+
+/// Which implementation a [`Backend`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Real Vulkan compute through vulkano.
+    Vulkan,
+    /// The CPU backend: each workload's variants as rayon code.
+    Cpu,
+    /// A backend written for tests (fault injection, actor machinery); never a real device.
+    Test,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Vulkan => "vulkan",
+            BackendKind::Cpu => "cpu",
+            BackendKind::Test => "test",
+        })
+    }
+}
+
+/// One queue family of a device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueFamilyInfo {
+    /// The family index as the driver numbers it.
+    pub index: u32,
+    /// How many queues the family has.
+    pub queue_count: u32,
+    /// How many of them this backend opened (and so how many workers it can feed).
+    pub opened: u32,
+    /// Supports compute.
+    pub compute: bool,
+    /// Supports graphics.
+    pub graphics: bool,
+    /// Supports transfer.
+    pub transfer: bool,
+    /// Valid bits of a timestamp written on this family (0: no timestamps).
+    pub timestamp_valid_bits: u32,
+}
+
+/// Limits of a device that decide whether a dispatch can run at all.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceLimits {
+    /// `maxComputeWorkGroupCount`.
+    pub max_workgroup_count: [u32; 3],
+    /// `maxComputeWorkGroupSize`.
+    pub max_workgroup_size: [u32; 3],
+    /// `maxComputeWorkGroupInvocations`.
+    pub max_workgroup_invocations: u32,
+    /// `maxStorageBufferRange` in bytes.
+    pub max_storage_buffer_range: u64,
+    /// `maxPushConstantsSize` in bytes.
+    pub max_push_constants_size: u32,
+    /// The subgroup size, where the device reports one.
+    pub subgroup_size: Option<u32>,
+}
+
+/// A description of one device a backend opened.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeviceInfo {
+    /// Index among this backend's devices.
+    pub index: usize,
+    /// The device name as the driver reports it.
+    pub name: String,
+    /// `"cpu"`, `"discrete"`, `"integrated"`, `"virtual"`, `"other"`.
+    pub device_type: String,
+    /// Stable identifier of the adapter for autotune keys: vendor, device id, name.
+    pub adapter_id: String,
+    /// The device UUID (all zero for the CPU backend).
+    pub device_uuid: [u8; 16],
+    /// The driver's name and version, e.g. `"NVIDIA 580.159"`, `"llvmpipe 24.2.8"`.
+    pub driver_version: String,
+    /// Nanoseconds per timestamp tick (0.0: no timestamps).
+    pub timestamp_period_ns: f32,
+    /// Every queue family, opened or not.
+    pub queue_families: Vec<QueueFamilyInfo>,
+    /// Limits relevant to compute.
+    pub limits: DeviceLimits,
+}
+
+/// A queue a backend opened: which device, which family, which queue of the family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct QueueId {
+    /// Index of the device in [`Backend::devices`].
+    pub device: usize,
+    /// Queue family index.
+    pub family: u32,
+    /// Index of the queue within its family.
+    pub index: u32,
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "dev{}/fam{}/q{}", self.device, self.family, self.index)
+    }
+}
+
+/// How a kernel uses a binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum BindingAccess {
+    /// Read only (an input).
+    Read,
+    /// Written (an output; zero-initialised before the dispatch).
+    Write,
+    /// Read and written (an input whose final contents are read back).
+    ReadWrite,
+}
+
+impl BindingAccess {
+    /// True when the kernel may read the binding.
+    pub fn reads(self) -> bool {
+        matches!(self, BindingAccess::Read | BindingAccess::ReadWrite)
+    }
+    /// True when the kernel may write the binding (and so it is read back).
+    pub fn writes(self) -> bool {
+        matches!(self, BindingAccess::Write | BindingAccess::ReadWrite)
+    }
+}
+
+/// One storage-buffer binding of a kernel: descriptor set 0, binding `slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct BindingDesc {
+    /// The binding number in descriptor set 0.
+    pub slot: u32,
+    /// How the kernel uses it.
+    pub access: BindingAccess,
+}
+
+/// CPU implementation of a kernel variant: the CPU backend calls it with one byte slice
+/// per binding (in the order of [`KernelVariant::bindings`]; written bindings arrive
+/// zero-filled or, for `ReadWrite`, holding their input), the push constants and the
+/// workgroup count. It returns `Err(message)` for inputs it cannot run.
+pub type CpuKernelFn =
+    dyn Fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String> + Send + Sync + 'static;
+
+/// One compiled variant of a kernel, as a backend loads it.
+#[derive(Clone)]
+pub struct KernelVariant {
+    /// A short name, e.g. `"histogram/global-atomics"`.
+    pub name: String,
+    /// SPIR-V words for the Vulkan backend (`None`: this variant has no GPU code).
+    pub spirv: Option<Arc<[u32]>>,
+    /// The entry point in the SPIR-V module.
+    pub entry_point: String,
+    /// The workgroup size the shader declares.
+    pub workgroup_size: [u32; 3],
+    /// Storage-buffer bindings in descriptor set 0, in the order dispatch buffers come.
+    pub bindings: Vec<BindingDesc>,
+    /// Bytes of push constants the shader declares (0: none).
+    pub push_constant_bytes: u32,
+    /// CPU code for the CPU backend (`None`: this variant has no CPU implementation).
+    pub cpu: Option<Arc<CpuKernelFn>>,
+}
+
+impl fmt::Debug for KernelVariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KernelVariant")
+            .field("name", &self.name)
+            .field("spirv_words", &self.spirv.as_ref().map(|s| s.len()))
+            .field("entry_point", &self.entry_point)
+            .field("workgroup_size", &self.workgroup_size)
+            .field("bindings", &self.bindings)
+            .field("push_constant_bytes", &self.push_constant_bytes)
+            .field("cpu", &self.cpu.is_some())
+            .finish()
+    }
+}
+
+/// A kernel variant loaded on one device: an opaque, cheap handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelHandle {
+    /// The device it was loaded on.
+    pub device: usize,
+    /// The backend's own id for it.
+    pub id: u64,
+}
+
+/// The contents of one binding for a dispatch, in binding order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BufferArg {
+    /// Contents of a `Read` or `ReadWrite` binding.
+    Data(Arc<[u8]>),
+    /// A `Write` binding of this many bytes, zero-filled before the dispatch.
+    Zeroed(u64),
+}
+
+impl BufferArg {
+    /// Size of the buffer in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            BufferArg::Data(d) => d.len() as u64,
+            BufferArg::Zeroed(n) => *n,
+        }
+    }
+    /// True for a zero-byte buffer.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One dispatch: a kernel on a queue with its buffers.
+#[derive(Debug, Clone)]
+pub struct DispatchJob {
+    /// Where to run it; must be a queue of the kernel's device.
+    pub queue: QueueId,
+    /// What to run.
+    pub kernel: KernelHandle,
+    /// One entry per binding of the kernel, in binding order.
+    pub buffers: Vec<BufferArg>,
+    /// Push constant bytes (exactly the kernel's `push_constant_bytes`).
+    pub push_constants: Vec<u8>,
+    /// Number of workgroups in x, y, z. A zero dimension is an empty dispatch: the
+    /// outputs come back as they went in and `kernel_ns` is 0.
+    pub workgroups: [u32; 3],
+}
+
+/// What a dispatch gave back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DispatchOutput {
+    /// The final contents of every written binding, in binding order.
+    pub outputs: Vec<Vec<u8>>,
+    /// Kernel time: from GPU timestamp queries on Vulkan (masked to the family's valid
+    /// bits, scaled by the timestamp period), measured around the CPU code on the CPU
+    /// backend. `None` where the queue has no timestamps.
+    pub kernel_ns: Option<u64>,
+}
+
+/// Why a backend could not do what was asked. Each variant says what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// No usable device.
+    #[error("no usable device: {0}; install a Vulkan driver (e.g. Debian `mesa-vulkan-drivers libvulkan1`) or use the CPU backend")]
+    NoDevice(String),
+    /// The device ran out of memory.
+    #[error("out of device memory on device {device} allocating {bytes} bytes; submit smaller batches or fewer at once")]
+    OutOfDeviceMemory {
+        /// The device.
+        device: usize,
+        /// The allocation that failed.
+        bytes: u64,
+    },
+    /// The device was lost; its queues cannot be used again.
+    #[error("device {device} was lost ({detail}); its workers stop, other devices go on — restart the engine to use it again")]
+    DeviceLost {
+        /// The device.
+        device: usize,
+        /// What the driver said.
+        detail: String,
+    },
+    /// The SPIR-V does not load.
+    #[error("kernel `{kernel}`: SPIR-V does not load: {reason}; check that it is valid SPIR-V 1.0–1.5 with a compute entry point")]
+    InvalidSpirv {
+        /// The variant's name.
+        kernel: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The variant's declared bindings or push constants do not match its shader, or the
+    /// dispatch's buffers do not match its bindings.
+    #[error("kernel `{kernel}`: bindings do not match: {reason}; declare the bindings the shader uses, in set 0")]
+    BindingMismatch {
+        /// The variant's name.
+        kernel: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A buffer has the wrong size.
+    #[error("kernel `{kernel}`: buffer for binding {slot} is {got} bytes, expected {expected}; pass buffers of the size the kernel needs")]
+    BufferSizeMismatch {
+        /// The variant's name.
+        kernel: String,
+        /// The binding.
+        slot: u32,
+        /// What was passed.
+        got: u64,
+        /// What was expected.
+        expected: String,
+    },
+    /// The dispatch is beyond the device's limits.
+    #[error("kernel `{kernel}`: dispatch beyond device limits: {reason}; split the batch")]
+    DispatchTooLarge {
+        /// The variant's name.
+        kernel: String,
+        /// Which limit.
+        reason: String,
+    },
+    /// This backend cannot run the variant (e.g. no CPU code, or no SPIR-V).
+    #[error("kernel `{kernel}` cannot run on the {backend} backend: {reason}")]
+    Unsupported {
+        /// The variant's name.
+        kernel: String,
+        /// The backend.
+        backend: BackendKind,
+        /// Why.
+        reason: String,
+    },
+    /// A handle or queue that this backend did not hand out.
+    #[error("unknown {what}; use handles and queues from this backend")]
+    Unknown {
+        /// What was unknown.
+        what: String,
+    },
+    /// The kernel itself failed on the CPU backend (its CPU code refused the input).
+    #[error("kernel `{kernel}` failed: {reason}")]
+    KernelFailed {
+        /// The variant's name.
+        kernel: String,
+        /// Why.
+        reason: String,
+    },
+    /// Any other driver error.
+    #[error("Vulkan error: {0}")]
+    Vulkan(String),
+}
+
+/// What the engine drives. Implementations are shared by all worker threads (`&self`
+/// everywhere) and must be safe to call from several at once, including submitting to
+/// different queues concurrently.
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// Which implementation this is.
+    fn kind(&self) -> BackendKind;
+
+    /// The devices this backend opened.
+    fn devices(&self) -> &[DeviceInfo];
+
+    /// The queues this backend opened, every compute-capable one, in a stable order.
+    fn queues(&self) -> &[QueueId];
+
+    /// Loads (compiles, validates) a kernel variant on a device. Loading the same
+    /// variant twice may return the same handle.
+    fn load_kernel(
+        &self,
+        device: usize,
+        variant: &KernelVariant,
+    ) -> Result<KernelHandle, BackendError>;
+
+    /// Runs the jobs, each on its own queue, all submitted before any is waited for, so
+    /// jobs on different queues run at the same time where the device allows it.
+    /// Returns one result per job, in order.
+    fn dispatch(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>>;
+}

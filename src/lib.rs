@@ -1,0 +1,17 @@
+//! photofinish — a multi-threaded GPU dispatch engine that races speculative kernel
+//! variants on parallel Vulkan queues, checks that they agree, learns the winner online,
+//! remembers it across restarts and publishes its verdicts by message.
+//!
+//! The layers, data flowing one way:
+//! [`policy`] (pure decisions) → [`speculator`], [`autotune`] (shared state) →
+//! `engine` (actors, channels, tickets, events) → [`backend`] (Vulkan, CPU) →
+//! [`kernels`] (built-in workloads).
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub(crate) mod sync;
+
+pub mod autotune;
+pub mod backend;
+pub mod kernels;
+pub mod policy;
+pub mod speculator;

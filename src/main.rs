@@ -1,0 +1,6 @@
+//! The `photofinish` command line: a thin client of the library's public API.
+
+fn main() {
+    eprintln!("photofinish: the command line is being written");
+    std::process::exit(2);
+}
