@@ -10,8 +10,18 @@
 
 pub(crate) mod sync;
 
+mod engine;
+
 pub mod autotune;
 pub mod backend;
 pub mod kernels;
 pub mod policy;
 pub mod speculator;
+
+#[doc(hidden)]
+pub use engine::{protocol, ByteSumWorkload, InjectedFault, TestBackend};
+pub use engine::{
+    Answer, Arm, BackendChoice, Batch, Engine, EngineBuilder, EngineError, Event, KernelId,
+    KernelVerdict, Output, Ticket, TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD,
+    DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY,
+};
