@@ -100,7 +100,13 @@ fn settle(core: &Core, queue: QueueId, job: Job, fault: Fault, may_retry: bool) 
 /// Restarts the worker of `queue`: retries its in-flight job once on another queue of
 /// the device (answering it whatever happens) and publishes `WorkerRestarted`.
 fn restart(core: &Core, queue: QueueId, job: Option<Job>, reason: String) {
-    let retried = job.is_some();
+    // Published before the retry answers the batch, so a caller that sees its answer
+    // can already see the restart.
+    core.bus.publish(Event::WorkerRestarted {
+        queue,
+        reason,
+        retried: job.is_some(),
+    });
     if let Some(job) = job {
         let other = core.retry_queue(queue);
         let run = catch_unwind(AssertUnwindSafe(|| {
@@ -119,11 +125,6 @@ fn restart(core: &Core, queue: QueueId, job: Option<Job>, reason: String) {
             }
         }
     }
-    core.bus.publish(Event::WorkerRestarted {
-        queue,
-        reason,
-        retried,
-    });
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
