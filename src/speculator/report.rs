@@ -130,7 +130,10 @@ mod tests {
         assert!(r.worthwhile(75));
         assert!(!r.worthwhile(76));
         assert_eq!(SpeculationReport::from_counts(0, 9).commit_rate_ppm(), 0);
-        assert_eq!(SpeculationReport::from_counts(9, 0).commit_rate_ppm(), 1_000_000);
+        assert_eq!(
+            SpeculationReport::from_counts(9, 0).commit_rate_ppm(),
+            1_000_000
+        );
     }
 
     #[test]
