@@ -19,7 +19,7 @@ pub mod policy;
 pub mod speculator;
 
 #[doc(hidden)]
-pub use engine::{protocol, ByteSumWorkload, InjectedFault, TestBackend};
+pub use engine::{protocol, ByteSumWorkload, FusedByteSumWorkload, InjectedFault, TestBackend};
 pub use engine::{
     Answer, Arm, BackendChoice, Batch, Engine, EngineBuilder, EngineError, Event, KernelId,
     KernelVerdict, Output, Ticket, TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD,

@@ -344,3 +344,83 @@ fn every_subscriber_gets_events_and_a_full_one_never_blocks_workers() {
     assert_eq!(slow.try_iter().count(), 3);
     assert_eq!(engine.dropped_events(), 6);
 }
+
+#[test]
+fn fused_kernel_follows_the_shared_speculator_and_publishes_toggles() {
+    use photofinish::FusedByteSumWorkload;
+    let backend = Arc::new(TestBackend::new(1, 2, 1));
+    // Equal times: the window keeps racing, so every batch reports a counter tail.
+    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
+    backend.set_kernel_ns(FusedByteSumWorkload::FUSED, 900);
+    let engine = Engine::builder()
+        .backend_instance(backend.clone())
+        .audit_period(1_000)
+        .build()
+        .unwrap();
+    let events = engine.subscribe();
+    let k = engine.register(Arc::new(FusedByteSumWorkload)).unwrap();
+    // Inputs shorter than a tile roll back every tile: commit rate 0 %.
+    for i in 0..2u8 {
+        let input = vec![i; 5];
+        let answer = engine
+            .submit(Batch::new(k, input.clone()))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(answer.output, reference(&input));
+        assert!(answer.raced);
+    }
+    // Threshold 15 %: 150 000 → 112 500 → 84 375 ppm, below 112 500 − 28 125: off.
+    assert!(!engine.speculator().should_speculate());
+    assert_eq!(engine.speculator().samples(), 2);
+    let toggles: Vec<_> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::SpeculatorToggled {
+                enabled,
+                commit_rate_ppm,
+            } => Some((enabled, commit_rate_ppm)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(toggles, vec![(false, 84_375)]);
+    // Fused path off: prefilter + serial confirm (the conservative variant) alone.
+    let fused_runs = backend.runs(FusedByteSumWorkload::FUSED);
+    for i in 0..5u8 {
+        let input = vec![i; 16];
+        let answer = engine
+            .submit(Batch::new(k, input.clone()))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(answer.output, reference(&input));
+        assert_eq!(answer.arm, Arm::Conservative);
+        assert!(!answer.raced);
+    }
+    assert_eq!(backend.runs(FusedByteSumWorkload::FUSED), fused_runs);
+}
+
+#[test]
+fn force_mode_refuses_a_kernel_without_a_fused_path() {
+    use photofinish::speculator::SpeculationMode;
+    use photofinish::FusedByteSumWorkload;
+    let backend = Arc::new(TestBackend::new(1, 1, 1));
+    let engine = Engine::builder()
+        .backend_instance(backend)
+        .speculation_mode(SpeculationMode::Force)
+        .build()
+        .unwrap();
+    let err = engine.register(Arc::new(ByteSumWorkload)).unwrap_err();
+    assert!(
+        matches!(err, EngineError::SpeculationUnsupported { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no fused path"));
+    let k = engine.register(Arc::new(FusedByteSumWorkload)).unwrap();
+    let answer = engine
+        .submit(Batch::new(k, vec![1; 3]))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(answer.output, reference(&[1; 3]));
+}

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 use crate::backend::{Backend, BackendError, BackendKind};
+use crate::speculator::{AdaptiveSpeculator, SpeculationMode, DEFAULT_THRESHOLD_PCT};
 
 use super::error::EngineError;
 use super::events::{Event, EventBus};
@@ -39,6 +40,8 @@ pub struct EngineBuilder {
     channel_capacity: usize,
     event_capacity: usize,
     audit_period: u64,
+    mode: SpeculationMode,
+    threshold_pct: u32,
 }
 
 impl Default for EngineBuilder {
@@ -49,6 +52,8 @@ impl Default for EngineBuilder {
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             audit_period: DEFAULT_AUDIT_PERIOD,
+            mode: SpeculationMode::Auto,
+            threshold_pct: DEFAULT_THRESHOLD_PCT,
         }
     }
 }
@@ -82,6 +87,19 @@ impl EngineBuilder {
     /// One audit race in `period` batches of an adopted kernel (0: no audits).
     pub fn audit_period(mut self, period: u64) -> Self {
         self.audit_period = period;
+        self
+    }
+
+    /// How fused kernels choose their path (default `Auto`: follow the speculator).
+    /// `Force` makes registering a kernel without a fused path an error.
+    pub fn speculation_mode(mut self, mode: SpeculationMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The shared speculator's commit-rate threshold in percent (default 15).
+    pub fn speculator_threshold(mut self, pct: u32) -> Self {
+        self.threshold_pct = pct;
         self
     }
 
@@ -131,7 +149,9 @@ impl EngineBuilder {
             devices,
             config: Config {
                 audit_period: self.audit_period,
+                mode: self.mode,
             },
+            speculator: AdaptiveSpeculator::new(self.threshold_pct),
             next_device: AtomicUsize::new(0),
         });
         core.bus.publish_sticky(Event::BackendSelected {

@@ -25,7 +25,8 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::backend::{Backend, BackendKind, DeviceInfo, KernelVariant, QueueId};
-use crate::kernels::{DispatchPlan, Workload};
+use crate::kernels::{DispatchPlan, InputShape, Workload};
+use crate::speculator::{AdaptiveSpeculator, SpeculationMode};
 
 pub use builder::{
     BackendChoice, EngineBuilder, DEFAULT_AUDIT_PERIOD, DEFAULT_CHANNEL_CAPACITY,
@@ -34,7 +35,7 @@ pub use builder::{
 pub use error::{EngineError, TrySubmitError};
 pub use events::{Event, KernelVerdict, VerdictReason};
 pub use registry::{Arm, KernelId};
-pub use test_backend::{ByteSumWorkload, InjectedFault, TestBackend};
+pub use test_backend::{ByteSumWorkload, FusedByteSumWorkload, InjectedFault, TestBackend};
 pub use ticket::Ticket;
 
 /// Internals the loom models in `loom-tests/` drive directly. Not part of the API.
@@ -140,8 +141,11 @@ impl fmt::Debug for Job {
 /// Settings fixed at build.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    /// One audit race in this many batches of an adopted kernel (0: none).
+    /// One audit race in this many batches of an adopted kernel (0: none); also how
+    /// often a fused kernel probes its fused path while the speculator has it off.
     pub(crate) audit_period: u64,
+    /// How fused kernels follow the speculator.
+    pub(crate) mode: SpeculationMode,
 }
 
 /// One queue a worker owns, with a count of who is using it.
@@ -168,6 +172,8 @@ pub(crate) struct Core {
     gate: Gate,
     pub(crate) devices: Vec<DeviceSlot>,
     pub(crate) config: Config,
+    /// The shared speculator every fused kernel's counter tail feeds.
+    pub(crate) speculator: AdaptiveSpeculator,
     next_device: AtomicUsize,
 }
 
@@ -324,10 +330,60 @@ impl Engine {
         let kernel = self.core.registry.add(
             self.core.backend.as_ref(),
             name,
-            KernelSource::Workload(workload),
+            KernelSource::Workload(Arc::clone(&workload)),
             [conservative, speculative],
         )?;
+        if self.core.config.mode == SpeculationMode::Force {
+            self.probe_fused(&kernel, workload.as_ref())?;
+        }
         Ok(kernel.id)
+    }
+
+    /// Under `SpeculationMode::Force`: runs the speculative variant once on a small
+    /// generated input and refuses the kernel unless it writes a counter tail (has a
+    /// fused path) on this backend — never a silent fallback.
+    fn probe_fused(&self, kernel: &Kernel, workload: &dyn Workload) -> Result<(), EngineError> {
+        let unsupported = |reason: String| EngineError::SpeculationUnsupported {
+            kernel: kernel.name.clone(),
+            reason,
+        };
+        let (Some(&queue), Some(handles)) =
+            (self.core.backend.queues().first(), kernel.handles.first())
+        else {
+            return Err(unsupported(
+                "the backend has no queue to probe the fused path on".into(),
+            ));
+        };
+        let input = workload.generate(InputShape::Uniform, 1024, 0);
+        let plan = workload.plan(Arm::Speculative.variant(), &input)?;
+        let job = crate::backend::DispatchJob {
+            queue,
+            kernel: handles[Arm::Speculative.variant()],
+            buffers: plan.buffers,
+            push_constants: plan.push_constants,
+            workgroups: plan.workgroups,
+        };
+        let out = self
+            .core
+            .backend
+            .dispatch(std::slice::from_ref(&job))
+            .pop()
+            .ok_or_else(|| unsupported("the backend returned no result for the probe".into()))?
+            .map_err(|source| EngineError::Backend {
+                kernel: kernel.name.clone(),
+                source,
+            })?;
+        match workload.speculation_report(Arm::Speculative.variant(), &out.outputs) {
+            Some(_) => {
+                kernel.set_fused(true);
+                Ok(())
+            }
+            None => Err(unsupported(format!(
+                "its speculative variant `{}` has no fused path (writes no counter tail) on the {} backend",
+                kernel.variants[1].name,
+                self.core.backend.kind()
+            ))),
+        }
     }
 
     /// Registers a user's SPIR-V variant pair (same bindings, same push constants).
@@ -338,6 +394,13 @@ impl Engine {
         conservative: KernelVariant,
         speculative: KernelVariant,
     ) -> Result<KernelId, EngineError> {
+        if self.core.config.mode == SpeculationMode::Force {
+            return Err(EngineError::SpeculationUnsupported {
+                kernel: name.to_string(),
+                reason: "a SPIR-V pair has no counter tail the engine can read, so no fused path"
+                    .into(),
+            });
+        }
         let kernel = self.core.registry.add(
             self.core.backend.as_ref(),
             name.to_string(),
@@ -345,6 +408,11 @@ impl Engine {
             [conservative, speculative],
         )?;
         Ok(kernel.id)
+    }
+
+    /// The shared adaptive speculator (fused paths follow it in `SpeculationMode::Auto`).
+    pub fn speculator(&self) -> &AdaptiveSpeculator {
+        &self.core.speculator
     }
 
     /// The kernel's current verdict; `None` for an unknown id.

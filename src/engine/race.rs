@@ -10,6 +10,7 @@
 
 use crate::backend::{BackendError, DispatchJob, DispatchOutput, QueueId};
 use crate::policy::SpeculationVerdict;
+use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
 
 use super::error::EngineError;
 use super::events::{Event, KernelVerdict, VerdictReason};
@@ -70,20 +71,65 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
 }
 
 fn choose(core: &Core, kernel: &Kernel) -> Choice {
-    match kernel.verdict() {
+    let verdict = kernel.verdict();
+    if verdict != KernelVerdict::Rejected && kernel.fused() == Some(true) {
+        let fused =
+            resolve_fused_path(core.config.mode, &core.speculator, &FusedSupport::Supported)
+                .unwrap_or(false);
+        if !fused {
+            // Fused path off: prefilter + serial confirm, i.e. the conservative variant.
+            // In `Auto` a periodic probe race keeps feeding the speculator, so it can
+            // switch the fused path back on when commit rates recover.
+            let probe = core.config.mode == SpeculationMode::Auto && audit_due(core, kernel);
+            return if probe {
+                Choice::Race {
+                    audit: verdict == KernelVerdict::Adopted,
+                }
+            } else {
+                Choice::Single(Arm::Conservative)
+            };
+        }
+    }
+    match verdict {
         KernelVerdict::Undecided => Choice::Race { audit: false },
         KernelVerdict::Rejected => Choice::Single(Arm::Conservative),
-        KernelVerdict::Adopted => {
-            let period = core.config.audit_period;
-            let tick = kernel
-                .audit_tick
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if period > 0 && tick % period == period - 1 {
-                Choice::Race { audit: true }
-            } else {
-                Choice::Single(Arm::Speculative)
+        KernelVerdict::Adopted if audit_due(core, kernel) => Choice::Race { audit: true },
+        KernelVerdict::Adopted => Choice::Single(Arm::Speculative),
+    }
+}
+
+/// True for one batch in every `audit_period` of this kernel.
+fn audit_due(core: &Core, kernel: &Kernel) -> bool {
+    let period = core.config.audit_period;
+    let tick = kernel
+        .audit_tick
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    period > 0 && tick % period == period - 1
+}
+
+/// Feeds a speculative run's counter tail (if its variant writes one) to the shared
+/// speculator, and publishes a toggle.
+fn note_speculative_run(core: &Core, kernel: &Kernel, outputs: &[Vec<u8>]) {
+    let Some(workload) = kernel.workload() else {
+        return;
+    };
+    match workload.speculation_report(Arm::Speculative.variant(), outputs) {
+        Some(report) => {
+            kernel.set_fused(true);
+            let outcome = core.speculator.record(report);
+            if let Some(enabled) = outcome.toggled() {
+                tracing::info!(
+                    enabled,
+                    commit_rate_ppm = outcome.after.commit_rate_ppm,
+                    "speculator toggled"
+                );
+                core.bus.publish(Event::SpeculatorToggled {
+                    enabled,
+                    commit_rate_ppm: u64::from(outcome.after.commit_rate_ppm),
+                });
             }
         }
+        None => kernel.set_fused(false),
     }
 }
 
@@ -184,6 +230,9 @@ fn single(core: &Core, queue: QueueId, job: &Job, arm: Arm) -> Result<Answer, Fa
     let kernel = &job.kernel;
     let dj = make_job(kernel, arm, queue, &job.payload).map_err(Fault::Input)?;
     let out = dispatch_one(core, dj)?.map_err(|e| classify(kernel, e))?;
+    if arm == Arm::Speculative {
+        note_speculative_run(core, kernel, &out.outputs);
+    }
     let output = finish(kernel, arm, &job.payload, &out).map_err(Fault::Input)?;
     Ok(Answer {
         output,
@@ -272,6 +321,7 @@ fn judge(core: &Core, job: &Job, audit: bool, cons: &Output, cons_ns: Option<u64
             );
         }
         SpecArm::Ran(out, spec_queue) => {
+            note_speculative_run(core, kernel, &out.outputs);
             let spec_output = match finish(kernel, Arm::Speculative, &job.payload, &out) {
                 Ok(o) => o,
                 Err(e) => {

@@ -194,13 +194,6 @@ impl Registry {
         self.kernels.get(&id.0).map(|k| Arc::clone(k.value()))
     }
 
-    /// Every kernel, in id order.
-    pub(crate) fn all(&self) -> Vec<Arc<Kernel>> {
-        let mut all: Vec<_> = self.kernels.iter().map(|k| Arc::clone(k.value())).collect();
-        all.sort_by_key(|k| k.id);
-        all
-    }
-
     /// Validates the pair, loads both variants on every device (in parallel on rayon)
     /// and adds the kernel.
     pub(crate) fn add(

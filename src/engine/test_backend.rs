@@ -18,6 +18,7 @@ use crate::backend::{
     QueueId,
 };
 use crate::kernels::{DispatchPlan, InputShape, Workload, WorkloadError};
+use crate::speculator::{encode_counter_tail, split_counter_tail, SpeculationReport};
 
 /// A fault to inject into a variant's dispatches.
 #[doc(hidden)]
@@ -322,7 +323,17 @@ impl ByteSumWorkload {
     pub const SPECULATIVE: &'static str = "bytesum/chunked";
 }
 
-fn bytesum_variant(name: &str, chunked: bool) -> KernelVariant {
+/// How a bytesum variant sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SumStrategy {
+    Serial,
+    Chunked,
+    /// Chunked, and writes a counter tail after the sum: full 8-byte chunks count as
+    /// committed tiles, a partial last chunk as one rolled-back tile.
+    Fused,
+}
+
+fn bytesum_variant(name: &str, strategy: SumStrategy) -> KernelVariant {
     KernelVariant {
         name: name.to_string(),
         spirv: None,
@@ -344,7 +355,7 @@ fn bytesum_variant(name: &str, chunked: bool) -> KernelVariant {
                 let [input, output] = buffers else {
                     return Err("bytesum takes two buffers".to_string());
                 };
-                let sum = if chunked {
+                let sum = if strategy != SumStrategy::Serial {
                     input.chunks(8).fold(0u64, |acc, c| {
                         acc.wrapping_add(c.iter().map(|&b| u64::from(b)).sum::<u64>())
                     })
@@ -353,10 +364,24 @@ fn bytesum_variant(name: &str, chunked: bool) -> KernelVariant {
                         .iter()
                         .fold(0u64, |acc, &b| acc.wrapping_add(u64::from(b)))
                 };
-                if output.len() != 8 {
-                    return Err(format!("output is {} bytes, expected 8", output.len()));
+                let expected = if strategy == SumStrategy::Fused {
+                    16
+                } else {
+                    8
+                };
+                if output.len() != expected {
+                    return Err(format!(
+                        "output is {} bytes, expected {expected}",
+                        output.len()
+                    ));
                 }
-                output.copy_from_slice(&sum.to_le_bytes());
+                output[..8].copy_from_slice(&sum.to_le_bytes());
+                if strategy == SumStrategy::Fused {
+                    let committed = u32::try_from(input.len() / 8).unwrap_or(u32::MAX);
+                    let rolled_back = u32::from(input.len() % 8 != 0);
+                    let report = SpeculationReport::from_counts(committed, rolled_back);
+                    output[8..].copy_from_slice(&encode_counter_tail(report));
+                }
                 Ok(())
             },
         )),
@@ -370,8 +395,8 @@ impl Workload for ByteSumWorkload {
 
     fn variants(&self) -> Vec<KernelVariant> {
         vec![
-            bytesum_variant(Self::CONSERVATIVE, false),
-            bytesum_variant(Self::SPECULATIVE, true),
+            bytesum_variant(Self::CONSERVATIVE, SumStrategy::Serial),
+            bytesum_variant(Self::SPECULATIVE, SumStrategy::Chunked),
         ]
     }
 
@@ -416,5 +441,71 @@ impl Workload for ByteSumWorkload {
     fn generate(&self, _shape: InputShape, len: usize, seed: u64) -> Vec<u8> {
         let mut rng = fastrand::Rng::with_seed(seed);
         (0..len).map(|_| rng.u8(..)).collect()
+    }
+}
+
+/// [`ByteSumWorkload`] with a fused speculative variant that writes the counter tail:
+/// inputs whose length is a multiple of 8 commit every tile, shorter ones roll back.
+#[doc(hidden)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FusedByteSumWorkload;
+
+impl FusedByteSumWorkload {
+    /// Name of the fused speculative variant.
+    pub const FUSED: &'static str = "bytesum/fused";
+}
+
+impl Workload for FusedByteSumWorkload {
+    fn name(&self) -> &'static str {
+        "bytesum-fused"
+    }
+
+    fn variants(&self) -> Vec<KernelVariant> {
+        vec![
+            bytesum_variant(ByteSumWorkload::CONSERVATIVE, SumStrategy::Serial),
+            bytesum_variant(Self::FUSED, SumStrategy::Fused),
+        ]
+    }
+
+    fn plan(&self, variant: usize, input: &[u8]) -> Result<DispatchPlan, WorkloadError> {
+        let mut plan = ByteSumWorkload.plan(variant, input)?;
+        if variant == 1 {
+            plan.buffers[1] = BufferArg::Zeroed(16);
+        }
+        Ok(plan)
+    }
+
+    fn answer(
+        &self,
+        variant: usize,
+        input: &[u8],
+        outputs: &[Vec<u8>],
+    ) -> Result<Vec<u8>, WorkloadError> {
+        match (variant, outputs) {
+            (1, [out]) => match split_counter_tail(out) {
+                Some((sum, _)) => ByteSumWorkload.answer(variant, input, &[sum.to_vec()]),
+                None => Err(WorkloadError::BadOutput {
+                    workload: "bytesum-fused",
+                    variant,
+                    reason: "no counter tail".into(),
+                }),
+            },
+            _ => ByteSumWorkload.answer(variant, input, outputs),
+        }
+    }
+
+    fn reference(&self, input: &[u8]) -> Vec<u8> {
+        ByteSumWorkload.reference(input)
+    }
+
+    fn generate(&self, shape: InputShape, len: usize, seed: u64) -> Vec<u8> {
+        ByteSumWorkload.generate(shape, len, seed)
+    }
+
+    fn speculation_report(&self, variant: usize, outputs: &[Vec<u8>]) -> Option<SpeculationReport> {
+        match (variant, outputs) {
+            (1, [out]) => split_counter_tail(out).map(|(_, report)| report),
+            _ => None,
+        }
     }
 }
