@@ -16,6 +16,7 @@ mod registry;
 mod supervisor;
 mod test_backend;
 mod ticket;
+mod verdict;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -43,6 +44,7 @@ pub use ticket::Ticket;
 pub mod protocol {
     pub use super::mailbox::{Gate, Pass};
     pub use super::ticket::{one_shot_for_models as one_shot, Responder};
+    pub use super::verdict::VerdictCell;
 }
 
 use events::EventBus;
@@ -417,7 +419,7 @@ impl Engine {
 
     /// The kernel's current verdict; `None` for an unknown id.
     pub fn verdict(&self, kernel: KernelId) -> Option<KernelVerdict> {
-        self.core.registry.get(kernel).map(|k| k.verdict())
+        self.core.registry.get(kernel).map(|k| k.verdict.get())
     }
 
     /// A receiver of every event published from now on. Each subscriber has its own

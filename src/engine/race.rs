@@ -71,7 +71,7 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
 }
 
 fn choose(core: &Core, kernel: &Kernel) -> Choice {
-    let verdict = kernel.verdict();
+    let verdict = kernel.verdict.get();
     if verdict != KernelVerdict::Rejected && kernel.fused() == Some(true) {
         let fused =
             resolve_fused_path(core.config.mode, &core.speculator, &FusedSupport::Supported)
@@ -354,15 +354,7 @@ fn judge(core: &Core, job: &Job, audit: bool, cons: &Output, cons_ns: Option<u64
                 .unwrap_or_else(|p| p.into_inner())
                 .record(c_ns, s_ns);
             match verdict {
-                SpeculationVerdict::Adopt => {
-                    change(
-                        core,
-                        kernel,
-                        KernelVerdict::Undecided,
-                        KernelVerdict::Adopted,
-                        VerdictReason::Measured(verdict),
-                    );
-                }
+                SpeculationVerdict::Adopt => adopt(core, kernel, VerdictReason::Measured(verdict)),
                 SpeculationVerdict::Reject => {
                     reject(core, kernel, VerdictReason::Measured(verdict))
                 }
@@ -372,37 +364,40 @@ fn judge(core: &Core, job: &Job, audit: bool, cons: &Output, cons_ns: Option<u64
     }
 }
 
-/// Rejects the speculative variant from whatever state it is in.
+/// Rejects the speculative variant from whatever state it is in; publishes once.
 fn reject(core: &Core, kernel: &Kernel, reason: VerdictReason) {
-    // Loop: a concurrent Undecided → Adopted must not make a rejection get lost.
-    loop {
-        let from = kernel.verdict();
-        if from == KernelVerdict::Rejected
-            || change(core, kernel, from, KernelVerdict::Rejected, reason.clone())
-        {
-            return;
-        }
+    if let Some(from) = kernel.verdict.reject() {
+        published(core, kernel, from, KernelVerdict::Rejected, reason);
     }
 }
 
-/// Moves the verdict and publishes the change (only the thread that moved it does).
-fn change(
+/// Adopts the speculative variant if still undecided; publishes once.
+fn adopt(core: &Core, kernel: &Kernel, reason: VerdictReason) {
+    if kernel.verdict.adopt() {
+        published(
+            core,
+            kernel,
+            KernelVerdict::Undecided,
+            KernelVerdict::Adopted,
+            reason,
+        );
+    }
+}
+
+/// Logs and publishes a verdict change made by this thread.
+fn published(
     core: &Core,
     kernel: &Kernel,
     from: KernelVerdict,
     to: KernelVerdict,
     reason: VerdictReason,
-) -> bool {
-    let moved = kernel.change_verdict(from, to);
-    if moved {
-        tracing::info!(kernel = %kernel.name, %from, %to, ?reason, "verdict changed");
-        core.bus.publish(Event::VerdictChanged {
-            kernel: kernel.id,
-            name: kernel.name.clone(),
-            from,
-            to,
-            reason,
-        });
-    }
-    moved
+) {
+    tracing::info!(kernel = %kernel.name, %from, %to, ?reason, "verdict changed");
+    core.bus.publish(Event::VerdictChanged {
+        kernel: kernel.id,
+        name: kernel.name.clone(),
+        from,
+        to,
+        reason,
+    });
 }

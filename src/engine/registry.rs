@@ -17,7 +17,7 @@ use crate::kernels::Workload;
 use crate::policy::{decide_speculation, SpeculationObservation, SpeculationVerdict};
 
 use super::error::EngineError;
-use super::events::KernelVerdict;
+use super::verdict::VerdictCell;
 
 /// The id `register` hands out; batches name their kernel with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,10 +63,6 @@ impl Arm {
         }
     }
 }
-
-const UNDECIDED: u8 = 0;
-const ADOPTED: u8 = 1;
-const REJECTED: u8 = 2;
 
 const FUSED_UNKNOWN: u8 = 0;
 const FUSED_YES: u8 = 1;
@@ -128,34 +124,13 @@ pub(crate) struct Kernel {
     pub(crate) variants: [KernelVariant; 2],
     /// `handles[device]` = `[conservative, speculative]` on that device.
     pub(crate) handles: Vec<[KernelHandle; 2]>,
-    verdict: AtomicU8,
+    pub(crate) verdict: VerdictCell,
     fused: AtomicU8,
     pub(crate) audit_tick: AtomicU64,
     pub(crate) window: Mutex<RaceWindow>,
 }
 
 impl Kernel {
-    /// The current verdict.
-    pub(crate) fn verdict(&self) -> KernelVerdict {
-        match self.verdict.load(Ordering::Acquire) {
-            ADOPTED => KernelVerdict::Adopted,
-            REJECTED => KernelVerdict::Rejected,
-            _ => KernelVerdict::Undecided,
-        }
-    }
-
-    /// Moves the verdict from `from` to `to`; false when someone else moved it first.
-    pub(crate) fn change_verdict(&self, from: KernelVerdict, to: KernelVerdict) -> bool {
-        let code = |v| match v {
-            KernelVerdict::Undecided => UNDECIDED,
-            KernelVerdict::Adopted => ADOPTED,
-            KernelVerdict::Rejected => REJECTED,
-        };
-        self.verdict
-            .compare_exchange(code(from), code(to), Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-
     /// `Some(true)`: the speculative variant is a fused kernel with a counter tail;
     /// `None`: not known yet (it has not run).
     pub(crate) fn fused(&self) -> Option<bool> {
@@ -242,7 +217,7 @@ impl Registry {
             source,
             variants,
             handles,
-            verdict: AtomicU8::new(UNDECIDED),
+            verdict: VerdictCell::default(),
             fused: AtomicU8::new(FUSED_UNKNOWN),
             audit_tick: AtomicU64::new(0),
             window: Mutex::new(RaceWindow::default()),
