@@ -75,6 +75,14 @@ pub enum AutotuneError {
         /// The limit.
         limit: u64,
     },
+    /// The store could not be turned into JSON (a bug in photofinish, not in your data).
+    #[error(
+        "could not serialise the autotune store: {detail}; please report this as a photofinish bug"
+    )]
+    Serialize {
+        /// serde_json's message.
+        detail: String,
+    },
     /// Saving would write more than [`MAX_STORE_FILE_BYTES`], which could not be loaded.
     #[error("the autotune store would be {size} bytes, over the {limit}-byte limit of a loadable file; discard stale groups (AutotuneStore::discard_stale) or use fewer kernels")]
     TooLargeToSave {
@@ -308,9 +316,8 @@ impl AutotuneStore {
                 .map(wire_group)
                 .collect(),
         };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| AutotuneError::Corrupt {
-            path: path.to_owned(),
-            detail: format!("could not serialise the store: {e}"),
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| AutotuneError::Serialize {
+            detail: e.to_string(),
         })?;
         let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
         if size > MAX_STORE_FILE_BYTES {
