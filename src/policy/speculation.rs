@@ -22,8 +22,7 @@ pub fn ratio_basis_points(part: u64, whole: u64, zero_value: u64) -> u64 {
     if whole == 0 {
         return zero_value;
     }
-    let bps = u128::from(part) * 10_000 / u128::from(whole);
-    u64::try_from(bps).unwrap_or(u64::MAX)
+    super::clamp_to_u64(u128::from(part) * 10_000 / u128::from(whole))
 }
 
 /// What a race has seen so far: both arms' dispatch counts and mean times, and what
@@ -91,8 +90,9 @@ pub fn decide_speculation(obs: SpeculationObservation) -> SpeculationVerdict {
     if effective >= baseline {
         return SpeculationVerdict::Reject;
     }
-    // effective < baseline <= u64::MAX, so the difference fits in u64.
-    let saved = (baseline - effective) as u64;
+    // effective < baseline <= u64::MAX, so the difference fits in u64 and the clamp
+    // never bites.
+    let saved = super::clamp_to_u64(baseline - effective);
     if ratio_basis_points(saved, obs.baseline_mean_ns, 0) >= MIN_ADOPT_SAVINGS_BPS {
         SpeculationVerdict::Adopt
     } else {
