@@ -17,7 +17,7 @@ use vulkano::instance::{Instance, InstanceCreateFlags, InstanceCreateInfo, Insta
 use vulkano::memory::allocator::StandardMemoryAllocator;
 use vulkano::memory::MemoryPropertyFlags;
 use vulkano::pipeline::cache::{PipelineCache, PipelineCacheCreateInfo};
-use vulkano::{Version, VulkanLibrary};
+use vulkano::{Validated, Version, VulkanLibrary};
 
 use super::errors::{vk_error, DeviceFlag};
 use super::reuse::ReuseCache;
@@ -86,7 +86,13 @@ pub(super) fn open(options: &VulkanOptions) -> Result<Opened, BackendError> {
             ..Default::default()
         },
     )
-    .map_err(|e| BackendError::NoDevice(format!("creating a Vulkan instance failed: {e}")))?;
+    .map_err(|e| {
+        let reason = match e {
+            Validated::Error(e) => e.to_string(),
+            Validated::ValidationError(v) => v.to_string(),
+        };
+        BackendError::NoDevice(format!("creating a Vulkan instance failed: {reason}"))
+    })?;
 
     let physical: Vec<Arc<PhysicalDevice>> = instance
         .enumerate_physical_devices()
