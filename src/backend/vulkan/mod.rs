@@ -55,6 +55,9 @@ pub struct VulkanOptions {
     /// Bytes of idle buffers (in recorded command buffers and in the size-class pool)
     /// kept per device.
     pub reuse_budget_bytes: u64,
+    /// Copy through host-visible staging buffers even where device-local memory is
+    /// host visible (lavapipe, integrated GPUs) — the path discrete GPUs always take.
+    pub always_stage: bool,
 }
 
 impl Default for VulkanOptions {
@@ -64,6 +67,7 @@ impl Default for VulkanOptions {
             software_devices_with_hardware: true,
             max_cached_commands: 64,
             reuse_budget_bytes: 512 << 20,
+            always_stage: false,
         }
     }
 }

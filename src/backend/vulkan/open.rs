@@ -210,7 +210,8 @@ fn open_device(
         .map(|t| t.property_flags)
         .filter(|f| f.intersects(MemoryPropertyFlags::DEVICE_LOCAL))
         .collect();
-    let unified_memory = !device_local.is_empty()
+    let unified_memory = !options.always_stage
+        && !device_local.is_empty()
         && device_local
             .iter()
             .all(|f| f.contains(MemoryPropertyFlags::HOST_VISIBLE));
