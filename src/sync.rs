@@ -25,3 +25,139 @@ pub(crate) use std::thread;
 
 #[cfg(photofinish_loom)]
 pub(crate) use loom::thread;
+
+/// A concurrent hash map with the few operations the crate needs: dashmap normally, a
+/// `Mutex<HashMap>` under loom (which cannot see inside dashmap). Values are cloned out,
+/// so no caller ever holds a shard lock.
+#[cfg(not(photofinish_loom))]
+#[derive(Debug)]
+pub(crate) struct SharedMap<K: Eq + std::hash::Hash, V>(dashmap::DashMap<K, V>);
+
+#[cfg(not(photofinish_loom))]
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> SharedMap<K, V> {
+    /// An empty map.
+    pub(crate) fn new() -> Self {
+        Self(dashmap::DashMap::new())
+    }
+
+    /// Inserts, returning the previous value.
+    pub(crate) fn insert(&self, key: K, value: V) -> Option<V> {
+        self.0.insert(key, value)
+    }
+
+    /// A clone of the value under `key`.
+    pub(crate) fn get_cloned(&self, key: &K) -> Option<V> {
+        self.0.get(key).map(|v| v.value().clone())
+    }
+
+    /// Runs `f` on the value under `key` in place; false when there is none.
+    pub(crate) fn update(&self, key: &K, f: impl FnOnce(&mut V)) -> bool {
+        match self.0.get_mut(key) {
+            Some(mut v) => {
+                f(v.value_mut());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many entries.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// A clone of every entry. This is not one atomic cut across dashmap's shards: each
+    /// entry is a value it really held, and an insert that returned before the call
+    /// began is always included.
+    pub(crate) fn cloned_entries(&self) -> Vec<(K, V)> {
+        self.0
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+}
+
+/// The loom stand-in for [`SharedMap`]: one loom-visible mutex around a `HashMap`.
+#[cfg(photofinish_loom)]
+#[derive(Debug)]
+pub(crate) struct SharedMap<K, V>(Mutex<std::collections::HashMap<K, V>>);
+
+#[cfg(photofinish_loom)]
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> SharedMap<K, V> {
+    pub(crate) fn new() -> Self {
+        Self(Mutex::new(std::collections::HashMap::new()))
+    }
+
+    fn locked(&self) -> MutexGuard<'_, std::collections::HashMap<K, V>> {
+        // Poison only means another model thread panicked; every operation below is a
+        // single HashMap call, so the map is still consistent.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn insert(&self, key: K, value: V) -> Option<V> {
+        self.locked().insert(key, value)
+    }
+
+    pub(crate) fn get_cloned(&self, key: &K) -> Option<V> {
+        self.locked().get(key).cloned()
+    }
+
+    pub(crate) fn update(&self, key: &K, f: impl FnOnce(&mut V)) -> bool {
+        self.locked().get_mut(key).map(f).is_some()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.locked().len()
+    }
+
+    pub(crate) fn cloned_entries(&self) -> Vec<(K, V)> {
+        self.locked()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// An atomically replaceable `Arc<T>`: arc-swap normally. The `Arc` handed out is always
+/// std's, so readers may keep it as long as they like without blocking a writer.
+#[cfg(not(photofinish_loom))]
+#[derive(Debug)]
+pub(crate) struct SwapCell<T>(arc_swap::ArcSwap<T>);
+
+#[cfg(not(photofinish_loom))]
+impl<T> SwapCell<T> {
+    /// A cell holding `value`.
+    pub(crate) fn new(value: std::sync::Arc<T>) -> Self {
+        Self(arc_swap::ArcSwap::new(value))
+    }
+
+    /// The value published last.
+    pub(crate) fn load(&self) -> std::sync::Arc<T> {
+        self.0.load_full()
+    }
+
+    /// Publishes `value`.
+    pub(crate) fn store(&self, value: std::sync::Arc<T>) {
+        self.0.store(value)
+    }
+}
+
+/// The loom stand-in for [`SwapCell`]: a loom-visible `Mutex<Arc<T>>`.
+#[cfg(photofinish_loom)]
+#[derive(Debug)]
+pub(crate) struct SwapCell<T>(Mutex<std::sync::Arc<T>>);
+
+#[cfg(photofinish_loom)]
+impl<T> SwapCell<T> {
+    pub(crate) fn new(value: std::sync::Arc<T>) -> Self {
+        Self(Mutex::new(value))
+    }
+
+    pub(crate) fn load(&self) -> std::sync::Arc<T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn store(&self, value: std::sync::Arc<T>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = value;
+    }
+}

@@ -1,0 +1,306 @@
+//! The shared autotune store: winners' records and kernels' verdicts for one device,
+//! readable and writable from every worker through `&self`.
+//!
+//! Entries live in a concurrent map (dashmap; a loom-visible stand-in under
+//! `photofinish_loom`); [`AutotuneStore::publish`] freezes them into an immutable
+//! [`AutotuneSnapshot`] swapped in through arc-swap, which readers and the persistence
+//! code use without ever blocking a writer. This module never touches the file system;
+//! `persist.rs` does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::policy::{SpeculationObservation, SpeculationVerdict};
+use crate::sync::{Mutex, SharedMap, SwapCell};
+
+use super::key::{
+    AutotuneKey, AutotuneRecord, DeviceIdentity, SpeculativeVariantKeys, VariantPairKey,
+};
+
+/// Whether a stored value may be trusted yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trust {
+    /// Read from a file: a hint until the engine re-verifies it on this run.
+    Loaded,
+    /// Measured (or re-verified) on this run.
+    Verified,
+}
+
+/// A record as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// The record; an `Arc`, so a caller can keep it without holding any lock.
+    pub record: Arc<AutotuneRecord>,
+    /// Whether it was measured on this run or loaded.
+    pub trust: Trust,
+}
+
+/// Why a kernel has the verdict it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VerdictReason {
+    /// The paired timing window decided it (`policy::decide_speculation`).
+    Measured,
+    /// The speculative variant's output disagreed with the conservative one: rejected
+    /// at once, whatever the timings said.
+    OutputMismatch,
+}
+
+/// The verdict on one conservative/speculative pair, with the evidence for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KernelVerdict {
+    /// Adopt, Reject, or KeepRacing (undecided).
+    pub verdict: SpeculationVerdict,
+    /// What the window had seen when the verdict was taken; a restarted engine can
+    /// resume its window from it (`PairedSpeculationWindow::resume`).
+    pub observation: SpeculationObservation,
+    /// Why.
+    pub reason: VerdictReason,
+}
+
+/// A verdict as the store holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredVerdict {
+    /// The verdict.
+    pub verdict: KernelVerdict,
+    /// Whether it was taken on this run or loaded.
+    pub trust: Trust,
+}
+
+/// An immutable view of the store as of one [`AutotuneStore::publish`].
+#[derive(Debug, Clone, Default)]
+pub struct AutotuneSnapshot {
+    /// Counts publications: 0 for the empty view a new store starts with.
+    pub generation: u64,
+    /// The device the entries belong to.
+    pub identity: DeviceIdentity,
+    /// Every live record.
+    pub entries: HashMap<AutotuneKey, StoredRecord>,
+    /// Every live verdict.
+    pub verdicts: HashMap<VariantPairKey, StoredVerdict>,
+}
+
+impl AutotuneSnapshot {
+    /// The record under `key`, if any.
+    pub fn get(&self, key: &AutotuneKey) -> Option<&Arc<AutotuneRecord>> {
+        self.entries.get(key).map(|e| &e.record)
+    }
+
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are no records.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Why entries in a file were not taken into the live store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StaleReason {
+    /// Same device, another driver version: the timings may no longer hold.
+    DriverChanged {
+        /// The driver the entries were measured under.
+        was: String,
+    },
+    /// Another device altogether.
+    OtherDevice,
+}
+
+/// Entries of another device or driver, kept (and saved back) but never used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleGroup {
+    /// The device and driver they were measured with.
+    pub identity: DeviceIdentity,
+    /// Why they are stale for this store's device.
+    pub reason: StaleReason,
+    /// The records.
+    pub entries: Vec<(AutotuneKey, AutotuneRecord)>,
+    /// The verdicts.
+    pub verdicts: Vec<(VariantPairKey, KernelVerdict)>,
+}
+
+impl StaleReason {
+    /// Why entries of `stored` are stale for `current`; `None` when they are not.
+    pub fn between(stored: &DeviceIdentity, current: &DeviceIdentity) -> Option<Self> {
+        if stored == current {
+            None
+        } else if stored.device_uuid == current.device_uuid {
+            Some(StaleReason::DriverChanged {
+                was: stored.driver_version.clone(),
+            })
+        } else {
+            Some(StaleReason::OtherDevice)
+        }
+    }
+}
+
+/// The concurrent autotune map of one device: winners' records under [`AutotuneKey`]s
+/// and kernels' verdicts under their variant pair. Every operation takes `&self`.
+#[derive(Debug)]
+pub struct AutotuneStore {
+    identity: DeviceIdentity,
+    entries: SharedMap<AutotuneKey, StoredRecord>,
+    verdicts: SharedMap<VariantPairKey, StoredVerdict>,
+    stale: Vec<StaleGroup>,
+    published: SwapCell<AutotuneSnapshot>,
+    /// Serialises publishers (readers never take it), so generations land in order.
+    publish_lock: Mutex<u64>,
+}
+
+impl Default for AutotuneStore {
+    /// An empty in-memory store for an unknown device (zero UUID, empty driver).
+    fn default() -> Self {
+        Self::new(DeviceIdentity::default())
+    }
+}
+
+impl AutotuneStore {
+    /// An empty store for `identity`.
+    pub fn new(identity: DeviceIdentity) -> Self {
+        let empty = AutotuneSnapshot {
+            identity: identity.clone(),
+            ..AutotuneSnapshot::default()
+        };
+        Self {
+            identity,
+            entries: SharedMap::new(),
+            verdicts: SharedMap::new(),
+            stale: Vec::new(),
+            published: SwapCell::new(Arc::new(empty)),
+            publish_lock: Mutex::new(0),
+        }
+    }
+
+    /// A store for `identity` holding loaded (unverified) entries and stale groups.
+    pub(super) fn from_loaded(
+        identity: DeviceIdentity,
+        entries: Vec<(AutotuneKey, AutotuneRecord)>,
+        verdicts: Vec<(VariantPairKey, KernelVerdict)>,
+        stale: Vec<StaleGroup>,
+    ) -> Self {
+        let mut store = Self::new(identity);
+        for (key, record) in entries {
+            let stored = StoredRecord {
+                record: Arc::new(record),
+                trust: Trust::Loaded,
+            };
+            store.entries.insert(key, stored);
+        }
+        for (key, verdict) in verdicts {
+            let stored = StoredVerdict {
+                verdict,
+                trust: Trust::Loaded,
+            };
+            store.verdicts.insert(key, stored);
+        }
+        store.stale = stale;
+        store.publish();
+        store
+    }
+
+    /// The device this store's live entries belong to.
+    pub fn identity(&self) -> &DeviceIdentity {
+        &self.identity
+    }
+
+    /// Stores a verified `record` under `key`; returns the record it replaced.
+    pub fn put(&self, key: AutotuneKey, record: AutotuneRecord) -> Option<Arc<AutotuneRecord>> {
+        let stored = StoredRecord {
+            record: Arc::new(record),
+            trust: Trust::Verified,
+        };
+        self.entries.insert(key, stored).map(|old| old.record)
+    }
+
+    /// The record under `key`, trusted or not (see [`AutotuneStore::entry`]). The `Arc`
+    /// holds no lock: keep it as long as you like.
+    pub fn get(&self, key: &AutotuneKey) -> Option<Arc<AutotuneRecord>> {
+        self.entries.get_cloned(key).map(|e| e.record)
+    }
+
+    /// The record under `key` with its [`Trust`].
+    pub fn entry(&self, key: &AutotuneKey) -> Option<StoredRecord> {
+        self.entries.get_cloned(key)
+    }
+
+    /// Marks a loaded record as re-verified on this run; false when there is none.
+    pub fn mark_verified(&self, key: &AutotuneKey) -> bool {
+        self.entries.update(key, |e| e.trust = Trust::Verified)
+    }
+
+    /// How many live records.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are no live records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stores the verdict taken on this run for the pair `keys`; returns the one it
+    /// replaced.
+    pub fn set_verdict(
+        &self,
+        keys: SpeculativeVariantKeys<'_>,
+        verdict: KernelVerdict,
+    ) -> Option<StoredVerdict> {
+        let stored = StoredVerdict {
+            verdict,
+            trust: Trust::Verified,
+        };
+        self.verdicts.insert(keys.into(), stored)
+    }
+
+    /// The verdict stored for the pair `keys`, with its [`Trust`]. None: undecided.
+    pub fn verdict(&self, keys: SpeculativeVariantKeys<'_>) -> Option<StoredVerdict> {
+        self.verdicts.get_cloned(&keys.into())
+    }
+
+    /// Marks a loaded verdict as re-verified on this run; false when there is none.
+    pub fn mark_verdict_verified(&self, keys: SpeculativeVariantKeys<'_>) -> bool {
+        self.verdicts
+            .update(&keys.into(), |v| v.trust = Trust::Verified)
+    }
+
+    /// How many verdicts.
+    pub fn verdict_count(&self) -> usize {
+        self.verdicts.len()
+    }
+
+    /// Entries of other devices or drivers found when loading: kept and saved back,
+    /// never used.
+    pub fn stale(&self) -> &[StaleGroup] {
+        &self.stale
+    }
+
+    /// Forgets the stale groups, so the next save drops them.
+    pub fn discard_stale(&mut self) {
+        self.stale.clear();
+    }
+
+    /// Freezes the current entries into a new [`AutotuneSnapshot`], publishes it and
+    /// returns it. Every `put`/`set_verdict` that returned before this call began is in
+    /// it; one running concurrently may or may not be.
+    pub fn publish(&self) -> Arc<AutotuneSnapshot> {
+        // The guarded value is a plain counter, consistent even if a publisher panicked.
+        let mut generation = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
+        *generation = generation.saturating_add(1);
+        let snapshot = Arc::new(AutotuneSnapshot {
+            generation: *generation,
+            identity: self.identity.clone(),
+            entries: self.entries.cloned_entries().into_iter().collect(),
+            verdicts: self.verdicts.cloned_entries().into_iter().collect(),
+        });
+        self.published.store(Arc::clone(&snapshot));
+        snapshot
+    }
+
+    /// The view published last (by [`AutotuneStore::publish`], a load or a save).
+    /// Publishers are serialised, so generations only ever grow; readers never wait.
+    pub fn snapshot(&self) -> Arc<AutotuneSnapshot> {
+        self.published.load()
+    }
+}

@@ -1,0 +1,388 @@
+//! The autotune file: round trips, stale entries after a driver change, atomic saves,
+//! and loads of every kind of bad file (SPEC §3).
+
+use std::fs;
+use std::path::Path;
+
+use photofinish::autotune::{
+    AutotuneError, AutotuneKey, AutotuneRecord, AutotuneStore, DeviceIdentity, KernelVerdict,
+    LoadMode, LoadOutcome, SpecCacheKey, SpeculativeVariantKeys, StaleReason, Trust, VerdictReason,
+    MAX_STORE_FILE_BYTES, SCHEMA_NAME,
+};
+use photofinish::policy::{SpeculationObservation, SpeculationVerdict};
+use proptest::prelude::*;
+
+const ADAPTER: &str = "10de:2335 NVIDIA H200";
+
+fn device(driver: &str) -> DeviceIdentity {
+    DeviceIdentity {
+        device_uuid: [7, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 0xee],
+        driver_version: driver.into(),
+    }
+}
+
+fn cache_key(shader_hash: u64) -> SpecCacheKey {
+    SpecCacheKey {
+        shader_hash,
+        binding_sig: u64::MAX,
+        workgroup_size: [256, 1, 1],
+        spec_hash: 3,
+    }
+}
+
+fn record(unroll: u32) -> AutotuneRecord {
+    AutotuneRecord {
+        workgroup_size: [256, 1, 1],
+        unroll,
+        tile: [4, 4, 1],
+        recorded_at: AutotuneRecord::timestamp_now(),
+    }
+}
+
+fn adopted() -> KernelVerdict {
+    KernelVerdict {
+        verdict: SpeculationVerdict::Adopt,
+        observation: SpeculationObservation {
+            baseline_dispatches: 9,
+            baseline_mean_ns: u64::MAX,
+            speculative_dispatches: 8,
+            speculative_mean_ns: 700,
+            side_compile_cost_ns: 12,
+        },
+        reason: VerdictReason::Measured,
+    }
+}
+
+/// A store of `driver` with two records and one verdict, saved at `path`.
+fn saved_store(path: &Path, driver: &str) -> AutotuneStore {
+    let store = AutotuneStore::new(device(driver));
+    store.put(AutotuneKey::new(&cache_key(1), ADAPTER), record(2));
+    store.put(AutotuneKey::new(&cache_key(2), ADAPTER), record(8));
+    let (c, s) = (cache_key(1), cache_key(2));
+    let keys = SpeculativeVariantKeys {
+        conservative: &c,
+        speculative: &s,
+        adapter_id: ADAPTER,
+    };
+    store.set_verdict(keys, adopted());
+    store.save(path).expect("saving into a temp dir works");
+    store
+}
+
+fn strict_error(path: &Path) -> AutotuneError {
+    match AutotuneStore::load(path, &device("d1"), LoadMode::Strict) {
+        Ok((store, report)) => panic!(
+            "expected an error, loaded {} entries ({report:?})",
+            store.len()
+        ),
+        Err(e) => e,
+    }
+}
+
+fn no_temp_files_left(dir: &Path) {
+    let names: Vec<_> = fs::read_dir(dir)
+        .expect("temp dir readable")
+        .map(|e| e.expect("dir entry").file_name())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.to_string_lossy().contains(".tmp-")),
+        "temp files left behind: {names:?}"
+    );
+}
+
+#[test]
+fn round_trip_keeps_records_and_verdicts_as_loaded_until_verified() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    let original = saved_store(&path, "d1");
+    no_temp_files_left(dir.path());
+
+    let (loaded, report) =
+        AutotuneStore::load(&path, &device("d1"), LoadMode::Strict).expect("round trip loads");
+    assert!(matches!(report.outcome, LoadOutcome::Loaded));
+    assert_eq!((report.entries, report.verdicts, report.stale), (2, 1, 0));
+    assert_eq!(loaded.len(), 2);
+    assert!(loaded.stale().is_empty());
+    for shader in [1, 2] {
+        let key = AutotuneKey::new(&cache_key(shader), ADAPTER);
+        let entry = loaded.entry(&key).expect("entry survives");
+        assert_eq!(*entry.record, *original.get(&key).expect("original"));
+        assert_eq!(entry.trust, Trust::Loaded);
+    }
+    let (c, s) = (cache_key(1), cache_key(2));
+    let keys = SpeculativeVariantKeys {
+        conservative: &c,
+        speculative: &s,
+        adapter_id: ADAPTER,
+    };
+    let verdict = loaded.verdict(keys).expect("verdict survives");
+    assert_eq!((verdict.verdict, verdict.trust), (adopted(), Trust::Loaded));
+    assert!(loaded.mark_verdict_verified(keys));
+    assert_eq!(loaded.verdict(keys).map(|v| v.trust), Some(Trust::Verified));
+    let key = AutotuneKey::new(&cache_key(1), ADAPTER);
+    assert!(loaded.mark_verified(&key));
+    assert_eq!(loaded.entry(&key).map(|e| e.trust), Some(Trust::Verified));
+    // The load published a snapshot of what it read.
+    assert_eq!(loaded.snapshot().len(), 2);
+
+    // Saving again and loading gives the same file content (deterministic order).
+    let first = fs::read(&path).expect("read");
+    loaded.save(&path).expect("save again");
+    assert_eq!(fs::read(&path).expect("read"), first);
+}
+
+#[test]
+fn driver_change_makes_entries_stale_kept_and_reported_not_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    saved_store(&path, "d1");
+
+    let (store, report) =
+        AutotuneStore::load(&path, &device("d2"), LoadMode::Strict).expect("loads");
+    assert!(store.is_empty(), "entries of the old driver are not used");
+    assert!(store
+        .get(&AutotuneKey::new(&cache_key(1), ADAPTER))
+        .is_none());
+    assert_eq!(store.verdict_count(), 0);
+    assert_eq!((report.entries, report.stale), (0, 3));
+    let [group] = store.stale() else {
+        panic!("one stale group, got {:?}", store.stale());
+    };
+    assert_eq!(
+        group.reason,
+        StaleReason::DriverChanged { was: "d1".into() }
+    );
+    assert_eq!((group.entries.len(), group.verdicts.len()), (2, 1));
+
+    // New measurements under d2 are saved beside the kept d1 entries...
+    store.put(AutotuneKey::new(&cache_key(3), ADAPTER), record(16));
+    store.save(&path).expect("save");
+    // ...and a rollback to d1 finds the d1 entries again, with d2's now stale.
+    let (rolled_back, _) =
+        AutotuneStore::load(&path, &device("d1"), LoadMode::Strict).expect("loads");
+    assert_eq!(rolled_back.len(), 2);
+    assert!(rolled_back
+        .get(&AutotuneKey::new(&cache_key(1), ADAPTER))
+        .is_some());
+    assert!(rolled_back
+        .get(&AutotuneKey::new(&cache_key(3), ADAPTER))
+        .is_none());
+    let reasons: Vec<_> = rolled_back
+        .stale()
+        .iter()
+        .map(|g| g.reason.clone())
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![StaleReason::DriverChanged { was: "d2".into() }]
+    );
+
+    // Another device altogether: stale for another reason.
+    let other = DeviceIdentity {
+        device_uuid: [0; 16],
+        driver_version: "d1".into(),
+    };
+    let (foreign, _) = AutotuneStore::load(&path, &other, LoadMode::Strict).expect("loads");
+    assert!(foreign.is_empty());
+    assert!(foreign
+        .stale()
+        .iter()
+        .all(|g| g.reason == StaleReason::OtherDevice));
+    assert_eq!(foreign.stale().len(), 2);
+}
+
+#[test]
+fn missing_file_is_an_empty_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, report) = AutotuneStore::load(
+        dir.path().join("none.json"),
+        &device("d1"),
+        LoadMode::Strict,
+    )
+    .expect("missing is fine");
+    assert!(store.is_empty());
+    assert!(matches!(report.outcome, LoadOutcome::Missing));
+    assert_eq!(store.identity(), &device("d1"));
+}
+
+#[test]
+fn corrupt_file_is_a_corrupt_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    fs::write(
+        &path,
+        b"{\"schema\": \"photofinish-autotune\", \"version\": 1, !!}",
+    )
+    .expect("write");
+    assert!(matches!(strict_error(&path), AutotuneError::Corrupt { .. }));
+    fs::write(&path, b"[1, 2, 3]").expect("write");
+    assert!(matches!(strict_error(&path), AutotuneError::Corrupt { .. }));
+}
+
+#[test]
+fn well_formed_json_with_bad_fields_is_corrupt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    saved_store(&path, "d1");
+    let good = fs::read_to_string(&path).expect("read");
+    let bad_uuid = good.replacen(&device("d1").uuid_hex(), "not-a-uuid", 1);
+    fs::write(&path, bad_uuid).expect("write");
+    let err = strict_error(&path);
+    assert!(matches!(err, AutotuneError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("not-a-uuid"), "{err}");
+
+    let bad_verdict = good.replacen("\"adopt\"", "\"maybe\"", 1);
+    fs::write(&path, bad_verdict).expect("write");
+    assert!(matches!(strict_error(&path), AutotuneError::Corrupt { .. }));
+}
+
+#[test]
+fn truncated_file_is_a_truncated_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    saved_store(&path, "d1");
+    let full = fs::read(&path).expect("read");
+    fs::write(&path, &full[..full.len() / 2]).expect("write");
+    let err = strict_error(&path);
+    assert!(matches!(err, AutotuneError::Truncated { .. }), "{err}");
+    fs::write(&path, b"").expect("write");
+    assert!(matches!(
+        strict_error(&path),
+        AutotuneError::Truncated { .. }
+    ));
+}
+
+#[test]
+fn oversized_file_is_refused_without_reading_it_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    let file = fs::File::create(&path).expect("create");
+    // Sparse: the size is over the cap without writing 16 MiB.
+    file.set_len(MAX_STORE_FILE_BYTES + 1).expect("set_len");
+    let err = strict_error(&path);
+    assert!(matches!(err, AutotuneError::TooLarge { .. }), "{err}");
+}
+
+#[test]
+fn foreign_schema_or_version_is_a_foreign_schema_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    fs::write(&path, br#"{"schema": "someone-else", "version": 1}"#).expect("write");
+    assert!(matches!(
+        strict_error(&path),
+        AutotuneError::ForeignSchema { .. }
+    ));
+    fs::write(&path, br#"{"name": "package.json"}"#).expect("write");
+    assert!(matches!(
+        strict_error(&path),
+        AutotuneError::ForeignSchema { .. }
+    ));
+
+    saved_store(&path, "d1");
+    let future =
+        fs::read_to_string(&path)
+            .expect("read")
+            .replacen("\"version\": 1", "\"version\": 2", 1);
+    fs::write(&path, future).expect("write");
+    let err = strict_error(&path);
+    match &err {
+        AutotuneError::ForeignSchema { found_version, .. } => assert_eq!(found_version, "2"),
+        other => panic!("expected ForeignSchema, got {other}"),
+    }
+}
+
+#[test]
+fn a_directory_at_the_path_is_unreadable_and_unwritable_without_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    fs::create_dir(&path).expect("mkdir");
+    fs::write(path.join("keep"), b"precious").expect("write");
+    assert!(matches!(
+        strict_error(&path),
+        AutotuneError::NotAFile { .. }
+    ));
+
+    let store = AutotuneStore::new(device("d1"));
+    store.put(AutotuneKey::new(&cache_key(1), ADAPTER), record(1));
+    let err = store.save(&path).expect_err("cannot replace a directory");
+    assert!(matches!(err, AutotuneError::Io { .. }), "{err}");
+    assert_eq!(fs::read(path.join("keep")).expect("untouched"), b"precious");
+    no_temp_files_left(dir.path());
+}
+
+#[test]
+fn save_into_a_missing_directory_fails_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("no-such-dir").join("autotune.json");
+    let err = AutotuneStore::default()
+        .save(&path)
+        .expect_err("no directory");
+    assert!(matches!(err, AutotuneError::Io { .. }), "{err}");
+    assert!(!path.exists());
+}
+
+#[test]
+fn fresh_on_error_logs_and_starts_empty_and_the_next_save_repairs_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    fs::write(&path, b"\x00\x01garbage").expect("write");
+    let (store, report) =
+        AutotuneStore::load(&path, &device("d1"), LoadMode::FreshOnError).expect("fresh start");
+    assert!(store.is_empty());
+    assert!(matches!(
+        report.outcome,
+        LoadOutcome::FreshStart(AutotuneError::Corrupt { .. })
+    ));
+    store.put(AutotuneKey::new(&cache_key(4), ADAPTER), record(4));
+    store.save(&path).expect("save");
+    let (again, _) = AutotuneStore::load(&path, &device("d1"), LoadMode::Strict).expect("repaired");
+    assert_eq!(again.len(), 1);
+}
+
+#[test]
+fn overwriting_an_existing_file_leaves_only_the_complete_new_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    saved_store(&path, "d1");
+    let store = AutotuneStore::new(device("d1"));
+    for i in 0..50 {
+        store.put(AutotuneKey::new(&cache_key(100 + i), ADAPTER), record(1));
+    }
+    store.save(&path).expect("save");
+    no_temp_files_left(dir.path());
+    let (loaded, _) = AutotuneStore::load(&path, &device("d1"), LoadMode::Strict).expect("load");
+    assert_eq!(loaded.len(), 50);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn loading_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("autotune.json");
+        fs::write(&path, &bytes).expect("write");
+        let strict = AutotuneStore::load(&path, &device("d1"), LoadMode::Strict);
+        // Only a document naming our schema can load; random bytes never do.
+        let names_schema = bytes.windows(SCHEMA_NAME.len()).any(|w| w == SCHEMA_NAME.as_bytes());
+        prop_assert!(strict.is_err() || names_schema);
+        let fresh = AutotuneStore::load(&path, &device("d1"), LoadMode::FreshOnError);
+        prop_assert!(fresh.is_ok());
+    }
+
+    #[test]
+    fn loading_a_damaged_valid_file_never_panics(cut in 0usize..4096, flip in 0usize..4096, byte in any::<u8>()) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("autotune.json");
+        saved_store(&path, "d1");
+        let mut bytes = fs::read(&path).expect("read");
+        let at = flip % bytes.len();
+        bytes[at] = byte;
+        bytes.truncate(cut.min(bytes.len()));
+        fs::write(&path, &bytes).expect("write");
+        if let Ok((store, _)) = AutotuneStore::load(&path, &device("d1"), LoadMode::Strict) {
+            // Whatever survived the damage is at most what was saved.
+            prop_assert!(store.len() <= 2);
+        }
+    }
+}
