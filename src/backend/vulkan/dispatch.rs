@@ -508,3 +508,26 @@ impl Gpu {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_masked_to_their_valid_bits_and_scaled() {
+        assert_eq!(ticks_to_ns(100, 350, 64, 1.0), 250);
+        assert_eq!(ticks_to_ns(100, 350, 64, 2.5), 625);
+        // A 32-bit counter that wrapped, with garbage above the valid bits.
+        let start = 0xabcd_0000_ffff_fff0;
+        let end = 0x1234_0000_0000_0010;
+        assert_eq!(ticks_to_ns(start, end, 32, 1.0), 0x20);
+        assert_eq!(ticks_to_ns(start, end, 32, 1.5), 48);
+    }
+
+    #[test]
+    fn bindings_are_bound_in_whole_words() {
+        assert_eq!(bound_len(1), 4);
+        assert_eq!(bound_len(4), 4);
+        assert_eq!(bound_len(10), 12);
+    }
+}

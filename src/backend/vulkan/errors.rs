@@ -74,3 +74,37 @@ pub(super) fn alloc_error(
 pub(super) fn exec_error(device: usize, e: CommandBufferExecError) -> BackendError {
     BackendError::Vulkan(format!("submitting on device {device}: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_and_device_lost_are_typed() {
+        for e in [VulkanError::OutOfDeviceMemory, VulkanError::OutOfHostMemory] {
+            assert_eq!(
+                vulkan_error(2, 64, e),
+                BackendError::OutOfDeviceMemory {
+                    device: 2,
+                    bytes: 64
+                }
+            );
+        }
+        assert!(matches!(
+            vulkan_error(1, 0, VulkanError::DeviceLost),
+            BackendError::DeviceLost { device: 1, .. }
+        ));
+        assert!(matches!(
+            vk_error(0, 0, Validated::Error(VulkanError::InitializationFailed)),
+            BackendError::Vulkan(_)
+        ));
+    }
+
+    #[test]
+    fn the_lost_flag_stays_set() {
+        let flag = DeviceFlag::default();
+        assert!(!flag.is_set());
+        flag.set();
+        assert!(flag.is_set());
+    }
+}

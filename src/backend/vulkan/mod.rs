@@ -339,3 +339,79 @@ impl Backend for VulkanBackend {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BindingAccess, BindingDesc, BufferArg};
+
+    const WRITE_ONE: &str = r#"
+@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(1)
+fn main() { out[0] = 1u; }
+"#;
+
+    fn write_one() -> KernelVariant {
+        let module = naga::front::wgsl::parse_str(WRITE_ONE).expect("parses");
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .expect("validates");
+        let words =
+            naga::back::spv::write_vec(&module, &info, &Default::default(), None).expect("SPIR-V");
+        KernelVariant {
+            name: "write-one".into(),
+            spirv: Some(words.into()),
+            entry_point: "main".into(),
+            workgroup_size: [1, 1, 1],
+            bindings: vec![BindingDesc {
+                slot: 0,
+                access: BindingAccess::Write,
+            }],
+            push_constant_bytes: 0,
+            cpu: None,
+        }
+    }
+
+    #[test]
+    fn a_lost_device_fails_fast() {
+        let backend = match VulkanBackend::new() {
+            Ok(b) => b,
+            Err(e) if std::env::var("PHOTOFINISH_ALLOW_NO_VULKAN").as_deref() == Ok("1") => {
+                eprintln!("SKIPPED: no Vulkan device ({e})");
+                return;
+            }
+            Err(e) => panic!("no Vulkan device: {e}; set PHOTOFINISH_ALLOW_NO_VULKAN=1 to skip"),
+        };
+        let queue = backend.queues()[0];
+        let kernel = backend.load_kernel(0, &write_one()).expect("loads");
+        let job = DispatchJob {
+            queue,
+            kernel,
+            buffers: vec![BufferArg::Zeroed(4)],
+            push_constants: vec![],
+            workgroups: [1, 1, 1],
+        };
+        let out = backend.dispatch(std::slice::from_ref(&job)).remove(0);
+        assert_eq!(
+            out.expect("runs").outputs,
+            vec![1u32.to_le_bytes().to_vec()]
+        );
+
+        // What the error mapping does when the driver reports the loss.
+        let reported =
+            backend.gpus[0].note(errors::vulkan_error(0, 0, vulkano::VulkanError::DeviceLost));
+        assert!(matches!(reported, BackendError::DeviceLost { .. }));
+
+        let lost = |r: Result<_, BackendError>| match r {
+            Err(BackendError::DeviceLost { device: 0, .. }) => {}
+            Err(e) => panic!("expected DeviceLost, got {e}"),
+            Ok(_) => panic!("expected DeviceLost, got success"),
+        };
+        lost(backend.dispatch(&[job]).remove(0).map(|_| ()));
+        lost(backend.load_kernel(0, &write_one()).map(|_| ()));
+        lost(backend.measure_copy_bandwidth(queue, 1024).map(|_| ()));
+    }
+}

@@ -242,3 +242,16 @@ impl ReuseCache {
         self.query_pools.pop()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_are_powers_of_two_of_at_least_256_bytes() {
+        assert_eq!(size_class(1), 256);
+        assert_eq!(size_class(256), 256);
+        assert_eq!(size_class(257), 512);
+        assert_eq!(size_class(3 << 20), 4 << 20);
+    }
+}
