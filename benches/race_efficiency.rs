@@ -27,7 +27,7 @@ use photofinish::backend::{
 const BUSY_WGSL: &str = r#"
 struct Params { rounds: u32 }
 var<immediate> params: Params;
-@group(0) @binding(0) var<storage, read_write> sink: array<atomic<u32>>;
+@group(0) @binding(0) var<storage, read_write> sink: array<u32>;
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     var x = gid.x * 2654435761u + 1u;
@@ -37,7 +37,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     // Never true in practice, but the compiler cannot know: the loop must run.
     if (x == 0x9e3779b9u) {
-        atomicAdd(&sink[0], 1u);
+        sink[0] = x;
     }
 }
 "#;
@@ -146,6 +146,14 @@ fn race_efficiency(c: &mut Criterion) {
         .devices()
         .first()
         .map_or_else(|| "?".to_owned(), |d| d.name.clone());
+    // One small dispatch first, so a kernel that does not run fails here, on any device.
+    if let Some(&queue) = backend.queues().first() {
+        let (_, gpu) = run(backend.as_ref(), &[job(kernel, queue, 1, 16)], 1);
+        println!(
+            "race_efficiency: check dispatch ran, {:.0} ns of kernel time",
+            gpu[0]
+        );
+    }
     let pairs = pairs(backend.queues());
     println!(
         "race_efficiency on {device}: queues {:?}; pairs {:?}",

@@ -159,6 +159,7 @@ pub fn spirv(name: &str, wgsl: &str) -> Arc<[u32]> {
     .unwrap_or_else(|e| fail(&format!("bench shader {name} is invalid: {e}")));
     let options = naga::back::spv::Options {
         lang_version: (1, 3),
+        flags: naga::back::spv::WriterFlags::empty(),
         ..Default::default()
     };
     naga::back::spv::write_vec(&module, &info, &options, None)
