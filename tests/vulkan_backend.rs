@@ -630,3 +630,44 @@ fn staged_uploads_and_readbacks_give_the_same_results() {
         .expect("copy is timed");
     assert_eq!(bw.bytes, 1 << 20);
 }
+
+const COUNT_ODD: &str = r#"
+@group(0) @binding(0) var<storage, read> input: array<u32>;
+@group(0) @binding(1) var<storage, read_write> count: atomic<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let i = id.x;
+    if (i < arrayLength(&input) && (input[i] & 1u) == 1u) { atomicAdd(&count, 1u); }
+}
+"#;
+
+#[test]
+fn device_scoped_storage_atomics_load_and_run() {
+    // Regression: with the Vulkan memory model enabled but not its device scope,
+    // vulkano refused naga's storage atomics (`Device` scope) at pipeline creation.
+    let Some(b) = backend() else { return };
+    let v = KernelVariant {
+        name: "test/count-odd".into(),
+        spirv: Some(spirv(COUNT_ODD)),
+        entry_point: "main".into(),
+        workgroup_size: [64, 1, 1],
+        bindings: vec![
+            binding(0, BindingAccess::Read),
+            binding(1, BindingAccess::Write),
+        ],
+        push_constant_bytes: 0,
+        cpu: None,
+    };
+    let k = b.load_kernel(0, &v).unwrap_or_else(|e| panic!("{e}"));
+    let input: Vec<u32> = (0..1000).map(|i| i * 3).collect();
+    let job = DispatchJob {
+        queue: first_queue(b),
+        kernel: k,
+        buffers: vec![BufferArg::Data(bytes(&input)), BufferArg::Zeroed(4)],
+        push_constants: vec![],
+        workgroups: [16, 1, 1],
+    };
+    let out = b.dispatch(&[job]).remove(0).expect("dispatch succeeds");
+    let odd = input.iter().filter(|&&x| x % 2 == 1).count() as u32;
+    assert_eq!(words(&out.outputs[0]), vec![odd]);
+}
