@@ -11,10 +11,14 @@
 //! a measured batch is one empty dispatch on the CPU backend plus the engine's
 //! bookkeeping; audits are off. The baselines' workers only answer. Targets: ≥ 0.5× the
 //! raw channel's throughput and ≥ 2× the actor framework's.
+//!
+//! Two more lines split the engine's time: the same engine on a minimal inline backend
+//! (kernel code on the worker's own thread: the engine's machinery alone), and the CPU
+//! backend's dispatch called straight from the producers (the backend alone).
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,10 +26,11 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use photofinish::backend::cpu::CpuBackend;
 use photofinish::backend::{
-    Backend, BindingAccess, BindingDesc, BufferArg, DispatchJob, KernelVariant,
+    Backend, BackendError, BackendKind, BindingAccess, BindingDesc, BufferArg, DispatchJob,
+    DispatchOutput, KernelHandle, KernelVariant, QueueId,
 };
 use photofinish::kernels::DispatchPlan;
-use photofinish::{Batch, Engine, KernelId, KernelVerdict, TestBackend};
+use photofinish::{Batch, Engine, KernelId, KernelVerdict};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 /// Batches each producer keeps in flight before it waits for their answers.
@@ -214,6 +219,106 @@ impl Drop for ActorPipeline {
     }
 }
 
+// ----- a minimal inline backend --------------------------------------------------------
+
+/// The least a backend can do: run a variant's CPU code on the calling thread, with no
+/// validation beyond what it needs not to fail. It describes itself with the CPU
+/// backend's device description and `queues` queues of family 0.
+#[derive(Debug)]
+struct InlineBackend {
+    devices: Vec<photofinish::backend::DeviceInfo>,
+    queues: Vec<QueueId>,
+    kernels: RwLock<Vec<Arc<KernelVariant>>>,
+}
+
+impl InlineBackend {
+    fn new(device: photofinish::backend::DeviceInfo, queues: u32) -> Self {
+        InlineBackend {
+            devices: vec![device],
+            queues: (0..queues)
+                .map(|index| QueueId {
+                    device: 0,
+                    family: 0,
+                    index,
+                })
+                .collect(),
+            kernels: RwLock::new(Vec::new()),
+        }
+    }
+
+    fn run(&self, job: &DispatchJob) -> Result<DispatchOutput, BackendError> {
+        let kernels = self.kernels.read().unwrap_or_else(|p| p.into_inner());
+        let unknown = || BackendError::Unknown {
+            what: format!("kernel {:?}", job.kernel),
+        };
+        let variant = usize::try_from(job.kernel.id)
+            .ok()
+            .and_then(|i| kernels.get(i))
+            .cloned()
+            .ok_or_else(unknown)?;
+        drop(kernels);
+        let code = variant.cpu.as_ref().ok_or_else(unknown)?;
+        let mut buffers: Vec<Vec<u8>> = job
+            .buffers
+            .iter()
+            .map(|b| match b {
+                BufferArg::Data(d) => d.to_vec(),
+                BufferArg::Zeroed(n) => vec![0; *n as usize],
+            })
+            .collect();
+        let started = Instant::now();
+        code(&mut buffers, &job.push_constants, job.workgroups).map_err(|reason| {
+            BackendError::KernelFailed {
+                kernel: variant.name.clone(),
+                reason,
+            }
+        })?;
+        let kernel_ns = started.elapsed().as_nanos() as u64;
+        let outputs = variant
+            .bindings
+            .iter()
+            .zip(buffers)
+            .filter(|(b, _)| b.access.writes())
+            .map(|(_, buffer)| buffer)
+            .collect();
+        Ok(DispatchOutput {
+            outputs,
+            kernel_ns: Some(kernel_ns),
+        })
+    }
+}
+
+impl Backend for InlineBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Test
+    }
+
+    fn devices(&self) -> &[photofinish::backend::DeviceInfo] {
+        &self.devices
+    }
+
+    fn queues(&self) -> &[QueueId] {
+        &self.queues
+    }
+
+    fn load_kernel(
+        &self,
+        _device: usize,
+        variant: &KernelVariant,
+    ) -> Result<KernelHandle, BackendError> {
+        let mut kernels = self.kernels.write().unwrap_or_else(|p| p.into_inner());
+        kernels.push(Arc::new(variant.clone()));
+        Ok(KernelHandle {
+            device: 0,
+            id: kernels.len() as u64 - 1,
+        })
+    }
+
+    fn dispatch(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
+        jobs.iter().map(|job| self.run(job)).collect()
+    }
+}
+
 // ----- the engine --------------------------------------------------------------------
 
 /// A kernel pair with one written 4-byte binding: the conservative variant spins for
@@ -335,12 +440,15 @@ fn engine_overhead(c: &mut Criterion) {
             .unwrap_or_else(|e| common::fail(&format!("cannot open the CPU backend: {e}"))),
     );
     let direct = Direct::new(Arc::clone(&cpu));
+    let Some(cpu_info) = cpu.devices().first().cloned() else {
+        common::fail("the CPU backend has no device");
+    };
     let (engine, kernel) = engine_with_adopted_kernel(cpu);
     let workers = engine.worker_count();
-    // The same engine on the engine crate's inline backend (kernel code runs on the
-    // worker's own thread, no pool hop), with as many queues: the engine's machinery
-    // alone, without the CPU backend's per-dispatch cost.
-    let inline = Arc::new(TestBackend::new(1, 1, workers as u32));
+    // The same engine on a minimal backend that runs kernel code on the worker's own
+    // thread (no pool hop), with as many queues: the engine's machinery alone, without
+    // the CPU backend's per-dispatch cost.
+    let inline = Arc::new(InlineBackend::new(cpu_info, workers as u32));
     let (inline_engine, inline_kernel) = engine_with_adopted_kernel(inline);
     let raw = RawPipeline::new(workers, photofinish::DEFAULT_CHANNEL_CAPACITY);
     let actors = ActorPipeline::new(workers);
