@@ -160,7 +160,8 @@ impl Trace {
         let cursor = AtomicUsize::new(0);
         let started = Instant::now();
         std::thread::scope(|s| {
-            for &queue in self.backend.queues() {
+            // The kernels are loaded on device 0 only.
+            for &queue in self.backend.queues().iter().filter(|q| q.device == 0) {
                 let cursor = &cursor;
                 s.spawn(move || loop {
                     let i = cursor.fetch_add(1, Ordering::Relaxed);
