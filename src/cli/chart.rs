@@ -134,7 +134,7 @@ mod tests {
                 true,
             );
             if Some(i + 1) == verdict_at {
-                t.verdict(Verdict::Adopted, "measured");
+                t.verdict(Verdict::Adopted, "measured", false);
             }
         }
         t.finish()

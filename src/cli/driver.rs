@@ -3,20 +3,22 @@
 //! answer against the workload's CPU reference, and turns answers and engine events
 //! into the [`RunReport`]. Only public library API is used here.
 //!
-//! Samples are counted in the order the driver receives answers; the verdict is read
-//! from the engine's `VerdictChanged` events, drained after every answer, so "samples
-//! to verdict" is the number of answers the driver had when it first saw the verdict
-//! (the race that decided it answers after the verdict is published, so it is counted).
+//! Samples are numbered in the order their answers complete. The verdict comes from the
+//! engine's `VerdictChanged` events, drained after every answer. "Samples to verdict"
+//! for a measured verdict is found by replaying the library's own decision rule
+//! (`policy::decide_speculation`) over the paired arm times in that order (see
+//! [`KernelTally::finish`]); for a mismatch it is the number of answers the driver had
+//! when it saw the event.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use photofinish::kernels::{self, InputShape, Workload};
 use photofinish::{
-    Arm, BackendChoice, Batch, Engine, EngineError, Event, KernelId, KernelVerdict, Output,
-    VerdictReason,
+    Answer, Arm, BackendChoice, Batch, Engine, EngineError, Event, KernelId, KernelVerdict,
+    Output, Ticket, VerdictReason,
 };
 
 use super::args::RunArgs;
@@ -25,6 +27,9 @@ use super::report::{ArmName, KernelTally, RunReport, Verdict};
 /// Distinct inputs per kernel: batches cycle through them (generating `--batches`
 /// inputs of `--size` each would cost more than the kernels).
 const INPUT_POOL: usize = 4;
+
+/// How long to wait on the oldest ticket before looking for any other finished one.
+const ANSWER_POLL: Duration = Duration::from_micros(200);
 
 /// Why the driver could not finish.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +116,8 @@ fn bar_style() -> ProgressStyle {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
-/// Submits one kernel's batches, at most twice the worker count in flight.
+/// Submits one kernel's batches, at most twice the worker count in flight, and
+/// collects answers in the order they complete.
 fn run_kernel(
     engine: &Engine,
     events: &Receiver<Event>,
@@ -128,26 +134,43 @@ fn run_kernel(
     }
     let pool = inputs(workload, args);
     let in_flight_max = engine.worker_count().max(1) * 2;
-    let mut in_flight = VecDeque::with_capacity(in_flight_max);
-    for i in 0..args.batches as usize {
-        let (input, reference) = &pool[i % pool.len()];
-        in_flight.push_back((engine.submit(Batch::new(id, Arc::clone(input)))?, reference));
-        if in_flight.len() >= in_flight_max {
-            if let Some((ticket, reference)) = in_flight.pop_front() {
-                collect(&mut tally, ticket.wait()?, reference);
-                drain(events, id, &mut tally, bar);
-                bar.inc(1);
-            }
+    let mut in_flight: Vec<(Ticket, usize)> = Vec::with_capacity(in_flight_max);
+    let mut submitted = 0usize;
+    while submitted < args.batches as usize || !in_flight.is_empty() {
+        if submitted < args.batches as usize && in_flight.len() < in_flight_max {
+            let which = submitted % pool.len();
+            let batch = Batch::new(id, Arc::clone(&pool[which].0));
+            in_flight.push((engine.submit(batch)?, which));
+            submitted += 1;
+            continue;
         }
-    }
-    while let Some((ticket, reference)) = in_flight.pop_front() {
-        collect(&mut tally, ticket.wait()?, reference);
+        let (answer, which) = next_answer(&mut in_flight)?;
+        collect(&mut tally, answer, &pool[which].1);
         drain(events, id, &mut tally, bar);
         bar.inc(1);
     }
     // The engine publishes before it answers, so every event of these batches is here.
     drain(events, id, &mut tally, bar);
     Ok(tally)
+}
+
+/// The first answer to complete among `in_flight` (removed from it), with the index
+/// of its input.
+fn next_answer(in_flight: &mut Vec<(Ticket, usize)>) -> Result<(Answer, usize), DriverError> {
+    loop {
+        if let Some(at) = in_flight.iter().position(|(t, _)| t.is_ready()) {
+            let (ticket, which) = in_flight.swap_remove(at);
+            return Ok((ticket.wait()?, which));
+        }
+        let Some((oldest, which)) = in_flight.first() else {
+            return Err(DriverError::Engine(EngineError::Unanswered));
+        };
+        let which = *which;
+        if let Some(result) = oldest.wait_timeout(ANSWER_POLL) {
+            in_flight.swap_remove(0);
+            return Ok((result?, which));
+        }
+    }
 }
 
 /// `INPUT_POOL` inputs of `args.size` bytes, cycling through the workload's shapes,
@@ -171,7 +194,7 @@ fn inputs(workload: &dyn Workload, args: &RunArgs) -> Vec<(Arc<[u8]>, Vec<u8>)> 
 }
 
 /// One answer into the tally.
-fn collect(tally: &mut KernelTally, answer: photofinish::Answer, reference: &[u8]) {
+fn collect(tally: &mut KernelTally, answer: Answer, reference: &[u8]) {
     let verified = matches!(&answer.output, Output::Answer(bytes) if bytes == reference);
     let (answered_by, conservative_ns, speculative_ns) = match answer.arm {
         Arm::Conservative => (
@@ -199,10 +222,11 @@ fn drain(events: &Receiver<Event>, id: KernelId, tally: &mut KernelTally, bar: &
             } if kernel == id => {
                 let verdict = decided(to).unwrap_or(Verdict::Undecided);
                 if reason == VerdictReason::Reverified {
-                    tally.verdict(verdict, "re-verified");
+                    tally.verdict(verdict, "re-verified", false);
                     tally.reverified();
                 } else {
-                    tally.verdict(verdict, &reason_text(&reason));
+                    let measured = matches!(reason, VerdictReason::Measured(_));
+                    tally.verdict(verdict, &reason_text(&reason), measured);
                 }
                 bar.set_message(format!("{} after {} samples", verdict.as_str(), tally.batches()));
             }

@@ -14,6 +14,7 @@
 
 pub(crate) mod args;
 mod chart;
+mod driver;
 mod report;
 mod table;
 
@@ -24,9 +25,32 @@ use std::path::{Path, PathBuf};
 pub(crate) use args::RunArgs;
 pub(crate) use report::RunReport;
 
+/// Runs `photofinish run`: the workloads through the engine, then the table or JSON on
+/// stdout and, with `--report`, the report directory.
+pub(crate) fn run(args: &RunArgs, backend: photofinish::BackendChoice) -> Result<(), RunError> {
+    let progress = if args.json {
+        driver::Progress::Quiet
+    } else {
+        driver::Progress::Bars
+    };
+    let report = driver::run(args, backend, progress)?;
+    let mut out = std::io::stdout().lock();
+    print_report(&mut out, &report, args.json)?;
+    if let Some(dir) = &args.report {
+        let files = write_report_dir(dir, &report)?;
+        if !args.json {
+            writeln!(out, "report: {} files in {}", files.len(), dir.display())?;
+        }
+    }
+    Ok(())
+}
+
 /// Why `photofinish run` failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RunError {
+    /// The engine could not run the workloads.
+    #[error(transparent)]
+    Driver(#[from] driver::DriverError),
     /// The report directory or a file in it could not be written.
     #[error("cannot write {path}: {source}; pass a writable directory to `--report`")]
     ReportDir {
@@ -121,7 +145,7 @@ mod tests {
         for _ in 0..10 {
             k.push(Some(900), Some(400), ArmName::Conservative, true, true);
         }
-        k.verdict(Verdict::Adopted, "measured");
+        k.verdict(Verdict::Adopted, "measured", false);
         RunReport {
             backend: "cpu".into(),
             backend_reason: "asked for".into(),

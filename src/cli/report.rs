@@ -3,6 +3,7 @@
 //! against the CPU reference. The table, the JSON and the charts are all views of this
 //! one model, so they always tell the same facts. Pure data: no I/O here.
 
+use photofinish::policy::{decide_speculation, SpeculationObservation, SpeculationVerdict};
 use serde::{Deserialize, Serialize};
 
 /// A kernel's verdict as the report states it.
@@ -120,6 +121,8 @@ pub(crate) struct RunReport {
 #[derive(Debug, Clone)]
 pub(crate) struct KernelTally {
     report: KernelReport,
+    /// The first verdict the engine reached by measurement (not by a mismatch).
+    measured: Option<Verdict>,
 }
 
 impl KernelTally {
@@ -144,6 +147,7 @@ impl KernelTally {
                 speedup: None,
                 samples: Vec::new(),
             },
+            measured: None,
         }
     }
 
@@ -179,11 +183,14 @@ impl KernelTally {
 
     /// Records a verdict seen after the samples pushed so far. The first decided
     /// verdict of a kernel that did not start from the cache fixes
-    /// `samples_to_verdict`; a re-verified cached verdict marks `reverified`.
-    pub(crate) fn verdict(&mut self, verdict: Verdict, reason: &str) {
+    /// `samples_to_verdict` (refined by [`KernelTally::finish`] for a `measured` one).
+    pub(crate) fn verdict(&mut self, verdict: Verdict, reason: &str, measured: bool) {
         let r = &mut self.report;
         if verdict != Verdict::Undecided && r.samples_to_verdict.is_none() && !r.from_cache {
             r.samples_to_verdict = Some(r.batches);
+            if measured {
+                self.measured = Some(verdict);
+            }
         }
         r.verdict = verdict;
         r.verdict_reason = reason.to_string();
@@ -206,7 +213,19 @@ impl KernelTally {
     }
 
     /// The summary: means over the samples that have a time, and the speedup.
+    ///
+    /// Answers arrive a little after the engine decides, and several are in flight at
+    /// once, so for a measured verdict the sample that decided it is found by
+    /// replaying the library's decision rule over the paired times in answer order;
+    /// when the replay reaches the same verdict, its point is `samples_to_verdict`.
     pub(crate) fn finish(mut self) -> KernelReport {
+        if let (Some(engine_verdict), Some((at, replayed))) =
+            (self.measured, replay_verdict_point(&self.report.samples))
+        {
+            if engine_verdict == replayed {
+                self.report.samples_to_verdict = Some(at);
+            }
+        }
         let r = &mut self.report;
         r.conservative_mean_ns = mean(r.samples.iter().filter_map(|s| s.conservative_ns));
         r.speculative_mean_ns = mean(r.samples.iter().filter_map(|s| s.speculative_ns));
@@ -216,6 +235,34 @@ impl KernelTally {
         };
         self.report
     }
+}
+
+/// Replays `decide_speculation` over the samples that have both arms' times, in
+/// order: the index of the sample at which it first decides, and what.
+pub(crate) fn replay_verdict_point(samples: &[Sample]) -> Option<(u32, Verdict)> {
+    let (mut n, mut conservative, mut speculative) = (0u32, 0u128, 0u128);
+    for s in samples {
+        let (Some(c), Some(sp)) = (s.conservative_ns, s.speculative_ns) else {
+            continue;
+        };
+        n = n.saturating_add(1);
+        conservative += u128::from(c);
+        speculative += u128::from(sp);
+        let mean = |total: u128| u64::try_from(total / u128::from(n)).unwrap_or(u64::MAX);
+        let obs = SpeculationObservation {
+            baseline_dispatches: n,
+            baseline_mean_ns: mean(conservative),
+            speculative_dispatches: n,
+            speculative_mean_ns: mean(speculative),
+            side_compile_cost_ns: 0,
+        };
+        match decide_speculation(obs) {
+            SpeculationVerdict::Adopt => return Some((s.index, Verdict::Adopted)),
+            SpeculationVerdict::Reject => return Some((s.index, Verdict::Rejected)),
+            SpeculationVerdict::KeepRacing => {}
+        }
+    }
+    None
 }
 
 /// The mean of `values` (u128 sum, so no overflow); `None` for none.
@@ -292,10 +339,10 @@ mod tests {
         for _ in 0..9 {
             t.push(Some(2), Some(1), ArmName::Conservative, true, true);
         }
-        t.verdict(Verdict::Undecided, "");
-        t.verdict(Verdict::Adopted, "measured: adopt");
+        t.verdict(Verdict::Undecided, "", false);
+        t.verdict(Verdict::Adopted, "measured: adopt", false);
         t.push(None, Some(1), ArmName::Speculative, false, true);
-        t.verdict(Verdict::Rejected, "mismatch");
+        t.verdict(Verdict::Rejected, "mismatch", false);
         let r = t.finish();
         assert_eq!(r.samples_to_verdict, Some(9));
         assert_eq!(r.verdict, Verdict::Rejected);
@@ -307,12 +354,51 @@ mod tests {
         let mut t = tally();
         t.from_cache(Verdict::Adopted);
         t.push(Some(2), Some(1), ArmName::Conservative, true, true);
-        t.verdict(Verdict::Adopted, "re-verified");
+        t.verdict(Verdict::Adopted, "re-verified", true);
         t.reverified();
         let r = t.finish();
         assert!(r.from_cache && r.reverified);
         assert_eq!(r.samples_to_verdict, None);
         assert_eq!(r.verdict_reason, "from cache, re-verified");
+    }
+
+    #[test]
+    fn a_measured_verdict_is_placed_where_the_decision_rule_reaches_it() {
+        let mut t = tally();
+        // Two samples without times, then a clear 2x win: the 8th paired sample
+        // (sample 10) is where `decide_speculation` adopts.
+        t.push(None, None, ArmName::Conservative, true, true);
+        t.push(Some(2_000), None, ArmName::Conservative, true, true);
+        for _ in 0..11 {
+            t.push(Some(2_000), Some(1_000), ArmName::Conservative, true, true);
+        }
+        // The driver saw the event late, after 13 answers.
+        t.verdict(Verdict::Adopted, "measured: adopt", true);
+        assert_eq!(t.finish().samples_to_verdict, Some(10));
+    }
+
+    #[test]
+    fn a_replay_that_disagrees_with_the_engine_keeps_the_observed_point() {
+        let mut t = tally();
+        for _ in 0..9 {
+            t.push(Some(1_000), Some(2_000), ArmName::Conservative, true, true);
+        }
+        t.verdict(Verdict::Adopted, "measured: adopt", true);
+        assert_eq!(t.finish().samples_to_verdict, Some(9));
+        assert_eq!(
+            replay_verdict_point(&tally_samples(8, 1_000, 2_000)),
+            Some((8, Verdict::Rejected))
+        );
+        // Within 15 %: the rule keeps racing, no point.
+        assert_eq!(replay_verdict_point(&tally_samples(20, 1_000, 900)), None);
+    }
+
+    fn tally_samples(n: u32, c: u64, s: u64) -> Vec<Sample> {
+        let mut t = tally();
+        for _ in 0..n {
+            t.push(Some(c), Some(s), ArmName::Conservative, true, true);
+        }
+        t.finish().samples
     }
 
     #[test]

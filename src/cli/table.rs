@@ -122,7 +122,7 @@ mod tests {
         for _ in 0..8 {
             adopted.push(Some(2_000), Some(1_000), ArmName::Conservative, true, true);
         }
-        adopted.verdict(Verdict::Adopted, "measured");
+        adopted.verdict(Verdict::Adopted, "measured", false);
         let mut cached = KernelTally::new("scan", "scan/check", "scan/fused");
         cached.from_cache(Verdict::Rejected);
         cached.push(Some(1_500_000), None, ArmName::Conservative, false, true);
