@@ -41,11 +41,17 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), Error> {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
-    let (conservative_spv, speculative_spv) = match args.as_slice() {
+    let (conservative_spv, speculative_spv, scratch) = match args.as_slice() {
         [] => compile_shipped_pair()?,
-        [c, s] => (c.clone(), s.clone()),
+        [c, s] => (c.clone(), s.clone(), None),
         _ => return Err("usage: embed_spirv [CONSERVATIVE.spv SPECULATIVE.spv]".into()),
     };
+    let conservative = variant("affine/scalar", &conservative_spv, [64, 1, 1], affine_cpu)?;
+    let speculative = variant("affine/vec4", &speculative_spv, [256, 1, 1], affine_cpu)?;
+    if let Some(dir) = scratch {
+        // Loaded: the compiled files are no longer needed.
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     let engine = Engine::builder().build()?;
     let events = engine.subscribe();
@@ -67,11 +73,7 @@ fn main() -> Result<(), Error> {
         }
     });
 
-    let kernel = engine.register_pair(
-        "affine",
-        variant("affine/scalar", &conservative_spv, [64, 1, 1], affine_cpu)?,
-        variant("affine/vec4", &speculative_spv, [256, 1, 1], affine_cpu)?,
-    )?;
+    let kernel = engine.register_pair("affine", conservative, speculative)?;
 
     let engine = Arc::new(engine);
     let submitters: Vec<_> = (0..THREADS)
@@ -196,8 +198,8 @@ fn variant(
 }
 
 /// Compiles `examples/shaders/affine_{scalar,vec4}.wgsl` to `.spv` files with naga and
-/// returns their paths.
-fn compile_shipped_pair() -> Result<(PathBuf, PathBuf), Error> {
+/// returns their paths and the scratch directory that holds them.
+fn compile_shipped_pair() -> Result<(PathBuf, PathBuf, Option<PathBuf>), Error> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/shaders");
     let out = std::env::temp_dir().join(format!("photofinish-embed-{}", std::process::id()));
     std::fs::create_dir_all(&out)?;
@@ -225,7 +227,7 @@ fn compile_shipped_pair() -> Result<(PathBuf, PathBuf), Error> {
         paths.push(path);
     }
     match <[PathBuf; 2]>::try_from(paths) {
-        Ok([c, s]) => Ok((c, s)),
+        Ok([c, s]) => Ok((c, s, Some(out))),
         Err(_) => Err("expected two compiled shaders".into()),
     }
 }
