@@ -39,6 +39,9 @@ const B: u32 = 12_345;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// A variant's CPU code: buffers in binding order, push constants, workgroup count.
+type CpuCode = fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String>;
+
 fn main() -> Result<(), Error> {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     let (conservative_spv, speculative_spv, scratch) = match args.as_slice() {
@@ -59,10 +62,20 @@ fn main() -> Result<(), Error> {
         // Ends when the engine shuts down and drops its side of the channel.
         for event in events {
             match event {
-                Event::BackendSelected { kind, devices, reason } => {
+                Event::BackendSelected {
+                    kind,
+                    devices,
+                    reason,
+                } => {
                     println!("event: backend {kind} on {devices:?} ({reason})")
                 }
-                Event::VerdictChanged { name, from, to, reason, .. } => {
+                Event::VerdictChanged {
+                    name,
+                    from,
+                    to,
+                    reason,
+                    ..
+                } => {
                     println!("event: `{name}` verdict {from} -> {to} ({reason:?})")
                 }
                 Event::MismatchCaught { name, queue, .. } => {
@@ -173,11 +186,15 @@ fn variant(
     name: &str,
     path: &Path,
     workgroup_size: [u32; 3],
-    cpu: fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String>,
+    cpu: CpuCode,
 ) -> Result<KernelVariant, Error> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if bytes.len() % 4 != 0 {
-        return Err(format!("{} is not SPIR-V: its length is not whole words", path.display()).into());
+        return Err(format!(
+            "{} is not SPIR-V: its length is not whole words",
+            path.display()
+        )
+        .into());
     }
     let words: Arc<[u32]> = bytes
         .chunks_exact(4)
@@ -189,8 +206,14 @@ fn variant(
         entry_point: "main".to_string(),
         workgroup_size,
         bindings: vec![
-            BindingDesc { slot: 0, access: BindingAccess::Read },
-            BindingDesc { slot: 1, access: BindingAccess::Write },
+            BindingDesc {
+                slot: 0,
+                access: BindingAccess::Read,
+            },
+            BindingDesc {
+                slot: 1,
+                access: BindingAccess::Write,
+            },
         ],
         push_constant_bytes: 12,
         cpu: Some(Arc::new(cpu)),
@@ -222,7 +245,13 @@ fn compile_shipped_pair() -> Result<(PathBuf, PathBuf, Option<PathBuf>), Error> 
         };
         let words = naga::back::spv::write_vec(&module, &info, &options, None)?;
         let path = out.join(format!("{stem}.spv"));
-        std::fs::write(&path, words.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>())?;
+        std::fs::write(
+            &path,
+            words
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        )?;
         println!("compiled {} -> {}", wgsl_path.display(), path.display());
         paths.push(path);
     }

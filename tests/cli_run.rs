@@ -48,7 +48,11 @@ fn run_fails(args: &[&str]) -> String {
 const SMALL: [&str; 5] = ["--backend", "cpu", "--batches", "12", "--size=16KiB"];
 
 fn small(extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["run"].iter().chain(&SMALL).map(|s| s.to_string()).collect();
+    let mut v: Vec<String> = ["run"]
+        .iter()
+        .chain(&SMALL)
+        .map(|s| s.to_string())
+        .collect();
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
@@ -69,7 +73,13 @@ fn run_on_the_cpu_prints_a_table_row_per_kernel() {
     let stdout = run_ok(&refs(&small(&[])));
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines[0].starts_with("backend: cpu"), "{stdout}");
-    for header in ["verdict", "samples to verdict", "conservative mean", "speedup", "verified"] {
+    for header in [
+        "verdict",
+        "samples to verdict",
+        "conservative mean",
+        "speedup",
+        "verified",
+    ] {
         assert!(lines[1].contains(header), "{header}: {stdout}");
     }
     for kernel in ["histogram", "reduce", "scan"] {
@@ -217,7 +227,12 @@ fn an_unwritable_report_dir_is_a_clear_error() {
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, b"not a directory").expect("write");
     let target = blocker.join("report").display().to_string();
-    let stderr = run_fails(&refs(&small(&["--workload", "reduce", "--report", &target])));
+    let stderr = run_fails(&refs(&small(&[
+        "--workload",
+        "reduce",
+        "--report",
+        &target,
+    ])));
     assert!(stderr.contains("--report"), "{stderr}");
 }
 

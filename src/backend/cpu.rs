@@ -1,1 +1,320 @@
-//! The CPU backend (being written).
+//! The CPU backend: runs each kernel variant's CPU code on a rayon pool.
+//!
+//! It is the fallback when no Vulkan device exists and the reference the GPU paths are
+//! checked against. It exposes one device with one queue family whose queues are the
+//! pool's threads (at least two, so two arms of a race really run at the same time),
+//! validates every dispatch the way a Vulkan driver would (bindings, buffer kinds and
+//! sizes, push constants, workgroup limits) and times the kernel code with the host
+//! clock. It owns its loaded kernels and nothing else; it never decides what to run.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use super::{
+    Backend, BackendError, BackendKind, BufferArg, DeviceInfo, DeviceLimits, DispatchJob,
+    DispatchOutput, KernelHandle, KernelVariant, QueueFamilyInfo, QueueId,
+};
+
+/// The workgroup-count limit the CPU backend enforces, like Vulkan's guaranteed minimum,
+/// so a plan that runs here also runs on a GPU.
+const MAX_WORKGROUP_COUNT: u32 = 65_535;
+
+/// The CPU backend (see the module docs).
+#[derive(Debug)]
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    devices: Vec<DeviceInfo>,
+    queues: Vec<QueueId>,
+    // A plain std lock, not the loom shim: loading kernels is not one of the protocols
+    // the loom models explore.
+    kernels: RwLock<Vec<Arc<KernelVariant>>>,
+}
+
+impl CpuBackend {
+    /// A CPU backend with one queue per available hardware thread (at least two).
+    pub fn new() -> Result<Self, BackendError> {
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        Self::with_threads(threads)
+    }
+
+    /// A CPU backend whose pool has `threads` threads (raised to at least two), each
+    /// one queue.
+    pub fn with_threads(threads: usize) -> Result<Self, BackendError> {
+        let threads = threads.clamp(2, u32::MAX as usize);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("photofinish-cpu-{i}"))
+            .build()
+            .map_err(|e| {
+                BackendError::NoDevice(format!("cannot start the CPU backend's threads: {e}"))
+            })?;
+        let queue_count = threads as u32;
+        let device = DeviceInfo {
+            index: 0,
+            name: format!("cpu (rayon, {threads} threads)"),
+            device_type: "cpu".to_owned(),
+            adapter_id: format!("cpu:{}:{threads}", std::env::consts::ARCH),
+            device_uuid: [0; 16],
+            driver_version: format!("photofinish-cpu {}", env!("CARGO_PKG_VERSION")),
+            timestamp_period_ns: 1.0,
+            queue_families: vec![QueueFamilyInfo {
+                index: 0,
+                queue_count,
+                opened: queue_count,
+                compute: true,
+                graphics: false,
+                transfer: true,
+                timestamp_valid_bits: 64,
+            }],
+            limits: DeviceLimits {
+                max_workgroup_count: [MAX_WORKGROUP_COUNT; 3],
+                max_workgroup_size: [1024, 1024, 64],
+                max_workgroup_invocations: 1024,
+                max_storage_buffer_range: u64::from(u32::MAX),
+                max_push_constants_size: 128,
+                subgroup_size: None,
+            },
+        };
+        let queues = (0..queue_count)
+            .map(|index| QueueId {
+                device: 0,
+                family: 0,
+                index,
+            })
+            .collect();
+        Ok(CpuBackend {
+            pool,
+            devices: vec![device],
+            queues,
+            kernels: RwLock::new(Vec::new()),
+        })
+    }
+
+    fn kernel(&self, handle: KernelHandle) -> Result<Arc<KernelVariant>, BackendError> {
+        let unknown = || BackendError::Unknown {
+            what: format!("kernel handle {handle:?}"),
+        };
+        if handle.device != 0 {
+            return Err(unknown());
+        }
+        let kernels = self.kernels.read().unwrap_or_else(|e| e.into_inner());
+        usize::try_from(handle.id)
+            .ok()
+            .and_then(|i| kernels.get(i).cloned())
+            .ok_or_else(unknown)
+    }
+
+    /// Checks a job against its kernel and the device, and gives the buffers the kernel
+    /// code works on.
+    fn prepare(
+        &self,
+        job: &DispatchJob,
+    ) -> Result<(Arc<KernelVariant>, Vec<Vec<u8>>), BackendError> {
+        if !self.queues.contains(&job.queue) {
+            return Err(BackendError::Unknown {
+                what: format!("queue {}", job.queue),
+            });
+        }
+        let kernel = self.kernel(job.kernel)?;
+        let mismatch = |reason: String| BackendError::BindingMismatch {
+            kernel: kernel.name.clone(),
+            reason,
+        };
+        if job.buffers.len() != kernel.bindings.len() {
+            return Err(mismatch(format!(
+                "{} buffers for {} bindings",
+                job.buffers.len(),
+                kernel.bindings.len()
+            )));
+        }
+        if job.push_constants.len() != kernel.push_constant_bytes as usize {
+            return Err(mismatch(format!(
+                "{} bytes of push constants, the kernel declares {}",
+                job.push_constants.len(),
+                kernel.push_constant_bytes
+            )));
+        }
+        if let Some(dim) = job.workgroups.iter().position(|&n| n > MAX_WORKGROUP_COUNT) {
+            return Err(BackendError::DispatchTooLarge {
+                kernel: kernel.name.clone(),
+                reason: format!(
+                    "{} workgroups in dimension {dim}, the limit is {MAX_WORKGROUP_COUNT}",
+                    job.workgroups[dim]
+                ),
+            });
+        }
+        let mut buffers = Vec::with_capacity(job.buffers.len());
+        for (binding, arg) in kernel.bindings.iter().zip(&job.buffers) {
+            let len = arg.len();
+            if len == 0 || len % 4 != 0 || len > u64::from(u32::MAX) {
+                return Err(BackendError::BufferSizeMismatch {
+                    kernel: kernel.name.clone(),
+                    slot: binding.slot,
+                    got: len,
+                    expected: "a non-zero multiple of 4 bytes up to the storage-buffer range"
+                        .to_owned(),
+                });
+            }
+            match (arg, binding.access.reads()) {
+                (BufferArg::Data(data), true) => buffers.push(data.to_vec()),
+                (BufferArg::Zeroed(n), false) => buffers.push(vec![0; *n as usize]),
+                (BufferArg::Data(_), false) => {
+                    return Err(mismatch(format!(
+                        "binding {} is written only; pass BufferArg::Zeroed",
+                        binding.slot
+                    )))
+                }
+                (BufferArg::Zeroed(_), true) => {
+                    return Err(mismatch(format!(
+                        "binding {} is read; pass its contents as BufferArg::Data",
+                        binding.slot
+                    )))
+                }
+            }
+        }
+        Ok((kernel, buffers))
+    }
+
+    /// Runs one job on the calling pool thread.
+    fn run(&self, job: &DispatchJob) -> Result<DispatchOutput, BackendError> {
+        let (kernel, mut buffers) = self.prepare(job)?;
+        let written = |buffers: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
+            kernel
+                .bindings
+                .iter()
+                .zip(buffers)
+                .filter(|(binding, _)| binding.access.writes())
+                .map(|(_, buffer)| buffer)
+                .collect()
+        };
+        if job.workgroups.contains(&0) {
+            return Ok(DispatchOutput {
+                outputs: written(buffers),
+                kernel_ns: Some(0),
+            });
+        }
+        let code = kernel
+            .cpu
+            .clone()
+            .ok_or_else(|| BackendError::Unsupported {
+                kernel: kernel.name.clone(),
+                backend: BackendKind::Cpu,
+                reason: "the variant has no CPU code".to_owned(),
+            })?;
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            code(&mut buffers, &job.push_constants, job.workgroups)
+        }));
+        let kernel_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let failed = |reason: String| BackendError::KernelFailed {
+            kernel: kernel.name.clone(),
+            reason,
+        };
+        match result {
+            Ok(Ok(())) => Ok(DispatchOutput {
+                outputs: written(buffers),
+                kernel_ns: Some(kernel_ns),
+            }),
+            Ok(Err(reason)) => Err(failed(reason)),
+            Err(_) => Err(failed("its CPU code panicked".to_owned())),
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cpu
+    }
+
+    fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    fn queues(&self) -> &[QueueId] {
+        &self.queues
+    }
+
+    fn load_kernel(
+        &self,
+        device: usize,
+        variant: &KernelVariant,
+    ) -> Result<KernelHandle, BackendError> {
+        if device != 0 {
+            return Err(BackendError::Unknown {
+                what: format!("device {device} (the CPU backend has device 0 only)"),
+            });
+        }
+        let Some(code) = &variant.cpu else {
+            return Err(BackendError::Unsupported {
+                kernel: variant.name.clone(),
+                backend: BackendKind::Cpu,
+                reason: "the variant has no CPU code".to_owned(),
+            });
+        };
+        let mut slots: Vec<u32> = variant.bindings.iter().map(|b| b.slot).collect();
+        slots.sort_unstable();
+        if let Some(pair) = slots.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(BackendError::BindingMismatch {
+                kernel: variant.name.clone(),
+                reason: format!("binding {} is declared twice", pair[0]),
+            });
+        }
+        let mut kernels = self.kernels.write().unwrap_or_else(|e| e.into_inner());
+        // The same code under the same name and layout is the same kernel.
+        let known = kernels.iter().position(|k| {
+            k.name == variant.name
+                && k.bindings == variant.bindings
+                && k.push_constant_bytes == variant.push_constant_bytes
+                && k.cpu.as_ref().is_some_and(|c| Arc::ptr_eq(c, code))
+        });
+        let id = known.unwrap_or_else(|| {
+            kernels.push(Arc::new(variant.clone()));
+            kernels.len() - 1
+        });
+        Ok(KernelHandle {
+            device: 0,
+            id: id as u64,
+        })
+    }
+
+    /// Jobs on different queues run at the same time on the pool; jobs on one queue run
+    /// one after another, in order, as a queue would.
+    fn dispatch(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
+        let mut by_queue: BTreeMap<QueueId, Vec<usize>> = BTreeMap::new();
+        for (i, job) in jobs.iter().enumerate() {
+            by_queue.entry(job.queue).or_default().push(i);
+        }
+        let mut results: Vec<Option<Result<DispatchOutput, BackendError>>> =
+            jobs.iter().map(|_| None).collect();
+        let per_queue: Vec<Vec<(usize, Result<DispatchOutput, BackendError>)>> =
+            self.pool.install(|| {
+                use rayon::prelude::*;
+                by_queue
+                    .into_values()
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .map(|indices| {
+                        indices
+                            .into_iter()
+                            .map(|i| (i, self.run(&jobs[i])))
+                            .collect()
+                    })
+                    .collect()
+            });
+        for (i, result) in per_queue.into_iter().flatten() {
+            results[i] = Some(result);
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(BackendError::Unknown {
+                        what: "job lost by the CPU backend".to_owned(),
+                    })
+                })
+            })
+            .collect()
+    }
+}

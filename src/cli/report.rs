@@ -152,7 +152,7 @@ impl KernelTally {
     }
 
     /// Marks the kernel as started from a stored verdict.
-    pub(crate) fn from_cache(&mut self, verdict: Verdict) {
+    pub(crate) fn started_from_cache(&mut self, verdict: Verdict) {
         self.report.from_cache = true;
         self.report.verdict = verdict;
         self.report.verdict_reason = "from cache".into();
@@ -268,11 +268,7 @@ pub(crate) fn replay_verdict_point(samples: &[Sample]) -> Option<(u32, Verdict)>
 /// The mean of `values` (u128 sum, so no overflow); `None` for none.
 fn mean(values: impl Iterator<Item = u64>) -> Option<u64> {
     let (n, total) = values.fold((0u128, 0u128), |(n, t), v| (n + 1, t + u128::from(v)));
-    if n == 0 {
-        None
-    } else {
-        u64::try_from(total / n).ok()
-    }
+    total.checked_div(n).and_then(|m| u64::try_from(m).ok())
 }
 
 #[cfg(test)]
@@ -352,7 +348,7 @@ mod tests {
     #[test]
     fn a_cached_verdict_has_no_samples_to_verdict_and_says_re_verified() {
         let mut t = tally();
-        t.from_cache(Verdict::Adopted);
+        t.started_from_cache(Verdict::Adopted);
         t.push(Some(2), Some(1), ArmName::Conservative, true, true);
         t.verdict(Verdict::Adopted, "re-verified", true);
         t.reverified();

@@ -124,7 +124,7 @@ mod tests {
         }
         adopted.verdict(Verdict::Adopted, "measured", false);
         let mut cached = KernelTally::new("scan", "scan/check", "scan/fused");
-        cached.from_cache(Verdict::Rejected);
+        cached.started_from_cache(Verdict::Rejected);
         cached.push(Some(1_500_000), None, ArmName::Conservative, false, true);
         cached.reverified();
         cached.mismatch_caught();

@@ -5,8 +5,38 @@
 //! A workload turns an input into dispatch plans (one per variant) and a variant's raw
 //! outputs back into the canonical answer, so the engine can race variants and compare
 //! their answers byte for byte. This module never touches a device or a queue.
+//!
+//! Shared conventions of the built-in workloads: inputs are bytes, at most
+//! [`MAX_INPUT_BYTES`]; the input buffer is the input zero padded to a whole number of
+//! 16-byte vectors (never empty, since Vulkan has no empty buffers) and the true length
+//! travels in the push constants; binding 0 is the input (read), binding 1 the output
+//! (written); every shader declares `@workgroup_size(256)` and loops grid-stride, so it
+//! is correct for any workgroup count (plans cap x at [`MAX_WORKGROUPS_X`]); an empty
+//! input plans zero workgroups, an empty dispatch.
 
-use crate::backend::{BufferArg, KernelVariant};
+use std::sync::Arc;
+
+use crate::backend::{BindingAccess, BindingDesc, BufferArg, CpuKernelFn, KernelVariant};
+
+mod histogram;
+mod reduce;
+mod scan;
+
+pub use histogram::Histogram;
+pub use reduce::Reduce;
+pub use scan::{Scan, DEFAULT_PATTERN, MAX_PATTERN_BYTES, SCAN_TILE_BYTES};
+
+/// The largest input a built-in workload accepts (2 GiB): byte positions and counts stay
+/// well inside `u32` in the shaders.
+pub const MAX_INPUT_BYTES: usize = 1 << 31;
+
+/// The most workgroups a plan asks for in x: Vulkan's guaranteed
+/// `maxComputeWorkGroupCount[0]`. Larger inputs are covered by the shaders' grid-stride
+/// loops.
+pub const MAX_WORKGROUPS_X: u32 = 65_535;
+
+/// The workgroup size every built-in shader declares.
+pub const WORKGROUP_SIZE: u32 = 256;
 
 /// How a variant is to be dispatched for one input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,8 +118,15 @@ pub trait Workload: Send + Sync + std::fmt::Debug + 'static {
     /// The CPU reference answer.
     fn reference(&self, input: &[u8]) -> Vec<u8>;
 
-    /// A realistic input of about `len` bytes.
+    /// A realistic input of exactly `len` bytes, the same for the same seed. A shape not
+    /// in [`Workload::shapes`] generates the [`InputShape::Uniform`] input.
     fn generate(&self, shape: InputShape, len: usize, seed: u64) -> Vec<u8>;
+
+    /// The input shapes that mean something for this workload (each changes which
+    /// variant should win).
+    fn shapes(&self) -> Vec<InputShape> {
+        vec![InputShape::Uniform]
+    }
 
     /// For a fused speculative variant that writes the 8-byte counter tail: the tail
     /// parsed from its outputs (committed vs rolled-back tiles), which the engine feeds
@@ -101,5 +138,223 @@ pub trait Workload: Send + Sync + std::fmt::Debug + 'static {
     ) -> Option<crate::speculator::SpeculationReport> {
         let _ = (variant, outputs);
         None
+    }
+}
+
+/// Every built-in workload: `histogram`, `reduce`, `scan` (with [`DEFAULT_PATTERN`]).
+pub fn builtin() -> Vec<Arc<dyn Workload>> {
+    vec![
+        Arc::new(Histogram),
+        Arc::new(Reduce),
+        Arc::new(Scan::default()),
+    ]
+}
+
+/// The built-in workload called `name`, if there is one.
+pub fn by_name(name: &str) -> Option<Arc<dyn Workload>> {
+    builtin().into_iter().find(|w| w.name() == name)
+}
+
+/// SPIR-V bytes (as `include_bytes!` gives them, with no alignment promise) as words.
+/// build.rs writes whole little-endian words, so no byte is dropped.
+fn spirv_words(bytes: &[u8]) -> Arc<[u32]> {
+    bytes
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect()
+}
+
+/// A variant with the built-in layout: binding 0 read (input), binding 1 written.
+fn builtin_variant(
+    name: &str,
+    spirv: &[u8],
+    push_constant_bytes: u32,
+    cpu: Arc<CpuKernelFn>,
+) -> KernelVariant {
+    KernelVariant {
+        name: name.to_owned(),
+        spirv: Some(spirv_words(spirv)),
+        entry_point: "main".to_owned(),
+        workgroup_size: [WORKGROUP_SIZE, 1, 1],
+        bindings: vec![
+            BindingDesc {
+                slot: 0,
+                access: BindingAccess::Read,
+            },
+            BindingDesc {
+                slot: 1,
+                access: BindingAccess::Write,
+            },
+        ],
+        push_constant_bytes,
+        cpu: Some(cpu),
+    }
+}
+
+/// Refuses inputs beyond [`MAX_INPUT_BYTES`]; gives the length as `u32`.
+fn input_len(workload: &'static str, input: &[u8]) -> Result<u32, WorkloadError> {
+    if input.len() > MAX_INPUT_BYTES {
+        return Err(WorkloadError::BadInput {
+            workload,
+            reason: format!(
+                "{} bytes is more than the {MAX_INPUT_BYTES} a batch may hold; split it",
+                input.len()
+            ),
+        });
+    }
+    // In range: MAX_INPUT_BYTES < u32::MAX.
+    Ok(input.len() as u32)
+}
+
+/// Refuses a variant index the workload does not have.
+fn check_variant(
+    workload: &'static str,
+    variant: usize,
+    count: usize,
+) -> Result<(), WorkloadError> {
+    if variant < count {
+        Ok(())
+    } else {
+        Err(WorkloadError::NoSuchVariant { workload, variant })
+    }
+}
+
+/// The input buffer: `input` zero padded to a non-zero multiple of 16 bytes.
+fn padded_input(input: &[u8]) -> BufferArg {
+    let len = input.len().div_ceil(16).max(1) * 16;
+    let mut buf = Vec::with_capacity(len);
+    buf.extend_from_slice(input);
+    buf.resize(len, 0);
+    BufferArg::Data(buf.into())
+}
+
+/// Workgroups for `items` work items of `per_group` each, capped in x.
+fn workgroups_for(items: u64, per_group: u64) -> [u32; 3] {
+    let groups = items.div_ceil(per_group.max(1));
+    [groups.min(u64::from(MAX_WORKGROUPS_X)) as u32, 1, 1]
+}
+
+/// The one written binding of a built-in variant, checked to be `expected` bytes long.
+fn single_output<'a>(
+    workload: &'static str,
+    variant: usize,
+    outputs: &'a [Vec<u8>],
+    expected: usize,
+) -> Result<&'a [u8], WorkloadError> {
+    match outputs {
+        [out] if out.len() == expected => Ok(out),
+        [out] => Err(WorkloadError::BadOutput {
+            workload,
+            variant,
+            reason: format!("output is {} bytes, expected {expected}", out.len()),
+        }),
+        _ => Err(WorkloadError::BadOutput {
+            workload,
+            variant,
+            reason: format!("{} written bindings, expected 1", outputs.len()),
+        }),
+    }
+}
+
+/// Word `index` of the push constants, for CPU kernels.
+fn push_word(push: &[u8], index: usize) -> Result<u32, String> {
+    push.get(index * 4..index * 4 + 4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .ok_or_else(|| format!("push constants are {} bytes, too short", push.len()))
+}
+
+/// The input and output buffers of a CPU kernel with the built-in layout.
+fn input_output(buffers: &mut [Vec<u8>]) -> Result<(&[u8], &mut [u8]), String> {
+    match buffers {
+        [input, output] => Ok((input, output)),
+        _ => Err(format!("{} buffers, expected 2", buffers.len())),
+    }
+}
+
+/// The first `len` bytes of a CPU kernel's input buffer.
+fn input_prefix(input: &[u8], len: usize) -> Result<&[u8], String> {
+    input
+        .get(..len)
+        .ok_or_else(|| format!("input buffer is {} bytes, shorter than {len}", input.len()))
+}
+
+/// Writes `words` little-endian into `out`, which must be exactly their size.
+fn write_words(out: &mut [u8], words: &[u32]) -> Result<(), String> {
+    if out.len() != words.len() * 4 {
+        return Err(format!(
+            "output buffer is {} bytes, expected {}",
+            out.len(),
+            words.len() * 4
+        ));
+    }
+    for (chunk, word) in out.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// A lowercase letter or a space, like words in text.
+fn text_byte(rng: &mut fastrand::Rng) -> u8 {
+    match rng.u8(..32) {
+        0..=25 => b'a' + rng.u8(..26),
+        _ => b' ',
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_shader_is_spirv_with_a_compute_entry_point() {
+        for workload in builtin() {
+            for variant in workload.variants() {
+                let words = variant.spirv.as_deref().unwrap_or(&[]);
+                assert_eq!(words.first(), Some(&0x0723_0203), "{}", variant.name);
+                assert!(words.len() > 5, "{}", variant.name);
+                assert!(variant.cpu.is_some(), "{}", variant.name);
+            }
+        }
+    }
+
+    #[test]
+    fn by_name_finds_each_builtin_and_nothing_else() {
+        for name in ["histogram", "reduce", "scan"] {
+            assert_eq!(by_name(name).map(|w| w.name()), Some(name));
+        }
+        assert!(by_name("sort").is_none());
+    }
+
+    #[test]
+    fn padded_input_is_a_nonempty_multiple_of_16() {
+        for (len, want) in [(0, 16), (1, 16), (16, 16), (17, 32)] {
+            let buf = padded_input(&vec![7; len]);
+            assert_eq!(buf.len(), want);
+        }
+    }
+
+    #[test]
+    fn workgroups_are_capped_in_x() {
+        assert_eq!(workgroups_for(0, 256), [0, 1, 1]);
+        assert_eq!(workgroups_for(257, 256), [2, 1, 1]);
+        assert_eq!(
+            workgroups_for(u64::from(u32::MAX), 1),
+            [MAX_WORKGROUPS_X, 1, 1]
+        );
+    }
+
+    #[test]
+    fn unknown_variants_are_refused() {
+        for workload in builtin() {
+            let n = workload.variants().len();
+            assert!(matches!(
+                workload.plan(n, b"abc"),
+                Err(WorkloadError::NoSuchVariant { variant, .. }) if variant == n
+            ));
+            assert!(matches!(
+                workload.answer(n, b"abc", &[]),
+                Err(WorkloadError::NoSuchVariant { .. })
+            ));
+        }
     }
 }

@@ -1,0 +1,72 @@
+//! loom models of the engine's mailbox protocol: the gate word (closed bit + producers
+//! inside) that `shutdown` waits on, and the ticket's one-shot slot. Together they are
+//! why every accepted batch gets exactly one answer, even across shutdown.
+#![cfg(photofinish_loom)]
+
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::Arc;
+use loom::thread;
+
+use photofinish::protocol::{one_shot, Gate};
+use photofinish::EngineError;
+
+/// A producer enters, "sends" (bumps the mailbox), leaves; the closer shuts the gate
+/// and then reads the mailbox. Whatever the interleaving: a producer either got in
+/// (and its send is visible to the closer once `close_and_wait` returns) or was
+/// refused — never in between, and `close_and_wait` never misses a wake-up.
+#[test]
+fn shutdown_sees_every_send_of_an_admitted_producer() {
+    loom::model(|| {
+        let gate = Arc::new(Gate::new());
+        let mailbox = Arc::new(AtomicUsize::new(0));
+        let producers: Vec<_> = (0..2)
+            .map(|_| {
+                let gate = Arc::clone(&gate);
+                let mailbox = Arc::clone(&mailbox);
+                thread::spawn(move || match gate.enter() {
+                    Some(_pass) => {
+                        mailbox.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                    None => false,
+                })
+            })
+            .collect();
+        assert!(gate.close_and_wait());
+        let seen_at_close = mailbox.load(Ordering::Relaxed);
+        assert_eq!(gate.inside(), 0);
+        assert!(gate.enter().is_none(), "a closed gate admits nobody");
+        let admitted = producers
+            .into_iter()
+            .map(|p| p.join().unwrap())
+            .filter(|&a| a)
+            .count();
+        assert_eq!(seen_at_close, admitted, "a send slipped past shutdown");
+        assert!(
+            !gate.close_and_wait(),
+            "closing twice reports the first close only"
+        );
+    });
+}
+
+/// The worker answers while the caller waits: the caller gets exactly that answer.
+#[test]
+fn ticket_gets_the_answer_exactly_once() {
+    loom::model(|| {
+        let (responder, ticket) = one_shot::<u32>();
+        let worker = thread::spawn(move || responder.answer(Ok(7)));
+        assert_eq!(ticket.wait(), Ok(7));
+        worker.join().unwrap();
+    });
+}
+
+/// A responder dropped without answering (a worker unwinding) still answers.
+#[test]
+fn dropped_responder_answers_with_an_error() {
+    loom::model(|| {
+        let (responder, ticket) = one_shot::<u32>();
+        let worker = thread::spawn(move || drop(responder));
+        assert_eq!(ticket.wait(), Err(EngineError::Unanswered));
+        worker.join().unwrap();
+    });
+}

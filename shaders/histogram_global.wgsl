@@ -1,0 +1,30 @@
+// histogram, conservative: every byte is one atomic add on the global bins.
+// Input: the bytes packed little-endian into u32 words (zero padded); `len` is the
+// true byte count. Grid-stride loop: correct for any workgroup count >= 1.
+
+struct Params {
+    len: u32,
+}
+
+var<immediate> params: Params;
+
+@group(0) @binding(0) var<storage, read> data: array<u32>;
+@group(0) @binding(1) var<storage, read_write> bins: array<atomic<u32>, 256>;
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let words = (params.len + 3u) / 4u;
+    let stride = groups.x * 256u;
+    for (var w = gid.x; w < words; w += stride) {
+        let word = data[w];
+        let base = w * 4u;
+        for (var k = 0u; k < 4u; k++) {
+            if base + k < params.len {
+                atomicAdd(&bins[(word >> (k * 8u)) & 0xffu], 1u);
+            }
+        }
+    }
+}

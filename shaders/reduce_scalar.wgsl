@@ -1,0 +1,37 @@
+// reduce, conservative: wrapping sum of u32 words with scalar loads, a tree reduction
+// in shared memory and one global atomic add per workgroup.
+
+struct Params {
+    words: u32,
+}
+
+var<immediate> params: Params;
+
+@group(0) @binding(0) var<storage, read> data: array<u32>;
+@group(0) @binding(1) var<storage, read_write> total: atomic<u32>;
+
+var<workgroup> partial: array<u32, 256>;
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    var acc = 0u;
+    let stride = groups.x * 256u;
+    for (var i = gid.x; i < params.words; i += stride) {
+        acc += data[i];
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var half = 128u; half > 0u; half >>= 1u) {
+        if lid < half {
+            partial[lid] += partial[lid + half];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        atomicAdd(&total, partial[0]);
+    }
+}

@@ -1,0 +1,533 @@
+//! Running dispatch jobs: validate each job, take (or record) a slot for its shape,
+//! write its inputs, submit it — all jobs are submitted before any is waited for — then
+//! wait on each fence, read the timestamps and the written bindings back.
+//!
+//! Timestamps. Both stamps are written at `BottomOfPipe`: the first after the uploads
+//! (copies, zero fills) and the second after the dispatch. A bottom-of-pipe stamp is
+//! written once every earlier command on the queue has finished, so the interval is the
+//! kernel alone — not the uploads before it, and not an earlier job still running on
+//! the same queue (a top-of-pipe start stamp would count both where a single queue is
+//! shared, as on lavapipe). Ticks are masked to the family's valid bits and scaled by
+//! the device's timestamp period.
+
+use std::sync::Arc;
+
+use vulkano::buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer};
+use vulkano::command_buffer::{
+    AutoCommandBufferBuilder, CommandBufferExecFuture, CommandBufferUsage, CopyBufferInfo,
+    PrimaryCommandBufferAbstract,
+};
+use vulkano::descriptor_set::{DescriptorSet, WriteDescriptorSet};
+use vulkano::memory::allocator::{AllocationCreateInfo, MemoryTypeFilter};
+use vulkano::pipeline::{Pipeline, PipelineBindPoint};
+use vulkano::query::{QueryPool, QueryPoolCreateInfo, QueryResultFlags, QueryType};
+use vulkano::sync::future::{FenceSignalFuture, NowFuture};
+use vulkano::sync::{GpuFuture, PipelineStage};
+
+use super::errors::{alloc_error, exec_error, vk_error};
+use super::kernel::LoadedKernel;
+use super::open::Gpu;
+use super::reuse::{size_class, Pooled, Role, Slot, SlotBinding, SlotKey};
+use crate::backend::{BackendError, BufferArg, DispatchJob, DispatchOutput};
+
+type Fence = FenceSignalFuture<CommandBufferExecFuture<NowFuture>>;
+
+/// A job after submission: what is needed to finish it.
+pub(super) struct InFlight<'a> {
+    gpu: &'a Gpu,
+    kernel: Arc<LoadedKernel>,
+    key: SlotKey,
+    slot: Slot,
+    fence: Fence,
+    valid_bits: u32,
+}
+
+/// A job after the first phase: finished already (empty dispatch), or on the GPU.
+pub(super) enum Started<'a> {
+    Done(DispatchOutput),
+    Running(Box<InFlight<'a>>),
+}
+
+/// Bytes a binding occupies on the device: the job's length rounded up to a word.
+fn bound_len(len: u64) -> u64 {
+    len.div_ceil(4) * 4
+}
+
+/// Checks a job against its kernel and device. Returns the queue family's timestamp
+/// valid bits.
+pub(super) fn validate(
+    gpu: &Gpu,
+    kernel: &LoadedKernel,
+    job: &DispatchJob,
+) -> Result<u32, BackendError> {
+    let name = || kernel.name.clone();
+    if job.buffers.len() != kernel.bindings.len() {
+        return Err(BackendError::BindingMismatch {
+            kernel: name(),
+            reason: format!(
+                "the job passes {} buffers, the kernel has {} bindings",
+                job.buffers.len(),
+                kernel.bindings.len()
+            ),
+        });
+    }
+    let max_range = gpu.info.limits.max_storage_buffer_range;
+    for (arg, binding) in job.buffers.iter().zip(&kernel.bindings) {
+        if arg.is_empty() {
+            return Err(BackendError::BufferSizeMismatch {
+                kernel: name(),
+                slot: binding.slot,
+                got: 0,
+                expected: "at least 1 byte (Vulkan has no empty buffers)".into(),
+            });
+        }
+        if bound_len(arg.len()) > max_range {
+            return Err(BackendError::DispatchTooLarge {
+                kernel: name(),
+                reason: format!(
+                    "buffer for binding {} is {} bytes, above maxStorageBufferRange {max_range}",
+                    binding.slot,
+                    arg.len()
+                ),
+            });
+        }
+    }
+    if job.push_constants.len() != kernel.push_constant_bytes as usize {
+        return Err(BackendError::BindingMismatch {
+            kernel: name(),
+            reason: format!(
+                "the job passes {} bytes of push constants, the kernel declares {}",
+                job.push_constants.len(),
+                kernel.push_constant_bytes
+            ),
+        });
+    }
+    let max = gpu.info.limits.max_workgroup_count;
+    for axis in 0..3 {
+        if job.workgroups[axis] > max[axis] {
+            return Err(BackendError::DispatchTooLarge {
+                kernel: name(),
+                reason: format!(
+                    "{} workgroups in {}, above maxComputeWorkGroupCount {}",
+                    job.workgroups[axis],
+                    ["x", "y", "z"][axis],
+                    max[axis]
+                ),
+            });
+        }
+    }
+    gpu.info
+        .queue_families
+        .get(job.queue.family as usize)
+        .map(|f| f.timestamp_valid_bits)
+        .ok_or_else(|| BackendError::Unknown {
+            what: format!("queue {}", job.queue),
+        })
+}
+
+/// The outputs of an empty dispatch: every written binding as it went in.
+fn unchanged_outputs(kernel: &LoadedKernel, job: &DispatchJob) -> Vec<Vec<u8>> {
+    kernel
+        .bindings
+        .iter()
+        .zip(&job.buffers)
+        .filter(|(b, _)| b.access.writes())
+        .map(|(_, arg)| match arg {
+            BufferArg::Data(d) => d.to_vec(),
+            BufferArg::Zeroed(n) => vec![0; *n as usize],
+        })
+        .collect()
+}
+
+/// Phase one: validate, take or record the slot, write inputs and submit.
+pub(super) fn start<'a>(
+    gpu: &'a Gpu,
+    kernel: Arc<LoadedKernel>,
+    job: &DispatchJob,
+) -> Result<Started<'a>, BackendError> {
+    let valid_bits = validate(gpu, &kernel, job)?;
+    let queue = gpu
+        .queues
+        .get(&(job.queue.family, job.queue.index))
+        .ok_or_else(|| BackendError::Unknown {
+            what: format!("queue {} (not opened by this backend)", job.queue),
+        })?;
+    if job.workgroups.contains(&0) {
+        return Ok(Started::Done(DispatchOutput {
+            outputs: unchanged_outputs(&kernel, job),
+            kernel_ns: Some(0),
+        }));
+    }
+    let key = SlotKey {
+        kernel: kernel.handle.id,
+        family: job.queue.family,
+        buffers: job
+            .buffers
+            .iter()
+            .map(|b| (b.len(), matches!(b, BufferArg::Data(_))))
+            .collect(),
+        workgroups: job.workgroups,
+        push_constants: job.push_constants.clone(),
+    };
+    let cached = gpu.reuse.lock().ok().and_then(|mut r| r.take_slot(&key));
+    let slot = match cached {
+        Some(slot) => slot,
+        None => record(gpu, &kernel, &key, valid_bits > 0)?,
+    };
+    write_inputs(gpu, &slot, job)?;
+    let fence = slot
+        .command
+        .clone()
+        .execute(queue.clone())
+        .map_err(|e| exec_error(gpu.info.index, e))?
+        .then_signal_fence_and_flush()
+        .map_err(|e| gpu.note(vk_error(gpu.info.index, 0, e)))?;
+    Ok(Started::Running(Box::new(InFlight {
+        gpu,
+        kernel,
+        key,
+        slot,
+        fence,
+        valid_bits,
+    })))
+}
+
+/// Phase two: wait for the fence, read the kernel time and the written bindings, and
+/// return the slot for reuse.
+pub(super) fn finish(job: InFlight<'_>) -> Result<DispatchOutput, BackendError> {
+    let InFlight {
+        gpu,
+        kernel,
+        key,
+        slot,
+        fence,
+        valid_bits,
+    } = job;
+    let device = gpu.info.index;
+    fence
+        .wait(None)
+        .map_err(|e| gpu.note(vk_error(device, 0, e)))?;
+    drop(fence);
+
+    let kernel_ns = match &slot.queries {
+        Some(queries) => Some(read_kernel_ns(gpu, queries, valid_bits)?),
+        None => None,
+    };
+    let mut outputs = Vec::new();
+    for (binding, desc) in slot.bindings.iter().zip(&kernel.bindings) {
+        if !desc.access.writes() {
+            continue;
+        }
+        let source = binding.readback.as_ref().unwrap_or(&binding.device);
+        let guard = source
+            .buffer
+            .read()
+            .map_err(|e| BackendError::Vulkan(format!("reading back a result: {e}")))?;
+        outputs.push(guard[..binding.len as usize].to_vec());
+    }
+    if let Ok(mut reuse) = gpu.reuse.lock() {
+        reuse.put_slot(key, slot);
+    }
+    Ok(DispatchOutput { outputs, kernel_ns })
+}
+
+/// Nanoseconds between the two stamps of `queries`.
+fn read_kernel_ns(gpu: &Gpu, queries: &QueryPool, valid_bits: u32) -> Result<u64, BackendError> {
+    let mut stamps = [0u64; 2];
+    queries
+        .get_results(0..2, &mut stamps, QueryResultFlags::WAIT)
+        .map_err(|e| gpu.note(vk_error(gpu.info.index, 0, e)))?;
+    Ok(ticks_to_ns(
+        stamps[0],
+        stamps[1],
+        valid_bits,
+        gpu.info.timestamp_period_ns,
+    ))
+}
+
+/// The interval between two timestamps of `valid_bits` bits, in nanoseconds.
+pub(super) fn ticks_to_ns(start: u64, end: u64, valid_bits: u32, period_ns: f32) -> u64 {
+    let mask = if valid_bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << valid_bits) - 1
+    };
+    let ticks = (end & mask).wrapping_sub(start & mask) & mask;
+    (ticks as f64 * f64::from(period_ns)).round() as u64
+}
+
+/// Writes a job's uploaded bindings into the slot's host-visible buffers.
+fn write_inputs(gpu: &Gpu, slot: &Slot, job: &DispatchJob) -> Result<(), BackendError> {
+    for (binding, arg) in slot.bindings.iter().zip(&job.buffers) {
+        let BufferArg::Data(data) = arg else { continue };
+        let target = binding.upload.as_ref().unwrap_or(&binding.device);
+        let bound = bound_len(binding.len) as usize;
+        let mut guard = target.buffer.write().map_err(|e| {
+            BackendError::Vulkan(format!(
+                "writing an input on device {}: {e}",
+                gpu.info.index
+            ))
+        })?;
+        guard[..data.len()].copy_from_slice(data);
+        guard[data.len()..bound].fill(0);
+    }
+    Ok(())
+}
+
+/// Allocates (or takes from the pool) a buffer of `role` for `bytes` bytes.
+pub(super) fn buffer(gpu: &Gpu, role: Role, bytes: u64) -> Result<Pooled, BackendError> {
+    let class = size_class(bytes);
+    if let Some(b) = gpu
+        .reuse
+        .lock()
+        .ok()
+        .and_then(|mut r| r.take_buffer(role, class))
+    {
+        return Ok(b);
+    }
+    let storage =
+        BufferUsage::STORAGE_BUFFER | BufferUsage::TRANSFER_SRC | BufferUsage::TRANSFER_DST;
+    let (usage, memory_type_filter) = match role {
+        Role::Device => (storage, MemoryTypeFilter::PREFER_DEVICE),
+        Role::Unified => (
+            storage,
+            MemoryTypeFilter::PREFER_DEVICE | MemoryTypeFilter::HOST_RANDOM_ACCESS,
+        ),
+        Role::Upload => (
+            BufferUsage::TRANSFER_SRC,
+            MemoryTypeFilter::PREFER_HOST | MemoryTypeFilter::HOST_SEQUENTIAL_WRITE,
+        ),
+        Role::Readback => (
+            BufferUsage::TRANSFER_DST,
+            MemoryTypeFilter::PREFER_HOST | MemoryTypeFilter::HOST_RANDOM_ACCESS,
+        ),
+    };
+    let buffer: Subbuffer<[u8]> = Buffer::new_slice(
+        gpu.memory.clone(),
+        BufferCreateInfo {
+            usage,
+            ..Default::default()
+        },
+        AllocationCreateInfo {
+            memory_type_filter,
+            ..Default::default()
+        },
+        class,
+    )
+    .map_err(|e| gpu.note(alloc_error(gpu.info.index, class, e)))?;
+    if let Ok(mut r) = gpu.reuse.lock() {
+        r.stats.buffers_allocated += 1;
+    }
+    Ok(Pooled { role, buffer })
+}
+
+/// A two-query timestamp pool, from the pool or new.
+pub(super) fn query_pool(gpu: &Gpu) -> Result<Arc<QueryPool>, BackendError> {
+    if let Some(q) = gpu.reuse.lock().ok().and_then(|mut r| r.take_query_pool()) {
+        return Ok(q);
+    }
+    QueryPool::new(
+        gpu.device.clone(),
+        QueryPoolCreateInfo {
+            query_count: 2,
+            ..QueryPoolCreateInfo::query_type(QueryType::Timestamp)
+        },
+    )
+    .map_err(|e| gpu.note(vk_error(gpu.info.index, 0, e)))
+}
+
+/// Records a slot for `key`: buffers, descriptor set, timestamps and the command buffer.
+fn record(
+    gpu: &Gpu,
+    kernel: &LoadedKernel,
+    key: &SlotKey,
+    timestamps: bool,
+) -> Result<Slot, BackendError> {
+    let device = gpu.info.index;
+    let mut bindings = Vec::with_capacity(key.buffers.len());
+    for (&(len, uploaded), desc) in key.buffers.iter().zip(&kernel.bindings) {
+        let bound = bound_len(len);
+        let binding = if gpu.unified_memory {
+            SlotBinding {
+                len,
+                device: buffer(gpu, Role::Unified, bound)?,
+                upload: None,
+                readback: None,
+            }
+        } else {
+            SlotBinding {
+                len,
+                device: buffer(gpu, Role::Device, bound)?,
+                upload: if uploaded {
+                    Some(buffer(gpu, Role::Upload, bound)?)
+                } else {
+                    None
+                },
+                readback: if desc.access.writes() {
+                    Some(buffer(gpu, Role::Readback, bound)?)
+                } else {
+                    None
+                },
+            }
+        };
+        bindings.push(binding);
+    }
+    let queries = if timestamps {
+        Some(query_pool(gpu)?)
+    } else {
+        None
+    };
+
+    let layout = kernel.pipeline.layout().clone();
+    let set_layout = layout.set_layouts().first().cloned().ok_or_else(|| {
+        BackendError::Vulkan(format!(
+            "kernel `{}` has no descriptor set layout",
+            kernel.name
+        ))
+    })?;
+    let set = DescriptorSet::new(
+        gpu.descriptors.clone(),
+        set_layout,
+        bindings.iter().zip(&kernel.bindings).map(|(b, desc)| {
+            WriteDescriptorSet::buffer(
+                desc.slot,
+                b.device.buffer.clone().slice(0..bound_len(b.len)),
+            )
+        }),
+        [],
+    )
+    .map_err(|e| gpu.note(vk_error(device, 0, e)))?;
+
+    let recording = |e: Box<vulkano::ValidationError>| {
+        BackendError::Vulkan(format!("recording `{}`: {e}", kernel.name))
+    };
+    let mut builder = AutoCommandBufferBuilder::primary(
+        gpu.commands.clone(),
+        key.family,
+        CommandBufferUsage::MultipleSubmit,
+    )
+    .map_err(|e| gpu.note(vk_error(device, 0, e)))?;
+    for (b, &(_, uploaded)) in bindings.iter().zip(&key.buffers) {
+        let target = b.device.buffer.clone().slice(0..bound_len(b.len));
+        match (&b.upload, uploaded) {
+            (Some(upload), _) => {
+                let source = upload.buffer.clone().slice(0..bound_len(b.len));
+                builder
+                    .copy_buffer(CopyBufferInfo::buffers(source, target))
+                    .map_err(recording)?;
+            }
+            (None, false) => {
+                builder
+                    .fill_buffer(target.reinterpret::<[u32]>(), 0)
+                    .map_err(recording)?;
+            }
+            (None, true) => {} // unified memory: written in place before each submit
+        }
+    }
+    if let Some(q) = &queries {
+        // SAFETY: the two queries belong to this slot alone, which one dispatch owns at
+        // a time, and are reset by this same command buffer before they are written.
+        unsafe {
+            builder
+                .reset_query_pool(q.clone(), 0..2)
+                .map_err(recording)?;
+            builder
+                .write_timestamp(q.clone(), 0, PipelineStage::BottomOfPipe)
+                .map_err(recording)?;
+        }
+    }
+    builder
+        .bind_pipeline_compute(kernel.pipeline.clone())
+        .map_err(recording)?
+        .bind_descriptor_sets(PipelineBindPoint::Compute, layout.clone(), 0, set)
+        .map_err(recording)?;
+    for (i, word) in key.push_constants.chunks_exact(4).enumerate() {
+        let word = u32::from_ne_bytes([word[0], word[1], word[2], word[3]]);
+        builder
+            .push_constants(layout.clone(), (i * 4) as u32, word)
+            .map_err(recording)?;
+    }
+    // SAFETY: the pipeline's layout was checked against the shader's reflected layout
+    // at load, every binding is bound to a buffer of the size the job asked for, the
+    // push constants cover the declared range and the group counts are within
+    // maxComputeWorkGroupCount. What the shader does inside its buffers is the kernel
+    // author's contract (as for any Vulkan compute shader).
+    unsafe {
+        builder.dispatch(key.workgroups).map_err(recording)?;
+    }
+    if let Some(q) = &queries {
+        // SAFETY: query 1 of this slot's pool, reset above in this command buffer.
+        unsafe {
+            builder
+                .write_timestamp(q.clone(), 1, PipelineStage::BottomOfPipe)
+                .map_err(recording)?;
+        }
+    }
+    for b in &bindings {
+        if let Some(readback) = &b.readback {
+            let bound = bound_len(b.len);
+            builder
+                .copy_buffer(CopyBufferInfo::buffers(
+                    b.device.buffer.clone().slice(0..bound),
+                    readback.buffer.clone().slice(0..bound),
+                ))
+                .map_err(recording)?;
+        }
+    }
+    let command = builder
+        .build()
+        .map_err(|e| gpu.note(vk_error(device, 0, e)))?;
+    if let Ok(mut r) = gpu.reuse.lock() {
+        r.stats.recorded += 1;
+    }
+    Ok(Slot {
+        command,
+        bindings,
+        queries,
+    })
+}
+
+impl Gpu {
+    /// Passes `e` through, remembering a lost device so later calls fail fast.
+    pub(super) fn note(&self, e: BackendError) -> BackendError {
+        if matches!(e, BackendError::DeviceLost { .. }) {
+            self.lost.set();
+        }
+        e
+    }
+
+    /// Fails fast when the device was lost earlier.
+    pub(super) fn check_alive(&self) -> Result<(), BackendError> {
+        if self.lost.is_set() {
+            Err(BackendError::DeviceLost {
+                device: self.info.index,
+                detail: "lost earlier in this process".into(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_masked_to_their_valid_bits_and_scaled() {
+        assert_eq!(ticks_to_ns(100, 350, 64, 1.0), 250);
+        assert_eq!(ticks_to_ns(100, 350, 64, 2.5), 625);
+        // A 32-bit counter that wrapped, with garbage above the valid bits.
+        let start = 0xabcd_0000_ffff_fff0;
+        let end = 0x1234_0000_0000_0010;
+        assert_eq!(ticks_to_ns(start, end, 32, 1.0), 0x20);
+        assert_eq!(ticks_to_ns(start, end, 32, 1.5), 48);
+    }
+
+    #[test]
+    fn bindings_are_bound_in_whole_words() {
+        assert_eq!(bound_len(1), 4);
+        assert_eq!(bound_len(4), 4);
+        assert_eq!(bound_len(10), 12);
+    }
+}

@@ -1,0 +1,358 @@
+//! Loading a kernel variant: validate its SPIR-V and declared layout up front, then
+//! build a compute pipeline through the device's shared pipeline cache.
+//!
+//! Every check that a caller's mistake can fail happens here, before the driver sees
+//! the module, and comes back as a typed [`BackendError`]: SPIR-V that does not parse
+//! (`InvalidSpirv`), a missing entry point (`InvalidSpirv`), declared bindings or push
+//! constants that differ from what the shader reflects (`BindingMismatch`), and a
+//! workgroup size beyond the device's limits (`DispatchTooLarge`). Nothing is
+//! submitted to a queue.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use vulkano::descriptor_set::layout::{
+    DescriptorSetLayout, DescriptorSetLayoutBinding, DescriptorSetLayoutCreateInfo, DescriptorType,
+};
+use vulkano::pipeline::compute::ComputePipelineCreateInfo;
+use vulkano::pipeline::layout::{PipelineLayoutCreateInfo, PushConstantRange};
+use vulkano::pipeline::{ComputePipeline, PipelineLayout, PipelineShaderStageCreateInfo};
+use vulkano::shader::spirv::{ExecutionMode, ExecutionModel, Instruction, Spirv};
+use vulkano::shader::{ShaderModule, ShaderModuleCreateInfo, ShaderStages};
+use vulkano::{Validated, VulkanError};
+
+use super::errors::vk_error;
+use super::open::Gpu;
+use crate::backend::{BackendError, BindingAccess, BindingDesc, KernelHandle, KernelVariant};
+
+/// A variant loaded on one device.
+#[derive(Debug)]
+pub(super) struct LoadedKernel {
+    pub(super) handle: KernelHandle,
+    pub(super) name: String,
+    pub(super) bindings: Vec<BindingDesc>,
+    pub(super) push_constant_bytes: u32,
+    pub(super) pipeline: Arc<ComputePipeline>,
+}
+
+/// What makes two loads "the same variant": everything the pipeline is built from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct VariantKey {
+    device: usize,
+    name: String,
+    spirv: Arc<[u32]>,
+    entry_point: String,
+    workgroup_size: [u32; 3],
+    bindings: Vec<BindingDesc>,
+    push_constant_bytes: u32,
+}
+
+impl VariantKey {
+    pub(super) fn new(device: usize, variant: &KernelVariant, spirv: &Arc<[u32]>) -> Self {
+        VariantKey {
+            device,
+            name: variant.name.clone(),
+            spirv: spirv.clone(),
+            entry_point: variant.entry_point.clone(),
+            workgroup_size: variant.workgroup_size,
+            bindings: variant.bindings.clone(),
+            push_constant_bytes: variant.push_constant_bytes,
+        }
+    }
+}
+
+/// Validates `variant` and builds its pipeline on `gpu`; `handle` is the handle it gets.
+pub(super) fn load(
+    gpu: &Gpu,
+    variant: &KernelVariant,
+    spirv: &[u32],
+    handle: KernelHandle,
+) -> Result<LoadedKernel, BackendError> {
+    let name = variant.name.as_str();
+    check_declared(gpu, variant)?;
+
+    let invalid = |reason: String| BackendError::InvalidSpirv {
+        kernel: name.to_string(),
+        reason,
+    };
+    let mismatch = |reason: String| BackendError::BindingMismatch {
+        kernel: name.to_string(),
+        reason,
+    };
+
+    // vulkano's SPIR-V parser trusts ids inside the module; a malformed module can make
+    // it panic, which here means "does not load", never a crashed worker.
+    let parsed = catch_unwind(|| Spirv::new(spirv))
+        .map_err(|_| invalid("the SPIR-V parser rejected the module".into()))?
+        .map_err(|e| invalid(e.to_string()))?;
+    check_entry_point(&parsed, variant).map_err(|e| match e {
+        EntryError::Missing(reason) => invalid(reason),
+        EntryError::Mismatch(reason) => mismatch(reason),
+    })?;
+
+    // SAFETY: the module parsed above; vulkano validates it against the device's
+    // features before handing it to the driver, and any panic in its reflection is
+    // caught and reported as SPIR-V that does not load.
+    let module = catch_unwind(AssertUnwindSafe(|| unsafe {
+        ShaderModule::new(gpu.device.clone(), ShaderModuleCreateInfo::new(spirv))
+    }))
+    .map_err(|_| invalid("reflecting the module failed".into()))?
+    .map_err(|e| match e {
+        Validated::ValidationError(v) => invalid(v.to_string()),
+        Validated::Error(e) => vk_error(gpu.info.index, 0, Validated::Error(e)),
+    })?;
+    let entry = module
+        .entry_point_with_execution(&variant.entry_point, ExecutionModel::GLCompute)
+        .ok_or_else(|| {
+            invalid(format!(
+                "no compute entry point named `{}`",
+                variant.entry_point
+            ))
+        })?;
+    check_reflected_layout(variant, &entry).map_err(mismatch)?;
+
+    let set_layout = DescriptorSetLayout::new(
+        gpu.device.clone(),
+        DescriptorSetLayoutCreateInfo {
+            bindings: variant
+                .bindings
+                .iter()
+                .map(|b| {
+                    (
+                        b.slot,
+                        DescriptorSetLayoutBinding {
+                            stages: ShaderStages::COMPUTE,
+                            ..DescriptorSetLayoutBinding::descriptor_type(
+                                DescriptorType::StorageBuffer,
+                            )
+                        },
+                    )
+                })
+                .collect::<BTreeMap<_, _>>(),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| layout_error(gpu, name, e))?;
+    let push_constant_ranges = if variant.push_constant_bytes > 0 {
+        vec![PushConstantRange {
+            stages: ShaderStages::COMPUTE,
+            offset: 0,
+            size: variant.push_constant_bytes,
+        }]
+    } else {
+        Vec::new()
+    };
+    let layout = PipelineLayout::new(
+        gpu.device.clone(),
+        PipelineLayoutCreateInfo {
+            set_layouts: vec![set_layout],
+            push_constant_ranges,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| layout_error(gpu, name, e))?;
+    let pipeline = ComputePipeline::new(
+        gpu.device.clone(),
+        Some(gpu.pipeline_cache.clone()),
+        ComputePipelineCreateInfo::stage_layout(PipelineShaderStageCreateInfo::new(entry), layout),
+    )
+    .map_err(|e| layout_error(gpu, name, e))?;
+
+    Ok(LoadedKernel {
+        handle,
+        name: name.to_string(),
+        bindings: variant.bindings.clone(),
+        push_constant_bytes: variant.push_constant_bytes,
+        pipeline,
+    })
+}
+
+/// A layout or pipeline the device refused: validation → `BindingMismatch`.
+fn layout_error(gpu: &Gpu, kernel: &str, e: Validated<VulkanError>) -> BackendError {
+    match e {
+        Validated::ValidationError(v) => BackendError::BindingMismatch {
+            kernel: kernel.to_string(),
+            reason: v.to_string(),
+        },
+        Validated::Error(e) => vk_error(gpu.info.index, 0, Validated::Error(e)),
+    }
+}
+
+/// The declared bindings, push constants and workgroup size, against the device limits.
+fn check_declared(gpu: &Gpu, variant: &KernelVariant) -> Result<(), BackendError> {
+    let limits = &gpu.info.limits;
+    let too_large = |reason: String| BackendError::DispatchTooLarge {
+        kernel: variant.name.clone(),
+        reason,
+    };
+    let mismatch = |reason: String| BackendError::BindingMismatch {
+        kernel: variant.name.clone(),
+        reason,
+    };
+    let mut seen = std::collections::HashSet::new();
+    for b in &variant.bindings {
+        if !seen.insert(b.slot) {
+            return Err(mismatch(format!("binding {} is declared twice", b.slot)));
+        }
+    }
+    if variant.push_constant_bytes % 4 != 0 {
+        return Err(mismatch(format!(
+            "push constants are declared as {} bytes; Vulkan needs a multiple of 4",
+            variant.push_constant_bytes
+        )));
+    }
+    if variant.push_constant_bytes > limits.max_push_constants_size {
+        return Err(too_large(format!(
+            "{} bytes of push constants, the device allows {} (maxPushConstantsSize)",
+            variant.push_constant_bytes, limits.max_push_constants_size
+        )));
+    }
+    let wg = variant.workgroup_size;
+    if wg.contains(&0) {
+        return Err(mismatch(format!(
+            "workgroup size {wg:?} has a zero dimension"
+        )));
+    }
+    for (axis, (&n, &max)) in wg.iter().zip(&limits.max_workgroup_size).enumerate() {
+        if n > max {
+            return Err(too_large(format!(
+                "workgroup size {n} in {} is above maxComputeWorkGroupSize {max}",
+                ["x", "y", "z"][axis]
+            )));
+        }
+    }
+    let invocations = wg.iter().map(|&n| u64::from(n)).product::<u64>();
+    if invocations > u64::from(limits.max_workgroup_invocations) {
+        return Err(too_large(format!(
+            "workgroup size {wg:?} is {invocations} invocations, above \
+             maxComputeWorkGroupInvocations {}",
+            limits.max_workgroup_invocations
+        )));
+    }
+    Ok(())
+}
+
+enum EntryError {
+    Missing(String),
+    Mismatch(String),
+}
+
+/// The entry point exists as a compute entry point and its `LocalSize` (where the
+/// module states it as literals) is the declared workgroup size.
+fn check_entry_point(spirv: &Spirv, variant: &KernelVariant) -> Result<(), EntryError> {
+    let mut names = Vec::new();
+    let mut id = None;
+    for inst in spirv.entry_points() {
+        if let Instruction::EntryPoint {
+            execution_model,
+            entry_point,
+            name,
+            ..
+        } = inst
+        {
+            if *execution_model == ExecutionModel::GLCompute {
+                if name == &variant.entry_point {
+                    id = Some(*entry_point);
+                }
+                names.push(name.clone());
+            }
+        }
+    }
+    let Some(id) = id else {
+        return Err(EntryError::Missing(format!(
+            "no compute entry point named `{}` (the module has: {})",
+            variant.entry_point,
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        )));
+    };
+    for inst in spirv.execution_modes() {
+        if let Instruction::ExecutionMode {
+            entry_point,
+            mode:
+                ExecutionMode::LocalSize {
+                    x_size,
+                    y_size,
+                    z_size,
+                },
+        } = inst
+        {
+            let local = [*x_size, *y_size, *z_size];
+            if *entry_point == id && local != variant.workgroup_size {
+                return Err(EntryError::Mismatch(format!(
+                    "the variant declares workgroup size {:?} but the shader's is {local:?}",
+                    variant.workgroup_size
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The shader's reflected descriptor bindings and push constants, against the variant.
+fn check_reflected_layout(
+    variant: &KernelVariant,
+    entry: &vulkano::shader::EntryPoint,
+) -> Result<(), String> {
+    let info = entry.info();
+    let mut used: Vec<(u32, u32)> = info
+        .descriptor_binding_requirements
+        .keys()
+        .copied()
+        .collect();
+    used.sort();
+    for (set, binding) in &used {
+        if *set != 0 {
+            return Err(format!(
+                "the shader uses descriptor set {set} (binding {binding}); only set 0 is supported"
+            ));
+        }
+        let Some(declared) = variant.bindings.iter().find(|b| b.slot == *binding) else {
+            return Err(format!(
+                "the shader uses binding {binding}, which the variant does not declare \
+                 (declared: {:?})",
+                variant.bindings.iter().map(|b| b.slot).collect::<Vec<_>>()
+            ));
+        };
+        let req = &info.descriptor_binding_requirements[&(*set, *binding)];
+        if !req
+            .descriptor_types
+            .contains(&DescriptorType::StorageBuffer)
+        {
+            return Err(format!(
+                "binding {binding} is a {:?} in the shader; only storage buffers are supported",
+                req.descriptor_types
+            ));
+        }
+        let writes = req.descriptors.values().any(|d| !d.memory_write.is_empty());
+        if writes && declared.access == BindingAccess::Read {
+            return Err(format!(
+                "the shader writes binding {binding}, which the variant declares read-only"
+            ));
+        }
+    }
+    for b in &variant.bindings {
+        if !used.contains(&(0, b.slot)) {
+            return Err(format!(
+                "binding {} is declared but the shader's entry point `{}` does not use it",
+                b.slot, variant.entry_point
+            ));
+        }
+    }
+    let shader_bytes = info
+        .push_constant_requirements
+        .as_ref()
+        .map(|r| r.offset + r.size)
+        .unwrap_or(0);
+    if shader_bytes != variant.push_constant_bytes {
+        return Err(format!(
+            "the shader uses {shader_bytes} bytes of push constants, the variant declares {}",
+            variant.push_constant_bytes
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! The engine builder: options, opening the backend (announced once), and spawning one
+//! supervised worker per queue of every device. It decides nothing at run time.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::{Arc, Mutex};
+
+use crate::backend::{Backend, BackendError, BackendKind};
+use crate::speculator::{AdaptiveSpeculator, SpeculationMode, DEFAULT_THRESHOLD_PCT};
+
+use super::error::EngineError;
+use super::events::{Event, EventBus};
+use super::mailbox::Gate;
+use super::registry::Registry;
+use super::{supervisor, Config, Core, DeviceSlot, Engine, QueueSlot};
+
+/// Default capacity of each device's mailbox (batches waiting for a worker).
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
+/// Default capacity of each subscriber's event channel.
+pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+/// Default audit period: one audit race in this many batches of an adopted kernel.
+pub const DEFAULT_AUDIT_PERIOD: u64 = 64;
+
+/// Which backend to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// Vulkan when a loader and a device exist, otherwise the CPU backend.
+    #[default]
+    Auto,
+    /// Vulkan only (an error when there is no device).
+    Vulkan,
+    /// The CPU backend.
+    Cpu,
+}
+
+/// Configures and builds an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    choice: BackendChoice,
+    instance: Option<Arc<dyn Backend>>,
+    channel_capacity: usize,
+    event_capacity: usize,
+    audit_period: u64,
+    mode: SpeculationMode,
+    threshold_pct: u32,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            choice: BackendChoice::Auto,
+            instance: None,
+            channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            event_capacity: DEFAULT_EVENT_CAPACITY,
+            audit_period: DEFAULT_AUDIT_PERIOD,
+            mode: SpeculationMode::Auto,
+            threshold_pct: DEFAULT_THRESHOLD_PCT,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// Which backend to open (default: `Auto`).
+    pub fn backend(mut self, choice: BackendChoice) -> Self {
+        self.choice = choice;
+        self
+    }
+
+    /// Runs on this backend instance instead of opening one (e.g. a `TestBackend`).
+    pub fn backend_instance(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.instance = Some(backend);
+        self
+    }
+
+    /// Capacity of each device's mailbox (at least 1); `submit` blocks and
+    /// `try_submit` says `Full` beyond it.
+    pub fn channel_capacity(mut self, capacity: usize) -> Self {
+        self.channel_capacity = capacity.max(1);
+        self
+    }
+
+    /// Capacity of each subscriber's event channel (at least 1).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// One audit race in `period` batches of an adopted kernel (0: no audits).
+    pub fn audit_period(mut self, period: u64) -> Self {
+        self.audit_period = period;
+        self
+    }
+
+    /// How fused kernels choose their path (default `Auto`: follow the speculator).
+    /// `Force` makes registering a kernel without a fused path an error.
+    pub fn speculation_mode(mut self, mode: SpeculationMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The shared speculator's commit-rate threshold in percent (default 15).
+    pub fn speculator_threshold(mut self, pct: u32) -> Self {
+        self.threshold_pct = pct;
+        self
+    }
+
+    /// Opens the backend and starts the workers.
+    pub fn build(self) -> Result<Engine, EngineError> {
+        let bus = EventBus::new(self.event_capacity);
+        let (backend, reason) = match self.instance {
+            Some(b) => (b, "backend instance given to the builder".to_string()),
+            None => open_backend(self.choice)?,
+        };
+        let devices_info = backend.devices().to_vec();
+        tracing::info!(
+            backend = %backend.kind(),
+            devices = ?devices_info.iter().map(|d| &d.name).collect::<Vec<_>>(),
+            %reason,
+            "photofinish engine backend selected"
+        );
+        let mut devices = Vec::with_capacity(devices_info.len());
+        for info in &devices_info {
+            let (tx, rx) = crossbeam_channel::bounded(self.channel_capacity);
+            let queues: Vec<QueueSlot> = backend
+                .queues()
+                .iter()
+                .filter(|q| q.device == info.index)
+                .map(|&id| QueueSlot {
+                    id,
+                    users: AtomicU32::new(0),
+                })
+                .collect();
+            devices.push(DeviceSlot {
+                tx,
+                rx,
+                queues,
+                lost: Default::default(),
+            });
+        }
+        if devices.iter().all(|d| d.queues.is_empty()) {
+            return Err(EngineError::NoBackend(BackendError::NoDevice(
+                "the backend opened no compute queue".into(),
+            )));
+        }
+        let core = Arc::new(Core {
+            backend: Arc::clone(&backend),
+            registry: Registry::default(),
+            bus,
+            gate: Gate::new(),
+            devices,
+            config: Config {
+                audit_period: self.audit_period,
+                mode: self.mode,
+            },
+            speculator: AdaptiveSpeculator::new(self.threshold_pct),
+            next_device: AtomicUsize::new(0),
+        });
+        core.bus.publish_sticky(Event::BackendSelected {
+            kind: backend.kind(),
+            devices: devices_info.iter().map(|d| d.name.clone()).collect(),
+            reason,
+        });
+        let engine = Engine {
+            core: Arc::clone(&core),
+            workers: Mutex::new(Vec::new()),
+        };
+        for (device, slot) in core.devices.iter().enumerate() {
+            for q in &slot.queues {
+                let handle = supervisor::spawn(Arc::clone(&core), q.id, slot.rx.clone())?;
+                engine
+                    .workers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((device, handle));
+            }
+        }
+        Ok(engine)
+    }
+}
+
+/// Opens the backend `choice` asks for, with the reason for the choice.
+///
+/// The CPU and Vulkan backends are being written on other branches; until they land
+/// this says so with a typed error, and an engine runs on a backend instance given to
+/// [`EngineBuilder::backend_instance`].
+fn open_backend(choice: BackendChoice) -> Result<(Arc<dyn Backend>, String), EngineError> {
+    let kind = match choice {
+        BackendChoice::Vulkan => BackendKind::Vulkan,
+        BackendChoice::Auto | BackendChoice::Cpu => BackendKind::Cpu,
+    };
+    Err(EngineError::NoBackend(BackendError::NoDevice(format!(
+        "the {kind} backend is not available in this build yet; pass one with `backend_instance`"
+    ))))
+}

@@ -1,0 +1,198 @@
+//! Events by message: the typed [`Event`] stream and the bus that fans it out.
+//!
+//! Each subscriber has its own bounded channel, written with `try_send`: a slow or
+//! absent reader never blocks a worker. When a subscriber's channel is full the event
+//! is dropped for that subscriber only and counted ([`EventBus::dropped`]); a
+//! subscriber whose receiver is gone is forgotten. Events are rare (verdict changes,
+//! toggles, faults), so the subscriber list sits behind a plain mutex. This module
+//! never decides anything; it only delivers.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::backend::{BackendKind, QueueId};
+use crate::policy::SpeculationVerdict;
+
+use super::KernelId;
+
+/// The state of a kernel as the engine runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelVerdict {
+    /// Not decided yet: batches race both variants.
+    Undecided,
+    /// The speculative variant won: it runs alone, with periodic audit races.
+    Adopted,
+    /// The speculative variant lost or disagreed: the conservative one runs alone.
+    Rejected,
+}
+
+impl fmt::Display for KernelVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KernelVerdict::Undecided => "undecided",
+            KernelVerdict::Adopted => "adopted",
+            KernelVerdict::Rejected => "rejected",
+        })
+    }
+}
+
+/// Why a verdict changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VerdictReason {
+    /// The paired race window reached a verdict (`decide_speculation`).
+    Measured(SpeculationVerdict),
+    /// The speculative variant's answer differed from the conservative one.
+    Mismatch,
+    /// The speculative variant failed where the conservative one ran.
+    SpeculativeFailed(String),
+    /// A verdict loaded from the autotune file was re-verified by a race.
+    Reverified,
+}
+
+/// Something the engine decided or noticed, published to every subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The engine opened its backend (published once, at build).
+    BackendSelected {
+        /// Which backend.
+        kind: BackendKind,
+        /// Its devices' names.
+        devices: Vec<String>,
+        /// Why this one (e.g. "auto: no Vulkan device, using the CPU backend").
+        reason: String,
+    },
+    /// A kernel's verdict changed.
+    VerdictChanged {
+        /// The kernel.
+        kernel: KernelId,
+        /// Its name.
+        name: String,
+        /// The verdict before.
+        from: KernelVerdict,
+        /// The verdict now.
+        to: KernelVerdict,
+        /// Why.
+        reason: VerdictReason,
+    },
+    /// A speculative arm disagreed with the conservative arm; its output was discarded.
+    MismatchCaught {
+        /// The kernel.
+        kernel: KernelId,
+        /// Its name.
+        name: String,
+        /// The queue the speculative arm ran on.
+        queue: QueueId,
+        /// True when it happened in an audit race of an adopted kernel.
+        audit: bool,
+    },
+    /// The shared adaptive speculator switched the fused path on or off.
+    SpeculatorToggled {
+        /// True: fused path on.
+        enabled: bool,
+        /// The commit-rate EMA at the switch, in ppm.
+        commit_rate_ppm: u64,
+    },
+    /// Trace-JIT pre-loaded a kernel's predicted variant in the background.
+    PreSpecialised {
+        /// The kernel.
+        kernel: KernelId,
+        /// The variant pre-loaded.
+        variant: String,
+        /// Expected savings in ns.
+        expected_savings_ns: u64,
+    },
+    /// An aggressive path fired in the dispatch policy for a kernel.
+    PolicyAudit {
+        /// The kernel.
+        kernel: KernelId,
+        /// What fired, as the policy displays it.
+        fired: Vec<String>,
+    },
+    /// A worker was restarted by its supervisor.
+    WorkerRestarted {
+        /// The worker's queue.
+        queue: QueueId,
+        /// Why (panic message or backend error).
+        reason: String,
+        /// Whether its in-flight batch was retried on another queue.
+        retried: bool,
+    },
+    /// A device was lost; its workers answer every batch with an error from now on.
+    DeviceLost {
+        /// The device.
+        device: usize,
+        /// What the driver said.
+        detail: String,
+    },
+}
+
+/// Fans events out to subscribers without ever blocking the publisher.
+#[derive(Debug)]
+pub(crate) struct EventBus {
+    subscribers: Mutex<Vec<Sender<Event>>>,
+    /// `BackendSelected`, replayed first to every subscriber (it is published at build,
+    /// before anyone can subscribe).
+    sticky: Mutex<Option<Event>>,
+    capacity: usize,
+    dropped: AtomicU64,
+}
+
+impl EventBus {
+    /// A bus whose subscribers each get a channel of `capacity` events.
+    pub(crate) fn new(capacity: usize) -> Self {
+        EventBus {
+            subscribers: Mutex::new(Vec::new()),
+            sticky: Mutex::new(None),
+            capacity: capacity.max(1),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// A new subscriber: receives every event published from now on.
+    pub(crate) fn subscribe(&self) -> Receiver<Event> {
+        let (tx, rx) = crossbeam_channel::bounded(self.capacity);
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(event) = self
+            .sticky
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            // A fresh channel of capacity >= 1 always has room for the first event.
+            let _ = tx.try_send(event);
+        }
+        subs.push(tx);
+        drop(subs);
+        rx
+    }
+
+    /// Publishes `event` and keeps it to replay to every later subscriber.
+    pub(crate) fn publish_sticky(&self, event: Event) {
+        *self.sticky.lock().unwrap_or_else(|p| p.into_inner()) = Some(event.clone());
+        self.publish(event);
+    }
+
+    /// Delivers `event` to every subscriber that has room; counts the rest.
+    pub(crate) fn publish(&self, event: Event) {
+        tracing::debug!(?event, "engine event");
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subs.retain(|tx| match tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+    }
+
+    /// Events dropped because a subscriber's channel was full.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}

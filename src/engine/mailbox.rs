@@ -1,0 +1,106 @@
+//! The mailbox: how batches get from producers to a device's workers, and the
+//! shutdown word that makes "every accepted batch is answered" hold across shutdown.
+//!
+//! Owns the [`Gate`] (one `AtomicU64`: a closed bit and the number of producers
+//! inside `submit`) and the per-device bounded channel. It never looks inside a batch.
+//! See `src/engine/README.md` for the protocol and why it cannot lose a batch.
+
+use crate::sync::{AtomicU64, Condvar, Mutex, Ordering};
+
+/// Bit 63 of the gate word: set once shutdown began; no producer may enter after.
+const CLOSED: u64 = 1 << 63;
+/// The low bits: producers currently between `enter` and the end of their send.
+const COUNT: u64 = CLOSED - 1;
+
+/// The shutdown word: producers `enter` before they send and leave (drop the [`Pass`])
+/// after; `close_and_wait` shuts the gate and waits until every producer inside has
+/// left, after which no batch can be sent any more and the stop messages can follow.
+#[derive(Debug)]
+pub struct Gate {
+    word: AtomicU64,
+    lock: Mutex<()>,
+    empty: Condvar,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gate {
+    /// An open gate with nobody inside.
+    pub fn new() -> Self {
+        Gate {
+            word: AtomicU64::new(0),
+            lock: Mutex::new(()),
+            empty: Condvar::new(),
+        }
+    }
+
+    /// Enters the gate: `None` once it is closed. Hold the pass while sending.
+    pub fn enter(&self) -> Option<Pass<'_>> {
+        let mut current = self.word.load(Ordering::Acquire);
+        loop {
+            if current & CLOSED != 0 {
+                return None;
+            }
+            // COUNT cannot overflow: it would take 2^63 threads inside at once.
+            match self.word.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(Pass { gate: self }),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// True once `close_and_wait` has begun.
+    pub fn is_closed(&self) -> bool {
+        self.word.load(Ordering::Acquire) & CLOSED != 0
+    }
+
+    /// Producers inside the gate right now.
+    pub fn inside(&self) -> u64 {
+        self.word.load(Ordering::Acquire) & COUNT
+    }
+
+    /// Closes the gate (idempotent) and blocks until no producer is inside. Returns
+    /// true for the call that closed it.
+    pub fn close_and_wait(&self) -> bool {
+        let before = self.word.fetch_or(CLOSED, Ordering::AcqRel);
+        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.word.load(Ordering::Acquire) & COUNT != 0 {
+            guard = self.empty.wait(guard).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(guard);
+        before & CLOSED == 0
+    }
+
+    fn leave(&self) {
+        let before = self.word.fetch_sub(1, Ordering::AcqRel);
+        if before == CLOSED | 1 {
+            // The last producer out of a closed gate: wake the closer. Taking the lock
+            // first means the closer is either before its check (and will see 0) or
+            // already waiting (and gets this notification) — never in between.
+            let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            drop(guard);
+            self.empty.notify_all();
+        }
+    }
+}
+
+/// Proof of being inside the gate; leaving is dropping it.
+#[derive(Debug)]
+pub struct Pass<'a> {
+    gate: &'a Gate,
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        self.gate.leave();
+    }
+}

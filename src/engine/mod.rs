@@ -1,0 +1,553 @@
+//! The engine: per-queue worker actors fed by bounded channels, racing conservative
+//! against speculative variants, answering every accepted batch exactly once, and
+//! publishing what it decides by message (SPEC §4).
+//!
+//! It owns threads, channels, tickets, events and supervision; every decision it takes
+//! comes from [`crate::policy`] (pure functions) and every device call goes through a
+//! [`crate::backend::Backend`]. It never touches a device API directly. The mailbox and
+//! shutdown protocol and the race join are described in `src/engine/README.md`.
+
+mod builder;
+mod error;
+mod events;
+mod mailbox;
+mod race;
+mod registry;
+mod supervisor;
+mod test_backend;
+mod ticket;
+mod verdict;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::backend::{Backend, BackendKind, DeviceInfo, KernelVariant, QueueId};
+use crate::kernels::{DispatchPlan, InputShape, Workload};
+use crate::speculator::{AdaptiveSpeculator, SpeculationMode};
+
+pub use builder::{
+    BackendChoice, EngineBuilder, DEFAULT_AUDIT_PERIOD, DEFAULT_CHANNEL_CAPACITY,
+    DEFAULT_EVENT_CAPACITY,
+};
+pub use error::{EngineError, TrySubmitError};
+pub use events::{Event, KernelVerdict, VerdictReason};
+pub use registry::{Arm, KernelId};
+pub use test_backend::{ByteSumWorkload, FusedByteSumWorkload, InjectedFault, TestBackend};
+pub use ticket::Ticket;
+
+/// Internals the loom models in `loom-tests/` drive directly. Not part of the API.
+#[doc(hidden)]
+pub mod protocol {
+    pub use super::mailbox::{Gate, Pass};
+    pub use super::ticket::{one_shot_for_models as one_shot, Responder};
+    pub use super::verdict::VerdictCell;
+}
+
+use events::EventBus;
+use mailbox::Gate;
+use registry::{Kernel, KernelSource, Registry};
+use ticket::Responder;
+
+/// What a batch carries.
+#[derive(Debug, Clone)]
+enum Payload {
+    /// Input bytes for a workload kernel.
+    Input(Arc<[u8]>),
+    /// Buffers, push constants and workgroups for a SPIR-V pair.
+    Plan(Arc<DispatchPlan>),
+}
+
+/// One unit of work for a registered kernel.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    kernel: KernelId,
+    payload: Payload,
+}
+
+impl Batch {
+    /// A batch of input bytes for a workload kernel (`Engine::register`).
+    pub fn new(kernel: KernelId, input: impl Into<Arc<[u8]>>) -> Self {
+        Batch {
+            kernel,
+            payload: Payload::Input(input.into()),
+        }
+    }
+
+    /// A batch for a SPIR-V pair (`Engine::register_pair`): its own buffers, push
+    /// constants and workgroup counts.
+    pub fn with_plan(kernel: KernelId, plan: DispatchPlan) -> Self {
+        Batch {
+            kernel,
+            payload: Payload::Plan(Arc::new(plan)),
+        }
+    }
+
+    /// The kernel this batch is for.
+    pub fn kernel(&self) -> KernelId {
+        self.kernel
+    }
+}
+
+/// What a batch produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A workload's canonical answer (equal to `Workload::reference` of the input).
+    Answer(Vec<u8>),
+    /// A SPIR-V pair's written buffers, in binding order.
+    Buffers(Vec<Vec<u8>>),
+}
+
+/// The answer to one batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The output (always from a variant the engine trusts for this batch: the
+    /// conservative one in a race).
+    pub output: Output,
+    /// Which arm's output this is.
+    pub arm: Arm,
+    /// True when both arms ran for this batch.
+    pub raced: bool,
+    /// That arm's kernel time, where the queue has timestamps.
+    pub kernel_ns: Option<u64>,
+    /// The queue it ran on.
+    pub queue: QueueId,
+}
+
+/// A message on a device's mailbox.
+pub(crate) enum Msg {
+    /// Run this batch.
+    Run(Job),
+    /// The engine is shutting down: the worker that takes this exits.
+    Stop,
+}
+
+/// An accepted batch on its way to a worker.
+pub(crate) struct Job {
+    pub(crate) kernel: Arc<Kernel>,
+    payload: Payload,
+    pub(crate) responder: Responder<Answer>,
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("kernel", &self.kernel.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings fixed at build.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// One audit race in this many batches of an adopted kernel (0: none); also how
+    /// often a fused kernel probes its fused path while the speculator has it off.
+    pub(crate) audit_period: u64,
+    /// How fused kernels follow the speculator.
+    pub(crate) mode: SpeculationMode,
+}
+
+/// One queue a worker owns, with a count of who is using it.
+#[derive(Debug)]
+pub(crate) struct QueueSlot {
+    pub(crate) id: QueueId,
+    users: AtomicU32,
+}
+
+/// One device: its mailbox and its queues.
+#[derive(Debug)]
+pub(crate) struct DeviceSlot {
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+    pub(crate) queues: Vec<QueueSlot>,
+    lost: AtomicBool,
+}
+
+/// The state every worker and the engine handle share.
+pub(crate) struct Core {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) registry: Registry,
+    pub(crate) bus: EventBus,
+    gate: Gate,
+    pub(crate) devices: Vec<DeviceSlot>,
+    pub(crate) config: Config,
+    /// The shared speculator every fused kernel's counter tail feeds.
+    pub(crate) speculator: AdaptiveSpeculator,
+    next_device: AtomicUsize,
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("backend", &self.backend.kind())
+            .field("devices", &self.devices.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// Marks a device lost; publishes once.
+    pub(crate) fn mark_lost(&self, device: usize, detail: String) {
+        if let Some(slot) = self.devices.get(device) {
+            if !slot.lost.swap(true, Ordering::AcqRel) {
+                tracing::error!(device, %detail, "device lost; its workers stop running batches");
+                self.bus.publish(Event::DeviceLost { device, detail });
+            }
+        }
+    }
+
+    /// True once the device was lost.
+    pub(crate) fn is_lost(&self, device: usize) -> bool {
+        self.devices
+            .get(device)
+            .is_none_or(|d| d.lost.load(Ordering::Acquire))
+    }
+
+    /// Marks `queue` in use by its worker until the guard drops.
+    pub(crate) fn occupy(&self, queue: QueueId) -> QueueUse<'_> {
+        let slot = self.slot(queue);
+        if let Some(s) = slot {
+            s.users.fetch_add(1, Ordering::AcqRel);
+        }
+        QueueUse { slot }
+    }
+
+    fn slot(&self, queue: QueueId) -> Option<&QueueSlot> {
+        self.devices
+            .get(queue.device)?
+            .queues
+            .iter()
+            .find(|q| q.id == queue)
+    }
+
+    /// Borrows an idle partner queue for the speculative arm of a race on `own`:
+    /// an idle queue of another family first, then an idle queue of the same family.
+    /// `None`: no idle partner (or a one-queue device): run the arms back to back.
+    pub(crate) fn borrow_partner(&self, own: QueueId) -> Option<QueueUse<'_>> {
+        let queues = &self.devices.get(own.device)?.queues;
+        let other_family = queues.iter().filter(|q| q.id.family != own.family);
+        let same_family = queues
+            .iter()
+            .filter(|q| q.id.family == own.family && q.id != own);
+        for q in other_family.chain(same_family) {
+            if q.users
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Some(QueueUse { slot: Some(q) });
+            }
+        }
+        None
+    }
+
+    /// Another queue of the same device for a retry (the same queue on a one-queue
+    /// device).
+    pub(crate) fn retry_queue(&self, failed: QueueId) -> QueueId {
+        self.devices
+            .get(failed.device)
+            .and_then(|d| {
+                let n = d.queues.len();
+                let at = d.queues.iter().position(|q| q.id == failed)?;
+                Some(d.queues[(at + 1) % n].id)
+            })
+            .unwrap_or(failed)
+    }
+}
+
+/// A queue in use; released on drop.
+#[derive(Debug)]
+pub(crate) struct QueueUse<'a> {
+    slot: Option<&'a QueueSlot>,
+}
+
+impl QueueUse<'_> {
+    /// The queue.
+    pub(crate) fn id(&self) -> Option<QueueId> {
+        self.slot.map(|s| s.id)
+    }
+}
+
+impl Drop for QueueUse<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.slot {
+            s.users.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The engine: build it once, register kernels, submit batches from any thread.
+///
+/// Dropping it shuts it down (drains and joins), as [`Engine::shutdown`] does.
+pub struct Engine {
+    core: Arc<Core>,
+    workers: Mutex<Vec<(usize, JoinHandle<()>)>>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.core.backend.kind())
+            .field("devices", &self.core.devices.len())
+            .field("shut_down", &self.core.gate.is_closed())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Starts configuring an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// Which backend the engine runs on.
+    pub fn backend_kind(&self) -> BackendKind {
+        self.core.backend.kind()
+    }
+
+    /// The devices the engine runs on.
+    pub fn devices(&self) -> &[DeviceInfo] {
+        self.core.backend.devices()
+    }
+
+    /// Number of worker actors (one per queue of every device).
+    pub fn worker_count(&self) -> usize {
+        self.core.devices.iter().map(|d| d.queues.len()).sum()
+    }
+
+    /// Registers a built-in workload: its conservative variant (0) and its first
+    /// speculative variant (1) are validated and loaded on every device, in parallel.
+    pub fn register(&self, workload: Arc<dyn Workload>) -> Result<KernelId, EngineError> {
+        let mut variants = workload.variants().into_iter();
+        let (Some(conservative), Some(speculative)) = (variants.next(), variants.next()) else {
+            return Err(EngineError::InvalidKernel {
+                kernel: workload.name().to_string(),
+                reason: "it has fewer than two variants".into(),
+                fix: "give the workload a conservative variant 0 and a speculative variant 1",
+            });
+        };
+        let name = workload.name().to_string();
+        let kernel = self.core.registry.add(
+            self.core.backend.as_ref(),
+            name,
+            KernelSource::Workload(Arc::clone(&workload)),
+            [conservative, speculative],
+        )?;
+        if self.core.config.mode == SpeculationMode::Force {
+            self.probe_fused(&kernel, workload.as_ref())?;
+        }
+        Ok(kernel.id)
+    }
+
+    /// Under `SpeculationMode::Force`: runs the speculative variant once on a small
+    /// generated input and refuses the kernel unless it writes a counter tail (has a
+    /// fused path) on this backend — never a silent fallback.
+    fn probe_fused(&self, kernel: &Kernel, workload: &dyn Workload) -> Result<(), EngineError> {
+        let unsupported = |reason: String| EngineError::SpeculationUnsupported {
+            kernel: kernel.name.clone(),
+            reason,
+        };
+        let (Some(&queue), Some(handles)) =
+            (self.core.backend.queues().first(), kernel.handles.first())
+        else {
+            return Err(unsupported(
+                "the backend has no queue to probe the fused path on".into(),
+            ));
+        };
+        let input = workload.generate(InputShape::Uniform, 1024, 0);
+        let plan = workload.plan(Arm::Speculative.variant(), &input)?;
+        let job = crate::backend::DispatchJob {
+            queue,
+            kernel: handles[Arm::Speculative.variant()],
+            buffers: plan.buffers,
+            push_constants: plan.push_constants,
+            workgroups: plan.workgroups,
+        };
+        let out = self
+            .core
+            .backend
+            .dispatch(std::slice::from_ref(&job))
+            .pop()
+            .ok_or_else(|| unsupported("the backend returned no result for the probe".into()))?
+            .map_err(|source| EngineError::Backend {
+                kernel: kernel.name.clone(),
+                source,
+            })?;
+        match workload.speculation_report(Arm::Speculative.variant(), &out.outputs) {
+            Some(_) => {
+                kernel.set_fused(true);
+                Ok(())
+            }
+            None => Err(unsupported(format!(
+                "its speculative variant `{}` has no fused path (writes no counter tail) on the {} backend",
+                kernel.variants[1].name,
+                self.core.backend.kind()
+            ))),
+        }
+    }
+
+    /// Registers a user's SPIR-V variant pair (same bindings, same push constants).
+    /// Batches for it carry their own buffers ([`Batch::with_plan`]).
+    pub fn register_pair(
+        &self,
+        name: &str,
+        conservative: KernelVariant,
+        speculative: KernelVariant,
+    ) -> Result<KernelId, EngineError> {
+        if self.core.config.mode == SpeculationMode::Force {
+            return Err(EngineError::SpeculationUnsupported {
+                kernel: name.to_string(),
+                reason: "a SPIR-V pair has no counter tail the engine can read, so no fused path"
+                    .into(),
+            });
+        }
+        let kernel = self.core.registry.add(
+            self.core.backend.as_ref(),
+            name.to_string(),
+            KernelSource::Pair,
+            [conservative, speculative],
+        )?;
+        Ok(kernel.id)
+    }
+
+    /// The shared adaptive speculator (fused paths follow it in `SpeculationMode::Auto`).
+    pub fn speculator(&self) -> &AdaptiveSpeculator {
+        &self.core.speculator
+    }
+
+    /// The kernel's current verdict; `None` for an unknown id.
+    pub fn verdict(&self, kernel: KernelId) -> Option<KernelVerdict> {
+        self.core.registry.get(kernel).map(|k| k.verdict.get())
+    }
+
+    /// A receiver of every event published from now on. Each subscriber has its own
+    /// bounded channel; when it is full, events for it are dropped and counted.
+    pub fn subscribe(&self) -> Receiver<Event> {
+        self.core.bus.subscribe()
+    }
+
+    /// Events dropped because a subscriber did not keep up.
+    pub fn dropped_events(&self) -> u64 {
+        self.core.bus.dropped()
+    }
+
+    /// Submits a batch, blocking while the device's queue is full. The ticket gets
+    /// exactly one answer.
+    pub fn submit(&self, batch: Batch) -> Result<Ticket, EngineError> {
+        let (job, ticket, device) = self.accept(batch)?;
+        let Some(_pass) = self.core.gate.enter() else {
+            return Err(EngineError::ShutDown);
+        };
+        match self.core.devices[device].tx.send(Msg::Run(job)) {
+            Ok(()) => Ok(ticket),
+            // The receivers live in `Core` as long as any sender; this cannot happen,
+            // but if it did the job's responder answered the ticket on drop.
+            Err(_) => Err(EngineError::ShutDown),
+        }
+    }
+
+    /// Submits a batch without blocking: `Full` (with the batch back) when the
+    /// device's queue has no room.
+    pub fn try_submit(&self, batch: Batch) -> Result<Ticket, TrySubmitError> {
+        let (job, ticket, device) = match self.accept(batch.clone()) {
+            Ok(accepted) => accepted,
+            Err(EngineError::ShutDown) => return Err(TrySubmitError::ShutDown(batch)),
+            Err(e) => return Err(TrySubmitError::Rejected(batch, e)),
+        };
+        let Some(_pass) = self.core.gate.enter() else {
+            job.responder.disarm();
+            return Err(TrySubmitError::ShutDown(batch));
+        };
+        match self.core.devices[device].tx.try_send(Msg::Run(job)) {
+            Ok(()) => Ok(ticket),
+            Err(TrySendError::Full(msg)) | Err(TrySendError::Disconnected(msg)) => {
+                if let Msg::Run(job) = msg {
+                    job.responder.disarm();
+                }
+                Err(TrySubmitError::Full(batch))
+            }
+        }
+    }
+
+    /// Validates a batch and picks its device.
+    fn accept(&self, batch: Batch) -> Result<(Job, Ticket, usize), EngineError> {
+        if self.core.gate.is_closed() {
+            return Err(EngineError::ShutDown);
+        }
+        let kernel = self
+            .core
+            .registry
+            .get(batch.kernel)
+            .ok_or(EngineError::UnknownKernel(batch.kernel.0))?;
+        match (&kernel.source, &batch.payload) {
+            (KernelSource::Workload(_), Payload::Input(_))
+            | (KernelSource::Pair, Payload::Plan(_)) => {}
+            (KernelSource::Workload(_), Payload::Plan(_)) => {
+                return Err(EngineError::WrongPayload {
+                    kernel: kernel.name.clone(),
+                    expected: "input bytes",
+                    fix: "`Batch::new(kernel, input)`",
+                })
+            }
+            (KernelSource::Pair, Payload::Input(_)) => {
+                return Err(EngineError::WrongPayload {
+                    kernel: kernel.name.clone(),
+                    expected: "a dispatch plan (buffers, push constants, workgroups)",
+                    fix: "`Batch::with_plan(kernel, plan)`",
+                })
+            }
+        }
+        let device = self.pick_device()?;
+        let (responder, ticket) = ticket::one_shot();
+        Ok((
+            Job {
+                kernel,
+                payload: batch.payload,
+                responder,
+            },
+            ticket,
+            device,
+        ))
+    }
+
+    /// The live device with the shortest mailbox (round robin among equals).
+    fn pick_device(&self) -> Result<usize, EngineError> {
+        let n = self.core.devices.len();
+        let start = self.core.next_device.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| (start + i) % n)
+            .filter(|&d| !self.core.is_lost(d))
+            .min_by_key(|&d| self.core.devices[d].tx.len())
+            .ok_or(EngineError::DeviceLost {
+                device: start % n.max(1),
+            })
+    }
+
+    /// Stops accepting batches, answers every batch already accepted, and joins the
+    /// workers. Idempotent; dropping the engine does the same.
+    pub fn shutdown(&self) {
+        let closed_now = self.core.gate.close_and_wait();
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if closed_now {
+            // No producer is inside the gate any more, so every accepted batch is
+            // already in a mailbox, ahead of these stop messages: one per worker.
+            for (device, _) in workers.iter() {
+                // The receiver lives in `Core`, so this cannot fail.
+                let _ = self.core.devices[*device].tx.send(Msg::Stop);
+            }
+        }
+        for (_, handle) in workers.drain(..) {
+            if handle.join().is_err() {
+                tracing::error!("a worker thread ended by panic outside its supervisor");
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,403 @@
+//! Running one batch: choose the arm(s) from the kernel's verdict, dispatch (both arms
+//! in one `Backend::dispatch` call on two queues when an idle partner queue exists,
+//! back to back on the worker's own queue otherwise), join the two arms, compare their
+//! answers and feed the paired window.
+//!
+//! The caller always gets an answer from a variant the engine trusts for that batch:
+//! the conservative one in a race. A speculative answer that differs is discarded,
+//! reported and rejects the variant at once. This module never blocks on a channel and
+//! never answers a ticket itself; the worker does.
+
+use crate::backend::{BackendError, DispatchJob, DispatchOutput, QueueId};
+use crate::policy::SpeculationVerdict;
+use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
+
+use super::error::EngineError;
+use super::events::{Event, KernelVerdict, VerdictReason};
+use super::registry::{Arm, Kernel};
+use super::{Answer, Core, Job, Output, Payload};
+
+/// Why a batch did not produce an answer on this queue.
+#[derive(Debug)]
+pub(crate) enum Fault {
+    /// The batch itself is at fault: answer it with this error, no retry.
+    Input(EngineError),
+    /// The backend failed (driver error, out of memory, a broken reply): the
+    /// supervisor restarts the worker and retries the batch once on another queue.
+    Backend(String),
+    /// The device was lost.
+    DeviceLost {
+        /// The device.
+        device: usize,
+        /// What the driver said.
+        detail: String,
+    },
+}
+
+/// What to run for one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    /// One arm alone.
+    Single(Arm),
+    /// Both arms; `audit` when the kernel was already adopted.
+    Race { audit: bool },
+}
+
+/// Runs `job` on `queue` and returns its answer.
+pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Fault> {
+    if core.is_lost(queue.device) {
+        return Err(Fault::DeviceLost {
+            device: queue.device,
+            detail: "lost before this batch ran".into(),
+        });
+    }
+    match choose(core, &job.kernel) {
+        Choice::Single(Arm::Speculative) => match single(core, queue, job, Arm::Speculative) {
+            Err(Fault::Input(e)) => {
+                // The adopted variant refused a batch the conservative one may take:
+                // it is no longer trusted, and this batch runs conservatively.
+                reject(
+                    core,
+                    &job.kernel,
+                    VerdictReason::SpeculativeFailed(e.to_string()),
+                );
+                single(core, queue, job, Arm::Conservative)
+            }
+            other => other,
+        },
+        Choice::Single(arm) => single(core, queue, job, arm),
+        Choice::Race { audit } => race(core, queue, job, audit),
+    }
+}
+
+fn choose(core: &Core, kernel: &Kernel) -> Choice {
+    let verdict = kernel.verdict.get();
+    if verdict != KernelVerdict::Rejected && kernel.fused() == Some(true) {
+        let fused =
+            resolve_fused_path(core.config.mode, &core.speculator, &FusedSupport::Supported)
+                .unwrap_or(false);
+        if !fused {
+            // Fused path off: prefilter + serial confirm, i.e. the conservative variant.
+            // In `Auto` a periodic probe race keeps feeding the speculator, so it can
+            // switch the fused path back on when commit rates recover.
+            let probe = core.config.mode == SpeculationMode::Auto && audit_due(core, kernel);
+            return if probe {
+                Choice::Race {
+                    audit: verdict == KernelVerdict::Adopted,
+                }
+            } else {
+                Choice::Single(Arm::Conservative)
+            };
+        }
+    }
+    match verdict {
+        KernelVerdict::Undecided => Choice::Race { audit: false },
+        KernelVerdict::Rejected => Choice::Single(Arm::Conservative),
+        KernelVerdict::Adopted if audit_due(core, kernel) => Choice::Race { audit: true },
+        KernelVerdict::Adopted => Choice::Single(Arm::Speculative),
+    }
+}
+
+/// True for one batch in every `audit_period` of this kernel.
+fn audit_due(core: &Core, kernel: &Kernel) -> bool {
+    let period = core.config.audit_period;
+    let tick = kernel
+        .audit_tick
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    period > 0 && tick % period == period - 1
+}
+
+/// Feeds a speculative run's counter tail (if its variant writes one) to the shared
+/// speculator, and publishes a toggle.
+fn note_speculative_run(core: &Core, kernel: &Kernel, outputs: &[Vec<u8>]) {
+    let Some(workload) = kernel.workload() else {
+        return;
+    };
+    match workload.speculation_report(Arm::Speculative.variant(), outputs) {
+        Some(report) => {
+            kernel.set_fused(true);
+            let outcome = core.speculator.record(report);
+            if let Some(enabled) = outcome.toggled() {
+                tracing::info!(
+                    enabled,
+                    commit_rate_ppm = outcome.after.commit_rate_ppm,
+                    "speculator toggled"
+                );
+                core.bus.publish(Event::SpeculatorToggled {
+                    enabled,
+                    commit_rate_ppm: u64::from(outcome.after.commit_rate_ppm),
+                });
+            }
+        }
+        None => kernel.set_fused(false),
+    }
+}
+
+/// The dispatch job of `arm` for this batch on `queue`.
+fn make_job(
+    kernel: &Kernel,
+    arm: Arm,
+    queue: QueueId,
+    payload: &Payload,
+) -> Result<DispatchJob, EngineError> {
+    let plan = match (payload, kernel.workload()) {
+        (Payload::Input(input), Some(workload)) => workload.plan(arm.variant(), input)?,
+        (Payload::Plan(plan), _) => (**plan).clone(),
+        (Payload::Input(_), None) => {
+            return Err(EngineError::WrongPayload {
+                kernel: kernel.name.clone(),
+                expected: "a dispatch plan",
+                fix: "`Batch::with_plan(kernel, plan)`",
+            })
+        }
+    };
+    let handles = kernel
+        .handles
+        .get(queue.device)
+        .ok_or_else(|| EngineError::Backend {
+            kernel: kernel.name.clone(),
+            source: BackendError::Unknown {
+                what: format!("device {} for this kernel", queue.device),
+            },
+        })?;
+    Ok(DispatchJob {
+        queue,
+        kernel: handles[arm.variant()],
+        buffers: plan.buffers,
+        push_constants: plan.push_constants,
+        workgroups: plan.workgroups,
+    })
+}
+
+/// The canonical output of `arm` from its dispatch output.
+fn finish(
+    kernel: &Kernel,
+    arm: Arm,
+    payload: &Payload,
+    out: &DispatchOutput,
+) -> Result<Output, EngineError> {
+    match (payload, kernel.workload()) {
+        (Payload::Input(input), Some(workload)) => Ok(Output::Answer(workload.answer(
+            arm.variant(),
+            input,
+            &out.outputs,
+        )?)),
+        _ => Ok(Output::Buffers(out.outputs.clone())),
+    }
+}
+
+/// Sorts a backend error into the batch's fault, the backend's, or the device's.
+fn classify(kernel: &Kernel, err: BackendError) -> Fault {
+    match err {
+        BackendError::DeviceLost { device, detail } => Fault::DeviceLost { device, detail },
+        BackendError::OutOfDeviceMemory { .. }
+        | BackendError::Vulkan(_)
+        | BackendError::Unknown { .. } => Fault::Backend(err.to_string()),
+        other => Fault::Input(EngineError::Backend {
+            kernel: kernel.name.clone(),
+            source: other,
+        }),
+    }
+}
+
+/// Dispatches the jobs in one call and checks that one result came back per job.
+fn dispatch(
+    core: &Core,
+    jobs: &[DispatchJob],
+) -> Result<Vec<Result<DispatchOutput, BackendError>>, Fault> {
+    let results = core.backend.dispatch(jobs);
+    if results.len() != jobs.len() {
+        return Err(Fault::Backend(format!(
+            "the backend returned {} results for {} jobs",
+            results.len(),
+            jobs.len()
+        )));
+    }
+    Ok(results)
+}
+
+fn dispatch_one(
+    core: &Core,
+    job: DispatchJob,
+) -> Result<Result<DispatchOutput, BackendError>, Fault> {
+    let mut results = dispatch(core, std::slice::from_ref(&job))?;
+    results
+        .pop()
+        .ok_or_else(|| Fault::Backend("the backend returned no result".into()))
+}
+
+fn single(core: &Core, queue: QueueId, job: &Job, arm: Arm) -> Result<Answer, Fault> {
+    let kernel = &job.kernel;
+    let dj = make_job(kernel, arm, queue, &job.payload).map_err(Fault::Input)?;
+    let out = dispatch_one(core, dj)?.map_err(|e| classify(kernel, e))?;
+    if arm == Arm::Speculative {
+        note_speculative_run(core, kernel, &out.outputs);
+    }
+    let output = finish(kernel, arm, &job.payload, &out).map_err(Fault::Input)?;
+    Ok(Answer {
+        output,
+        arm,
+        raced: false,
+        kernel_ns: out.kernel_ns,
+        queue,
+    })
+}
+
+/// How the speculative arm of a race ended.
+enum SpecArm {
+    Ran(DispatchOutput, QueueId),
+    Failed(Result<BackendError, EngineError>),
+}
+
+fn race(core: &Core, queue: QueueId, job: &Job, audit: bool) -> Result<Answer, Fault> {
+    let kernel = &job.kernel;
+    let cons = make_job(kernel, Arm::Conservative, queue, &job.payload).map_err(Fault::Input)?;
+    let spec = make_job(kernel, Arm::Speculative, queue, &job.payload);
+    let partner = core.borrow_partner(queue);
+    let (cons_result, spec_arm) = match (spec, partner.as_ref().and_then(|p| p.id())) {
+        (Ok(mut spec), Some(partner_queue)) => {
+            // Both arms in one call: the backend submits both before waiting for
+            // either, so they run at the same time on the two queues.
+            spec.queue = partner_queue;
+            let mut results = dispatch(core, &[cons, spec])?.into_iter();
+            let (Some(c), Some(s)) = (results.next(), results.next()) else {
+                return Err(Fault::Backend("the backend dropped a race arm".into()));
+            };
+            (c, spec_result(s, partner_queue))
+        }
+        (Ok(spec), None) => {
+            // No idle partner (or a one-queue device): back to back on our queue.
+            let c = dispatch_one(core, cons)?;
+            let s = dispatch_one(core, spec)?;
+            (c, spec_result(s, queue))
+        }
+        (Err(e), _) => (dispatch_one(core, cons)?, SpecArm::Failed(Err(e))),
+    };
+    drop(partner);
+    let cons_out = cons_result.map_err(|e| classify(kernel, e))?;
+    let output =
+        finish(kernel, Arm::Conservative, &job.payload, &cons_out).map_err(Fault::Input)?;
+    judge(core, job, audit, &output, cons_out.kernel_ns, spec_arm);
+    Ok(Answer {
+        output,
+        arm: Arm::Conservative,
+        raced: true,
+        kernel_ns: cons_out.kernel_ns,
+        queue,
+    })
+}
+
+fn spec_result(result: Result<DispatchOutput, BackendError>, queue: QueueId) -> SpecArm {
+    match result {
+        Ok(out) => SpecArm::Ran(out, queue),
+        Err(e) => SpecArm::Failed(Ok(e)),
+    }
+}
+
+/// The race join's verdict half: compares the speculative answer with the
+/// conservative one and feeds the window. Never changes what the caller gets.
+fn judge(core: &Core, job: &Job, audit: bool, cons: &Output, cons_ns: Option<u64>, spec: SpecArm) {
+    let kernel = &job.kernel;
+    match spec {
+        SpecArm::Failed(Ok(BackendError::DeviceLost { device, detail })) => {
+            core.mark_lost(device, detail);
+        }
+        SpecArm::Failed(Ok(e)) => match classify(kernel, e) {
+            Fault::Input(e) => reject(
+                core,
+                kernel,
+                VerdictReason::SpeculativeFailed(e.to_string()),
+            ),
+            // A driver hiccup on the speculative arm says nothing about the variant.
+            other => {
+                tracing::warn!(kernel = %kernel.name, ?other, "speculative arm failed; no sample")
+            }
+        },
+        SpecArm::Failed(Err(e)) => {
+            reject(
+                core,
+                kernel,
+                VerdictReason::SpeculativeFailed(e.to_string()),
+            );
+        }
+        SpecArm::Ran(out, spec_queue) => {
+            note_speculative_run(core, kernel, &out.outputs);
+            let spec_output = match finish(kernel, Arm::Speculative, &job.payload, &out) {
+                Ok(o) => o,
+                Err(e) => {
+                    reject(
+                        core,
+                        kernel,
+                        VerdictReason::SpeculativeFailed(e.to_string()),
+                    );
+                    return;
+                }
+            };
+            if spec_output != *cons {
+                tracing::warn!(kernel = %kernel.name, %spec_queue, audit, "speculative variant disagreed; rejected");
+                core.bus.publish(Event::MismatchCaught {
+                    kernel: kernel.id,
+                    name: kernel.name.clone(),
+                    queue: spec_queue,
+                    audit,
+                });
+                reject(core, kernel, VerdictReason::Mismatch);
+                return;
+            }
+            let (Some(c_ns), Some(s_ns)) = (cons_ns, out.kernel_ns) else {
+                // No timestamps on this queue: agreement is checked, timing is not.
+                return;
+            };
+            let verdict = kernel
+                .window
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(c_ns, s_ns);
+            match verdict {
+                SpeculationVerdict::Adopt => adopt(core, kernel, VerdictReason::Measured(verdict)),
+                SpeculationVerdict::Reject => {
+                    reject(core, kernel, VerdictReason::Measured(verdict))
+                }
+                SpeculationVerdict::KeepRacing => {}
+            }
+        }
+    }
+}
+
+/// Rejects the speculative variant from whatever state it is in; publishes once.
+fn reject(core: &Core, kernel: &Kernel, reason: VerdictReason) {
+    if let Some(from) = kernel.verdict.reject() {
+        published(core, kernel, from, KernelVerdict::Rejected, reason);
+    }
+}
+
+/// Adopts the speculative variant if still undecided; publishes once.
+fn adopt(core: &Core, kernel: &Kernel, reason: VerdictReason) {
+    if kernel.verdict.adopt() {
+        published(
+            core,
+            kernel,
+            KernelVerdict::Undecided,
+            KernelVerdict::Adopted,
+            reason,
+        );
+    }
+}
+
+/// Logs and publishes a verdict change made by this thread.
+fn published(
+    core: &Core,
+    kernel: &Kernel,
+    from: KernelVerdict,
+    to: KernelVerdict,
+    reason: VerdictReason,
+) {
+    tracing::info!(kernel = %kernel.name, %from, %to, ?reason, "verdict changed");
+    core.bus.publish(Event::VerdictChanged {
+        kernel: kernel.id,
+        name: kernel.name.clone(),
+        from,
+        to,
+        reason,
+    });
+}

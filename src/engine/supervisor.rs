@@ -1,0 +1,138 @@
+//! Worker actors and their supervisor: one named OS thread per queue, pulling batches
+//! from its device's mailbox until it takes a stop message.
+//!
+//! The supervisor runs the worker loop under `catch_unwind`. The batch a worker is
+//! running sits in a slot the supervisor owns, so when the worker panics (or a backend
+//! call fails) the supervisor still holds it: it restarts the worker, retries the batch
+//! once on another queue of the device, answers it either way, and publishes
+//! `WorkerRestarted`. A lost device does not stop its workers: they keep draining the
+//! mailbox, answering each batch with `DeviceLost`, so no producer ever blocks on a
+//! mailbox nobody reads. This module decides nothing about what to run.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Receiver;
+
+use crate::backend::QueueId;
+
+use super::error::EngineError;
+use super::events::Event;
+use super::race::{self, Fault};
+use super::{Core, Job, Msg};
+
+/// Starts the supervised worker of `queue`.
+pub(crate) fn spawn(
+    core: Arc<Core>,
+    queue: QueueId,
+    mailbox: Receiver<Msg>,
+) -> Result<JoinHandle<()>, EngineError> {
+    let name = format!(
+        "photofinish-d{}f{}q{}",
+        queue.device, queue.family, queue.index
+    );
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || supervise(&core, queue, &mailbox))
+        .map_err(|e| EngineError::Spawn {
+            thread: name,
+            reason: e.to_string(),
+        })
+}
+
+fn supervise(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>) {
+    let mut in_flight: Option<Job> = None;
+    loop {
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            worker_loop(core, queue, mailbox, &mut in_flight)
+        }));
+        match run {
+            Ok(()) => return,
+            Err(panic) => {
+                let reason = format!("worker panicked: {}", panic_message(panic.as_ref()));
+                tracing::error!(%queue, %reason, "restarting worker");
+                restart(core, queue, in_flight.take(), reason);
+            }
+        }
+    }
+}
+
+/// The actor: runs batches until a stop message (or a closed mailbox).
+fn worker_loop(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>, in_flight: &mut Option<Job>) {
+    while let Ok(Msg::Run(job)) = mailbox.recv() {
+        let job = in_flight.insert(job);
+        let result = {
+            let _busy = core.occupy(queue);
+            race::run(core, queue, job)
+        };
+        let Some(job) = in_flight.take() else {
+            continue;
+        };
+        match result {
+            Ok(answer) => job.responder.answer(Ok(answer)),
+            Err(fault) => settle(core, queue, job, fault, true),
+        }
+    }
+}
+
+/// Answers a job whose run on `queue` failed: with the error, or (once) by a retry.
+fn settle(core: &Core, queue: QueueId, job: Job, fault: Fault, may_retry: bool) {
+    match fault {
+        Fault::Input(e) => job.responder.answer(Err(e)),
+        Fault::DeviceLost { device, detail } => {
+            core.mark_lost(device, detail);
+            job.responder
+                .answer(Err(EngineError::DeviceLost { device }));
+        }
+        Fault::Backend(reason) if may_retry => {
+            tracing::error!(%queue, %reason, "backend call failed; restarting worker");
+            restart(core, queue, Some(job), reason);
+        }
+        Fault::Backend(reason) => job.responder.answer(Err(EngineError::Failed {
+            kernel: job.kernel.name.clone(),
+            reason,
+        })),
+    }
+}
+
+/// Restarts the worker of `queue`: retries its in-flight job once on another queue of
+/// the device (answering it whatever happens) and publishes `WorkerRestarted`.
+fn restart(core: &Core, queue: QueueId, job: Option<Job>, reason: String) {
+    // Published before the retry answers the batch, so a caller that sees its answer
+    // can already see the restart.
+    core.bus.publish(Event::WorkerRestarted {
+        queue,
+        reason,
+        retried: job.is_some(),
+    });
+    if let Some(job) = job {
+        let other = core.retry_queue(queue);
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            let _busy = core.occupy(other);
+            race::run(core, other, &job)
+        }));
+        match run {
+            Ok(Ok(answer)) => job.responder.answer(Ok(answer)),
+            Ok(Err(fault)) => settle(core, other, job, fault, false),
+            Err(panic) => {
+                let reason = format!("worker panicked: {}", panic_message(panic.as_ref()));
+                job.responder.answer(Err(EngineError::Failed {
+                    kernel: job.kernel.name.clone(),
+                    reason,
+                }));
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
+}

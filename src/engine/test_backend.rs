@@ -1,0 +1,511 @@
+//! `TestBackend`: a fake backend FOR FAULT INJECTION and for exercising the actor
+//! machinery without a device. Not a product backend; hidden from the docs.
+//!
+//! It runs each variant's CPU code (the same contract the CPU backend follows), reports
+//! a fixed kernel time per variant when told to (so verdicts are deterministic), and
+//! injects faults on a variant's dispatches: a panic, a backend error, a corrupted
+//! output, or the loss of the device. It also carries `ByteSumWorkload`, a tiny
+//! workload whose two variants agree, so tests can race something real.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use crate::backend::{
+    Backend, BackendError, BackendKind, BindingAccess, BindingDesc, BufferArg, DeviceInfo,
+    DeviceLimits, DispatchJob, DispatchOutput, KernelHandle, KernelVariant, QueueFamilyInfo,
+    QueueId,
+};
+use crate::kernels::{DispatchPlan, InputShape, Workload, WorkloadError};
+use crate::speculator::{encode_counter_tail, split_counter_tail, SpeculationReport};
+
+/// A fault to inject into a variant's dispatches.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InjectedFault {
+    /// The dispatch panics (as a driver binding might).
+    Panic,
+    /// The dispatch returns this error.
+    Error(BackendError),
+    /// The dispatch succeeds but its first output byte is flipped (a wrong answer).
+    CorruptOutput,
+    /// The device is lost: this and every later dispatch on it fails with `DeviceLost`.
+    DeviceLost,
+}
+
+#[derive(Debug)]
+struct Rule {
+    variant: String,
+    fault: InjectedFault,
+    remaining: u64,
+}
+
+/// A fake backend for fault injection. Never a real device.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct TestBackend {
+    devices: Vec<DeviceInfo>,
+    queues: Vec<QueueId>,
+    kernels: Mutex<Vec<KernelVariant>>,
+    timings: Mutex<HashMap<String, u64>>,
+    rules: Mutex<Vec<Rule>>,
+    lost: Vec<AtomicBool>,
+    runs: Mutex<HashMap<String, u64>>,
+    dispatch_calls: AtomicU64,
+    paused: Mutex<bool>,
+    resumed: Condvar,
+}
+
+impl TestBackend {
+    /// `devices` devices, each with `families` queue families of `queues_per_family`
+    /// queues (so two families give the race a partner of another family).
+    pub fn new(devices: usize, families: u32, queues_per_family: u32) -> Self {
+        let mut infos = Vec::new();
+        let mut queues = Vec::new();
+        for device in 0..devices {
+            let queue_families = (0..families)
+                .map(|index| QueueFamilyInfo {
+                    index,
+                    queue_count: queues_per_family,
+                    opened: queues_per_family,
+                    compute: true,
+                    graphics: index == 0,
+                    transfer: true,
+                    timestamp_valid_bits: 64,
+                })
+                .collect();
+            for family in 0..families {
+                for index in 0..queues_per_family {
+                    queues.push(QueueId {
+                        device,
+                        family,
+                        index,
+                    });
+                }
+            }
+            infos.push(DeviceInfo {
+                index: device,
+                name: format!("test device {device} (fault injection)"),
+                device_type: "virtual".into(),
+                adapter_id: format!("test:{device}"),
+                device_uuid: [device as u8; 16],
+                driver_version: "test 1".into(),
+                timestamp_period_ns: 1.0,
+                queue_families,
+                limits: DeviceLimits {
+                    max_workgroup_count: [65535; 3],
+                    max_workgroup_size: [1024, 1024, 64],
+                    max_workgroup_invocations: 1024,
+                    max_storage_buffer_range: u64::from(u32::MAX),
+                    max_push_constants_size: 128,
+                    subgroup_size: Some(32),
+                },
+            });
+        }
+        TestBackend {
+            lost: (0..devices).map(|_| AtomicBool::new(false)).collect(),
+            devices: infos,
+            queues,
+            kernels: Mutex::new(Vec::new()),
+            timings: Mutex::new(HashMap::new()),
+            rules: Mutex::new(Vec::new()),
+            runs: Mutex::new(HashMap::new()),
+            dispatch_calls: AtomicU64::new(0),
+            paused: Mutex::new(false),
+            resumed: Condvar::new(),
+        }
+    }
+
+    /// Reports `ns` as the kernel time of every dispatch of the variant named `variant`
+    /// (instead of the measured time).
+    pub fn set_kernel_ns(&self, variant: &str, ns: u64) {
+        lock(&self.timings).insert(variant.to_string(), ns);
+    }
+
+    /// Injects `fault` into the next `times` dispatches of the variant named `variant`.
+    pub fn inject(&self, variant: &str, fault: InjectedFault, times: u64) {
+        lock(&self.rules).push(Rule {
+            variant: variant.to_string(),
+            fault,
+            remaining: times,
+        });
+    }
+
+    /// How many times the variant named `variant` ran (faulted runs included).
+    pub fn runs(&self, variant: &str) -> u64 {
+        lock(&self.runs).get(variant).copied().unwrap_or(0)
+    }
+
+    /// Holds every `dispatch` call at its start until [`TestBackend::resume`].
+    pub fn pause(&self) {
+        *lock(&self.paused) = true;
+    }
+
+    /// Lets held and later `dispatch` calls run.
+    pub fn resume(&self) {
+        *lock(&self.paused) = false;
+        self.resumed.notify_all();
+    }
+
+    /// How many `dispatch` calls were made.
+    pub fn dispatch_calls(&self) -> u64 {
+        self.dispatch_calls.load(Ordering::Relaxed)
+    }
+
+    fn take_fault(&self, variant: &str) -> Option<InjectedFault> {
+        let mut rules = lock(&self.rules);
+        let rule = rules
+            .iter_mut()
+            .find(|r| r.variant == variant && r.remaining > 0)?;
+        rule.remaining -= 1;
+        Some(rule.fault.clone())
+    }
+
+    fn run_job(&self, job: &DispatchJob) -> Result<DispatchOutput, BackendError> {
+        let device = job.queue.device;
+        if !self.queues.contains(&job.queue) || job.kernel.device != device {
+            return Err(BackendError::Unknown {
+                what: format!("queue {} or kernel {:?}", job.queue, job.kernel),
+            });
+        }
+        if self.lost[device].load(Ordering::Acquire) {
+            return Err(lost(device));
+        }
+        let variant = usize::try_from(job.kernel.id)
+            .ok()
+            .and_then(|i| lock(&self.kernels).get(i).cloned())
+            .ok_or_else(|| BackendError::Unknown {
+                what: format!("kernel handle {}", job.kernel.id),
+            })?;
+        *lock(&self.runs).entry(variant.name.clone()).or_insert(0) += 1;
+        let fault = self.take_fault(&variant.name);
+        match &fault {
+            Some(InjectedFault::Panic) => panic!("injected fault: `{}` panicked", variant.name),
+            Some(InjectedFault::Error(e)) => return Err(e.clone()),
+            Some(InjectedFault::DeviceLost) => {
+                self.lost[device].store(true, Ordering::Release);
+                return Err(lost(device));
+            }
+            Some(InjectedFault::CorruptOutput) | None => {}
+        }
+        let cpu = variant
+            .cpu
+            .as_ref()
+            .ok_or_else(|| BackendError::Unsupported {
+                kernel: variant.name.clone(),
+                backend: BackendKind::Test,
+                reason: "the variant has no CPU code".into(),
+            })?;
+        if job.buffers.len() != variant.bindings.len() {
+            return Err(BackendError::BindingMismatch {
+                kernel: variant.name.clone(),
+                reason: format!(
+                    "{} buffers for {} bindings",
+                    job.buffers.len(),
+                    variant.bindings.len()
+                ),
+            });
+        }
+        let mut buffers: Vec<Vec<u8>> = job
+            .buffers
+            .iter()
+            .map(|b| match b {
+                BufferArg::Data(d) => d.to_vec(),
+                BufferArg::Zeroed(n) => vec![0; usize::try_from(*n).unwrap_or(0)],
+            })
+            .collect();
+        let start = Instant::now();
+        if !job.workgroups.contains(&0) {
+            cpu(&mut buffers, &job.push_constants, job.workgroups).map_err(|reason| {
+                BackendError::KernelFailed {
+                    kernel: variant.name.clone(),
+                    reason,
+                }
+            })?;
+        }
+        let measured = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let mut outputs: Vec<Vec<u8>> = variant
+            .bindings
+            .iter()
+            .zip(buffers)
+            .filter(|(b, _)| b.access.writes())
+            .map(|(_, buf)| buf)
+            .collect();
+        if fault == Some(InjectedFault::CorruptOutput) {
+            match outputs.first_mut().and_then(|o| o.first_mut()) {
+                Some(byte) => *byte ^= 0xff,
+                None => outputs.push(vec![0xff]),
+            }
+        }
+        let kernel_ns = lock(&self.timings)
+            .get(&variant.name)
+            .copied()
+            .unwrap_or(measured);
+        Ok(DispatchOutput {
+            outputs,
+            kernel_ns: Some(kernel_ns),
+        })
+    }
+}
+
+fn lost(device: usize) -> BackendError {
+    BackendError::DeviceLost {
+        device,
+        detail: "injected fault: device lost".into(),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Backend for TestBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Test
+    }
+
+    fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    fn queues(&self) -> &[QueueId] {
+        &self.queues
+    }
+
+    fn load_kernel(
+        &self,
+        device: usize,
+        variant: &KernelVariant,
+    ) -> Result<KernelHandle, BackendError> {
+        if device >= self.devices.len() {
+            return Err(BackendError::Unknown {
+                what: format!("device {device}"),
+            });
+        }
+        if variant.cpu.is_none() {
+            return Err(BackendError::Unsupported {
+                kernel: variant.name.clone(),
+                backend: BackendKind::Test,
+                reason: "the variant has no CPU code".into(),
+            });
+        }
+        let mut kernels = lock(&self.kernels);
+        kernels.push(variant.clone());
+        Ok(KernelHandle {
+            device,
+            id: (kernels.len() - 1) as u64,
+        })
+    }
+
+    fn dispatch(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
+        self.dispatch_calls.fetch_add(1, Ordering::Relaxed);
+        let mut paused = lock(&self.paused);
+        while *paused {
+            paused = self.resumed.wait(paused).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(paused);
+        jobs.iter().map(|job| self.run_job(job)).collect()
+    }
+}
+
+/// A tiny workload for tests: the wrapping u64 sum of the input bytes. Variant 0 sums
+/// serially, variant 1 in 8-byte chunks; both agree.
+#[doc(hidden)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ByteSumWorkload;
+
+/// The variant names of [`ByteSumWorkload`].
+impl ByteSumWorkload {
+    /// Name of the conservative variant.
+    pub const CONSERVATIVE: &'static str = "bytesum/serial";
+    /// Name of the speculative variant.
+    pub const SPECULATIVE: &'static str = "bytesum/chunked";
+}
+
+/// How a bytesum variant sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SumStrategy {
+    Serial,
+    Chunked,
+    /// Chunked, and writes a counter tail after the sum: full 8-byte chunks count as
+    /// committed tiles, a partial last chunk as one rolled-back tile.
+    Fused,
+}
+
+fn bytesum_variant(name: &str, strategy: SumStrategy) -> KernelVariant {
+    KernelVariant {
+        name: name.to_string(),
+        spirv: None,
+        entry_point: "main".into(),
+        workgroup_size: [64, 1, 1],
+        bindings: vec![
+            BindingDesc {
+                slot: 0,
+                access: BindingAccess::Read,
+            },
+            BindingDesc {
+                slot: 1,
+                access: BindingAccess::Write,
+            },
+        ],
+        push_constant_bytes: 0,
+        cpu: Some(Arc::new(
+            move |buffers: &mut [Vec<u8>], _pc: &[u8], _wg: [u32; 3]| {
+                let [input, output] = buffers else {
+                    return Err("bytesum takes two buffers".to_string());
+                };
+                let sum = if strategy != SumStrategy::Serial {
+                    input.chunks(8).fold(0u64, |acc, c| {
+                        acc.wrapping_add(c.iter().map(|&b| u64::from(b)).sum::<u64>())
+                    })
+                } else {
+                    input
+                        .iter()
+                        .fold(0u64, |acc, &b| acc.wrapping_add(u64::from(b)))
+                };
+                let expected = if strategy == SumStrategy::Fused {
+                    16
+                } else {
+                    8
+                };
+                if output.len() != expected {
+                    return Err(format!(
+                        "output is {} bytes, expected {expected}",
+                        output.len()
+                    ));
+                }
+                output[..8].copy_from_slice(&sum.to_le_bytes());
+                if strategy == SumStrategy::Fused {
+                    let committed = u32::try_from(input.len() / 8).unwrap_or(u32::MAX);
+                    let rolled_back = u32::from(input.len() % 8 != 0);
+                    let report = SpeculationReport::from_counts(committed, rolled_back);
+                    output[8..].copy_from_slice(&encode_counter_tail(report));
+                }
+                Ok(())
+            },
+        )),
+    }
+}
+
+impl Workload for ByteSumWorkload {
+    fn name(&self) -> &'static str {
+        "bytesum"
+    }
+
+    fn variants(&self) -> Vec<KernelVariant> {
+        vec![
+            bytesum_variant(Self::CONSERVATIVE, SumStrategy::Serial),
+            bytesum_variant(Self::SPECULATIVE, SumStrategy::Chunked),
+        ]
+    }
+
+    fn plan(&self, variant: usize, input: &[u8]) -> Result<DispatchPlan, WorkloadError> {
+        if variant > 1 {
+            return Err(WorkloadError::NoSuchVariant {
+                workload: "bytesum",
+                variant,
+            });
+        }
+        Ok(DispatchPlan {
+            buffers: vec![BufferArg::Data(input.into()), BufferArg::Zeroed(8)],
+            push_constants: Vec::new(),
+            workgroups: [1, 1, 1],
+        })
+    }
+
+    fn answer(
+        &self,
+        variant: usize,
+        _input: &[u8],
+        outputs: &[Vec<u8>],
+    ) -> Result<Vec<u8>, WorkloadError> {
+        match outputs {
+            [sum] if sum.len() == 8 => Ok(sum.clone()),
+            _ => Err(WorkloadError::BadOutput {
+                workload: "bytesum",
+                variant,
+                reason: format!("expected one 8-byte output, got {outputs:?}"),
+            }),
+        }
+    }
+
+    fn reference(&self, input: &[u8]) -> Vec<u8> {
+        input
+            .iter()
+            .fold(0u64, |acc, &b| acc.wrapping_add(u64::from(b)))
+            .to_le_bytes()
+            .to_vec()
+    }
+
+    fn generate(&self, _shape: InputShape, len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..len).map(|_| rng.u8(..)).collect()
+    }
+}
+
+/// [`ByteSumWorkload`] with a fused speculative variant that writes the counter tail:
+/// inputs whose length is a multiple of 8 commit every tile, shorter ones roll back.
+#[doc(hidden)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FusedByteSumWorkload;
+
+impl FusedByteSumWorkload {
+    /// Name of the fused speculative variant.
+    pub const FUSED: &'static str = "bytesum/fused";
+}
+
+impl Workload for FusedByteSumWorkload {
+    fn name(&self) -> &'static str {
+        "bytesum-fused"
+    }
+
+    fn variants(&self) -> Vec<KernelVariant> {
+        vec![
+            bytesum_variant(ByteSumWorkload::CONSERVATIVE, SumStrategy::Serial),
+            bytesum_variant(Self::FUSED, SumStrategy::Fused),
+        ]
+    }
+
+    fn plan(&self, variant: usize, input: &[u8]) -> Result<DispatchPlan, WorkloadError> {
+        let mut plan = ByteSumWorkload.plan(variant, input)?;
+        if variant == 1 {
+            plan.buffers[1] = BufferArg::Zeroed(16);
+        }
+        Ok(plan)
+    }
+
+    fn answer(
+        &self,
+        variant: usize,
+        input: &[u8],
+        outputs: &[Vec<u8>],
+    ) -> Result<Vec<u8>, WorkloadError> {
+        match (variant, outputs) {
+            (1, [out]) => match split_counter_tail(out) {
+                Some((sum, _)) => ByteSumWorkload.answer(variant, input, &[sum.to_vec()]),
+                None => Err(WorkloadError::BadOutput {
+                    workload: "bytesum-fused",
+                    variant,
+                    reason: "no counter tail".into(),
+                }),
+            },
+            _ => ByteSumWorkload.answer(variant, input, outputs),
+        }
+    }
+
+    fn reference(&self, input: &[u8]) -> Vec<u8> {
+        ByteSumWorkload.reference(input)
+    }
+
+    fn generate(&self, shape: InputShape, len: usize, seed: u64) -> Vec<u8> {
+        ByteSumWorkload.generate(shape, len, seed)
+    }
+
+    fn speculation_report(&self, variant: usize, outputs: &[Vec<u8>]) -> Option<SpeculationReport> {
+        match (variant, outputs) {
+            (1, [out]) => split_counter_tail(out).map(|(_, report)| report),
+            _ => None,
+        }
+    }
+}

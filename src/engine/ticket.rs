@@ -1,0 +1,162 @@
+//! Tickets: the one-shot slot through which a worker answers a batch.
+//!
+//! Owns the slot protocol only: a [`Responder`] (held by whoever runs the batch) fills
+//! the slot exactly once, and a [`Ticket`] (held by the caller) waits for it. A
+//! responder that is dropped without answering — a worker unwinding from a panic, a
+//! queue torn down — answers with [`EngineError::Unanswered`] from its `Drop`, so an
+//! accepted batch can never be left without an answer. This module never decides what
+//! the answer is. Its state uses `crate::sync` so the loom model in
+//! `loom-tests/tests/mailbox.rs` explores it.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::sync::{Arc, Condvar, Mutex};
+
+use super::error::EngineError;
+
+/// What the slot holds: nothing yet, the answer, or "already taken by the caller".
+enum SlotState<T> {
+    Empty,
+    Full(Result<T, EngineError>),
+    Taken,
+}
+
+struct Slot<T> {
+    state: Mutex<SlotState<T>>,
+    ready: Condvar,
+}
+
+/// Creates a connected responder and ticket.
+pub(crate) fn one_shot<T>() -> (Responder<T>, Ticket<T>) {
+    let slot = Arc::new(Slot {
+        state: Mutex::new(SlotState::Empty),
+        ready: Condvar::new(),
+    });
+    (
+        Responder {
+            slot: Some(slot.clone()),
+        },
+        Ticket { slot },
+    )
+}
+
+/// The answering end of a ticket. Answers exactly once: by [`Responder::answer`], or
+/// with [`EngineError::Unanswered`] when dropped unanswered.
+pub struct Responder<T> {
+    slot: Option<Arc<Slot<T>>>,
+}
+
+impl<T> fmt::Debug for Responder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder")
+            .field("answered", &self.slot.is_none())
+            .finish()
+    }
+}
+
+/// [`one_shot`] for the loom models in `loom-tests/` (not part of the API).
+pub fn one_shot_for_models<T>() -> (Responder<T>, Ticket<T>) {
+    one_shot()
+}
+
+impl<T> Responder<T> {
+    /// Drops the responder without answering: only for a batch that was never
+    /// accepted (its ticket was never handed out).
+    pub(crate) fn disarm(mut self) {
+        self.slot = None;
+    }
+
+    /// Fills the slot and wakes the waiter.
+    pub fn answer(mut self, result: Result<T, EngineError>) {
+        if let Some(slot) = self.slot.take() {
+            fill(&slot, result);
+        }
+    }
+}
+
+impl<T> Drop for Responder<T> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            fill(&slot, Err(EngineError::Unanswered));
+        }
+    }
+}
+
+fn fill<T>(slot: &Slot<T>, result: Result<T, EngineError>) {
+    // A poisoned lock only means a waiter panicked while holding it; the state is a
+    // plain enum and still consistent, so carry on with it.
+    let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
+    if matches!(*state, SlotState::Empty) {
+        *state = SlotState::Full(result);
+    }
+    drop(state);
+    slot.ready.notify_all();
+}
+
+/// The caller's end: waits for the one answer of an accepted batch.
+pub struct Ticket<T = super::Answer> {
+    slot: Arc<Slot<T>>,
+}
+
+impl<T> fmt::Debug for Ticket<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket")
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl<T> Ticket<T> {
+    /// True once the answer is in (and not yet taken).
+    pub fn is_ready(&self) -> bool {
+        let state = self.slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(*state, SlotState::Full(_))
+    }
+
+    /// Blocks until the answer is in and returns it.
+    pub fn wait(self) -> Result<T, EngineError> {
+        let mut state = self.slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match std::mem::replace(&mut *state, SlotState::Taken) {
+                SlotState::Full(result) => return result,
+                SlotState::Taken => return Err(EngineError::AnswerTaken),
+                SlotState::Empty => {
+                    *state = SlotState::Empty;
+                    state = self
+                        .slot
+                        .ready
+                        .wait(state)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+            }
+        }
+    }
+
+    /// Waits at most `timeout`. `None`: no answer yet (the ticket stays valid, wait
+    /// again). `Some(result)`: the answer, which is now taken — a later wait returns
+    /// [`EngineError::AnswerTaken`].
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<T, EngineError>> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match std::mem::replace(&mut *state, SlotState::Taken) {
+                SlotState::Full(result) => return Some(result),
+                SlotState::Taken => return Some(Err(EngineError::AnswerTaken)),
+                SlotState::Empty => {
+                    *state = SlotState::Empty;
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    state = self
+                        .slot
+                        .ready
+                        .wait_timeout(state, deadline - now)
+                        .map(|(guard, _)| guard)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+            }
+        }
+    }
+}

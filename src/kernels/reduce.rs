@@ -1,0 +1,166 @@
+//! `reduce`: the wrapping sum of the input read as little-endian `u32` words.
+//!
+//! An input whose length is not a multiple of 4 has its last word zero extended (the
+//! bytes `[1]` sum to 1). Variant 0 (conservative) loads one word at a time; variant 1
+//! (speculative) loads packed `vec4<u32>`s (on the CPU: four lanes of 16-byte chunks),
+//! each invocation reducing several of them.
+//!
+//! Answer: the sum modulo 2^32, `u32` little-endian (4 bytes).
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::{
+    builtin_variant, check_variant, input_len, input_output, input_prefix, padded_input, push_word,
+    single_output, workgroups_for, write_words, DispatchPlan, InputShape, Workload, WorkloadError,
+    WORKGROUP_SIZE,
+};
+use crate::backend::{BufferArg, KernelVariant};
+
+const NAME: &str = "reduce";
+/// vec4s each invocation of the packed shader reduces.
+const VEC4_PER_INVOCATION: u64 = 4;
+/// Words per rayon task in the CPU variants.
+const CPU_CHUNK_WORDS: usize = 16 * 1024;
+
+/// The `reduce` workload (see the module docs).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Reduce;
+
+impl Workload for Reduce {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn variants(&self) -> Vec<KernelVariant> {
+        vec![
+            builtin_variant(
+                "reduce/scalar",
+                include_bytes!(concat!(env!("OUT_DIR"), "/reduce_scalar.spv")),
+                4,
+                Arc::new(scalar_cpu),
+            ),
+            builtin_variant(
+                "reduce/vec4",
+                include_bytes!(concat!(env!("OUT_DIR"), "/reduce_vec4.spv")),
+                4,
+                Arc::new(vec4_cpu),
+            ),
+        ]
+    }
+
+    fn plan(&self, variant: usize, input: &[u8]) -> Result<DispatchPlan, WorkloadError> {
+        check_variant(NAME, variant, 2)?;
+        let words = input_len(NAME, input)?.div_ceil(4);
+        let workgroups = if variant == 0 {
+            workgroups_for(u64::from(words), u64::from(WORKGROUP_SIZE))
+        } else {
+            workgroups_for(
+                u64::from(words).div_ceil(4),
+                u64::from(WORKGROUP_SIZE) * VEC4_PER_INVOCATION,
+            )
+        };
+        Ok(DispatchPlan {
+            buffers: vec![padded_input(input), BufferArg::Zeroed(4)],
+            push_constants: words.to_le_bytes().to_vec(),
+            workgroups,
+        })
+    }
+
+    fn answer(
+        &self,
+        variant: usize,
+        _input: &[u8],
+        outputs: &[Vec<u8>],
+    ) -> Result<Vec<u8>, WorkloadError> {
+        check_variant(NAME, variant, 2)?;
+        single_output(NAME, variant, outputs, 4).map(<[u8]>::to_vec)
+    }
+
+    fn reference(&self, input: &[u8]) -> Vec<u8> {
+        let sum = input.chunks(4).fold(0u32, |acc, word| {
+            let mut le = [0u8; 4];
+            le[..word.len()].copy_from_slice(word);
+            acc.wrapping_add(u32::from_le_bytes(le))
+        });
+        sum.to_le_bytes().to_vec()
+    }
+
+    fn generate(&self, shape: InputShape, len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut out = vec![0u8; len];
+        match shape {
+            // Like counters or sizes: mostly small values, now and then a large one.
+            InputShape::Skewed => {
+                for word in out.chunks_mut(4) {
+                    let v = if rng.u8(..10) == 0 {
+                        rng.u32(..)
+                    } else {
+                        rng.u32(..256)
+                    };
+                    let n = word.len();
+                    word.copy_from_slice(&v.to_le_bytes()[..n]);
+                }
+            }
+            _ => rng.fill(&mut out),
+        }
+        out
+    }
+
+    fn shapes(&self) -> Vec<InputShape> {
+        vec![InputShape::Uniform, InputShape::Skewed]
+    }
+}
+
+fn le_word(w: &[u8]) -> u32 {
+    u32::from_le_bytes([w[0], w[1], w[2], w[3]])
+}
+
+/// CPU variant 0: one word at a time.
+fn scalar_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<(), String> {
+    let words = push_word(push, 0)? as usize;
+    let (input, output) = input_output(buffers)?;
+    let data = input_prefix(input, words * 4)?;
+    let sum = data
+        .par_chunks(CPU_CHUNK_WORDS * 4)
+        .map(|chunk| {
+            chunk
+                .chunks_exact(4)
+                .fold(0u32, |acc, w| acc.wrapping_add(le_word(w)))
+        })
+        .reduce(|| 0, u32::wrapping_add);
+    write_words(output, &[sum])
+}
+
+/// CPU variant 1: 16-byte chunks summed in four lanes, lanes folded at the end. The
+/// input buffer is zero padded to whole 16-byte chunks.
+fn vec4_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<(), String> {
+    let vecs = (push_word(push, 0)? as usize).div_ceil(4);
+    let (input, output) = input_output(buffers)?;
+    let data = input_prefix(input, vecs * 16)?;
+    let add = |mut a: [u32; 4], b: [u32; 4]| {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x = x.wrapping_add(y);
+        }
+        a
+    };
+    let lanes = data
+        .par_chunks(CPU_CHUNK_WORDS * 4)
+        .map(|chunk| {
+            chunk.chunks_exact(16).fold([0u32; 4], |acc, v| {
+                add(
+                    acc,
+                    [
+                        le_word(&v[0..4]),
+                        le_word(&v[4..8]),
+                        le_word(&v[8..12]),
+                        le_word(&v[12..16]),
+                    ],
+                )
+            })
+        })
+        .reduce(|| [0; 4], add);
+    let sum = lanes.iter().fold(0u32, |acc, &l| acc.wrapping_add(l));
+    write_words(output, &[sum])
+}

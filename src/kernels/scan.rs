@@ -1,0 +1,384 @@
+//! `scan`: every position where a byte pattern (1 to [`MAX_PATTERN_BYTES`] bytes)
+//! starts in the input, overlapping occurrences included.
+//!
+//! Variant 0 (conservative) checks every position against the whole pattern and writes
+//! a match bitmap. Variant 1 (speculative) is a fused, tiled prefilter + confirm: each
+//! workgroup (on the CPU: each rayon task) takes one [`SCAN_TILE_BYTES`] tile,
+//! prefilters positions on the pattern's first byte and confirms candidates using the
+//! tile's bytes alone. A candidate whose in-tile prefix matches but whose pattern runs
+//! past the tile's end cannot be decided there, so the whole tile *rolls back*: it
+//! writes no match bits and [`Workload::answer`] confirms it serially on the host.
+//! Dense matches make tiles roll back often, which the counter tail reports to the
+//! engine's adaptive speculator.
+//!
+//! The pattern travels in the push constants (32 bytes: `len`, `pattern length`,
+//! `tiles`, a reserved word, then the pattern zero padded to 16 bytes).
+//!
+//! Output of variant 0, `u32` words: the bitmap, `ceil(len / 32)` words (at least one),
+//! bit `b` of word `w` set when a match starts at `32 w + b`. Output of variant 1: the
+//! same bitmap (rolled-back tiles left zero), one status word per tile (1 committed,
+//! 2 rolled back), then the 8-byte counter tail: committed tiles, rolled-back tiles.
+//!
+//! Answer: the sorted match positions, `u32` little-endian each.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::{
+    builtin_variant, check_variant, input_len, input_output, input_prefix, padded_input, push_word,
+    single_output, text_byte, workgroups_for, DispatchPlan, InputShape, Workload, WorkloadError,
+    WORKGROUP_SIZE,
+};
+use crate::backend::{BufferArg, KernelVariant};
+use crate::speculator::SpeculationReport;
+
+const NAME: &str = "scan";
+
+/// The pattern [`Scan::default`] (and so [`super::builtin`]) looks for.
+pub const DEFAULT_PATTERN: &[u8] = b"photofinish";
+
+/// The longest pattern a scan accepts.
+pub const MAX_PATTERN_BYTES: usize = 16;
+
+/// Bytes per tile of the fused variant (`TILE_BYTES` in `shaders/scan_fused.wgsl`: 256
+/// invocations × 32 positions).
+pub const SCAN_TILE_BYTES: usize = 8192;
+
+const PUSH_BYTES: u32 = 32;
+const STATUS_COMMITTED: u32 = 1;
+const STATUS_ROLLED_BACK: u32 = 2;
+/// Bytes of the counter tail (`committed`, `rolled_back`, u32 LE each).
+// TODO: use `crate::speculator::COUNTER_TAIL_BYTES` / `parse_counter_tail` once the
+// speculator branch has landed on main.
+const TAIL_BYTES: usize = 8;
+
+/// The `scan` workload (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    pattern: Vec<u8>,
+}
+
+impl Default for Scan {
+    fn default() -> Self {
+        Scan {
+            pattern: DEFAULT_PATTERN.to_vec(),
+        }
+    }
+}
+
+impl Scan {
+    /// A scan for `pattern`, which must be 1 to [`MAX_PATTERN_BYTES`] bytes.
+    pub fn new(pattern: &[u8]) -> Result<Self, WorkloadError> {
+        if pattern.is_empty() || pattern.len() > MAX_PATTERN_BYTES {
+            return Err(WorkloadError::BadInput {
+                workload: NAME,
+                reason: format!(
+                    "the pattern is {} bytes; give 1 to {MAX_PATTERN_BYTES}",
+                    pattern.len()
+                ),
+            });
+        }
+        Ok(Scan {
+            pattern: pattern.to_vec(),
+        })
+    }
+
+    /// The pattern this scan looks for.
+    pub fn pattern(&self) -> &[u8] {
+        &self.pattern
+    }
+
+    fn push_constants(&self, len: u32, tiles: u32) -> Vec<u8> {
+        let mut push = Vec::with_capacity(PUSH_BYTES as usize);
+        push.extend_from_slice(&len.to_le_bytes());
+        // The pattern is at most 16 bytes.
+        push.extend_from_slice(&(self.pattern.len() as u32).to_le_bytes());
+        push.extend_from_slice(&tiles.to_le_bytes());
+        push.extend_from_slice(&0u32.to_le_bytes());
+        push.extend_from_slice(&self.pattern);
+        push.resize(PUSH_BYTES as usize, 0);
+        push
+    }
+}
+
+/// Bitmap words for `len` positions.
+fn bitmap_words(len: usize) -> usize {
+    len.div_ceil(32)
+}
+
+fn tiles(len: usize) -> usize {
+    len.div_ceil(SCAN_TILE_BYTES)
+}
+
+/// True when `pattern` starts at `p` of `input`.
+fn matches_at(input: &[u8], pattern: &[u8], p: usize) -> bool {
+    input.get(p..p + pattern.len()) == Some(pattern)
+}
+
+/// Appends the positions of the set bits of `bitmap` (little-endian words).
+fn push_bitmap_positions(bitmap: &[u8], first_word: usize, positions: &mut Vec<u8>) {
+    for (i, word) in bitmap.chunks_exact(4).enumerate() {
+        let mut bits = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            // Positions are below MAX_INPUT_BYTES, so they fit in u32.
+            positions.extend_from_slice(&(((first_word + i) * 32 + b) as u32).to_le_bytes());
+            bits &= bits - 1;
+        }
+    }
+}
+
+/// The counter tail at the end of `buf`.
+fn parse_tail(buf: &[u8]) -> Option<SpeculationReport> {
+    if buf.len() < TAIL_BYTES || buf.len() % 4 != 0 {
+        return None;
+    }
+    let tail = &buf[buf.len() - TAIL_BYTES..];
+    Some(SpeculationReport {
+        committed_tiles: u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]),
+        rolled_back_tiles: u32::from_le_bytes([tail[4], tail[5], tail[6], tail[7]]),
+    })
+}
+
+impl Workload for Scan {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn variants(&self) -> Vec<KernelVariant> {
+        vec![
+            builtin_variant(
+                "scan/per-position",
+                include_bytes!(concat!(env!("OUT_DIR"), "/scan_check.spv")),
+                PUSH_BYTES,
+                Arc::new(per_position_cpu),
+            ),
+            builtin_variant(
+                "scan/fused-tiled",
+                include_bytes!(concat!(env!("OUT_DIR"), "/scan_fused.spv")),
+                PUSH_BYTES,
+                Arc::new(fused_tiled_cpu),
+            ),
+        ]
+    }
+
+    fn plan(&self, variant: usize, input: &[u8]) -> Result<DispatchPlan, WorkloadError> {
+        check_variant(NAME, variant, 2)?;
+        let len = input_len(NAME, input)?;
+        let words = bitmap_words(input.len());
+        let tile_count = tiles(input.len());
+        let (out_bytes, workgroups) = if variant == 0 {
+            (
+                words.max(1) * 4,
+                workgroups_for(words as u64, u64::from(WORKGROUP_SIZE)),
+            )
+        } else {
+            (
+                (words + tile_count) * 4 + TAIL_BYTES,
+                workgroups_for(tile_count as u64, 1),
+            )
+        };
+        Ok(DispatchPlan {
+            buffers: vec![padded_input(input), BufferArg::Zeroed(out_bytes as u64)],
+            // Tiles are fewer than positions, which fit in u32.
+            push_constants: self.push_constants(len, tile_count as u32),
+            workgroups,
+        })
+    }
+
+    fn answer(
+        &self,
+        variant: usize,
+        input: &[u8],
+        outputs: &[Vec<u8>],
+    ) -> Result<Vec<u8>, WorkloadError> {
+        check_variant(NAME, variant, 2)?;
+        let words = bitmap_words(input.len());
+        let mut positions = Vec::new();
+        if variant == 0 {
+            let bitmap = single_output(NAME, variant, outputs, words.max(1) * 4)?;
+            push_bitmap_positions(bitmap, 0, &mut positions);
+            return Ok(positions);
+        }
+        let tile_count = tiles(input.len());
+        let out = single_output(
+            NAME,
+            variant,
+            outputs,
+            (words + tile_count) * 4 + TAIL_BYTES,
+        )?;
+        let bad = |reason: String| WorkloadError::BadOutput {
+            workload: NAME,
+            variant,
+            reason,
+        };
+        let (bitmap, rest) = out.split_at(words * 4);
+        let (statuses, tail) = rest.split_at(tile_count * 4);
+        let (mut committed, mut rolled_back) = (0u32, 0u32);
+        for (t, status) in statuses.chunks_exact(4).enumerate() {
+            let start = t * SCAN_TILE_BYTES;
+            let end = (start + SCAN_TILE_BYTES).min(input.len());
+            match u32::from_le_bytes([status[0], status[1], status[2], status[3]]) {
+                STATUS_COMMITTED => {
+                    committed += 1;
+                    let first = start / 32;
+                    let last = end.div_ceil(32);
+                    push_bitmap_positions(&bitmap[first * 4..last * 4], first, &mut positions);
+                }
+                STATUS_ROLLED_BACK => {
+                    rolled_back += 1;
+                    for p in (start..end).filter(|&p| matches_at(input, &self.pattern, p)) {
+                        positions.extend_from_slice(&(p as u32).to_le_bytes());
+                    }
+                }
+                other => return Err(bad(format!("tile {t} has status {other}, not 1 or 2"))),
+            }
+        }
+        let report = parse_tail(tail).ok_or_else(|| bad("no counter tail".to_owned()))?;
+        if report.committed_tiles != committed || report.rolled_back_tiles != rolled_back {
+            return Err(bad(format!(
+                "counter tail says {} committed, {} rolled back; the tiles say {committed}, \
+                 {rolled_back}",
+                report.committed_tiles, report.rolled_back_tiles
+            )));
+        }
+        Ok(positions)
+    }
+
+    fn reference(&self, input: &[u8]) -> Vec<u8> {
+        (0..input.len())
+            .filter(|&p| matches_at(input, &self.pattern, p))
+            .flat_map(|p| (p as u32).to_le_bytes())
+            .collect()
+    }
+
+    /// Text (lowercase words) with the pattern planted: about once per 256 KiB
+    /// (`Uniform`: rare), once per 4 KiB (`SparseMatches`) or once per 24 bytes
+    /// (`DenseMatches`). A plant may overwrite part of the previous one.
+    fn generate(&self, shape: InputShape, len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let one_in = match shape {
+            InputShape::SparseMatches => 4096,
+            InputShape::DenseMatches => 24,
+            _ => 256 * 1024,
+        };
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            if rng.u32(..one_in) == 0 {
+                let n = self.pattern.len().min(len - out.len());
+                out.extend_from_slice(&self.pattern[..n]);
+            } else {
+                out.push(text_byte(&mut rng));
+            }
+        }
+        out
+    }
+
+    fn shapes(&self) -> Vec<InputShape> {
+        vec![
+            InputShape::Uniform,
+            InputShape::SparseMatches,
+            InputShape::DenseMatches,
+        ]
+    }
+
+    fn speculation_report(&self, variant: usize, outputs: &[Vec<u8>]) -> Option<SpeculationReport> {
+        match (variant, outputs) {
+            (1, [out]) => parse_tail(out),
+            _ => None,
+        }
+    }
+}
+
+/// The pattern and input length a CPU scan kernel was given.
+fn scan_params(push: &[u8]) -> Result<(usize, Vec<u8>), String> {
+    let len = push_word(push, 0)? as usize;
+    let pat_len = push_word(push, 1)? as usize;
+    let pattern = push
+        .get(16..16 + pat_len)
+        .filter(|_| (1..=MAX_PATTERN_BYTES).contains(&pat_len))
+        .ok_or_else(|| format!("pattern length {pat_len} is not 1 to {MAX_PATTERN_BYTES}"))?;
+    Ok((len, pattern.to_vec()))
+}
+
+/// CPU variant 0: each bitmap word's 32 positions checked against the whole pattern.
+fn per_position_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<(), String> {
+    let (len, pattern) = scan_params(push)?;
+    let (input, output) = input_output(buffers)?;
+    let data = input_prefix(input, len)?;
+    if output.len() != bitmap_words(len).max(1) * 4 {
+        return Err(format!(
+            "bitmap is {} bytes, expected {}",
+            output.len(),
+            bitmap_words(len).max(1) * 4
+        ));
+    }
+    output.par_chunks_mut(4).enumerate().for_each(|(w, word)| {
+        let bits = (0..32)
+            .filter(|b| matches_at(data, &pattern, w * 32 + b))
+            .fold(0u32, |bits, b| bits | 1 << b);
+        word.copy_from_slice(&bits.to_le_bytes());
+    });
+    Ok(())
+}
+
+/// CPU variant 1: tiles in parallel, prefiltered on the first byte, confirmed within
+/// the tile; a tile with a candidate running past its end rolls back.
+fn fused_tiled_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<(), String> {
+    let (len, pattern) = scan_params(push)?;
+    let (input, output) = input_output(buffers)?;
+    let data = input_prefix(input, len)?;
+    let words = bitmap_words(len);
+    let tile_count = tiles(len);
+    let expected = (words + tile_count) * 4 + TAIL_BYTES;
+    if output.len() != expected {
+        return Err(format!(
+            "output is {} bytes, expected {expected}",
+            output.len()
+        ));
+    }
+    let (bitmap, rest) = output.split_at_mut(words * 4);
+    let (statuses, tail) = rest.split_at_mut(tile_count * 4);
+    let first = pattern[0];
+    let rolled_back: usize = bitmap
+        .par_chunks_mut(SCAN_TILE_BYTES / 8)
+        .zip(statuses.par_chunks_mut(4))
+        .enumerate()
+        .map(|(t, (tile_bits, status))| {
+            let start = t * SCAN_TILE_BYTES;
+            let tile = &data[start..(start + SCAN_TILE_BYTES).min(len)];
+            let mut bits = vec![0u32; tile_bits.len() / 4];
+            let mut straddles = false;
+            for q in (0..tile.len()).filter(|&q| tile[q] == first) {
+                if start + q + pattern.len() > len {
+                    continue;
+                }
+                let in_tile = pattern.len().min(tile.len() - q);
+                if tile[q..q + in_tile] != pattern[..in_tile] {
+                    continue;
+                }
+                if in_tile == pattern.len() {
+                    bits[q / 32] |= 1 << (q % 32);
+                } else {
+                    straddles = true;
+                    break;
+                }
+            }
+            if straddles {
+                status.copy_from_slice(&STATUS_ROLLED_BACK.to_le_bytes());
+                1
+            } else {
+                for (chunk, word) in tile_bits.chunks_exact_mut(4).zip(&bits) {
+                    chunk.copy_from_slice(&word.to_le_bytes());
+                }
+                status.copy_from_slice(&STATUS_COMMITTED.to_le_bytes());
+                0
+            }
+        })
+        .sum();
+    let committed = tile_count - rolled_back;
+    tail[..4].copy_from_slice(&(committed as u32).to_le_bytes());
+    tail[4..].copy_from_slice(&(rolled_back as u32).to_le_bytes());
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! End-to-end tests of the engine's actor machinery on the fault-injection
+//! `TestBackend`: races reach verdicts, answers equal the reference, backpressure,
+//! shutdown drains, events fan out without blocking workers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use photofinish::kernels::Workload;
+use photofinish::{
+    Arm, Batch, ByteSumWorkload, Engine, EngineError, Event, KernelVerdict, Output, TestBackend,
+    TrySubmitError, VerdictReason,
+};
+
+fn engine_on(backend: &Arc<TestBackend>) -> Engine {
+    Engine::builder()
+        .backend_instance(backend.clone())
+        .build()
+        .expect("test backend engine builds")
+}
+
+fn reference(input: &[u8]) -> Output {
+    Output::Answer(ByteSumWorkload.reference(input))
+}
+
+#[test]
+fn faster_speculative_variant_is_adopted_after_the_paired_window() {
+    let backend = Arc::new(TestBackend::new(1, 2, 1));
+    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
+    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 500);
+    let engine = engine_on(&backend);
+    let events = engine.subscribe();
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Undecided));
+    let mut raced = 0;
+    for i in 0..20u8 {
+        let input: Vec<u8> = (0..=i).collect();
+        let answer = engine
+            .submit(Batch::new(k, input.clone()))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(answer.output, reference(&input), "batch {i}");
+        if answer.raced {
+            raced += 1;
+            assert_eq!(
+                answer.arm,
+                Arm::Conservative,
+                "a race answers conservatively"
+            );
+        }
+    }
+    // MIN_DISPATCHES_FOR_VERDICT = 8 paired samples, then the speculative arm runs
+    // alone (the default audit period, 64, is not reached in 12 more batches).
+    assert_eq!(raced, 8);
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Adopted));
+    assert_eq!(backend.runs(ByteSumWorkload::SPECULATIVE), 20);
+    assert_eq!(backend.runs(ByteSumWorkload::CONSERVATIVE), 8);
+    engine.shutdown();
+    let changes: Vec<_> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::VerdictChanged {
+                from, to, reason, ..
+            } => Some((from, to, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].0, KernelVerdict::Undecided);
+    assert_eq!(changes[0].1, KernelVerdict::Adopted);
+    assert!(matches!(changes[0].2, VerdictReason::Measured(_)));
+}
+
+#[test]
+fn slower_speculative_variant_is_rejected_and_never_runs_again() {
+    let backend = Arc::new(TestBackend::new(1, 1, 1));
+    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
+    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 1_200);
+    let engine = engine_on(&backend);
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    for i in 0..16u8 {
+        let input = vec![i; 3];
+        let answer = engine
+            .submit(Batch::new(k, input.clone()))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(answer.output, reference(&input));
+    }
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Rejected));
+    // One queue: the arms ran back to back, eight times, then never again.
+    assert_eq!(backend.runs(ByteSumWorkload::SPECULATIVE), 8);
+    assert_eq!(backend.runs(ByteSumWorkload::CONSERVATIVE), 16);
+}
+
+#[test]
+fn adopted_kernel_runs_periodic_audit_races() {
+    let backend = Arc::new(TestBackend::new(1, 2, 1));
+    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
+    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 100);
+    let engine = Engine::builder()
+        .backend_instance(backend.clone())
+        .audit_period(4)
+        .build()
+        .unwrap();
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    let mut audits = 0;
+    for i in 0..(8 + 16u8) {
+        let answer = engine
+            .submit(Batch::new(k, vec![i]))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(answer.output, reference(&[i]));
+        if i >= 8 && answer.raced {
+            audits += 1;
+        }
+    }
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Adopted));
+    assert_eq!(
+        audits, 4,
+        "one audit race in every 4 batches of an adopted kernel"
+    );
+}
+
+#[test]
+fn many_producer_threads_all_get_the_reference_answer() {
+    let backend = Arc::new(TestBackend::new(2, 2, 2));
+    let engine = Arc::new(engine_on(&backend));
+    assert_eq!(engine.worker_count(), 8);
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    let producers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let engine = Arc::clone(&engine);
+            std::thread::spawn(move || {
+                let tickets: Vec<_> = (0..200u64)
+                    .map(|i| {
+                        let input = ByteSumWorkload.generate(
+                            photofinish::kernels::InputShape::Uniform,
+                            (i % 40) as usize,
+                            t * 1000 + i,
+                        );
+                        (engine.submit(Batch::new(k, input.clone())).unwrap(), input)
+                    })
+                    .collect();
+                for (ticket, input) in tickets {
+                    assert_eq!(ticket.wait().unwrap().output, reference(&input));
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    engine.shutdown();
+}
+
+#[test]
+fn try_submit_reports_full_and_gives_the_batch_back() {
+    let backend = Arc::new(TestBackend::new(1, 1, 1));
+    backend.pause();
+    let engine = Engine::builder()
+        .backend_instance(backend.clone())
+        .channel_capacity(2)
+        .build()
+        .unwrap();
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    let mut tickets = Vec::new();
+    let full = loop {
+        match engine.try_submit(Batch::new(k, vec![7u8; 4])) {
+            Ok(t) => tickets.push(t),
+            Err(e) => break e,
+        }
+        // One worker (held in dispatch) plus a mailbox of 2: never more than 3.
+        assert!(tickets.len() <= 3, "backpressure did not engage");
+    };
+    assert!(tickets.len() >= 2);
+    let TrySubmitError::Full(batch) = full else {
+        panic!("expected Full, got {full:?}");
+    };
+    assert_eq!(batch.kernel(), k);
+    backend.resume();
+    for t in tickets {
+        assert_eq!(t.wait().unwrap().output, reference(&[7u8; 4]));
+    }
+}
+
+#[test]
+fn shutdown_answers_every_queued_batch_and_refuses_new_ones() {
+    let backend = Arc::new(TestBackend::new(1, 2, 1));
+    backend.pause();
+    let engine = Arc::new(engine_on(&backend));
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    let tickets: Vec<_> = (0..50u8)
+        .map(|i| engine.submit(Batch::new(k, vec![i, i])).unwrap())
+        .collect();
+    assert!(tickets.iter().all(|t| !t.is_ready()));
+    let closer = {
+        let engine = Arc::clone(&engine);
+        std::thread::spawn(move || engine.shutdown())
+    };
+    // New batches are refused once shutdown began; wait for that without sleeping.
+    let refused = loop {
+        match engine.submit(Batch::new(k, vec![1])) {
+            Err(e) => break e,
+            Ok(t) => drop(t),
+        }
+        std::thread::yield_now();
+    };
+    assert_eq!(refused, EngineError::ShutDown);
+    backend.resume();
+    closer.join().unwrap();
+    // Drained: every ticket is answered before shutdown returns.
+    for (i, t) in tickets.into_iter().enumerate() {
+        assert!(t.is_ready(), "ticket {i} unanswered after shutdown");
+        let i = i as u8;
+        assert_eq!(t.wait().unwrap().output, reference(&[i, i]));
+    }
+    match engine.try_submit(Batch::new(k, vec![1])) {
+        Err(TrySubmitError::ShutDown(b)) => assert_eq!(b.kernel(), k),
+        other => panic!("expected ShutDown, got {other:?}"),
+    }
+}
+
+#[test]
+fn dropping_the_engine_drains_like_shutdown() {
+    let backend = Arc::new(TestBackend::new(1, 1, 2));
+    let engine = engine_on(&backend);
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    let tickets: Vec<_> = (0..30u8)
+        .map(|i| engine.submit(Batch::new(k, vec![i])).unwrap())
+        .collect();
+    drop(engine);
+    for (i, t) in tickets.into_iter().enumerate() {
+        assert!(t.is_ready());
+        assert_eq!(t.wait().unwrap().output, reference(&[i as u8]));
+    }
+}
+
+#[test]
+fn wait_timeout_returns_none_until_the_answer_is_in() {
+    let backend = Arc::new(TestBackend::new(1, 1, 1));
+    backend.pause();
+    let engine = engine_on(&backend);
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    let ticket = engine.submit(Batch::new(k, vec![3, 4])).unwrap();
+    assert!(ticket.wait_timeout(Duration::from_millis(20)).is_none());
+    backend.resume();
+    let answer = ticket
+        .wait_timeout(Duration::from_secs(30))
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.output, reference(&[3, 4]));
+    assert_eq!(ticket.wait(), Err(EngineError::AnswerTaken));
+}
+
+#[test]
+fn bad_registrations_and_batches_are_typed_errors() {
+    let backend = Arc::new(TestBackend::new(1, 1, 1));
+    let engine = engine_on(&backend);
+    let mut variants = ByteSumWorkload.variants();
+    let mut spec = variants.pop().unwrap();
+    let cons = variants.pop().unwrap();
+    spec.bindings.pop();
+    let err = engine
+        .register_pair("broken", cons.clone(), spec)
+        .unwrap_err();
+    assert!(matches!(err, EngineError::InvalidKernel { .. }), "{err}");
+    assert!(err.to_string().contains("same bindings"));
+
+    let mut no_cpu = cons.clone();
+    no_cpu.cpu = None;
+    let err = engine
+        .register_pair("no-code", cons.clone(), no_cpu)
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Backend { .. }), "{err}");
+
+    let pair = engine
+        .register_pair("pair", cons.clone(), ByteSumWorkload.variants().remove(1))
+        .unwrap();
+    let err = engine.submit(Batch::new(pair, vec![1, 2])).unwrap_err();
+    assert!(matches!(err, EngineError::WrongPayload { .. }), "{err}");
+    let plan = ByteSumWorkload.plan(0, &[1, 2, 3]).unwrap();
+    let answer = engine
+        .submit(Batch::with_plan(pair, plan))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(
+        answer.output,
+        Output::Buffers(vec![6u64.to_le_bytes().to_vec()])
+    );
+
+    let other = engine_on(&Arc::new(TestBackend::new(1, 1, 1)));
+    let mut foreign = other.register(Arc::new(ByteSumWorkload)).unwrap();
+    for _ in 0..3 {
+        foreign = other.register(Arc::new(ByteSumWorkload)).unwrap();
+    }
+    let ghost = Batch::new(foreign, vec![]);
+    assert!(matches!(
+        engine.submit(ghost),
+        Err(EngineError::UnknownKernel(_))
+    ));
+}
+
+#[test]
+fn every_subscriber_gets_events_and_a_full_one_never_blocks_workers() {
+    let backend = Arc::new(TestBackend::new(1, 2, 1));
+    let engine = Engine::builder()
+        .backend_instance(backend.clone())
+        .event_capacity(3)
+        .build()
+        .unwrap();
+    let slow = engine.subscribe();
+    let fast = engine.subscribe();
+    let mut kernels = Vec::new();
+    for _ in 0..4 {
+        kernels.push(engine.register(Arc::new(ByteSumWorkload)).unwrap());
+    }
+    backend.inject(
+        ByteSumWorkload::SPECULATIVE,
+        photofinish::InjectedFault::CorruptOutput,
+        u64::MAX,
+    );
+    let mut seen = Vec::new();
+    for &k in &kernels {
+        let answer = engine
+            .submit(Batch::new(k, vec![9, 9]))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(answer.output, reference(&[9, 9]));
+        seen.extend(fast.try_iter());
+    }
+    // The fast subscriber read as it went: BackendSelected (replayed), then a mismatch
+    // and a rejection per kernel.
+    assert!(matches!(seen[0], Event::BackendSelected { .. }));
+    let mismatches = seen
+        .iter()
+        .filter(|e| matches!(e, Event::MismatchCaught { .. }))
+        .count();
+    assert_eq!(mismatches, 4);
+    // The slow one never read: it holds its first 3 events; the other 6 were dropped.
+    assert_eq!(slow.try_iter().count(), 3);
+    assert_eq!(engine.dropped_events(), 6);
+}
+
+#[test]
+fn fused_kernel_follows_the_shared_speculator_and_publishes_toggles() {
+    use photofinish::FusedByteSumWorkload;
+    let backend = Arc::new(TestBackend::new(1, 2, 1));
+    // Equal times: the window keeps racing, so every batch reports a counter tail.
+    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
+    backend.set_kernel_ns(FusedByteSumWorkload::FUSED, 900);
+    let engine = Engine::builder()
+        .backend_instance(backend.clone())
+        .audit_period(1_000)
+        .build()
+        .unwrap();
+    let events = engine.subscribe();
+    let k = engine.register(Arc::new(FusedByteSumWorkload)).unwrap();
+    // Inputs shorter than a tile roll back every tile: commit rate 0 %.
+    for i in 0..2u8 {
+        let input = vec![i; 5];
+        let answer = engine
+            .submit(Batch::new(k, input.clone()))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(answer.output, reference(&input));
+        assert!(answer.raced);
+    }
+    // Threshold 15 %: 150 000 → 112 500 → 84 375 ppm, below 112 500 − 28 125: off.
+    assert!(!engine.speculator().should_speculate());
+    assert_eq!(engine.speculator().samples(), 2);
+    let toggles: Vec<_> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::SpeculatorToggled {
+                enabled,
+                commit_rate_ppm,
+            } => Some((enabled, commit_rate_ppm)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(toggles, vec![(false, 84_375)]);
+    // Fused path off: prefilter + serial confirm (the conservative variant) alone.
+    let fused_runs = backend.runs(FusedByteSumWorkload::FUSED);
+    for i in 0..5u8 {
+        let input = vec![i; 16];
+        let answer = engine
+            .submit(Batch::new(k, input.clone()))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(answer.output, reference(&input));
+        assert_eq!(answer.arm, Arm::Conservative);
+        assert!(!answer.raced);
+    }
+    assert_eq!(backend.runs(FusedByteSumWorkload::FUSED), fused_runs);
+}
+
+#[test]
+fn force_mode_refuses_a_kernel_without_a_fused_path() {
+    use photofinish::speculator::SpeculationMode;
+    use photofinish::FusedByteSumWorkload;
+    let backend = Arc::new(TestBackend::new(1, 1, 1));
+    let engine = Engine::builder()
+        .backend_instance(backend)
+        .speculation_mode(SpeculationMode::Force)
+        .build()
+        .unwrap();
+    let err = engine.register(Arc::new(ByteSumWorkload)).unwrap_err();
+    assert!(
+        matches!(err, EngineError::SpeculationUnsupported { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no fused path"));
+    let k = engine.register(Arc::new(FusedByteSumWorkload)).unwrap();
+    let answer = engine
+        .submit(Batch::new(k, vec![1; 3]))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(answer.output, reference(&[1; 3]));
+}

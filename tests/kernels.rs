@@ -1,0 +1,340 @@
+//! The built-in workloads on real backends: every variant of every workload must give
+//! the CPU reference's answer, for empty, tiny, ragged and multi-MiB inputs of every
+//! shape; the CPU backend must refuse malformed dispatches with the right typed error.
+
+use std::sync::Arc;
+
+use photofinish::backend::cpu::CpuBackend;
+use photofinish::backend::{
+    Backend, BackendError, BackendKind, BindingAccess, BindingDesc, BufferArg, DispatchJob,
+    KernelVariant,
+};
+use photofinish::kernels::{self, InputShape, Scan, Workload, SCAN_TILE_BYTES};
+
+/// Sizes that catch edge cases: empty, one byte, not a multiple of 4, 16, the workgroup
+/// size or a scan tile, and a few MiB.
+const SIZES: [usize; 6] = [0, 1, 7, 1000, 3 * SCAN_TILE_BYTES + 5, (3 << 20) + 13];
+
+/// Plans, dispatches and answers variant `variant` of `workload` for `input`.
+fn run_variant(
+    backend: &dyn Backend,
+    workload: &dyn Workload,
+    variant: usize,
+    input: &[u8],
+) -> Result<Vec<u8>, String> {
+    let variants = workload.variants();
+    let kernel = backend
+        .load_kernel(0, &variants[variant])
+        .map_err(|e| e.to_string())?;
+    let plan = workload.plan(variant, input).map_err(|e| e.to_string())?;
+    let job = DispatchJob {
+        queue: backend.queues()[0],
+        kernel,
+        buffers: plan.buffers,
+        push_constants: plan.push_constants,
+        workgroups: plan.workgroups,
+    };
+    let out = backend
+        .dispatch(&[job])
+        .pop()
+        .ok_or("no result")?
+        .map_err(|e| e.to_string())?;
+    workload
+        .answer(variant, input, &out.outputs)
+        .map_err(|e| e.to_string())
+}
+
+fn every_variant_matches_the_reference(backend: &dyn Backend, sizes: &[usize]) {
+    for workload in kernels::builtin() {
+        for shape in workload.shapes() {
+            for (i, &len) in sizes.iter().enumerate() {
+                let input = workload.generate(shape, len, i as u64 + 1);
+                assert_eq!(input.len(), len);
+                let want = workload.reference(&input);
+                for variant in 0..workload.variants().len() {
+                    let got = run_variant(backend, workload.as_ref(), variant, &input);
+                    assert_eq!(
+                        got.as_ref(),
+                        Ok(&want),
+                        "{} variant {variant}, {shape:?}, {len} bytes",
+                        workload.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cpu_backend_every_variant_matches_the_reference() {
+    let backend = CpuBackend::with_threads(2).expect("CPU backend");
+    every_variant_matches_the_reference(&backend, &SIZES);
+}
+
+#[test]
+fn references_are_right_on_hand_made_inputs() {
+    let hist = kernels::by_name("histogram").expect("histogram");
+    let counts = hist.reference(&[3, 3, 255]);
+    assert_eq!(&counts[12..16], &2u32.to_le_bytes());
+    assert_eq!(&counts[1020..1024], &1u32.to_le_bytes());
+    assert_eq!(counts.iter().map(|&b| u32::from(b)).sum::<u32>(), 3);
+
+    let reduce = kernels::by_name("reduce").expect("reduce");
+    let mut input = u32::MAX.to_le_bytes().to_vec();
+    input.extend_from_slice(&[2, 1]); // zero extended: 0x0102
+    assert_eq!(reduce.reference(&input), 0x0101u32.to_le_bytes());
+
+    let scan = Scan::new(b"aba").expect("pattern");
+    let positions: Vec<u8> = [0u32, 2, 6].iter().flat_map(|p| p.to_le_bytes()).collect();
+    assert_eq!(scan.reference(b"ababa_aba"), positions);
+}
+
+#[test]
+fn scan_fused_rolls_back_a_tile_whose_match_straddles_its_edge() {
+    let backend = CpuBackend::with_threads(2).expect("CPU backend");
+    let scan = Scan::default();
+    let mut input = vec![b'x'; 2 * SCAN_TILE_BYTES + 100];
+    let edge = SCAN_TILE_BYTES - 3;
+    input[edge..edge + scan.pattern().len()].copy_from_slice(scan.pattern());
+    input[50..50 + scan.pattern().len()].copy_from_slice(scan.pattern());
+    let variants = scan.variants();
+    let kernel = backend.load_kernel(0, &variants[1]).expect("load");
+    let plan = scan.plan(1, &input).expect("plan");
+    let job = DispatchJob {
+        queue: backend.queues()[1],
+        kernel,
+        buffers: plan.buffers,
+        push_constants: plan.push_constants,
+        workgroups: plan.workgroups,
+    };
+    let out = backend.dispatch(&[job]).remove(0).expect("dispatch");
+    let report = scan
+        .speculation_report(1, &out.outputs)
+        .expect("counter tail");
+    assert_eq!((report.committed_tiles, report.rolled_back_tiles), (2, 1));
+    assert_eq!(
+        scan.answer(1, &input, &out.outputs),
+        Ok(scan.reference(&input))
+    );
+    assert_eq!(scan.speculation_report(0, &out.outputs), None);
+}
+
+#[test]
+fn scan_refuses_empty_and_long_patterns() {
+    assert!(Scan::new(b"").is_err());
+    assert!(Scan::new(&[b'a'; 17]).is_err());
+    assert_eq!(Scan::new(&[b'a'; 16]).map(|s| s.pattern().len()), Ok(16));
+}
+
+#[test]
+fn tampered_outputs_are_bad_output_not_a_wrong_answer() {
+    let scan = Scan::default();
+    let input = scan.generate(InputShape::DenseMatches, 3 * SCAN_TILE_BYTES, 9);
+    let plan = scan.plan(1, &input).expect("plan");
+    let mut out = vec![0u8; plan.buffers[1].len() as usize];
+    // All-zero output: no tile has a status.
+    assert!(scan.answer(1, &input, &[out.clone()]).is_err());
+    let hist = kernels::by_name("histogram").expect("histogram");
+    assert!(hist.answer(0, &input, &[vec![0; 12]]).is_err());
+    out.pop();
+    assert!(scan.answer(1, &input, &[out]).is_err());
+}
+
+fn reduce_variant(with_cpu: bool) -> KernelVariant {
+    let mut v = kernels::by_name("reduce")
+        .expect("reduce")
+        .variants()
+        .remove(0);
+    if !with_cpu {
+        v.cpu = None;
+    }
+    v
+}
+
+#[test]
+fn cpu_backend_describes_one_device_with_a_queue_per_thread() {
+    let backend = CpuBackend::with_threads(1).expect("CPU backend");
+    assert_eq!(backend.kind(), BackendKind::Cpu);
+    assert_eq!(backend.devices().len(), 1);
+    assert_eq!(backend.devices()[0].device_uuid, [0; 16]);
+    assert_eq!(backend.devices()[0].name, "cpu (rayon, 2 threads)");
+    assert_eq!(backend.queues().len(), 2);
+}
+
+#[test]
+fn cpu_backend_refuses_what_it_cannot_run() {
+    let backend = CpuBackend::with_threads(2).expect("CPU backend");
+    assert!(matches!(
+        backend.load_kernel(0, &reduce_variant(false)),
+        Err(BackendError::Unsupported { .. })
+    ));
+    assert!(matches!(
+        backend.load_kernel(1, &reduce_variant(true)),
+        Err(BackendError::Unknown { .. })
+    ));
+    let mut twice = reduce_variant(true);
+    twice.bindings.push(BindingDesc {
+        slot: 0,
+        access: BindingAccess::Read,
+    });
+    assert!(matches!(
+        backend.load_kernel(0, &twice),
+        Err(BackendError::BindingMismatch { .. })
+    ));
+
+    let kernel = backend.load_kernel(0, &reduce_variant(true)).expect("load");
+    let good = DispatchJob {
+        queue: backend.queues()[0],
+        kernel,
+        buffers: vec![
+            BufferArg::Data(Arc::from(vec![1u8; 16])),
+            BufferArg::Zeroed(4),
+        ],
+        push_constants: 4u32.to_le_bytes().to_vec(),
+        workgroups: [1, 1, 1],
+    };
+    let with = |change: &dyn Fn(&mut DispatchJob)| {
+        let mut job = good.clone();
+        change(&mut job);
+        backend.dispatch(&[job]).remove(0)
+    };
+    let sum = with(&|_| ()).expect("good job");
+    assert_eq!(sum.outputs, vec![0x0404_0404u32.to_le_bytes().to_vec()]);
+    assert!(sum.kernel_ns.is_some());
+
+    type Change = Box<dyn Fn(&mut DispatchJob)>;
+    type Expect = fn(&BackendError) -> bool;
+    let cases: Vec<(&str, Change, Expect)> = vec![
+        (
+            "missing buffer",
+            Box::new(|j| {
+                j.buffers.pop();
+            }),
+            |e| matches!(e, BackendError::BindingMismatch { .. }),
+        ),
+        (
+            "short push constants",
+            Box::new(|j| j.push_constants.clear()),
+            |e| matches!(e, BackendError::BindingMismatch { .. }),
+        ),
+        (
+            "data for a written binding",
+            Box::new(|j| j.buffers[1] = BufferArg::Data(Arc::from(vec![0u8; 4]))),
+            |e| matches!(e, BackendError::BindingMismatch { .. }),
+        ),
+        (
+            "zeroed read binding",
+            Box::new(|j| j.buffers[0] = BufferArg::Zeroed(16)),
+            |e| matches!(e, BackendError::BindingMismatch { .. }),
+        ),
+        (
+            "empty buffer",
+            Box::new(|j| j.buffers[1] = BufferArg::Zeroed(0)),
+            |e| {
+                matches!(
+                    e,
+                    BackendError::BufferSizeMismatch {
+                        slot: 1,
+                        got: 0,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "ragged buffer",
+            Box::new(|j| j.buffers[0] = BufferArg::Data(Arc::from(vec![0u8; 6]))),
+            |e| {
+                matches!(
+                    e,
+                    BackendError::BufferSizeMismatch {
+                        slot: 0,
+                        got: 6,
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "too many workgroups",
+            Box::new(|j| j.workgroups = [70_000, 1, 1]),
+            |e| matches!(e, BackendError::DispatchTooLarge { .. }),
+        ),
+        (
+            "output of the wrong size",
+            Box::new(|j| j.buffers[1] = BufferArg::Zeroed(8)),
+            |e| matches!(e, BackendError::KernelFailed { .. }),
+        ),
+        ("foreign queue", Box::new(|j| j.queue.index = 99), |e| {
+            matches!(e, BackendError::Unknown { .. })
+        }),
+        ("foreign kernel", Box::new(|j| j.kernel.id = 99), |e| {
+            matches!(e, BackendError::Unknown { .. })
+        }),
+    ];
+    for (what, change, expected) in cases {
+        match with(change.as_ref()) {
+            Err(e) => assert!(expected(&e), "{what}: got {e:?}"),
+            Ok(out) => panic!("{what}: accepted, gave {out:?}"),
+        }
+    }
+}
+
+#[test]
+fn cpu_backend_loads_the_same_variant_once() {
+    let backend = CpuBackend::with_threads(2).expect("CPU backend");
+    let variant = reduce_variant(true);
+    let first = backend.load_kernel(0, &variant);
+    assert!(first.is_ok());
+    assert_eq!(backend.load_kernel(0, &variant), first);
+    let other = kernels::by_name("reduce")
+        .expect("reduce")
+        .variants()
+        .remove(1);
+    assert_ne!(backend.load_kernel(0, &other), first);
+}
+
+#[test]
+fn cpu_backend_empty_dispatch_returns_outputs_untouched() {
+    let backend = CpuBackend::with_threads(2).expect("CPU backend");
+    let kernel = backend.load_kernel(0, &reduce_variant(true)).expect("load");
+    let job = DispatchJob {
+        queue: backend.queues()[0],
+        kernel,
+        buffers: vec![
+            BufferArg::Data(Arc::from(vec![1u8; 16])),
+            BufferArg::Zeroed(4),
+        ],
+        push_constants: 4u32.to_le_bytes().to_vec(),
+        workgroups: [0, 1, 1],
+    };
+    let out = backend.dispatch(&[job]).remove(0).expect("empty dispatch");
+    assert_eq!(out.outputs, vec![vec![0u8; 4]]);
+    assert_eq!(out.kernel_ns, Some(0));
+}
+
+#[test]
+fn cpu_backend_races_jobs_on_two_queues_and_keeps_their_order() {
+    let backend = CpuBackend::with_threads(2).expect("CPU backend");
+    let hist = kernels::by_name("histogram").expect("histogram");
+    let input = hist.generate(InputShape::Skewed, 1 << 20, 3);
+    let variants = hist.variants();
+    let jobs: Vec<DispatchJob> = (0..4)
+        .map(|i| {
+            let variant = i % 2;
+            let plan = hist.plan(variant, &input).expect("plan");
+            DispatchJob {
+                queue: backend.queues()[variant],
+                kernel: backend.load_kernel(0, &variants[variant]).expect("load"),
+                buffers: plan.buffers,
+                push_constants: plan.push_constants,
+                workgroups: plan.workgroups,
+            }
+        })
+        .collect();
+    let want = hist.reference(&input);
+    for (i, result) in backend.dispatch(&jobs).into_iter().enumerate() {
+        let out = result.expect("dispatch");
+        assert_eq!(hist.answer(i % 2, &input, &out.outputs), Ok(want.clone()));
+    }
+}
