@@ -37,6 +37,10 @@ pub(crate) enum DriverError {
     /// The engine refused to build, register, accept or answer.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// `--autotune-file` was given, but the engine cannot yet be handed a file to load
+    /// verdicts from and save them to.
+    #[error("--autotune-file is not supported by this build's engine yet (verdicts are not persisted); run without it")]
+    AutotuneFileUnsupported,
     /// A workload the options name is not built in (a bug: the options list only
     /// built-in names).
     #[error("no built-in workload is called `{0}`; choose one of histogram, reduce, scan")]
@@ -58,6 +62,11 @@ pub(crate) fn run(
     choice: BackendChoice,
     progress: Progress,
 ) -> Result<RunReport, DriverError> {
+    if args.autotune_file.is_some() {
+        // The engine's builder gets an autotune-file option in issue #4; until then,
+        // refuse rather than silently ignore the option.
+        return Err(DriverError::AutotuneFileUnsupported);
+    }
     let engine = Engine::builder().backend(choice).build()?;
     let events = engine.subscribe();
     let mut report = RunReport {
