@@ -173,7 +173,7 @@ fn bad_arguments_exit_non_zero_with_a_message() {
         (&["run", "--size", "12parsecs"], "unknown unit"),
         (&["run", "--size", "3GiB"], "too large"),
         (&["run", "--batches", "0"], "at least 1"),
-        (&["run", "--batches", "-4"], "--batches"),
+        (&["run", "--batches=-4"], "whole number"),
         (&["run", "--workload", "sort"], "histogram"),
         (&["run", "--backend", "gpu"], "cpu"),
     ];
