@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
-use crate::backend::{Backend, BackendError, BackendKind};
+use crate::backend::{Backend, BackendError};
 use crate::speculator::{AdaptiveSpeculator, SpeculationMode, DEFAULT_THRESHOLD_PCT};
 
 use super::error::EngineError;
@@ -177,17 +177,44 @@ impl EngineBuilder {
     }
 }
 
-/// Opens the backend `choice` asks for, with the reason for the choice.
+/// Opens the backend `choice` asks for, with the reason for the choice (logged and
+/// published once, as `Event::BackendSelected`, by `build`).
 ///
-/// The CPU and Vulkan backends are being written on other branches; until they land
-/// this says so with a typed error, and an engine runs on a backend instance given to
-/// [`EngineBuilder::backend_instance`].
+/// `Auto` tries Vulkan first (a loader and at least one device with a compute queue);
+/// when that fails for any reason it opens the CPU backend and says why in the reason.
 fn open_backend(choice: BackendChoice) -> Result<(Arc<dyn Backend>, String), EngineError> {
-    let kind = match choice {
-        BackendChoice::Vulkan => BackendKind::Vulkan,
-        BackendChoice::Auto | BackendChoice::Cpu => BackendKind::Cpu,
-    };
-    Err(EngineError::NoBackend(BackendError::NoDevice(format!(
-        "the {kind} backend is not available in this build yet; pass one with `backend_instance`"
-    ))))
+    match choice {
+        BackendChoice::Cpu => Ok((open_cpu()?, "the CPU backend was asked for".to_string())),
+        BackendChoice::Vulkan => {
+            open_vulkan().map(|b| (b, "the Vulkan backend was asked for".to_string()))
+        }
+        BackendChoice::Auto => match open_vulkan() {
+            Ok(b) => Ok((b, "auto: a Vulkan device was found".to_string())),
+            Err(e) => {
+                tracing::info!(error = %e, "auto: no Vulkan device; using the CPU backend");
+                Ok((
+                    open_cpu()?,
+                    format!("auto: no Vulkan device ({e}); using the CPU backend"),
+                ))
+            }
+        },
+    }
+}
+
+fn open_cpu() -> Result<Arc<dyn Backend>, EngineError> {
+    let cpu = crate::backend::cpu::CpuBackend::new().map_err(EngineError::NoBackend)?;
+    Ok(Arc::new(cpu))
+}
+
+#[cfg(feature = "vulkan")]
+fn open_vulkan() -> Result<Arc<dyn Backend>, EngineError> {
+    let vk = crate::backend::vulkan::VulkanBackend::new().map_err(EngineError::NoBackend)?;
+    Ok(Arc::new(vk))
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn open_vulkan() -> Result<Arc<dyn Backend>, EngineError> {
+    Err(EngineError::BackendNotCompiled(
+        crate::backend::BackendKind::Vulkan,
+    ))
 }

@@ -254,6 +254,9 @@ fn shader_features(physical: &PhysicalDevice) -> DeviceFeatures {
         wanted.shader_int8 = true;
         wanted.storage_buffer8_bit_access = true;
         wanted.vulkan_memory_model = true;
+        // naga writes `Device`-scope atomics (e.g. the histogram's global bins) under
+        // the Vulkan memory model; without this feature such pipelines do not load.
+        wanted.vulkan_memory_model_device_scope = true;
     }
     wanted.intersection(physical.supported_features())
 }
