@@ -20,7 +20,14 @@
 //! use photofinish::kernels::{Reduce, Workload};
 //! use photofinish::{BackendChoice, Batch, Engine, Event, Output};
 //!
-//! let engine = Arc::new(Engine::builder().backend(BackendChoice::Cpu).build()?);
+//! let engine = Arc::new(
+//!     Engine::builder()
+//!         .backend(BackendChoice::Cpu)
+//!         // Verdicts persist across runs; the default directory is
+//!         // `photofinish::default_autotune_dir()` (the user's cache directory).
+//!         .autotune_dir(std::env::temp_dir().join("photofinish-doctest"))
+//!         .build()?,
+//! );
 //! let events = engine.subscribe();
 //! let kernel = engine.register(Arc::new(Reduce))?;
 //!
@@ -62,10 +69,11 @@ pub mod kernels;
 pub mod policy;
 pub mod speculator;
 
+pub use engine::{
+    default_autotune_dir, Answer, Arm, BackendChoice, Batch, CacheStatus, Engine, EngineBuilder,
+    EngineError, Event, KernelId, KernelStats, KernelVerdict, Output, RaceSample, Ticket,
+    TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD, DEFAULT_CHANNEL_CAPACITY,
+    DEFAULT_EVENT_CAPACITY, MAX_KEPT_SAMPLES,
+};
 #[doc(hidden)]
 pub use engine::{protocol, ByteSumWorkload, FusedByteSumWorkload, InjectedFault, TestBackend};
-pub use engine::{
-    Answer, Arm, BackendChoice, Batch, Engine, EngineBuilder, EngineError, Event, KernelId,
-    KernelVerdict, Output, Ticket, TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD,
-    DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY,
-};

@@ -12,6 +12,7 @@ mod e2e;
 fn cpu_engine() -> Engine {
     Engine::builder()
         .backend(BackendChoice::Cpu)
+        .without_autotune_file()
         .build()
         .expect("the CPU backend always opens")
 }
@@ -37,6 +38,7 @@ fn every_builtin_workload_reaches_a_verdict_with_reference_answers() {
 #[test]
 fn auto_announces_its_backend_once() {
     let engine = Engine::builder()
+        .without_autotune_file()
         .build()
         .expect("auto always opens a backend");
     let first = engine.subscribe();

@@ -15,7 +15,11 @@ mod e2e;
 
 /// A Vulkan engine, or `None` when there is no device and skipping is allowed.
 fn vulkan_engine() -> Option<Engine> {
-    match Engine::builder().backend(BackendChoice::Vulkan).build() {
+    match Engine::builder()
+        .backend(BackendChoice::Vulkan)
+        .without_autotune_file()
+        .build()
+    {
         Ok(engine) => Some(engine),
         Err(e @ EngineError::NoBackend(_))
             if std::env::var("PHOTOFINISH_ALLOW_NO_VULKAN").as_deref() == Ok("1") =>

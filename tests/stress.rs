@@ -40,6 +40,7 @@ fn engine(queues: usize) -> Arc<Engine> {
     Arc::new(
         Engine::builder()
             .backend_instance(Arc::new(backend))
+            .without_autotune_file()
             .channel_capacity(256)
             .build()
             .expect("engine builds"),

@@ -8,13 +8,17 @@
 //! reported and rejects the variant at once. This module never blocks on a channel and
 //! never answers a ticket itself; the worker does.
 
-use crate::backend::{BackendError, DispatchJob, DispatchOutput, QueueId};
+use crate::autotune::{
+    AutotuneRecord, KernelVerdict as StoredKernelVerdict, PairedSpeculationSample,
+    SpeculativeVariantRace, VerdictReason as StoredReason,
+};
+use crate::backend::{BackendError, DispatchJob, DispatchOutput, KernelVariant, QueueId};
 use crate::policy::SpeculationVerdict;
 use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
 
 use super::error::EngineError;
 use super::events::{Event, KernelVerdict, VerdictReason};
-use super::registry::{Arm, Kernel};
+use super::registry::{Arm, CacheStatus, Hint, Kernel, RaceSample, MAX_KEPT_SAMPLES};
 use super::{Answer, Core, Job, Output, Payload};
 
 /// Why a batch did not produce an answer on this queue.
@@ -59,6 +63,7 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
                 reject(
                     core,
                     &job.kernel,
+                    queue.device,
                     VerdictReason::SpeculativeFailed(e.to_string()),
                 );
                 single(core, queue, job, Arm::Conservative)
@@ -277,7 +282,15 @@ fn race(core: &Core, queue: QueueId, job: &Job, audit: bool) -> Result<Answer, F
     let cons_out = cons_result.map_err(|e| classify(kernel, e))?;
     let output =
         finish(kernel, Arm::Conservative, &job.payload, &cons_out).map_err(Fault::Input)?;
-    judge(core, job, audit, &output, cons_out.kernel_ns, spec_arm);
+    judge(
+        core,
+        job,
+        queue,
+        audit,
+        &output,
+        cons_out.kernel_ns,
+        spec_arm,
+    );
     Ok(Answer {
         output,
         arm: Arm::Conservative,
@@ -296,18 +309,30 @@ fn spec_result(result: Result<DispatchOutput, BackendError>, queue: QueueId) -> 
 
 /// The race join's verdict half: compares the speculative answer with the
 /// conservative one and feeds the window. Never changes what the caller gets.
-fn judge(core: &Core, job: &Job, audit: bool, cons: &Output, cons_ns: Option<u64>, spec: SpecArm) {
+fn judge(
+    core: &Core,
+    job: &Job,
+    queue: QueueId,
+    audit: bool,
+    cons: &Output,
+    cons_ns: Option<u64>,
+    spec: SpecArm,
+) {
     let kernel = &job.kernel;
+    let device = queue.device;
     match spec {
         SpecArm::Failed(Ok(BackendError::DeviceLost { device, detail })) => {
             core.mark_lost(device, detail);
         }
         SpecArm::Failed(Ok(e)) => match classify(kernel, e) {
-            Fault::Input(e) => reject(
-                core,
-                kernel,
-                VerdictReason::SpeculativeFailed(e.to_string()),
-            ),
+            Fault::Input(e) => {
+                reject(
+                    core,
+                    kernel,
+                    device,
+                    VerdictReason::SpeculativeFailed(e.to_string()),
+                );
+            }
             // A driver hiccup on the speculative arm says nothing about the variant.
             other => {
                 tracing::warn!(kernel = %kernel.name, ?other, "speculative arm failed; no sample")
@@ -317,6 +342,7 @@ fn judge(core: &Core, job: &Job, audit: bool, cons: &Output, cons_ns: Option<u64
             reject(
                 core,
                 kernel,
+                device,
                 VerdictReason::SpeculativeFailed(e.to_string()),
             );
         }
@@ -328,6 +354,7 @@ fn judge(core: &Core, job: &Job, audit: bool, cons: &Output, cons_ns: Option<u64
                     reject(
                         core,
                         kernel,
+                        device,
                         VerdictReason::SpeculativeFailed(e.to_string()),
                     );
                     return;
@@ -341,58 +368,194 @@ fn judge(core: &Core, job: &Job, audit: bool, cons: &Output, cons_ns: Option<u64
                     queue: spec_queue,
                     audit,
                 });
-                reject(core, kernel, VerdictReason::Mismatch);
+                reject(core, kernel, device, VerdictReason::Mismatch);
                 return;
             }
             let (Some(c_ns), Some(s_ns)) = (cons_ns, out.kernel_ns) else {
                 // No timestamps on this queue: agreement is checked, timing is not.
                 return;
             };
-            let verdict = kernel
-                .window
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .record(c_ns, s_ns);
-            match verdict {
-                SpeculationVerdict::Adopt => adopt(core, kernel, VerdictReason::Measured(verdict)),
-                SpeculationVerdict::Reject => {
-                    reject(core, kernel, VerdictReason::Measured(verdict))
-                }
-                SpeculationVerdict::KeepRacing => {}
-            }
+            record_race(core, kernel, queue, spec_queue, c_ns, s_ns);
         }
     }
 }
 
-/// Rejects the speculative variant from whatever state it is in; publishes once.
-fn reject(core: &Core, kernel: &Kernel, reason: VerdictReason) {
-    if let Some(from) = kernel.verdict.reject() {
-        published(core, kernel, from, KernelVerdict::Rejected, reason);
+/// The tuning a variant ran with, as the autotune map records a race's winner.
+fn record_of(variant: &KernelVariant) -> AutotuneRecord {
+    AutotuneRecord {
+        workgroup_size: variant.workgroup_size,
+        unroll: 1,
+        tile: [1, 1, 1],
+        recorded_at: AutotuneRecord::timestamp_now(),
     }
 }
 
-/// Adopts the speculative variant if still undecided; publishes once.
-fn adopt(core: &Core, kernel: &Kernel, reason: VerdictReason) {
-    if kernel.verdict.adopt() {
+/// Feeds one timed, agreeing race to the kernel's paired window (which stores the
+/// race's winner in the device's autotune map), keeps and publishes the sample, and
+/// acts on the window's verdict — or, for the first race after a verdict was loaded
+/// from the autotune file, re-verifies that verdict.
+fn record_race(
+    core: &Core,
+    kernel: &Kernel,
+    queue: QueueId,
+    spec_queue: QueueId,
+    conservative_ns: u64,
+    speculative_ns: u64,
+) {
+    let Some(tune) = core.tunes.get(queue.device) else {
+        return;
+    };
+    let race = SpeculativeVariantRace {
+        conservative_dispatch_ns: conservative_ns,
+        speculative_dispatch_ns: speculative_ns,
+        // Variants are compiled once, at registration, not per race.
+        conservative_compile_ns: 0,
+        speculative_compile_ns: 0,
+        conservative_record: record_of(&kernel.variants[0]),
+        speculative_record: record_of(&kernel.variants[1]),
+    };
+    let (sample, verdict, hint) = {
+        let mut log = kernel.log();
+        let update = log.window.record_sample(
+            &tune.store,
+            kernel.pair_keys(&tune.adapter_id),
+            PairedSpeculationSample { race },
+        );
+        let sample = RaceSample {
+            index: log.next_sample,
+            conservative_ns,
+            speculative_ns,
+            conservative_queue: queue,
+            speculative_queue: spec_queue,
+        };
+        log.next_sample = log.next_sample.saturating_add(1);
+        if log.samples.len() < MAX_KEPT_SAMPLES {
+            log.samples.push(sample);
+        }
+        (sample, update.verdict, log.hint.take())
+    };
+    core.bus.publish(Event::RaceSample {
+        kernel: kernel.id,
+        name: kernel.name.clone(),
+        sample,
+        window_verdict: verdict,
+    });
+    if let Some(hint) = hint {
+        if reverify(core, kernel, &hint, verdict, sample.index) {
+            return;
+        }
+    }
+    let changed = match verdict {
+        SpeculationVerdict::Adopt => {
+            adopt(core, kernel, queue.device, VerdictReason::Measured(verdict))
+        }
+        SpeculationVerdict::Reject => {
+            reject(core, kernel, queue.device, VerdictReason::Measured(verdict))
+        }
+        SpeculationVerdict::KeepRacing => false,
+    };
+    if changed {
+        kernel.log().verdict_at_sample = Some(sample.index);
+    }
+}
+
+/// The re-verification race of a verdict loaded from the autotune file: the race
+/// agreed (a disagreement rejects before this), so the loaded verdict is confirmed
+/// unless the window — resumed from the loaded observation, plus this sample — now
+/// says otherwise. A verdict loaded as rejected for a mismatch stays rejected: one
+/// agreeing input does not clear a disagreement. True when confirmed.
+fn reverify(
+    core: &Core,
+    kernel: &Kernel,
+    hint: &Hint,
+    now: SpeculationVerdict,
+    index: u32,
+) -> bool {
+    let loaded = hint.verdict.verdict;
+    let confirmed = loaded == now
+        || (loaded == SpeculationVerdict::Reject
+            && hint.verdict.reason == StoredReason::OutputMismatch);
+    if !confirmed {
+        tracing::info!(kernel = %kernel.name, ?loaded, ?now, "loaded verdict overturned by its re-verification race");
+        kernel.log().cache = CacheStatus::Overturned;
+        return false;
+    }
+    if let Some(tune) = core.tunes.get(hint.device) {
+        tune.store
+            .mark_verdict_verified(kernel.pair_keys(&tune.adapter_id));
+    }
+    {
+        let mut log = kernel.log();
+        log.cache = CacheStatus::Reverified;
+        log.verdict_at_sample = Some(index);
+    }
+    tracing::info!(kernel = %kernel.name, ?loaded, "loaded verdict re-verified");
+    match loaded {
+        SpeculationVerdict::Adopt => {
+            adopt(core, kernel, hint.device, VerdictReason::Reverified);
+        }
+        SpeculationVerdict::Reject => {
+            reject(core, kernel, hint.device, VerdictReason::Reverified);
+        }
+        SpeculationVerdict::KeepRacing => {}
+    }
+    true
+}
+
+/// Rejects the speculative variant from whatever state it is in; publishes and stores
+/// once. True for the call that made the change.
+fn reject(core: &Core, kernel: &Kernel, device: usize, reason: VerdictReason) -> bool {
+    match kernel.verdict.reject() {
+        Some(from) => {
+            published(core, kernel, device, from, KernelVerdict::Rejected, reason);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Adopts the speculative variant if still undecided; publishes and stores once. True
+/// for the call that made the change.
+fn adopt(core: &Core, kernel: &Kernel, device: usize, reason: VerdictReason) -> bool {
+    let changed = kernel.verdict.adopt();
+    if changed {
         published(
             core,
             kernel,
+            device,
             KernelVerdict::Undecided,
             KernelVerdict::Adopted,
             reason,
         );
     }
+    changed
 }
 
-/// Logs and publishes a verdict change made by this thread.
+/// Logs, publishes and stores (and saves) a verdict change made by this thread on
+/// `device`'s race.
 fn published(
     core: &Core,
     kernel: &Kernel,
+    device: usize,
     from: KernelVerdict,
     to: KernelVerdict,
     reason: VerdictReason,
 ) {
     tracing::info!(kernel = %kernel.name, %from, %to, ?reason, "verdict changed");
+    let observation = {
+        let mut log = kernel.log();
+        if reason != VerdictReason::Reverified && log.hint.take().is_some() {
+            // Decided (e.g. by a mismatch) before the loaded verdict was re-verified.
+            log.cache = CacheStatus::Overturned;
+        }
+        log.window.observation()
+    };
+    let stored_reason = match reason {
+        VerdictReason::Mismatch | VerdictReason::SpeculativeFailed(_) => {
+            StoredReason::OutputMismatch
+        }
+        _ => StoredReason::Measured,
+    };
     core.bus.publish(Event::VerdictChanged {
         kernel: kernel.id,
         name: kernel.name.clone(),
@@ -400,4 +563,20 @@ fn published(
         to,
         reason,
     });
+    if let Some(tune) = core.tunes.get(device) {
+        let verdict = match to {
+            KernelVerdict::Adopted => SpeculationVerdict::Adopt,
+            KernelVerdict::Rejected => SpeculationVerdict::Reject,
+            KernelVerdict::Undecided => SpeculationVerdict::KeepRacing,
+        };
+        tune.store.set_verdict(
+            kernel.pair_keys(&tune.adapter_id),
+            StoredKernelVerdict {
+                verdict,
+                observation,
+                reason: stored_reason,
+            },
+        );
+        tune.save();
+    }
 }
