@@ -62,3 +62,52 @@ fn every_race_sample_is_published_and_kept_with_the_deciding_index() {
     );
     assert_eq!(stats.observation.speculative_mean_ns, 700);
 }
+
+#[test]
+fn policy_audits_are_published_when_the_fired_rules_change_not_every_batch() {
+    let backend = Arc::new(TestBackend::new(1, 2, 1));
+    let engine = Engine::builder()
+        .backend_instance(backend.clone())
+        .build()
+        .unwrap();
+    let events = engine.subscribe();
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    for i in 0..40u8 {
+        engine
+            .submit(Batch::new(k, vec![i; 7]))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    engine.shutdown();
+    let audits: Vec<Vec<String>> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::PolicyAudit { kernel, fired } => {
+                assert_eq!(kernel, k);
+                Some(fired)
+            }
+            _ => None,
+        })
+        .collect();
+    // The first race's arms write their own buffers: D2 fires and is audited.
+    assert!(
+        audits
+            .first()
+            .is_some_and(|f| f.iter().any(|p| p == "D2 concurrent-arms")),
+        "{audits:?}"
+    );
+    assert!(
+        audits.len() < 40 / 2,
+        "rate-limited to changes, got {}: {audits:?}",
+        audits.len()
+    );
+    for pair in audits.windows(2) {
+        let rules = |f: &Vec<String>| f.iter().map(|p| p[..2].to_string()).collect::<Vec<_>>();
+        assert_ne!(
+            rules(&pair[0]),
+            rules(&pair[1]),
+            "published without a change"
+        );
+    }
+}

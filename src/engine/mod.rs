@@ -8,6 +8,7 @@
 //! shutdown protocol and the race join are described in `src/engine/README.md`.
 
 mod builder;
+mod dispatch_policy;
 mod error;
 mod events;
 mod mailbox;

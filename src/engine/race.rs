@@ -13,9 +13,10 @@ use crate::autotune::{
     SpeculativeVariantRace, VerdictReason as StoredReason,
 };
 use crate::backend::{BackendError, DispatchJob, DispatchOutput, KernelVariant, QueueId};
-use crate::policy::SpeculationVerdict;
+use crate::policy::{ArmIndependenceVerdict, SpeculationVerdict};
 use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
 
+use super::dispatch_policy;
 use super::error::EngineError;
 use super::events::{Event, KernelVerdict, VerdictReason};
 use super::registry::{Arm, CacheStatus, Hint, Kernel, RaceSample, MAX_KEPT_SAMPLES};
@@ -55,6 +56,11 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
             detail: "lost before this batch ran".into(),
         });
     }
+    let len = match &job.payload {
+        Payload::Input(input) => input.len(),
+        Payload::Plan(plan) => plan.buffers.iter().map(|b| b.len() as usize).sum(),
+    };
+    job.kernel.policy().note_shape(len);
     match choose(core, &job.kernel) {
         Choice::Single(Arm::Speculative) => match single(core, queue, job, Arm::Speculative) {
             Err(Fault::Input(e)) => {
@@ -205,12 +211,22 @@ fn classify(kernel: &Kernel, err: BackendError) -> Fault {
     }
 }
 
-/// Dispatches the jobs in one call and checks that one result came back per job.
+/// Dispatches the jobs in one call and checks that one result came back per job. The
+/// call's host wall time minus its slowest kernel time is the launch overhead the
+/// dispatch policy learns.
 fn dispatch(
     core: &Core,
+    kernel: &Kernel,
     jobs: &[DispatchJob],
 ) -> Result<Vec<Result<DispatchOutput, BackendError>>, Fault> {
+    let started = std::time::Instant::now();
     let results = core.backend.dispatch(jobs);
+    let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let kernel_ns = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().and_then(|o| o.kernel_ns))
+        .max();
+    kernel.policy().observe(wall_ns, kernel_ns);
     if results.len() != jobs.len() {
         return Err(Fault::Backend(format!(
             "the backend returned {} results for {} jobs",
@@ -223,18 +239,58 @@ fn dispatch(
 
 fn dispatch_one(
     core: &Core,
+    kernel: &Kernel,
     job: DispatchJob,
 ) -> Result<Result<DispatchOutput, BackendError>, Fault> {
-    let mut results = dispatch(core, std::slice::from_ref(&job))?;
+    let mut results = dispatch(core, kernel, std::slice::from_ref(&job))?;
     results
         .pop()
         .ok_or_else(|| Fault::Backend("the backend returned no result".into()))
 }
 
+/// Evaluates the dispatch policy for this batch (`race`: both arms run), publishes
+/// its aggressive paths when they changed for this kernel, and says whether the arms
+/// may run concurrently (D2).
+fn consult_policy(
+    core: &Core,
+    kernel: &Kernel,
+    queue: QueueId,
+    jobs: [&DispatchJob; 2],
+    race: Option<()>,
+) -> bool {
+    let arms = match race {
+        Some(()) => {
+            dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[1]])
+        }
+        None => (
+            dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[0]]).0,
+            Default::default(),
+        ),
+    };
+    let queued = core.devices.get(queue.device).map_or(0, |d| d.rx.len());
+    let resources = kernel.variants[0].bindings.len();
+    let (verdict, fired) = {
+        let mut state = kernel.policy();
+        let inputs = state.inputs(queued, arms, resources);
+        let verdict = dispatch_policy::evaluate(&inputs);
+        let fired = state.audit(&verdict, race.is_some());
+        (verdict, fired)
+    };
+    if let Some(fired) = fired {
+        tracing::debug!(kernel = %kernel.name, ?fired, "dispatch policy paths changed");
+        core.bus.publish(Event::PolicyAudit {
+            kernel: kernel.id,
+            fired,
+        });
+    }
+    verdict.arm_independence == ArmIndependenceVerdict::Independent
+}
+
 fn single(core: &Core, queue: QueueId, job: &Job, arm: Arm) -> Result<Answer, Fault> {
     let kernel = &job.kernel;
     let dj = make_job(kernel, arm, queue, &job.payload).map_err(Fault::Input)?;
-    let out = dispatch_one(core, dj)?.map_err(|e| classify(kernel, e))?;
+    consult_policy(core, kernel, queue, [&dj, &dj], None);
+    let out = dispatch_one(core, kernel, dj)?.map_err(|e| classify(kernel, e))?;
     if arm == Arm::Speculative {
         note_speculative_run(core, kernel, &out.outputs);
     }
@@ -258,13 +314,23 @@ fn race(core: &Core, queue: QueueId, job: &Job, audit: bool) -> Result<Answer, F
     let kernel = &job.kernel;
     let cons = make_job(kernel, Arm::Conservative, queue, &job.payload).map_err(Fault::Input)?;
     let spec = make_job(kernel, Arm::Speculative, queue, &job.payload);
-    let partner = core.borrow_partner(queue);
+    // D2: the arms share a moment on two queues only when their buffers are
+    // independent; otherwise they run back to back.
+    let concurrent = match &spec {
+        Ok(spec) => consult_policy(core, kernel, queue, [&cons, spec], Some(())),
+        Err(_) => false,
+    };
+    let partner = if concurrent {
+        core.borrow_partner(queue)
+    } else {
+        None
+    };
     let (cons_result, spec_arm) = match (spec, partner.as_ref().and_then(|p| p.id())) {
         (Ok(mut spec), Some(partner_queue)) => {
             // Both arms in one call: the backend submits both before waiting for
             // either, so they run at the same time on the two queues.
             spec.queue = partner_queue;
-            let mut results = dispatch(core, &[cons, spec])?.into_iter();
+            let mut results = dispatch(core, kernel, &[cons, spec])?.into_iter();
             let (Some(c), Some(s)) = (results.next(), results.next()) else {
                 return Err(Fault::Backend("the backend dropped a race arm".into()));
             };
@@ -272,11 +338,11 @@ fn race(core: &Core, queue: QueueId, job: &Job, audit: bool) -> Result<Answer, F
         }
         (Ok(spec), None) => {
             // No idle partner (or a one-queue device): back to back on our queue.
-            let c = dispatch_one(core, cons)?;
-            let s = dispatch_one(core, spec)?;
+            let c = dispatch_one(core, kernel, cons)?;
+            let s = dispatch_one(core, kernel, spec)?;
             (c, spec_result(s, queue))
         }
-        (Err(e), _) => (dispatch_one(core, cons)?, SpecArm::Failed(Err(e))),
+        (Err(e), _) => (dispatch_one(core, kernel, cons)?, SpecArm::Failed(Err(e))),
     };
     drop(partner);
     let cons_out = cons_result.map_err(|e| classify(kernel, e))?;

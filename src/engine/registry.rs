@@ -20,6 +20,7 @@ use crate::backend::{Backend, BindingAccess, KernelHandle, KernelVariant, QueueI
 use crate::kernels::Workload;
 use crate::policy::SpeculationObservation;
 
+use super::dispatch_policy::PolicyState;
 use super::error::EngineError;
 use super::events::KernelVerdict;
 use super::verdict::VerdictCell;
@@ -190,6 +191,8 @@ pub(crate) struct Kernel {
     /// `[conservative, speculative]` autotune keys of the variants.
     pub(crate) keys: [SpecCacheKey; 2],
     pub(crate) log: Mutex<RaceLog>,
+    /// What the engine measured for the dispatch policy.
+    pub(crate) policy: Mutex<PolicyState>,
 }
 
 impl Kernel {
@@ -222,6 +225,11 @@ impl Kernel {
     /// plain counters and samples, consistent at every step).
     pub(crate) fn log(&self) -> std::sync::MutexGuard<'_, RaceLog> {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The dispatch-policy measurements (plain numbers, consistent at every step).
+    pub(crate) fn policy(&self) -> std::sync::MutexGuard<'_, PolicyState> {
+        self.policy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The workload, for workload kernels.
@@ -298,6 +306,7 @@ impl Registry {
             audit_tick: AtomicU64::new(0),
             keys: [spec_cache_key(&variants[0]), spec_cache_key(&variants[1])],
             log: Mutex::new(RaceLog::default()),
+            policy: Mutex::new(PolicyState::default()),
             variants,
         });
         self.kernels.insert(id, Arc::clone(&kernel));
