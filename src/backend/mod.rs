@@ -303,7 +303,7 @@ pub enum BackendError {
         reason: String,
     },
     /// This backend cannot run the variant (e.g. no CPU code, or no SPIR-V).
-    #[error("kernel `{kernel}` cannot run on the {backend} backend: {reason}")]
+    #[error("kernel `{kernel}` cannot run on the {backend} backend: {reason}; give the variant code for this backend (SPIR-V for Vulkan, CPU code for the CPU backend) or choose another backend")]
     Unsupported {
         /// The variant's name.
         kernel: String,
@@ -319,7 +319,7 @@ pub enum BackendError {
         what: String,
     },
     /// The kernel itself failed on the CPU backend (its CPU code refused the input).
-    #[error("kernel `{kernel}` failed: {reason}")]
+    #[error("kernel `{kernel}` failed: {reason}; fix the kernel's CPU code (check it against the workload's reference), then resubmit")]
     KernelFailed {
         /// The variant's name.
         kernel: String,

@@ -157,7 +157,18 @@ pub(super) fn load(
         Some(gpu.pipeline_cache.clone()),
         ComputePipelineCreateInfo::stage_layout(PipelineShaderStageCreateInfo::new(entry), layout),
     )
-    .map_err(|e| layout_error(gpu, name, e))?;
+    .map_err(|e| match e {
+        // The layout was checked against the shader above, so what the pipeline still
+        // refuses is a layout detail or something the device lacks.
+        Validated::ValidationError(v) if !v.to_string().contains("layout") => {
+            BackendError::Unsupported {
+                kernel: name.to_string(),
+                backend: crate::backend::BackendKind::Vulkan,
+                reason: format!("the device cannot run this shader: {v}"),
+            }
+        }
+        e => layout_error(gpu, name, e),
+    })?;
 
     Ok(LoadedKernel {
         handle,

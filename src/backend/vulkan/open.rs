@@ -253,12 +253,16 @@ fn shader_features(physical: &PhysicalDevice) -> DeviceFeatures {
     if api >= Version::V1_2 {
         wanted.shader_int8 = true;
         wanted.storage_buffer8_bit_access = true;
+        // With the memory model on, vulkano requires device scope for `Device`-scoped
+        // atomics (which naga emits for storage atomics): both or neither.
         wanted.vulkan_memory_model = true;
-        // naga writes `Device`-scope atomics (e.g. the histogram's global bins) under
-        // the Vulkan memory model; without this feature such pipelines do not load.
         wanted.vulkan_memory_model_device_scope = true;
     }
-    wanted.intersection(physical.supported_features())
+    let mut features = wanted.intersection(physical.supported_features());
+    if !features.vulkan_memory_model_device_scope {
+        features.vulkan_memory_model = false;
+    }
+    features
 }
 
 /// The [`DeviceInfo`] of a physical device; `opened` maps family → queues opened.
