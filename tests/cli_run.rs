@@ -1,5 +1,6 @@
 //! `photofinish run` as a user runs it: the real binary, its exit codes, its table, its
-//! JSON, its report directory (JSON + well-formed SVG), and bad arguments. Small runs on the CPU backend, and one on
+//! JSON, its report directory (JSON + well-formed SVG), a second run that starts from
+//! the autotune file, and bad arguments. Small runs on the CPU backend, and one on
 //! Vulkan (lavapipe here).
 
 use std::path::Path;
@@ -128,6 +129,14 @@ fn json_holds_the_same_facts_as_the_table() {
         };
         assert!(arm_time.is_u64(), "{s}");
     }
+    // Raced samples carry both arms' times (from the engine's race samples).
+    assert!(
+        samples
+            .iter()
+            .filter(|s| s["raced"] == true)
+            .any(|s| s["conservative_ns"].is_u64() && s["speculative_ns"].is_u64()),
+        "{k}"
+    );
     let mean = |v: &str| k[v].as_u64();
     if let (Some(c), Some(s), Some(speedup)) = (
         mean("conservative_mean_ns"),
@@ -163,6 +172,47 @@ fn report_dir_gets_json_and_a_well_formed_svg_per_kernel() {
     for kernel in ["histogram", "reduce", "scan"] {
         assert_well_formed_svg(&report.join(format!("{kernel}.svg")));
     }
+}
+
+#[test]
+fn a_second_run_starts_from_the_autotune_file_and_re_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("autotune");
+    let store_arg = store.display().to_string();
+    // Enough batches that kernels reach a verdict on the first run.
+    let args = [
+        "run",
+        "--backend",
+        "cpu",
+        "--batches",
+        "40",
+        "--size",
+        "16KiB",
+        "--autotune-file",
+        &store_arg,
+        "--json",
+    ];
+    let first = json(&run_ok(&args));
+    let kernels = first["kernels"].as_array().expect("kernels");
+    let decided: Vec<&str> = kernels
+        .iter()
+        .filter(|k| k["verdict"] != "undecided")
+        .filter_map(|k| k["kernel"].as_str())
+        .collect();
+    assert!(!decided.is_empty(), "no verdict on the first run: {first}");
+    assert!(kernels.iter().all(|k| k["from_cache"] == false), "{first}");
+
+    let second = json(&run_ok(&args));
+    let mut reverified = 0;
+    for k in second["kernels"].as_array().expect("kernels") {
+        if decided.contains(&k["kernel"].as_str().unwrap_or_default()) {
+            assert_eq!(k["from_cache"], true, "{k}");
+            reverified += usize::from(k["reverified"] == true);
+        }
+    }
+    assert!(reverified >= 1, "{second}");
+    let table = run_ok(&args[..args.len() - 1]);
+    assert!(table.contains("from cache, re-verified"), "{table}");
 }
 
 #[test]

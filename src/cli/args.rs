@@ -41,8 +41,9 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub(crate) report: Option<PathBuf>,
 
-    /// The autotune file: verdicts are loaded from it (and re-verified) at the start
-    /// and saved to it at the end.
+    /// Where verdicts persist: a directory (created if missing) holding one autotune
+    /// file per device. Stored verdicts are loaded at the start, re-verified by a race
+    /// before they are trusted, and saved as they change. Without it nothing persists.
     #[arg(long, value_name = "PATH")]
     pub(crate) autotune_file: Option<PathBuf>,
 

@@ -10,6 +10,7 @@
 //! [`KernelTally::finish`]); for a mismatch it is the number of answers the driver had
 //! when it saw the event.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +18,8 @@ use crossbeam_channel::Receiver;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use photofinish::kernels::{self, InputShape, Workload};
 use photofinish::{
-    Answer, Arm, BackendChoice, Batch, Engine, EngineError, Event, KernelId, KernelVerdict, Output,
-    Ticket, VerdictReason,
+    Answer, Arm, BackendChoice, Batch, CacheStatus, Engine, EngineError, Event, KernelId,
+    KernelVerdict, Output, RaceSample, Ticket, VerdictReason,
 };
 
 use super::args::RunArgs;
@@ -37,10 +38,14 @@ pub(crate) enum DriverError {
     /// The engine refused to build, register, accept or answer.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// `--autotune-file` was given, but the engine cannot yet be handed a file to load
-    /// verdicts from and save them to.
-    #[error("--autotune-file is not supported by this build's engine yet (verdicts are not persisted); run without it")]
-    AutotuneFileUnsupported,
+    /// The autotune directory could not be created.
+    #[error("cannot create the autotune directory {path}: {source}; pass a writable directory to `--autotune-file`")]
+    AutotuneDir {
+        /// The directory.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// A workload the options name is not built in (a bug: the options list only
     /// built-in names).
     #[error("no built-in workload is called `{0}`; choose one of histogram, reduce, scan")]
@@ -62,12 +67,19 @@ pub(crate) fn run(
     choice: BackendChoice,
     progress: Progress,
 ) -> Result<RunReport, DriverError> {
-    if args.autotune_file.is_some() {
-        // The engine's builder gets an autotune-file option in issue #4; until then,
-        // refuse rather than silently ignore the option.
-        return Err(DriverError::AutotuneFileUnsupported);
-    }
-    let engine = Engine::builder().backend(choice).build()?;
+    let builder = Engine::builder().backend(choice);
+    // The engine keeps one autotune file per device in the directory it is given.
+    let builder = match &args.autotune_file {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| DriverError::AutotuneDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            builder.autotune_dir(dir)
+        }
+        None => builder.without_autotune_file(),
+    };
+    let engine = builder.build()?;
     let events = engine.subscribe();
     let mut report = RunReport {
         backend: engine.backend_kind().to_string(),
@@ -141,6 +153,7 @@ fn run_kernel(
     let pool = inputs(workload, args);
     let in_flight_max = engine.worker_count().max(1) * 2;
     let mut in_flight: Vec<(Ticket, usize)> = Vec::with_capacity(in_flight_max);
+    let mut races: VecDeque<RaceSample> = VecDeque::new();
     let mut submitted = 0usize;
     while submitted < args.batches as usize || !in_flight.is_empty() {
         if submitted < args.batches as usize && in_flight.len() < in_flight_max {
@@ -151,12 +164,24 @@ fn run_kernel(
             continue;
         }
         let (answer, which) = next_answer(&mut in_flight)?;
-        collect(&mut tally, answer, &pool[which].1);
-        drain(events, id, &mut tally, bar);
+        // The engine publishes a race's sample before it answers the batch, so drain
+        // first: the sample of this answer's race is then queued.
+        drain(events, id, &mut tally, &mut races, bar);
+        collect(&mut tally, answer, &pool[which].1, &mut races);
         bar.inc(1);
     }
-    // The engine publishes before it answers, so every event of these batches is here.
-    drain(events, id, &mut tally, bar);
+    drain(events, id, &mut tally, &mut races, bar);
+    if let Some(stats) = engine.kernel_stats(id) {
+        tally.engine_facts(
+            stats.verdict_at_sample.map(|i| i.saturating_add(1)),
+            match stats.cache {
+                CacheStatus::NotCached => None,
+                CacheStatus::Reverified => Some(true),
+                _ => Some(false),
+            },
+            &stats.cache.to_string(),
+        );
+    }
     Ok(tally)
 }
 
@@ -199,20 +224,26 @@ fn inputs(workload: &dyn Workload, args: &RunArgs) -> Vec<(Arc<[u8]>, Vec<u8>)> 
         .collect()
 }
 
-/// One answer into the tally.
-///
-/// The engine's [`Answer`] carries the kernel time of the arm that answered (the
-/// conservative one in a race). The speculative arm's time in a race is not on the
-/// public API yet, so raced samples record the conservative time only, and samples
-/// after an adoption record the speculative one; see [`race_rival_ns`].
-fn collect(tally: &mut KernelTally, answer: Answer, reference: &[u8]) {
+/// One answer into the tally. A raced answer takes both arms' times from the oldest
+/// race sample the engine published (an exact pair; with several batches in flight it
+/// may be another batch's race, which does not matter for the per-sample series).
+fn collect(
+    tally: &mut KernelTally,
+    answer: Answer,
+    reference: &[u8],
+    races: &mut VecDeque<RaceSample>,
+) {
     let verified = matches!(&answer.output, Output::Answer(bytes) if bytes == reference);
     let (answered_by, conservative_ns, speculative_ns) = match answer.arm {
-        Arm::Conservative => (
-            ArmName::Conservative,
-            answer.kernel_ns,
-            race_rival_ns(&answer),
-        ),
+        Arm::Conservative if answer.raced => match races.pop_front() {
+            Some(r) => (
+                ArmName::Conservative,
+                Some(r.conservative_ns),
+                Some(r.speculative_ns),
+            ),
+            None => (ArmName::Conservative, answer.kernel_ns, None),
+        },
+        Arm::Conservative => (ArmName::Conservative, answer.kernel_ns, None),
         Arm::Speculative => (ArmName::Speculative, None, answer.kernel_ns),
     };
     tally.push(
@@ -224,17 +255,17 @@ fn collect(tally: &mut KernelTally, answer: Answer, reference: &[u8]) {
     );
 }
 
-/// The speculative arm's kernel time in a race: not exposed by the engine yet (the
-/// engine's issue #4 adds per-sample arm times); `None` until it is.
-fn race_rival_ns(answer: &Answer) -> Option<u64> {
-    let _ = answer;
-    None
-}
-
 /// Applies every pending event about kernel `id`.
-fn drain(events: &Receiver<Event>, id: KernelId, tally: &mut KernelTally, bar: &ProgressBar) {
+fn drain(
+    events: &Receiver<Event>,
+    id: KernelId,
+    tally: &mut KernelTally,
+    races: &mut VecDeque<RaceSample>,
+    bar: &ProgressBar,
+) {
     for event in events.try_iter() {
         match event {
+            Event::RaceSample { kernel, sample, .. } if kernel == id => races.push_back(sample),
             Event::VerdictChanged {
                 kernel, to, reason, ..
             } if kernel == id => {

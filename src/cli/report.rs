@@ -202,6 +202,27 @@ impl KernelTally {
         self.report.verdict_reason = "from cache, re-verified".into();
     }
 
+    /// What the engine itself reports at the end (`Engine::kernel_stats`): the race
+    /// sample that decided the verdict (1-based), and whether the verdict came from
+    /// the autotune file (`Some(true)`: re-verified this run) with the engine's words.
+    pub(crate) fn engine_facts(
+        &mut self,
+        verdict_at: Option<u32>,
+        cached: Option<bool>,
+        words: &str,
+    ) {
+        if let Some(reverified) = cached {
+            self.report.from_cache = true;
+            self.report.reverified = reverified;
+            self.report.verdict_reason = words.to_string();
+            self.report.samples_to_verdict = None;
+            self.measured = None;
+        } else if let Some(at) = verdict_at {
+            self.report.samples_to_verdict = Some(at);
+            self.measured = None;
+        }
+    }
+
     /// The engine caught the speculative variant disagreeing.
     pub(crate) fn mismatch_caught(&mut self) {
         self.report.mismatches_caught = self.report.mismatches_caught.saturating_add(1);
