@@ -17,6 +17,9 @@ use std::time::Instant;
 use photofinish::kernels::{self, InputShape};
 use photofinish::{BackendChoice, Engine, Output};
 
+/// An input and its reference answer.
+type Case = (Arc<[u8]>, Vec<u8>);
+
 struct Args {
     backend: BackendChoice,
     workload: String,
@@ -49,7 +52,11 @@ fn parse_args() -> Result<Args, String> {
                     "auto" => BackendChoice::Auto,
                     "vulkan" => BackendChoice::Vulkan,
                     "cpu" => BackendChoice::Cpu,
-                    _ => return Err(format!("--backend: expected auto|vulkan|cpu, got `{value}`")),
+                    _ => {
+                        return Err(format!(
+                            "--backend: expected auto|vulkan|cpu, got `{value}`"
+                        ))
+                    }
                 }
             }
             "--workload" => args.workload = value.clone(),
@@ -98,7 +105,7 @@ fn main() -> ExitCode {
     };
 
     // A few distinct inputs, each with its reference, shared by all producers.
-    let inputs: Arc<Vec<(Arc<[u8]>, Vec<u8>)>> = Arc::new(
+    let inputs: Arc<Vec<Case>> = Arc::new(
         (0..4u64)
             .map(|seed| {
                 let shapes = workload.shapes();
@@ -179,7 +186,10 @@ fn main() -> ExitCode {
         total as f64 / wall.as_secs_f64()
     );
     for (d, n) in &per_device {
-        println!("  {d}: {n} batches ({:.1} %)", 100.0 * *n as f64 / total as f64);
+        println!(
+            "  {d}: {n} batches ({:.1} %)",
+            100.0 * *n as f64 / total as f64
+        );
     }
     for (q, (n, raced)) in &per_queue {
         println!("    {q}: {n} answers, {raced} raced");

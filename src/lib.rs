@@ -77,3 +77,8 @@ pub use engine::{
 };
 #[doc(hidden)]
 pub use engine::{protocol, ByteSumWorkload, FusedByteSumWorkload, InjectedFault, TestBackend};
+
+/// The README's code blocks, compiled and run as doctests so its example cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
