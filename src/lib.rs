@@ -10,46 +10,51 @@
 //! # Embedding
 //!
 //! Build an engine, register a kernel, submit batches from several threads, wait for
-//! the answers, listen to its verdicts, shut it down. (This example runs on the
-//! fault-injection test backend so it needs no device; a real application calls
-//! `Engine::builder().build()`, which opens Vulkan or, without it, the CPU backend.)
+//! the answers, listen to its verdicts, shut it down. The example asks for the CPU
+//! backend so it runs anywhere; `Engine::builder().build()` alone opens Vulkan when a
+//! loader and a device exist and the CPU backend otherwise, and says which it chose
+//! (`Event::BackendSelected`).
 //!
 //! ```
 //! use std::sync::Arc;
-//! use photofinish::{Batch, ByteSumWorkload, Engine, Event, TestBackend};
+//! use photofinish::kernels::{Reduce, Workload};
+//! use photofinish::{BackendChoice, Batch, Engine, Event, Output};
 //!
 //! let engine = Arc::new(
 //!     Engine::builder()
-//!         .backend_instance(Arc::new(TestBackend::new(1, 2, 1)))
+//!         .backend(BackendChoice::Cpu)
+//!         // Verdicts persist across runs; the default directory is
+//!         // `photofinish::default_autotune_dir()` (the user's cache directory).
+//!         .autotune_dir(std::env::temp_dir().join("photofinish-doctest"))
 //!         .build()?,
 //! );
 //! let events = engine.subscribe();
-//! let kernel = engine.register(Arc::new(ByteSumWorkload))?;
+//! let kernel = engine.register(Arc::new(Reduce))?;
 //!
-//! let producers: Vec<_> = (0..4u8)
+//! let producers: Vec<_> = (0..4u64)
 //!     .map(|t| {
 //!         let engine = Arc::clone(&engine);
-//!         std::thread::spawn(move || -> Result<u64, photofinish::EngineError> {
-//!             let mut total = 0;
-//!             for i in 0..10u8 {
-//!                 let ticket = engine.submit(Batch::new(kernel, vec![t, i]))?;
-//!                 let photofinish::Output::Answer(sum) = ticket.wait()?.output else {
-//!                     unreachable!("a workload kernel answers with bytes");
-//!                 };
-//!                 total += u64::from_le_bytes(sum.try_into().unwrap_or_default());
+//!         std::thread::spawn(move || -> Result<(), photofinish::EngineError> {
+//!             for i in 0..10 {
+//!                 let input = Reduce.generate(Reduce.shapes()[0], 4096, t * 10 + i);
+//!                 let answer = engine.submit(Batch::new(kernel, input.clone()))?.wait()?;
+//!                 // Raced or not, the answer is one the engine trusts.
+//!                 assert_eq!(answer.output, Output::Answer(Reduce.reference(&input)));
 //!             }
-//!             Ok(total)
+//!             Ok(())
 //!         })
 //!     })
 //!     .collect();
-//! let mut total: u64 = 0;
 //! for p in producers {
-//!     total += p.join().expect("producer thread")?;
+//!     p.join().expect("producer thread")?;
 //! }
-//! assert_eq!(total, (0..4u64).map(|t| 10 * t + 45).sum::<u64>());
 //!
 //! engine.shutdown();
 //! assert!(matches!(events.recv()?, Event::BackendSelected { .. }));
+//! // Later events say what the engine decided, e.g. `Event::VerdictChanged`.
+//! for event in events.try_iter() {
+//!     println!("{event:?}");
+//! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -64,10 +69,16 @@ pub mod kernels;
 pub mod policy;
 pub mod speculator;
 
+pub use engine::{
+    default_autotune_dir, Answer, Arm, BackendChoice, Batch, CacheStatus, Engine, EngineBuilder,
+    EngineError, Event, KernelId, KernelStats, KernelVerdict, Output, RaceSample, Ticket,
+    TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD, DEFAULT_CHANNEL_CAPACITY,
+    DEFAULT_EVENT_CAPACITY, MAX_KEPT_SAMPLES,
+};
 #[doc(hidden)]
 pub use engine::{protocol, ByteSumWorkload, FusedByteSumWorkload, InjectedFault, TestBackend};
-pub use engine::{
-    Answer, Arm, BackendChoice, Batch, Engine, EngineBuilder, EngineError, Event, KernelId,
-    KernelVerdict, Output, Ticket, TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD,
-    DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY,
-};
+
+/// The README's code blocks, compiled and run as doctests so its example cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

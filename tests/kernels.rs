@@ -1,19 +1,35 @@
 //! The built-in workloads on real backends: every variant of every workload must give
 //! the CPU reference's answer, for empty, tiny, ragged and multi-MiB inputs of every
-//! shape; the CPU backend must refuse malformed dispatches with the right typed error.
+//! shape, on the CPU backend and on Vulkan (lavapipe in CI, a GPU where there is one);
+//! the CPU backend must refuse malformed dispatches with the right typed error.
+//!
+//! With no Vulkan device the Vulkan tests fail with a clear message, unless
+//! `PHOTOFINISH_ALLOW_NO_VULKAN=1` is set, in which case they print that they were
+//! skipped.
 
 use std::sync::Arc;
 
 use photofinish::backend::cpu::CpuBackend;
 use photofinish::backend::{
     Backend, BackendError, BackendKind, BindingAccess, BindingDesc, BufferArg, DispatchJob,
-    KernelVariant,
+    KernelHandle, KernelVariant, QueueId,
 };
-use photofinish::kernels::{self, InputShape, Scan, Workload, SCAN_TILE_BYTES};
+use photofinish::kernels::{self, DispatchPlan, InputShape, Scan, Workload, SCAN_TILE_BYTES};
 
 /// Sizes that catch edge cases: empty, one byte, not a multiple of 4, 16, the workgroup
 /// size or a scan tile, and a few MiB.
 const SIZES: [usize; 6] = [0, 1, 7, 1000, 3 * SCAN_TILE_BYTES + 5, (3 << 20) + 13];
+
+/// The job that runs `plan` with `kernel` on `queue`.
+fn job(queue: QueueId, kernel: KernelHandle, plan: DispatchPlan) -> DispatchJob {
+    DispatchJob {
+        queue,
+        kernel,
+        buffers: plan.buffers,
+        push_constants: plan.push_constants,
+        workgroups: plan.workgroups,
+    }
+}
 
 /// Plans, dispatches and answers variant `variant` of `workload` for `input`.
 fn run_variant(
@@ -21,21 +37,18 @@ fn run_variant(
     workload: &dyn Workload,
     variant: usize,
     input: &[u8],
+    max_workgroups: Option<u32>,
 ) -> Result<Vec<u8>, String> {
     let variants = workload.variants();
     let kernel = backend
         .load_kernel(0, &variants[variant])
         .map_err(|e| e.to_string())?;
-    let plan = workload.plan(variant, input).map_err(|e| e.to_string())?;
-    let job = DispatchJob {
-        queue: backend.queues()[0],
-        kernel,
-        buffers: plan.buffers,
-        push_constants: plan.push_constants,
-        workgroups: plan.workgroups,
-    };
+    let mut plan = workload.plan(variant, input).map_err(|e| e.to_string())?;
+    if let Some(max) = max_workgroups {
+        plan.workgroups[0] = plan.workgroups[0].min(max);
+    }
     let out = backend
-        .dispatch(&[job])
+        .dispatch(&[job(backend.queues()[0], kernel, plan)])
         .pop()
         .ok_or("no result")?
         .map_err(|e| e.to_string())?;
@@ -44,7 +57,14 @@ fn run_variant(
         .map_err(|e| e.to_string())
 }
 
-fn every_variant_matches_the_reference(backend: &dyn Backend, sizes: &[usize]) {
+/// Runs every variant of every workload on every shape and size; with
+/// `max_workgroups`, the plans' workgroup counts are capped there to check that the
+/// kernels are correct for any count (as they must be for inputs beyond 65535 groups).
+fn every_variant_matches_the_reference(
+    backend: &dyn Backend,
+    sizes: &[usize],
+    max_workgroups: Option<u32>,
+) {
     for workload in kernels::builtin() {
         for shape in workload.shapes() {
             for (i, &len) in sizes.iter().enumerate() {
@@ -52,7 +72,8 @@ fn every_variant_matches_the_reference(backend: &dyn Backend, sizes: &[usize]) {
                 assert_eq!(input.len(), len);
                 let want = workload.reference(&input);
                 for variant in 0..workload.variants().len() {
-                    let got = run_variant(backend, workload.as_ref(), variant, &input);
+                    let got =
+                        run_variant(backend, workload.as_ref(), variant, &input, max_workgroups);
                     assert_eq!(
                         got.as_ref(),
                         Ok(&want),
@@ -68,7 +89,76 @@ fn every_variant_matches_the_reference(backend: &dyn Backend, sizes: &[usize]) {
 #[test]
 fn cpu_backend_every_variant_matches_the_reference() {
     let backend = CpuBackend::with_threads(2).expect("CPU backend");
-    every_variant_matches_the_reference(&backend, &SIZES);
+    every_variant_matches_the_reference(&backend, &SIZES, None);
+}
+
+#[cfg(feature = "vulkan")]
+mod vulkan {
+    use std::sync::OnceLock;
+
+    use photofinish::backend::vulkan::VulkanBackend;
+    use photofinish::backend::BackendError;
+
+    use super::*;
+
+    /// The backend shared by the tests of this module, or `None` when skipping is
+    /// allowed and there is no device.
+    fn backend() -> Option<&'static VulkanBackend> {
+        static BACKEND: OnceLock<Result<VulkanBackend, BackendError>> = OnceLock::new();
+        match BACKEND.get_or_init(VulkanBackend::new) {
+            Ok(b) => Some(b),
+            Err(e) if std::env::var("PHOTOFINISH_ALLOW_NO_VULKAN").as_deref() == Ok("1") => {
+                eprintln!("SKIPPED: no Vulkan device ({e}); PHOTOFINISH_ALLOW_NO_VULKAN=1 is set");
+                None
+            }
+            Err(e) => panic!(
+                "no Vulkan device: {e}\nThese tests need one (lavapipe is enough: Debian \
+                 `mesa-vulkan-drivers libvulkan1`); set PHOTOFINISH_ALLOW_NO_VULKAN=1 to \
+                 skip them."
+            ),
+        }
+    }
+
+    // The uncapped small sizes also run in tests/vulkan_backend.rs; here: the multi-MiB
+    // input, and every small size with fewer workgroups than planned.
+    #[test]
+    fn vulkan_every_variant_matches_the_reference_on_a_large_input() {
+        if let Some(backend) = backend() {
+            every_variant_matches_the_reference(backend, &SIZES[SIZES.len() - 1..], None);
+        }
+    }
+
+    #[test]
+    fn vulkan_kernels_are_correct_with_fewer_workgroups_than_planned() {
+        if let Some(backend) = backend() {
+            every_variant_matches_the_reference(backend, &SIZES[..SIZES.len() - 1], Some(2));
+        }
+    }
+
+    #[test]
+    fn vulkan_fused_scan_reports_rollbacks_like_the_cpu_backend() {
+        let Some(vulkan) = backend() else { return };
+        let cpu = CpuBackend::with_threads(2).expect("CPU backend");
+        let scan = Scan::default();
+        let input = scan.generate(InputShape::DenseMatches, 40 * SCAN_TILE_BYTES, 4);
+        let report = |backend: &dyn Backend| {
+            let kernel = backend.load_kernel(0, &scan.variants()[1]).expect("load");
+            let plan = scan.plan(1, &input).expect("plan");
+            let out = backend
+                .dispatch(&[job(backend.queues()[0], kernel, plan)])
+                .remove(0)
+                .expect("dispatch");
+            scan.speculation_report(1, &out.outputs)
+                .expect("counter tail")
+        };
+        let on_gpu = report(vulkan);
+        assert_eq!(on_gpu, report(&cpu));
+        assert_eq!(on_gpu.attempted_tiles(), 40);
+        assert!(
+            on_gpu.rolled_back_tiles > 0,
+            "dense matches roll tiles back"
+        );
+    }
 }
 
 #[test]
@@ -100,14 +190,10 @@ fn scan_fused_rolls_back_a_tile_whose_match_straddles_its_edge() {
     let variants = scan.variants();
     let kernel = backend.load_kernel(0, &variants[1]).expect("load");
     let plan = scan.plan(1, &input).expect("plan");
-    let job = DispatchJob {
-        queue: backend.queues()[1],
-        kernel,
-        buffers: plan.buffers,
-        push_constants: plan.push_constants,
-        workgroups: plan.workgroups,
-    };
-    let out = backend.dispatch(&[job]).remove(0).expect("dispatch");
+    let out = backend
+        .dispatch(&[job(backend.queues()[1], kernel, plan)])
+        .remove(0)
+        .expect("dispatch");
     let report = scan
         .speculation_report(1, &out.outputs)
         .expect("counter tail");
@@ -323,13 +409,11 @@ fn cpu_backend_races_jobs_on_two_queues_and_keeps_their_order() {
         .map(|i| {
             let variant = i % 2;
             let plan = hist.plan(variant, &input).expect("plan");
-            DispatchJob {
-                queue: backend.queues()[variant],
-                kernel: backend.load_kernel(0, &variants[variant]).expect("load"),
-                buffers: plan.buffers,
-                push_constants: plan.push_constants,
-                workgroups: plan.workgroups,
-            }
+            job(
+                backend.queues()[variant],
+                backend.load_kernel(0, &variants[variant]).expect("load"),
+                plan,
+            )
         })
         .collect();
     let want = hist.reference(&input);

@@ -1,13 +1,14 @@
-//! Stress: 8 producer threads × 20 000 tiny batches, every ticket answered exactly once
-//! with the reference answer, then shutdown under load. A watchdog aborts the process
+//! Stress on the CPU backend: 8 producer threads × 20 000 tiny `reduce` batches, every
+//! ticket answered exactly once with the reference answer, then shutdown under load. A watchdog aborts the process
 //! with a message instead of letting a deadlock hang the test run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use photofinish::kernels::Workload;
-use photofinish::{Batch, ByteSumWorkload, Engine, EngineError, Output, TestBackend};
+use photofinish::backend::cpu::CpuBackend;
+use photofinish::kernels::{Reduce, Workload};
+use photofinish::{Batch, Engine, EngineError, Output};
 
 const PRODUCERS: u64 = 8;
 const BATCHES_PER_PRODUCER: u64 = 20_000;
@@ -33,10 +34,13 @@ fn input_for(producer: u64, i: u64) -> Vec<u8> {
         .collect()
 }
 
-fn engine(backend: &Arc<TestBackend>) -> Arc<Engine> {
+/// A CPU-backend engine with `queues` queues (so `queues` workers).
+fn engine(queues: usize) -> Arc<Engine> {
+    let backend = CpuBackend::with_threads(queues).expect("the CPU backend opens");
     Arc::new(
         Engine::builder()
-            .backend_instance(backend.clone())
+            .backend_instance(Arc::new(backend))
+            .without_autotune_file()
             .channel_capacity(256)
             .build()
             .expect("engine builds"),
@@ -46,9 +50,8 @@ fn engine(backend: &Arc<TestBackend>) -> Arc<Engine> {
 #[test]
 fn eight_producers_every_ticket_answered_exactly_once() {
     let done = watchdog("stress: 8 x 20 000 batches", Duration::from_secs(120));
-    let backend = Arc::new(TestBackend::new(1, 2, 2));
-    let engine = engine(&backend);
-    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    let engine = engine(4);
+    let k = engine.register(Arc::new(Reduce)).unwrap();
     let answered = Arc::new(AtomicU64::new(0));
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| {
@@ -60,10 +63,7 @@ fn eight_producers_every_ticket_answered_exactly_once() {
                     let mut in_flight = std::collections::VecDeque::with_capacity(WINDOW);
                     let check = |(ticket, input): (photofinish::Ticket, Vec<u8>)| {
                         let answer = ticket.wait().expect("no batch fails");
-                        assert_eq!(
-                            answer.output,
-                            Output::Answer(ByteSumWorkload.reference(&input))
-                        );
+                        assert_eq!(answer.output, Output::Answer(Reduce.reference(&input)));
                         answered.fetch_add(1, Ordering::Relaxed);
                     };
                     for i in 0..BATCHES_PER_PRODUCER {
@@ -93,9 +93,8 @@ fn eight_producers_every_ticket_answered_exactly_once() {
 #[test]
 fn shutdown_under_load_answers_every_accepted_batch() {
     let done = watchdog("stress: shutdown under load", Duration::from_secs(60));
-    let backend = Arc::new(TestBackend::new(1, 2, 1));
-    let engine = engine(&backend);
-    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    let engine = engine(2);
+    let k = engine.register(Arc::new(Reduce)).unwrap();
     let start = Arc::new(Barrier::new(PRODUCERS as usize + 1));
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| {
@@ -117,10 +116,7 @@ fn shutdown_under_load_answers_every_accepted_batch() {
                 let n = accepted.len() as u64;
                 for (ticket, input) in accepted {
                     let answer = ticket.wait().expect("accepted batch answered");
-                    assert_eq!(
-                        answer.output,
-                        Output::Answer(ByteSumWorkload.reference(&input))
-                    );
+                    assert_eq!(answer.output, Output::Answer(Reduce.reference(&input)));
                 }
                 n
             })

@@ -1,17 +1,19 @@
 //! The engine builder: options, opening the backend (announced once), and spawning one
 //! supervised worker per queue of every device. It decides nothing at run time.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
-use crate::backend::{Backend, BackendError, BackendKind};
+use crate::autotune::{AutotuneStore, DeviceIdentity, LoadMode};
+use crate::backend::{Backend, BackendError, BackendKind, DeviceInfo};
 use crate::speculator::{AdaptiveSpeculator, SpeculationMode, DEFAULT_THRESHOLD_PCT};
 
 use super::error::EngineError;
 use super::events::{Event, EventBus};
 use super::mailbox::Gate;
 use super::registry::Registry;
-use super::{supervisor, Config, Core, DeviceSlot, Engine, QueueSlot};
+use super::{supervisor, Config, Core, DeviceSlot, DeviceTune, Engine, QueueSlot};
 
 /// Default capacity of each device's mailbox (batches waiting for a worker).
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
@@ -32,6 +34,26 @@ pub enum BackendChoice {
     Cpu,
 }
 
+/// Where the engine keeps its autotune files.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+enum Persistence {
+    /// [`default_autotune_dir`] for a real (Vulkan or CPU) backend; off for a test
+    /// backend, so tests never touch the user's cache.
+    #[default]
+    Default,
+    /// This directory.
+    Dir(PathBuf),
+    /// Memory only.
+    Off,
+}
+
+/// The default autotune directory: `<user cache dir>/photofinish` (e.g.
+/// `~/.cache/photofinish` on Linux); `None` where the platform has no cache directory,
+/// in which case the engine keeps its autotune map in memory only.
+pub fn default_autotune_dir() -> Option<PathBuf> {
+    dirs::cache_dir().map(|d| d.join("photofinish"))
+}
+
 /// Configures and builds an [`Engine`].
 #[derive(Debug, Clone)]
 pub struct EngineBuilder {
@@ -42,6 +64,7 @@ pub struct EngineBuilder {
     audit_period: u64,
     mode: SpeculationMode,
     threshold_pct: u32,
+    persistence: Persistence,
 }
 
 impl Default for EngineBuilder {
@@ -54,6 +77,7 @@ impl Default for EngineBuilder {
             audit_period: DEFAULT_AUDIT_PERIOD,
             mode: SpeculationMode::Auto,
             threshold_pct: DEFAULT_THRESHOLD_PCT,
+            persistence: Persistence::Default,
         }
     }
 }
@@ -103,14 +127,51 @@ impl EngineBuilder {
         self
     }
 
+    /// Keeps the autotune files (one per device, named
+    /// `DeviceIdentity::store_file_name()`) in `dir` instead of the default
+    /// [`default_autotune_dir`]. The directory is created on the first save.
+    pub fn autotune_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.persistence = Persistence::Dir(dir.into());
+        self
+    }
+
+    /// Keeps the autotune map in memory only: nothing is loaded at build or saved.
+    pub fn without_autotune_file(mut self) -> Self {
+        self.persistence = Persistence::Off;
+        self
+    }
+
+    /// The directory autotune files go to for `backend`, if any.
+    fn autotune_dir_for(&self, backend: BackendKind) -> Option<PathBuf> {
+        match &self.persistence {
+            Persistence::Off => None,
+            Persistence::Dir(d) => Some(d.clone()),
+            Persistence::Default if backend == BackendKind::Test => None,
+            Persistence::Default => {
+                let dir = default_autotune_dir();
+                if dir.is_none() {
+                    tracing::warn!(
+                        "no user cache directory; the autotune map is kept in memory only"
+                    );
+                }
+                dir
+            }
+        }
+    }
+
     /// Opens the backend and starts the workers.
     pub fn build(self) -> Result<Engine, EngineError> {
         let bus = EventBus::new(self.event_capacity);
-        let (backend, reason) = match self.instance {
+        let (backend, reason) = match self.instance.clone() {
             Some(b) => (b, "backend instance given to the builder".to_string()),
             None => open_backend(self.choice)?,
         };
         let devices_info = backend.devices().to_vec();
+        let dir = self.autotune_dir_for(backend.kind());
+        let tunes = devices_info
+            .iter()
+            .map(|info| open_autotune(info, dir.as_deref()))
+            .collect();
         tracing::info!(
             backend = %backend.kind(),
             devices = ?devices_info.iter().map(|d| &d.name).collect::<Vec<_>>(),
@@ -152,6 +213,7 @@ impl EngineBuilder {
                 mode: self.mode,
             },
             speculator: AdaptiveSpeculator::new(self.threshold_pct),
+            tunes,
             next_device: AtomicUsize::new(0),
         });
         core.bus.publish_sticky(Event::BackendSelected {
@@ -177,17 +239,74 @@ impl EngineBuilder {
     }
 }
 
-/// Opens the backend `choice` asks for, with the reason for the choice.
-///
-/// The CPU and Vulkan backends are being written on other branches; until they land
-/// this says so with a typed error, and an engine runs on a backend instance given to
-/// [`EngineBuilder::backend_instance`].
-fn open_backend(choice: BackendChoice) -> Result<(Arc<dyn Backend>, String), EngineError> {
-    let kind = match choice {
-        BackendChoice::Vulkan => BackendKind::Vulkan,
-        BackendChoice::Auto | BackendChoice::Cpu => BackendKind::Cpu,
+/// Loads `info`'s autotune store from `dir` (a missing file is an empty store; an
+/// unusable one is logged and replaced by an empty store, never fatal).
+fn open_autotune(info: &DeviceInfo, dir: Option<&std::path::Path>) -> DeviceTune {
+    let identity = DeviceIdentity {
+        device_uuid: info.device_uuid,
+        driver_version: info.driver_version.clone(),
     };
-    Err(EngineError::NoBackend(BackendError::NoDevice(format!(
-        "the {kind} backend is not available in this build yet; pass one with `backend_instance`"
-    ))))
+    let adapter_id = info.adapter_id.clone();
+    let Some(dir) = dir else {
+        return DeviceTune::new(AutotuneStore::new(identity), None, adapter_id, None);
+    };
+    let path = dir.join(identity.store_file_name());
+    match AutotuneStore::load(&path, &identity, LoadMode::FreshOnError) {
+        Ok((store, report)) => {
+            tracing::info!(
+                device = info.index,
+                path = %path.display(),
+                outcome = ?report.outcome,
+                verdicts = report.verdicts,
+                entries = report.entries,
+                stale = report.stale,
+                "autotune store opened"
+            );
+            DeviceTune::new(store, Some(path), adapter_id, Some(report))
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "autotune file unusable; starting empty");
+            DeviceTune::new(AutotuneStore::new(identity), Some(path), adapter_id, None)
+        }
+    }
+}
+
+/// Opens the backend `choice` asks for, with the reason for the choice (logged and
+/// published once, as `Event::BackendSelected`, by `build`).
+///
+/// `Auto` tries Vulkan first (a loader and at least one device with a compute queue);
+/// when that fails for any reason it opens the CPU backend and says why in the reason.
+fn open_backend(choice: BackendChoice) -> Result<(Arc<dyn Backend>, String), EngineError> {
+    match choice {
+        BackendChoice::Cpu => Ok((open_cpu()?, "the CPU backend was asked for".to_string())),
+        BackendChoice::Vulkan => {
+            open_vulkan().map(|b| (b, "the Vulkan backend was asked for".to_string()))
+        }
+        BackendChoice::Auto => match open_vulkan() {
+            Ok(b) => Ok((b, "auto: a Vulkan device was found".to_string())),
+            Err(e) => {
+                tracing::info!(error = %e, "auto: no Vulkan device; using the CPU backend");
+                Ok((
+                    open_cpu()?,
+                    format!("auto: no Vulkan device ({e}); using the CPU backend"),
+                ))
+            }
+        },
+    }
+}
+
+fn open_cpu() -> Result<Arc<dyn Backend>, EngineError> {
+    let cpu = crate::backend::cpu::CpuBackend::new().map_err(EngineError::NoBackend)?;
+    Ok(Arc::new(cpu))
+}
+
+#[cfg(feature = "vulkan")]
+fn open_vulkan() -> Result<Arc<dyn Backend>, EngineError> {
+    let vk = crate::backend::vulkan::VulkanBackend::new().map_err(EngineError::NoBackend)?;
+    Ok(Arc::new(vk))
+}
+
+#[cfg(not(feature = "vulkan"))]
+fn open_vulkan() -> Result<Arc<dyn Backend>, EngineError> {
+    Err(EngineError::BackendNotCompiled(BackendKind::Vulkan))
 }

@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::backend::{BackendKind, QueueId};
 use crate::policy::SpeculationVerdict;
 
+use super::registry::RaceSample;
 use super::KernelId;
 
 /// The state of a kernel as the engine runs it.
@@ -78,6 +79,20 @@ pub enum Event {
         to: KernelVerdict,
         /// Why.
         reason: VerdictReason,
+    },
+    /// One timed race whose arms agreed: both arms' kernel times, for per-sample
+    /// reports (published for every such race; the same samples are kept, up to
+    /// `MAX_KEPT_SAMPLES`, in `Engine::kernel_stats`).
+    RaceSample {
+        /// The kernel.
+        kernel: KernelId,
+        /// Its name.
+        name: String,
+        /// The sample: its index and both arms' `kernel_ns`.
+        sample: RaceSample,
+        /// What the paired window says after this sample (`KeepRacing` while it
+        /// needs more samples). The `VerdictChanged` it causes, if any, follows.
+        window_verdict: SpeculationVerdict,
     },
     /// A speculative arm disagreed with the conservative arm; its output was discarded.
     MismatchCaught {

@@ -8,6 +8,7 @@
 //! shutdown protocol and the race join are described in `src/engine/README.md`.
 
 mod builder;
+mod dispatch_policy;
 mod error;
 mod events;
 mod mailbox;
@@ -25,17 +26,19 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::autotune::{AutotuneStore, LoadReport, PairedSpeculationWindow, Trust};
 use crate::backend::{Backend, BackendKind, DeviceInfo, KernelVariant, QueueId};
 use crate::kernels::{DispatchPlan, InputShape, Workload};
+use crate::policy::SpeculationVerdict;
 use crate::speculator::{AdaptiveSpeculator, SpeculationMode};
 
 pub use builder::{
-    BackendChoice, EngineBuilder, DEFAULT_AUDIT_PERIOD, DEFAULT_CHANNEL_CAPACITY,
-    DEFAULT_EVENT_CAPACITY,
+    default_autotune_dir, BackendChoice, EngineBuilder, DEFAULT_AUDIT_PERIOD,
+    DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY,
 };
 pub use error::{EngineError, TrySubmitError};
 pub use events::{Event, KernelVerdict, VerdictReason};
-pub use registry::{Arm, KernelId};
+pub use registry::{Arm, CacheStatus, KernelId, KernelStats, RaceSample, MAX_KEPT_SAMPLES};
 pub use test_backend::{ByteSumWorkload, FusedByteSumWorkload, InjectedFault, TestBackend};
 pub use ticket::Ticket;
 
@@ -49,7 +52,7 @@ pub mod protocol {
 
 use events::EventBus;
 use mailbox::Gate;
-use registry::{Kernel, KernelSource, Registry};
+use registry::{Hint, Kernel, KernelSource, Registry};
 use ticket::Responder;
 
 /// What a batch carries.
@@ -166,6 +169,50 @@ pub(crate) struct DeviceSlot {
     lost: AtomicBool,
 }
 
+/// One device's autotune store and the file it is saved to.
+#[derive(Debug)]
+pub(crate) struct DeviceTune {
+    pub(crate) store: AutotuneStore,
+    /// `None`: persistence is off, the store lives in memory only.
+    pub(crate) path: Option<std::path::PathBuf>,
+    /// `DeviceInfo::adapter_id`, the adapter part of every key.
+    pub(crate) adapter_id: String,
+    /// What loading the file found.
+    pub(crate) report: Option<LoadReport>,
+    /// Serialises saves of this store (each is atomic, but two at once would race
+    /// for the same temporary file).
+    save_lock: Mutex<()>,
+}
+
+impl DeviceTune {
+    pub(crate) fn new(
+        store: AutotuneStore,
+        path: Option<std::path::PathBuf>,
+        adapter_id: String,
+        report: Option<LoadReport>,
+    ) -> Self {
+        DeviceTune {
+            store,
+            path,
+            adapter_id,
+            report,
+            save_lock: Mutex::new(()),
+        }
+    }
+
+    /// Saves the store atomically to its file (a no-op without one). A failed save is
+    /// logged, never fatal: the store stays correct in memory.
+    pub(crate) fn save(&self) {
+        let Some(path) = &self.path else {
+            return;
+        };
+        let _one_at_a_time = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(error) = self.store.save(path) {
+            tracing::warn!(path = %path.display(), %error, "could not save the autotune store");
+        }
+    }
+}
+
 /// The state every worker and the engine handle share.
 pub(crate) struct Core {
     pub(crate) backend: Arc<dyn Backend>,
@@ -176,6 +223,8 @@ pub(crate) struct Core {
     pub(crate) config: Config,
     /// The shared speculator every fused kernel's counter tail feeds.
     pub(crate) speculator: AdaptiveSpeculator,
+    /// One autotune store per device, in device order.
+    pub(crate) tunes: Vec<DeviceTune>,
     next_device: AtomicUsize,
 }
 
@@ -338,6 +387,7 @@ impl Engine {
         if self.core.config.mode == SpeculationMode::Force {
             self.probe_fused(&kernel, workload.as_ref())?;
         }
+        self.resume_from_cache(&kernel);
         Ok(kernel.id)
     }
 
@@ -409,7 +459,74 @@ impl Engine {
             KernelSource::Pair,
             [conservative, speculative],
         )?;
+        self.resume_from_cache(&kernel);
         Ok(kernel.id)
+    }
+
+    /// Looks for a verdict on this kernel's pair loaded from an autotune file. One is
+    /// a hint, not a verdict: the kernel stays undecided, its window resumes from the
+    /// loaded observation, and its next timed race re-verifies it (see
+    /// `race::reverify`) before it is trusted.
+    fn resume_from_cache(&self, kernel: &Kernel) {
+        for (device, tune) in self.core.tunes.iter().enumerate() {
+            let Some(stored) = tune.store.verdict(kernel.pair_keys(&tune.adapter_id)) else {
+                continue;
+            };
+            if stored.trust != Trust::Loaded
+                || stored.verdict.verdict == SpeculationVerdict::KeepRacing
+            {
+                continue;
+            }
+            tracing::info!(
+                kernel = %kernel.name,
+                device,
+                verdict = ?stored.verdict.verdict,
+                "verdict loaded from the autotune file; re-verifying it with one race"
+            );
+            let mut log = kernel.log();
+            log.window = PairedSpeculationWindow::resume(stored.verdict.observation);
+            log.hint = Some(Hint {
+                device,
+                verdict: stored.verdict,
+            });
+            log.cache = CacheStatus::Loaded;
+            return;
+        }
+    }
+
+    /// What the engine knows about a kernel's races: verdict, whether it came from the
+    /// autotune file (and was re-verified), every kept race sample with both arms'
+    /// kernel times, and the sample that decided the verdict. `None` for an unknown id.
+    pub fn kernel_stats(&self, kernel: KernelId) -> Option<KernelStats> {
+        let k = self.core.registry.get(kernel)?;
+        let log = k.log();
+        Some(KernelStats {
+            kernel: k.id,
+            name: k.name.clone(),
+            verdict: k.verdict.get(),
+            cache: log.cache,
+            samples: log.samples.clone(),
+            verdict_at_sample: log.verdict_at_sample,
+            observation: log.window.observation(),
+        })
+    }
+
+    /// The autotune store of `device` (verdicts and race winners measured on it, and
+    /// what was loaded from its file). `None` for an unknown device.
+    pub fn autotune_store(&self, device: usize) -> Option<&AutotuneStore> {
+        self.core.tunes.get(device).map(|t| &t.store)
+    }
+
+    /// The file `device`'s autotune store is saved to; `None` when persistence is off
+    /// (or for an unknown device).
+    pub fn autotune_path(&self, device: usize) -> Option<&std::path::Path> {
+        self.core.tunes.get(device)?.path.as_deref()
+    }
+
+    /// What loading `device`'s autotune file found (missing, loaded, or a fresh start
+    /// after an unusable file, with the error); `None` when persistence is off.
+    pub fn autotune_load_report(&self, device: usize) -> Option<&LoadReport> {
+        self.core.tunes.get(device)?.report.as_ref()
     }
 
     /// The shared adaptive speculator (fused paths follow it in `SpeculationMode::Auto`).
@@ -541,6 +658,11 @@ impl Engine {
         for (_, handle) in workers.drain(..) {
             if handle.join().is_err() {
                 tracing::error!("a worker thread ended by panic outside its supervisor");
+            }
+        }
+        if closed_now {
+            for tune in &self.core.tunes {
+                tune.save();
             }
         }
     }

@@ -8,13 +8,18 @@
 //! reported and rejects the variant at once. This module never blocks on a channel and
 //! never answers a ticket itself; the worker does.
 
-use crate::backend::{BackendError, DispatchJob, DispatchOutput, QueueId};
-use crate::policy::SpeculationVerdict;
+use crate::autotune::{
+    AutotuneRecord, KernelVerdict as StoredKernelVerdict, PairedSpeculationSample,
+    SpeculativeVariantRace, VerdictReason as StoredReason,
+};
+use crate::backend::{BackendError, DispatchJob, DispatchOutput, KernelVariant, QueueId};
+use crate::policy::{ArmIndependenceVerdict, SpeculationVerdict};
 use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
 
+use super::dispatch_policy;
 use super::error::EngineError;
 use super::events::{Event, KernelVerdict, VerdictReason};
-use super::registry::{Arm, Kernel};
+use super::registry::{Arm, CacheStatus, Hint, Kernel, RaceSample, MAX_KEPT_SAMPLES};
 use super::{Answer, Core, Job, Output, Payload};
 
 /// Why a batch did not produce an answer on this queue.
@@ -51,6 +56,11 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
             detail: "lost before this batch ran".into(),
         });
     }
+    let len = match &job.payload {
+        Payload::Input(input) => input.len(),
+        Payload::Plan(plan) => plan.buffers.iter().map(|b| b.len() as usize).sum(),
+    };
+    job.kernel.policy().note_shape(len);
     match choose(core, &job.kernel) {
         Choice::Single(Arm::Speculative) => match single(core, queue, job, Arm::Speculative) {
             Err(Fault::Input(e)) => {
@@ -59,6 +69,7 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
                 reject(
                     core,
                     &job.kernel,
+                    queue.device,
                     VerdictReason::SpeculativeFailed(e.to_string()),
                 );
                 single(core, queue, job, Arm::Conservative)
@@ -200,12 +211,22 @@ fn classify(kernel: &Kernel, err: BackendError) -> Fault {
     }
 }
 
-/// Dispatches the jobs in one call and checks that one result came back per job.
+/// Dispatches the jobs in one call and checks that one result came back per job. The
+/// call's host wall time minus its slowest kernel time is the launch overhead the
+/// dispatch policy learns.
 fn dispatch(
     core: &Core,
+    kernel: &Kernel,
     jobs: &[DispatchJob],
 ) -> Result<Vec<Result<DispatchOutput, BackendError>>, Fault> {
+    let started = std::time::Instant::now();
     let results = core.backend.dispatch(jobs);
+    let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let kernel_ns = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().and_then(|o| o.kernel_ns))
+        .max();
+    kernel.policy().observe(wall_ns, kernel_ns);
     if results.len() != jobs.len() {
         return Err(Fault::Backend(format!(
             "the backend returned {} results for {} jobs",
@@ -218,18 +239,58 @@ fn dispatch(
 
 fn dispatch_one(
     core: &Core,
+    kernel: &Kernel,
     job: DispatchJob,
 ) -> Result<Result<DispatchOutput, BackendError>, Fault> {
-    let mut results = dispatch(core, std::slice::from_ref(&job))?;
+    let mut results = dispatch(core, kernel, std::slice::from_ref(&job))?;
     results
         .pop()
         .ok_or_else(|| Fault::Backend("the backend returned no result".into()))
 }
 
+/// Evaluates the dispatch policy for this batch (`race`: both arms run), publishes
+/// its aggressive paths when they changed for this kernel, and says whether the arms
+/// may run concurrently (D2).
+fn consult_policy(
+    core: &Core,
+    kernel: &Kernel,
+    queue: QueueId,
+    jobs: [&DispatchJob; 2],
+    race: Option<()>,
+) -> bool {
+    let arms = match race {
+        Some(()) => {
+            dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[1]])
+        }
+        None => (
+            dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[0]]).0,
+            Default::default(),
+        ),
+    };
+    let queued = core.devices.get(queue.device).map_or(0, |d| d.rx.len());
+    let resources = kernel.variants[0].bindings.len();
+    let (verdict, fired) = {
+        let mut state = kernel.policy();
+        let inputs = state.inputs(queued, arms, resources);
+        let verdict = dispatch_policy::evaluate(&inputs);
+        let fired = state.audit(&verdict, race.is_some());
+        (verdict, fired)
+    };
+    if let Some(fired) = fired {
+        tracing::debug!(kernel = %kernel.name, ?fired, "dispatch policy paths changed");
+        core.bus.publish(Event::PolicyAudit {
+            kernel: kernel.id,
+            fired,
+        });
+    }
+    verdict.arm_independence == ArmIndependenceVerdict::Independent
+}
+
 fn single(core: &Core, queue: QueueId, job: &Job, arm: Arm) -> Result<Answer, Fault> {
     let kernel = &job.kernel;
     let dj = make_job(kernel, arm, queue, &job.payload).map_err(Fault::Input)?;
-    let out = dispatch_one(core, dj)?.map_err(|e| classify(kernel, e))?;
+    consult_policy(core, kernel, queue, [&dj, &dj], None);
+    let out = dispatch_one(core, kernel, dj)?.map_err(|e| classify(kernel, e))?;
     if arm == Arm::Speculative {
         note_speculative_run(core, kernel, &out.outputs);
     }
@@ -253,13 +314,23 @@ fn race(core: &Core, queue: QueueId, job: &Job, audit: bool) -> Result<Answer, F
     let kernel = &job.kernel;
     let cons = make_job(kernel, Arm::Conservative, queue, &job.payload).map_err(Fault::Input)?;
     let spec = make_job(kernel, Arm::Speculative, queue, &job.payload);
-    let partner = core.borrow_partner(queue);
+    // D2: the arms share a moment on two queues only when their buffers are
+    // independent; otherwise they run back to back.
+    let concurrent = match &spec {
+        Ok(spec) => consult_policy(core, kernel, queue, [&cons, spec], Some(())),
+        Err(_) => false,
+    };
+    let partner = if concurrent {
+        core.borrow_partner(queue)
+    } else {
+        None
+    };
     let (cons_result, spec_arm) = match (spec, partner.as_ref().and_then(|p| p.id())) {
         (Ok(mut spec), Some(partner_queue)) => {
             // Both arms in one call: the backend submits both before waiting for
             // either, so they run at the same time on the two queues.
             spec.queue = partner_queue;
-            let mut results = dispatch(core, &[cons, spec])?.into_iter();
+            let mut results = dispatch(core, kernel, &[cons, spec])?.into_iter();
             let (Some(c), Some(s)) = (results.next(), results.next()) else {
                 return Err(Fault::Backend("the backend dropped a race arm".into()));
             };
@@ -267,17 +338,25 @@ fn race(core: &Core, queue: QueueId, job: &Job, audit: bool) -> Result<Answer, F
         }
         (Ok(spec), None) => {
             // No idle partner (or a one-queue device): back to back on our queue.
-            let c = dispatch_one(core, cons)?;
-            let s = dispatch_one(core, spec)?;
+            let c = dispatch_one(core, kernel, cons)?;
+            let s = dispatch_one(core, kernel, spec)?;
             (c, spec_result(s, queue))
         }
-        (Err(e), _) => (dispatch_one(core, cons)?, SpecArm::Failed(Err(e))),
+        (Err(e), _) => (dispatch_one(core, kernel, cons)?, SpecArm::Failed(Err(e))),
     };
     drop(partner);
     let cons_out = cons_result.map_err(|e| classify(kernel, e))?;
     let output =
         finish(kernel, Arm::Conservative, &job.payload, &cons_out).map_err(Fault::Input)?;
-    judge(core, job, audit, &output, cons_out.kernel_ns, spec_arm);
+    judge(
+        core,
+        job,
+        queue,
+        audit,
+        &output,
+        cons_out.kernel_ns,
+        spec_arm,
+    );
     Ok(Answer {
         output,
         arm: Arm::Conservative,
@@ -296,18 +375,30 @@ fn spec_result(result: Result<DispatchOutput, BackendError>, queue: QueueId) -> 
 
 /// The race join's verdict half: compares the speculative answer with the
 /// conservative one and feeds the window. Never changes what the caller gets.
-fn judge(core: &Core, job: &Job, audit: bool, cons: &Output, cons_ns: Option<u64>, spec: SpecArm) {
+fn judge(
+    core: &Core,
+    job: &Job,
+    queue: QueueId,
+    audit: bool,
+    cons: &Output,
+    cons_ns: Option<u64>,
+    spec: SpecArm,
+) {
     let kernel = &job.kernel;
+    let device = queue.device;
     match spec {
         SpecArm::Failed(Ok(BackendError::DeviceLost { device, detail })) => {
             core.mark_lost(device, detail);
         }
         SpecArm::Failed(Ok(e)) => match classify(kernel, e) {
-            Fault::Input(e) => reject(
-                core,
-                kernel,
-                VerdictReason::SpeculativeFailed(e.to_string()),
-            ),
+            Fault::Input(e) => {
+                reject(
+                    core,
+                    kernel,
+                    device,
+                    VerdictReason::SpeculativeFailed(e.to_string()),
+                );
+            }
             // A driver hiccup on the speculative arm says nothing about the variant.
             other => {
                 tracing::warn!(kernel = %kernel.name, ?other, "speculative arm failed; no sample")
@@ -317,6 +408,7 @@ fn judge(core: &Core, job: &Job, audit: bool, cons: &Output, cons_ns: Option<u64
             reject(
                 core,
                 kernel,
+                device,
                 VerdictReason::SpeculativeFailed(e.to_string()),
             );
         }
@@ -328,6 +420,7 @@ fn judge(core: &Core, job: &Job, audit: bool, cons: &Output, cons_ns: Option<u64
                     reject(
                         core,
                         kernel,
+                        device,
                         VerdictReason::SpeculativeFailed(e.to_string()),
                     );
                     return;
@@ -341,58 +434,194 @@ fn judge(core: &Core, job: &Job, audit: bool, cons: &Output, cons_ns: Option<u64
                     queue: spec_queue,
                     audit,
                 });
-                reject(core, kernel, VerdictReason::Mismatch);
+                reject(core, kernel, device, VerdictReason::Mismatch);
                 return;
             }
             let (Some(c_ns), Some(s_ns)) = (cons_ns, out.kernel_ns) else {
                 // No timestamps on this queue: agreement is checked, timing is not.
                 return;
             };
-            let verdict = kernel
-                .window
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .record(c_ns, s_ns);
-            match verdict {
-                SpeculationVerdict::Adopt => adopt(core, kernel, VerdictReason::Measured(verdict)),
-                SpeculationVerdict::Reject => {
-                    reject(core, kernel, VerdictReason::Measured(verdict))
-                }
-                SpeculationVerdict::KeepRacing => {}
-            }
+            record_race(core, kernel, queue, spec_queue, c_ns, s_ns);
         }
     }
 }
 
-/// Rejects the speculative variant from whatever state it is in; publishes once.
-fn reject(core: &Core, kernel: &Kernel, reason: VerdictReason) {
-    if let Some(from) = kernel.verdict.reject() {
-        published(core, kernel, from, KernelVerdict::Rejected, reason);
+/// The tuning a variant ran with, as the autotune map records a race's winner.
+fn record_of(variant: &KernelVariant) -> AutotuneRecord {
+    AutotuneRecord {
+        workgroup_size: variant.workgroup_size,
+        unroll: 1,
+        tile: [1, 1, 1],
+        recorded_at: AutotuneRecord::timestamp_now(),
     }
 }
 
-/// Adopts the speculative variant if still undecided; publishes once.
-fn adopt(core: &Core, kernel: &Kernel, reason: VerdictReason) {
-    if kernel.verdict.adopt() {
+/// Feeds one timed, agreeing race to the kernel's paired window (which stores the
+/// race's winner in the device's autotune map), keeps and publishes the sample, and
+/// acts on the window's verdict — or, for the first race after a verdict was loaded
+/// from the autotune file, re-verifies that verdict.
+fn record_race(
+    core: &Core,
+    kernel: &Kernel,
+    queue: QueueId,
+    spec_queue: QueueId,
+    conservative_ns: u64,
+    speculative_ns: u64,
+) {
+    let Some(tune) = core.tunes.get(queue.device) else {
+        return;
+    };
+    let race = SpeculativeVariantRace {
+        conservative_dispatch_ns: conservative_ns,
+        speculative_dispatch_ns: speculative_ns,
+        // Variants are compiled once, at registration, not per race.
+        conservative_compile_ns: 0,
+        speculative_compile_ns: 0,
+        conservative_record: record_of(&kernel.variants[0]),
+        speculative_record: record_of(&kernel.variants[1]),
+    };
+    let (sample, verdict, hint) = {
+        let mut log = kernel.log();
+        let update = log.window.record_sample(
+            &tune.store,
+            kernel.pair_keys(&tune.adapter_id),
+            PairedSpeculationSample { race },
+        );
+        let sample = RaceSample {
+            index: log.next_sample,
+            conservative_ns,
+            speculative_ns,
+            conservative_queue: queue,
+            speculative_queue: spec_queue,
+        };
+        log.next_sample = log.next_sample.saturating_add(1);
+        if log.samples.len() < MAX_KEPT_SAMPLES {
+            log.samples.push(sample);
+        }
+        (sample, update.verdict, log.hint.take())
+    };
+    core.bus.publish(Event::RaceSample {
+        kernel: kernel.id,
+        name: kernel.name.clone(),
+        sample,
+        window_verdict: verdict,
+    });
+    if let Some(hint) = hint {
+        if reverify(core, kernel, &hint, verdict, sample.index) {
+            return;
+        }
+    }
+    let changed = match verdict {
+        SpeculationVerdict::Adopt => {
+            adopt(core, kernel, queue.device, VerdictReason::Measured(verdict))
+        }
+        SpeculationVerdict::Reject => {
+            reject(core, kernel, queue.device, VerdictReason::Measured(verdict))
+        }
+        SpeculationVerdict::KeepRacing => false,
+    };
+    if changed {
+        kernel.log().verdict_at_sample = Some(sample.index);
+    }
+}
+
+/// The re-verification race of a verdict loaded from the autotune file: the race
+/// agreed (a disagreement rejects before this), so the loaded verdict is confirmed
+/// unless the window — resumed from the loaded observation, plus this sample — now
+/// says otherwise. A verdict loaded as rejected for a mismatch stays rejected: one
+/// agreeing input does not clear a disagreement. True when confirmed.
+fn reverify(
+    core: &Core,
+    kernel: &Kernel,
+    hint: &Hint,
+    now: SpeculationVerdict,
+    index: u32,
+) -> bool {
+    let loaded = hint.verdict.verdict;
+    let confirmed = loaded == now
+        || (loaded == SpeculationVerdict::Reject
+            && hint.verdict.reason == StoredReason::OutputMismatch);
+    if !confirmed {
+        tracing::info!(kernel = %kernel.name, ?loaded, ?now, "loaded verdict overturned by its re-verification race");
+        kernel.log().cache = CacheStatus::Overturned;
+        return false;
+    }
+    if let Some(tune) = core.tunes.get(hint.device) {
+        tune.store
+            .mark_verdict_verified(kernel.pair_keys(&tune.adapter_id));
+    }
+    {
+        let mut log = kernel.log();
+        log.cache = CacheStatus::Reverified;
+        log.verdict_at_sample = Some(index);
+    }
+    tracing::info!(kernel = %kernel.name, ?loaded, "loaded verdict re-verified");
+    match loaded {
+        SpeculationVerdict::Adopt => {
+            adopt(core, kernel, hint.device, VerdictReason::Reverified);
+        }
+        SpeculationVerdict::Reject => {
+            reject(core, kernel, hint.device, VerdictReason::Reverified);
+        }
+        SpeculationVerdict::KeepRacing => {}
+    }
+    true
+}
+
+/// Rejects the speculative variant from whatever state it is in; publishes and stores
+/// once. True for the call that made the change.
+fn reject(core: &Core, kernel: &Kernel, device: usize, reason: VerdictReason) -> bool {
+    match kernel.verdict.reject() {
+        Some(from) => {
+            published(core, kernel, device, from, KernelVerdict::Rejected, reason);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Adopts the speculative variant if still undecided; publishes and stores once. True
+/// for the call that made the change.
+fn adopt(core: &Core, kernel: &Kernel, device: usize, reason: VerdictReason) -> bool {
+    let changed = kernel.verdict.adopt();
+    if changed {
         published(
             core,
             kernel,
+            device,
             KernelVerdict::Undecided,
             KernelVerdict::Adopted,
             reason,
         );
     }
+    changed
 }
 
-/// Logs and publishes a verdict change made by this thread.
+/// Logs, publishes and stores (and saves) a verdict change made by this thread on
+/// `device`'s race.
 fn published(
     core: &Core,
     kernel: &Kernel,
+    device: usize,
     from: KernelVerdict,
     to: KernelVerdict,
     reason: VerdictReason,
 ) {
     tracing::info!(kernel = %kernel.name, %from, %to, ?reason, "verdict changed");
+    let observation = {
+        let mut log = kernel.log();
+        if reason != VerdictReason::Reverified && log.hint.take().is_some() {
+            // Decided (e.g. by a mismatch) before the loaded verdict was re-verified.
+            log.cache = CacheStatus::Overturned;
+        }
+        log.window.observation()
+    };
+    let stored_reason = match reason {
+        VerdictReason::Mismatch | VerdictReason::SpeculativeFailed(_) => {
+            StoredReason::OutputMismatch
+        }
+        _ => StoredReason::Measured,
+    };
     core.bus.publish(Event::VerdictChanged {
         kernel: kernel.id,
         name: kernel.name.clone(),
@@ -400,4 +629,20 @@ fn published(
         to,
         reason,
     });
+    if let Some(tune) = core.tunes.get(device) {
+        let verdict = match to {
+            KernelVerdict::Adopted => SpeculationVerdict::Adopt,
+            KernelVerdict::Rejected => SpeculationVerdict::Reject,
+            KernelVerdict::Undecided => SpeculationVerdict::KeepRacing,
+        };
+        tune.store.set_verdict(
+            kernel.pair_keys(&tune.adapter_id),
+            StoredKernelVerdict {
+                verdict,
+                observation,
+                reason: stored_reason,
+            },
+        );
+        tune.save();
+    }
 }

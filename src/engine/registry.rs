@@ -12,11 +12,17 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 use rayon::prelude::*;
 
-use crate::backend::{Backend, KernelHandle, KernelVariant};
+use crate::autotune::{
+    KernelVerdict as StoredKernelVerdict, PairedSpeculationWindow, SpecCacheKey,
+    SpeculativeVariantKeys,
+};
+use crate::backend::{Backend, BindingAccess, KernelHandle, KernelVariant, QueueId};
 use crate::kernels::Workload;
-use crate::policy::{decide_speculation, SpeculationObservation, SpeculationVerdict};
+use crate::policy::SpeculationObservation;
 
+use super::dispatch_policy::PolicyState;
 use super::error::EngineError;
+use super::events::KernelVerdict;
 use super::verdict::VerdictCell;
 
 /// The id `register` hands out; batches name their kernel with it.
@@ -68,48 +74,103 @@ const FUSED_UNKNOWN: u8 = 0;
 const FUSED_YES: u8 = 1;
 const FUSED_NO: u8 = 2;
 
-/// Running means of both arms' kernel times for one kernel.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct RaceWindow {
-    conservative: (u32, u128),
-    speculative: (u32, u128),
+/// Race samples kept per kernel for [`KernelStats`]; later samples still feed the
+/// window and are published as `Event::RaceSample`, but are not kept.
+pub const MAX_KEPT_SAMPLES: usize = 4096;
+
+/// One race of a kernel whose two arms agreed and both had GPU (or host) kernel times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RaceSample {
+    /// 0-based index of this sample among the kernel's timed races on this engine.
+    pub index: u32,
+    /// The conservative arm's `kernel_ns`.
+    pub conservative_ns: u64,
+    /// The speculative arm's `kernel_ns`.
+    pub speculative_ns: u64,
+    /// The queue the conservative arm ran on.
+    pub conservative_queue: QueueId,
+    /// The queue the speculative arm ran on (the same one when they ran back to back).
+    pub speculative_queue: QueueId,
 }
 
-impl RaceWindow {
-    /// Adds one paired sample and returns the verdict on the window so far. Counts
-    /// saturate at `u32::MAX`; from then on the means stop moving.
-    pub(crate) fn record(
-        &mut self,
-        conservative_ns: u64,
-        speculative_ns: u64,
-    ) -> SpeculationVerdict {
-        for (side, ns) in [
-            (&mut self.conservative, conservative_ns),
-            (&mut self.speculative, speculative_ns),
-        ] {
-            if side.0 < u32::MAX {
-                side.0 += 1;
-                side.1 += u128::from(ns);
-            }
-        }
-        decide_speculation(self.observation())
-    }
+/// Where a kernel's verdict came from, as far as the autotune file is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheStatus {
+    /// Nothing was loaded for this kernel: it races from scratch.
+    NotCached,
+    /// A verdict was loaded from the autotune file; the next race re-verifies it before
+    /// it is trusted (until then the kernel is undecided and races).
+    Loaded,
+    /// A loaded verdict was confirmed by a race on this run ("from cache, re-verified").
+    Reverified,
+    /// A loaded verdict was contradicted by the re-verification race; the kernel went
+    /// on from what this run measures.
+    Overturned,
+}
 
-    /// The observation `decide_speculation` sees.
-    pub(crate) fn observation(&self) -> SpeculationObservation {
-        let mean = |(n, total): (u32, u128)| {
-            if n == 0 {
-                0
-            } else {
-                u64::try_from(total / u128::from(n)).unwrap_or(u64::MAX)
-            }
-        };
-        SpeculationObservation {
-            baseline_dispatches: self.conservative.0,
-            baseline_mean_ns: mean(self.conservative),
-            speculative_dispatches: self.speculative.0,
-            speculative_mean_ns: mean(self.speculative),
-            side_compile_cost_ns: 0,
+impl fmt::Display for CacheStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CacheStatus::NotCached => "measured",
+            CacheStatus::Loaded => "from cache, not re-verified yet",
+            CacheStatus::Reverified => "from cache, re-verified",
+            CacheStatus::Overturned => "from cache, overturned",
+        })
+    }
+}
+
+/// What the engine knows about one kernel's races (`Engine::kernel_stats`): the CLI's
+/// per-kernel report reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelStats {
+    /// The kernel.
+    pub kernel: KernelId,
+    /// Its name.
+    pub name: String,
+    /// Its verdict now.
+    pub verdict: KernelVerdict,
+    /// Whether the verdict came from the autotune file and was re-verified.
+    pub cache: CacheStatus,
+    /// The timed races, oldest first (at most [`MAX_KEPT_SAMPLES`]).
+    pub samples: Vec<RaceSample>,
+    /// The sample index at which the verdict last changed from a measurement (the
+    /// sample that decided it); `None` while undecided or when it changed for another
+    /// reason (a mismatch, a failure) without a sample.
+    pub verdict_at_sample: Option<u32>,
+    /// What the paired window has seen (a resumed window counts the loaded samples).
+    pub observation: SpeculationObservation,
+}
+
+/// A verdict loaded from the autotune file, waiting for its re-verification race.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hint {
+    /// The device whose store held it.
+    pub(crate) device: usize,
+    /// The loaded verdict.
+    pub(crate) verdict: StoredKernelVerdict,
+}
+
+/// A kernel's race bookkeeping, behind one lock: the paired window, the kept samples,
+/// and the state of a loaded verdict.
+#[derive(Debug)]
+pub(crate) struct RaceLog {
+    pub(crate) window: PairedSpeculationWindow,
+    pub(crate) samples: Vec<RaceSample>,
+    pub(crate) next_sample: u32,
+    pub(crate) verdict_at_sample: Option<u32>,
+    pub(crate) hint: Option<Hint>,
+    pub(crate) cache: CacheStatus,
+}
+
+impl Default for RaceLog {
+    fn default() -> Self {
+        RaceLog {
+            window: PairedSpeculationWindow::new(),
+            samples: Vec::new(),
+            next_sample: 0,
+            verdict_at_sample: None,
+            hint: None,
+            cache: CacheStatus::NotCached,
         }
     }
 }
@@ -127,7 +188,11 @@ pub(crate) struct Kernel {
     pub(crate) verdict: VerdictCell,
     fused: AtomicU8,
     pub(crate) audit_tick: AtomicU64,
-    pub(crate) window: Mutex<RaceWindow>,
+    /// `[conservative, speculative]` autotune keys of the variants.
+    pub(crate) keys: [SpecCacheKey; 2],
+    pub(crate) log: Mutex<RaceLog>,
+    /// What the engine measured for the dispatch policy.
+    pub(crate) policy: Mutex<PolicyState>,
 }
 
 impl Kernel {
@@ -145,6 +210,26 @@ impl Kernel {
     pub(crate) fn set_fused(&self, fused: bool) {
         self.fused
             .store(if fused { FUSED_YES } else { FUSED_NO }, Ordering::Release);
+    }
+
+    /// The autotune keys of this kernel's pair on an adapter.
+    pub(crate) fn pair_keys<'a>(&'a self, adapter_id: &'a str) -> SpeculativeVariantKeys<'a> {
+        SpeculativeVariantKeys {
+            conservative: &self.keys[0],
+            speculative: &self.keys[1],
+            adapter_id,
+        }
+    }
+
+    /// The race log, even if a thread panicked while holding it (its contents are
+    /// plain counters and samples, consistent at every step).
+    pub(crate) fn log(&self) -> std::sync::MutexGuard<'_, RaceLog> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The dispatch-policy measurements (plain numbers, consistent at every step).
+    pub(crate) fn policy(&self) -> std::sync::MutexGuard<'_, PolicyState> {
+        self.policy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The workload, for workload kernels.
@@ -215,12 +300,14 @@ impl Registry {
             id: KernelId(id),
             name,
             source,
-            variants,
             handles,
             verdict: VerdictCell::default(),
             fused: AtomicU8::new(FUSED_UNKNOWN),
             audit_tick: AtomicU64::new(0),
-            window: Mutex::new(RaceWindow::default()),
+            keys: [spec_cache_key(&variants[0]), spec_cache_key(&variants[1])],
+            log: Mutex::new(RaceLog::default()),
+            policy: Mutex::new(PolicyState::default()),
+            variants,
         });
         self.kernels.insert(id, Arc::clone(&kernel));
         Ok(kernel)
@@ -252,4 +339,68 @@ fn validate_pair(name: &str, [c, s]: &[KernelVariant; 2]) -> Result<(), EngineEr
         ));
     }
     Ok(())
+}
+
+/// 64-bit FNV-1a: a hash that stays the same across builds and Rust versions, as the
+/// autotune file's keys must.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>, mut hash: u64) -> u64 {
+    for b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The autotune key of a variant: its SPIR-V (or, without SPIR-V, its name) and entry
+/// point, its binding layout and push constants, its workgroup size. No
+/// specialisation constants are used, so `spec_hash` is 0.
+pub(crate) fn spec_cache_key(variant: &KernelVariant) -> SpecCacheKey {
+    let code = match &variant.spirv {
+        Some(words) => fnv1a(words.iter().flat_map(|w| w.to_le_bytes()), FNV_OFFSET),
+        None => fnv1a(variant.name.bytes(), FNV_OFFSET),
+    };
+    let shader_hash = fnv1a(variant.entry_point.bytes(), code);
+    let layout = variant.bindings.iter().flat_map(|b| {
+        let access: u8 = match b.access {
+            BindingAccess::Read => 0,
+            BindingAccess::Write => 1,
+            BindingAccess::ReadWrite => 2,
+        };
+        b.slot.to_le_bytes().into_iter().chain([access])
+    });
+    let binding_sig = fnv1a(
+        layout.chain(variant.push_constant_bytes.to_le_bytes()),
+        FNV_OFFSET,
+    );
+    SpecCacheKey {
+        shader_hash,
+        binding_sig,
+        workgroup_size: variant.workgroup_size,
+        spec_hash: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_matches_the_published_test_vectors() {
+        assert_eq!(fnv1a(*b"", FNV_OFFSET), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(*b"a", FNV_OFFSET), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(*b"foobar", FNV_OFFSET), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn variants_of_a_workload_get_distinct_stable_keys() {
+        for workload in crate::kernels::builtin() {
+            let variants = workload.variants();
+            let a = spec_cache_key(&variants[0]);
+            let b = spec_cache_key(&variants[1]);
+            assert_ne!(a, b, "{}", workload.name());
+            assert_eq!(a, spec_cache_key(&workload.variants()[0]));
+        }
+    }
 }

@@ -31,7 +31,9 @@ use super::{
     WORKGROUP_SIZE,
 };
 use crate::backend::{BufferArg, KernelVariant};
-use crate::speculator::SpeculationReport;
+use crate::speculator::{
+    encode_counter_tail, split_counter_tail, SpeculationReport, COUNTER_TAIL_BYTES,
+};
 
 const NAME: &str = "scan";
 
@@ -48,10 +50,6 @@ pub const SCAN_TILE_BYTES: usize = 8192;
 const PUSH_BYTES: u32 = 32;
 const STATUS_COMMITTED: u32 = 1;
 const STATUS_ROLLED_BACK: u32 = 2;
-/// Bytes of the counter tail (`committed`, `rolled_back`, u32 LE each).
-// TODO: use `crate::speculator::COUNTER_TAIL_BYTES` / `parse_counter_tail` once the
-// speculator branch has landed on main.
-const TAIL_BYTES: usize = 8;
 
 /// The `scan` workload (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,18 +127,6 @@ fn push_bitmap_positions(bitmap: &[u8], first_word: usize, positions: &mut Vec<u
     }
 }
 
-/// The counter tail at the end of `buf`.
-fn parse_tail(buf: &[u8]) -> Option<SpeculationReport> {
-    if buf.len() < TAIL_BYTES || buf.len() % 4 != 0 {
-        return None;
-    }
-    let tail = &buf[buf.len() - TAIL_BYTES..];
-    Some(SpeculationReport {
-        committed_tiles: u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]),
-        rolled_back_tiles: u32::from_le_bytes([tail[4], tail[5], tail[6], tail[7]]),
-    })
-}
-
 impl Workload for Scan {
     fn name(&self) -> &'static str {
         NAME
@@ -175,7 +161,7 @@ impl Workload for Scan {
             )
         } else {
             (
-                (words + tile_count) * 4 + TAIL_BYTES,
+                (words + tile_count) * 4 + COUNTER_TAIL_BYTES,
                 workgroups_for(tile_count as u64, 1),
             )
         };
@@ -206,15 +192,16 @@ impl Workload for Scan {
             NAME,
             variant,
             outputs,
-            (words + tile_count) * 4 + TAIL_BYTES,
+            (words + tile_count) * 4 + COUNTER_TAIL_BYTES,
         )?;
         let bad = |reason: String| WorkloadError::BadOutput {
             workload: NAME,
             variant,
             reason,
         };
-        let (bitmap, rest) = out.split_at(words * 4);
-        let (statuses, tail) = rest.split_at(tile_count * 4);
+        let (payload, report) =
+            split_counter_tail(out).ok_or_else(|| bad("no counter tail".to_owned()))?;
+        let (bitmap, statuses) = payload.split_at(words * 4);
         let (mut committed, mut rolled_back) = (0u32, 0u32);
         for (t, status) in statuses.chunks_exact(4).enumerate() {
             let start = t * SCAN_TILE_BYTES;
@@ -235,7 +222,6 @@ impl Workload for Scan {
                 other => return Err(bad(format!("tile {t} has status {other}, not 1 or 2"))),
             }
         }
-        let report = parse_tail(tail).ok_or_else(|| bad("no counter tail".to_owned()))?;
         if report.committed_tiles != committed || report.rolled_back_tiles != rolled_back {
             return Err(bad(format!(
                 "counter tail says {} committed, {} rolled back; the tiles say {committed}, \
@@ -285,7 +271,7 @@ impl Workload for Scan {
 
     fn speculation_report(&self, variant: usize, outputs: &[Vec<u8>]) -> Option<SpeculationReport> {
         match (variant, outputs) {
-            (1, [out]) => parse_tail(out),
+            (1, [out]) => split_counter_tail(out).map(|(_, report)| report),
             _ => None,
         }
     }
@@ -331,7 +317,7 @@ fn fused_tiled_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<
     let data = input_prefix(input, len)?;
     let words = bitmap_words(len);
     let tile_count = tiles(len);
-    let expected = (words + tile_count) * 4 + TAIL_BYTES;
+    let expected = (words + tile_count) * 4 + COUNTER_TAIL_BYTES;
     if output.len() != expected {
         return Err(format!(
             "output is {} bytes, expected {expected}",
@@ -378,7 +364,10 @@ fn fused_tiled_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<
         })
         .sum();
     let committed = tile_count - rolled_back;
-    tail[..4].copy_from_slice(&(committed as u32).to_le_bytes());
-    tail[4..].copy_from_slice(&(rolled_back as u32).to_le_bytes());
+    // Tiles are fewer than positions, which fit in u32.
+    tail.copy_from_slice(&encode_counter_tail(SpeculationReport::from_counts(
+        committed as u32,
+        rolled_back as u32,
+    )));
     Ok(())
 }

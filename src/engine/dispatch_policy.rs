@@ -1,0 +1,246 @@
+//! The engine's side of the dispatch policy (SPEC §1, bundle): per batch it gathers
+//! what `policy::evaluate_dispatch_policy` takes from what the engine measured (host
+//! wall time of each backend call minus its kernel time as the per-launch overhead, the
+//! first launch's overhead as the record/setup cost, how often the same input shape
+//! repeats, the queue behind the batch, the arms' real buffer bindings), publishes each
+//! aggressive path that fires as `Event::PolicyAudit` (only when the fired set of a
+//! kernel changes, not every batch), and hands the verdict to the race.
+//!
+//! The engine acts on D2 (arms run concurrently on two queues only when independent).
+//! D4 record-and-replay is done by the Vulkan backend itself for repeat shapes; D1
+//! (persistent kernels), D3 (separate uploads), D9 (bindless) and I2 (trace-JIT) are
+//! evaluated and audited but have nothing to act on in this version. This module
+//! decides nothing itself: the policy functions do.
+
+use std::sync::Arc;
+
+use crate::backend::{BufferArg, DispatchJob, KernelVariant};
+use crate::policy::{
+    evaluate_dispatch_policy, ArmBindingSummary, BindlessInputs, CommandReuseInputs,
+    DispatchPolicyInputs, DispatchPolicyVerdict, PersistentKernelInputs, PolicyAudit,
+};
+
+/// What the engine measured about one kernel's launches.
+#[derive(Debug, Default)]
+pub(crate) struct PolicyState {
+    /// Input length of the last batch, to count repeats of the same shape.
+    last_len: Option<usize>,
+    /// Consecutive batches with the same input length (1 for a new shape).
+    repeat: u32,
+    /// Per-launch overhead (host wall − kernel time), EMA with α = 1/4.
+    overhead_ns: Option<u64>,
+    /// The first launch's overhead: pipeline and command-buffer set-up included.
+    first_overhead_ns: Option<u64>,
+    /// Kernel time, EMA with α = 1/4.
+    kernel_ns: Option<u64>,
+    /// The rules (`D1`, `D2`, …) of the aggressive paths published last.
+    last_fired: Vec<&'static str>,
+}
+
+fn ema(old: Option<u64>, new: u64) -> u64 {
+    match old {
+        None => new,
+        Some(old) => {
+            let (old, new) = (i128::from(old), i128::from(new));
+            u64::try_from(old + ((new - old) >> 2)).unwrap_or(u64::MAX)
+        }
+    }
+}
+
+impl PolicyState {
+    /// Counts a batch of `len` input bytes against the repeat run.
+    pub(crate) fn note_shape(&mut self, len: usize) {
+        if self.last_len == Some(len) {
+            self.repeat = self.repeat.saturating_add(1);
+        } else {
+            self.last_len = Some(len);
+            self.repeat = 1;
+        }
+    }
+
+    /// Records one backend call: its host wall time and its (slowest) kernel time.
+    pub(crate) fn observe(&mut self, wall_ns: u64, kernel_ns: Option<u64>) {
+        let kernel = kernel_ns.unwrap_or(0);
+        let overhead = wall_ns.saturating_sub(kernel);
+        self.first_overhead_ns.get_or_insert(overhead);
+        self.overhead_ns = Some(ema(self.overhead_ns, overhead));
+        if kernel_ns.is_some() {
+            self.kernel_ns = Some(ema(self.kernel_ns, kernel));
+        }
+    }
+
+    /// The policy inputs for the next batch; `queued` batches wait behind it.
+    pub(crate) fn inputs(
+        &self,
+        queued: usize,
+        arms: (ArmBindingSummary, ArmBindingSummary),
+        resource_count: usize,
+    ) -> DispatchPolicyInputs {
+        let overhead = self.overhead_ns.unwrap_or(0);
+        let first = self.first_overhead_ns.unwrap_or(0);
+        DispatchPolicyInputs {
+            persistent: PersistentKernelInputs {
+                batch_size: u32::try_from(queued.saturating_add(1)).unwrap_or(u32::MAX),
+                per_launch_overhead_ns: overhead,
+                per_item_kernel_ns: self.kernel_ns.unwrap_or(0),
+                persistent_setup_overhead_ns: first,
+            },
+            arm_a: arms.0,
+            arm_b: arms.1,
+            // Uploads travel inside the dispatch; no separate copy is queued.
+            copy_dst_slot: None,
+            graph: CommandReuseInputs {
+                repeat_count: self.repeat,
+                per_launch_overhead_ns: first,
+                record_overhead_ns: first,
+                replay_overhead_ns: overhead,
+            },
+            bindless: BindlessInputs {
+                resource_count: u32::try_from(resource_count).unwrap_or(u32::MAX),
+                // The backends expose no descriptor indexing.
+                support: crate::policy::BindlessSupport::Unsupported,
+                dynamic_indexing: false,
+            },
+            // Trace-JIT history is not wired in this version: hits stay 0 (HoldSteady).
+            trace_jit: Default::default(),
+        }
+    }
+
+    /// The paths to publish for this verdict, or `None` when the same rules fired last
+    /// time (a changed saving alone is not news) or none fired. `raced`: both arms run
+    /// (else D2 is moot).
+    pub(crate) fn audit(
+        &mut self,
+        verdict: &DispatchPolicyVerdict,
+        raced: bool,
+    ) -> Option<Vec<String>> {
+        let fired: Vec<PolicyAudit> = verdict
+            .aggressive_paths()
+            .filter(|p| raced || *p != PolicyAudit::ConcurrentArms)
+            .collect();
+        let rules: Vec<&'static str> = fired.iter().map(PolicyAudit::rule).collect();
+        if rules.is_empty() || rules == self.last_fired {
+            return None;
+        }
+        self.last_fired = rules;
+        Some(fired.iter().map(ToString::to_string).collect())
+    }
+}
+
+/// The two arms' binding summaries over the buffers they really use: each arm's
+/// written buffers are its own (the backend allocates them per job), while a read-only
+/// input shared by both (the same `Arc`) is the same resource. Every distinct buffer
+/// gets its own number, so the summaries alias exactly where the buffers do.
+pub(crate) fn arm_summaries(
+    jobs: [&DispatchJob; 2],
+    variants: [&KernelVariant; 2],
+) -> (ArmBindingSummary, ArmBindingSummary) {
+    let mut shared: Vec<(Arc<[u8]>, u32)> = Vec::new();
+    let mut next = 0u32;
+    let mut summary = |job: &DispatchJob, variant: &KernelVariant| {
+        let mut arm = ArmBindingSummary::default();
+        for (binding, buffer) in variant.bindings.iter().zip(&job.buffers) {
+            let id = match buffer {
+                BufferArg::Data(data) if !binding.access.writes() => {
+                    match shared.iter().find(|(d, _)| Arc::ptr_eq(d, data)) {
+                        Some(&(_, id)) => id,
+                        None => {
+                            next += 1;
+                            shared.push((Arc::clone(data), next));
+                            next
+                        }
+                    }
+                }
+                _ => {
+                    next += 1;
+                    next
+                }
+            };
+            if binding.access.reads() {
+                arm.reads.insert(id);
+            }
+            if binding.access.writes() {
+                arm.writes.insert(id);
+            }
+        }
+        arm
+    };
+    let a = summary(jobs[0], variants[0]);
+    let b = summary(jobs[1], variants[1]);
+    (a, b)
+}
+
+/// Evaluates the bundle.
+pub(crate) fn evaluate(inputs: &DispatchPolicyInputs) -> DispatchPolicyVerdict {
+    evaluate_dispatch_policy(inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BindingAccess, BindingDesc, KernelHandle, QueueId};
+    use crate::policy::{can_dispatch_concurrently, ArmIndependenceVerdict};
+
+    fn variant(access: [BindingAccess; 2]) -> KernelVariant {
+        KernelVariant {
+            name: "v".into(),
+            spirv: None,
+            entry_point: "main".into(),
+            workgroup_size: [1, 1, 1],
+            bindings: access
+                .iter()
+                .enumerate()
+                .map(|(slot, &access)| BindingDesc {
+                    slot: slot as u32,
+                    access,
+                })
+                .collect(),
+            push_constant_bytes: 0,
+            cpu: None,
+        }
+    }
+
+    fn job(buffers: Vec<BufferArg>) -> DispatchJob {
+        DispatchJob {
+            queue: QueueId {
+                device: 0,
+                family: 0,
+                index: 0,
+            },
+            kernel: KernelHandle { device: 0, id: 0 },
+            buffers,
+            push_constants: Vec::new(),
+            workgroups: [1, 1, 1],
+        }
+    }
+
+    #[test]
+    fn arms_sharing_only_a_read_input_are_independent() {
+        let input: Arc<[u8]> = Arc::from(vec![1u8; 16]);
+        let v = variant([BindingAccess::Read, BindingAccess::Write]);
+        let a = job(vec![BufferArg::Data(input.clone()), BufferArg::Zeroed(4)]);
+        let b = job(vec![BufferArg::Data(input), BufferArg::Zeroed(4)]);
+        let (sa, sb) = arm_summaries([&a, &b], [&v, &v]);
+        assert_eq!(sa.reads, sb.reads, "the shared input is one resource");
+        assert_ne!(sa.writes, sb.writes, "each arm writes its own buffer");
+        assert_eq!(
+            can_dispatch_concurrently(&sa, &sb),
+            ArmIndependenceVerdict::Independent
+        );
+    }
+
+    #[test]
+    fn repeats_count_the_same_shape_and_overhead_is_wall_minus_kernel() {
+        let mut state = PolicyState::default();
+        for len in [10, 10, 10, 4] {
+            state.note_shape(len);
+        }
+        assert_eq!(state.repeat, 1);
+        state.note_shape(4);
+        assert_eq!(state.repeat, 2);
+        state.observe(5_000, Some(1_000));
+        assert_eq!(state.first_overhead_ns, Some(4_000));
+        state.observe(2_000, Some(1_000));
+        assert_eq!(state.overhead_ns, Some(4_000 - 3_000 / 4));
+    }
+}

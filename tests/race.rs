@@ -1,0 +1,113 @@
+//! Race samples for reports: every timed, agreeing race is published as
+//! `Event::RaceSample` with both arms' kernel times, and `Engine::kernel_stats` keeps
+//! them with the index of the sample that decided the verdict.
+
+use std::sync::Arc;
+
+use photofinish::policy::SpeculationVerdict;
+use photofinish::{Batch, ByteSumWorkload, Engine, Event, KernelVerdict, TestBackend};
+
+#[test]
+fn every_race_sample_is_published_and_kept_with_the_deciding_index() {
+    let backend = Arc::new(TestBackend::new(1, 2, 1));
+    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
+    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 700);
+    let engine = Engine::builder()
+        .backend_instance(backend.clone())
+        .build()
+        .unwrap();
+    let events = engine.subscribe();
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    for i in 0..12u8 {
+        engine
+            .submit(Batch::new(k, vec![i; 5]))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    engine.shutdown();
+    let samples: Vec<_> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::RaceSample {
+                kernel,
+                sample,
+                window_verdict,
+                ..
+            } => Some((kernel, sample, window_verdict)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(samples.len(), 8, "races stop once adopted");
+    for (i, (kernel, sample, verdict)) in samples.iter().enumerate() {
+        assert_eq!(*kernel, k);
+        assert_eq!(sample.index, i as u32);
+        assert_eq!(
+            (sample.conservative_ns, sample.speculative_ns),
+            (1_000, 700)
+        );
+        let want = if i == 7 {
+            SpeculationVerdict::Adopt
+        } else {
+            SpeculationVerdict::KeepRacing
+        };
+        assert_eq!(*verdict, want, "sample {i}");
+    }
+    let stats = engine.kernel_stats(k).unwrap();
+    assert_eq!(stats.verdict, KernelVerdict::Adopted);
+    assert_eq!(stats.verdict_at_sample, Some(7));
+    assert_eq!(
+        stats.samples,
+        samples.iter().map(|s| s.1).collect::<Vec<_>>()
+    );
+    assert_eq!(stats.observation.speculative_mean_ns, 700);
+}
+
+#[test]
+fn policy_audits_are_published_when_the_fired_rules_change_not_every_batch() {
+    let backend = Arc::new(TestBackend::new(1, 2, 1));
+    let engine = Engine::builder()
+        .backend_instance(backend.clone())
+        .build()
+        .unwrap();
+    let events = engine.subscribe();
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    for i in 0..40u8 {
+        engine
+            .submit(Batch::new(k, vec![i; 7]))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    engine.shutdown();
+    let audits: Vec<Vec<String>> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::PolicyAudit { kernel, fired } => {
+                assert_eq!(kernel, k);
+                Some(fired)
+            }
+            _ => None,
+        })
+        .collect();
+    // The first race's arms write their own buffers: D2 fires and is audited.
+    assert!(
+        audits
+            .first()
+            .is_some_and(|f| f.iter().any(|p| p == "D2 concurrent-arms")),
+        "{audits:?}"
+    );
+    assert!(
+        audits.len() < 40 / 2,
+        "rate-limited to changes, got {}: {audits:?}",
+        audits.len()
+    );
+    for pair in audits.windows(2) {
+        let rules = |f: &Vec<String>| f.iter().map(|p| p[..2].to_string()).collect::<Vec<_>>();
+        assert_ne!(
+            rules(&pair[0]),
+            rules(&pair[1]),
+            "published without a change"
+        );
+    }
+}
