@@ -22,7 +22,7 @@ use photofinish::backend::Backend;
 pub fn quick() -> Criterion {
     let secs = env_f64("PF_BENCH_SECS", 1.0).max(0.1);
     Criterion::default()
-        .sample_size(10)
+        .sample_size(SAMPLES)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs_f64(secs))
         .without_plots()
@@ -82,27 +82,38 @@ pub fn fail(message: &str) -> ! {
     std::process::exit(2)
 }
 
-/// Mean nanoseconds per iteration of every benchmark run so far, by id.
-fn means() -> &'static Mutex<BTreeMap<String, (f64, u64)>> {
-    static MEANS: OnceLock<Mutex<BTreeMap<String, (f64, u64)>>> = OnceLock::new();
-    MEANS.get_or_init(|| Mutex::new(BTreeMap::new()))
+/// The samples criterion takes per benchmark (see [`quick`]).
+pub const SAMPLES: usize = 10;
+
+/// Every call of every benchmark so far, by id: (nanoseconds, iterations).
+type Calls = Mutex<BTreeMap<String, Vec<(f64, u64)>>>;
+
+fn calls() -> &'static Calls {
+    static CALLS: OnceLock<Calls> = OnceLock::new();
+    CALLS.get_or_init(|| Mutex::new(BTreeMap::new()))
 }
 
-/// Adds `iters` iterations that took `elapsed` to the running mean of `id`.
+/// Notes that one call of `id` ran `iters` iterations in `elapsed`.
 pub fn record(id: &str, iters: u64, elapsed: Duration) {
-    let mut means = means().lock().unwrap_or_else(|p| p.into_inner());
-    let entry = means.entry(id.to_owned()).or_insert((0.0, 0));
-    entry.0 += elapsed.as_secs_f64() * 1e9;
-    entry.1 += iters;
+    let mut calls = calls().lock().unwrap_or_else(|p| p.into_inner());
+    calls
+        .entry(id.to_owned())
+        .or_default()
+        .push((elapsed.as_secs_f64() * 1e9, iters));
 }
 
-/// The mean nanoseconds per iteration recorded for `id`, if any.
+/// The mean nanoseconds per iteration of `id` over its measurement samples only: the
+/// last [`SAMPLES`] calls. criterion's warm-up calls come first and are left out — on a
+/// GPU they include the driver's first pipeline compiles, which would otherwise inflate
+/// whichever side ran them.
 pub fn mean_ns(id: &str) -> Option<f64> {
-    let means = means().lock().unwrap_or_else(|p| p.into_inner());
-    means
-        .get(id)
-        .filter(|(_, n)| *n > 0)
-        .map(|(total, n)| total / *n as f64)
+    let calls = calls().lock().unwrap_or_else(|p| p.into_inner());
+    let all = calls.get(id)?;
+    let measured = &all[all.len().saturating_sub(SAMPLES)..];
+    let (total, n) = measured
+        .iter()
+        .fold((0.0, 0u64), |(t, n), (ns, i)| (t + ns, n + i));
+    (n > 0).then(|| total / n as f64)
 }
 
 /// Runs benchmark `name` in `group` with criterion's `iter_custom` (the closure gets an
