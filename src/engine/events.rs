@@ -118,6 +118,8 @@ pub enum Event {
         kernel: KernelId,
         /// The variant pre-loaded.
         variant: String,
+        /// The device it was loaded on.
+        device: usize,
         /// Expected savings in ns.
         expected_savings_ns: u64,
     },

@@ -17,6 +17,7 @@ mod registry;
 mod supervisor;
 mod test_backend;
 mod ticket;
+mod trace;
 mod verdict;
 
 use std::fmt;
@@ -39,8 +40,11 @@ pub use builder::{
 pub use error::{EngineError, TrySubmitError};
 pub use events::{Event, KernelVerdict, VerdictReason};
 pub use registry::{Arm, CacheStatus, KernelId, KernelStats, RaceSample, MAX_KEPT_SAMPLES};
-pub use test_backend::{ByteSumWorkload, FusedByteSumWorkload, InjectedFault, TestBackend};
+pub use test_backend::{
+    ByteSumWorkload, FusedByteSumWorkload, InjectedFault, LoadRecord, TestBackend,
+};
 pub use ticket::Ticket;
+pub use trace::TraceStats;
 
 /// Internals the loom models in `loom-tests/` drive directly. Not part of the API.
 #[doc(hidden)]
@@ -217,8 +221,10 @@ impl DeviceTune {
 pub(crate) struct Core {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) registry: Registry,
-    pub(crate) bus: EventBus,
+    pub(crate) bus: Arc<EventBus>,
     gate: Gate,
+    /// Trace-JIT pre-loads running on rayon; shutdown waits for them.
+    pub(crate) preloads: Arc<trace::Pending>,
     pub(crate) devices: Vec<DeviceSlot>,
     pub(crate) config: Config,
     /// The shared speculator every fused kernel's counter tail feeds.
@@ -399,18 +405,22 @@ impl Engine {
             kernel: kernel.name.clone(),
             reason,
         };
-        let (Some(&queue), Some(handles)) =
-            (self.core.backend.queues().first(), kernel.handles.first())
-        else {
+        let Some(&queue) = self.core.backend.queues().first() else {
             return Err(unsupported(
                 "the backend has no queue to probe the fused path on".into(),
             ));
         };
+        let (handle, _) = kernel
+            .handle(self.core.backend.as_ref(), queue.device, Arm::Speculative)
+            .map_err(|source| EngineError::Backend {
+                kernel: kernel.name.clone(),
+                source,
+            })?;
         let input = workload.generate(InputShape::Uniform, 1024, 0);
         let plan = workload.plan(Arm::Speculative.variant(), &input)?;
         let job = crate::backend::DispatchJob {
             queue,
-            kernel: handles[Arm::Speculative.variant()],
+            kernel: handle,
             buffers: plan.buffers,
             push_constants: plan.push_constants,
             workgroups: plan.workgroups,
@@ -499,6 +509,7 @@ impl Engine {
     /// kernel times, and the sample that decided the verdict. `None` for an unknown id.
     pub fn kernel_stats(&self, kernel: KernelId) -> Option<KernelStats> {
         let k = self.core.registry.get(kernel)?;
+        let trace = k.trace().stats;
         let log = k.log();
         Some(KernelStats {
             kernel: k.id,
@@ -508,6 +519,7 @@ impl Engine {
             samples: log.samples.clone(),
             verdict_at_sample: log.verdict_at_sample,
             observation: log.window.observation(),
+            trace,
         })
     }
 
@@ -660,6 +672,7 @@ impl Engine {
                 tracing::error!("a worker thread ended by panic outside its supervisor");
             }
         }
+        self.core.preloads.wait_idle();
         if closed_now {
             for tune in &self.core.tunes {
                 tune.save();
