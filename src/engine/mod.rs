@@ -333,6 +333,24 @@ impl Drop for QueueUse<'_> {
     }
 }
 
+/// Whether the workload's speculative variant writes a counter tail (is fused), read
+/// from its declared output layout without running it: the tail parser is given the
+/// zero-filled outputs the variant's plan declares for a small input. `None` when the
+/// workload cannot plan that input.
+fn declares_counter_tail(kernel: &Kernel, workload: &dyn Workload) -> Option<bool> {
+    let variant = Arm::Speculative.variant();
+    let input = workload.generate(InputShape::Uniform, 1024, 0);
+    let plan = workload.plan(variant, &input).ok()?;
+    let outputs: Vec<Vec<u8>> = kernel.variants[variant]
+        .bindings
+        .iter()
+        .zip(&plan.buffers)
+        .filter(|(binding, _)| binding.access.writes())
+        .map(|(_, buffer)| vec![0; usize::try_from(buffer.len()).unwrap_or(0)])
+        .collect();
+    Some(workload.speculation_report(variant, &outputs).is_some())
+}
+
 /// The engine: build it once, register kernels, submit batches from any thread.
 ///
 /// Dropping it shuts it down (drains and joins), as [`Engine::shutdown`] does.
@@ -390,6 +408,10 @@ impl Engine {
             KernelSource::Workload(Arc::clone(&workload)),
             [conservative, speculative],
         )?;
+        let declared = declares_counter_tail(&kernel, workload.as_ref());
+        // Under `Disable` a kernel whose layout cannot be read is treated as fused: the
+        // fused path must never run, not even once to find out.
+        kernel.set_fused(declared.unwrap_or(self.core.config.mode == SpeculationMode::Disable));
         if self.core.config.mode == SpeculationMode::Force {
             self.probe_fused(&kernel, workload.as_ref())?;
         }
