@@ -139,7 +139,8 @@ pub enum Event {
         /// Whether its in-flight batch was retried on another queue.
         retried: bool,
     },
-    /// A device was lost; its workers answer every batch with an error from now on.
+    /// A device was lost; its workers move every batch to another live device from now
+    /// on (or answer `DeviceLost` when none is left).
     DeviceLost {
         /// The device.
         device: usize,

@@ -298,6 +298,20 @@ impl Core {
         None
     }
 
+    /// A queue for a batch of `kernel` moved off a lost device: on the live device with
+    /// the kernel's conservative variant loaded and the shortest mailbox, its least
+    /// busy queue. `None` when no live device has the kernel.
+    pub(crate) fn relocation_queue(&self, kernel: &Kernel) -> Option<QueueId> {
+        let device = (0..self.devices.len())
+            .filter(|&d| !self.is_lost(d) && kernel.is_loaded(d, Arm::Conservative))
+            .min_by_key(|&d| self.devices[d].tx.len())?;
+        self.devices[device]
+            .queues
+            .iter()
+            .min_by_key(|q| q.users.load(Ordering::Acquire))
+            .map(|q| q.id)
+    }
+
     /// Another queue of the same device for a retry (the same queue on a one-queue
     /// device).
     pub(crate) fn retry_queue(&self, failed: QueueId) -> QueueId {

@@ -267,6 +267,11 @@ impl Kernel {
         self.handles.get(device).map(|h| &h[arm.variant()])
     }
 
+    /// True when `arm` is loaded on `device`.
+    pub(crate) fn is_loaded(&self, device: usize, arm: Arm) -> bool {
+        self.slot(device, arm).is_some_and(LoadSlot::is_loaded)
+    }
+
     /// The handle of `arm` on `device`, loading it first if no one has (one load per
     /// slot, however many threads ask). The second value is the load's measured time
     /// when this call loaded it; a load of the speculative variant also feeds
