@@ -49,9 +49,12 @@ pub use trace::TraceStats;
 /// Internals the loom models in `loom-tests/` drive directly. Not part of the API.
 #[doc(hidden)]
 pub mod protocol {
+    pub use super::events::{DropCounter, EventBus};
     pub use super::mailbox::{Gate, Pass};
     pub use super::ticket::{one_shot_for_models as one_shot, Responder};
     pub use super::verdict::VerdictCell;
+    #[cfg(photofinish_loom)]
+    pub use crate::sync::channel::Receiver as EventReceiver;
 }
 
 use events::EventBus;
@@ -589,7 +592,7 @@ impl Engine {
 
     /// A receiver of every event published from now on. Each subscriber has its own
     /// bounded channel; when it is full, events for it are dropped and counted.
-    pub fn subscribe(&self) -> Receiver<Event> {
+    pub fn subscribe(&self) -> crate::sync::channel::Receiver<Event> {
         self.core.bus.subscribe()
     }
 
