@@ -72,11 +72,13 @@ pub mod speculator;
 pub use engine::{
     default_autotune_dir, Answer, Arm, BackendChoice, Batch, CacheStatus, Engine, EngineBuilder,
     EngineError, Event, KernelId, KernelStats, KernelVerdict, Output, RaceSample, Ticket,
-    TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD, DEFAULT_CHANNEL_CAPACITY,
+    TraceStats, TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD, DEFAULT_CHANNEL_CAPACITY,
     DEFAULT_EVENT_CAPACITY, MAX_KEPT_SAMPLES,
 };
 #[doc(hidden)]
-pub use engine::{protocol, ByteSumWorkload, FusedByteSumWorkload, InjectedFault, TestBackend};
+pub use engine::{
+    protocol, ByteSumWorkload, FusedByteSumWorkload, InjectedFault, LoadRecord, TestBackend,
+};
 
 /// The README's code blocks, compiled and run as doctests so its example cannot rot.
 #[cfg(doctest)]

@@ -161,3 +161,94 @@ impl<T> SwapCell<T> {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = value;
     }
 }
+
+/// Bounded channels: crossbeam normally (the event bus's per-subscriber channels).
+#[cfg(not(photofinish_loom))]
+pub(crate) mod channel {
+    pub(crate) use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+}
+
+/// The loom stand-in for a bounded crossbeam channel: a loom-visible
+/// `Mutex<VecDeque>` with a capacity, and a flag the receiver clears when dropped. Only
+/// the non-blocking operations the event bus uses exist.
+#[cfg(photofinish_loom)]
+pub mod channel {
+    use super::{Arc, AtomicBool, Mutex, Ordering};
+    use std::collections::VecDeque;
+    use std::fmt;
+
+    struct Chan<T> {
+        queue: Mutex<VecDeque<T>>,
+        capacity: usize,
+        receiver_alive: AtomicBool,
+    }
+
+    /// The sending half.
+    pub struct Sender<T>(Arc<Chan<T>>);
+
+    /// The receiving half.
+    pub struct Receiver<T>(Arc<Chan<T>>);
+
+    /// Why `try_send` gave the value back.
+    #[derive(Debug)]
+    pub enum TrySendError<T> {
+        /// The channel holds `capacity` values.
+        Full(T),
+        /// The receiver is gone.
+        Disconnected(T),
+    }
+
+    /// A channel of `capacity` values.
+    pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+        let chan = Arc::new(Chan {
+            queue: Mutex::new(VecDeque::new()),
+            capacity,
+            receiver_alive: AtomicBool::new(true),
+        });
+        (Sender(Arc::clone(&chan)), Receiver(chan))
+    }
+
+    impl<T> Sender<T> {
+        /// Queues `value` unless the channel is full or its receiver gone.
+        pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+            if !self.0.receiver_alive.load(Ordering::Acquire) {
+                return Err(TrySendError::Disconnected(value));
+            }
+            let mut queue = self.0.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if queue.len() >= self.0.capacity {
+                return Err(TrySendError::Full(value));
+            }
+            queue.push_back(value);
+            Ok(())
+        }
+    }
+
+    impl<T> Receiver<T> {
+        /// The oldest queued value, if any.
+        pub fn try_recv(&self) -> Option<T> {
+            self.0
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+        }
+    }
+
+    impl<T> Drop for Receiver<T> {
+        fn drop(&mut self) {
+            self.0.receiver_alive.store(false, Ordering::Release);
+        }
+    }
+
+    impl<T> fmt::Debug for Sender<T> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("Sender").finish_non_exhaustive()
+        }
+    }
+
+    impl<T> fmt::Debug for Receiver<T> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("Receiver").finish_non_exhaustive()
+        }
+    }
+}

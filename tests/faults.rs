@@ -218,8 +218,8 @@ fn lost_device_stops_its_workers_and_the_other_device_goes_on() {
         }
     }
     assert_eq!(
-        lost, 1,
-        "only the batch that was running on the lost device fails"
+        lost, 0,
+        "even the batch that was running on the lost device moves to the other one"
     );
     let lost_devices: Vec<_> = events
         .try_iter()
@@ -250,5 +250,47 @@ fn batches_queued_for_a_lost_device_get_a_typed_error_and_shutdown_completes() {
         engine.submit(Batch::new(k, vec![1])).unwrap_err(),
         EngineError::DeviceLost { device: 0 }
     );
+    engine.shutdown();
+}
+
+#[test]
+fn batches_of_a_lost_device_move_to_the_other_device_and_none_is_dropped() {
+    let backend = Arc::new(TestBackend::new(2, 1, 1));
+    let engine = engine_on(&backend);
+    let events = engine.subscribe();
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    // Both workers stop at their first dispatch with batches queued behind them on
+    // both devices; the first conservative dispatch after resume loses its device.
+    backend.pause();
+    backend.inject(ByteSumWorkload::CONSERVATIVE, InjectedFault::DeviceLost, 1);
+    let inputs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1 + usize::from(i)]).collect();
+    let tickets: Vec<_> = inputs
+        .iter()
+        .map(|input| engine.submit(Batch::new(k, input.clone())).unwrap())
+        .collect();
+    backend.resume();
+    let answers: Vec<_> = tickets
+        .into_iter()
+        .map(|t| t.wait().expect("moved, not failed"))
+        .collect();
+    let lost: Vec<usize> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::DeviceLost { device, .. } => Some(device),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lost.len(), 1, "exactly one device lost: {lost:?}");
+    for (input, answer) in inputs.iter().zip(&answers) {
+        assert_eq!(answer.output, reference(input));
+        assert_ne!(answer.queue.device, lost[0], "answered on the lost device");
+    }
+    // New batches go to the live device too.
+    let after = engine
+        .submit(Batch::new(k, vec![7; 3]))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_ne!(after.queue.device, lost[0]);
     engine.shutdown();
 }

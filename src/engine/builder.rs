@@ -205,8 +205,9 @@ impl EngineBuilder {
         let core = Arc::new(Core {
             backend: Arc::clone(&backend),
             registry: Registry::default(),
-            bus,
+            bus: Arc::new(bus),
             gate: Gate::new(),
+            preloads: Default::default(),
             devices,
             config: Config {
                 audit_period: self.audit_period,

@@ -7,9 +7,10 @@
 //! kernel changes, not every batch), and hands the verdict to the race.
 //!
 //! The engine acts on D2 (arms run concurrently on two queues only when independent).
-//! D4 record-and-replay is done by the Vulkan backend itself for repeat shapes; D1
-//! (persistent kernels), D3 (separate uploads), D9 (bindless) and I2 (trace-JIT) are
-//! evaluated and audited but have nothing to act on in this version. This module
+//! D4 record-and-replay is done by the Vulkan backend itself for repeat shapes; I2
+//! (trace-JIT) is acted on by `trace.rs` from its own per-kernel hit/miss history; D1
+//! (persistent kernels), D3 (separate uploads) and D9 (bindless) are evaluated and
+//! audited but have nothing to act on in this version. This module
 //! decides nothing itself: the policy functions do.
 
 use std::sync::Arc;

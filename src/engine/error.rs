@@ -50,8 +50,9 @@ pub enum EngineError {
     /// The workload could not plan the batch or read its outputs.
     #[error("{0}; check the batch's input")]
     Workload(#[from] WorkloadError),
-    /// The device this batch was queued for was lost.
-    #[error("device {device} was lost before this batch ran; other devices go on — resubmit, or restart the engine to use the device again")]
+    /// The device this batch was queued for was lost and no other live device has its
+    /// kernel loaded.
+    #[error("device {device} was lost before this batch ran and no other live device has its kernel; restart the engine to use the device again")]
     DeviceLost {
         /// The device.
         device: usize,

@@ -3,15 +3,17 @@
 //! Each subscriber has its own bounded channel, written with `try_send`: a slow or
 //! absent reader never blocks a worker. When a subscriber's channel is full the event
 //! is dropped for that subscriber only and counted ([`EventBus::dropped`]); a
-//! subscriber whose receiver is gone is forgotten. Events are rare (verdict changes,
-//! toggles, faults), so the subscriber list sits behind a plain mutex. This module
-//! never decides anything; it only delivers.
+//! subscriber whose receiver is gone is forgotten. Each subscriber's drops are counted
+//! too, so for every subscriber delivered + dropped == published while it listened.
+//! Events are rare (verdict changes, toggles, faults), so the subscriber list sits
+//! behind a plain mutex. Everything here comes from `crate::sync` (a loom stand-in for
+//! the channel under `photofinish_loom`), so `loom-tests/tests/event_bus.rs` models the
+//! drop policy. This module never decides anything; it only delivers.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crate::sync::channel::{bounded, Receiver, Sender, TrySendError};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
 use crate::backend::{BackendKind, QueueId};
 use crate::policy::SpeculationVerdict;
@@ -118,6 +120,8 @@ pub enum Event {
         kernel: KernelId,
         /// The variant pre-loaded.
         variant: String,
+        /// The device it was loaded on.
+        device: usize,
         /// Expected savings in ns.
         expected_savings_ns: u64,
     },
@@ -137,7 +141,8 @@ pub enum Event {
         /// Whether its in-flight batch was retried on another queue.
         retried: bool,
     },
-    /// A device was lost; its workers answer every batch with an error from now on.
+    /// A device was lost; its workers move every batch to another live device from now
+    /// on (or answer `DeviceLost` when none is left).
     DeviceLost {
         /// The device.
         device: usize,
@@ -146,10 +151,27 @@ pub enum Event {
     },
 }
 
+/// How many events one subscriber lost because its channel was full.
+#[derive(Debug, Clone)]
+pub struct DropCounter(Arc<AtomicU64>);
+
+impl DropCounter {
+    /// Events dropped for this subscriber so far.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    tx: Sender<Event>,
+    dropped: DropCounter,
+}
+
 /// Fans events out to subscribers without ever blocking the publisher.
 #[derive(Debug)]
-pub(crate) struct EventBus {
-    subscribers: Mutex<Vec<Sender<Event>>>,
+pub struct EventBus {
+    subscribers: Mutex<Vec<Subscriber>>,
     /// `BackendSelected`, replayed first to every subscriber (it is published at build,
     /// before anyone can subscribe).
     sticky: Mutex<Option<Event>>,
@@ -159,7 +181,7 @@ pub(crate) struct EventBus {
 
 impl EventBus {
     /// A bus whose subscribers each get a channel of `capacity` events.
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize) -> Self {
         EventBus {
             subscribers: Mutex::new(Vec::new()),
             sticky: Mutex::new(None),
@@ -169,8 +191,14 @@ impl EventBus {
     }
 
     /// A new subscriber: receives every event published from now on.
-    pub(crate) fn subscribe(&self) -> Receiver<Event> {
-        let (tx, rx) = crossbeam_channel::bounded(self.capacity);
+    pub fn subscribe(&self) -> Receiver<Event> {
+        self.subscribe_counted().0
+    }
+
+    /// A new subscriber and the count of events dropped for it.
+    pub fn subscribe_counted(&self) -> (Receiver<Event>, DropCounter) {
+        let (tx, rx) = bounded(self.capacity);
+        let dropped = DropCounter(Arc::new(AtomicU64::new(0)));
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(event) = self
             .sticky
@@ -181,33 +209,38 @@ impl EventBus {
             // A fresh channel of capacity >= 1 always has room for the first event.
             let _ = tx.try_send(event);
         }
-        subs.push(tx);
+        subs.push(Subscriber {
+            tx,
+            dropped: dropped.clone(),
+        });
         drop(subs);
-        rx
+        (rx, dropped)
     }
 
     /// Publishes `event` and keeps it to replay to every later subscriber.
-    pub(crate) fn publish_sticky(&self, event: Event) {
+    pub fn publish_sticky(&self, event: Event) {
         *self.sticky.lock().unwrap_or_else(|p| p.into_inner()) = Some(event.clone());
         self.publish(event);
     }
 
-    /// Delivers `event` to every subscriber that has room; counts the rest.
-    pub(crate) fn publish(&self, event: Event) {
+    /// Delivers `event` to every subscriber that has room; counts the rest. Never
+    /// blocks on a subscriber.
+    pub fn publish(&self, event: Event) {
         tracing::debug!(?event, "engine event");
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subs.retain(|tx| match tx.try_send(event.clone()) {
+        subs.retain(|sub| match sub.tx.try_send(event.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                sub.dropped.0.fetch_add(1, Ordering::AcqRel);
+                self.dropped.fetch_add(1, Ordering::AcqRel);
                 true
             }
             Err(TrySendError::Disconnected(_)) => false,
         });
     }
 
-    /// Events dropped because a subscriber's channel was full.
-    pub(crate) fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+    /// Events dropped because a subscriber's channel was full (all subscribers).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Acquire)
     }
 }

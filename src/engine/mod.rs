@@ -17,6 +17,7 @@ mod registry;
 mod supervisor;
 mod test_backend;
 mod ticket;
+mod trace;
 mod verdict;
 
 use std::fmt;
@@ -39,15 +40,21 @@ pub use builder::{
 pub use error::{EngineError, TrySubmitError};
 pub use events::{Event, KernelVerdict, VerdictReason};
 pub use registry::{Arm, CacheStatus, KernelId, KernelStats, RaceSample, MAX_KEPT_SAMPLES};
-pub use test_backend::{ByteSumWorkload, FusedByteSumWorkload, InjectedFault, TestBackend};
+pub use test_backend::{
+    ByteSumWorkload, FusedByteSumWorkload, InjectedFault, LoadRecord, TestBackend,
+};
 pub use ticket::Ticket;
+pub use trace::TraceStats;
 
 /// Internals the loom models in `loom-tests/` drive directly. Not part of the API.
 #[doc(hidden)]
 pub mod protocol {
+    pub use super::events::{DropCounter, EventBus};
     pub use super::mailbox::{Gate, Pass};
     pub use super::ticket::{one_shot_for_models as one_shot, Responder};
     pub use super::verdict::VerdictCell;
+    #[cfg(photofinish_loom)]
+    pub use crate::sync::channel::Receiver as EventReceiver;
 }
 
 use events::EventBus;
@@ -217,8 +224,10 @@ impl DeviceTune {
 pub(crate) struct Core {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) registry: Registry,
-    pub(crate) bus: EventBus,
+    pub(crate) bus: Arc<EventBus>,
     gate: Gate,
+    /// Trace-JIT pre-loads running on rayon; shutdown waits for them.
+    pub(crate) preloads: Arc<trace::Pending>,
     pub(crate) devices: Vec<DeviceSlot>,
     pub(crate) config: Config,
     /// The shared speculator every fused kernel's counter tail feeds.
@@ -292,6 +301,20 @@ impl Core {
         None
     }
 
+    /// A queue for a batch of `kernel` moved off a lost device: on the live device with
+    /// the kernel's conservative variant loaded and the shortest mailbox, its least
+    /// busy queue. `None` when no live device has the kernel.
+    pub(crate) fn relocation_queue(&self, kernel: &Kernel) -> Option<QueueId> {
+        let device = (0..self.devices.len())
+            .filter(|&d| !self.is_lost(d) && kernel.is_loaded(d, Arm::Conservative))
+            .min_by_key(|&d| self.devices[d].tx.len())?;
+        self.devices[device]
+            .queues
+            .iter()
+            .min_by_key(|q| q.users.load(Ordering::Acquire))
+            .map(|q| q.id)
+    }
+
     /// Another queue of the same device for a retry (the same queue on a one-queue
     /// device).
     pub(crate) fn retry_queue(&self, failed: QueueId) -> QueueId {
@@ -325,6 +348,24 @@ impl Drop for QueueUse<'_> {
             s.users.fetch_sub(1, Ordering::AcqRel);
         }
     }
+}
+
+/// Whether the workload's speculative variant writes a counter tail (is fused), read
+/// from its declared output layout without running it: the tail parser is given the
+/// zero-filled outputs the variant's plan declares for a small input. `None` when the
+/// workload cannot plan that input.
+fn declares_counter_tail(kernel: &Kernel, workload: &dyn Workload) -> Option<bool> {
+    let variant = Arm::Speculative.variant();
+    let input = workload.generate(InputShape::Uniform, 1024, 0);
+    let plan = workload.plan(variant, &input).ok()?;
+    let outputs: Vec<Vec<u8>> = kernel.variants[variant]
+        .bindings
+        .iter()
+        .zip(&plan.buffers)
+        .filter(|(binding, _)| binding.access.writes())
+        .map(|(_, buffer)| vec![0; usize::try_from(buffer.len()).unwrap_or(0)])
+        .collect();
+    Some(workload.speculation_report(variant, &outputs).is_some())
 }
 
 /// The engine: build it once, register kernels, submit batches from any thread.
@@ -384,6 +425,10 @@ impl Engine {
             KernelSource::Workload(Arc::clone(&workload)),
             [conservative, speculative],
         )?;
+        let declared = declares_counter_tail(&kernel, workload.as_ref());
+        // Under `Disable` a kernel whose layout cannot be read is treated as fused: the
+        // fused path must never run, not even once to find out.
+        kernel.set_fused(declared.unwrap_or(self.core.config.mode == SpeculationMode::Disable));
         if self.core.config.mode == SpeculationMode::Force {
             self.probe_fused(&kernel, workload.as_ref())?;
         }
@@ -399,18 +444,22 @@ impl Engine {
             kernel: kernel.name.clone(),
             reason,
         };
-        let (Some(&queue), Some(handles)) =
-            (self.core.backend.queues().first(), kernel.handles.first())
-        else {
+        let Some(&queue) = self.core.backend.queues().first() else {
             return Err(unsupported(
                 "the backend has no queue to probe the fused path on".into(),
             ));
         };
+        let (handle, _) = kernel
+            .handle(self.core.backend.as_ref(), queue.device, Arm::Speculative)
+            .map_err(|source| EngineError::Backend {
+                kernel: kernel.name.clone(),
+                source,
+            })?;
         let input = workload.generate(InputShape::Uniform, 1024, 0);
         let plan = workload.plan(Arm::Speculative.variant(), &input)?;
         let job = crate::backend::DispatchJob {
             queue,
-            kernel: handles[Arm::Speculative.variant()],
+            kernel: handle,
             buffers: plan.buffers,
             push_constants: plan.push_constants,
             workgroups: plan.workgroups,
@@ -499,6 +548,7 @@ impl Engine {
     /// kernel times, and the sample that decided the verdict. `None` for an unknown id.
     pub fn kernel_stats(&self, kernel: KernelId) -> Option<KernelStats> {
         let k = self.core.registry.get(kernel)?;
+        let trace = k.trace().stats;
         let log = k.log();
         Some(KernelStats {
             kernel: k.id,
@@ -508,6 +558,7 @@ impl Engine {
             samples: log.samples.clone(),
             verdict_at_sample: log.verdict_at_sample,
             observation: log.window.observation(),
+            trace,
         })
     }
 
@@ -541,7 +592,7 @@ impl Engine {
 
     /// A receiver of every event published from now on. Each subscriber has its own
     /// bounded channel; when it is full, events for it are dropped and counted.
-    pub fn subscribe(&self) -> Receiver<Event> {
+    pub fn subscribe(&self) -> crate::sync::channel::Receiver<Event> {
         self.core.bus.subscribe()
     }
 
@@ -660,6 +711,7 @@ impl Engine {
                 tracing::error!("a worker thread ended by panic outside its supervisor");
             }
         }
+        self.core.preloads.wait_idle();
         if closed_now {
             for tune in &self.core.tunes {
                 tune.save();

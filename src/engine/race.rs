@@ -20,6 +20,7 @@ use super::dispatch_policy;
 use super::error::EngineError;
 use super::events::{Event, KernelVerdict, VerdictReason};
 use super::registry::{Arm, CacheStatus, Hint, Kernel, RaceSample, MAX_KEPT_SAMPLES};
+use super::trace;
 use super::{Answer, Core, Job, Output, Payload};
 
 /// Why a batch did not produce an answer on this queue.
@@ -144,13 +145,15 @@ fn note_speculative_run(core: &Core, kernel: &Kernel, outputs: &[Vec<u8>]) {
     }
 }
 
-/// The dispatch job of `arm` for this batch on `queue`.
+/// The dispatch job of `arm` for this batch on `queue`, and whether the variant had to
+/// be loaded on the queue's device for it.
 fn make_job(
+    core: &Core,
     kernel: &Kernel,
     arm: Arm,
     queue: QueueId,
     payload: &Payload,
-) -> Result<DispatchJob, EngineError> {
+) -> Result<(DispatchJob, bool), EngineError> {
     let plan = match (payload, kernel.workload()) {
         (Payload::Input(input), Some(workload)) => workload.plan(arm.variant(), input)?,
         (Payload::Plan(plan), _) => (**plan).clone(),
@@ -162,22 +165,22 @@ fn make_job(
             })
         }
     };
-    let handles = kernel
-        .handles
-        .get(queue.device)
-        .ok_or_else(|| EngineError::Backend {
+    let (handle, loaded) = kernel
+        .handle(core.backend.as_ref(), queue.device, arm)
+        .map_err(|source| EngineError::Backend {
             kernel: kernel.name.clone(),
-            source: BackendError::Unknown {
-                what: format!("device {} for this kernel", queue.device),
-            },
+            source,
         })?;
-    Ok(DispatchJob {
-        queue,
-        kernel: handles[arm.variant()],
-        buffers: plan.buffers,
-        push_constants: plan.push_constants,
-        workgroups: plan.workgroups,
-    })
+    Ok((
+        DispatchJob {
+            queue,
+            kernel: handle,
+            buffers: plan.buffers,
+            push_constants: plan.push_constants,
+            workgroups: plan.workgroups,
+        },
+        loaded.is_some(),
+    ))
 }
 
 /// The canonical output of `arm` from its dispatch output.
@@ -288,7 +291,8 @@ fn consult_policy(
 
 fn single(core: &Core, queue: QueueId, job: &Job, arm: Arm) -> Result<Answer, Fault> {
     let kernel = &job.kernel;
-    let dj = make_job(kernel, arm, queue, &job.payload).map_err(Fault::Input)?;
+    let (dj, loaded) = make_job(core, kernel, arm, queue, &job.payload).map_err(Fault::Input)?;
+    trace::note(core, kernel, queue.device, trace::shape_of(&dj), loaded);
     consult_policy(core, kernel, queue, [&dj, &dj], None);
     let out = dispatch_one(core, kernel, dj)?.map_err(|e| classify(kernel, e))?;
     if arm == Arm::Speculative {
@@ -312,8 +316,12 @@ enum SpecArm {
 
 fn race(core: &Core, queue: QueueId, job: &Job, audit: bool) -> Result<Answer, Fault> {
     let kernel = &job.kernel;
-    let cons = make_job(kernel, Arm::Conservative, queue, &job.payload).map_err(Fault::Input)?;
-    let spec = make_job(kernel, Arm::Speculative, queue, &job.payload);
+    let (cons, cons_loaded) =
+        make_job(core, kernel, Arm::Conservative, queue, &job.payload).map_err(Fault::Input)?;
+    let spec = make_job(core, kernel, Arm::Speculative, queue, &job.payload);
+    let loaded = cons_loaded || spec.as_ref().is_ok_and(|(_, l)| *l);
+    trace::note(core, kernel, queue.device, trace::shape_of(&cons), loaded);
+    let spec = spec.map(|(job, _)| job);
     // D2: the arms share a moment on two queues only when their buffers are
     // independent; otherwise they run back to back.
     let concurrent = match &spec {

@@ -6,8 +6,9 @@
 //! module decides with it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use dashmap::DashMap;
 use rayon::prelude::*;
@@ -16,13 +17,14 @@ use crate::autotune::{
     KernelVerdict as StoredKernelVerdict, PairedSpeculationWindow, SpecCacheKey,
     SpeculativeVariantKeys,
 };
-use crate::backend::{Backend, BindingAccess, KernelHandle, KernelVariant, QueueId};
+use crate::backend::{Backend, BackendError, BindingAccess, KernelHandle, KernelVariant, QueueId};
 use crate::kernels::Workload;
 use crate::policy::SpeculationObservation;
 
 use super::dispatch_policy::PolicyState;
 use super::error::EngineError;
 use super::events::KernelVerdict;
+use super::trace::{TraceState, TraceStats};
 use super::verdict::VerdictCell;
 
 /// The id `register` hands out; batches name their kernel with it.
@@ -139,6 +141,8 @@ pub struct KernelStats {
     pub verdict_at_sample: Option<u32>,
     /// What the paired window has seen (a resumed window counts the loaded samples).
     pub observation: SpeculationObservation,
+    /// Trace-JIT's hits, misses and background pre-loads for this kernel.
+    pub trace: TraceStats,
 }
 
 /// A verdict loaded from the autotune file, waiting for its re-verification race.
@@ -175,6 +179,23 @@ impl Default for RaceLog {
     }
 }
 
+/// One variant on one device: loaded at most once, by whoever needs it first (a batch,
+/// registration, or a trace-JIT pre-load).
+#[derive(Debug, Default)]
+pub(crate) struct LoadSlot {
+    handle: OnceLock<KernelHandle>,
+    loading: Mutex<()>,
+    /// Set by the one trace-JIT pre-load allowed for this slot.
+    pub(crate) claimed: AtomicBool,
+}
+
+impl LoadSlot {
+    /// True once the variant is loaded on the device.
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.handle.get().is_some()
+    }
+}
+
 /// One registered kernel.
 #[derive(Debug)]
 pub(crate) struct Kernel {
@@ -183,8 +204,10 @@ pub(crate) struct Kernel {
     pub(crate) source: KernelSource,
     /// `[conservative, speculative]`.
     pub(crate) variants: [KernelVariant; 2],
-    /// `handles[device]` = `[conservative, speculative]` on that device.
-    pub(crate) handles: Vec<[KernelHandle; 2]>,
+    /// `handles[device]` = `[conservative, speculative]` on that device, each loaded
+    /// when first needed (registration loads the conservative variant everywhere and
+    /// the speculative one on the first device).
+    handles: Vec<[LoadSlot; 2]>,
     pub(crate) verdict: VerdictCell,
     fused: AtomicU8,
     pub(crate) audit_tick: AtomicU64,
@@ -193,6 +216,8 @@ pub(crate) struct Kernel {
     pub(crate) log: Mutex<RaceLog>,
     /// What the engine measured for the dispatch policy.
     pub(crate) policy: Mutex<PolicyState>,
+    /// Trace-JIT's history of this kernel.
+    pub(crate) trace: Mutex<TraceState>,
 }
 
 impl Kernel {
@@ -232,6 +257,55 @@ impl Kernel {
         self.policy.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Trace-JIT's history (plain counters, consistent at every step).
+    pub(crate) fn trace(&self) -> std::sync::MutexGuard<'_, TraceState> {
+        self.trace.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The load slot of `arm` on `device`.
+    pub(crate) fn slot(&self, device: usize, arm: Arm) -> Option<&LoadSlot> {
+        self.handles.get(device).map(|h| &h[arm.variant()])
+    }
+
+    /// True when `arm` is loaded on `device`.
+    pub(crate) fn is_loaded(&self, device: usize, arm: Arm) -> bool {
+        self.slot(device, arm).is_some_and(LoadSlot::is_loaded)
+    }
+
+    /// The handle of `arm` on `device`, loading it first if no one has (one load per
+    /// slot, however many threads ask). The second value is the load's measured time
+    /// when this call loaded it; a load of the speculative variant also feeds
+    /// trace-JIT's miss cost.
+    pub(crate) fn handle(
+        &self,
+        backend: &dyn Backend,
+        device: usize,
+        arm: Arm,
+    ) -> Result<(KernelHandle, Option<u64>), BackendError> {
+        let slot = self
+            .slot(device, arm)
+            .ok_or_else(|| BackendError::Unknown {
+                what: format!("device {device} for kernel `{}`", self.name),
+            })?;
+        if let Some(&h) = slot.handle.get() {
+            return Ok((h, None));
+        }
+        let _one_load = slot.loading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&h) = slot.handle.get() {
+            return Ok((h, None));
+        }
+        let started = Instant::now();
+        let h = backend.load_kernel(device, &self.variants[arm.variant()])?;
+        let ns = u64::try_from(started.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let _ = slot.handle.set(h);
+        if arm == Arm::Speculative {
+            self.trace().note_load(ns);
+        }
+        Ok((h, Some(ns)))
+    }
+
     /// The workload, for workload kernels.
     pub(crate) fn workload(&self) -> Option<&Arc<dyn Workload>> {
         match &self.source {
@@ -267,28 +341,6 @@ impl Registry {
             validate_pair(&name, &variants)?;
         }
         let devices = backend.devices().len();
-        let loads: Vec<(usize, usize)> = (0..devices)
-            .flat_map(|d| [(d, 0usize), (d, 1usize)])
-            .collect();
-        let loaded: Vec<Result<KernelHandle, EngineError>> = loads
-            .par_iter()
-            .map(|&(device, arm)| {
-                backend
-                    .load_kernel(device, &variants[arm])
-                    .map_err(|source| EngineError::Backend {
-                        kernel: variants[arm].name.clone(),
-                        source,
-                    })
-            })
-            .collect();
-        let mut handles = Vec::with_capacity(devices);
-        let mut loaded = loaded.into_iter();
-        for _ in 0..devices {
-            let (Some(c), Some(s)) = (loaded.next(), loaded.next()) else {
-                break;
-            };
-            handles.push([c?, s?]);
-        }
         let id = u32::try_from(self.next.fetch_add(1, Ordering::Relaxed)).map_err(|_| {
             EngineError::InvalidKernel {
                 kernel: name.clone(),
@@ -300,20 +352,39 @@ impl Registry {
             id: KernelId(id),
             name,
             source,
-            handles,
+            handles: (0..devices).map(|_| Default::default()).collect(),
             verdict: VerdictCell::default(),
             fused: AtomicU8::new(FUSED_UNKNOWN),
             audit_tick: AtomicU64::new(0),
             keys: [spec_cache_key(&variants[0]), spec_cache_key(&variants[1])],
             log: Mutex::new(RaceLog::default()),
             policy: Mutex::new(PolicyState::default()),
+            trace: Mutex::new(TraceState::default()),
             variants,
         });
+        // The conservative variant on every device (any device can run any batch) and
+        // the speculative one on the first (it is validated up front); the speculative
+        // variant reaches the other devices on demand or by a trace-JIT pre-load.
+        let loads: Vec<(usize, Arm)> = (0..devices)
+            .map(|d| (d, Arm::Conservative))
+            .chain((devices > 0).then_some((0, Arm::Speculative)))
+            .collect();
+        loads
+            .par_iter()
+            .map(|&(device, arm)| {
+                kernel
+                    .handle(backend, device, arm)
+                    .map(|_| ())
+                    .map_err(|source| EngineError::Backend {
+                        kernel: kernel.variants[arm.variant()].name.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<(), EngineError>>()?;
         self.kernels.insert(id, Arc::clone(&kernel));
         Ok(kernel)
     }
 }
-
 /// The checks that make two variants raceable: same bindings, same push constants.
 fn validate_pair(name: &str, [c, s]: &[KernelVariant; 2]) -> Result<(), EngineError> {
     let invalid = |reason: String| EngineError::InvalidKernel {

@@ -6,8 +6,10 @@
 //! call fails) the supervisor still holds it: it restarts the worker, retries the batch
 //! once on another queue of the device, answers it either way, and publishes
 //! `WorkerRestarted`. A lost device does not stop its workers: they keep draining the
-//! mailbox, answering each batch with `DeviceLost`, so no producer ever blocks on a
-//! mailbox nobody reads. This module decides nothing about what to run.
+//! mailbox, so no producer ever blocks on a mailbox nobody reads, and move each batch
+//! (and the one in flight when the device was lost) to a queue of another live device
+//! that has the kernel loaded, running it there themselves; only when no such device is
+//! left is a batch answered with `DeviceLost`. This module decides nothing about what to run.
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -83,8 +85,7 @@ fn settle(core: &Core, queue: QueueId, job: Job, fault: Fault, may_retry: bool) 
         Fault::Input(e) => job.responder.answer(Err(e)),
         Fault::DeviceLost { device, detail } => {
             core.mark_lost(device, detail);
-            job.responder
-                .answer(Err(EngineError::DeviceLost { device }));
+            relocate(core, device, job);
         }
         Fault::Backend(reason) if may_retry => {
             tracing::error!(%queue, %reason, "backend call failed; restarting worker");
@@ -123,6 +124,34 @@ fn restart(core: &Core, queue: QueueId, job: Option<Job>, reason: String) {
                     reason,
                 }));
             }
+        }
+    }
+}
+
+/// Moves a batch off lost `device`: runs it on a queue of another live device that has
+/// the kernel loaded (the least busy queue of the least loaded such device), from this
+/// thread, answering it whatever happens; `DeviceLost` when no such device is left.
+/// Each hop marks one more device lost, so this ends.
+fn relocate(core: &Core, device: usize, job: Job) {
+    let Some(target) = core.relocation_queue(&job.kernel) else {
+        job.responder
+            .answer(Err(EngineError::DeviceLost { device }));
+        return;
+    };
+    tracing::warn!(kernel = %job.kernel.name, from = device, to = %target, "moving a batch off a lost device");
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        let _busy = core.occupy(target);
+        race::run(core, target, &job)
+    }));
+    match run {
+        Ok(Ok(answer)) => job.responder.answer(Ok(answer)),
+        Ok(Err(fault)) => settle(core, target, job, fault, false),
+        Err(panic) => {
+            let reason = format!("worker panicked: {}", panic_message(panic.as_ref()));
+            job.responder.answer(Err(EngineError::Failed {
+                kernel: job.kernel.name.clone(),
+                reason,
+            }));
         }
     }
 }

@@ -34,6 +34,20 @@ pub enum InjectedFault {
     DeviceLost,
 }
 
+/// One `load_kernel` call the [`TestBackend`] served.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadRecord {
+    /// The device.
+    pub device: usize,
+    /// The variant's name.
+    pub variant: String,
+    /// The calling thread's name.
+    pub thread: Option<String>,
+    /// True when it was called from a rayon pool thread.
+    pub on_rayon: bool,
+}
+
 #[derive(Debug)]
 struct Rule {
     variant: String,
@@ -52,6 +66,7 @@ pub struct TestBackend {
     rules: Mutex<Vec<Rule>>,
     lost: Vec<AtomicBool>,
     runs: Mutex<HashMap<String, u64>>,
+    loads: Mutex<Vec<LoadRecord>>,
     dispatch_calls: AtomicU64,
     paused: Mutex<bool>,
     resumed: Condvar,
@@ -111,6 +126,7 @@ impl TestBackend {
             timings: Mutex::new(HashMap::new()),
             rules: Mutex::new(Vec::new()),
             runs: Mutex::new(HashMap::new()),
+            loads: Mutex::new(Vec::new()),
             dispatch_calls: AtomicU64::new(0),
             paused: Mutex::new(false),
             resumed: Condvar::new(),
@@ -146,6 +162,11 @@ impl TestBackend {
     pub fn resume(&self) {
         *lock(&self.paused) = false;
         self.resumed.notify_all();
+    }
+
+    /// Every `load_kernel` call so far, in order: device, variant, calling thread.
+    pub fn loads(&self) -> Vec<LoadRecord> {
+        lock(&self.loads).clone()
     }
 
     /// How many `dispatch` calls were made.
@@ -290,6 +311,12 @@ impl Backend for TestBackend {
                 reason: "the variant has no CPU code".into(),
             });
         }
+        lock(&self.loads).push(LoadRecord {
+            device,
+            variant: variant.name.clone(),
+            thread: std::thread::current().name().map(str::to_string),
+            on_rayon: rayon::current_thread_index().is_some(),
+        });
         let mut kernels = lock(&self.kernels);
         kernels.push(variant.clone());
         Ok(KernelHandle {

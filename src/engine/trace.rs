@@ -1,0 +1,376 @@
+//! Trace-JIT (SPEC §4, policy I2): a per-kernel (per-shader) history of hits and misses
+//! that feeds `decide_trace_jit_speculation`, and the background pre-load a Speculate
+//! verdict triggers.
+//!
+//! A batch is a **hit** when its shape (buffer sizes and workgroup counts) is among the
+//! kernel's last [`TRACE_WINDOW`] shapes and every variant it needed was already loaded
+//! on its device; otherwise it is a **miss** (a new shape, or a variant had to be loaded
+//! on the critical path). The prediction is that the next batch has the shape of this
+//! one; its confidence is the share of the last [`TRACE_WINDOW`] batches that had it.
+//! The miss cost is the measured load time of the kernel's speculative variant (at
+//! registration and on every on-demand load); the pre-load's cost is the work it
+//! wastes when the prediction is wrong, `miss_cost × (1 − confidence)`.
+//!
+//! On Speculate the predicted variant — the speculative one, which registration loads on
+//! the first device only — is loaded on rayon, in the background, on every other live
+//! device that lacks it, once per device, and `Event::PreSpecialised` is published. A
+//! rejected kernel never needs it, so nothing is pre-loaded for it. This module decides
+//! nothing itself: the verdict is the policy's.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+
+use crate::backend::DispatchJob;
+use crate::policy::{decide_trace_jit_speculation, TraceJitDecision, TraceJitInputs};
+
+use super::events::{Event, KernelVerdict};
+use super::registry::{Arm, Kernel};
+use super::Core;
+
+/// How many recent batches of a kernel the shape prediction looks at.
+pub(crate) const TRACE_WINDOW: usize = 16;
+
+/// What trace-JIT has seen of one kernel (`KernelStats::trace`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TraceStats {
+    /// Batches whose shape was seen recently and whose variants were already loaded.
+    pub hits: u32,
+    /// Batches with a new shape or a variant loaded on their critical path.
+    pub misses: u32,
+    /// Background pre-loads trace-JIT completed for this kernel.
+    pub preloads: u32,
+    /// The measured cost of loading the speculative variant (a smoothed mean), ns.
+    pub miss_cost_ns: u64,
+}
+
+/// A kernel's trace: recent shapes and counts.
+#[derive(Debug, Default)]
+pub(crate) struct TraceState {
+    recent: VecDeque<u64>,
+    pub(crate) stats: TraceStats,
+}
+
+impl TraceState {
+    /// Folds one measured load of the speculative variant into the miss cost.
+    pub(crate) fn note_load(&mut self, ns: u64) {
+        let ns = ns.max(1);
+        let cost = &mut self.stats.miss_cost_ns;
+        *cost = if *cost == 0 {
+            ns
+        } else {
+            cost.saturating_mul(3).saturating_add(ns) / 4
+        };
+    }
+
+    /// Records one batch of `shape`; `loaded` says whether a variant had to be loaded
+    /// for it. Returns what the policy takes for the prediction "the next batch has
+    /// this shape".
+    pub(crate) fn note_batch(&mut self, shape: u64, loaded: bool) -> TraceJitInputs {
+        let seen = self.recent.contains(&shape);
+        if seen && !loaded {
+            self.stats.hits = self.stats.hits.saturating_add(1);
+        } else {
+            self.stats.misses = self.stats.misses.saturating_add(1);
+        }
+        if self.recent.len() == TRACE_WINDOW {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(shape);
+        let same = self.recent.iter().filter(|&&s| s == shape).count();
+        let confidence_bps = u32::try_from(same * 10_000 / self.recent.len()).unwrap_or(10_000);
+        let miss_cost = self.stats.miss_cost_ns;
+        TraceJitInputs {
+            shader_hit_count: self.stats.hits,
+            prediction_confidence_bps: confidence_bps,
+            speculative_spec_cost_ns: u64::try_from(
+                u128::from(miss_cost) * u128::from(10_000 - confidence_bps.min(10_000)) / 10_000,
+            )
+            .unwrap_or(u64::MAX),
+            miss_cost_ns: miss_cost,
+        }
+    }
+}
+
+/// The shape of a dispatch: its buffer sizes and workgroup counts, hashed.
+pub(crate) fn shape_of(job: &DispatchJob) -> u64 {
+    let sizes = job.buffers.iter().map(|b| b.len());
+    let words = sizes.chain(job.workgroups.iter().map(|&w| u64::from(w)));
+    words.fold(0xcbf2_9ce4_8422_2325_u64, |h, w| {
+        (h ^ w).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Background pre-loads still running; shutdown waits for them.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Pending {
+    fn enter(self: &Arc<Self>) -> PendingGuard {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        PendingGuard(Arc::clone(self))
+    }
+
+    /// Blocks until no pre-load is running.
+    pub(crate) fn wait_idle(&self) {
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        while *count > 0 {
+            count = self.idle.wait(count).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+struct PendingGuard(Arc<Pending>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut count = self.0.count.lock().unwrap_or_else(|p| p.into_inner());
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+/// Records one batch of `kernel` on `device` (`loaded`: a variant was loaded for it)
+/// and, when the policy says Speculate, pre-loads the speculative variant in the
+/// background on every other live device that lacks it.
+pub(crate) fn note(core: &Core, kernel: &Arc<Kernel>, device: usize, shape: u64, loaded: bool) {
+    let inputs = kernel.trace().note_batch(shape, loaded);
+    let TraceJitDecision::Speculate {
+        expected_savings_ns,
+    } = decide_trace_jit_speculation(inputs)
+    else {
+        return;
+    };
+    if kernel.verdict.get() == KernelVerdict::Rejected {
+        return;
+    }
+    for target in 0..core.devices.len() {
+        if target == device || core.is_lost(target) {
+            continue;
+        }
+        let Some(slot) = kernel.slot(target, Arm::Speculative) else {
+            continue;
+        };
+        if slot.is_loaded() || slot.claimed.swap(true, Ordering::AcqRel) {
+            continue;
+        }
+        tracing::debug!(kernel = %kernel.name, target, %expected_savings_ns, "trace-JIT: pre-loading the speculative variant");
+        let backend = Arc::clone(&core.backend);
+        let bus = Arc::clone(&core.bus);
+        let kernel = Arc::clone(kernel);
+        let guard = core.preloads.enter();
+        rayon::spawn(move || {
+            let _running = guard;
+            let loaded = catch_unwind(AssertUnwindSafe(|| {
+                kernel.handle(backend.as_ref(), target, Arm::Speculative)
+            }));
+            match loaded {
+                Ok(Ok((_, Some(_)))) => {
+                    kernel.trace().stats.preloads += 1;
+                    bus.publish(Event::PreSpecialised {
+                        kernel: kernel.id,
+                        variant: kernel.variants[Arm::Speculative.variant()].name.clone(),
+                        device: target,
+                        expected_savings_ns,
+                    });
+                }
+                // A batch loaded it first: nothing to pre-load.
+                Ok(Ok((_, None))) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(kernel = %kernel.name, target, %error, "trace-JIT pre-load failed; it will be loaded on demand");
+                }
+                Err(_) => {
+                    tracing::error!(kernel = %kernel.name, target, "trace-JIT pre-load panicked; it will be loaded on demand");
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_shape_becomes_hot_and_a_new_one_is_a_miss() {
+        let mut trace = TraceState::default();
+        trace.note_load(1_000);
+        let first = trace.note_batch(7, false);
+        assert_eq!((trace.stats.hits, trace.stats.misses), (0, 1));
+        assert_eq!(first.prediction_confidence_bps, 10_000);
+        for _ in 0..8 {
+            trace.note_batch(7, false);
+        }
+        let hot = trace.note_batch(7, false);
+        assert_eq!(hot.shader_hit_count, 9);
+        assert_eq!(hot.miss_cost_ns, 1_000);
+        assert_eq!(hot.speculative_spec_cost_ns, 0);
+        assert!(matches!(
+            decide_trace_jit_speculation(hot),
+            TraceJitDecision::Speculate {
+                expected_savings_ns: 1_000
+            }
+        ));
+        // A seen shape that needed a load is a miss too.
+        trace.note_batch(7, true);
+        assert_eq!(trace.stats.misses, 2);
+        // Alternating shapes halve the confidence: below the threshold.
+        let mut mixed = TraceState::default();
+        mixed.note_load(1_000);
+        let mut last = TraceJitInputs::default();
+        for i in 0..40u64 {
+            last = mixed.note_batch(i % 2, false);
+        }
+        assert_eq!(last.prediction_confidence_bps, 5_000);
+        assert_eq!(
+            decide_trace_jit_speculation(last),
+            TraceJitDecision::HoldSteady
+        );
+    }
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::backend::QueueId;
+    use crate::engine::{ticket, Batch, Engine, Job, Payload};
+    use crate::{ByteSumWorkload, Event, KernelId, TestBackend};
+
+    fn queue(device: usize) -> QueueId {
+        QueueId {
+            device,
+            family: 0,
+            index: 0,
+        }
+    }
+
+    /// Runs one batch of `len` bytes directly on `device`'s queue, as its worker would.
+    fn run_on(engine: &Engine, kernel: KernelId, device: usize, len: usize) {
+        let Some(k) = engine.core.registry.get(kernel) else {
+            panic!("kernel {kernel} is registered");
+        };
+        let Payload::Input(input) = Batch::new(kernel, vec![3u8; len]).payload else {
+            unreachable!("Batch::new carries input bytes");
+        };
+        let (responder, _ticket) = ticket::one_shot();
+        let job = Job {
+            kernel: k,
+            payload: Payload::Input(input),
+            responder,
+        };
+        let answer = crate::engine::race::run(&engine.core, queue(device), &job);
+        assert!(answer.is_ok(), "batch on device {device}: {answer:?}");
+        job.responder.disarm();
+    }
+
+    fn build(backend: &Arc<TestBackend>) -> Engine {
+        backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
+        backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 500);
+        let built = Engine::builder()
+            .backend_instance(Arc::clone(backend) as _)
+            .build();
+        match built {
+            Ok(e) => e,
+            Err(e) => panic!("engine: {e}"),
+        }
+    }
+
+    fn speculative_loads(backend: &TestBackend, device: usize) -> Vec<crate::LoadRecord> {
+        backend
+            .loads()
+            .into_iter()
+            .filter(|l| l.device == device && l.variant == ByteSumWorkload::SPECULATIVE)
+            .collect()
+    }
+
+    #[test]
+    fn a_hot_shape_pre_loads_the_speculative_variant_once_on_rayon() {
+        let backend = Arc::new(TestBackend::new(2, 1, 1));
+        let engine = build(&backend);
+        let events = engine.subscribe();
+        let Ok(kernel) = engine.register(Arc::new(ByteSumWorkload)) else {
+            panic!("register");
+        };
+        // Registration: conservative everywhere, speculative on device 0 only.
+        assert_eq!(speculative_loads(&backend, 0).len(), 1);
+        assert!(speculative_loads(&backend, 1).is_empty());
+        for _ in 0..12 {
+            run_on(&engine, kernel, 0, 64);
+        }
+        let pre = loop {
+            match events.recv_timeout(Duration::from_secs(10)) {
+                Ok(Event::PreSpecialised {
+                    kernel: k,
+                    variant,
+                    device,
+                    expected_savings_ns,
+                }) => break (k, variant, device, expected_savings_ns),
+                Ok(_) => continue,
+                Err(e) => panic!("no PreSpecialised event: {e}"),
+            }
+        };
+        assert_eq!(pre.0, kernel);
+        assert_eq!(pre.1, ByteSumWorkload::SPECULATIVE);
+        assert_eq!(pre.2, 1, "pre-loaded on the device that lacked it");
+        assert!(pre.3 > 0);
+        let loads = speculative_loads(&backend, 1);
+        assert_eq!(loads.len(), 1, "{loads:?}");
+        assert!(loads[0].on_rayon, "pre-loaded in the background: {loads:?}");
+        let before = engine.kernel_stats(kernel).map(|s| s.trace);
+        // Later batches: no second pre-load, and on device 1 they are hits (no load on
+        // their critical path).
+        for _ in 0..10 {
+            run_on(&engine, kernel, 0, 64);
+        }
+        for _ in 0..3 {
+            run_on(&engine, kernel, 1, 64);
+        }
+        engine.shutdown();
+        assert_eq!(speculative_loads(&backend, 1).len(), 1);
+        let (Some(before), Some(after)) = (before, engine.kernel_stats(kernel).map(|s| s.trace))
+        else {
+            panic!("stats");
+        };
+        assert_eq!(after.preloads, 1);
+        assert_eq!(after.hits, before.hits + 13);
+        assert_eq!(after.misses, before.misses);
+        assert_eq!(after.misses, 1, "only the first batch (a new shape) missed");
+        assert!(after.miss_cost_ns > 0);
+    }
+
+    #[test]
+    fn shapes_that_keep_changing_pre_load_nothing_and_load_on_demand() {
+        let backend = Arc::new(TestBackend::new(2, 1, 1));
+        let engine = build(&backend);
+        let Ok(kernel) = engine.register(Arc::new(ByteSumWorkload)) else {
+            panic!("register");
+        };
+        for len in 1..=24 {
+            run_on(&engine, kernel, 0, len);
+        }
+        engine.shutdown();
+        assert!(speculative_loads(&backend, 1).is_empty());
+        let Some(stats) = engine.kernel_stats(kernel).map(|s| s.trace) else {
+            panic!("stats");
+        };
+        assert_eq!((stats.hits, stats.misses, stats.preloads), (0, 24, 0));
+        // A batch on device 1 now loads it on its critical path: a miss.
+        let backend2 = Arc::new(TestBackend::new(2, 1, 1));
+        let engine2 = build(&backend2);
+        let Ok(k2) = engine2.register(Arc::new(ByteSumWorkload)) else {
+            panic!("register");
+        };
+        run_on(&engine2, k2, 1, 8);
+        let loads = speculative_loads(&backend2, 1);
+        assert_eq!(loads.len(), 1);
+        assert!(!loads[0].on_rayon, "loaded by the batch itself: {loads:?}");
+    }
+}
