@@ -79,3 +79,8 @@ pub use engine::{
 pub use engine::{
     protocol, ByteSumWorkload, FusedByteSumWorkload, InjectedFault, LoadRecord, TestBackend,
 };
+
+/// The README's code blocks, compiled and run as doctests so its example cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

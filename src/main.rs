@@ -1,11 +1,15 @@
 //! The `photofinish` command line: a thin client of the library's public API.
 //!
 //! `photofinish devices` lists the Vulkan devices, their queue families and timestamp
-//! support (`--json` for a machine-readable form). Errors print one clear line on
+//! support (`--json` for a machine-readable form). `photofinish run` is the main job:
+//! the built-in workloads through the engine, then a table (or `--json`) and optionally
+//! a report directory; it lives in `cli/`. Errors print one clear line on
 //! stderr and exit non-zero; nothing here panics on bad input or a missing driver.
 
 use std::io::Write;
 use std::process::ExitCode;
+
+mod cli;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use photofinish::backend::{Backend, BackendError, DeviceInfo, QueueId};
@@ -31,6 +35,16 @@ enum BackendChoice {
     Cpu,
 }
 
+impl From<BackendChoice> for photofinish::BackendChoice {
+    fn from(choice: BackendChoice) -> Self {
+        match choice {
+            BackendChoice::Auto => photofinish::BackendChoice::Auto,
+            BackendChoice::Vulkan => photofinish::BackendChoice::Vulkan,
+            BackendChoice::Cpu => photofinish::BackendChoice::Cpu,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// List the Vulkan devices: queue families, queues opened, timestamp support.
@@ -39,6 +53,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the built-in workloads through the engine: race each kernel's variants,
+    /// reach a verdict, then print a table per kernel (or JSON) and optionally write a
+    /// report directory with charts.
+    Run(cli::RunArgs),
 }
 
 /// Why a command failed; printed as one line, exit code 1.
@@ -52,6 +70,8 @@ enum CliError {
     Output(#[from] std::io::Error),
     #[error("encoding JSON failed: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Run(#[from] cli::RunError),
 }
 
 fn main() -> ExitCode {
@@ -65,11 +85,16 @@ fn main() -> ExitCode {
         .try_init();
     let result = match cli.command {
         Command::Devices { json } => devices(cli.backend, json),
+        Command::Run(args) => cli::run(&args, cli.backend.into()).map_err(CliError::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`photofinish devices | head`) is not an error worth a message.
-        Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(CliError::Output(e)) | Err(CliError::Run(cli::RunError::Output(e)))
+            if e.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("photofinish: error: {e}");
             ExitCode::FAILURE

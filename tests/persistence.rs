@@ -386,3 +386,29 @@ proptest! {
         }
     }
 }
+
+/// Regression: a save killed mid-write (tests/crash_safety.rs) left its temp file
+/// behind for good. The next save sweeps temp files of processes that no longer run,
+/// and never one of a live process (a concurrent save in flight).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_save_sweeps_temp_files_that_killed_saves_left_behind() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("autotune.json");
+    // pid_max on Linux is at most 2^22, so this pid cannot be running.
+    let orphan = dir.path().join(".autotune.json.tmp-4194305-0");
+    let live = dir
+        .path()
+        .join(format!(".autotune.json.tmp-{}-999999", std::process::id()));
+    let unrelated = dir.path().join(".other.json.tmp-4194305-0");
+    for f in [&orphan, &live, &unrelated] {
+        fs::write(f, b"half a file").expect("write a fake temp file");
+    }
+    saved_store(&path, "d1");
+    assert!(!orphan.exists(), "the dead saver's temp file was swept");
+    assert!(live.exists(), "a live process's temp file is left alone");
+    assert!(
+        unrelated.exists(),
+        "another file's temp files are left alone"
+    );
+}

@@ -570,7 +570,36 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AutotuneError> {
         let _ = fs::remove_file(&temp);
         return Err(error);
     }
-    sync_dir(dir).map_err(|e| io_err("fsync the directory of", path, e))
+    sync_dir(dir).map_err(|e| io_err("fsync the directory of", path, e))?;
+    sweep_orphaned_temps(dir, name);
+    Ok(())
+}
+
+/// Removes temporary files that saves of `name` in `dir` left behind when their process
+/// was killed mid-save (`.{name}.tmp-{pid}-{n}` of a pid that no longer runs). Best
+/// effort and Linux only (it asks `/proc` whether the pid lives); a temp file of a live
+/// process, this one included, is never touched, so concurrent saves are safe.
+fn sweep_orphaned_temps(dir: &Path, name: &std::ffi::OsStr) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Makes a rename in `dir` durable.

@@ -1,0 +1,525 @@
+//! engine_overhead (issue #6, bench 1): throughput of empty batches through the engine
+//! on the CPU backend with 1, 2 and 4 producer threads, against the same pipeline built
+//! (a) on a raw crossbeam MPMC channel with the same number of worker threads and (b) on
+//! a real actor framework (ractor, one actor per worker on a tokio runtime with that
+//! many threads).
+//!
+//! The pipeline is the same in all three: each producer submits batches, keeping up to
+//! [`WINDOW`] in flight, and waits for each one's answer on its own one-shot reply. The
+//! engine's batches are for a kernel whose speculative variant is adopted (its
+//! conservative variant spins for [`SLOW_ARM`], the speculative one returns at once), so
+//! a measured batch is one empty dispatch on the CPU backend plus the engine's
+//! bookkeeping; audits are off. The baselines' workers only answer. Targets: ≥ 0.5× the
+//! raw channel's throughput and ≥ 2× the actor framework's.
+//!
+//! Two more lines split the engine's time: the same engine on a minimal inline backend
+//! (kernel code on the worker's own thread: the engine's machinery alone), and the CPU
+//! backend's dispatch called straight from the producers (the backend alone).
+
+mod common;
+
+use std::sync::{Arc, RwLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use photofinish::backend::cpu::CpuBackend;
+use photofinish::backend::{
+    Backend, BackendError, BackendKind, BindingAccess, BindingDesc, BufferArg, DispatchJob,
+    DispatchOutput, KernelHandle, KernelVariant, QueueId,
+};
+use photofinish::kernels::DispatchPlan;
+use photofinish::{Batch, Engine, KernelId, KernelVerdict};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+/// Batches each producer keeps in flight before it waits for their answers.
+const WINDOW: usize = 64;
+/// Producer counts measured.
+const PRODUCERS: [usize; 3] = [1, 2, 4];
+/// How long the conservative variant of the engine's kernel spins, so the speculative
+/// (empty) one is adopted quickly and every measured batch runs it.
+const SLOW_ARM: Duration = Duration::from_micros(50);
+
+/// Splits `iters` batches among `producers` as evenly as possible.
+fn shares(iters: u64, producers: usize) -> impl Iterator<Item = u64> {
+    let n = producers as u64;
+    (0..n).map(move |i| iters / n + u64::from(i < iters % n))
+}
+
+/// Runs `iters` batches through `submit_window` from `producers` threads at once and
+/// returns the wall time. `submit_window(k, producer)` submits `k` batches and waits for
+/// them all.
+fn drive<F>(producers: usize, iters: u64, submit_window: F) -> Duration
+where
+    F: Fn(usize, usize) + Sync,
+{
+    let started = Instant::now();
+    thread::scope(|s| {
+        for (producer, share) in shares(iters, producers).enumerate() {
+            let submit_window = &submit_window;
+            s.spawn(move || {
+                let mut left = share;
+                while left > 0 {
+                    let k = left.min(WINDOW as u64);
+                    submit_window(k as usize, producer);
+                    left -= k;
+                }
+            });
+        }
+    });
+    started.elapsed()
+}
+
+// ----- (a) raw crossbeam MPMC channel -------------------------------------------------
+
+/// Producers → one bounded MPMC channel → `workers` threads, each batch answered on its
+/// own one-shot channel.
+struct RawPipeline {
+    tx: Option<Sender<Sender<u64>>>,
+    workers: Vec<thread::JoinHandle<()>>,
+}
+
+impl RawPipeline {
+    fn new(workers: usize, capacity: usize) -> Self {
+        let (tx, rx): (Sender<Sender<u64>>, Receiver<Sender<u64>>) = bounded(capacity);
+        let workers = (0..workers)
+            .map(|_| {
+                let rx = rx.clone();
+                thread::spawn(move || {
+                    for reply in rx {
+                        // The producer may have gone; nothing to do then.
+                        let _ = reply.send(0);
+                    }
+                })
+            })
+            .collect();
+        RawPipeline {
+            tx: Some(tx),
+            workers,
+        }
+    }
+
+    fn window(&self, k: usize) {
+        let Some(tx) = &self.tx else { return };
+        let replies: Vec<Receiver<u64>> = (0..k)
+            .map(|_| {
+                let (reply, answer) = bounded(1);
+                if tx.send(reply).is_err() {
+                    common::fail("raw pipeline: the workers are gone");
+                }
+                answer
+            })
+            .collect();
+        for answer in replies {
+            if answer.recv().is_err() {
+                common::fail("raw pipeline: a batch got no answer");
+            }
+        }
+    }
+}
+
+impl Drop for RawPipeline {
+    fn drop(&mut self) {
+        self.tx = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+// ----- (b) ractor actors ---------------------------------------------------------------
+
+/// A worker actor: answers every batch it is sent.
+struct Answerer;
+
+impl Actor for Answerer {
+    type Msg = RpcReplyPort<u64>;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        reply: Self::Msg,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // The producer may have gone; nothing to do then.
+        let _ = reply.send(0);
+        Ok(())
+    }
+}
+
+/// Producers → `workers` ractor actors (round robin) on a tokio runtime with that many
+/// threads, each batch answered on its own reply port.
+struct ActorPipeline {
+    actors: Vec<ActorRef<RpcReplyPort<u64>>>,
+    next: std::sync::atomic::AtomicUsize,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl ActorPipeline {
+    fn new(workers: usize) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .build()
+            .unwrap_or_else(|e| common::fail(&format!("cannot start tokio: {e}")));
+        let actors = (0..workers)
+            .map(
+                |_| match runtime.block_on(Actor::spawn(None, Answerer, ())) {
+                    Ok((actor, _join)) => actor,
+                    Err(e) => common::fail(&format!("cannot spawn a ractor actor: {e}")),
+                },
+            )
+            .collect();
+        ActorPipeline {
+            actors,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            runtime,
+        }
+    }
+
+    fn window(&self, k: usize) {
+        let replies: Vec<_> = (0..k)
+            .map(|_| {
+                let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (port, answer) = ractor::concurrency::oneshot();
+                if self.actors[i % self.actors.len()]
+                    .send_message(RpcReplyPort::from(port))
+                    .is_err()
+                {
+                    common::fail("actor pipeline: an actor is gone");
+                }
+                answer
+            })
+            .collect();
+        for answer in replies {
+            if answer.blocking_recv().is_err() {
+                common::fail("actor pipeline: a batch got no answer");
+            }
+        }
+    }
+}
+
+impl Drop for ActorPipeline {
+    fn drop(&mut self) {
+        for actor in &self.actors {
+            actor.stop(None);
+        }
+        // Let the actors see their stop before the runtime goes.
+        self.runtime.block_on(tokio::task::yield_now());
+    }
+}
+
+// ----- a minimal inline backend --------------------------------------------------------
+
+/// The least a backend can do: run a variant's CPU code on the calling thread, with no
+/// validation beyond what it needs not to fail. It describes itself with the CPU
+/// backend's device description and `queues` queues of family 0.
+#[derive(Debug)]
+struct InlineBackend {
+    devices: Vec<photofinish::backend::DeviceInfo>,
+    queues: Vec<QueueId>,
+    kernels: RwLock<Vec<Arc<KernelVariant>>>,
+}
+
+impl InlineBackend {
+    fn new(device: photofinish::backend::DeviceInfo, queues: u32) -> Self {
+        InlineBackend {
+            devices: vec![device],
+            queues: (0..queues)
+                .map(|index| QueueId {
+                    device: 0,
+                    family: 0,
+                    index,
+                })
+                .collect(),
+            kernels: RwLock::new(Vec::new()),
+        }
+    }
+
+    fn run(&self, job: &DispatchJob) -> Result<DispatchOutput, BackendError> {
+        let kernels = self.kernels.read().unwrap_or_else(|p| p.into_inner());
+        let unknown = || BackendError::Unknown {
+            what: format!("kernel {:?}", job.kernel),
+        };
+        let variant = usize::try_from(job.kernel.id)
+            .ok()
+            .and_then(|i| kernels.get(i))
+            .cloned()
+            .ok_or_else(unknown)?;
+        drop(kernels);
+        let code = variant.cpu.as_ref().ok_or_else(unknown)?;
+        let mut buffers: Vec<Vec<u8>> = job
+            .buffers
+            .iter()
+            .map(|b| match b {
+                BufferArg::Data(d) => d.to_vec(),
+                BufferArg::Zeroed(n) => vec![0; *n as usize],
+            })
+            .collect();
+        let started = Instant::now();
+        code(&mut buffers, &job.push_constants, job.workgroups).map_err(|reason| {
+            BackendError::KernelFailed {
+                kernel: variant.name.clone(),
+                reason,
+            }
+        })?;
+        let kernel_ns = started.elapsed().as_nanos() as u64;
+        let outputs = variant
+            .bindings
+            .iter()
+            .zip(buffers)
+            .filter(|(b, _)| b.access.writes())
+            .map(|(_, buffer)| buffer)
+            .collect();
+        Ok(DispatchOutput {
+            outputs,
+            kernel_ns: Some(kernel_ns),
+        })
+    }
+}
+
+impl Backend for InlineBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Test
+    }
+
+    fn devices(&self) -> &[photofinish::backend::DeviceInfo] {
+        &self.devices
+    }
+
+    fn queues(&self) -> &[QueueId] {
+        &self.queues
+    }
+
+    fn load_kernel(
+        &self,
+        _device: usize,
+        variant: &KernelVariant,
+    ) -> Result<KernelHandle, BackendError> {
+        let mut kernels = self.kernels.write().unwrap_or_else(|p| p.into_inner());
+        kernels.push(Arc::new(variant.clone()));
+        Ok(KernelHandle {
+            device: 0,
+            id: kernels.len() as u64 - 1,
+        })
+    }
+
+    fn dispatch(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
+        jobs.iter().map(|job| self.run(job)).collect()
+    }
+}
+
+// ----- the engine --------------------------------------------------------------------
+
+/// A kernel pair with one written 4-byte binding: the conservative variant spins for
+/// [`SLOW_ARM`], the speculative one does nothing, so the speculative one is adopted.
+fn empty_pair() -> (KernelVariant, KernelVariant) {
+    let variant = |name: &str, spin: Duration| KernelVariant {
+        name: name.to_owned(),
+        spirv: None,
+        entry_point: "main".to_owned(),
+        workgroup_size: [1, 1, 1],
+        bindings: vec![BindingDesc {
+            slot: 0,
+            access: BindingAccess::Write,
+        }],
+        push_constant_bytes: 0,
+        cpu: Some(Arc::new(
+            move |_buffers: &mut [Vec<u8>], _pc: &[u8], _wg| {
+                let started = Instant::now();
+                while started.elapsed() < spin {
+                    std::hint::spin_loop();
+                }
+                Ok(())
+            },
+        )),
+    };
+    (
+        variant("empty/conservative-spin", SLOW_ARM),
+        variant("empty/speculative", Duration::ZERO),
+    )
+}
+
+fn empty_plan() -> DispatchPlan {
+    DispatchPlan {
+        buffers: vec![BufferArg::Zeroed(4)],
+        push_constants: Vec::new(),
+        workgroups: [1, 1, 1],
+    }
+}
+
+/// A CPU-backend engine with the empty kernel registered and already adopted.
+fn engine_with_adopted_kernel(backend: Arc<dyn Backend>) -> (Engine, KernelId) {
+    let engine = Engine::builder()
+        .backend_instance(backend)
+        .audit_period(0)
+        .build()
+        .unwrap_or_else(|e| common::fail(&format!("cannot build the engine: {e}")));
+    let (conservative, speculative) = empty_pair();
+    let kernel = engine
+        .register_pair("empty", conservative, speculative)
+        .unwrap_or_else(|e| common::fail(&format!("cannot register the empty kernel: {e}")));
+    for _ in 0..1000 {
+        if engine.verdict(kernel) == Some(KernelVerdict::Adopted) {
+            return (engine, kernel);
+        }
+        match engine.submit(Batch::with_plan(kernel, empty_plan())) {
+            Ok(ticket) => {
+                if let Err(e) = ticket.wait() {
+                    common::fail(&format!("a warm-up batch failed: {e}"));
+                }
+            }
+            Err(e) => common::fail(&format!("cannot submit a warm-up batch: {e}")),
+        }
+    }
+    common::fail("the empty kernel's speculative variant was not adopted in 1000 races")
+}
+
+fn engine_window(engine: &Engine, kernel: KernelId, k: usize) {
+    let tickets: Vec<_> = (0..k)
+        .map(|_| {
+            engine
+                .submit(Batch::with_plan(kernel, empty_plan()))
+                .unwrap_or_else(|e| common::fail(&format!("submit failed: {e}")))
+        })
+        .collect();
+    for ticket in tickets {
+        if let Err(e) = ticket.wait() {
+            common::fail(&format!("a batch failed: {e}"));
+        }
+    }
+}
+
+/// The engine's per-batch backend work without the engine: the adopted (empty) variant
+/// dispatched straight on the CPU backend from the producer threads, `k` at a time.
+struct Direct {
+    cpu: Arc<CpuBackend>,
+    kernel: photofinish::backend::KernelHandle,
+}
+
+impl Direct {
+    fn new(cpu: Arc<CpuBackend>) -> Self {
+        let (_, speculative) = empty_pair();
+        let kernel = cpu
+            .load_kernel(0, &speculative)
+            .unwrap_or_else(|e| common::fail(&format!("cannot load the empty kernel: {e}")));
+        Direct { cpu, kernel }
+    }
+
+    fn window(&self, k: usize, producer: usize) {
+        let queues = self.cpu.queues();
+        let plan = empty_plan();
+        for _ in 0..k {
+            let job = DispatchJob {
+                queue: queues[producer % queues.len()],
+                kernel: self.kernel,
+                buffers: plan.buffers.clone(),
+                push_constants: Vec::new(),
+                workgroups: plan.workgroups,
+            };
+            if let Some(Err(e)) = self.cpu.dispatch(std::slice::from_ref(&job)).pop() {
+                common::fail(&format!("direct dispatch failed: {e}"));
+            }
+        }
+    }
+}
+
+fn engine_overhead(c: &mut Criterion) {
+    let cpu = Arc::new(
+        CpuBackend::new()
+            .unwrap_or_else(|e| common::fail(&format!("cannot open the CPU backend: {e}"))),
+    );
+    let direct = Direct::new(Arc::clone(&cpu));
+    let Some(cpu_info) = cpu.devices().first().cloned() else {
+        common::fail("the CPU backend has no device");
+    };
+    let (engine, kernel) = engine_with_adopted_kernel(cpu);
+    let workers = engine.worker_count();
+    // The same engine on a minimal backend that runs kernel code on the worker's own
+    // thread (no pool hop), with as many queues: the engine's machinery alone, without
+    // the CPU backend's per-dispatch cost.
+    let inline = Arc::new(InlineBackend::new(cpu_info, workers as u32));
+    let (inline_engine, inline_kernel) = engine_with_adopted_kernel(inline);
+    let raw = RawPipeline::new(workers, photofinish::DEFAULT_CHANNEL_CAPACITY);
+    let actors = ActorPipeline::new(workers);
+    println!("engine_overhead: {workers} workers (CPU backend queues), window {WINDOW}");
+
+    for producers in PRODUCERS {
+        let name = format!("engine_overhead/{producers}p");
+        let mut group = c.benchmark_group(&name);
+        group.throughput(Throughput::Elements(1));
+        common::timed(&mut group, &name, "engine", |iters| {
+            drive(producers, iters, |k, _| engine_window(&engine, kernel, k))
+        });
+        common::timed(&mut group, &name, "engine-inline-backend", |iters| {
+            drive(producers, iters, |k, _| {
+                engine_window(&inline_engine, inline_kernel, k)
+            })
+        });
+        common::timed(&mut group, &name, "crossbeam", |iters| {
+            drive(producers, iters, |k, _| raw.window(k))
+        });
+        common::timed(&mut group, &name, "ractor", |iters| {
+            drive(producers, iters, |k, _| actors.window(k))
+        });
+        common::timed(&mut group, &name, "backend-direct", |iters| {
+            drive(producers, iters, |k, p| direct.window(k, p))
+        });
+        group.finish();
+    }
+    if engine.verdict(kernel) != Some(KernelVerdict::Adopted)
+        || inline_engine.verdict(inline_kernel) != Some(KernelVerdict::Adopted)
+    {
+        common::fail("the empty kernel lost its adoption during the run; the figures are void");
+    }
+    for producers in PRODUCERS {
+        let name = format!("engine_overhead/{producers}p");
+        common::print_speedup(
+            &format!("{producers} producers, engine vs raw channel"),
+            &format!("{name}/engine"),
+            &format!("{name}/crossbeam"),
+            ">= 0.5x",
+        );
+        common::print_speedup(
+            &format!("{producers} producers, engine vs ractor"),
+            &format!("{name}/engine"),
+            &format!("{name}/ractor"),
+            ">= 2x",
+        );
+        common::print_speedup(
+            &format!("{producers} producers, engine on the inline backend vs raw channel"),
+            &format!("{name}/engine-inline-backend"),
+            &format!("{name}/crossbeam"),
+            ">= 0.5x",
+        );
+        common::print_speedup(
+            &format!("{producers} producers, engine on the inline backend vs ractor"),
+            &format!("{name}/engine-inline-backend"),
+            &format!("{name}/ractor"),
+            ">= 2x",
+        );
+        common::print_speedup(
+            &format!("{producers} producers, engine vs its backend calls alone"),
+            &format!("{name}/engine"),
+            &format!("{name}/backend-direct"),
+            "information: the engine's cost above the CPU backend's",
+        );
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = common::quick();
+    targets = engine_overhead
+}
+criterion_main!(benches);

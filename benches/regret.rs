@@ -1,0 +1,359 @@
+//! regret (issue #6, bench 4): the total time of a trace whose best variant changes,
+//! through photofinish's engine against three ways of choosing variants in advance.
+//!
+//! The trace: `PF_REGRET_BATCHES` batches (default 10 000) of `PF_REGRET_BYTES` bytes
+//! each (default 16 KiB), alternating `histogram` and `scan`. Histogram batches run on
+//! uniform, then skewed, then uniform data (thirds of the trace); scan batches on sparse,
+//! then dense matches (halves). Policies, all on the same backend (`PF_BENCH_BACKEND`,
+//! CPU by default) with one thread per queue pulling batches from the trace:
+//! - `photofinish`: a fresh engine (nothing learnt) per run; the trace is submitted
+//!   through it and it races, learns and audits as it does in production.
+//! - `oracle`: the best variant of each batch's phase, known in advance (measured before
+//!   the run, not counted).
+//! - `conservative`: always variant 0.
+//! - `exhaustive`: before the trace, every variant of each kernel runs
+//!   `PF_REGRET_TUNE_RUNS` times (default 10) on the kernel's first input and the fastest
+//!   is fixed for the whole trace (what Triton's and Kernel Tuner's autotuners do); the
+//!   tuning time is counted.
+//!
+//! Targets: photofinish ≤ 1.05× the oracle's time and below exhaustive-upfront's.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
+use photofinish::backend::{Backend, DispatchJob};
+use photofinish::kernels::{Histogram, InputShape, Scan, Workload};
+use photofinish::{Batch, Engine};
+
+/// Distinct inputs generated per (kernel, shape); batches cycle through them.
+const POOL: usize = 8;
+/// Batches the engine's producer keeps in flight.
+const ENGINE_WINDOW: usize = 256;
+
+/// One kernel of the trace with its inputs by phase.
+struct TraceKernel {
+    workload: Arc<dyn Workload>,
+    /// The shape of each phase, in trace order.
+    phases: Vec<InputShape>,
+    /// `inputs[phase][k]`.
+    inputs: Vec<Vec<Arc<[u8]>>>,
+    /// The backend's handle of each variant on device 0.
+    handles: Vec<photofinish::backend::KernelHandle>,
+}
+
+/// One batch of the trace.
+#[derive(Clone, Copy)]
+struct Step {
+    kernel: usize,
+    phase: usize,
+    input: usize,
+}
+
+struct Trace {
+    backend: Arc<dyn Backend>,
+    kernels: Vec<TraceKernel>,
+    steps: Vec<Step>,
+    /// The engine's verdicts at the end of its last run, for the report.
+    last_verdicts: std::sync::Mutex<String>,
+}
+
+impl Trace {
+    fn new(backend: Arc<dyn Backend>, batches: usize, bytes: usize) -> Self {
+        let workloads: [(Arc<dyn Workload>, Vec<InputShape>); 2] = [
+            (
+                Arc::new(Histogram),
+                vec![InputShape::Uniform, InputShape::Skewed, InputShape::Uniform],
+            ),
+            (
+                Arc::new(Scan::default()),
+                vec![InputShape::SparseMatches, InputShape::DenseMatches],
+            ),
+        ];
+        let kernels: Vec<TraceKernel> = workloads
+            .into_iter()
+            .enumerate()
+            .map(|(k, (workload, phases))| {
+                let inputs = phases
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &shape)| {
+                        (0..POOL)
+                            .map(|i| {
+                                let seed = (k * 1000 + p * 100 + i) as u64;
+                                Arc::from(workload.generate(shape, bytes, seed))
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let handles = workload
+                    .variants()
+                    .iter()
+                    .map(|v| {
+                        backend.load_kernel(0, v).unwrap_or_else(|e| {
+                            common::fail(&format!("cannot load `{}`: {e}", v.name))
+                        })
+                    })
+                    .collect();
+                TraceKernel {
+                    workload,
+                    phases,
+                    inputs,
+                    handles,
+                }
+            })
+            .collect();
+        let steps = (0..batches)
+            .map(|i| {
+                let kernel = i % kernels.len();
+                let phases = kernels[kernel].phases.len();
+                Step {
+                    kernel,
+                    phase: i * phases / batches.max(1),
+                    input: (i / kernels.len()) % POOL,
+                }
+            })
+            .collect();
+        Trace {
+            backend,
+            kernels,
+            steps,
+            last_verdicts: std::sync::Mutex::new(String::new()),
+        }
+    }
+
+    fn input(&self, step: Step) -> &Arc<[u8]> {
+        &self.kernels[step.kernel].inputs[step.phase][step.input]
+    }
+
+    /// Runs one batch with `variant` on `queue` and turns its output into the answer.
+    fn run_one(&self, queue: photofinish::backend::QueueId, step: Step, variant: usize) {
+        let kernel = &self.kernels[step.kernel];
+        let input = self.input(step);
+        let plan = kernel
+            .workload
+            .plan(variant, input)
+            .unwrap_or_else(|e| common::fail(&format!("plan failed: {e}")));
+        let job = DispatchJob {
+            queue,
+            kernel: kernel.handles[variant],
+            buffers: plan.buffers,
+            push_constants: plan.push_constants,
+            workgroups: plan.workgroups,
+        };
+        let out = match self.backend.dispatch(std::slice::from_ref(&job)).pop() {
+            Some(Ok(out)) => out,
+            Some(Err(e)) => common::fail(&format!("dispatch failed: {e}")),
+            None => common::fail("the backend returned no result"),
+        };
+        if let Err(e) = kernel.workload.answer(variant, input, &out.outputs) {
+            common::fail(&format!("answer failed: {e}"));
+        }
+    }
+
+    /// Runs the whole trace with one thread per queue, `choose(step)` picking each
+    /// batch's variant; returns the wall time.
+    fn run_fixed(&self, choose: &(dyn Fn(Step) -> usize + Sync)) -> Duration {
+        let cursor = AtomicUsize::new(0);
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            // The kernels are loaded on device 0 only.
+            for &queue in self.backend.queues().iter().filter(|q| q.device == 0) {
+                let cursor = &cursor;
+                s.spawn(move || loop {
+                    let i = cursor.fetch_add(1, Ordering::Relaxed);
+                    let Some(&step) = self.steps.get(i) else {
+                        return;
+                    };
+                    self.run_one(queue, step, choose(step));
+                });
+            }
+        });
+        started.elapsed()
+    }
+
+    /// Mean wall time of `runs` runs of `variant` on `step`'s input, on the first queue.
+    fn time_variant(&self, step: Step, variant: usize, runs: usize) -> Duration {
+        let Some(&queue) = self.backend.queues().first() else {
+            common::fail("the backend has no queue");
+        };
+        let started = Instant::now();
+        for _ in 0..runs {
+            self.run_one(queue, step, variant);
+        }
+        started.elapsed() / runs.max(1) as u32
+    }
+
+    /// The fastest variant of `kernel` on the inputs of `phase` (`runs` runs of each
+    /// variant on each input of the pool).
+    fn best_variant(&self, kernel: usize, phase: usize, runs: usize) -> usize {
+        let variants = self.kernels[kernel].handles.len();
+        (0..variants)
+            .min_by_key(|&v| {
+                (0..POOL)
+                    .map(|input| {
+                        self.time_variant(
+                            Step {
+                                kernel,
+                                phase,
+                                input,
+                            },
+                            v,
+                            runs,
+                        )
+                    })
+                    .sum::<Duration>()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Exhaustive-upfront tuning then the trace with the winners fixed; the tuning time
+    /// is part of the returned time.
+    fn run_exhaustive(&self, tune_runs: usize) -> Duration {
+        let started = Instant::now();
+        let winners: Vec<usize> = (0..self.kernels.len())
+            .map(|k| {
+                let first = self
+                    .steps
+                    .iter()
+                    .copied()
+                    .find(|s| s.kernel == k)
+                    .unwrap_or(Step {
+                        kernel: k,
+                        phase: 0,
+                        input: 0,
+                    });
+                let variants = self.kernels[k].handles.len();
+                (0..variants)
+                    .min_by_key(|&v| self.time_variant(first, v, tune_runs))
+                    .unwrap_or(0)
+            })
+            .collect();
+        let tuning = started.elapsed();
+        tuning + self.run_fixed(&|step| winners[step.kernel])
+    }
+
+    /// The trace through a fresh engine; building it and shutting it down are not
+    /// counted.
+    fn run_engine(&self) -> Duration {
+        let engine = Engine::builder()
+            .backend_instance(Arc::clone(&self.backend))
+            .build()
+            .unwrap_or_else(|e| common::fail(&format!("cannot build the engine: {e}")));
+        let ids: Vec<_> = self
+            .kernels
+            .iter()
+            .map(|k| {
+                engine
+                    .register(Arc::clone(&k.workload))
+                    .unwrap_or_else(|e| common::fail(&format!("cannot register: {e}")))
+            })
+            .collect();
+        let started = Instant::now();
+        let mut in_flight = std::collections::VecDeque::with_capacity(ENGINE_WINDOW);
+        for &step in &self.steps {
+            if in_flight.len() == ENGINE_WINDOW {
+                wait(in_flight.pop_front());
+            }
+            let batch = Batch::new(ids[step.kernel], Arc::clone(self.input(step)));
+            match engine.submit(batch) {
+                Ok(ticket) => in_flight.push_back(ticket),
+                Err(e) => common::fail(&format!("submit failed: {e}")),
+            }
+        }
+        while !in_flight.is_empty() {
+            wait(in_flight.pop_front());
+        }
+        let elapsed = started.elapsed();
+        let verdicts = self
+            .kernels
+            .iter()
+            .zip(&ids)
+            .map(|(k, id)| format!("{}: {:?}", k.workload.name(), engine.verdict(*id)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        *self.last_verdicts.lock().unwrap_or_else(|p| p.into_inner()) = verdicts;
+        elapsed
+    }
+}
+
+fn wait(ticket: Option<photofinish::Ticket>) {
+    if let Some(t) = ticket {
+        if let Err(e) = t.wait() {
+            common::fail(&format!("a batch failed: {e}"));
+        }
+    }
+}
+
+fn regret(c: &mut Criterion) {
+    let batches = common::env_usize("PF_REGRET_BATCHES", 10_000).max(1);
+    let bytes = common::env_usize("PF_REGRET_BYTES", 16 * 1024).max(16);
+    let tune_runs = common::env_usize("PF_REGRET_TUNE_RUNS", 10).max(1);
+    let trace = Trace::new(common::backend_from_env(), batches, bytes);
+    let oracle: Vec<Vec<usize>> = (0..trace.kernels.len())
+        .map(|k| {
+            (0..trace.kernels[k].phases.len())
+                .map(|p| trace.best_variant(k, p, 5))
+                .collect()
+        })
+        .collect();
+    println!(
+        "regret: {batches} batches of {bytes} bytes on {} ({} queues); oracle choices {oracle:?}",
+        trace
+            .backend
+            .devices()
+            .first()
+            .map_or("?", |d| d.name.as_str()),
+        trace.backend.queues().len()
+    );
+
+    let name = "regret";
+    let mut group = c.benchmark_group(name);
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(common::env_usize("PF_REGRET_SAMPLES", 10).max(10));
+    let total = |iters: u64, run: &dyn Fn() -> Duration| (0..iters).map(|_| run()).sum();
+    common::timed(&mut group, name, "photofinish", |iters| {
+        total(iters, &|| trace.run_engine())
+    });
+    common::timed(&mut group, name, "oracle", |iters| {
+        total(iters, &|| {
+            trace.run_fixed(&|step| oracle[step.kernel][step.phase])
+        })
+    });
+    common::timed(&mut group, name, "conservative", |iters| {
+        total(iters, &|| trace.run_fixed(&|_| 0))
+    });
+    common::timed(&mut group, name, "exhaustive", |iters| {
+        total(iters, &|| trace.run_exhaustive(tune_runs))
+    });
+    group.finish();
+    println!(
+        "regret: engine verdicts at the end of its last run: {}",
+        trace
+            .last_verdicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    );
+    for (baseline, target) in [
+        ("oracle", "<= 1.05x"),
+        ("exhaustive", "< 1x"),
+        ("conservative", "< 1x"),
+    ] {
+        common::print_time_ratio(
+            &format!("photofinish vs {baseline}"),
+            "regret/photofinish",
+            &format!("regret/{baseline}"),
+            target,
+        );
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = common::quick();
+    targets = regret
+}
+criterion_main!(benches);

@@ -1,0 +1,361 @@
+//! submit_overhead (issue #6, bench 2, GPU machine): host time per batch for a tiny
+//! kernel through the engine against a hand-written vulkano loop that records, submits
+//! and waits for every batch, as a user would write it from vulkano's own examples.
+//!
+//! The kernel adds one to each of `PF_SUBMIT_WORDS` u32 words (default 1024, 4 KiB) in
+//! one read-write buffer. The engine runs it as the speculative arm of a registered pair
+//! (the conservative arm is the same increment after a busy loop), warmed until it is
+//! adopted, with audits off, so each measured batch is one dispatch of the same shader
+//! (the engine reuses recorded command buffers and pooled buffers); the hand-written loop
+//! uploads into a new host-visible buffer, allocates a descriptor set, records a command
+//! buffer, submits, waits on a fence and reads the buffer back, every batch. Both run one
+//! batch at a time from one thread, and both answers are checked. Target: the engine's
+//! time per batch ≤ 0.5× the hand-written loop's.
+
+mod common;
+
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use photofinish::backend::vulkan::VulkanBackend;
+use photofinish::backend::{BindingAccess, BindingDesc, BufferArg};
+use photofinish::kernels::DispatchPlan;
+use photofinish::{Batch, Engine, KernelId, KernelVerdict, Output};
+use vulkano::buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer};
+use vulkano::command_buffer::allocator::StandardCommandBufferAllocator;
+use vulkano::command_buffer::{AutoCommandBufferBuilder, CommandBufferUsage};
+use vulkano::descriptor_set::allocator::StandardDescriptorSetAllocator;
+use vulkano::descriptor_set::{DescriptorSet, WriteDescriptorSet};
+use vulkano::device::physical::PhysicalDeviceType;
+use vulkano::device::{Device, DeviceCreateInfo, Queue, QueueCreateInfo, QueueFlags};
+use vulkano::instance::{Instance, InstanceCreateInfo};
+use vulkano::memory::allocator::{AllocationCreateInfo, MemoryTypeFilter, StandardMemoryAllocator};
+use vulkano::pipeline::compute::ComputePipelineCreateInfo;
+use vulkano::pipeline::layout::PipelineDescriptorSetLayoutCreateInfo;
+use vulkano::pipeline::{
+    ComputePipeline, Pipeline, PipelineBindPoint, PipelineLayout, PipelineShaderStageCreateInfo,
+};
+use vulkano::shader::{ShaderModule, ShaderModuleCreateInfo};
+use vulkano::sync::GpuFuture;
+use vulkano::VulkanLibrary;
+
+const WORKGROUP: u32 = 64;
+const INCREMENT_WGSL: &str = r#"
+@group(0) @binding(0) var<storage, read_write> data: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x < arrayLength(&data)) {
+        data[gid.x] = data[gid.x] + 1u;
+    }
+}
+"#;
+
+/// The engine's conservative arm: the same answer after a busy loop, so the plain
+/// increment (the speculative arm) is adopted after a few races and every measured
+/// batch runs it alone. The loop's result is written only for invocation ids no
+/// dispatch here reaches, which the compiler cannot know, so the loop stays.
+const SLOW_INCREMENT_WGSL: &str = r#"
+@group(0) @binding(0) var<storage, read_write> data: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var x = gid.x + 1u;
+    for (var i = 0u; i < 4096u; i++) {
+        x = x * 1664525u + 1013904223u;
+    }
+    if (gid.x < arrayLength(&data)) {
+        data[gid.x] = data[gid.x] + 1u;
+    }
+    if (gid.x > 0xfffffff0u) {
+        data[0] = x;
+    }
+}
+"#;
+
+/// Unwraps a setup step of the hand-written loop, or ends the bench saying which.
+fn ok<T, E: Display>(result: Result<T, E>, what: &str) -> T {
+    result.unwrap_or_else(|e| common::fail(&format!("hand-written loop: {what}: {e}")))
+}
+
+/// The hand-written vulkano loop's long-lived objects.
+struct HandLoop {
+    queue: Arc<Queue>,
+    pipeline: Arc<ComputePipeline>,
+    memory: Arc<StandardMemoryAllocator>,
+    commands: Arc<StandardCommandBufferAllocator>,
+    descriptors: Arc<StandardDescriptorSetAllocator>,
+}
+
+impl HandLoop {
+    fn new(spirv: &[u32]) -> Self {
+        let library = ok(VulkanLibrary::new(), "loading the Vulkan library");
+        let instance = ok(
+            Instance::new(library, InstanceCreateInfo::default()),
+            "creating the instance",
+        );
+        let physical = ok(instance.enumerate_physical_devices(), "listing devices")
+            .filter_map(|p| {
+                let family = p
+                    .queue_family_properties()
+                    .iter()
+                    .position(|q| q.queue_flags.intersects(QueueFlags::COMPUTE))?;
+                Some((p, family as u32))
+            })
+            .min_by_key(|(p, _)| match p.properties().device_type {
+                PhysicalDeviceType::DiscreteGpu => 0,
+                PhysicalDeviceType::IntegratedGpu => 1,
+                _ => 2,
+            });
+        let Some((physical, family)) = physical else {
+            common::fail("hand-written loop: no Vulkan device with a compute queue");
+        };
+        let (device, mut queues) = ok(
+            Device::new(
+                physical,
+                DeviceCreateInfo {
+                    queue_create_infos: vec![QueueCreateInfo {
+                        queue_family_index: family,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ),
+            "creating the device",
+        );
+        let Some(queue) = queues.next() else {
+            common::fail("hand-written loop: the device gave no queue");
+        };
+        // SAFETY: the words are naga's SPIR-V output of a shader naga validated.
+        let module = ok(
+            unsafe { ShaderModule::new(device.clone(), ShaderModuleCreateInfo::new(spirv)) },
+            "loading the shader",
+        );
+        let Some(entry) = module.entry_point("main") else {
+            common::fail("hand-written loop: the shader has no `main`");
+        };
+        let stage = PipelineShaderStageCreateInfo::new(entry);
+        let layout_info = ok(
+            PipelineDescriptorSetLayoutCreateInfo::from_stages([&stage])
+                .into_pipeline_layout_create_info(device.clone()),
+            "deriving the pipeline layout",
+        );
+        let layout = ok(
+            PipelineLayout::new(device.clone(), layout_info),
+            "creating the pipeline layout",
+        );
+        let pipeline = ok(
+            ComputePipeline::new(
+                device.clone(),
+                None,
+                ComputePipelineCreateInfo::stage_layout(stage, layout),
+            ),
+            "creating the pipeline",
+        );
+        HandLoop {
+            queue,
+            pipeline,
+            memory: Arc::new(StandardMemoryAllocator::new_default(device.clone())),
+            commands: Arc::new(StandardCommandBufferAllocator::new(
+                device.clone(),
+                Default::default(),
+            )),
+            descriptors: Arc::new(StandardDescriptorSetAllocator::new(
+                device,
+                Default::default(),
+            )),
+        }
+    }
+
+    /// One batch: upload, record, submit, wait, read back.
+    fn batch(&self, input: &[u32]) -> Vec<u32> {
+        let buffer: Subbuffer<[u32]> = ok(
+            Buffer::from_iter(
+                self.memory.clone(),
+                BufferCreateInfo {
+                    usage: BufferUsage::STORAGE_BUFFER,
+                    ..Default::default()
+                },
+                AllocationCreateInfo {
+                    memory_type_filter: MemoryTypeFilter::PREFER_DEVICE
+                        | MemoryTypeFilter::HOST_RANDOM_ACCESS,
+                    ..Default::default()
+                },
+                input.iter().copied(),
+            ),
+            "creating the buffer",
+        );
+        let layout = self.pipeline.layout().clone();
+        let Some(set_layout) = layout.set_layouts().first().cloned() else {
+            common::fail("hand-written loop: the pipeline has no descriptor set layout");
+        };
+        let set = ok(
+            DescriptorSet::new(
+                self.descriptors.clone(),
+                set_layout,
+                [WriteDescriptorSet::buffer(0, buffer.clone())],
+                [],
+            ),
+            "allocating the descriptor set",
+        );
+        let mut builder = ok(
+            AutoCommandBufferBuilder::primary(
+                self.commands.clone(),
+                self.queue.queue_family_index(),
+                CommandBufferUsage::OneTimeSubmit,
+            ),
+            "starting a command buffer",
+        );
+        ok(
+            builder
+                .bind_pipeline_compute(self.pipeline.clone())
+                .and_then(|b| b.bind_descriptor_sets(PipelineBindPoint::Compute, layout, 0, set)),
+            "recording the bindings",
+        );
+        let groups = (input.len() as u32).div_ceil(WORKGROUP);
+        // SAFETY: the shader bounds-checks every index against the bound buffer's length.
+        ok(
+            unsafe { builder.dispatch([groups, 1, 1]) },
+            "recording the dispatch",
+        );
+        let commands = ok(builder.build(), "finishing the command buffer");
+        let future = ok(
+            vulkano::sync::now(self.queue.device().clone())
+                .then_execute(self.queue.clone(), commands)
+                .map_err(|e| e.to_string()),
+            "submitting",
+        );
+        let fence = ok(future.then_signal_fence_and_flush(), "flushing");
+        ok(fence.wait(None), "waiting");
+        let out = ok(buffer.read(), "reading back").to_vec();
+        out
+    }
+}
+
+/// The engine with the increment pair registered and the plain increment adopted.
+fn engine_with_adopted_kernel(spirv: &Arc<[u32]>, words: usize) -> (Engine, KernelId) {
+    let vulkan = VulkanBackend::new()
+        .unwrap_or_else(|e| common::fail(&format!("cannot open the Vulkan backend: {e}")));
+    let engine = Engine::builder()
+        .backend_instance(Arc::new(vulkan))
+        .audit_period(0)
+        .build()
+        .unwrap_or_else(|e| common::fail(&format!("cannot build the engine on Vulkan: {e}")));
+    let variant = |name: &str, spirv: &Arc<[u32]>| {
+        common::gpu_variant(
+            name,
+            Arc::clone(spirv),
+            [WORKGROUP, 1, 1],
+            vec![BindingDesc {
+                slot: 0,
+                access: BindingAccess::ReadWrite,
+            }],
+            0,
+        )
+    };
+    let kernel = engine
+        .register_pair(
+            "increment",
+            variant(
+                "increment/slow",
+                &common::spirv("slow-increment", SLOW_INCREMENT_WGSL),
+            ),
+            variant("increment/plain", spirv),
+        )
+        .unwrap_or_else(|e| common::fail(&format!("cannot register the kernel: {e}")));
+    let input = input(words);
+    for _ in 0..2000 {
+        if engine.verdict(kernel) == Some(KernelVerdict::Adopted) {
+            return (engine, kernel);
+        }
+        engine_batch(&engine, kernel, &input);
+    }
+    common::fail(&format!(
+        "the plain increment was not adopted in 2000 races (verdict {:?})",
+        engine.verdict(kernel)
+    ))
+}
+
+fn plan(input: &[u32]) -> DispatchPlan {
+    let bytes: Vec<u8> = input.iter().flat_map(|w| w.to_le_bytes()).collect();
+    DispatchPlan {
+        buffers: vec![BufferArg::Data(bytes.into())],
+        push_constants: Vec::new(),
+        workgroups: [(input.len() as u32).div_ceil(WORKGROUP), 1, 1],
+    }
+}
+
+fn engine_batch(engine: &Engine, kernel: KernelId, input: &[u32]) -> Vec<u32> {
+    let answer = engine
+        .submit(Batch::with_plan(kernel, plan(input)))
+        .and_then(|t| t.wait())
+        .unwrap_or_else(|e| common::fail(&format!("an engine batch failed: {e}")));
+    match answer.output {
+        Output::Buffers(buffers) => buffers
+            .first()
+            .map(|b| {
+                b.chunks_exact(4)
+                    .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Output::Answer(_) => common::fail("the engine answered a pair with a workload answer"),
+    }
+}
+
+/// Runs `batch` `iters` times, one after another; returns the wall time.
+fn per_batch(iters: u64, batch: &dyn Fn()) -> Duration {
+    let started = Instant::now();
+    for _ in 0..iters {
+        batch();
+    }
+    started.elapsed()
+}
+
+fn input(words: usize) -> Vec<u32> {
+    (0..words as u32).map(|i| i.wrapping_mul(7)).collect()
+}
+
+fn check(what: &str, input: &[u32], output: &[u32]) {
+    let expected: Vec<u32> = input.iter().map(|w| w.wrapping_add(1)).collect();
+    if output != expected {
+        common::fail(&format!("{what} computed a wrong answer"));
+    }
+}
+
+fn submit_overhead(c: &mut Criterion) {
+    let words = common::env_usize("PF_SUBMIT_WORDS", 1024).max(1);
+    let spirv = common::spirv("increment", INCREMENT_WGSL);
+    let hand = HandLoop::new(&spirv);
+    let (engine, kernel) = engine_with_adopted_kernel(&spirv, words);
+    let data = input(words);
+    check("the hand-written loop", &data, &hand.batch(&data));
+    check("the engine", &data, &engine_batch(&engine, kernel, &data));
+
+    let name = "submit_overhead";
+    let mut group = c.benchmark_group(name);
+    common::timed(&mut group, name, "engine", |iters| {
+        per_batch(iters, &|| {
+            std::hint::black_box(engine_batch(&engine, kernel, &data));
+        })
+    });
+    common::timed(&mut group, name, "hand-written", |iters| {
+        per_batch(iters, &|| {
+            std::hint::black_box(hand.batch(&data));
+        })
+    });
+    group.finish();
+    common::print_time_ratio(
+        "engine vs hand-written vulkano loop, host time per batch",
+        "submit_overhead/engine",
+        "submit_overhead/hand-written",
+        "<= 0.5x",
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = common::quick();
+    targets = submit_overhead
+}
+criterion_main!(benches);

@@ -1,0 +1,447 @@
+//! The report model of `photofinish run`: per kernel, every sample's arm times, the
+//! verdict and when it came, the means, the speedup and how many answers were checked
+//! against the CPU reference. The table, the JSON and the charts are all views of this
+//! one model, so they always tell the same facts. Pure data: no I/O here.
+
+use photofinish::policy::{decide_speculation, SpeculationObservation, SpeculationVerdict};
+use serde::{Deserialize, Serialize};
+
+/// A kernel's verdict as the report states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Verdict {
+    /// Still racing: not enough samples, or not a clear enough win yet.
+    Undecided,
+    /// The speculative variant won and runs alone.
+    Adopted,
+    /// The speculative variant lost or disagreed; the conservative one runs.
+    Rejected,
+}
+
+impl Verdict {
+    /// The word the table prints.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Undecided => "undecided",
+            Verdict::Adopted => "adopted",
+            Verdict::Rejected => "rejected",
+        }
+    }
+}
+
+/// Which variant produced a sample's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ArmName {
+    /// The conservative variant.
+    Conservative,
+    /// The speculative variant.
+    Speculative,
+}
+
+/// One batch as the report sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Sample {
+    /// 1-based, in the order the answers came back.
+    pub(crate) index: u32,
+    /// Kernel time of the conservative variant, when it ran and had timestamps.
+    pub(crate) conservative_ns: Option<u64>,
+    /// Kernel time of the speculative variant, when it ran and had timestamps.
+    pub(crate) speculative_ns: Option<u64>,
+    /// Whose answer the caller got.
+    pub(crate) answered_by: ArmName,
+    /// True when both variants ran for this batch.
+    pub(crate) raced: bool,
+    /// True when the answer equalled the CPU reference.
+    pub(crate) verified: bool,
+}
+
+/// Everything the run learned about one kernel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct KernelReport {
+    /// The workload's name (`histogram`, `reduce`, `scan`).
+    pub(crate) kernel: String,
+    /// The conservative variant's name.
+    pub(crate) conservative_variant: String,
+    /// The speculative variant's name.
+    pub(crate) speculative_variant: String,
+    /// The verdict at the end of the run.
+    pub(crate) verdict: Verdict,
+    /// Why the verdict is what it is, in words (empty while undecided).
+    pub(crate) verdict_reason: String,
+    /// True when the run started from a verdict stored in the autotune file.
+    pub(crate) from_cache: bool,
+    /// True when a verdict from the autotune file was raced again and held.
+    pub(crate) reverified: bool,
+    /// Samples (1-based index) at which the verdict was first seen; `None` while
+    /// undecided.
+    pub(crate) samples_to_verdict: Option<u32>,
+    /// Batches answered.
+    pub(crate) batches: u32,
+    /// Batches that raced both variants.
+    pub(crate) raced: u32,
+    /// Answers equal to the CPU reference.
+    pub(crate) verified: u32,
+    /// Times the engine caught the speculative variant disagreeing (its answer was
+    /// never returned).
+    pub(crate) mismatches_caught: u32,
+    /// Mean kernel time of the conservative variant over the samples that have one.
+    pub(crate) conservative_mean_ns: Option<u64>,
+    /// Mean kernel time of the speculative variant over the samples that have one.
+    pub(crate) speculative_mean_ns: Option<u64>,
+    /// `conservative_mean_ns / speculative_mean_ns`; above 1 the speculative variant is
+    /// faster.
+    pub(crate) speedup: Option<f64>,
+    /// Every sample, in answer order.
+    pub(crate) samples: Vec<Sample>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RunReport {
+    /// `vulkan` or `cpu`.
+    pub(crate) backend: String,
+    /// Why that backend (as the engine announced it).
+    pub(crate) backend_reason: String,
+    /// The devices the engine ran on.
+    pub(crate) devices: Vec<String>,
+    /// Worker actors (one per queue).
+    pub(crate) workers: usize,
+    /// Batches per workload asked for.
+    pub(crate) batches: u32,
+    /// Input bytes per batch.
+    pub(crate) size_bytes: u64,
+    /// The autotune file, when one was given.
+    pub(crate) autotune_file: Option<String>,
+    /// One entry per kernel, in the order they ran.
+    pub(crate) kernels: Vec<KernelReport>,
+}
+
+/// Collects one kernel's samples as answers come back, then computes the summary.
+#[derive(Debug, Clone)]
+pub(crate) struct KernelTally {
+    report: KernelReport,
+    /// The first verdict the engine reached by measurement (not by a mismatch).
+    measured: Option<Verdict>,
+}
+
+impl KernelTally {
+    /// An empty tally for a kernel and its two variants.
+    pub(crate) fn new(kernel: &str, conservative: &str, speculative: &str) -> Self {
+        KernelTally {
+            report: KernelReport {
+                kernel: kernel.to_string(),
+                conservative_variant: conservative.to_string(),
+                speculative_variant: speculative.to_string(),
+                verdict: Verdict::Undecided,
+                verdict_reason: String::new(),
+                from_cache: false,
+                reverified: false,
+                samples_to_verdict: None,
+                batches: 0,
+                raced: 0,
+                verified: 0,
+                mismatches_caught: 0,
+                conservative_mean_ns: None,
+                speculative_mean_ns: None,
+                speedup: None,
+                samples: Vec::new(),
+            },
+            measured: None,
+        }
+    }
+
+    /// Marks the kernel as started from a stored verdict.
+    pub(crate) fn started_from_cache(&mut self, verdict: Verdict) {
+        self.report.from_cache = true;
+        self.report.verdict = verdict;
+        self.report.verdict_reason = "from cache".into();
+    }
+
+    /// Adds one answered batch; `index` is assigned here.
+    pub(crate) fn push(
+        &mut self,
+        conservative_ns: Option<u64>,
+        speculative_ns: Option<u64>,
+        answered_by: ArmName,
+        raced: bool,
+        verified: bool,
+    ) {
+        let r = &mut self.report;
+        r.batches = r.batches.saturating_add(1);
+        r.raced = r.raced.saturating_add(u32::from(raced));
+        r.verified = r.verified.saturating_add(u32::from(verified));
+        r.samples.push(Sample {
+            index: r.batches,
+            conservative_ns,
+            speculative_ns,
+            answered_by,
+            raced,
+            verified,
+        });
+    }
+
+    /// Records a verdict seen after the samples pushed so far. The first decided
+    /// verdict of a kernel that did not start from the cache fixes
+    /// `samples_to_verdict` (refined by [`KernelTally::finish`] for a `measured` one).
+    pub(crate) fn verdict(&mut self, verdict: Verdict, reason: &str, measured: bool) {
+        let r = &mut self.report;
+        if verdict != Verdict::Undecided && r.samples_to_verdict.is_none() && !r.from_cache {
+            r.samples_to_verdict = Some(r.batches);
+            if measured {
+                self.measured = Some(verdict);
+            }
+        }
+        r.verdict = verdict;
+        r.verdict_reason = reason.to_string();
+    }
+
+    /// A cached verdict was raced again and held.
+    pub(crate) fn reverified(&mut self) {
+        self.report.reverified = true;
+        self.report.verdict_reason = "from cache, re-verified".into();
+    }
+
+    /// What the engine itself reports at the end (`Engine::kernel_stats`): the race
+    /// sample that decided the verdict (1-based), and whether the verdict came from
+    /// the autotune file (`Some(true)`: re-verified this run) with the engine's words.
+    pub(crate) fn engine_facts(
+        &mut self,
+        verdict_at: Option<u32>,
+        cached: Option<bool>,
+        words: &str,
+    ) {
+        if let Some(reverified) = cached {
+            self.report.from_cache = true;
+            self.report.reverified = reverified;
+            self.report.verdict_reason = words.to_string();
+            self.report.samples_to_verdict = None;
+            self.measured = None;
+        } else if let Some(at) = verdict_at {
+            self.report.samples_to_verdict = Some(at);
+            self.measured = None;
+        }
+    }
+
+    /// The engine caught the speculative variant disagreeing.
+    pub(crate) fn mismatch_caught(&mut self) {
+        self.report.mismatches_caught = self.report.mismatches_caught.saturating_add(1);
+    }
+
+    /// Batches answered so far.
+    pub(crate) fn batches(&self) -> u32 {
+        self.report.batches
+    }
+
+    /// The summary: means over the samples that have a time, and the speedup.
+    ///
+    /// Answers arrive a little after the engine decides, and several are in flight at
+    /// once, so for a measured verdict the sample that decided it is found by
+    /// replaying the library's decision rule over the paired times in answer order;
+    /// when the replay reaches the same verdict, its point is `samples_to_verdict`.
+    pub(crate) fn finish(mut self) -> KernelReport {
+        if let (Some(engine_verdict), Some((at, replayed))) =
+            (self.measured, replay_verdict_point(&self.report.samples))
+        {
+            if engine_verdict == replayed {
+                self.report.samples_to_verdict = Some(at);
+            }
+        }
+        let r = &mut self.report;
+        r.conservative_mean_ns = mean(r.samples.iter().filter_map(|s| s.conservative_ns));
+        r.speculative_mean_ns = mean(r.samples.iter().filter_map(|s| s.speculative_ns));
+        r.speedup = match (r.conservative_mean_ns, r.speculative_mean_ns) {
+            (Some(c), Some(s)) if s > 0 => Some(c as f64 / s as f64),
+            _ => None,
+        };
+        self.report
+    }
+}
+
+/// Replays `decide_speculation` over the samples that have both arms' times, in
+/// order: the index of the sample at which it first decides, and what.
+pub(crate) fn replay_verdict_point(samples: &[Sample]) -> Option<(u32, Verdict)> {
+    let (mut n, mut conservative, mut speculative) = (0u32, 0u128, 0u128);
+    for s in samples {
+        let (Some(c), Some(sp)) = (s.conservative_ns, s.speculative_ns) else {
+            continue;
+        };
+        n = n.saturating_add(1);
+        conservative += u128::from(c);
+        speculative += u128::from(sp);
+        let mean = |total: u128| u64::try_from(total / u128::from(n)).unwrap_or(u64::MAX);
+        let obs = SpeculationObservation {
+            baseline_dispatches: n,
+            baseline_mean_ns: mean(conservative),
+            speculative_dispatches: n,
+            speculative_mean_ns: mean(speculative),
+            side_compile_cost_ns: 0,
+        };
+        match decide_speculation(obs) {
+            SpeculationVerdict::Adopt => return Some((s.index, Verdict::Adopted)),
+            SpeculationVerdict::Reject => return Some((s.index, Verdict::Rejected)),
+            SpeculationVerdict::KeepRacing => {}
+        }
+    }
+    None
+}
+
+/// The mean of `values` (u128 sum, so no overflow); `None` for none.
+fn mean(values: impl Iterator<Item = u64>) -> Option<u64> {
+    let (n, total) = values.fold((0u128, 0u128), |(n, t), v| (n + 1, t + u128::from(v)));
+    total.checked_div(n).and_then(|m| u64::try_from(m).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally() -> KernelTally {
+        KernelTally::new("reduce", "reduce/scalar", "reduce/vec4")
+    }
+
+    #[test]
+    fn means_and_speedup_come_from_the_samples_that_have_times() {
+        let mut t = tally();
+        t.push(Some(300), Some(100), ArmName::Conservative, true, true);
+        t.push(Some(100), Some(100), ArmName::Conservative, true, true);
+        t.push(None, Some(400), ArmName::Speculative, false, false);
+        let r = t.finish();
+        assert_eq!(r.batches, 3);
+        assert_eq!(r.raced, 2);
+        assert_eq!(r.verified, 2);
+        assert_eq!(r.conservative_mean_ns, Some(200));
+        assert_eq!(r.speculative_mean_ns, Some(200));
+        assert_eq!(r.speedup, Some(1.0));
+        let indices: Vec<u32> = r.samples.iter().map(|s| s.index).collect();
+        assert_eq!(indices, [1, 2, 3]);
+    }
+
+    #[test]
+    fn no_times_means_no_speedup_rather_than_a_division_by_zero() {
+        let mut t = tally();
+        t.push(None, None, ArmName::Conservative, true, true);
+        t.push(Some(10), Some(0), ArmName::Conservative, true, true);
+        let r = t.finish();
+        assert_eq!(r.conservative_mean_ns, Some(10));
+        assert_eq!(r.speculative_mean_ns, Some(0));
+        assert_eq!(r.speedup, None);
+    }
+
+    #[test]
+    fn huge_times_do_not_overflow_the_mean() {
+        let mut t = tally();
+        t.push(
+            Some(u64::MAX),
+            Some(u64::MAX),
+            ArmName::Conservative,
+            true,
+            true,
+        );
+        t.push(
+            Some(u64::MAX),
+            Some(u64::MAX),
+            ArmName::Conservative,
+            true,
+            true,
+        );
+        let r = t.finish();
+        assert_eq!(r.conservative_mean_ns, Some(u64::MAX));
+        assert_eq!(r.speedup, Some(1.0));
+    }
+
+    #[test]
+    fn the_first_decided_verdict_fixes_samples_to_verdict() {
+        let mut t = tally();
+        for _ in 0..9 {
+            t.push(Some(2), Some(1), ArmName::Conservative, true, true);
+        }
+        t.verdict(Verdict::Undecided, "", false);
+        t.verdict(Verdict::Adopted, "measured: adopt", false);
+        t.push(None, Some(1), ArmName::Speculative, false, true);
+        t.verdict(Verdict::Rejected, "mismatch", false);
+        let r = t.finish();
+        assert_eq!(r.samples_to_verdict, Some(9));
+        assert_eq!(r.verdict, Verdict::Rejected);
+        assert_eq!(r.verdict_reason, "mismatch");
+    }
+
+    #[test]
+    fn a_cached_verdict_has_no_samples_to_verdict_and_says_re_verified() {
+        let mut t = tally();
+        t.started_from_cache(Verdict::Adopted);
+        t.push(Some(2), Some(1), ArmName::Conservative, true, true);
+        t.verdict(Verdict::Adopted, "re-verified", true);
+        t.reverified();
+        let r = t.finish();
+        assert!(r.from_cache && r.reverified);
+        assert_eq!(r.samples_to_verdict, None);
+        assert_eq!(r.verdict_reason, "from cache, re-verified");
+    }
+
+    #[test]
+    fn a_measured_verdict_is_placed_where_the_decision_rule_reaches_it() {
+        let mut t = tally();
+        // Two samples without times, then a clear 2x win: the 8th paired sample
+        // (sample 10) is where `decide_speculation` adopts.
+        t.push(None, None, ArmName::Conservative, true, true);
+        t.push(Some(2_000), None, ArmName::Conservative, true, true);
+        for _ in 0..11 {
+            t.push(Some(2_000), Some(1_000), ArmName::Conservative, true, true);
+        }
+        // The driver saw the event late, after 13 answers.
+        t.verdict(Verdict::Adopted, "measured: adopt", true);
+        assert_eq!(t.finish().samples_to_verdict, Some(10));
+    }
+
+    #[test]
+    fn a_replay_that_disagrees_with_the_engine_keeps_the_observed_point() {
+        let mut t = tally();
+        for _ in 0..9 {
+            t.push(Some(1_000), Some(2_000), ArmName::Conservative, true, true);
+        }
+        t.verdict(Verdict::Adopted, "measured: adopt", true);
+        assert_eq!(t.finish().samples_to_verdict, Some(9));
+        assert_eq!(
+            replay_verdict_point(&tally_samples(8, 1_000, 2_000)),
+            Some((8, Verdict::Rejected))
+        );
+        // Within 15 %: the rule keeps racing, no point.
+        assert_eq!(replay_verdict_point(&tally_samples(20, 1_000, 900)), None);
+    }
+
+    fn tally_samples(n: u32, c: u64, s: u64) -> Vec<Sample> {
+        let mut t = tally();
+        for _ in 0..n {
+            t.push(Some(c), Some(s), ArmName::Conservative, true, true);
+        }
+        t.finish().samples
+    }
+
+    #[test]
+    fn the_report_round_trips_through_json() {
+        let mut t = tally();
+        t.push(Some(5), Some(4), ArmName::Conservative, true, true);
+        t.mismatch_caught();
+        let run = RunReport {
+            backend: "cpu".into(),
+            backend_reason: "asked for".into(),
+            devices: vec!["cpu".into()],
+            workers: 2,
+            batches: 1,
+            size_bytes: 4096,
+            autotune_file: None,
+            kernels: vec![t.finish()],
+        };
+        let text = serde_json::to_string(&run).expect("serialises");
+        let back: RunReport = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, run);
+        let value: serde_json::Value = serde_json::from_str(&text).expect("parses");
+        assert_eq!(value["kernels"][0]["verdict"], "undecided");
+        assert_eq!(value["kernels"][0]["mismatches_caught"], 1);
+        assert_eq!(
+            value["kernels"][0]["samples"][0]["answered_by"],
+            "conservative"
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! `photofinish run` as a user runs it: the real binary, its exit codes, its table, its
+//! JSON, its report directory (JSON + well-formed SVG), a second run that starts from
+//! the autotune file, and bad arguments. Small runs on the CPU backend, and one on
+//! Vulkan (lavapipe here).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn photofinish(args: &[&str]) -> Output {
+    match Command::new(env!("CARGO_BIN_EXE_photofinish"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => panic!("cannot start photofinish: {e}"),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs and requires exit 0; gives stdout.
+fn run_ok(args: &[&str]) -> String {
+    let out = photofinish(args);
+    assert!(
+        out.status.success(),
+        "photofinish {args:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Runs and requires a non-zero exit with a message and no panic; gives stderr.
+fn run_fails(args: &[&str]) -> String {
+    let out = photofinish(args);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "photofinish {args:?} should fail");
+    assert_ne!(out.status.code(), Some(101), "a panic exits 101: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.trim().is_empty(), "no message for {args:?}");
+    stderr
+}
+
+const SMALL: [&str; 5] = ["--backend", "cpu", "--batches", "12", "--size=16KiB"];
+
+fn small(extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["run"]
+        .iter()
+        .chain(&SMALL)
+        .map(|s| s.to_string())
+        .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn json(stdout: &str) -> serde_json::Value {
+    match serde_json::from_str(stdout) {
+        Ok(v) => v,
+        Err(e) => panic!("stdout is not JSON ({e}):\n{stdout}"),
+    }
+}
+
+#[test]
+fn run_on_the_cpu_prints_a_table_row_per_kernel() {
+    let stdout = run_ok(&refs(&small(&[])));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("backend: cpu"), "{stdout}");
+    for header in [
+        "verdict",
+        "samples to verdict",
+        "conservative mean",
+        "speedup",
+        "verified",
+    ] {
+        assert!(lines[1].contains(header), "{header}: {stdout}");
+    }
+    for kernel in ["histogram", "reduce", "scan"] {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(kernel))
+            .unwrap_or_else(|| panic!("no row for {kernel}:\n{stdout}"));
+        // Every answer was checked against the CPU reference and matched.
+        assert!(row.trim_end().ends_with("12/12"), "{row}");
+        assert!(
+            ["undecided", "adopted", "rejected"]
+                .iter()
+                .any(|v| row.contains(v)),
+            "{row}"
+        );
+    }
+}
+
+#[test]
+fn json_holds_the_same_facts_as_the_table() {
+    let stdout = run_ok(&refs(&small(&["--workload", "reduce", "--json"])));
+    let value = json(&stdout);
+    assert_eq!(value["backend"], "cpu");
+    assert_eq!(value["size_bytes"], 16 * 1024);
+    let kernels = value["kernels"].as_array().expect("kernels is an array");
+    assert_eq!(kernels.len(), 1);
+    let k = &kernels[0];
+    assert_eq!(k["kernel"], "reduce");
+    assert_eq!(k["batches"], 12);
+    assert_eq!(k["verified"], 12);
+    assert_eq!(k["samples"].as_array().map(Vec::len), Some(12));
+    let verdict = k["verdict"].as_str().expect("verdict is a string");
+    assert!(["undecided", "adopted", "rejected"].contains(&verdict));
+    // A decided verdict needs at least MIN_DISPATCHES_FOR_VERDICT paired samples,
+    // unless a mismatch decided it.
+    if let Some(at) = k["samples_to_verdict"].as_u64() {
+        assert!((1..=12).contains(&at), "{k}");
+    }
+    // The CPU backend times every kernel: each sample has the time of the arm that
+    // answered it.
+    let samples = k["samples"].as_array().expect("samples");
+    for s in samples {
+        let arm_time = match s["answered_by"].as_str() {
+            Some("conservative") => &s["conservative_ns"],
+            Some("speculative") => &s["speculative_ns"],
+            other => panic!("answered_by {other:?}"),
+        };
+        assert!(arm_time.is_u64(), "{s}");
+    }
+    // Raced samples carry both arms' times (from the engine's race samples).
+    assert!(
+        samples
+            .iter()
+            .filter(|s| s["raced"] == true)
+            .any(|s| s["conservative_ns"].is_u64() && s["speculative_ns"].is_u64()),
+        "{k}"
+    );
+    let mean = |v: &str| k[v].as_u64();
+    if let (Some(c), Some(s), Some(speedup)) = (
+        mean("conservative_mean_ns"),
+        mean("speculative_mean_ns"),
+        k["speedup"].as_f64(),
+    ) {
+        assert!((speedup - c as f64 / s as f64).abs() < 1e-9, "{k}");
+    }
+}
+
+fn assert_well_formed_svg(path: &Path) {
+    let body = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let doc = roxmltree::Document::parse(&body)
+        .unwrap_or_else(|e| panic!("{} is not well-formed XML: {e}", path.display()));
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let lines = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline") || n.has_tag_name("path"))
+        .count();
+    assert!(lines >= 1, "{} draws no series", path.display());
+}
+
+#[test]
+fn report_dir_gets_json_and_a_well_formed_svg_per_kernel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = dir.path().join("out");
+    let report_arg = report.display().to_string();
+    let stdout = run_ok(&refs(&small(&["--report", &report_arg])));
+    assert!(stdout.contains("report: 4 files"), "{stdout}");
+    let body = std::fs::read_to_string(report.join("report.json")).expect("report.json");
+    let value = json(&body);
+    assert_eq!(value["kernels"].as_array().map(Vec::len), Some(3));
+    for kernel in ["histogram", "reduce", "scan"] {
+        assert_well_formed_svg(&report.join(format!("{kernel}.svg")));
+    }
+}
+
+#[test]
+fn a_second_run_starts_from_the_autotune_file_and_re_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("autotune");
+    let store_arg = store.display().to_string();
+    // Enough batches that kernels reach a verdict on the first run.
+    let args = [
+        "run",
+        "--backend",
+        "cpu",
+        "--batches",
+        "40",
+        "--size",
+        "16KiB",
+        "--autotune-file",
+        &store_arg,
+        "--json",
+    ];
+    let first = json(&run_ok(&args));
+    let kernels = first["kernels"].as_array().expect("kernels");
+    let decided: Vec<&str> = kernels
+        .iter()
+        .filter(|k| k["verdict"] != "undecided")
+        .filter_map(|k| k["kernel"].as_str())
+        .collect();
+    assert!(!decided.is_empty(), "no verdict on the first run: {first}");
+    assert!(kernels.iter().all(|k| k["from_cache"] == false), "{first}");
+
+    let second = json(&run_ok(&args));
+    let mut reverified = 0;
+    for k in second["kernels"].as_array().expect("kernels") {
+        if decided.contains(&k["kernel"].as_str().unwrap_or_default()) {
+            assert_eq!(k["from_cache"], true, "{k}");
+            reverified += usize::from(k["reverified"] == true);
+        }
+    }
+    assert!(reverified >= 1, "{second}");
+    let table = run_ok(&args[..args.len() - 1]);
+    assert!(table.contains("from cache, re-verified"), "{table}");
+}
+
+#[test]
+fn bad_arguments_exit_non_zero_with_a_message() {
+    let cases: [(&[&str], &str); 8] = [
+        (&["run", "--size", "0"], "at least 1"),
+        (&["run", "--size", "lots"], "not a size"),
+        (&["run", "--size", "12parsecs"], "unknown unit"),
+        (&["run", "--size", "3GiB"], "too large"),
+        (&["run", "--batches", "0"], "at least 1"),
+        (&["run", "--batches=-4"], "whole number"),
+        (&["run", "--workload", "sort"], "histogram"),
+        (&["run", "--backend", "gpu"], "cpu"),
+    ];
+    for (args, expected) in cases {
+        let stderr = run_fails(args);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let stderr = run_fails(&["run", "--frobnicate"]);
+    assert!(stderr.contains("--frobnicate"), "{stderr}");
+}
+
+#[test]
+fn an_unwritable_report_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"not a directory").expect("write");
+    let target = blocker.join("report").display().to_string();
+    let stderr = run_fails(&refs(&small(&[
+        "--workload",
+        "reduce",
+        "--report",
+        &target,
+    ])));
+    assert!(stderr.contains("--report"), "{stderr}");
+}
+
+/// Where there is no Vulkan device the test fails, unless the environment says a
+/// missing driver is expected (`PHOTOFINISH_ALLOW_NO_VULKAN=1`).
+#[test]
+fn run_on_vulkan_lavapipe_verifies_every_answer() {
+    let out = photofinish(&[
+        "run",
+        "--backend",
+        "vulkan",
+        "--workload",
+        "reduce",
+        "--batches",
+        "10",
+        "--size",
+        "16KiB",
+        "--json",
+    ]);
+    if !out.status.success() {
+        let stderr = text(&out.stderr);
+        let no_device = stderr.contains("no usable device");
+        if no_device && std::env::var("PHOTOFINISH_ALLOW_NO_VULKAN").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: no Vulkan device; PHOTOFINISH_ALLOW_NO_VULKAN=1 is set: {stderr}");
+            return;
+        }
+        panic!("run on Vulkan failed ({:?}): {stderr}", out.status);
+    }
+    let value = json(&text(&out.stdout));
+    assert_eq!(value["backend"], "vulkan");
+    let k = &value["kernels"][0];
+    assert_eq!(k["verified"], 10, "{k}");
+}
