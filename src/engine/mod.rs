@@ -14,6 +14,7 @@ mod events;
 mod mailbox;
 mod race;
 mod registry;
+mod spin;
 mod supervisor;
 mod test_backend;
 mod ticket;

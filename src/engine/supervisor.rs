@@ -63,7 +63,11 @@ fn supervise(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>) {
 
 /// The actor: runs batches until a stop message (or a closed mailbox).
 fn worker_loop(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>, in_flight: &mut Option<Job>) {
-    while let Ok(Msg::Run(job)) = mailbox.recv() {
+    // Spin briefly before parking: a worker that just finished a batch takes the next
+    // one without a wake-up (see spin.rs).
+    let next =
+        || super::spin::spin_until(|| mailbox.try_recv().ok()).or_else(|| mailbox.recv().ok());
+    while let Some(Msg::Run(job)) = next() {
         let job = in_flight.insert(job);
         let result = {
             let _busy = core.occupy(queue);

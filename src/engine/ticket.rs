@@ -116,6 +116,9 @@ impl<T> Ticket<T> {
 
     /// Blocks until the answer is in and returns it.
     pub fn wait(self) -> Result<T, EngineError> {
+        // Spin briefly first: a short batch answers before a parked thread would wake.
+        #[cfg(not(photofinish_loom))]
+        super::spin::spin_until(|| self.is_ready().then_some(()));
         let mut state = self.slot.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             match std::mem::replace(&mut *state, SlotState::Taken) {

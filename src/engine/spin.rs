@@ -1,0 +1,49 @@
+//! Spin-then-park for the two hand-offs on a batch's path: a worker waiting for its next
+//! batch and a producer waiting for its answer.
+//!
+//! One batch at a time, each hand-off wakes a parked thread, and on a GPU host waking a
+//! parked thread on an idle CPU can cost far more than the dispatch itself. So a waiter
+//! first polls for [`SPIN_BEFORE_PARK`] — yielding between polls, so on a busy machine
+//! the CPU goes to whoever has work — and only then parks. Under loom this is compiled
+//! out: the models see only the blocking protocol.
+
+use std::time::{Duration, Instant};
+
+/// How long a waiter polls before it parks.
+pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_micros(100);
+
+/// Polls `poll` until it gives a value or [`SPIN_BEFORE_PARK`] has passed.
+pub(crate) fn spin_until<T>(mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = poll() {
+            return Some(value);
+        }
+        if start.elapsed() >= SPIN_BEFORE_PARK {
+            return None;
+        }
+        std::thread::yield_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gives_up_after_the_spin_window() {
+        let start = Instant::now();
+        assert_eq!(spin_until(|| None::<()>), None);
+        assert!(start.elapsed() >= SPIN_BEFORE_PARK);
+    }
+
+    #[test]
+    fn returns_what_the_poll_gives() {
+        let mut calls = 0;
+        let got = spin_until(|| {
+            calls += 1;
+            (calls == 3).then_some(calls)
+        });
+        assert_eq!(got, Some(3));
+    }
+}
