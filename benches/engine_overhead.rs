@@ -363,6 +363,9 @@ fn engine_with_adopted_kernel(backend: Arc<dyn Backend>) -> (Engine, KernelId) {
     let engine = Engine::builder()
         .backend_instance(backend)
         .audit_period(0)
+        // Measured from nothing learnt: no autotune file is read or saved (saves
+        // fsync, and a file left by an earlier run would pre-decide the verdicts).
+        .without_autotune_file()
         .build()
         .unwrap_or_else(|e| common::fail(&format!("cannot build the engine: {e}")));
     let (conservative, speculative) = empty_pair();

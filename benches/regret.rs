@@ -241,6 +241,9 @@ impl Trace {
     fn run_engine(&self) -> Duration {
         let engine = Engine::builder()
             .backend_instance(Arc::clone(&self.backend))
+            // Measured from nothing learnt: no autotune file is read or saved (saves
+            // fsync, and a file left by an earlier run would pre-decide the verdicts).
+            .without_autotune_file()
             .build()
             .unwrap_or_else(|e| common::fail(&format!("cannot build the engine: {e}")));
         let ids: Vec<_> = self

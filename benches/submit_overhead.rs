@@ -239,6 +239,9 @@ fn engine_with_adopted_kernel(spirv: &Arc<[u32]>, words: usize) -> (Engine, Kern
     let engine = Engine::builder()
         .backend_instance(Arc::new(vulkan))
         .audit_period(0)
+        // Measured from nothing learnt: no autotune file is read or saved (saves
+        // fsync, and a file left by an earlier run would pre-decide the verdicts).
+        .without_autotune_file()
         .build()
         .unwrap_or_else(|e| common::fail(&format!("cannot build the engine on Vulkan: {e}")));
     let variant = |name: &str, spirv: &Arc<[u32]>| {
