@@ -5,6 +5,9 @@
 //! unless `PHOTOFINISH_ALLOW_NO_VULKAN=1` is set.
 #![cfg(feature = "vulkan")]
 
+#[path = "support/vulkan.rs"]
+mod no_vulkan;
+
 use std::process::{Command, Output};
 
 use photofinish::backend::vulkan::VulkanBackend;
@@ -25,16 +28,8 @@ fn text(bytes: &[u8]) -> String {
 
 /// The device names the library sees, or `None` when skipping is allowed.
 fn device_names() -> Option<Vec<String>> {
-    match VulkanBackend::new() {
-        Ok(b) => Some(b.devices().iter().map(|d| d.name.clone()).collect()),
-        Err(e) if std::env::var("PHOTOFINISH_ALLOW_NO_VULKAN").as_deref() == Ok("1") => {
-            eprintln!("SKIPPED: no Vulkan device ({e}); PHOTOFINISH_ALLOW_NO_VULKAN=1 is set");
-            None
-        }
-        Err(e) => {
-            panic!("no Vulkan device: {e}\nset PHOTOFINISH_ALLOW_NO_VULKAN=1 to skip these tests")
-        }
-    }
+    no_vulkan::require(VulkanBackend::new())
+        .map(|b| b.devices().iter().map(|d| d.name.clone()).collect())
 }
 
 /// Output of a run that must fail cleanly: non-zero exit, a message, no panic.

@@ -7,6 +7,9 @@
 //! `tests/vulkan_backend.rs`).
 #![cfg(feature = "vulkan")]
 
+#[path = "support/vulkan.rs"]
+mod no_vulkan;
+
 use photofinish::backend::BackendKind;
 use photofinish::{BackendChoice, Engine, EngineError, KernelVerdict};
 
@@ -21,16 +24,11 @@ fn vulkan_engine() -> Option<Engine> {
         .build()
     {
         Ok(engine) => Some(engine),
-        Err(e @ EngineError::NoBackend(_))
-            if std::env::var("PHOTOFINISH_ALLOW_NO_VULKAN").as_deref() == Ok("1") =>
-        {
-            eprintln!("SKIPPED: no Vulkan device ({e}); PHOTOFINISH_ALLOW_NO_VULKAN=1 is set");
+        Err(e @ EngineError::NoBackend(_)) => {
+            no_vulkan::skip_or_fail(&e);
             None
         }
-        Err(e) => panic!(
-            "no Vulkan engine: {e}\nThese tests need a Vulkan device (lavapipe is enough: \
-             Debian `mesa-vulkan-drivers libvulkan1`); set PHOTOFINISH_ALLOW_NO_VULKAN=1 to skip them."
-        ),
+        Err(e) => panic!("no Vulkan engine: {e}"),
     }
 }
 

@@ -7,6 +7,9 @@
 //! `PHOTOFINISH_ALLOW_NO_VULKAN=1` is set, in which case they print that they were
 //! skipped.
 
+#[path = "support/vulkan.rs"]
+mod no_vulkan;
+
 use std::sync::Arc;
 
 use photofinish::backend::cpu::CpuBackend;
@@ -105,18 +108,7 @@ mod vulkan {
     /// allowed and there is no device.
     fn backend() -> Option<&'static VulkanBackend> {
         static BACKEND: OnceLock<Result<VulkanBackend, BackendError>> = OnceLock::new();
-        match BACKEND.get_or_init(VulkanBackend::new) {
-            Ok(b) => Some(b),
-            Err(e) if std::env::var("PHOTOFINISH_ALLOW_NO_VULKAN").as_deref() == Ok("1") => {
-                eprintln!("SKIPPED: no Vulkan device ({e}); PHOTOFINISH_ALLOW_NO_VULKAN=1 is set");
-                None
-            }
-            Err(e) => panic!(
-                "no Vulkan device: {e}\nThese tests need one (lavapipe is enough: Debian \
-                 `mesa-vulkan-drivers libvulkan1`); set PHOTOFINISH_ALLOW_NO_VULKAN=1 to \
-                 skip them."
-            ),
-        }
+        super::no_vulkan::require(BACKEND.get_or_init(VulkanBackend::new).as_ref())
     }
 
     // The uncapped small sizes also run in tests/vulkan_backend.rs; here: the multi-MiB

@@ -6,6 +6,9 @@
 //! skipped.
 #![cfg(feature = "vulkan")]
 
+#[path = "support/vulkan.rs"]
+mod no_vulkan;
+
 use std::sync::{Arc, OnceLock};
 
 use photofinish::backend::vulkan::{VulkanBackend, VulkanOptions};
@@ -19,17 +22,7 @@ use photofinish::backend::{
 /// device.
 fn backend() -> Option<&'static VulkanBackend> {
     static BACKEND: OnceLock<Result<VulkanBackend, BackendError>> = OnceLock::new();
-    match BACKEND.get_or_init(VulkanBackend::new) {
-        Ok(b) => Some(b),
-        Err(e) if std::env::var("PHOTOFINISH_ALLOW_NO_VULKAN").as_deref() == Ok("1") => {
-            eprintln!("SKIPPED: no Vulkan device ({e}); PHOTOFINISH_ALLOW_NO_VULKAN=1 is set");
-            None
-        }
-        Err(e) => panic!(
-            "no Vulkan device: {e}\nThese tests need one (lavapipe is enough: Debian \
-             `mesa-vulkan-drivers libvulkan1`); set PHOTOFINISH_ALLOW_NO_VULKAN=1 to skip them."
-        ),
-    }
+    no_vulkan::require(BACKEND.get_or_init(VulkanBackend::new).as_ref())
 }
 
 /// WGSL → SPIR-V through naga, as the build does for the built-in shaders.
