@@ -1,5 +1,6 @@
 //! The engine builder: options, opening the backend (announced once), and spawning one
-//! supervised worker per queue of every device. It decides nothing at run time.
+//! supervised worker per queue of every device, plus the autotune saver thread when a
+//! store has a file. It decides nothing at run time.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicUsize};
@@ -13,6 +14,7 @@ use super::error::EngineError;
 use super::events::{Event, EventBus};
 use super::mailbox::Gate;
 use super::registry::Registry;
+use super::saver::{self, SaveQueue};
 use super::{supervisor, Config, Core, DeviceSlot, DeviceTune, Engine, QueueSlot};
 
 /// Default capacity of each device's mailbox (batches waiting for a worker).
@@ -168,10 +170,16 @@ impl EngineBuilder {
         };
         let devices_info = backend.devices().to_vec();
         let dir = self.autotune_dir_for(backend.kind());
-        let tunes = devices_info
+        let tunes: Vec<DeviceTune> = devices_info
             .iter()
             .map(|info| open_autotune(info, dir.as_deref()))
             .collect();
+        // Saves happen on one background thread, started only when there is a file
+        // to save to.
+        let saves = tunes
+            .iter()
+            .any(|t| t.path.is_some())
+            .then(|| SaveQueue::new(tunes.len()));
         tracing::info!(
             backend = %backend.kind(),
             devices = ?devices_info.iter().map(|d| &d.name).collect::<Vec<_>>(),
@@ -215,6 +223,7 @@ impl EngineBuilder {
             },
             speculator: AdaptiveSpeculator::new(self.threshold_pct),
             tunes,
+            saves,
             next_device: AtomicUsize::new(0),
         });
         core.bus.publish_sticky(Event::BackendSelected {
@@ -222,9 +231,14 @@ impl EngineBuilder {
             devices: devices_info.iter().map(|d| d.name.clone()).collect(),
             reason,
         });
+        let saver = match core.saves {
+            Some(_) => Some(saver::spawn(Arc::clone(&core))?),
+            None => None,
+        };
         let engine = Engine {
             core: Arc::clone(&core),
             workers: Mutex::new(Vec::new()),
+            saver: Mutex::new(saver),
         };
         for (device, slot) in core.devices.iter().enumerate() {
             for q in &slot.queues {

@@ -14,6 +14,7 @@ mod events;
 mod mailbox;
 mod race;
 mod registry;
+mod saver;
 mod spin;
 mod supervisor;
 mod test_backend;
@@ -52,6 +53,7 @@ pub use trace::TraceStats;
 pub mod protocol {
     pub use super::events::{DropCounter, EventBus};
     pub use super::mailbox::{Gate, Pass};
+    pub use super::saver::SaveQueue;
     pub use super::ticket::{one_shot_for_models as one_shot, Responder};
     pub use super::verdict::VerdictCell;
     #[cfg(photofinish_loom)]
@@ -187,9 +189,6 @@ pub(crate) struct DeviceTune {
     pub(crate) adapter_id: String,
     /// What loading the file found.
     pub(crate) report: Option<LoadReport>,
-    /// Serialises saves of this store (each is atomic, but two at once would race
-    /// for the same temporary file).
-    save_lock: Mutex<()>,
 }
 
 impl DeviceTune {
@@ -204,18 +203,26 @@ impl DeviceTune {
             path,
             adapter_id,
             report,
-            save_lock: Mutex::new(()),
         }
     }
 
-    /// Saves the store atomically to its file (a no-op without one). A failed save is
-    /// logged, never fatal: the store stays correct in memory.
+    /// Saves the store atomically to its file (a no-op without one), creating the
+    /// file's directory first. A failed save is logged, never fatal: the store stays
+    /// correct in memory. Only the saver thread calls this (`saver.rs`), so two saves
+    /// of one store never race for its temporary file, and no worker ever waits on
+    /// the disk.
     pub(crate) fn save(&self) {
         let Some(path) = &self.path else {
             return;
         };
-        let _one_at_a_time = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(error) = self.store.save(path) {
+        tracing::debug!(path = %path.display(), "saving the autotune store");
+        let created = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create its directory {}: {e}", dir.display())),
+            _ => Ok(()),
+        };
+        if let Err(error) = created.and_then(|()| self.store.save(path).map_err(|e| e.to_string()))
+        {
             tracing::warn!(path = %path.display(), %error, "could not save the autotune store");
         }
     }
@@ -235,6 +242,9 @@ pub(crate) struct Core {
     pub(crate) speculator: AdaptiveSpeculator,
     /// One autotune store per device, in device order.
     pub(crate) tunes: Vec<DeviceTune>,
+    /// Save requests for the saver thread, one flag per device store; `None` (and no
+    /// saver thread) when no store has a file.
+    pub(crate) saves: Option<saver::SaveQueue>,
     next_device: AtomicUsize,
 }
 
@@ -248,6 +258,14 @@ impl fmt::Debug for Core {
 }
 
 impl Core {
+    /// Asks the saver thread to save `device`'s autotune store: never blocks on the
+    /// disk and never fails (a no-op when nothing is persisted).
+    pub(crate) fn request_save(&self, device: usize) {
+        if let Some(saves) = &self.saves {
+            saves.request(device);
+        }
+    }
+
     /// Marks a device lost; publishes once.
     pub(crate) fn mark_lost(&self, device: usize, detail: String) {
         if let Some(slot) = self.devices.get(device) {
@@ -375,6 +393,8 @@ fn declares_counter_tail(kernel: &Kernel, workload: &dyn Workload) -> Option<boo
 pub struct Engine {
     core: Arc<Core>,
     workers: Mutex<Vec<(usize, JoinHandle<()>)>>,
+    /// The `photofinish-saver` thread, while it runs (only when a store has a file).
+    saver: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl fmt::Debug for Engine {
@@ -575,6 +595,22 @@ impl Engine {
         self.core.tunes.get(device)?.path.as_deref()
     }
 
+    /// Blocks until every autotune save requested before this call is done: each
+    /// verdict change made so far is written to its device's autotune file (or its
+    /// save failed and was logged; the store stays correct in memory).
+    ///
+    /// Verdict changes are saved by a background thread (`photofinish-saver`), never
+    /// by the worker that made them, so a worker never waits on the disk; this is the
+    /// way to wait for the file, e.g. before another process reads it. Saves requested
+    /// while one runs coalesce into one more save. Returns at once when persistence is
+    /// off (`without_autotune_file`) or after [`Engine::shutdown`], which saves every
+    /// store itself.
+    pub fn flush_autotune(&self) {
+        if let Some(saves) = &self.core.saves {
+            saves.flush();
+        }
+    }
+
     /// What loading `device`'s autotune file found (missing, loaded, or a fresh start
     /// after an unusable file, with the error); `None` when persistence is off.
     pub fn autotune_load_report(&self, device: usize) -> Option<&LoadReport> {
@@ -694,8 +730,9 @@ impl Engine {
             })
     }
 
-    /// Stops accepting batches, answers every batch already accepted, and joins the
-    /// workers. Idempotent; dropping the engine does the same.
+    /// Stops accepting batches, answers every batch already accepted, joins the
+    /// workers, then saves every autotune store (on the saver thread, which it stops
+    /// and joins). Idempotent; dropping the engine does the same.
     pub fn shutdown(&self) {
         let closed_now = self.core.gate.close_and_wait();
         let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
@@ -713,9 +750,19 @@ impl Engine {
             }
         }
         self.core.preloads.wait_idle();
-        if closed_now {
-            for tune in &self.core.tunes {
-                tune.save();
+        // The workers are joined, so no request can come after these: the saver's
+        // last pass saves every store (races record winners without a verdict change,
+        // so each store is saved, dirty or not), then it exits.
+        let mut saver = self.saver.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(saves) = &self.core.saves {
+            if closed_now {
+                saves.request_all();
+            }
+            saves.stop();
+        }
+        if let Some(handle) = saver.take() {
+            if handle.join().is_err() {
+                tracing::error!("the autotune saver thread ended by panic");
             }
         }
     }

@@ -605,8 +605,8 @@ fn adopt(core: &Core, kernel: &Kernel, device: usize, reason: VerdictReason) -> 
     changed
 }
 
-/// Logs, publishes and stores (and saves) a verdict change made by this thread on
-/// `device`'s race.
+/// Logs, publishes and stores a verdict change made by this thread on `device`'s
+/// race, and asks the saver thread to save that device's store (never waits for it).
 fn published(
     core: &Core,
     kernel: &Kernel,
@@ -651,6 +651,6 @@ fn published(
                 reason: stored_reason,
             },
         );
-        tune.save();
+        core.request_save(device);
     }
 }
