@@ -434,7 +434,11 @@ fn a_panicking_save_does_not_stop_the_saver_or_the_engine() {
         engine.flush_autotune();
         let memory = verdicts(engine.autotune_store(0).unwrap());
         assert_eq!(memory.len(), 2);
-        assert_eq!(on_disk(&engine), memory, "the next save wrote both verdicts");
+        assert_eq!(
+            on_disk(&engine),
+            memory,
+            "the next save wrote both verdicts"
+        );
         engine.shutdown();
     });
 }
