@@ -168,13 +168,12 @@ fn pairs(queues: &[QueueId]) -> Vec<(&'static str, [QueueId; 2])> {
     out
 }
 
+/// A variant's CPU code: buffers in binding order, push constants, workgroup count.
+type CpuCode = fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String>;
+
 /// The busy kernel as a variant: its shader runs `rounds` (an expression), its CPU code
 /// is `cpu`.
-fn busy_variant(
-    name: &str,
-    rounds: &str,
-    cpu: fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String>,
-) -> KernelVariant {
+fn busy_variant(name: &str, rounds: &str, cpu: CpuCode) -> KernelVariant {
     let variant = common::gpu_variant(
         name,
         common::spirv(name, &BUSY_WGSL.replace("ROUNDS", rounds)),
