@@ -21,6 +21,7 @@ use std::sync::Arc;
 use vulkano::buffer::Subbuffer;
 use vulkano::command_buffer::PrimaryAutoCommandBuffer;
 use vulkano::query::QueryPool;
+use vulkano::sync::fence::Fence;
 
 /// What a pooled buffer is for; buffers of different roles live in different memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,6 +85,9 @@ pub(super) struct Slot {
     pub(super) bindings: Vec<SlotBinding>,
     /// Two timestamp queries (before, after); `None` where the family has none.
     pub(super) queries: Option<Arc<QueryPool>>,
+    /// Signalled when a submission of `command` has finished; unsignalled while the
+    /// slot is idle.
+    pub(super) fence: Arc<Fence>,
 }
 
 impl Slot {
