@@ -65,7 +65,7 @@ impl Default for VulkanOptions {
         VulkanOptions {
             max_queues_per_family: 8,
             software_devices_with_hardware: true,
-            max_cached_commands: 64,
+            max_cached_commands: 256,
             reuse_budget_bytes: 512 << 20,
             always_stage: false,
         }
