@@ -6,12 +6,16 @@
 //! aggressive path that fires as `Event::PolicyAudit` (only when the fired set of a
 //! kernel changes, not every batch), and hands the verdict to the race.
 //!
-//! The engine acts on D2 (arms run concurrently on two queues only when independent).
-//! D4 record-and-replay is done by the Vulkan backend itself for repeat shapes; I2
-//! (trace-JIT) is acted on by `trace.rs` from its own per-kernel hit/miss history; D1
-//! (persistent kernels), D3 (separate uploads) and D9 (bindless) are evaluated and
-//! audited but have nothing to act on in this version. This module
-//! decides nothing itself: the policy functions do.
+//! The engine acts on D2 (arms run concurrently on two queues only when independent)
+//! and on D1: when it fires for a backlog, a worker takes several queued batches and
+//! submits them in one backend call (`race::group_size`, `race::run_group`). D4
+//! record-and-replay is done by the Vulkan backend itself for repeat shapes; I2
+//! (trace-JIT) is acted on by `trace.rs` from its own per-kernel hit/miss history; D3
+//! (separate uploads: the backends upload inside each job's command buffer) and D9
+//! (bindless: no descriptor indexing in the backends) are evaluated and audited but
+//! have nothing to act on in this version. A single-arm run of a repeated shape
+//! re-evaluates the bundle only every [`POLICY_REFRESH`]-th time. This module decides
+//! nothing itself: the policy functions do.
 
 use std::sync::Arc;
 

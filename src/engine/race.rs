@@ -59,7 +59,9 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
             detail: "lost before this batch ran".into(),
         });
     }
-    job.kernel.policy().note_shape(payload_len(&job.payload));
+    if let Some(mut policy) = job.kernel.try_policy() {
+        policy.note_shape(payload_len(&job.payload));
+    }
     match choose(core, &job.kernel) {
         // An adopted variant that refuses a batch the conservative one may take is no
         // longer trusted, and the batch runs conservatively.
@@ -218,7 +220,9 @@ fn dispatch(
         .iter()
         .filter_map(|r| r.as_ref().ok().and_then(|o| o.kernel_ns))
         .max();
-    kernel.policy().observe(wall_ns, kernel_ns);
+    if let Some(mut policy) = kernel.try_policy() {
+        policy.observe(wall_ns, kernel_ns);
+    }
     if results.len() != jobs.len() {
         return Err(Fault::Backend(format!(
             "the backend returned {} results for {} jobs",
@@ -250,7 +254,7 @@ fn consult_policy(
     jobs: [&DispatchJob; 2],
     race: Option<()>,
 ) -> bool {
-    if race.is_none() && !kernel.policy().due_for_single_arm() {
+    if race.is_none() && !kernel.try_policy().is_some_and(|p| p.due_for_single_arm()) {
         // A repeat of the shape it was evaluated for: nothing the bundle reads but the
         // backlog has changed, and the backlog is read afresh for every group.
         return true;
@@ -336,7 +340,13 @@ pub(crate) fn group_size(first: &Job, queued: usize, idle: usize) -> usize {
     if spare == 0 || first.kernel.verdict.get() == KernelVerdict::Undecided {
         return 1;
     }
-    let inputs = first.kernel.policy().persistent_inputs(queued);
+    let Some(inputs) = first
+        .kernel
+        .try_policy()
+        .map(|p| p.persistent_inputs(queued))
+    else {
+        return 1;
+    };
     match decide_persistent_kernel(inputs) {
         PersistentKernelDecision::StandardLaunches => 1,
         PersistentKernelDecision::PersistentKernel { .. } => (spare + 1).min(MAX_GROUP),
@@ -360,7 +370,9 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
             results[i] = Some(run(core, queue, job));
             continue;
         }
-        job.kernel.policy().note_shape(payload_len(&job.payload));
+        if let Some(mut policy) = job.kernel.try_policy() {
+            policy.note_shape(payload_len(&job.payload));
+        }
         match choose(core, &job.kernel) {
             Choice::Single(arm) => match prepare_single(core, queue, job, arm) {
                 Ok(dj) => {
@@ -444,7 +456,9 @@ fn dispatch_group(
     let share = wall_ns / dispatch_jobs.len() as u64;
     for (&(i, _), result) in grouped.iter().zip(&results) {
         let kernel_ns = result.as_ref().ok().and_then(|o| o.kernel_ns);
-        jobs[i].kernel.policy().observe(share, kernel_ns);
+        if let Some(mut policy) = jobs[i].kernel.try_policy() {
+            policy.observe(share, kernel_ns);
+        }
     }
     Ok(results)
 }
@@ -633,6 +647,12 @@ fn record_race(
     };
     let (sample, verdict, hint) = {
         let mut log = kernel.log();
+        // Each arm's time clamped to 4 medians of its recent times (see `ArmHistory`).
+        let race = SpeculativeVariantRace {
+            conservative_dispatch_ns: log.history[0].clamp_and_record(conservative_ns),
+            speculative_dispatch_ns: log.history[1].clamp_and_record(speculative_ns),
+            ..race
+        };
         let update = log.window.record_sample(
             &tune.store,
             kernel.pair_keys(&tune.adapter_id),
