@@ -330,6 +330,18 @@ fn complete_single(
 /// fires for a backlog.
 pub(crate) const MAX_GROUP: usize = 8;
 
+/// [`MAX_GROUP`], or `PHOTOFINISH_MAX_GROUP` where that is set (a measurement knob,
+/// read once; 1 turns grouping off).
+fn max_group() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("PHOTOFINISH_MAX_GROUP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(MAX_GROUP, |n: usize| n.max(1))
+    })
+}
+
 /// How many batches to run in one backend call, `first` included, when `queued` more
 /// wait in the device's mailbox and `idle` other workers of the device could take
 /// them: 1 unless `first`'s kernel is decided (a single-arm run) and D1 says the
@@ -349,7 +361,7 @@ pub(crate) fn group_size(first: &Job, queued: usize, idle: usize) -> usize {
     };
     match decide_persistent_kernel(inputs) {
         PersistentKernelDecision::StandardLaunches => 1,
-        PersistentKernelDecision::PersistentKernel { .. } => (spare + 1).min(MAX_GROUP),
+        PersistentKernelDecision::PersistentKernel { .. } => (spare + 1).min(max_group()),
     }
 }
 

@@ -28,6 +28,7 @@ use vulkano::command_buffer::{
 };
 use vulkano::descriptor_set::{DescriptorSet, WriteDescriptorSet};
 use vulkano::memory::allocator::{AllocationCreateInfo, MemoryTypeFilter};
+use vulkano::memory::MemoryPropertyFlags;
 use vulkano::pipeline::{Pipeline, PipelineBindPoint};
 use vulkano::query::{QueryPool, QueryPoolCreateInfo, QueryResultFlags, QueryType};
 use vulkano::sync::fence::{Fence, FenceCreateInfo};
@@ -41,6 +42,18 @@ use crate::backend::{BackendError, BufferArg, DispatchJob, DispatchOutput};
 
 /// How long a finishing dispatch polls its fence before it blocks on it.
 pub(super) const FENCE_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// [`FENCE_SPIN`], or `PHOTOFINISH_FENCE_SPIN_US` microseconds where that is set (a
+/// measurement knob, read once; 0 blocks at once).
+fn fence_spin() -> std::time::Duration {
+    static SPIN: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        std::env::var("PHOTOFINISH_FENCE_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(FENCE_SPIN, std::time::Duration::from_micros)
+    })
+}
 
 /// A job after submission: what is needed to finish it.
 pub(super) struct InFlight<'a> {
@@ -219,10 +232,11 @@ pub(super) fn start<'a>(
     })))
 }
 
-/// Waits for `fence`: polls it for up to [`FENCE_SPIN`], then blocks.
+/// Waits for `fence`: polls it for up to [`fence_spin`], then blocks.
 fn wait_fence(fence: &Fence) -> Result<(), vulkano::VulkanError> {
     let start = std::time::Instant::now();
-    while start.elapsed() < FENCE_SPIN {
+    let spin = fence_spin();
+    while start.elapsed() < spin {
         if fence.is_signaled()? {
             return Ok(());
         }
@@ -339,6 +353,15 @@ pub(super) fn buffer(gpu: &Gpu, role: Role, bytes: u64) -> Result<Pooled, Backen
             storage,
             MemoryTypeFilter::PREFER_DEVICE | MemoryTypeFilter::HOST_RANDOM_ACCESS,
         ),
+        Role::Direct => (
+            storage,
+            MemoryTypeFilter {
+                required_flags: MemoryPropertyFlags::DEVICE_LOCAL
+                    | MemoryPropertyFlags::HOST_VISIBLE,
+                preferred_flags: MemoryPropertyFlags::HOST_COHERENT,
+                not_preferred_flags: MemoryPropertyFlags::empty(),
+            },
+        ),
         Role::Upload => (
             BufferUsage::TRANSFER_SRC,
             MemoryTypeFilter::PREFER_HOST | MemoryTypeFilter::HOST_SEQUENTIAL_WRITE,
@@ -382,21 +405,21 @@ pub(super) fn query_pool(gpu: &Gpu) -> Result<Arc<QueryPool>, BackendError> {
     .map_err(|e| gpu.note(vk_error(gpu.info.index, 0, e)))
 }
 
-/// Records a slot for `key`: buffers, descriptor set, timestamps and the command buffer.
-fn record(
+/// The buffers of a slot for `key`: all in place in `role`'s memory (written and read
+/// by the host directly), or (`None`) device-local with staging buffers.
+fn slot_bindings(
     gpu: &Gpu,
     kernel: &LoadedKernel,
     key: &SlotKey,
-    timestamps: bool,
-) -> Result<Slot, BackendError> {
-    let device = gpu.info.index;
+    in_place: Option<Role>,
+) -> Result<Vec<SlotBinding>, BackendError> {
     let mut bindings = Vec::with_capacity(key.buffers.len());
     for (&(len, uploaded), desc) in key.buffers.iter().zip(&kernel.bindings) {
         let bound = bound_len(len);
-        let binding = if gpu.unified_memory {
+        let binding = if let Some(role) = in_place {
             SlotBinding {
                 len,
-                device: buffer(gpu, Role::Unified, bound)?,
+                device: buffer(gpu, role, bound)?,
                 upload: None,
                 readback: None,
             }
@@ -418,6 +441,34 @@ fn record(
         };
         bindings.push(binding);
     }
+    Ok(bindings)
+}
+
+/// Records a slot for `key`: buffers, descriptor set, timestamps and the command buffer.
+fn record(
+    gpu: &Gpu,
+    kernel: &LoadedKernel,
+    key: &SlotKey,
+    timestamps: bool,
+) -> Result<Slot, BackendError> {
+    let device = gpu.info.index;
+    let total: u64 = key.buffers.iter().map(|&(len, _)| bound_len(len)).sum();
+    let in_place = if gpu.unified_memory {
+        Some(Role::Unified)
+    } else if total <= gpu.direct_max_bytes {
+        Some(Role::Direct)
+    } else {
+        None
+    };
+    let bindings = match in_place {
+        Some(role) => match slot_bindings(gpu, kernel, key, Some(role)) {
+            Ok(b) => b,
+            // A full BAR: stage this slot instead.
+            Err(_) if role == Role::Direct => slot_bindings(gpu, kernel, key, None)?,
+            Err(e) => return Err(e),
+        },
+        None => slot_bindings(gpu, kernel, key, None)?,
+    };
     let queries = if timestamps {
         Some(query_pool(gpu)?)
     } else {

@@ -30,6 +30,9 @@ pub(super) enum Role {
     Device,
     /// Device-local and host-visible storage buffer, written and read in place.
     Unified,
+    /// Device-local, host-visible storage buffer on a device whose device memory is
+    /// not all host visible (a PCIe BAR): small slots written and read in place.
+    Direct,
     /// Host-visible source of uploads.
     Upload,
     /// Host-visible destination of readbacks.
