@@ -427,3 +427,50 @@ fn force_mode_refuses_a_kernel_without_a_fused_path() {
         .unwrap();
     assert_eq!(answer.output, reference(&[1; 3]));
 }
+
+#[test]
+fn a_backlog_of_a_decided_kernel_runs_in_groups_of_one_backend_call() {
+    // One queue, so one worker: while it is held in a dispatch, a backlog builds up.
+    let backend = Arc::new(TestBackend::new(1, 1, 1));
+    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
+    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 500);
+    let engine = engine_on(&backend);
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    for i in 0..8u8 {
+        engine
+            .submit(Batch::new(k, vec![i; 16]))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Adopted));
+
+    backend.pause();
+    let held = engine.submit(Batch::new(k, vec![1u8; 16])).unwrap();
+    // Let the worker take it and block in the paused dispatch.
+    while backend.dispatch_calls() == 16 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let before = backend.dispatch_calls();
+    let inputs: Vec<Vec<u8>> = (0..40u8).map(|i| (0..=i).collect()).collect();
+    let tickets: Vec<_> = inputs
+        .iter()
+        .map(|input| engine.submit(Batch::new(k, input.clone())).unwrap())
+        .collect();
+    backend.resume();
+    assert_eq!(held.wait().unwrap().output, reference(&[1u8; 16]));
+    for (input, ticket) in inputs.iter().zip(tickets) {
+        let answer = ticket.wait().unwrap();
+        assert_eq!(answer.output, reference(input));
+        assert_eq!(answer.arm, Arm::Speculative);
+    }
+    let calls = backend.dispatch_calls() - before;
+    // 40 batches in groups of at most 8 (MAX_GROUP): at least 5 calls, and far fewer
+    // than one call a batch.
+    assert!(
+        (5..=20).contains(&calls),
+        "40 backlogged batches took {calls} backend calls"
+    );
+    assert_eq!(backend.runs(ByteSumWorkload::SPECULATIVE), 8 + 1 + 40);
+    engine.shutdown();
+}

@@ -289,6 +289,13 @@ impl Backend for CpuBackend {
     /// code that uses rayon itself (the reduce variants) runs its parallel parts on
     /// rayon's global pool when it runs on the calling thread.
     fn dispatch(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
+        if jobs
+            .iter()
+            .all(|j| Some(j.queue) == jobs.first().map(|f| f.queue))
+        {
+            // One queue (the common case): its jobs in order, on the calling thread.
+            return jobs.iter().map(|job| self.run(job)).collect();
+        }
         let mut by_queue: BTreeMap<QueueId, Vec<usize>> = BTreeMap::new();
         for (i, job) in jobs.iter().enumerate() {
             by_queue.entry(job.queue).or_default().push(i);

@@ -6,12 +6,16 @@
 //! aggressive path that fires as `Event::PolicyAudit` (only when the fired set of a
 //! kernel changes, not every batch), and hands the verdict to the race.
 //!
-//! The engine acts on D2 (arms run concurrently on two queues only when independent).
-//! D4 record-and-replay is done by the Vulkan backend itself for repeat shapes; I2
-//! (trace-JIT) is acted on by `trace.rs` from its own per-kernel hit/miss history; D1
-//! (persistent kernels), D3 (separate uploads) and D9 (bindless) are evaluated and
-//! audited but have nothing to act on in this version. This module
-//! decides nothing itself: the policy functions do.
+//! The engine acts on D2 (arms run concurrently on two queues only when independent)
+//! and on D1: when it fires for a backlog, a worker takes several queued batches and
+//! submits them in one backend call (`race::group_size`, `race::run_group`). D4
+//! record-and-replay is done by the Vulkan backend itself for repeat shapes; I2
+//! (trace-JIT) is acted on by `trace.rs` from its own per-kernel hit/miss history; D3
+//! (separate uploads: the backends upload inside each job's command buffer) and D9
+//! (bindless: no descriptor indexing in the backends) are evaluated and audited but
+//! have nothing to act on in this version. A single-arm run of a repeated shape
+//! re-evaluates the bundle only every [`POLICY_REFRESH`]-th time. This module decides
+//! nothing itself: the policy functions do.
 
 use std::sync::Arc;
 
@@ -20,6 +24,9 @@ use crate::policy::{
     evaluate_dispatch_policy, ArmBindingSummary, BindlessInputs, CommandReuseInputs,
     DispatchPolicyInputs, DispatchPolicyVerdict, PersistentKernelInputs, PolicyAudit,
 };
+
+/// A single-arm run of a repeated shape re-evaluates the bundle once in this many.
+pub(crate) const POLICY_REFRESH: u32 = 64;
 
 /// What the engine measured about one kernel's launches.
 #[derive(Debug, Default)]
@@ -59,6 +66,13 @@ impl PolicyState {
         }
     }
 
+    /// Whether a single-arm run should evaluate the bundle: on a new shape and on every
+    /// [`POLICY_REFRESH`]-th repeat of one (re-evaluating every repeat of a known shape
+    /// was a measurable share of a small batch's host time).
+    pub(crate) fn due_for_single_arm(&self) -> bool {
+        self.repeat <= 1 || self.repeat % POLICY_REFRESH == 0
+    }
+
     /// Records one backend call: its host wall time and its (slowest) kernel time.
     pub(crate) fn observe(&mut self, wall_ns: u64, kernel_ns: Option<u64>) {
         let kernel = kernel_ns.unwrap_or(0);
@@ -67,6 +81,18 @@ impl PolicyState {
         self.overhead_ns = Some(ema(self.overhead_ns, overhead));
         if kernel_ns.is_some() {
             self.kernel_ns = Some(ema(self.kernel_ns, kernel));
+        }
+    }
+
+    /// D1's inputs for a batch with `queued` batches waiting behind it: the launch
+    /// overhead measured per call, the first call's overhead (set-up included) as the
+    /// set-up of a persistent launch.
+    pub(crate) fn persistent_inputs(&self, queued: usize) -> PersistentKernelInputs {
+        PersistentKernelInputs {
+            batch_size: u32::try_from(queued.saturating_add(1)).unwrap_or(u32::MAX),
+            per_launch_overhead_ns: self.overhead_ns.unwrap_or(0),
+            per_item_kernel_ns: self.kernel_ns.unwrap_or(0),
+            persistent_setup_overhead_ns: self.first_overhead_ns.unwrap_or(0),
         }
     }
 
@@ -80,12 +106,7 @@ impl PolicyState {
         let overhead = self.overhead_ns.unwrap_or(0);
         let first = self.first_overhead_ns.unwrap_or(0);
         DispatchPolicyInputs {
-            persistent: PersistentKernelInputs {
-                batch_size: u32::try_from(queued.saturating_add(1)).unwrap_or(u32::MAX),
-                per_launch_overhead_ns: overhead,
-                per_item_kernel_ns: self.kernel_ns.unwrap_or(0),
-                persistent_setup_overhead_ns: first,
-            },
+            persistent: self.persistent_inputs(queued),
             arm_a: arms.0,
             arm_b: arms.1,
             // Uploads travel inside the dispatch; no separate copy is queued.

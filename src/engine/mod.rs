@@ -300,6 +300,16 @@ impl Core {
             .find(|q| q.id == queue)
     }
 
+    /// Queues of `own`'s device other than `own` that no worker is using right now.
+    pub(crate) fn idle_queues(&self, own: QueueId) -> usize {
+        self.devices.get(own.device).map_or(0, |d| {
+            d.queues
+                .iter()
+                .filter(|q| q.id != own && q.users.load(Ordering::Acquire) == 0)
+                .count()
+        })
+    }
+
     /// Borrows an idle partner queue for the speculative arm of a race on `own`:
     /// an idle queue of another family first, then an idle queue of the same family.
     /// `None`: no idle partner (or a one-queue device): run the arms back to back.

@@ -13,7 +13,9 @@ use crate::autotune::{
     SpeculativeVariantRace, VerdictReason as StoredReason,
 };
 use crate::backend::{BackendError, DispatchJob, DispatchOutput, KernelVariant, QueueId};
-use crate::policy::{ArmIndependenceVerdict, SpeculationVerdict};
+use crate::policy::{
+    decide_persistent_kernel, ArmIndependenceVerdict, PersistentKernelDecision, SpeculationVerdict,
+};
 use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
 
 use super::dispatch_policy;
@@ -57,27 +59,16 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
             detail: "lost before this batch ran".into(),
         });
     }
-    let len = match &job.payload {
-        Payload::Input(input) => input.len(),
-        Payload::Plan(plan) => plan.buffers.iter().map(|b| b.len() as usize).sum(),
-    };
-    job.kernel.policy().note_shape(len);
+    if let Some(mut policy) = job.kernel.try_policy() {
+        policy.note_shape(payload_len(&job.payload));
+    }
     match choose(core, &job.kernel) {
-        Choice::Single(Arm::Speculative) => match single(core, queue, job, Arm::Speculative) {
-            Err(Fault::Input(e)) => {
-                // The adopted variant refused a batch the conservative one may take:
-                // it is no longer trusted, and this batch runs conservatively.
-                reject(
-                    core,
-                    &job.kernel,
-                    queue.device,
-                    VerdictReason::SpeculativeFailed(e.to_string()),
-                );
-                single(core, queue, job, Arm::Conservative)
-            }
-            other => other,
+        // An adopted variant that refuses a batch the conservative one may take is no
+        // longer trusted, and the batch runs conservatively.
+        Choice::Single(arm) => match single(core, queue, job, arm) {
+            Err(fault) => after_single_fault(core, queue, job, arm, fault),
+            ok => ok,
         },
-        Choice::Single(arm) => single(core, queue, job, arm),
         Choice::Race { audit } => race(core, queue, job, audit),
     }
 }
@@ -188,15 +179,15 @@ fn finish(
     kernel: &Kernel,
     arm: Arm,
     payload: &Payload,
-    out: &DispatchOutput,
+    outputs: Vec<Vec<u8>>,
 ) -> Result<Output, EngineError> {
     match (payload, kernel.workload()) {
         (Payload::Input(input), Some(workload)) => Ok(Output::Answer(workload.answer(
             arm.variant(),
             input,
-            &out.outputs,
+            &outputs,
         )?)),
-        _ => Ok(Output::Buffers(out.outputs.clone())),
+        _ => Ok(Output::Buffers(outputs)),
     }
 }
 
@@ -229,7 +220,9 @@ fn dispatch(
         .iter()
         .filter_map(|r| r.as_ref().ok().and_then(|o| o.kernel_ns))
         .max();
-    kernel.policy().observe(wall_ns, kernel_ns);
+    if let Some(mut policy) = kernel.try_policy() {
+        policy.observe(wall_ns, kernel_ns);
+    }
     if results.len() != jobs.len() {
         return Err(Fault::Backend(format!(
             "the backend returned {} results for {} jobs",
@@ -261,6 +254,11 @@ fn consult_policy(
     jobs: [&DispatchJob; 2],
     race: Option<()>,
 ) -> bool {
+    if race.is_none() && !kernel.try_policy().is_some_and(|p| p.due_for_single_arm()) {
+        // A repeat of the shape it was evaluated for: nothing the bundle reads but the
+        // backlog has changed, and the backlog is read afresh for every group.
+        return true;
+    }
     let arms = match race {
         Some(()) => {
             dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[1]])
@@ -290,22 +288,199 @@ fn consult_policy(
 }
 
 fn single(core: &Core, queue: QueueId, job: &Job, arm: Arm) -> Result<Answer, Fault> {
+    let dj = prepare_single(core, queue, job, arm)?;
+    consult_policy(core, &job.kernel, queue, [&dj, &dj], None);
+    let out = dispatch_one(core, &job.kernel, dj)?;
+    complete_single(core, queue, job, arm, out)
+}
+
+/// The dispatch job of a single-arm run of `job`, with trace-JIT told about it.
+fn prepare_single(core: &Core, queue: QueueId, job: &Job, arm: Arm) -> Result<DispatchJob, Fault> {
     let kernel = &job.kernel;
     let (dj, loaded) = make_job(core, kernel, arm, queue, &job.payload).map_err(Fault::Input)?;
     trace::note(core, kernel, queue.device, trace::shape_of(&dj), loaded);
-    consult_policy(core, kernel, queue, [&dj, &dj], None);
-    let out = dispatch_one(core, kernel, dj)?.map_err(|e| classify(kernel, e))?;
+    Ok(dj)
+}
+
+/// The answer of a single-arm run from its dispatch result.
+fn complete_single(
+    core: &Core,
+    queue: QueueId,
+    job: &Job,
+    arm: Arm,
+    out: Result<DispatchOutput, BackendError>,
+) -> Result<Answer, Fault> {
+    let kernel = &job.kernel;
+    let out = out.map_err(|e| classify(kernel, e))?;
     if arm == Arm::Speculative {
         note_speculative_run(core, kernel, &out.outputs);
     }
-    let output = finish(kernel, arm, &job.payload, &out).map_err(Fault::Input)?;
+    let kernel_ns = out.kernel_ns;
+    let output = finish(kernel, arm, &job.payload, out.outputs).map_err(Fault::Input)?;
     Ok(Answer {
         output,
         arm,
         raced: false,
-        kernel_ns: out.kernel_ns,
+        kernel_ns,
         queue,
     })
+}
+
+/// The most batches one backend call carries when the persistent-launch rule (D1)
+/// fires for a backlog.
+pub(crate) const MAX_GROUP: usize = 8;
+
+/// [`MAX_GROUP`], or `PHOTOFINISH_MAX_GROUP` where that is set (a measurement knob,
+/// read once; 1 turns grouping off).
+fn max_group() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("PHOTOFINISH_MAX_GROUP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(MAX_GROUP, |n: usize| n.max(1))
+    })
+}
+
+/// How many batches to run in one backend call, `first` included, when `queued` more
+/// wait in the device's mailbox and `idle` other workers of the device could take
+/// them: 1 unless `first`'s kernel is decided (a single-arm run) and D1 says the
+/// backlog's launch overheads outweigh the set-up of a persistent launch; then the
+/// backlog beyond what the idle workers take, at most [`MAX_GROUP`].
+pub(crate) fn group_size(first: &Job, queued: usize, idle: usize) -> usize {
+    let spare = queued.saturating_sub(idle);
+    if spare == 0 || first.kernel.verdict.get() == KernelVerdict::Undecided {
+        return 1;
+    }
+    let Some(inputs) = first
+        .kernel
+        .try_policy()
+        .map(|p| p.persistent_inputs(queued))
+    else {
+        return 1;
+    };
+    match decide_persistent_kernel(inputs) {
+        PersistentKernelDecision::StandardLaunches => 1,
+        PersistentKernelDecision::PersistentKernel { .. } => (spare + 1).min(max_group()),
+    }
+}
+
+/// Runs a group of batches taken from the mailbox together (see [`group_size`]) and
+/// returns one result per job, in order. Every single-arm batch of the group goes to
+/// the backend in one call on `queue` — submitted back to back, waited for together —
+/// so the group pays one round trip instead of one per batch; a batch that races runs
+/// on its own, as in [`run`]. The dispatch policy is consulted once for the group.
+pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result<Answer, Fault>> {
+    if jobs.len() == 1 {
+        return vec![run(core, queue, &jobs[0])];
+    }
+    let mut results: Vec<Option<Result<Answer, Fault>>> = jobs.iter().map(|_| None).collect();
+    let mut grouped: Vec<(usize, Arm)> = Vec::with_capacity(jobs.len());
+    let mut dispatch_jobs: Vec<DispatchJob> = Vec::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        if core.is_lost(queue.device) {
+            results[i] = Some(run(core, queue, job));
+            continue;
+        }
+        if let Some(mut policy) = job.kernel.try_policy() {
+            policy.note_shape(payload_len(&job.payload));
+        }
+        match choose(core, &job.kernel) {
+            Choice::Single(arm) => match prepare_single(core, queue, job, arm) {
+                Ok(dj) => {
+                    grouped.push((i, arm));
+                    dispatch_jobs.push(dj);
+                }
+                Err(fault) => results[i] = Some(after_single_fault(core, queue, job, arm, fault)),
+            },
+            Choice::Race { audit } => results[i] = Some(race(core, queue, job, audit)),
+        }
+    }
+    if let (Some(&(first, _)), Some(dj)) = (grouped.first(), dispatch_jobs.first()) {
+        consult_policy(core, &jobs[first].kernel, queue, [dj, dj], None);
+    }
+    match dispatch_group(core, jobs, &grouped, &dispatch_jobs) {
+        Ok(outs) => {
+            for (&(i, arm), out) in grouped.iter().zip(outs) {
+                let result = complete_single(core, queue, &jobs[i], arm, out);
+                results[i] = Some(match result {
+                    Err(fault) => after_single_fault(core, queue, &jobs[i], arm, fault),
+                    ok => ok,
+                });
+            }
+        }
+        Err(reason) => {
+            for &(i, _) in &grouped {
+                results[i] = Some(Err(Fault::Backend(reason.clone())));
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Fault::Backend("a grouped batch was not run".into()))))
+        .collect()
+}
+
+/// A single-arm run's fault: an adopted speculative variant that refused the batch is
+/// rejected and the batch runs conservatively (as in [`run`]); anything else stands.
+fn after_single_fault(
+    core: &Core,
+    queue: QueueId,
+    job: &Job,
+    arm: Arm,
+    fault: Fault,
+) -> Result<Answer, Fault> {
+    match (arm, fault) {
+        (Arm::Speculative, Fault::Input(e)) => {
+            reject(
+                core,
+                &job.kernel,
+                queue.device,
+                VerdictReason::SpeculativeFailed(e.to_string()),
+            );
+            single(core, queue, job, Arm::Conservative)
+        }
+        (_, fault) => Err(fault),
+    }
+}
+
+/// One backend call for the grouped jobs; each kernel's policy learns its share of the
+/// call's host time. `Err`: the backend broke its contract (the reason).
+fn dispatch_group(
+    core: &Core,
+    jobs: &[Job],
+    grouped: &[(usize, Arm)],
+    dispatch_jobs: &[DispatchJob],
+) -> Result<Vec<Result<DispatchOutput, BackendError>>, String> {
+    if dispatch_jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let started = std::time::Instant::now();
+    let results = core.backend.dispatch(dispatch_jobs);
+    let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    if results.len() != dispatch_jobs.len() {
+        return Err(format!(
+            "the backend returned {} results for {} jobs",
+            results.len(),
+            dispatch_jobs.len()
+        ));
+    }
+    let share = wall_ns / dispatch_jobs.len() as u64;
+    for (&(i, _), result) in grouped.iter().zip(&results) {
+        let kernel_ns = result.as_ref().ok().and_then(|o| o.kernel_ns);
+        if let Some(mut policy) = jobs[i].kernel.try_policy() {
+            policy.observe(share, kernel_ns);
+        }
+    }
+    Ok(results)
+}
+
+/// Bytes a batch carries.
+fn payload_len(payload: &Payload) -> usize {
+    match payload {
+        Payload::Input(input) => input.len(),
+        Payload::Plan(plan) => plan.buffers.iter().map(|b| b.len() as usize).sum(),
+    }
 }
 
 /// How the speculative arm of a race ended.
@@ -354,22 +529,15 @@ fn race(core: &Core, queue: QueueId, job: &Job, audit: bool) -> Result<Answer, F
     };
     drop(partner);
     let cons_out = cons_result.map_err(|e| classify(kernel, e))?;
+    let cons_ns = cons_out.kernel_ns;
     let output =
-        finish(kernel, Arm::Conservative, &job.payload, &cons_out).map_err(Fault::Input)?;
-    judge(
-        core,
-        job,
-        queue,
-        audit,
-        &output,
-        cons_out.kernel_ns,
-        spec_arm,
-    );
+        finish(kernel, Arm::Conservative, &job.payload, cons_out.outputs).map_err(Fault::Input)?;
+    judge(core, job, queue, audit, &output, cons_ns, spec_arm);
     Ok(Answer {
         output,
         arm: Arm::Conservative,
         raced: true,
-        kernel_ns: cons_out.kernel_ns,
+        kernel_ns: cons_ns,
         queue,
     })
 }
@@ -422,7 +590,8 @@ fn judge(
         }
         SpecArm::Ran(out, spec_queue) => {
             note_speculative_run(core, kernel, &out.outputs);
-            let spec_output = match finish(kernel, Arm::Speculative, &job.payload, &out) {
+            let spec_ns = out.kernel_ns;
+            let spec_output = match finish(kernel, Arm::Speculative, &job.payload, out.outputs) {
                 Ok(o) => o,
                 Err(e) => {
                     reject(
@@ -445,7 +614,7 @@ fn judge(
                 reject(core, kernel, device, VerdictReason::Mismatch);
                 return;
             }
-            let (Some(c_ns), Some(s_ns)) = (cons_ns, out.kernel_ns) else {
+            let (Some(c_ns), Some(s_ns)) = (cons_ns, spec_ns) else {
                 // No timestamps on this queue: agreement is checked, timing is not.
                 return;
             };
@@ -490,6 +659,12 @@ fn record_race(
     };
     let (sample, verdict, hint) = {
         let mut log = kernel.log();
+        // Each arm's time clamped to 4 medians of its recent times (see `ArmHistory`).
+        let race = SpeculativeVariantRace {
+            conservative_dispatch_ns: log.history[0].clamp_and_record(conservative_ns),
+            speculative_dispatch_ns: log.history[1].clamp_and_record(speculative_ns),
+            ..race
+        };
         let update = log.window.record_sample(
             &tune.store,
             kernel.pair_keys(&tune.adapter_id),

@@ -12,17 +12,28 @@ use std::time::{Duration, Instant};
 /// How long a waiter polls before it parks.
 pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_micros(100);
 
-/// Polls `poll` until it gives a value or [`SPIN_BEFORE_PARK`] has passed.
+/// Polls `poll` until it gives a value or [`SPIN_BEFORE_PARK`] has passed: the first
+/// polls back off with CPU spin hints (a hand-off that is about to happen costs no
+/// system call), later ones yield the CPU; the clock is read every eighth poll.
 pub(crate) fn spin_until<T>(mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+    const SPIN_ROUNDS: u32 = 6;
     let start = Instant::now();
+    let mut round = 0u32;
     loop {
         if let Some(value) = poll() {
             return Some(value);
         }
-        if start.elapsed() >= SPIN_BEFORE_PARK {
+        if round < SPIN_ROUNDS {
+            for _ in 0..(1u32 << round) {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::yield_now();
+        }
+        round = round.wrapping_add(1);
+        if round % 8 == 0 && start.elapsed() >= SPIN_BEFORE_PARK {
             return None;
         }
-        std::thread::yield_now();
     }
 }
 

@@ -45,7 +45,7 @@ pub(crate) fn spawn(
 }
 
 fn supervise(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>) {
-    let mut in_flight: Option<Job> = None;
+    let mut in_flight: Vec<Job> = Vec::new();
     loop {
         let run = catch_unwind(AssertUnwindSafe(|| {
             worker_loop(core, queue, mailbox, &mut in_flight)
@@ -55,30 +55,49 @@ fn supervise(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>) {
             Err(panic) => {
                 let reason = format!("worker panicked: {}", panic_message(panic.as_ref()));
                 tracing::error!(%queue, %reason, "restarting worker");
-                restart(core, queue, in_flight.take(), reason);
+                restart(core, queue, std::mem::take(&mut in_flight), reason);
             }
         }
     }
 }
 
 /// The actor: runs batches until a stop message (or a closed mailbox).
-fn worker_loop(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>, in_flight: &mut Option<Job>) {
+///
+/// Under a backlog it takes several batches at once (as many as
+/// `race::group_size` allows: D1 fired and no idle worker of the device would take
+/// them) and runs them as one group; a stop message met while taking them ends the
+/// loop after the group.
+fn worker_loop(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>, in_flight: &mut Vec<Job>) {
     // Spin briefly before parking: a worker that just finished a batch takes the next
     // one without a wake-up (see spin.rs).
     let next =
         || super::spin::spin_until(|| mailbox.try_recv().ok()).or_else(|| mailbox.recv().ok());
-    while let Some(Msg::Run(job)) = next() {
-        let job = in_flight.insert(job);
-        let result = {
+    let mut stopping = false;
+    while !stopping {
+        let Some(Msg::Run(first)) = next() else {
+            return;
+        };
+        let want = race::group_size(&first, mailbox.len(), core.idle_queues(queue));
+        in_flight.push(first);
+        while in_flight.len() < want {
+            match mailbox.try_recv() {
+                Ok(Msg::Run(job)) => in_flight.push(job),
+                Ok(Msg::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let results = {
             let _busy = core.occupy(queue);
-            race::run(core, queue, job)
+            race::run_group(core, queue, in_flight)
         };
-        let Some(job) = in_flight.take() else {
-            continue;
-        };
-        match result {
-            Ok(answer) => job.responder.answer(Ok(answer)),
-            Err(fault) => settle(core, queue, job, fault, true),
+        for (job, result) in in_flight.drain(..).zip(results) {
+            match result {
+                Ok(answer) => job.responder.answer(Ok(answer)),
+                Err(fault) => settle(core, queue, job, fault, true),
+            }
         }
     }
 }
@@ -93,7 +112,7 @@ fn settle(core: &Core, queue: QueueId, job: Job, fault: Fault, may_retry: bool) 
         }
         Fault::Backend(reason) if may_retry => {
             tracing::error!(%queue, %reason, "backend call failed; restarting worker");
-            restart(core, queue, Some(job), reason);
+            restart(core, queue, vec![job], reason);
         }
         Fault::Backend(reason) => job.responder.answer(Err(EngineError::Failed {
             kernel: job.kernel.name.clone(),
@@ -102,17 +121,18 @@ fn settle(core: &Core, queue: QueueId, job: Job, fault: Fault, may_retry: bool) 
     }
 }
 
-/// Restarts the worker of `queue`: retries its in-flight job once on another queue of
-/// the device (answering it whatever happens) and publishes `WorkerRestarted`.
-fn restart(core: &Core, queue: QueueId, job: Option<Job>, reason: String) {
+/// Restarts the worker of `queue`: retries each of its in-flight jobs once on another
+/// queue of the device (answering each whatever happens) and publishes
+/// `WorkerRestarted`.
+fn restart(core: &Core, queue: QueueId, jobs: Vec<Job>, reason: String) {
     // Published before the retry answers the batch, so a caller that sees its answer
     // can already see the restart.
     core.bus.publish(Event::WorkerRestarted {
         queue,
         reason,
-        retried: job.is_some(),
+        retried: !jobs.is_empty(),
     });
-    if let Some(job) = job {
+    for job in jobs {
         let other = core.retry_queue(queue);
         let run = catch_unwind(AssertUnwindSafe(|| {
             let _busy = core.occupy(other);

@@ -2,6 +2,15 @@
 //! write its inputs, submit it — all jobs are submitted before any is waited for — then
 //! wait on each fence, read the timestamps and the written bindings back.
 //!
+//! Submission. A slot's recorded command buffer goes to `vkQueueSubmit` directly
+//! (`QueueGuard::submit`) with the slot's own fence, not through vulkano's `GpuFuture`
+//! chain: the slot is owned by exactly one dispatch from before its inputs are written
+//! until after its fence has signalled and its outputs were read, so the per-resource
+//! access tracking the futures do on every submit guards nothing here and costs host
+//! time on every batch. Completion is polled (`vkGetFenceStatus`) for up to
+//! [`FENCE_SPIN`] before blocking in `vkWaitForFences`: a small kernel finishes well
+//! inside that window, and a blocked wait adds a thread wake-up to its latency.
+//!
 //! Timestamps. Both stamps are written at `BottomOfPipe`: the first after the uploads
 //! (copies, zero fills) and the second after the dispatch. A bottom-of-pipe stamp is
 //! written once every earlier command on the queue has finished, so the interval is the
@@ -14,32 +23,56 @@ use std::sync::Arc;
 
 use vulkano::buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer};
 use vulkano::command_buffer::{
-    AutoCommandBufferBuilder, CommandBufferExecFuture, CommandBufferUsage, CopyBufferInfo,
-    PrimaryCommandBufferAbstract,
+    AutoCommandBufferBuilder, CommandBufferSubmitInfo, CommandBufferUsage, CopyBufferInfo,
+    PrimaryCommandBufferAbstract, SubmitInfo,
 };
 use vulkano::descriptor_set::{DescriptorSet, WriteDescriptorSet};
 use vulkano::memory::allocator::{AllocationCreateInfo, MemoryTypeFilter};
+use vulkano::memory::MemoryPropertyFlags;
 use vulkano::pipeline::{Pipeline, PipelineBindPoint};
 use vulkano::query::{QueryPool, QueryPoolCreateInfo, QueryResultFlags, QueryType};
-use vulkano::sync::future::{FenceSignalFuture, NowFuture};
-use vulkano::sync::{GpuFuture, PipelineStage};
+use vulkano::sync::fence::{Fence, FenceCreateInfo};
+use vulkano::sync::PipelineStage;
 
-use super::errors::{alloc_error, exec_error, vk_error};
+use super::errors::{alloc_error, vk_error, vulkan_error};
 use super::kernel::LoadedKernel;
 use super::open::Gpu;
 use super::reuse::{size_class, Pooled, Role, Slot, SlotBinding, SlotKey};
 use crate::backend::{BackendError, BufferArg, DispatchJob, DispatchOutput};
 
-type Fence = FenceSignalFuture<CommandBufferExecFuture<NowFuture>>;
+/// How long a finishing dispatch polls its fence before it blocks on it.
+pub(super) const FENCE_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// [`FENCE_SPIN`], or `PHOTOFINISH_FENCE_SPIN_US` microseconds where that is set (a
+/// measurement knob, read once; 0 blocks at once).
+fn fence_spin() -> std::time::Duration {
+    static SPIN: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *SPIN.get_or_init(|| {
+        std::env::var("PHOTOFINISH_FENCE_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(FENCE_SPIN, std::time::Duration::from_micros)
+    })
+}
 
 /// A job after submission: what is needed to finish it.
 pub(super) struct InFlight<'a> {
     gpu: &'a Gpu,
     kernel: Arc<LoadedKernel>,
     key: SlotKey,
-    slot: Slot,
-    fence: Fence,
+    /// The submitted slot; `None` once finished. Dropping an unfinished job waits for
+    /// its fence first, so the GPU never runs on freed buffers.
+    slot: Option<Slot>,
     valid_bits: u32,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            // Only on an unwinding or failed path; the error was (or will be) reported.
+            let _ = slot.fence.wait(None);
+        }
+    }
 }
 
 /// A job after the first phase: finished already (empty dispatch), or on the GPU.
@@ -175,39 +208,66 @@ pub(super) fn start<'a>(
         None => record(gpu, &kernel, &key, valid_bits > 0)?,
     };
     write_inputs(gpu, &slot, job)?;
-    let fence = slot
-        .command
-        .clone()
-        .execute(queue.clone())
-        .map_err(|e| exec_error(gpu.info.index, e))?
-        .then_signal_fence_and_flush()
+    let command: Arc<dyn PrimaryCommandBufferAbstract> = slot.command.clone();
+    let submit = SubmitInfo {
+        command_buffers: vec![CommandBufferSubmitInfo::new(command)],
+        ..Default::default()
+    };
+    // SAFETY: the command buffer was recorded for this queue's family with
+    // `MultipleSubmit` and is not pending (its slot is ours alone, and a slot goes back
+    // to the cache only after its fence signalled). It resets its own queries before
+    // writing them and touches only the slot's buffers, which no other dispatch uses
+    // and which the host does not touch again until the fence has signalled. The
+    // fence is unsignalled (new, or reset after its last wait) and lives in the slot,
+    // which outlives the submission (`InFlight` waits on drop).
+    queue
+        .with(|mut q| unsafe { q.submit(std::slice::from_ref(&submit), Some(&slot.fence)) })
         .map_err(|e| gpu.note(vk_error(gpu.info.index, 0, e)))?;
     Ok(Started::Running(Box::new(InFlight {
         gpu,
         kernel,
         key,
-        slot,
-        fence,
+        slot: Some(slot),
         valid_bits,
     })))
 }
 
+/// Waits for `fence`: polls it for up to [`fence_spin`], then blocks.
+fn wait_fence(fence: &Fence) -> Result<(), vulkano::VulkanError> {
+    let start = std::time::Instant::now();
+    let spin = fence_spin();
+    while start.elapsed() < spin {
+        if fence.is_signaled()? {
+            return Ok(());
+        }
+        std::hint::spin_loop();
+    }
+    fence.wait(None)
+}
+
+/// A new unsignalled fence for a slot.
+fn new_fence(gpu: &Gpu) -> Result<Arc<Fence>, BackendError> {
+    Fence::new(gpu.device.clone(), FenceCreateInfo::default())
+        .map(Arc::new)
+        .map_err(|e| gpu.note(vk_error(gpu.info.index, 0, e)))
+}
+
 /// Phase two: wait for the fence, read the kernel time and the written bindings, and
 /// return the slot for reuse.
-pub(super) fn finish(job: InFlight<'_>) -> Result<DispatchOutput, BackendError> {
-    let InFlight {
-        gpu,
-        kernel,
-        key,
-        slot,
-        fence,
-        valid_bits,
-    } = job;
+pub(super) fn finish(mut job: InFlight<'_>) -> Result<DispatchOutput, BackendError> {
+    let gpu = job.gpu;
     let device = gpu.info.index;
-    fence
-        .wait(None)
-        .map_err(|e| gpu.note(vk_error(device, 0, e)))?;
-    drop(fence);
+    let Some(slot) = job.slot.as_ref() else {
+        return Err(BackendError::Vulkan("a dispatch was finished twice".into()));
+    };
+    wait_fence(&slot.fence).map_err(|e| gpu.note(vulkan_error(device, 0, e)))?;
+    // Finished: nothing of the slot is in use by the GPU any more.
+    let Some(slot) = job.slot.take() else {
+        return Err(BackendError::Vulkan("a dispatch was finished twice".into()));
+    };
+    // SAFETY: the fence has signalled and no submission that uses it is pending.
+    unsafe { slot.fence.reset() }.map_err(|e| gpu.note(vk_error(device, 0, e)))?;
+    let (kernel, valid_bits) = (&job.kernel, job.valid_bits);
 
     let kernel_ns = match &slot.queries {
         Some(queries) => Some(read_kernel_ns(gpu, queries, valid_bits)?),
@@ -226,7 +286,7 @@ pub(super) fn finish(job: InFlight<'_>) -> Result<DispatchOutput, BackendError> 
         outputs.push(guard[..binding.len as usize].to_vec());
     }
     if let Ok(mut reuse) = gpu.reuse.lock() {
-        reuse.put_slot(key, slot);
+        reuse.put_slot(job.key.clone(), slot);
     }
     Ok(DispatchOutput { outputs, kernel_ns })
 }
@@ -293,6 +353,15 @@ pub(super) fn buffer(gpu: &Gpu, role: Role, bytes: u64) -> Result<Pooled, Backen
             storage,
             MemoryTypeFilter::PREFER_DEVICE | MemoryTypeFilter::HOST_RANDOM_ACCESS,
         ),
+        Role::Direct => (
+            storage,
+            MemoryTypeFilter {
+                required_flags: MemoryPropertyFlags::DEVICE_LOCAL
+                    | MemoryPropertyFlags::HOST_VISIBLE,
+                preferred_flags: MemoryPropertyFlags::HOST_COHERENT,
+                not_preferred_flags: MemoryPropertyFlags::empty(),
+            },
+        ),
         Role::Upload => (
             BufferUsage::TRANSFER_SRC,
             MemoryTypeFilter::PREFER_HOST | MemoryTypeFilter::HOST_SEQUENTIAL_WRITE,
@@ -336,21 +405,21 @@ pub(super) fn query_pool(gpu: &Gpu) -> Result<Arc<QueryPool>, BackendError> {
     .map_err(|e| gpu.note(vk_error(gpu.info.index, 0, e)))
 }
 
-/// Records a slot for `key`: buffers, descriptor set, timestamps and the command buffer.
-fn record(
+/// The buffers of a slot for `key`: all in place in `role`'s memory (written and read
+/// by the host directly), or (`None`) device-local with staging buffers.
+fn slot_bindings(
     gpu: &Gpu,
     kernel: &LoadedKernel,
     key: &SlotKey,
-    timestamps: bool,
-) -> Result<Slot, BackendError> {
-    let device = gpu.info.index;
+    in_place: Option<Role>,
+) -> Result<Vec<SlotBinding>, BackendError> {
     let mut bindings = Vec::with_capacity(key.buffers.len());
     for (&(len, uploaded), desc) in key.buffers.iter().zip(&kernel.bindings) {
         let bound = bound_len(len);
-        let binding = if gpu.unified_memory {
+        let binding = if let Some(role) = in_place {
             SlotBinding {
                 len,
-                device: buffer(gpu, Role::Unified, bound)?,
+                device: buffer(gpu, role, bound)?,
                 upload: None,
                 readback: None,
             }
@@ -372,6 +441,34 @@ fn record(
         };
         bindings.push(binding);
     }
+    Ok(bindings)
+}
+
+/// Records a slot for `key`: buffers, descriptor set, timestamps and the command buffer.
+fn record(
+    gpu: &Gpu,
+    kernel: &LoadedKernel,
+    key: &SlotKey,
+    timestamps: bool,
+) -> Result<Slot, BackendError> {
+    let device = gpu.info.index;
+    let total: u64 = key.buffers.iter().map(|&(len, _)| bound_len(len)).sum();
+    let in_place = if gpu.unified_memory {
+        Some(Role::Unified)
+    } else if total <= gpu.direct_max_bytes {
+        Some(Role::Direct)
+    } else {
+        None
+    };
+    let bindings = match in_place {
+        Some(role) => match slot_bindings(gpu, kernel, key, Some(role)) {
+            Ok(b) => b,
+            // A full BAR: stage this slot instead.
+            Err(_) if role == Role::Direct => slot_bindings(gpu, kernel, key, None)?,
+            Err(e) => return Err(e),
+        },
+        None => slot_bindings(gpu, kernel, key, None)?,
+    };
     let queries = if timestamps {
         Some(query_pool(gpu)?)
     } else {
@@ -484,6 +581,7 @@ fn record(
         command,
         bindings,
         queries,
+        fence: new_fence(gpu)?,
     })
 }
 

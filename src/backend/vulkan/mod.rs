@@ -56,18 +56,32 @@ pub struct VulkanOptions {
     /// kept per device.
     pub reuse_budget_bytes: u64,
     /// Copy through host-visible staging buffers even where device-local memory is
-    /// host visible (lavapipe, integrated GPUs) — the path discrete GPUs always take.
+    /// host visible (lavapipe, integrated GPUs) — the path discrete GPUs take for all
+    /// but small dispatches.
     pub always_stage: bool,
+    /// On a discrete GPU with a device-local, host-visible memory type (a PCIe BAR): a
+    /// dispatch whose buffers total at most this many bytes keeps them there, written
+    /// and read in place by the host, with no staging copies on the GPU (a tiny
+    /// kernel's latency is mostly those copies). 0: always stage. Default
+    /// [`DEFAULT_DIRECT_MAX_BYTES`], or `PHOTOFINISH_DIRECT_MAX_BYTES` where set.
+    pub direct_max_bytes: u64,
 }
+
+/// Default of [`VulkanOptions::direct_max_bytes`]: 64 KiB.
+pub const DEFAULT_DIRECT_MAX_BYTES: u64 = 64 << 10;
 
 impl Default for VulkanOptions {
     fn default() -> Self {
         VulkanOptions {
             max_queues_per_family: 8,
             software_devices_with_hardware: true,
-            max_cached_commands: 64,
+            max_cached_commands: 256,
             reuse_budget_bytes: 512 << 20,
             always_stage: false,
+            direct_max_bytes: std::env::var("PHOTOFINISH_DIRECT_MAX_BYTES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_DIRECT_MAX_BYTES),
         }
     }
 }

@@ -37,6 +37,10 @@ pub(super) struct Gpu {
     /// Every device-local memory type is host visible (lavapipe, many integrated GPUs):
     /// buffers are written and read in place, without staging copies.
     pub(super) unified_memory: bool,
+    /// Dispatches whose buffers total at most this many bytes use `Role::Direct`
+    /// buffers (no staging); 0 where the device has no device-local host-visible
+    /// memory, or is unified.
+    pub(super) direct_max_bytes: u64,
     /// Set once the driver reports the device lost; later calls fail fast.
     pub(super) lost: DeviceFlag,
     /// Recorded command buffers and pooled buffers, kept for reuse.
@@ -215,6 +219,14 @@ fn open_device(
         && device_local
             .iter()
             .all(|f| f.contains(MemoryPropertyFlags::HOST_VISIBLE));
+    let bar = device_local
+        .iter()
+        .any(|f| f.contains(MemoryPropertyFlags::HOST_VISIBLE));
+    let direct_max_bytes = if bar && !unified_memory && !options.always_stage {
+        options.direct_max_bytes
+    } else {
+        0
+    };
 
     Ok(Some(Gpu {
         info,
@@ -231,6 +243,7 @@ fn open_device(
         queues,
         pipeline_cache,
         unified_memory,
+        direct_max_bytes,
         lost: DeviceFlag::default(),
         reuse: Mutex::new(ReuseCache::new(
             options.max_cached_commands,

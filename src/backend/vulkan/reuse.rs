@@ -21,6 +21,7 @@ use std::sync::Arc;
 use vulkano::buffer::Subbuffer;
 use vulkano::command_buffer::PrimaryAutoCommandBuffer;
 use vulkano::query::QueryPool;
+use vulkano::sync::fence::Fence;
 
 /// What a pooled buffer is for; buffers of different roles live in different memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,6 +30,9 @@ pub(super) enum Role {
     Device,
     /// Device-local and host-visible storage buffer, written and read in place.
     Unified,
+    /// Device-local, host-visible storage buffer on a device whose device memory is
+    /// not all host visible (a PCIe BAR): small slots written and read in place.
+    Direct,
     /// Host-visible source of uploads.
     Upload,
     /// Host-visible destination of readbacks.
@@ -84,6 +88,9 @@ pub(super) struct Slot {
     pub(super) bindings: Vec<SlotBinding>,
     /// Two timestamp queries (before, after); `None` where the family has none.
     pub(super) queries: Option<Arc<QueryPool>>,
+    /// Signalled when a submission of `command` has finished; unsignalled while the
+    /// slot is idle.
+    pub(super) fence: Arc<Fence>,
 }
 
 impl Slot {
