@@ -73,7 +73,7 @@ pub use engine::{
     default_autotune_dir, Answer, Arm, BackendChoice, Batch, CacheStatus, Engine, EngineBuilder,
     EngineError, Event, KernelId, KernelStats, KernelVerdict, Output, RaceSample, Ticket,
     TraceStats, TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD, DEFAULT_CHANNEL_CAPACITY,
-    DEFAULT_EVENT_CAPACITY, MAX_KEPT_SAMPLES,
+    DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, MAX_KEPT_SAMPLES,
 };
 #[doc(hidden)]
 pub use engine::{

@@ -434,7 +434,11 @@ fn a_backlog_of_a_decided_kernel_runs_in_groups_of_one_backend_call() {
     let backend = Arc::new(TestBackend::new(1, 1, 1));
     backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
     backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 500);
-    let engine = engine_on(&backend);
+    let engine = Engine::builder()
+        .backend_instance(backend.clone())
+        .max_group(8)
+        .build()
+        .unwrap();
     let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
     for i in 0..8u8 {
         engine
@@ -465,12 +469,44 @@ fn a_backlog_of_a_decided_kernel_runs_in_groups_of_one_backend_call() {
         assert_eq!(answer.arm, Arm::Speculative);
     }
     let calls = backend.dispatch_calls() - before;
-    // 40 batches in groups of at most 8 (MAX_GROUP): at least 5 calls, and far fewer
+    // 40 batches in groups of at most 8 (`max_group(8)`): at least 5 calls, and far fewer
     // than one call a batch.
     assert!(
         (5..=20).contains(&calls),
         "40 backlogged batches took {calls} backend calls"
     );
     assert_eq!(backend.runs(ByteSumWorkload::SPECULATIVE), 8 + 1 + 40);
+    engine.shutdown();
+}
+
+#[test]
+fn by_default_every_batch_is_its_own_backend_call() {
+    let backend = Arc::new(TestBackend::new(1, 1, 1));
+    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
+    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 500);
+    let engine = engine_on(&backend);
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    for i in 0..8u8 {
+        engine
+            .submit(Batch::new(k, vec![i; 16]))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    backend.pause();
+    let held = engine.submit(Batch::new(k, vec![1u8; 16])).unwrap();
+    while backend.dispatch_calls() == 16 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let before = backend.dispatch_calls();
+    let tickets: Vec<_> = (0..20u8)
+        .map(|i| engine.submit(Batch::new(k, vec![i; 8])).unwrap())
+        .collect();
+    backend.resume();
+    held.wait().unwrap();
+    for t in tickets {
+        t.wait().unwrap();
+    }
+    assert_eq!(backend.dispatch_calls() - before, 20);
     engine.shutdown();
 }

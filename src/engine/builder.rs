@@ -21,6 +21,8 @@ use super::{supervisor, Config, Core, DeviceSlot, DeviceTune, Engine, QueueSlot}
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
 /// Default capacity of each subscriber's event channel.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+/// Default of [`EngineBuilder::max_group`]: 1, one batch per backend call.
+pub const DEFAULT_MAX_GROUP: usize = 1;
 /// Default audit period: one audit race in this many batches of an adopted kernel.
 pub const DEFAULT_AUDIT_PERIOD: u64 = 64;
 
@@ -64,6 +66,7 @@ pub struct EngineBuilder {
     channel_capacity: usize,
     event_capacity: usize,
     audit_period: u64,
+    max_group: usize,
     mode: SpeculationMode,
     threshold_pct: u32,
     persistence: Persistence,
@@ -77,6 +80,7 @@ impl Default for EngineBuilder {
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             audit_period: DEFAULT_AUDIT_PERIOD,
+            max_group: DEFAULT_MAX_GROUP,
             mode: SpeculationMode::Auto,
             threshold_pct: DEFAULT_THRESHOLD_PCT,
             persistence: Persistence::Default,
@@ -107,6 +111,20 @@ impl EngineBuilder {
     /// Capacity of each subscriber's event channel (at least 1).
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// The most batches a worker takes from a backlog into one backend call when the
+    /// persistent-launch rule (D1) fires (default [`DEFAULT_MAX_GROUP`] = 1: off).
+    ///
+    /// Grouped batches are submitted back to back on one queue and waited for
+    /// together: one round trip for the group. It pays where a dispatch's host cost is
+    /// the limit and queues are few (the CPU backend, a one-queue device); on an H200
+    /// with 16 queues and 16 KiB batches it made the `regret` trace 2.1× slower than
+    /// one batch per call (BENCHMARKS.md), because a group serialises on one queue
+    /// what the idle-looking other queues would have run side by side.
+    pub fn max_group(mut self, batches: usize) -> Self {
+        self.max_group = batches;
         self
     }
 
@@ -219,6 +237,7 @@ impl EngineBuilder {
             devices,
             config: Config {
                 audit_period: self.audit_period,
+                max_group: self.max_group.max(1),
                 mode: self.mode,
             },
             speculator: AdaptiveSpeculator::new(self.threshold_pct),

@@ -37,7 +37,7 @@ use crate::speculator::{AdaptiveSpeculator, SpeculationMode};
 
 pub use builder::{
     default_autotune_dir, BackendChoice, EngineBuilder, DEFAULT_AUDIT_PERIOD,
-    DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY,
+    DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP,
 };
 pub use error::{EngineError, TrySubmitError};
 pub use events::{Event, KernelVerdict, VerdictReason};
@@ -161,6 +161,8 @@ pub(crate) struct Config {
     pub(crate) audit_period: u64,
     /// How fused kernels follow the speculator.
     pub(crate) mode: SpeculationMode,
+    /// The most batches in one backend call (`EngineBuilder::max_group`; 1: off).
+    pub(crate) max_group: usize,
 }
 
 /// One queue a worker owns, with a count of who is using it.

@@ -326,30 +326,18 @@ fn complete_single(
     })
 }
 
-/// The most batches one backend call carries when the persistent-launch rule (D1)
-/// fires for a backlog.
-pub(crate) const MAX_GROUP: usize = 8;
-
-/// [`MAX_GROUP`], or `PHOTOFINISH_MAX_GROUP` where that is set (a measurement knob,
-/// read once; 1 turns grouping off).
-fn max_group() -> usize {
-    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MAX.get_or_init(|| {
-        std::env::var("PHOTOFINISH_MAX_GROUP")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(MAX_GROUP, |n: usize| n.max(1))
-    })
-}
-
 /// How many batches to run in one backend call, `first` included, when `queued` more
 /// wait in the device's mailbox and `idle` other workers of the device could take
 /// them: 1 unless `first`'s kernel is decided (a single-arm run) and D1 says the
 /// backlog's launch overheads outweigh the set-up of a persistent launch; then the
-/// backlog beyond what the idle workers take, at most [`MAX_GROUP`].
-pub(crate) fn group_size(first: &Job, queued: usize, idle: usize) -> usize {
+/// backlog beyond what the idle workers take, at most `max_group`
+/// (`EngineBuilder::max_group`).
+pub(crate) fn group_size(core: &Core, first: &Job, queued: usize, idle: usize) -> usize {
     let spare = queued.saturating_sub(idle);
-    if spare == 0 || first.kernel.verdict.get() == KernelVerdict::Undecided {
+    if spare == 0
+        || core.config.max_group <= 1
+        || first.kernel.verdict.get() == KernelVerdict::Undecided
+    {
         return 1;
     }
     let Some(inputs) = first
@@ -361,7 +349,7 @@ pub(crate) fn group_size(first: &Job, queued: usize, idle: usize) -> usize {
     };
     match decide_persistent_kernel(inputs) {
         PersistentKernelDecision::StandardLaunches => 1,
-        PersistentKernelDecision::PersistentKernel { .. } => (spare + 1).min(max_group()),
+        PersistentKernelDecision::PersistentKernel { .. } => (spare + 1).min(core.config.max_group),
     }
 }
 

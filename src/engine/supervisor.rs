@@ -77,7 +77,7 @@ fn worker_loop(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>, in_flight: 
         let Some(Msg::Run(first)) = next() else {
             return;
         };
-        let want = race::group_size(&first, mailbox.len(), core.idle_queues(queue));
+        let want = race::group_size(core, &first, mailbox.len(), core.idle_queues(queue));
         in_flight.push(first);
         while in_flight.len() < want {
             match mailbox.try_recv() {
