@@ -647,12 +647,6 @@ fn record_race(
     };
     let (sample, verdict, hint) = {
         let mut log = kernel.log();
-        // Each arm's time clamped to 4 medians of its recent times (see `ArmHistory`).
-        let race = SpeculativeVariantRace {
-            conservative_dispatch_ns: log.history[0].clamp_and_record(conservative_ns),
-            speculative_dispatch_ns: log.history[1].clamp_and_record(speculative_ns),
-            ..race
-        };
         let update = log.window.record_sample(
             &tune.store,
             kernel.pair_keys(&tune.adapter_id),
