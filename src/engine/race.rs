@@ -59,10 +59,7 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
             detail: "lost before this batch ran".into(),
         });
     }
-    if let Some(mut policy) = job.kernel.try_policy() {
-        policy.note_shape(payload_len(&job.payload));
-    }
-    match choose(core, &job.kernel) {
+    match begin(core, job) {
         // An adopted variant that refuses a batch the conservative one may take is no
         // longer trusted, and the batch runs conservatively.
         Choice::Single(arm) => match single(core, queue, job, arm) {
@@ -71,6 +68,14 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
         },
         Choice::Race { audit } => race(core, queue, job, audit),
     }
+}
+
+/// Counts the batch's shape for the dispatch policy and chooses what to run for it.
+fn begin(core: &Core, job: &Job) -> Choice {
+    if let Some(mut policy) = job.kernel.try_policy() {
+        policy.note_shape(payload_len(&job.payload));
+    }
+    choose(core, &job.kernel)
 }
 
 fn choose(core: &Core, kernel: &Kernel) -> Choice {
@@ -213,9 +218,7 @@ fn dispatch(
     kernel: &Kernel,
     jobs: &[DispatchJob],
 ) -> Result<Vec<Result<DispatchOutput, BackendError>>, Fault> {
-    let started = std::time::Instant::now();
-    let results = core.backend.dispatch(jobs);
-    let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let (results, wall_ns) = timed_dispatch(core, jobs);
     let kernel_ns = results
         .iter()
         .filter_map(|r| r.as_ref().ok().and_then(|o| o.kernel_ns))
@@ -223,14 +226,32 @@ fn dispatch(
     if let Some(mut policy) = kernel.try_policy() {
         policy.observe(wall_ns, kernel_ns);
     }
-    if results.len() != jobs.len() {
-        return Err(Fault::Backend(format!(
+    check_count(&results, jobs).map_err(Fault::Backend)?;
+    Ok(results)
+}
+
+/// One backend call and its host wall time in nanoseconds.
+fn timed_dispatch(
+    core: &Core,
+    jobs: &[DispatchJob],
+) -> (Vec<Result<DispatchOutput, BackendError>>, u64) {
+    let started = std::time::Instant::now();
+    let results = core.backend.dispatch(jobs);
+    let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    (results, wall_ns)
+}
+
+/// `Err` (the reason) unless the backend returned one result per job.
+fn check_count<T>(results: &[T], jobs: &[DispatchJob]) -> Result<(), String> {
+    if results.len() == jobs.len() {
+        Ok(())
+    } else {
+        Err(format!(
             "the backend returned {} results for {} jobs",
             results.len(),
             jobs.len()
-        )));
+        ))
     }
-    Ok(results)
 }
 
 fn dispatch_one(
@@ -326,18 +347,20 @@ fn complete_single(
     })
 }
 
-/// How many batches to run in one backend call, `first` included, when `queued` more
-/// wait in the device's mailbox and `idle` other workers of the device could take
-/// them: 1 unless `first`'s kernel is decided (a single-arm run) and D1 says the
+/// How many batches to run in one backend call on `queue`, `first` included, when
+/// `queued` more wait in the device's mailbox: 1 unless `first`'s kernel is decided (a single-arm run) and D1 says the
 /// backlog's launch overheads outweigh the set-up of a persistent launch; then the
-/// backlog beyond what the idle workers take, at most `max_group`
-/// (`EngineBuilder::max_group`).
-pub(crate) fn group_size(core: &Core, first: &Job, queued: usize, idle: usize) -> usize {
-    let spare = queued.saturating_sub(idle);
-    if spare == 0
+/// backlog beyond what the device's idle workers take, at most `max_group`
+/// (`EngineBuilder::max_group`). With grouping off (the default) it reads nothing.
+pub(crate) fn group_size(core: &Core, queue: QueueId, first: &Job, queued: usize) -> usize {
+    if queued == 0
         || core.config.max_group <= 1
         || first.kernel.verdict.get() == KernelVerdict::Undecided
     {
+        return 1;
+    }
+    let spare = queued.saturating_sub(core.idle_queues(queue));
+    if spare == 0 {
         return 1;
     }
     let Some(inputs) = first
@@ -370,10 +393,7 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
             results[i] = Some(run(core, queue, job));
             continue;
         }
-        if let Some(mut policy) = job.kernel.try_policy() {
-            policy.note_shape(payload_len(&job.payload));
-        }
-        match choose(core, &job.kernel) {
+        match begin(core, job) {
             Choice::Single(arm) => match prepare_single(core, queue, job, arm) {
                 Ok(dj) => {
                     grouped.push((i, arm));
@@ -443,16 +463,8 @@ fn dispatch_group(
     if dispatch_jobs.is_empty() {
         return Ok(Vec::new());
     }
-    let started = std::time::Instant::now();
-    let results = core.backend.dispatch(dispatch_jobs);
-    let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    if results.len() != dispatch_jobs.len() {
-        return Err(format!(
-            "the backend returned {} results for {} jobs",
-            results.len(),
-            dispatch_jobs.len()
-        ));
-    }
+    let (results, wall_ns) = timed_dispatch(core, dispatch_jobs);
+    check_count(&results, dispatch_jobs)?;
     let share = wall_ns / dispatch_jobs.len() as u64;
     for (&(i, _), result) in grouped.iter().zip(&results) {
         let kernel_ns = result.as_ref().ok().and_then(|o| o.kernel_ns);

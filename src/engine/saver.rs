@@ -136,14 +136,10 @@ impl SaveQueue {
                 // another pass, even while this save runs.
                 if flag.swap(false, Ordering::AcqRel) {
                     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| save(store))) {
-                        let reason = panic
-                            .downcast_ref::<&str>()
-                            .copied()
-                            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                            .unwrap_or("a non-string panic payload");
+                        let reason = super::supervisor::panic_message(panic.as_ref());
                         tracing::error!(
                             store,
-                            reason,
+                            %reason,
                             "saving an autotune store panicked; the saver goes on"
                         );
                     }

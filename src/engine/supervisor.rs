@@ -77,7 +77,7 @@ fn worker_loop(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>, in_flight: 
         let Some(Msg::Run(first)) = next() else {
             return;
         };
-        let want = race::group_size(core, &first, mailbox.len(), core.idle_queues(queue));
+        let want = race::group_size(core, queue, &first, mailbox.len());
         in_flight.push(first);
         while in_flight.len() < want {
             match mailbox.try_recv() {
@@ -180,7 +180,8 @@ fn relocate(core: &Core, device: usize, job: Job) {
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> String {
+/// The text of a panic's payload.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {
