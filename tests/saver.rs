@@ -366,9 +366,12 @@ fn a_burst_of_verdict_changes_during_a_save_coalesces_and_workers_never_wait() {
         probe.hold.store(true, Ordering::SeqCst);
         let kernels: Vec<KernelId> = (0..KERNELS).map(|i| register(&engine, i)).collect();
         // The first verdict change starts a save that does not finish (held); the
-        // workers decide every other kernel meanwhile, never waiting for it.
-        decide(&engine, &kernels);
+        // workers decide every other kernel meanwhile, never waiting for it. (The save
+        // must have begun before the other changes: deciding all at once let the
+        // saver start late, see all twelve in its one save, and the test fail.)
+        decide(&engine, &kernels[..1]);
         probe.wait_for_saves(1);
+        decide(&engine, &kernels[1..]);
         assert_eq!(
             probe.saves().len(),
             1,
