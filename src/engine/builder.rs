@@ -221,6 +221,7 @@ impl EngineBuilder {
                 rx,
                 queues,
                 lost: Default::default(),
+                load: super::contention::DeviceLoad::new(),
             });
         }
         if devices.iter().all(|d| d.queues.is_empty()) {

@@ -8,6 +8,7 @@
 //! shutdown protocol and the race join are described in `src/engine/README.md`.
 
 mod builder;
+mod contention;
 mod dispatch_policy;
 mod error;
 mod events;
@@ -51,6 +52,7 @@ pub use trace::TraceStats;
 /// Internals the loom models in `loom-tests/` drive directly. Not part of the API.
 #[doc(hidden)]
 pub mod protocol {
+    pub use super::contention::{DeviceLoad, Watch};
     pub use super::events::{DropCounter, EventBus};
     pub use super::mailbox::{Gate, Pass};
     pub use super::saver::SaveQueue;
@@ -179,6 +181,8 @@ pub(crate) struct DeviceSlot {
     rx: Receiver<Msg>,
     pub(crate) queues: Vec<QueueSlot>,
     lost: AtomicBool,
+    /// The backend calls running on the device (a race's samples read it).
+    pub(crate) load: contention::DeviceLoad,
 }
 
 /// One device's autotune store and the file it is saved to.

@@ -212,13 +212,13 @@ fn classify(kernel: &Kernel, err: BackendError) -> Fault {
 
 /// Dispatches the jobs in one call and checks that one result came back per job. The
 /// call's host wall time minus its slowest kernel time is the launch overhead the
-/// dispatch policy learns.
+/// dispatch policy learns. The flag: another backend call ran on the device meanwhile.
 fn dispatch(
     core: &Core,
     kernel: &Kernel,
     jobs: &[DispatchJob],
-) -> Result<Vec<Result<DispatchOutput, BackendError>>, Fault> {
-    let (results, wall_ns) = timed_dispatch(core, jobs);
+) -> Result<(Vec<Result<DispatchOutput, BackendError>>, bool), Fault> {
+    let (results, wall_ns, contended) = timed_dispatch(core, jobs);
     let kernel_ns = results
         .iter()
         .filter_map(|r| r.as_ref().ok().and_then(|o| o.kernel_ns))
@@ -227,18 +227,24 @@ fn dispatch(
         policy.observe(wall_ns, kernel_ns);
     }
     check_count(&results, jobs).map_err(Fault::Backend)?;
-    Ok(results)
+    Ok((results, contended))
 }
 
-/// One backend call and its host wall time in nanoseconds.
+/// One backend call, its host wall time in nanoseconds, and whether another backend
+/// call ran on the same device at some moment during it (see `contention`).
 fn timed_dispatch(
     core: &Core,
     jobs: &[DispatchJob],
-) -> (Vec<Result<DispatchOutput, BackendError>>, u64) {
+) -> (Vec<Result<DispatchOutput, BackendError>>, u64, bool) {
+    let watch = jobs
+        .first()
+        .and_then(|j| core.devices.get(j.queue.device))
+        .map(|d| d.load.begin());
     let started = std::time::Instant::now();
     let results = core.backend.dispatch(jobs);
     let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    (results, wall_ns)
+    let contended = watch.is_some_and(|w| w.finish());
+    (results, wall_ns, contended)
 }
 
 /// `Err` (the reason) unless the backend returned one result per job.
@@ -258,11 +264,12 @@ fn dispatch_one(
     core: &Core,
     kernel: &Kernel,
     job: DispatchJob,
-) -> Result<Result<DispatchOutput, BackendError>, Fault> {
-    let mut results = dispatch(core, kernel, std::slice::from_ref(&job))?;
-    results
+) -> Result<(Result<DispatchOutput, BackendError>, bool), Fault> {
+    let (mut results, contended) = dispatch(core, kernel, std::slice::from_ref(&job))?;
+    let result = results
         .pop()
-        .ok_or_else(|| Fault::Backend("the backend returned no result".into()))
+        .ok_or_else(|| Fault::Backend("the backend returned no result".into()))?;
+    Ok((result, contended))
 }
 
 /// Evaluates the dispatch policy for this batch (`race`: both arms run), publishes
@@ -311,7 +318,7 @@ fn consult_policy(
 fn single(core: &Core, queue: QueueId, job: &Job, arm: Arm) -> Result<Answer, Fault> {
     let dj = prepare_single(core, queue, job, arm)?;
     consult_policy(core, &job.kernel, queue, [&dj, &dj], None);
-    let out = dispatch_one(core, &job.kernel, dj)?;
+    let (out, _) = dispatch_one(core, &job.kernel, dj)?;
     complete_single(core, queue, job, arm, out)
 }
 
@@ -463,7 +470,7 @@ fn dispatch_group(
     if dispatch_jobs.is_empty() {
         return Ok(Vec::new());
     }
-    let (results, wall_ns) = timed_dispatch(core, dispatch_jobs);
+    let (results, wall_ns, _) = timed_dispatch(core, dispatch_jobs);
     check_count(&results, dispatch_jobs)?;
     let share = wall_ns / dispatch_jobs.len() as u64;
     for (&(i, _), result) in grouped.iter().zip(&results) {
@@ -508,31 +515,39 @@ fn race(core: &Core, queue: QueueId, job: &Job, audit: bool) -> Result<Answer, F
     } else {
         None
     };
-    let (cons_result, spec_arm) = match (spec, partner.as_ref().and_then(|p| p.id())) {
+    let (cons_result, spec_arm, contended) = match (spec, partner.as_ref().and_then(|p| p.id())) {
         (Ok(mut spec), Some(partner_queue)) => {
             // Both arms in one call: the backend submits both before waiting for
             // either, so they run at the same time on the two queues.
             spec.queue = partner_queue;
-            let mut results = dispatch(core, kernel, &[cons, spec])?.into_iter();
+            let (results, contended) = dispatch(core, kernel, &[cons, spec])?;
+            let mut results = results.into_iter();
             let (Some(c), Some(s)) = (results.next(), results.next()) else {
                 return Err(Fault::Backend("the backend dropped a race arm".into()));
             };
-            (c, spec_result(s, partner_queue))
+            (c, spec_result(s, partner_queue), contended)
         }
         (Ok(spec), None) => {
             // No idle partner (or a one-queue device): back to back on our queue.
-            let c = dispatch_one(core, kernel, cons)?;
-            let s = dispatch_one(core, kernel, spec)?;
-            (c, spec_result(s, queue))
+            let (c, c_contended) = dispatch_one(core, kernel, cons)?;
+            let (s, s_contended) = dispatch_one(core, kernel, spec)?;
+            (c, spec_result(s, queue), c_contended || s_contended)
         }
-        (Err(e), _) => (dispatch_one(core, kernel, cons)?, SpecArm::Failed(Err(e))),
+        (Err(e), _) => {
+            let (c, contended) = dispatch_one(core, kernel, cons)?;
+            (c, SpecArm::Failed(Err(e)), contended)
+        }
     };
     drop(partner);
     let cons_out = cons_result.map_err(|e| classify(kernel, e))?;
     let cons_ns = cons_out.kernel_ns;
     let output =
         finish(kernel, Arm::Conservative, &job.payload, cons_out.outputs).map_err(Fault::Input)?;
-    judge(core, job, queue, audit, &output, cons_ns, spec_arm);
+    let cons = Timed {
+        ns: cons_ns,
+        contended,
+    };
+    judge(core, job, queue, audit, &output, cons, spec_arm);
     Ok(Answer {
         output,
         arm: Arm::Conservative,
@@ -549,6 +564,14 @@ fn spec_result(result: Result<DispatchOutput, BackendError>, queue: QueueId) -> 
     }
 }
 
+/// The conservative arm's kernel time, and whether another backend call shared the
+/// device with the race.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    ns: Option<u64>,
+    contended: bool,
+}
+
 /// The race join's verdict half: compares the speculative answer with the
 /// conservative one and feeds the window. Never changes what the caller gets.
 fn judge(
@@ -557,7 +580,7 @@ fn judge(
     queue: QueueId,
     audit: bool,
     cons: &Output,
-    cons_ns: Option<u64>,
+    cons_time: Timed,
     spec: SpecArm,
 ) {
     let kernel = &job.kernel;
@@ -614,11 +637,16 @@ fn judge(
                 reject(core, kernel, device, VerdictReason::Mismatch);
                 return;
             }
-            let (Some(c_ns), Some(s_ns)) = (cons_ns, spec_ns) else {
+            let (Some(c_ns), Some(s_ns)) = (cons_time.ns, spec_ns) else {
                 // No timestamps on this queue: agreement is checked, timing is not.
                 return;
             };
-            record_race(core, kernel, queue, spec_queue, c_ns, s_ns);
+            let times = ArmTimes {
+                conservative_ns: c_ns,
+                speculative_ns: s_ns,
+                contended: cons_time.contended,
+            };
+            record_race(core, kernel, queue, spec_queue, times);
         }
     }
 }
@@ -633,18 +661,26 @@ fn record_of(variant: &KernelVariant) -> AutotuneRecord {
     }
 }
 
+/// Both arms' kernel times of one agreeing race, and whether another backend call
+/// shared the device with it.
+#[derive(Debug, Clone, Copy)]
+struct ArmTimes {
+    conservative_ns: u64,
+    speculative_ns: u64,
+    contended: bool,
+}
+
 /// Feeds one timed, agreeing race to the kernel's paired window (which stores the
 /// race's winner in the device's autotune map), keeps and publishes the sample, and
 /// acts on the window's verdict — or, for the first race after a verdict was loaded
-/// from the autotune file, re-verifies that verdict.
-fn record_race(
-    core: &Core,
-    kernel: &Kernel,
-    queue: QueueId,
-    spec_queue: QueueId,
-    conservative_ns: u64,
-    speculative_ns: u64,
-) {
+/// from the autotune file, re-verifies that verdict. A contended race's times are
+/// clamped before they feed the window (see `ArmHistory`); the kept sample is raw.
+fn record_race(core: &Core, kernel: &Kernel, queue: QueueId, spec_queue: QueueId, times: ArmTimes) {
+    let ArmTimes {
+        conservative_ns,
+        speculative_ns,
+        contended,
+    } = times;
     let Some(tune) = core.tunes.get(queue.device) else {
         return;
     };
@@ -659,6 +695,11 @@ fn record_race(
     };
     let (sample, verdict, hint) = {
         let mut log = kernel.log();
+        let race = SpeculativeVariantRace {
+            conservative_dispatch_ns: log.history[0].feed(conservative_ns, contended),
+            speculative_dispatch_ns: log.history[1].feed(speculative_ns, contended),
+            ..race
+        };
         let update = log.window.record_sample(
             &tune.store,
             kernel.pair_keys(&tune.adapter_id),

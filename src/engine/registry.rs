@@ -164,6 +164,53 @@ pub(crate) struct RaceLog {
     pub(crate) verdict_at_sample: Option<u32>,
     pub(crate) hint: Option<Hint>,
     pub(crate) cache: CacheStatus,
+    /// The last [`ArmHistory::LEN`] raw kernel times of each arm, `[conservative,
+    /// speculative]`, for clamping contended samples.
+    pub(crate) history: [ArmHistory; 2],
+}
+
+/// Recent raw kernel times of one arm.
+///
+/// A race's arms share the GPU with whatever other workers run at that moment, so now
+/// and then an arm's time is inflated many-fold by a heavy kernel on another queue (on
+/// an H200: an 11 µs arm measured at 1.4 ms next to a 35 ms global-atomics histogram).
+/// The paired window decides on means, which one such sample can swing. So a sample
+/// taken while another backend call ran on the device (`contention`) has each arm's
+/// time clamped to [`ArmHistory::CLAMP`] × the median of that arm's recent times
+/// before it feeds the window: it still counts and a slow run still weighs, but a
+/// disturbance cannot outvote the rest. A race alone on its device feeds its times as
+/// measured — a variant's own occasional slow runs are part of its cost (on lavapipe,
+/// one queue, no race is ever contended). Kept samples (`KernelStats::samples`) are raw.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ArmHistory {
+    recent: std::collections::VecDeque<u64>,
+}
+
+impl ArmHistory {
+    /// Raw times kept per arm.
+    pub(crate) const LEN: usize = 16;
+    /// Times needed before clamping starts.
+    pub(crate) const MIN_FOR_MEDIAN: usize = 3;
+    /// The most a contended sample may weigh, in medians.
+    pub(crate) const CLAMP: u64 = 4;
+
+    /// Records `ns` and returns what feeds the window: `ns` itself, or for a
+    /// `contended` sample `ns` clamped against the times recorded before it.
+    pub(crate) fn feed(&mut self, ns: u64, contended: bool) -> u64 {
+        let fed = if contended && self.recent.len() >= Self::MIN_FOR_MEDIAN {
+            let mut sorted: Vec<u64> = self.recent.iter().copied().collect();
+            sorted.sort_unstable();
+            let median = sorted[sorted.len() / 2];
+            ns.min(median.saturating_mul(Self::CLAMP).max(1))
+        } else {
+            ns
+        };
+        if self.recent.len() == Self::LEN {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ns);
+        fed
+    }
 }
 
 impl Default for RaceLog {
@@ -175,6 +222,7 @@ impl Default for RaceLog {
             verdict_at_sample: None,
             hint: None,
             cache: CacheStatus::NotCached,
+            history: Default::default(),
         }
     }
 }
@@ -466,6 +514,48 @@ pub(crate) fn spec_cache_key(variant: &KernelVariant) -> SpecCacheKey {
         binding_sig,
         workgroup_size: variant.workgroup_size,
         spec_hash: 0,
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::ArmHistory;
+
+    #[test]
+    fn a_contended_outlier_is_clamped_to_four_medians_and_kept_raw() {
+        let mut h = ArmHistory::default();
+        for ns in [11_000, 10_800, 11_200] {
+            assert_eq!(h.feed(ns, true), ns, "no median yet");
+        }
+        assert_eq!(h.feed(1_408_576, true), 4 * 11_000);
+        // The raw time was kept: the median of [10.8, 11, 11.2, 1408.6] µs is 11.2 µs.
+        assert_eq!(h.feed(50_000, true), 44_800);
+        assert_eq!(h.feed(12_000, true), 12_000, "an ordinary time passes");
+    }
+
+    #[test]
+    fn an_uncontended_sample_feeds_as_measured() {
+        let mut h = ArmHistory::default();
+        for ns in [11_000, 10_800, 11_200] {
+            h.feed(ns, false);
+        }
+        assert_eq!(h.feed(1_408_576, false), 1_408_576);
+    }
+
+    #[test]
+    fn only_the_last_sixteen_times_count() {
+        let mut h = ArmHistory::default();
+        for _ in 0..16 {
+            h.feed(1_000, true);
+        }
+        for _ in 0..16 {
+            h.feed(100_000, true);
+        }
+        assert_eq!(
+            h.feed(150_000, true),
+            150_000,
+            "the old regime is forgotten"
+        );
     }
 }
 
