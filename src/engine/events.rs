@@ -75,6 +75,9 @@ pub enum Event {
         kernel: KernelId,
         /// Its name.
         name: String,
+        /// The speculative variant the verdict is on (its index among the kernel's
+        /// variants: 1 for the first speculative one).
+        variant: usize,
         /// The verdict before.
         from: KernelVerdict,
         /// The verdict now.
@@ -90,11 +93,28 @@ pub enum Event {
         kernel: KernelId,
         /// Its name.
         name: String,
+        /// The speculative variant that raced.
+        variant: usize,
         /// The sample: its index and both arms' `kernel_ns`.
         sample: RaceSample,
         /// What the paired window says after this sample (`KeepRacing` while it
         /// needs more samples). The `VerdictChanged` it causes, if any, follows.
         window_verdict: SpeculationVerdict,
+    },
+    /// A kernel with several speculative variants moved play to another one: the
+    /// next undecided variant after a verdict, or, once all are decided, the adopted
+    /// one measured fastest. Batches race or run this variant from now on.
+    VariantInPlay {
+        /// The kernel.
+        kernel: KernelId,
+        /// Its name.
+        name: String,
+        /// The variant now in play (its index among the kernel's variants).
+        variant: usize,
+        /// That variant's name.
+        variant_name: String,
+        /// The verdict on it (`Engine::verdict` reports this from now on).
+        verdict: KernelVerdict,
     },
     /// A speculative arm disagreed with the conservative arm; its output was discarded.
     MismatchCaught {
@@ -102,6 +122,8 @@ pub enum Event {
         kernel: KernelId,
         /// Its name.
         name: String,
+        /// The speculative variant that disagreed.
+        variant: usize,
         /// The queue the speculative arm ran on.
         queue: QueueId,
         /// True when it happened in an audit race of an adopted kernel.

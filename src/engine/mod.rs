@@ -124,6 +124,9 @@ pub struct Answer {
     pub output: Output,
     /// Which arm's output this is.
     pub arm: Arm,
+    /// The variant that produced it: 0 (conservative) or the speculative variant's
+    /// index among the kernel's variants.
+    pub variant: usize,
     /// True when both arms ran for this batch.
     pub raced: bool,
     /// That arm's kernel time, where the queue has timestamps.
@@ -341,7 +344,7 @@ impl Core {
     /// busy queue. `None` when no live device has the kernel.
     pub(crate) fn relocation_queue(&self, kernel: &Kernel) -> Option<QueueId> {
         let device = (0..self.devices.len())
-            .filter(|&d| !self.is_lost(d) && kernel.is_loaded(d, Arm::Conservative))
+            .filter(|&d| !self.is_lost(d) && kernel.is_loaded(d, 0))
             .min_by_key(|&d| self.devices[d].tx.len())?;
         self.devices[device]
             .queues
@@ -385,12 +388,11 @@ impl Drop for QueueUse<'_> {
     }
 }
 
-/// Whether the workload's speculative variant writes a counter tail (is fused), read
-/// from its declared output layout without running it: the tail parser is given the
-/// zero-filled outputs the variant's plan declares for a small input. `None` when the
-/// workload cannot plan that input.
-fn declares_counter_tail(kernel: &Kernel, workload: &dyn Workload) -> Option<bool> {
-    let variant = Arm::Speculative.variant();
+/// Whether the workload's speculative variant `variant` writes a counter tail (is
+/// fused), read from its declared output layout without running it: the tail parser is
+/// given the zero-filled outputs the variant's plan declares for a small input. `None`
+/// when the workload cannot plan that input.
+fn declares_counter_tail(kernel: &Kernel, workload: &dyn Workload, variant: usize) -> Option<bool> {
     let input = workload.generate(InputShape::Uniform, 1024, 0);
     let plan = workload.plan(variant, &input).ok()?;
     let outputs: Vec<Vec<u8>> = kernel.variants[variant]
@@ -447,36 +449,44 @@ impl Engine {
     /// Registers a built-in workload: its conservative variant (0) and its first
     /// speculative variant (1) are validated and loaded on every device, in parallel.
     pub fn register(&self, workload: Arc<dyn Workload>) -> Result<KernelId, EngineError> {
-        let mut variants = workload.variants().into_iter();
-        let (Some(conservative), Some(speculative)) = (variants.next(), variants.next()) else {
+        let variants = workload.variants();
+        if variants.len() < 2 {
             return Err(EngineError::InvalidKernel {
                 kernel: workload.name().to_string(),
                 reason: "it has fewer than two variants".into(),
                 fix: "give the workload a conservative variant 0 and a speculative variant 1",
             });
-        };
+        }
         let name = workload.name().to_string();
         let kernel = self.core.registry.add(
             self.core.backend.as_ref(),
             name,
             KernelSource::Workload(Arc::clone(&workload)),
-            [conservative, speculative],
+            variants,
         )?;
-        let declared = declares_counter_tail(&kernel, workload.as_ref());
-        // Under `Disable` a kernel whose layout cannot be read is treated as fused: the
-        // fused path must never run, not even once to find out.
-        kernel.set_fused(declared.unwrap_or(self.core.config.mode == SpeculationMode::Disable));
-        if self.core.config.mode == SpeculationMode::Force {
-            self.probe_fused(&kernel, workload.as_ref())?;
+        for spec in 1..=kernel.speculative_count() {
+            let declared = declares_counter_tail(&kernel, workload.as_ref(), spec);
+            // Under `Disable` a kernel whose layout cannot be read is treated as fused:
+            // the fused path must never run, not even once to find out.
+            let fused = declared.unwrap_or(self.core.config.mode == SpeculationMode::Disable);
+            kernel.set_fused(spec, fused);
+            if self.core.config.mode == SpeculationMode::Force {
+                self.probe_fused(&kernel, workload.as_ref(), spec)?;
+            }
         }
         self.resume_from_cache(&kernel);
         Ok(kernel.id)
     }
 
-    /// Under `SpeculationMode::Force`: runs the speculative variant once on a small
+    /// Under `SpeculationMode::Force`: runs speculative variant `spec` once on a small
     /// generated input and refuses the kernel unless it writes a counter tail (has a
     /// fused path) on this backend — never a silent fallback.
-    fn probe_fused(&self, kernel: &Kernel, workload: &dyn Workload) -> Result<(), EngineError> {
+    fn probe_fused(
+        &self,
+        kernel: &Kernel,
+        workload: &dyn Workload,
+        spec: usize,
+    ) -> Result<(), EngineError> {
         let unsupported = |reason: String| EngineError::SpeculationUnsupported {
             kernel: kernel.name.clone(),
             reason,
@@ -487,13 +497,13 @@ impl Engine {
             ));
         };
         let (handle, _) = kernel
-            .handle(self.core.backend.as_ref(), queue.device, Arm::Speculative)
+            .handle(self.core.backend.as_ref(), queue.device, spec)
             .map_err(|source| EngineError::Backend {
                 kernel: kernel.name.clone(),
                 source,
             })?;
         let input = workload.generate(InputShape::Uniform, 1024, 0);
-        let plan = workload.plan(Arm::Speculative.variant(), &input)?;
+        let plan = workload.plan(spec, &input)?;
         let job = crate::backend::DispatchJob {
             queue,
             kernel: handle,
@@ -511,14 +521,14 @@ impl Engine {
                 kernel: kernel.name.clone(),
                 source,
             })?;
-        match workload.speculation_report(Arm::Speculative.variant(), &out.outputs) {
+        match workload.speculation_report(spec, &out.outputs) {
             Some(_) => {
-                kernel.set_fused(true);
+                kernel.set_fused(spec, true);
                 Ok(())
             }
             None => Err(unsupported(format!(
                 "its speculative variant `{}` has no fused path (writes no counter tail) on the {} backend",
-                kernel.variants[1].name,
+                kernel.variants[spec].name,
                 self.core.backend.kind()
             ))),
         }
@@ -532,6 +542,21 @@ impl Engine {
         conservative: KernelVariant,
         speculative: KernelVariant,
     ) -> Result<KernelId, EngineError> {
+        self.register_variants(name, conservative, vec![speculative])
+    }
+
+    /// Registers a user's SPIR-V kernel with a conservative variant and one or more
+    /// speculative variants (all with the conservative one's bindings and push-constant
+    /// size). The speculative variants are raced against the conservative one in turn,
+    /// in the order given: each until its verdict, then the next; once all are decided
+    /// the adopted one measured fastest runs (see [`Event::VariantInPlay`]).
+    /// [`Engine::register_pair`] is the one-variant case.
+    pub fn register_variants(
+        &self,
+        name: &str,
+        conservative: KernelVariant,
+        speculative: Vec<KernelVariant>,
+    ) -> Result<KernelId, EngineError> {
         if self.core.config.mode == SpeculationMode::Force {
             return Err(EngineError::SpeculationUnsupported {
                 kernel: name.to_string(),
@@ -539,23 +564,30 @@ impl Engine {
                     .into(),
             });
         }
+        let variants = std::iter::once(conservative).chain(speculative).collect();
         let kernel = self.core.registry.add(
             self.core.backend.as_ref(),
             name.to_string(),
             KernelSource::Pair,
-            [conservative, speculative],
+            variants,
         )?;
         self.resume_from_cache(&kernel);
         Ok(kernel.id)
     }
 
-    /// Looks for a verdict on this kernel's pair loaded from an autotune file. One is
-    /// a hint, not a verdict: the kernel stays undecided, its window resumes from the
-    /// loaded observation, and its next timed race re-verifies it (see
-    /// `race::reverify`) before it is trusted.
+    /// Looks for a verdict on each of this kernel's pairs (conservative, speculative
+    /// variant) loaded from an autotune file. One is a hint, not a verdict: the variant
+    /// stays undecided, its window resumes from the loaded observation, and its next
+    /// timed race re-verifies it (see `race::reverify`) before it is trusted.
     fn resume_from_cache(&self, kernel: &Kernel) {
+        for spec in 1..=kernel.speculative_count() {
+            self.resume_variant(kernel, spec);
+        }
+    }
+
+    fn resume_variant(&self, kernel: &Kernel, spec: usize) {
         for (device, tune) in self.core.tunes.iter().enumerate() {
-            let Some(stored) = tune.store.verdict(kernel.pair_keys(&tune.adapter_id)) else {
+            let Some(stored) = tune.store.verdict(kernel.pair_keys(&tune.adapter_id, spec)) else {
                 continue;
             };
             if stored.trust != Trust::Loaded
@@ -565,11 +597,12 @@ impl Engine {
             }
             tracing::info!(
                 kernel = %kernel.name,
+                variant = %kernel.variants[spec].name,
                 device,
                 verdict = ?stored.verdict.verdict,
                 "verdict loaded from the autotune file; re-verifying it with one race"
             );
-            let mut log = kernel.log();
+            let mut log = kernel.log(spec);
             log.window = PairedSpeculationWindow::resume(stored.verdict.observation);
             log.hint = Some(Hint {
                 device,
@@ -586,11 +619,17 @@ impl Engine {
     pub fn kernel_stats(&self, kernel: KernelId) -> Option<KernelStats> {
         let k = self.core.registry.get(kernel)?;
         let trace = k.trace().stats;
-        let log = k.log();
+        let variant = k.in_play();
+        let variant_verdicts = (1..=k.speculative_count())
+            .map(|v| k.verdict_of(v))
+            .collect();
+        let log = k.log(variant);
         Some(KernelStats {
             kernel: k.id,
             name: k.name.clone(),
-            verdict: k.verdict.get(),
+            verdict: k.verdict_of(variant),
+            variant,
+            variant_verdicts,
             cache: log.cache,
             samples: log.samples.clone(),
             verdict_at_sample: log.verdict_at_sample,
@@ -640,7 +679,7 @@ impl Engine {
 
     /// The kernel's current verdict; `None` for an unknown id.
     pub fn verdict(&self, kernel: KernelId) -> Option<KernelVerdict> {
-        self.core.registry.get(kernel).map(|k| k.verdict.get())
+        self.core.registry.get(kernel).map(|k| k.verdict())
     }
 
     /// A receiver of every event published from now on. Each subscriber has its own

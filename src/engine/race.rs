@@ -42,13 +42,14 @@ pub(crate) enum Fault {
     },
 }
 
-/// What to run for one batch.
+/// What to run for one batch; `spec` is the speculative variant in play when it was
+/// chosen (the batch keeps it even if play moves on meanwhile).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Choice {
     /// One arm alone.
-    Single(Arm),
-    /// Both arms; `audit` when the kernel was already adopted.
-    Race { audit: bool },
+    Single { arm: Arm, spec: usize },
+    /// Both arms; `audit` when the variant was already adopted.
+    Race { audit: bool, spec: usize },
 }
 
 /// Runs `job` on `queue` and returns its answer.
@@ -62,11 +63,11 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
     match begin(core, job) {
         // An adopted variant that refuses a batch the conservative one may take is no
         // longer trusted, and the batch runs conservatively.
-        Choice::Single(arm) => match single(core, queue, job, arm) {
-            Err(fault) => after_single_fault(core, queue, job, arm, fault),
+        Choice::Single { arm, spec } => match single(core, queue, job, arm, spec) {
+            Err(fault) => after_single_fault(core, queue, job, arm, spec, fault),
             ok => ok,
         },
-        Choice::Race { audit } => race(core, queue, job, audit),
+        Choice::Race { audit, spec } => race(core, queue, job, audit, spec),
     }
 }
 
@@ -79,8 +80,9 @@ fn begin(core: &Core, job: &Job) -> Choice {
 }
 
 fn choose(core: &Core, kernel: &Kernel) -> Choice {
-    let verdict = kernel.verdict.get();
-    if verdict != KernelVerdict::Rejected && kernel.fused() == Some(true) {
+    let spec = kernel.in_play();
+    let verdict = kernel.verdict_of(spec);
+    if verdict != KernelVerdict::Rejected && kernel.fused(spec) == Some(true) {
         let fused =
             resolve_fused_path(core.config.mode, &core.speculator, &FusedSupport::Supported)
                 .unwrap_or(false);
@@ -92,18 +94,25 @@ fn choose(core: &Core, kernel: &Kernel) -> Choice {
             return if probe {
                 Choice::Race {
                     audit: verdict == KernelVerdict::Adopted,
+                    spec,
                 }
             } else {
-                Choice::Single(Arm::Conservative)
+                Choice::Single {
+                    arm: Arm::Conservative,
+                    spec,
+                }
             };
         }
     }
-    match verdict {
-        KernelVerdict::Undecided => Choice::Race { audit: false },
-        KernelVerdict::Rejected => Choice::Single(Arm::Conservative),
-        KernelVerdict::Adopted if audit_due(core, kernel) => Choice::Race { audit: true },
-        KernelVerdict::Adopted => Choice::Single(Arm::Speculative),
-    }
+    let arm = match verdict {
+        KernelVerdict::Undecided => return Choice::Race { audit: false, spec },
+        KernelVerdict::Rejected => Arm::Conservative,
+        KernelVerdict::Adopted if audit_due(core, kernel) => {
+            return Choice::Race { audit: true, spec }
+        }
+        KernelVerdict::Adopted => Arm::Speculative,
+    };
+    Choice::Single { arm, spec }
 }
 
 /// True for one batch in every `audit_period` of this kernel.
@@ -115,15 +124,15 @@ fn audit_due(core: &Core, kernel: &Kernel) -> bool {
     period > 0 && tick % period == period - 1
 }
 
-/// Feeds a speculative run's counter tail (if its variant writes one) to the shared
-/// speculator, and publishes a toggle.
-fn note_speculative_run(core: &Core, kernel: &Kernel, outputs: &[Vec<u8>]) {
+/// Feeds a run of speculative variant `spec`'s counter tail (if it writes one) to the
+/// shared speculator, and publishes a toggle.
+fn note_speculative_run(core: &Core, kernel: &Kernel, spec: usize, outputs: &[Vec<u8>]) {
     let Some(workload) = kernel.workload() else {
         return;
     };
-    match workload.speculation_report(Arm::Speculative.variant(), outputs) {
+    match workload.speculation_report(spec, outputs) {
         Some(report) => {
-            kernel.set_fused(true);
+            kernel.set_fused(spec, true);
             let outcome = core.speculator.record(report);
             if let Some(enabled) = outcome.toggled() {
                 tracing::info!(
@@ -137,21 +146,21 @@ fn note_speculative_run(core: &Core, kernel: &Kernel, outputs: &[Vec<u8>]) {
                 });
             }
         }
-        None => kernel.set_fused(false),
+        None => kernel.set_fused(spec, false),
     }
 }
 
-/// The dispatch job of `arm` for this batch on `queue`, and whether the variant had to
-/// be loaded on the queue's device for it.
+/// The dispatch job of `variant` for this batch on `queue`, and whether the variant had
+/// to be loaded on the queue's device for it.
 fn make_job(
     core: &Core,
     kernel: &Kernel,
-    arm: Arm,
+    variant: usize,
     queue: QueueId,
     payload: &Payload,
 ) -> Result<(DispatchJob, bool), EngineError> {
     let plan = match (payload, kernel.workload()) {
-        (Payload::Input(input), Some(workload)) => workload.plan(arm.variant(), input)?,
+        (Payload::Input(input), Some(workload)) => workload.plan(variant, input)?,
         (Payload::Plan(plan), _) => (**plan).clone(),
         (Payload::Input(_), None) => {
             return Err(EngineError::WrongPayload {
@@ -162,7 +171,7 @@ fn make_job(
         }
     };
     let (handle, loaded) = kernel
-        .handle(core.backend.as_ref(), queue.device, arm)
+        .handle(core.backend.as_ref(), queue.device, variant)
         .map_err(|source| EngineError::Backend {
             kernel: kernel.name.clone(),
             source,
@@ -179,19 +188,17 @@ fn make_job(
     ))
 }
 
-/// The canonical output of `arm` from its dispatch output.
+/// The canonical output of `variant` from its dispatch output.
 fn finish(
     kernel: &Kernel,
-    arm: Arm,
+    variant: usize,
     payload: &Payload,
     outputs: Vec<Vec<u8>>,
 ) -> Result<Output, EngineError> {
     match (payload, kernel.workload()) {
-        (Payload::Input(input), Some(workload)) => Ok(Output::Answer(workload.answer(
-            arm.variant(),
-            input,
-            &outputs,
-        )?)),
+        (Payload::Input(input), Some(workload)) => {
+            Ok(Output::Answer(workload.answer(variant, input, &outputs)?))
+        }
         _ => Ok(Output::Buffers(outputs)),
     }
 }
@@ -272,15 +279,15 @@ fn dispatch_one(
     Ok((result, contended))
 }
 
-/// Evaluates the dispatch policy for this batch (`race`: both arms run), publishes
-/// its aggressive paths when they changed for this kernel, and says whether the arms
-/// may run concurrently (D2).
+/// Evaluates the dispatch policy for this batch (`race`: both arms run, the
+/// speculative one being that variant), publishes its aggressive paths when they
+/// changed for this kernel, and says whether the arms may run concurrently (D2).
 fn consult_policy(
     core: &Core,
     kernel: &Kernel,
     queue: QueueId,
     jobs: [&DispatchJob; 2],
-    race: Option<()>,
+    race: Option<usize>,
 ) -> bool {
     if race.is_none() && !kernel.try_policy().is_some_and(|p| p.due_for_single_arm()) {
         // A repeat of the shape it was evaluated for: nothing the bundle reads but the
@@ -288,8 +295,8 @@ fn consult_policy(
         return true;
     }
     let arms = match race {
-        Some(()) => {
-            dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[1]])
+        Some(spec) => {
+            dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[spec]])
         }
         None => (
             dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[0]]).0,
@@ -315,17 +322,23 @@ fn consult_policy(
     verdict.arm_independence == ArmIndependenceVerdict::Independent
 }
 
-fn single(core: &Core, queue: QueueId, job: &Job, arm: Arm) -> Result<Answer, Fault> {
-    let dj = prepare_single(core, queue, job, arm)?;
+fn single(core: &Core, queue: QueueId, job: &Job, arm: Arm, spec: usize) -> Result<Answer, Fault> {
+    let dj = prepare_single(core, queue, job, arm.variant(spec))?;
     consult_policy(core, &job.kernel, queue, [&dj, &dj], None);
     let (out, _) = dispatch_one(core, &job.kernel, dj)?;
-    complete_single(core, queue, job, arm, out)
+    complete_single(core, queue, job, arm, spec, out)
 }
 
 /// The dispatch job of a single-arm run of `job`, with trace-JIT told about it.
-fn prepare_single(core: &Core, queue: QueueId, job: &Job, arm: Arm) -> Result<DispatchJob, Fault> {
+fn prepare_single(
+    core: &Core,
+    queue: QueueId,
+    job: &Job,
+    variant: usize,
+) -> Result<DispatchJob, Fault> {
     let kernel = &job.kernel;
-    let (dj, loaded) = make_job(core, kernel, arm, queue, &job.payload).map_err(Fault::Input)?;
+    let (dj, loaded) =
+        make_job(core, kernel, variant, queue, &job.payload).map_err(Fault::Input)?;
     trace::note(core, kernel, queue.device, trace::shape_of(&dj), loaded);
     Ok(dj)
 }
@@ -336,18 +349,21 @@ fn complete_single(
     queue: QueueId,
     job: &Job,
     arm: Arm,
+    spec: usize,
     out: Result<DispatchOutput, BackendError>,
 ) -> Result<Answer, Fault> {
     let kernel = &job.kernel;
     let out = out.map_err(|e| classify(kernel, e))?;
     if arm == Arm::Speculative {
-        note_speculative_run(core, kernel, &out.outputs);
+        note_speculative_run(core, kernel, spec, &out.outputs);
     }
     let kernel_ns = out.kernel_ns;
-    let output = finish(kernel, arm, &job.payload, out.outputs).map_err(Fault::Input)?;
+    let variant = arm.variant(spec);
+    let output = finish(kernel, variant, &job.payload, out.outputs).map_err(Fault::Input)?;
     Ok(Answer {
         output,
         arm,
+        variant,
         raced: false,
         kernel_ns,
         queue,
@@ -362,7 +378,7 @@ fn complete_single(
 pub(crate) fn group_size(core: &Core, queue: QueueId, first: &Job, queued: usize) -> usize {
     if queued == 0
         || core.config.max_group <= 1
-        || first.kernel.verdict.get() == KernelVerdict::Undecided
+        || first.kernel.verdict() == KernelVerdict::Undecided
     {
         return 1;
     }
@@ -393,7 +409,7 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
         return vec![run(core, queue, &jobs[0])];
     }
     let mut results: Vec<Option<Result<Answer, Fault>>> = jobs.iter().map(|_| None).collect();
-    let mut grouped: Vec<(usize, Arm)> = Vec::with_capacity(jobs.len());
+    let mut grouped: Vec<(usize, Arm, usize)> = Vec::with_capacity(jobs.len());
     let mut dispatch_jobs: Vec<DispatchJob> = Vec::with_capacity(jobs.len());
     for (i, job) in jobs.iter().enumerate() {
         if core.is_lost(queue.device) {
@@ -401,31 +417,35 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
             continue;
         }
         match begin(core, job) {
-            Choice::Single(arm) => match prepare_single(core, queue, job, arm) {
-                Ok(dj) => {
-                    grouped.push((i, arm));
-                    dispatch_jobs.push(dj);
+            Choice::Single { arm, spec } => {
+                match prepare_single(core, queue, job, arm.variant(spec)) {
+                    Ok(dj) => {
+                        grouped.push((i, arm, spec));
+                        dispatch_jobs.push(dj);
+                    }
+                    Err(fault) => {
+                        results[i] = Some(after_single_fault(core, queue, job, arm, spec, fault))
+                    }
                 }
-                Err(fault) => results[i] = Some(after_single_fault(core, queue, job, arm, fault)),
-            },
-            Choice::Race { audit } => results[i] = Some(race(core, queue, job, audit)),
+            }
+            Choice::Race { audit, spec } => results[i] = Some(race(core, queue, job, audit, spec)),
         }
     }
-    if let (Some(&(first, _)), Some(dj)) = (grouped.first(), dispatch_jobs.first()) {
+    if let (Some(&(first, _, _)), Some(dj)) = (grouped.first(), dispatch_jobs.first()) {
         consult_policy(core, &jobs[first].kernel, queue, [dj, dj], None);
     }
     match dispatch_group(core, jobs, &grouped, &dispatch_jobs) {
         Ok(outs) => {
-            for (&(i, arm), out) in grouped.iter().zip(outs) {
-                let result = complete_single(core, queue, &jobs[i], arm, out);
+            for (&(i, arm, spec), out) in grouped.iter().zip(outs) {
+                let result = complete_single(core, queue, &jobs[i], arm, spec, out);
                 results[i] = Some(match result {
-                    Err(fault) => after_single_fault(core, queue, &jobs[i], arm, fault),
+                    Err(fault) => after_single_fault(core, queue, &jobs[i], arm, spec, fault),
                     ok => ok,
                 });
             }
         }
         Err(reason) => {
-            for &(i, _) in &grouped {
+            for &(i, _, _) in &grouped {
                 results[i] = Some(Err(Fault::Backend(reason.clone())));
             }
         }
@@ -443,6 +463,7 @@ fn after_single_fault(
     queue: QueueId,
     job: &Job,
     arm: Arm,
+    spec: usize,
     fault: Fault,
 ) -> Result<Answer, Fault> {
     match (arm, fault) {
@@ -450,10 +471,11 @@ fn after_single_fault(
             reject(
                 core,
                 &job.kernel,
+                spec,
                 queue.device,
                 VerdictReason::SpeculativeFailed(e.to_string()),
             );
-            single(core, queue, job, Arm::Conservative)
+            single(core, queue, job, Arm::Conservative, spec)
         }
         (_, fault) => Err(fault),
     }
@@ -464,7 +486,7 @@ fn after_single_fault(
 fn dispatch_group(
     core: &Core,
     jobs: &[Job],
-    grouped: &[(usize, Arm)],
+    grouped: &[(usize, Arm, usize)],
     dispatch_jobs: &[DispatchJob],
 ) -> Result<Vec<Result<DispatchOutput, BackendError>>, String> {
     if dispatch_jobs.is_empty() {
@@ -473,7 +495,7 @@ fn dispatch_group(
     let (results, wall_ns, _) = timed_dispatch(core, dispatch_jobs);
     check_count(&results, dispatch_jobs)?;
     let share = wall_ns / dispatch_jobs.len() as u64;
-    for (&(i, _), result) in grouped.iter().zip(&results) {
+    for (&(i, _, _), result) in grouped.iter().zip(&results) {
         let kernel_ns = result.as_ref().ok().and_then(|o| o.kernel_ns);
         if let Some(mut policy) = jobs[i].kernel.try_policy() {
             policy.observe(share, kernel_ns);
@@ -496,18 +518,24 @@ enum SpecArm {
     Failed(Result<BackendError, EngineError>),
 }
 
-fn race(core: &Core, queue: QueueId, job: &Job, audit: bool) -> Result<Answer, Fault> {
+fn race(
+    core: &Core,
+    queue: QueueId,
+    job: &Job,
+    audit: bool,
+    spec_variant: usize,
+) -> Result<Answer, Fault> {
     let kernel = &job.kernel;
     let (cons, cons_loaded) =
-        make_job(core, kernel, Arm::Conservative, queue, &job.payload).map_err(Fault::Input)?;
-    let spec = make_job(core, kernel, Arm::Speculative, queue, &job.payload);
+        make_job(core, kernel, 0, queue, &job.payload).map_err(Fault::Input)?;
+    let spec = make_job(core, kernel, spec_variant, queue, &job.payload);
     let loaded = cons_loaded || spec.as_ref().is_ok_and(|(_, l)| *l);
     trace::note(core, kernel, queue.device, trace::shape_of(&cons), loaded);
     let spec = spec.map(|(job, _)| job);
     // D2: the arms share a moment on two queues only when their buffers are
     // independent; otherwise they run back to back.
     let concurrent = match &spec {
-        Ok(spec) => consult_policy(core, kernel, queue, [&cons, spec], Some(())),
+        Ok(spec) => consult_policy(core, kernel, queue, [&cons, spec], Some(spec_variant)),
         Err(_) => false,
     };
     let partner = if concurrent {
@@ -541,16 +569,24 @@ fn race(core: &Core, queue: QueueId, job: &Job, audit: bool) -> Result<Answer, F
     drop(partner);
     let cons_out = cons_result.map_err(|e| classify(kernel, e))?;
     let cons_ns = cons_out.kernel_ns;
-    let output =
-        finish(kernel, Arm::Conservative, &job.payload, cons_out.outputs).map_err(Fault::Input)?;
+    let output = finish(kernel, 0, &job.payload, cons_out.outputs).map_err(Fault::Input)?;
     let cons = Timed {
         ns: cons_ns,
         contended,
     };
-    judge(core, job, queue, audit, &output, cons, spec_arm);
+    judge(
+        core,
+        job,
+        queue,
+        audit,
+        &output,
+        cons,
+        (spec_variant, spec_arm),
+    );
     Ok(Answer {
         output,
         arm: Arm::Conservative,
+        variant: 0,
         raced: true,
         kernel_ns: cons_ns,
         queue,
@@ -572,8 +608,9 @@ struct Timed {
     contended: bool,
 }
 
-/// The race join's verdict half: compares the speculative answer with the
-/// conservative one and feeds the window. Never changes what the caller gets.
+/// The race join's verdict half: compares the answer of speculative variant `spec`
+/// with the conservative one and feeds that variant's window. Never changes what the
+/// caller gets.
 fn judge(
     core: &Core,
     job: &Job,
@@ -581,11 +618,11 @@ fn judge(
     audit: bool,
     cons: &Output,
     cons_time: Timed,
-    spec: SpecArm,
+    (spec, arm): (usize, SpecArm),
 ) {
     let kernel = &job.kernel;
     let device = queue.device;
-    match spec {
+    match arm {
         SpecArm::Failed(Ok(BackendError::DeviceLost { device, detail })) => {
             core.mark_lost(device, detail);
         }
@@ -594,6 +631,7 @@ fn judge(
                 reject(
                     core,
                     kernel,
+                    spec,
                     device,
                     VerdictReason::SpeculativeFailed(e.to_string()),
                 );
@@ -607,19 +645,21 @@ fn judge(
             reject(
                 core,
                 kernel,
+                spec,
                 device,
                 VerdictReason::SpeculativeFailed(e.to_string()),
             );
         }
         SpecArm::Ran(out, spec_queue) => {
-            note_speculative_run(core, kernel, &out.outputs);
+            note_speculative_run(core, kernel, spec, &out.outputs);
             let spec_ns = out.kernel_ns;
-            let spec_output = match finish(kernel, Arm::Speculative, &job.payload, out.outputs) {
+            let spec_output = match finish(kernel, spec, &job.payload, out.outputs) {
                 Ok(o) => o,
                 Err(e) => {
                     reject(
                         core,
                         kernel,
+                        spec,
                         device,
                         VerdictReason::SpeculativeFailed(e.to_string()),
                     );
@@ -631,10 +671,11 @@ fn judge(
                 core.bus.publish(Event::MismatchCaught {
                     kernel: kernel.id,
                     name: kernel.name.clone(),
+                    variant: spec,
                     queue: spec_queue,
                     audit,
                 });
-                reject(core, kernel, device, VerdictReason::Mismatch);
+                reject(core, kernel, spec, device, VerdictReason::Mismatch);
                 return;
             }
             let (Some(c_ns), Some(s_ns)) = (cons_time.ns, spec_ns) else {
@@ -646,7 +687,7 @@ fn judge(
                 speculative_ns: s_ns,
                 contended: cons_time.contended,
             };
-            record_race(core, kernel, queue, spec_queue, times);
+            record_race(core, kernel, spec, (queue, spec_queue), times);
         }
     }
 }
@@ -675,7 +716,13 @@ struct ArmTimes {
 /// acts on the window's verdict — or, for the first race after a verdict was loaded
 /// from the autotune file, re-verifies that verdict. A contended race's times are
 /// clamped before they feed the window (see `ArmHistory`); the kept sample is raw.
-fn record_race(core: &Core, kernel: &Kernel, queue: QueueId, spec_queue: QueueId, times: ArmTimes) {
+fn record_race(
+    core: &Core,
+    kernel: &Kernel,
+    spec: usize,
+    (queue, spec_queue): (QueueId, QueueId),
+    times: ArmTimes,
+) {
     let ArmTimes {
         conservative_ns,
         speculative_ns,
@@ -691,10 +738,10 @@ fn record_race(core: &Core, kernel: &Kernel, queue: QueueId, spec_queue: QueueId
         conservative_compile_ns: 0,
         speculative_compile_ns: 0,
         conservative_record: record_of(&kernel.variants[0]),
-        speculative_record: record_of(&kernel.variants[1]),
+        speculative_record: record_of(&kernel.variants[spec]),
     };
     let (sample, verdict, hint) = {
-        let mut log = kernel.log();
+        let mut log = kernel.log(spec);
         let race = SpeculativeVariantRace {
             conservative_dispatch_ns: log.history[0].feed(conservative_ns, contended),
             speculative_dispatch_ns: log.history[1].feed(speculative_ns, contended),
@@ -702,7 +749,7 @@ fn record_race(core: &Core, kernel: &Kernel, queue: QueueId, spec_queue: QueueId
         };
         let update = log.window.record_sample(
             &tune.store,
-            kernel.pair_keys(&tune.adapter_id),
+            kernel.pair_keys(&tune.adapter_id, spec),
             PairedSpeculationSample { race },
         );
         let sample = RaceSample {
@@ -721,25 +768,34 @@ fn record_race(core: &Core, kernel: &Kernel, queue: QueueId, spec_queue: QueueId
     core.bus.publish(Event::RaceSample {
         kernel: kernel.id,
         name: kernel.name.clone(),
+        variant: spec,
         sample,
         window_verdict: verdict,
     });
     if let Some(hint) = hint {
-        if reverify(core, kernel, &hint, verdict, sample.index) {
+        if reverify(core, kernel, spec, &hint, (verdict, sample.index)) {
             return;
         }
     }
     let changed = match verdict {
-        SpeculationVerdict::Adopt => {
-            adopt(core, kernel, queue.device, VerdictReason::Measured(verdict))
-        }
-        SpeculationVerdict::Reject => {
-            reject(core, kernel, queue.device, VerdictReason::Measured(verdict))
-        }
+        SpeculationVerdict::Adopt => adopt(
+            core,
+            kernel,
+            spec,
+            queue.device,
+            VerdictReason::Measured(verdict),
+        ),
+        SpeculationVerdict::Reject => reject(
+            core,
+            kernel,
+            spec,
+            queue.device,
+            VerdictReason::Measured(verdict),
+        ),
         SpeculationVerdict::KeepRacing => false,
     };
     if changed {
-        kernel.log().verdict_at_sample = Some(sample.index);
+        kernel.log(spec).verdict_at_sample = Some(sample.index);
     }
 }
 
@@ -751,9 +807,9 @@ fn record_race(core: &Core, kernel: &Kernel, queue: QueueId, spec_queue: QueueId
 fn reverify(
     core: &Core,
     kernel: &Kernel,
+    spec: usize,
     hint: &Hint,
-    now: SpeculationVerdict,
-    index: u32,
+    (now, index): (SpeculationVerdict, u32),
 ) -> bool {
     let loaded = hint.verdict.verdict;
     let confirmed = loaded == now
@@ -761,73 +817,70 @@ fn reverify(
             && hint.verdict.reason == StoredReason::OutputMismatch);
     if !confirmed {
         tracing::info!(kernel = %kernel.name, ?loaded, ?now, "loaded verdict overturned by its re-verification race");
-        kernel.log().cache = CacheStatus::Overturned;
+        kernel.log(spec).cache = CacheStatus::Overturned;
         return false;
     }
     if let Some(tune) = core.tunes.get(hint.device) {
         tune.store
-            .mark_verdict_verified(kernel.pair_keys(&tune.adapter_id));
+            .mark_verdict_verified(kernel.pair_keys(&tune.adapter_id, spec));
     }
     {
-        let mut log = kernel.log();
+        let mut log = kernel.log(spec);
         log.cache = CacheStatus::Reverified;
         log.verdict_at_sample = Some(index);
     }
     tracing::info!(kernel = %kernel.name, ?loaded, "loaded verdict re-verified");
     match loaded {
         SpeculationVerdict::Adopt => {
-            adopt(core, kernel, hint.device, VerdictReason::Reverified);
+            adopt(core, kernel, spec, hint.device, VerdictReason::Reverified);
         }
         SpeculationVerdict::Reject => {
-            reject(core, kernel, hint.device, VerdictReason::Reverified);
+            reject(core, kernel, spec, hint.device, VerdictReason::Reverified);
         }
         SpeculationVerdict::KeepRacing => {}
     }
     true
 }
 
-/// Rejects the speculative variant from whatever state it is in; publishes and stores
-/// once. True for the call that made the change.
-fn reject(core: &Core, kernel: &Kernel, device: usize, reason: VerdictReason) -> bool {
-    match kernel.verdict.reject() {
+/// Rejects speculative variant `spec` from whatever state it is in; publishes and
+/// stores once. True for the call that made the change.
+fn reject(core: &Core, kernel: &Kernel, spec: usize, device: usize, reason: VerdictReason) -> bool {
+    match kernel.candidate(spec).verdict.reject() {
         Some(from) => {
-            published(core, kernel, device, from, KernelVerdict::Rejected, reason);
+            let change = (from, KernelVerdict::Rejected);
+            published(core, kernel, spec, device, change, reason);
             true
         }
         None => false,
     }
 }
 
-/// Adopts the speculative variant if still undecided; publishes and stores once. True
-/// for the call that made the change.
-fn adopt(core: &Core, kernel: &Kernel, device: usize, reason: VerdictReason) -> bool {
-    let changed = kernel.verdict.adopt();
+/// Adopts speculative variant `spec` if still undecided; publishes and stores once.
+/// True for the call that made the change.
+fn adopt(core: &Core, kernel: &Kernel, spec: usize, device: usize, reason: VerdictReason) -> bool {
+    let changed = kernel.candidate(spec).verdict.adopt();
     if changed {
-        published(
-            core,
-            kernel,
-            device,
-            KernelVerdict::Undecided,
-            KernelVerdict::Adopted,
-            reason,
-        );
+        let change = (KernelVerdict::Undecided, KernelVerdict::Adopted);
+        published(core, kernel, spec, device, change, reason);
     }
     changed
 }
 
-/// Logs, publishes and stores a verdict change made by this thread on `device`'s
-/// race, and asks the saver thread to save that device's store (never waits for it).
+/// Logs, publishes and stores a verdict change on speculative variant `spec` made by
+/// this thread on `device`'s race, asks the saver thread to save that device's store
+/// (never waits for it), and moves play along the kernel's ladder of variants.
 fn published(
     core: &Core,
     kernel: &Kernel,
+    spec: usize,
     device: usize,
-    from: KernelVerdict,
-    to: KernelVerdict,
+    (from, to): (KernelVerdict, KernelVerdict),
     reason: VerdictReason,
 ) {
-    tracing::info!(kernel = %kernel.name, %from, %to, ?reason, "verdict changed");
+    let variant = kernel.variants[spec].name.as_str();
+    tracing::info!(kernel = %kernel.name, variant, %from, %to, ?reason, "verdict changed");
     let observation = {
-        let mut log = kernel.log();
+        let mut log = kernel.log(spec);
         if reason != VerdictReason::Reverified && log.hint.take().is_some() {
             // Decided (e.g. by a mismatch) before the loaded verdict was re-verified.
             log.cache = CacheStatus::Overturned;
@@ -843,6 +896,7 @@ fn published(
     core.bus.publish(Event::VerdictChanged {
         kernel: kernel.id,
         name: kernel.name.clone(),
+        variant: spec,
         from,
         to,
         reason,
@@ -854,7 +908,7 @@ fn published(
             KernelVerdict::Undecided => SpeculationVerdict::KeepRacing,
         };
         tune.store.set_verdict(
-            kernel.pair_keys(&tune.adapter_id),
+            kernel.pair_keys(&tune.adapter_id, spec),
             StoredKernelVerdict {
                 verdict,
                 observation,
@@ -862,5 +916,16 @@ fn published(
             },
         );
         core.request_save(device);
+    }
+    if let Some(next) = kernel.settle() {
+        let verdict = kernel.verdict_of(next);
+        tracing::info!(kernel = %kernel.name, variant = %kernel.variants[next].name, %verdict, "speculative variant in play");
+        core.bus.publish(Event::VariantInPlay {
+            kernel: kernel.id,
+            name: kernel.name.clone(),
+            variant: next,
+            variant_name: kernel.variants[next].name.clone(),
+            verdict,
+        });
     }
 }

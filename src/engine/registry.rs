@@ -6,7 +6,7 @@
 //! module decides with it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -63,11 +63,12 @@ pub enum Arm {
 }
 
 impl Arm {
-    /// The workload variant index of this arm.
-    pub(crate) fn variant(self) -> usize {
+    /// The workload variant index of this arm when `spec` is the speculative variant
+    /// in play.
+    pub(crate) fn variant(self, spec: usize) -> usize {
         match self {
             Arm::Conservative => 0,
-            Arm::Speculative => 1,
+            Arm::Speculative => spec,
         }
     }
 }
@@ -129,8 +130,15 @@ pub struct KernelStats {
     pub kernel: KernelId,
     /// Its name.
     pub name: String,
-    /// Its verdict now.
+    /// Its verdict now: the one on the speculative variant in play.
     pub verdict: KernelVerdict,
+    /// The speculative variant in play (its index among the kernel's variants; 1
+    /// unless the kernel has several speculative variants). The fields below about
+    /// races (`cache`, `samples`, `verdict_at_sample`, `observation`) are this
+    /// variant's.
+    pub variant: usize,
+    /// The verdict on every speculative variant, in order (`[0]` is variant 1's).
+    pub variant_verdicts: Vec<KernelVerdict>,
     /// Whether the verdict came from the autotune file and was re-verified.
     pub cache: CacheStatus,
     /// The timed races, oldest first (at most [`MAX_KEPT_SAMPLES`]).
@@ -244,24 +252,52 @@ impl LoadSlot {
     }
 }
 
+/// One speculative variant of a kernel: its verdict against the conservative variant
+/// and the bookkeeping of its races.
+#[derive(Debug)]
+pub(crate) struct Candidate {
+    pub(crate) verdict: VerdictCell,
+    fused: AtomicU8,
+    log: Mutex<RaceLog>,
+}
+
+impl Candidate {
+    fn new() -> Self {
+        Candidate {
+            verdict: VerdictCell::default(),
+            fused: AtomicU8::new(FUSED_UNKNOWN),
+            log: Mutex::new(RaceLog::default()),
+        }
+    }
+}
+
 /// One registered kernel.
+///
+/// Variant 0 is the conservative one; variants 1.. are speculative candidates, each
+/// with its own verdict and race log against variant 0. One candidate is *in play* at
+/// a time (batches race or run it); [`Kernel::settle`] moves play along the ladder:
+/// the first undecided candidate, and once all are decided the adopted one whose
+/// window measured it fastest relative to the conservative variant.
 #[derive(Debug)]
 pub(crate) struct Kernel {
     pub(crate) id: KernelId,
     pub(crate) name: String,
     pub(crate) source: KernelSource,
-    /// `[conservative, speculative]`.
-    pub(crate) variants: [KernelVariant; 2],
-    /// `handles[device]` = `[conservative, speculative]` on that device, each loaded
-    /// when first needed (registration loads the conservative variant everywhere and
-    /// the speculative one on the first device).
-    handles: Vec<[LoadSlot; 2]>,
-    pub(crate) verdict: VerdictCell,
-    fused: AtomicU8,
+    /// `[conservative, speculative…]`.
+    pub(crate) variants: Vec<KernelVariant>,
+    /// `handles[device][variant]`, each loaded when first needed (registration loads
+    /// the conservative variant everywhere and every speculative one on the first
+    /// device).
+    handles: Vec<Vec<LoadSlot>>,
+    /// `candidates[v - 1]` for speculative variant `v`.
+    candidates: Vec<Candidate>,
+    /// The speculative variant in play (a variant index, 1..).
+    in_play: AtomicUsize,
+    /// Serialises [`Kernel::settle`] (once per verdict change).
+    ladder: Mutex<()>,
     pub(crate) audit_tick: AtomicU64,
-    /// `[conservative, speculative]` autotune keys of the variants.
-    pub(crate) keys: [SpecCacheKey; 2],
-    pub(crate) log: Mutex<RaceLog>,
+    /// The autotune key of every variant, in variant order.
+    pub(crate) keys: Vec<SpecCacheKey>,
     /// What the engine measured for the dispatch policy.
     pub(crate) policy: Mutex<PolicyState>,
     /// Trace-JIT's history of this kernel.
@@ -269,35 +305,101 @@ pub(crate) struct Kernel {
 }
 
 impl Kernel {
-    /// `Some(true)`: the speculative variant is a fused kernel with a counter tail;
+    /// The speculative variant in play.
+    pub(crate) fn in_play(&self) -> usize {
+        self.in_play.load(Ordering::Acquire)
+    }
+
+    /// How many speculative variants the kernel has.
+    pub(crate) fn speculative_count(&self) -> usize {
+        self.candidates.len()
+    }
+
+    /// Speculative variant `spec`'s state (`spec` out of range reads the last one).
+    pub(crate) fn candidate(&self, spec: usize) -> &Candidate {
+        let i = spec.clamp(1, self.candidates.len()) - 1;
+        &self.candidates[i]
+    }
+
+    /// The verdict on speculative variant `spec`.
+    pub(crate) fn verdict_of(&self, spec: usize) -> KernelVerdict {
+        self.candidate(spec).verdict.get()
+    }
+
+    /// The kernel's verdict: the one on the speculative variant in play.
+    pub(crate) fn verdict(&self) -> KernelVerdict {
+        self.verdict_of(self.in_play())
+    }
+
+    /// Moves play along the ladder after a verdict change: the first undecided
+    /// speculative variant; once none is undecided, the adopted one with the lowest
+    /// speculative ÷ conservative mean in its window; with none adopted, play stays
+    /// (a rejected variant in play means the conservative variant runs). Returns the
+    /// new variant in play when it changed.
+    pub(crate) fn settle(&self) -> Option<usize> {
+        let _one_at_a_time = self.ladder.lock().unwrap_or_else(|p| p.into_inner());
+        let variants = 1..=self.candidates.len();
+        let undecided = variants
+            .clone()
+            .find(|&v| self.verdict_of(v) == KernelVerdict::Undecided);
+        let next = undecided.or_else(|| {
+            variants
+                .filter(|&v| self.verdict_of(v) == KernelVerdict::Adopted)
+                .min_by_key(|&v| self.relative_cost_ppm(v))
+        })?;
+        let before = self.in_play.swap(next, Ordering::AcqRel);
+        (before != next).then_some(next)
+    }
+
+    /// Speculative variant `spec`'s mean time in parts per million of the conservative
+    /// mean measured in the same races (`u64::MAX` with nothing measured).
+    fn relative_cost_ppm(&self, spec: usize) -> u64 {
+        let o = self.log(spec).window.observation();
+        if o.baseline_mean_ns == 0 || o.speculative_dispatches == 0 {
+            return u64::MAX;
+        }
+        let ppm = u128::from(o.speculative_mean_ns) * 1_000_000 / u128::from(o.baseline_mean_ns);
+        u64::try_from(ppm).unwrap_or(u64::MAX)
+    }
+
+    /// `Some(true)`: speculative variant `spec` is a fused kernel with a counter tail;
     /// `None`: not known yet (it has not run).
-    pub(crate) fn fused(&self) -> Option<bool> {
-        match self.fused.load(Ordering::Acquire) {
+    pub(crate) fn fused(&self, spec: usize) -> Option<bool> {
+        match self.candidate(spec).fused.load(Ordering::Acquire) {
             FUSED_YES => Some(true),
             FUSED_NO => Some(false),
             _ => None,
         }
     }
 
-    /// Records whether the speculative variant wrote a counter tail.
-    pub(crate) fn set_fused(&self, fused: bool) {
-        self.fused
+    /// Records whether speculative variant `spec` wrote a counter tail.
+    pub(crate) fn set_fused(&self, spec: usize, fused: bool) {
+        self.candidate(spec)
+            .fused
             .store(if fused { FUSED_YES } else { FUSED_NO }, Ordering::Release);
     }
 
-    /// The autotune keys of this kernel's pair on an adapter.
-    pub(crate) fn pair_keys<'a>(&'a self, adapter_id: &'a str) -> SpeculativeVariantKeys<'a> {
+    /// The autotune keys of the pair (conservative, `spec`) on an adapter.
+    pub(crate) fn pair_keys<'a>(
+        &'a self,
+        adapter_id: &'a str,
+        spec: usize,
+    ) -> SpeculativeVariantKeys<'a> {
+        let spec = spec.clamp(1, self.keys.len() - 1);
         SpeculativeVariantKeys {
             conservative: &self.keys[0],
-            speculative: &self.keys[1],
+            speculative: &self.keys[spec],
             adapter_id,
         }
     }
 
-    /// The race log, even if a thread panicked while holding it (its contents are
-    /// plain counters and samples, consistent at every step).
-    pub(crate) fn log(&self) -> std::sync::MutexGuard<'_, RaceLog> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    /// Speculative variant `spec`'s race log, even if a thread panicked while holding
+    /// it (its contents are plain counters and samples, consistent at every step).
+    pub(crate) fn log(&self, spec: usize) -> std::sync::MutexGuard<'_, RaceLog> {
+        self.candidate(spec)
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The dispatch-policy measurements (plain numbers, consistent at every step).
@@ -317,30 +419,33 @@ impl Kernel {
         self.trace.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The load slot of `arm` on `device`.
-    pub(crate) fn slot(&self, device: usize, arm: Arm) -> Option<&LoadSlot> {
-        self.handles.get(device).map(|h| &h[arm.variant()])
+    /// The load slot of `variant` on `device`.
+    pub(crate) fn slot(&self, device: usize, variant: usize) -> Option<&LoadSlot> {
+        self.handles.get(device)?.get(variant)
     }
 
-    /// True when `arm` is loaded on `device`.
-    pub(crate) fn is_loaded(&self, device: usize, arm: Arm) -> bool {
-        self.slot(device, arm).is_some_and(LoadSlot::is_loaded)
+    /// True when `variant` is loaded on `device`.
+    pub(crate) fn is_loaded(&self, device: usize, variant: usize) -> bool {
+        self.slot(device, variant).is_some_and(LoadSlot::is_loaded)
     }
 
-    /// The handle of `arm` on `device`, loading it first if no one has (one load per
-    /// slot, however many threads ask). The second value is the load's measured time
-    /// when this call loaded it; a load of the speculative variant also feeds
+    /// The handle of `variant` on `device`, loading it first if no one has (one load
+    /// per slot, however many threads ask). The second value is the load's measured
+    /// time when this call loaded it; a load of a speculative variant also feeds
     /// trace-JIT's miss cost.
     pub(crate) fn handle(
         &self,
         backend: &dyn Backend,
         device: usize,
-        arm: Arm,
+        variant: usize,
     ) -> Result<(KernelHandle, Option<u64>), BackendError> {
         let slot = self
-            .slot(device, arm)
+            .slot(device, variant)
             .ok_or_else(|| BackendError::Unknown {
-                what: format!("device {device} for kernel `{}`", self.name),
+                what: format!(
+                    "device {device} or variant {variant} for kernel `{}`",
+                    self.name
+                ),
             })?;
         if let Some(&h) = slot.handle.get() {
             return Ok((h, None));
@@ -350,12 +455,12 @@ impl Kernel {
             return Ok((h, None));
         }
         let started = Instant::now();
-        let h = backend.load_kernel(device, &self.variants[arm.variant()])?;
+        let h = backend.load_kernel(device, &self.variants[variant])?;
         let ns = u64::try_from(started.elapsed().as_nanos())
             .unwrap_or(u64::MAX)
             .max(1);
         let _ = slot.handle.set(h);
-        if arm == Arm::Speculative {
+        if variant > 0 {
             self.trace().note_load(ns);
         }
         Ok((h, Some(ns)))
@@ -392,17 +497,27 @@ impl Registry {
         self.kernels.get(&id.0).map(|k| Arc::clone(k.value()))
     }
 
-    /// Validates the pair, loads both variants on every device (in parallel on rayon)
-    /// and adds the kernel.
+    /// Validates the variants (a conservative one and at least one speculative one),
+    /// loads the conservative variant on every device and every speculative one on the
+    /// first (in parallel on rayon) and adds the kernel.
     pub(crate) fn add(
         &self,
         backend: &dyn Backend,
         name: String,
         source: KernelSource,
-        variants: [KernelVariant; 2],
+        variants: Vec<KernelVariant>,
     ) -> Result<Arc<Kernel>, EngineError> {
+        if variants.len() < 2 {
+            return Err(EngineError::InvalidKernel {
+                kernel: name,
+                reason: format!("it has {} variant(s)", variants.len()),
+                fix: "give it a conservative variant and at least one speculative variant",
+            });
+        }
         if matches!(source, KernelSource::Pair) {
-            validate_pair(&name, &variants)?;
+            for speculative in &variants[1..] {
+                validate_pair(&name, [&variants[0], speculative])?;
+            }
         }
         let devices = backend.devices().len();
         let id = u32::try_from(self.next.fetch_add(1, Ordering::Relaxed)).map_err(|_| {
@@ -416,31 +531,34 @@ impl Registry {
             id: KernelId(id),
             name,
             source,
-            handles: (0..devices).map(|_| Default::default()).collect(),
-            verdict: VerdictCell::default(),
-            fused: AtomicU8::new(FUSED_UNKNOWN),
+            handles: (0..devices)
+                .map(|_| variants.iter().map(|_| LoadSlot::default()).collect())
+                .collect(),
+            candidates: variants[1..].iter().map(|_| Candidate::new()).collect(),
+            in_play: AtomicUsize::new(1),
+            ladder: Mutex::new(()),
             audit_tick: AtomicU64::new(0),
-            keys: [spec_cache_key(&variants[0]), spec_cache_key(&variants[1])],
-            log: Mutex::new(RaceLog::default()),
+            keys: variants.iter().map(spec_cache_key).collect(),
             policy: Mutex::new(PolicyState::default()),
             trace: Mutex::new(TraceState::default()),
             variants,
         });
         // The conservative variant on every device (any device can run any batch) and
-        // the speculative one on the first (it is validated up front); the speculative
-        // variant reaches the other devices on demand or by a trace-JIT pre-load.
-        let loads: Vec<(usize, Arm)> = (0..devices)
-            .map(|d| (d, Arm::Conservative))
-            .chain((devices > 0).then_some((0, Arm::Speculative)))
+        // the speculative ones on the first (so each is validated up front); they reach
+        // the other devices on demand or by a trace-JIT pre-load.
+        let speculative = 1..kernel.variants.len();
+        let loads: Vec<(usize, usize)> = (0..devices)
+            .map(|d| (d, 0))
+            .chain(speculative.filter(|_| devices > 0).map(|v| (0, v)))
             .collect();
         loads
             .par_iter()
-            .map(|&(device, arm)| {
+            .map(|&(device, variant)| {
                 kernel
-                    .handle(backend, device, arm)
+                    .handle(backend, device, variant)
                     .map(|_| ())
                     .map_err(|source| EngineError::Backend {
-                        kernel: kernel.variants[arm.variant()].name.clone(),
+                        kernel: kernel.variants[variant].name.clone(),
                         source,
                     })
             })
@@ -450,7 +568,7 @@ impl Registry {
     }
 }
 /// The checks that make two variants raceable: same bindings, same push constants.
-fn validate_pair(name: &str, [c, s]: &[KernelVariant; 2]) -> Result<(), EngineError> {
+fn validate_pair(name: &str, [c, s]: [&KernelVariant; 2]) -> Result<(), EngineError> {
     let invalid = |reason: String| EngineError::InvalidKernel {
         kernel: name.to_string(),
         reason,

@@ -26,7 +26,7 @@ use crate::backend::DispatchJob;
 use crate::policy::{decide_trace_jit_speculation, TraceJitDecision, TraceJitInputs};
 
 use super::events::{Event, KernelVerdict};
-use super::registry::{Arm, Kernel};
+use super::registry::Kernel;
 use super::Core;
 
 /// How many recent batches of a kernel the shape prediction looks at.
@@ -147,14 +147,15 @@ pub(crate) fn note(core: &Core, kernel: &Arc<Kernel>, device: usize, shape: u64,
     else {
         return;
     };
-    if kernel.verdict.get() == KernelVerdict::Rejected {
+    let spec = kernel.in_play();
+    if kernel.verdict_of(spec) == KernelVerdict::Rejected {
         return;
     }
     for target in 0..core.devices.len() {
         if target == device || core.is_lost(target) {
             continue;
         }
-        let Some(slot) = kernel.slot(target, Arm::Speculative) else {
+        let Some(slot) = kernel.slot(target, spec) else {
             continue;
         };
         if slot.is_loaded() || slot.claimed.swap(true, Ordering::AcqRel) {
@@ -168,14 +169,14 @@ pub(crate) fn note(core: &Core, kernel: &Arc<Kernel>, device: usize, shape: u64,
         rayon::spawn(move || {
             let _running = guard;
             let loaded = catch_unwind(AssertUnwindSafe(|| {
-                kernel.handle(backend.as_ref(), target, Arm::Speculative)
+                kernel.handle(backend.as_ref(), target, spec)
             }));
             match loaded {
                 Ok(Ok((_, Some(_)))) => {
                     kernel.trace().stats.preloads += 1;
                     bus.publish(Event::PreSpecialised {
                         kernel: kernel.id,
-                        variant: kernel.variants[Arm::Speculative.variant()].name.clone(),
+                        variant: kernel.variants[spec].name.clone(),
                         device: target,
                         expected_savings_ns,
                     });

@@ -45,7 +45,8 @@ use crate::sync::{AtomicU64, Ordering};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VulkanOptions {
     /// The most queues opened per queue family (an H200's family 0 has 16; each opened
-    /// queue gets its own worker). At least 1.
+    /// queue gets its own worker). At least 1. Default 8, or
+    /// `PHOTOFINISH_MAX_QUEUES_PER_FAMILY` where set.
     pub max_queues_per_family: u32,
     /// Also open software devices (lavapipe) when a hardware device is present. Where
     /// no hardware device exists, software devices are always opened.
@@ -75,17 +76,22 @@ pub const DEFAULT_DIRECT_MAX_BYTES: u64 = 0;
 impl Default for VulkanOptions {
     fn default() -> Self {
         VulkanOptions {
-            max_queues_per_family: 8,
+            max_queues_per_family: env_or("PHOTOFINISH_MAX_QUEUES_PER_FAMILY", 8),
             software_devices_with_hardware: true,
             max_cached_commands: 256,
             reuse_budget_bytes: 512 << 20,
             always_stage: false,
-            direct_max_bytes: std::env::var("PHOTOFINISH_DIRECT_MAX_BYTES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(DEFAULT_DIRECT_MAX_BYTES),
+            direct_max_bytes: env_or("PHOTOFINISH_DIRECT_MAX_BYTES", DEFAULT_DIRECT_MAX_BYTES),
         }
     }
+}
+
+/// The environment variable `name` parsed, or `default` where it is unset or unparsable.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// The result of [`VulkanBackend::measure_copy_bandwidth`].

@@ -1,0 +1,255 @@
+//! Kernels with several speculative variants (`Engine::register_variants`, or a
+//! workload with more than two variants): the engine races each speculative variant
+//! against the conservative one in turn, in order, and once all are decided runs the
+//! adopted one it measured fastest. Every answer is the conservative one's.
+//!
+//! On the CPU backend, each variant here sums the input bytes after a busy wait of its
+//! own length, so which variant is fastest is known in advance.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use photofinish::backend::{BindingAccess, BindingDesc, BufferArg, KernelVariant};
+use photofinish::kernels::DispatchPlan;
+use photofinish::{
+    BackendChoice, Batch, Engine, EngineError, Event, KernelId, KernelVerdict, Output,
+};
+
+/// Busy-waits `us` microseconds (a sleep would let the OS decide the time).
+fn spin(us: u64) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_micros(us) {
+        std::hint::spin_loop();
+    }
+}
+
+/// A variant that sums the input bytes into an 8-byte output after `spin_us` µs;
+/// `off_by` is added to the sum (a wrong variant when non-zero).
+fn variant(name: &str, spin_us: u64, off_by: u64) -> KernelVariant {
+    KernelVariant {
+        name: name.to_string(),
+        spirv: None,
+        entry_point: "main".into(),
+        workgroup_size: [64, 1, 1],
+        bindings: vec![
+            BindingDesc {
+                slot: 0,
+                access: BindingAccess::Read,
+            },
+            BindingDesc {
+                slot: 1,
+                access: BindingAccess::Write,
+            },
+        ],
+        push_constant_bytes: 0,
+        cpu: Some(Arc::new(
+            move |buffers: &mut [Vec<u8>], _pc: &[u8], _wg: [u32; 3]| {
+                spin(spin_us);
+                let [input, output] = buffers else {
+                    return Err("takes two buffers".to_string());
+                };
+                let sum = input.iter().map(|&b| u64::from(b)).sum::<u64>() + off_by;
+                output[..8].copy_from_slice(&sum.to_le_bytes());
+                Ok(())
+            },
+        )),
+    }
+}
+
+fn engine() -> Engine {
+    Engine::builder()
+        .backend(BackendChoice::Cpu)
+        .without_autotune_file()
+        .audit_period(0)
+        .build()
+        .expect("the CPU backend always opens")
+}
+
+fn input(seed: u8) -> Vec<u8> {
+    (0..256u32).map(|i| (i as u8).wrapping_mul(seed)).collect()
+}
+
+fn expected(input: &[u8]) -> Vec<u8> {
+    input
+        .iter()
+        .map(|&b| u64::from(b))
+        .sum::<u64>()
+        .to_le_bytes()
+        .to_vec()
+}
+
+/// Submits batches one at a time (at most `max`) until every speculative variant is
+/// decided, checking every answer; returns how many ran.
+fn run_until_all_decided(engine: &Engine, kernel: KernelId, max: usize) -> usize {
+    for n in 0..max {
+        let data = input(n as u8 | 1);
+        let plan = DispatchPlan {
+            buffers: vec![BufferArg::Data(data.clone().into()), BufferArg::Zeroed(8)],
+            push_constants: Vec::new(),
+            workgroups: [1, 1, 1],
+        };
+        let answer = engine
+            .submit(Batch::with_plan(kernel, plan))
+            .and_then(|t| t.wait())
+            .expect("every batch is answered");
+        let Output::Buffers(buffers) = answer.output else {
+            panic!("a SPIR-V-style kernel answers with buffers");
+        };
+        assert_eq!(
+            buffers,
+            vec![expected(&data)],
+            "batch {n}: a wrong answer was returned"
+        );
+        let stats = engine.kernel_stats(kernel).expect("registered");
+        if stats
+            .variant_verdicts
+            .iter()
+            .all(|v| *v != KernelVerdict::Undecided)
+        {
+            return n + 1;
+        }
+    }
+    panic!(
+        "not every variant was decided in {max} batches: {:?}",
+        engine.kernel_stats(kernel).map(|s| s.variant_verdicts)
+    );
+}
+
+#[test]
+fn the_fastest_of_several_adopted_variants_ends_in_play() {
+    let engine = engine();
+    let events = engine.subscribe();
+    let kernel = engine
+        .register_variants(
+            "sum",
+            variant("sum/conservative", 800, 0),
+            vec![
+                variant("sum/slower", 1_600, 0),
+                variant("sum/faster", 300, 0),
+                variant("sum/fastest", 20, 0),
+                variant("sum/fast", 400, 0),
+            ],
+        )
+        .expect("the variants share bindings");
+    assert_eq!(
+        engine.kernel_stats(kernel).unwrap().variant,
+        1,
+        "play starts at variant 1"
+    );
+    run_until_all_decided(&engine, kernel, 2_000);
+    let stats = engine.kernel_stats(kernel).unwrap();
+    assert_eq!(
+        stats.variant_verdicts,
+        vec![
+            KernelVerdict::Rejected,
+            KernelVerdict::Adopted,
+            KernelVerdict::Adopted,
+            KernelVerdict::Adopted
+        ]
+    );
+    assert_eq!(stats.variant, 3, "the fastest adopted variant is in play");
+    assert_eq!(engine.verdict(kernel), Some(KernelVerdict::Adopted));
+    // Batches now run the fastest variant alone.
+    let data = input(3);
+    let plan = DispatchPlan {
+        buffers: vec![BufferArg::Data(data.clone().into()), BufferArg::Zeroed(8)],
+        push_constants: Vec::new(),
+        workgroups: [1, 1, 1],
+    };
+    let answer = engine
+        .submit(Batch::with_plan(kernel, plan))
+        .and_then(|t| t.wait())
+        .unwrap();
+    assert_eq!((answer.variant, answer.raced), (3, false));
+    assert_eq!(answer.output, Output::Buffers(vec![expected(&data)]));
+    // Play moved 1 → 2 → 3 → 4 along the ladder, then back to 3, each time announced.
+    let moves: Vec<usize> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::VariantInPlay {
+                kernel: k, variant, ..
+            } if k == kernel => Some(variant),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(moves, vec![2, 3, 4, 3]);
+}
+
+#[test]
+fn a_wrong_variant_is_rejected_and_never_answers() {
+    let engine = engine();
+    let events = engine.subscribe();
+    let kernel = engine
+        .register_variants(
+            "sum",
+            variant("sum/conservative", 600, 0),
+            vec![
+                variant("sum/fast-but-wrong", 20, 1),
+                variant("sum/fast", 100, 0),
+            ],
+        )
+        .unwrap();
+    run_until_all_decided(&engine, kernel, 2_000);
+    let stats = engine.kernel_stats(kernel).unwrap();
+    assert_eq!(
+        stats.variant_verdicts,
+        vec![KernelVerdict::Rejected, KernelVerdict::Adopted]
+    );
+    assert_eq!(stats.variant, 2);
+    let caught: Vec<usize> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::MismatchCaught { variant, .. } => Some(variant),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        caught,
+        vec![1],
+        "the wrong variant was caught once, on its first race"
+    );
+}
+
+#[test]
+fn when_every_variant_is_rejected_the_conservative_one_runs() {
+    let engine = engine();
+    let kernel = engine
+        .register_variants(
+            "sum",
+            variant("sum/conservative", 50, 0),
+            vec![variant("sum/slow", 600, 0), variant("sum/wrong", 10, 7)],
+        )
+        .unwrap();
+    run_until_all_decided(&engine, kernel, 2_000);
+    assert_eq!(engine.verdict(kernel), Some(KernelVerdict::Rejected));
+    let data = input(5);
+    let plan = DispatchPlan {
+        buffers: vec![BufferArg::Data(data.clone().into()), BufferArg::Zeroed(8)],
+        push_constants: Vec::new(),
+        workgroups: [1, 1, 1],
+    };
+    let answer = engine
+        .submit(Batch::with_plan(kernel, plan))
+        .and_then(|t| t.wait())
+        .unwrap();
+    assert_eq!((answer.variant, answer.raced), (0, false));
+}
+
+#[test]
+fn speculative_variants_must_match_the_conservative_layout() {
+    let engine = engine();
+    let mut odd = variant("sum/odd", 10, 0);
+    odd.push_constant_bytes = 4;
+    let err = engine
+        .register_variants(
+            "sum",
+            variant("sum/conservative", 10, 0),
+            vec![variant("sum/fine", 10, 0), odd],
+        )
+        .expect_err("the third variant's push constants differ");
+    assert!(matches!(err, EngineError::InvalidKernel { .. }), "{err}");
+    let err = engine
+        .register_variants("sum", variant("sum/conservative", 10, 0), Vec::new())
+        .expect_err("no speculative variant");
+    assert!(matches!(err, EngineError::InvalidKernel { .. }), "{err}");
+}
