@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use photofinish::backend::{BindingAccess, BindingDesc, BufferArg, KernelVariant};
 use photofinish::kernels::DispatchPlan;
 use photofinish::{
-    BackendChoice, Batch, Engine, EngineError, Event, KernelId, KernelVerdict, Output,
+    Answer, BackendChoice, Batch, Engine, EngineError, Event, KernelId, KernelVerdict, Output,
 };
 
 /// Busy-waits `us` microseconds (a sleep would let the OS decide the time).
@@ -78,28 +78,31 @@ fn expected(input: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
+/// Runs one batch of input `input(seed)` and checks its answer.
+fn sum_batch(engine: &Engine, kernel: KernelId, seed: u8) -> Answer {
+    let data = input(seed);
+    let plan = DispatchPlan {
+        buffers: vec![BufferArg::Data(data.clone().into()), BufferArg::Zeroed(8)],
+        push_constants: Vec::new(),
+        workgroups: [1, 1, 1],
+    };
+    let answer = engine
+        .submit(Batch::with_plan(kernel, plan))
+        .and_then(|t| t.wait())
+        .expect("every batch is answered");
+    assert_eq!(
+        answer.output,
+        Output::Buffers(vec![expected(&data)]),
+        "seed {seed}: a wrong answer was returned"
+    );
+    answer
+}
+
 /// Submits batches one at a time (at most `max`) until every speculative variant is
 /// decided, checking every answer; returns how many ran.
 fn run_until_all_decided(engine: &Engine, kernel: KernelId, max: usize) -> usize {
     for n in 0..max {
-        let data = input(n as u8 | 1);
-        let plan = DispatchPlan {
-            buffers: vec![BufferArg::Data(data.clone().into()), BufferArg::Zeroed(8)],
-            push_constants: Vec::new(),
-            workgroups: [1, 1, 1],
-        };
-        let answer = engine
-            .submit(Batch::with_plan(kernel, plan))
-            .and_then(|t| t.wait())
-            .expect("every batch is answered");
-        let Output::Buffers(buffers) = answer.output else {
-            panic!("a SPIR-V-style kernel answers with buffers");
-        };
-        assert_eq!(
-            buffers,
-            vec![expected(&data)],
-            "batch {n}: a wrong answer was returned"
-        );
+        sum_batch(engine, kernel, n as u8 | 1);
         let stats = engine.kernel_stats(kernel).expect("registered");
         if stats
             .variant_verdicts
@@ -150,18 +153,8 @@ fn the_fastest_of_several_adopted_variants_ends_in_play() {
     assert_eq!(stats.variant, 3, "the fastest adopted variant is in play");
     assert_eq!(engine.verdict(kernel), Some(KernelVerdict::Adopted));
     // Batches now run the fastest variant alone.
-    let data = input(3);
-    let plan = DispatchPlan {
-        buffers: vec![BufferArg::Data(data.clone().into()), BufferArg::Zeroed(8)],
-        push_constants: Vec::new(),
-        workgroups: [1, 1, 1],
-    };
-    let answer = engine
-        .submit(Batch::with_plan(kernel, plan))
-        .and_then(|t| t.wait())
-        .unwrap();
+    let answer = sum_batch(&engine, kernel, 3);
     assert_eq!((answer.variant, answer.raced), (3, false));
-    assert_eq!(answer.output, Output::Buffers(vec![expected(&data)]));
     // Play moved 1 → 2 → 3 → 4 along the ladder, then back to 3, each time announced.
     let moves: Vec<usize> = events
         .try_iter()
@@ -222,16 +215,7 @@ fn when_every_variant_is_rejected_the_conservative_one_runs() {
         .unwrap();
     run_until_all_decided(&engine, kernel, 2_000);
     assert_eq!(engine.verdict(kernel), Some(KernelVerdict::Rejected));
-    let data = input(5);
-    let plan = DispatchPlan {
-        buffers: vec![BufferArg::Data(data.clone().into()), BufferArg::Zeroed(8)],
-        push_constants: Vec::new(),
-        workgroups: [1, 1, 1],
-    };
-    let answer = engine
-        .submit(Batch::with_plan(kernel, plan))
-        .and_then(|t| t.wait())
-        .unwrap();
+    let answer = sum_batch(&engine, kernel, 5);
     assert_eq!((answer.variant, answer.raced), (0, false));
 }
 
