@@ -66,3 +66,47 @@ fn concurrent_calls_in_any_order_are_counted_out_and_never_wrongly_alone() {
         assert!(!load.begin().finish());
     });
 }
+
+/// The same watch on two separate atomics (calls begun; calls running), finished by
+/// reading one and then decrementing the other: a call that begins between the two
+/// steps sees the finishing call still running while the finishing call missed it.
+struct TwoWordLoad {
+    begun: loom::sync::atomic::AtomicU64,
+    running: loom::sync::atomic::AtomicU32,
+}
+
+impl TwoWordLoad {
+    fn begin(&self) -> (u64, u32) {
+        let ticket = self.begun.fetch_add(1, Ordering::AcqRel);
+        let others = self.running.fetch_add(1, Ordering::AcqRel);
+        (ticket, others)
+    }
+
+    fn finish(&self, (ticket, others): (u64, u32)) -> bool {
+        let began_since = self.begun.load(Ordering::Acquire) != ticket + 1;
+        self.running.fetch_sub(1, Ordering::AcqRel);
+        others > 0 || began_since
+    }
+}
+
+#[test]
+#[should_panic(expected = "one call saw an overlap the other missed")]
+fn a_two_word_watch_is_caught_disagreeing() {
+    loom::model(|| {
+        let load = Arc::new(TwoWordLoad {
+            begun: loom::sync::atomic::AtomicU64::new(0),
+            running: loom::sync::atomic::AtomicU32::new(0),
+        });
+        let other = {
+            let load = Arc::clone(&load);
+            thread::spawn(move || {
+                let watch = load.begin();
+                load.finish(watch)
+            })
+        };
+        let watch = load.begin();
+        let ours = load.finish(watch);
+        let theirs = other.join().unwrap();
+        assert_eq!(ours, theirs, "one call saw an overlap the other missed");
+    });
+}
