@@ -45,8 +45,9 @@ use crate::sync::{AtomicU64, Ordering};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VulkanOptions {
     /// The most queues opened per queue family (an H200's family 0 has 16; each opened
-    /// queue gets its own worker). At least 1. Default 8, or
-    /// `PHOTOFINISH_MAX_QUEUES_PER_FAMILY` where set.
+    /// queue gets its own worker). At least 1. Default
+    /// [`DEFAULT_MAX_QUEUES_PER_FAMILY`], or `PHOTOFINISH_MAX_QUEUES_PER_FAMILY` where
+    /// set.
     pub max_queues_per_family: u32,
     /// Also open software devices (lavapipe) when a hardware device is present. Where
     /// no hardware device exists, software devices are always opened.
@@ -68,6 +69,16 @@ pub struct VulkanOptions {
     pub direct_max_bytes: u64,
 }
 
+/// Default of [`VulkanOptions::max_queues_per_family`]: 1, so a device gets one worker
+/// per compute-capable queue family (two on an H200: families 0 and 2, which is what a
+/// race's two arms need to overlap). Queues of one family do not run concurrently on
+/// NVIDIA (two small kernels on two family-0 queues of an H200 ran one after the
+/// other), and every extra one cost: with 8 per family (16 workers) an H200 ran 20 000
+/// 64 KiB batches at 10 841 batches/s against 24 838/s with 1, and one producer with
+/// 32 batches in flight got 83.6 µs per batch against 24.1 µs (BENCHMARKS.md, third
+/// session). Raise it where a device's queues of one family do run side by side.
+pub const DEFAULT_MAX_QUEUES_PER_FAMILY: u32 = 1;
+
 /// Default of [`VulkanOptions::direct_max_bytes`]: 0, off. On an H200 in-place BAR
 /// buffers made a tiny kernel's batch 3.9× slower than staging (157 µs vs 40.6 µs:
 /// the host's uncached reads of the results over PCIe), so staging stays the default.
@@ -76,7 +87,10 @@ pub const DEFAULT_DIRECT_MAX_BYTES: u64 = 0;
 impl Default for VulkanOptions {
     fn default() -> Self {
         VulkanOptions {
-            max_queues_per_family: env_or("PHOTOFINISH_MAX_QUEUES_PER_FAMILY", 8),
+            max_queues_per_family: env_or(
+                "PHOTOFINISH_MAX_QUEUES_PER_FAMILY",
+                DEFAULT_MAX_QUEUES_PER_FAMILY,
+            ),
             software_devices_with_hardware: true,
             max_cached_commands: 256,
             reuse_budget_bytes: 512 << 20,
