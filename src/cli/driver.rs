@@ -181,6 +181,7 @@ fn run_kernel(
             },
             &stats.cache.to_string(),
         );
+        tally.window_means(stats.observation);
     }
     Ok(tally)
 }

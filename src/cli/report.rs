@@ -85,13 +85,23 @@ pub(crate) struct KernelReport {
     /// Times the engine caught the speculative variant disagreeing (its answer was
     /// never returned).
     pub(crate) mismatches_caught: u32,
-    /// Mean kernel time of the conservative variant over the samples that have one.
+    /// Mean kernel time of the conservative variant in the races the engine's window
+    /// decided on (both arms timed side by side; a race that shared the device with
+    /// other work counted clamped, see the engine README); where the engine has no
+    /// window means, over every sample that has a time.
     pub(crate) conservative_mean_ns: Option<u64>,
-    /// Mean kernel time of the speculative variant over the samples that have one.
+    /// The same for the speculative variant.
     pub(crate) speculative_mean_ns: Option<u64>,
     /// `conservative_mean_ns / speculative_mean_ns`; above 1 the speculative variant is
     /// faster.
     pub(crate) speedup: Option<f64>,
+    /// Mean kernel time of the conservative variant over every sample of this run
+    /// that has one (races and single runs alike, unclamped).
+    #[serde(default)]
+    pub(crate) all_samples_conservative_mean_ns: Option<u64>,
+    /// The same for the speculative variant.
+    #[serde(default)]
+    pub(crate) all_samples_speculative_mean_ns: Option<u64>,
     /// Every sample, in answer order.
     pub(crate) samples: Vec<Sample>,
 }
@@ -123,6 +133,8 @@ pub(crate) struct KernelTally {
     report: KernelReport,
     /// The first verdict the engine reached by measurement (not by a mismatch).
     measured: Option<Verdict>,
+    /// The engine window's (conservative, speculative) means, when it has both.
+    window_means: Option<(u64, u64)>,
 }
 
 impl KernelTally {
@@ -145,9 +157,12 @@ impl KernelTally {
                 conservative_mean_ns: None,
                 speculative_mean_ns: None,
                 speedup: None,
+                all_samples_conservative_mean_ns: None,
+                all_samples_speculative_mean_ns: None,
                 samples: Vec::new(),
             },
             measured: None,
+            window_means: None,
         }
     }
 
@@ -223,6 +238,17 @@ impl KernelTally {
         }
     }
 
+    /// The means of the engine's paired window (`KernelStats::observation`): what the
+    /// verdict was decided on. Ignored unless both arms have dispatches.
+    pub(crate) fn window_means(&mut self, observation: SpeculationObservation) {
+        if observation.baseline_dispatches > 0 && observation.speculative_dispatches > 0 {
+            self.window_means = Some((
+                observation.baseline_mean_ns,
+                observation.speculative_mean_ns,
+            ));
+        }
+    }
+
     /// The engine caught the speculative variant disagreeing.
     pub(crate) fn mismatch_caught(&mut self) {
         self.report.mismatches_caught = self.report.mismatches_caught.saturating_add(1);
@@ -248,8 +274,16 @@ impl KernelTally {
             }
         }
         let r = &mut self.report;
-        r.conservative_mean_ns = mean(r.samples.iter().filter_map(|s| s.conservative_ns));
-        r.speculative_mean_ns = mean(r.samples.iter().filter_map(|s| s.speculative_ns));
+        r.all_samples_conservative_mean_ns =
+            mean(r.samples.iter().filter_map(|s| s.conservative_ns));
+        r.all_samples_speculative_mean_ns = mean(r.samples.iter().filter_map(|s| s.speculative_ns));
+        (r.conservative_mean_ns, r.speculative_mean_ns) = match self.window_means {
+            Some((c, s)) => (Some(c), Some(s)),
+            None => (
+                r.all_samples_conservative_mean_ns,
+                r.all_samples_speculative_mean_ns,
+            ),
+        };
         r.speedup = match (r.conservative_mean_ns, r.speculative_mean_ns) {
             (Some(c), Some(s)) if s > 0 => Some(c as f64 / s as f64),
             _ => None,
@@ -315,6 +349,45 @@ mod tests {
         assert_eq!(r.speedup, Some(1.0));
         let indices: Vec<u32> = r.samples.iter().map(|s| s.index).collect();
         assert_eq!(indices, [1, 2, 3]);
+    }
+
+    #[test]
+    fn the_window_means_drive_the_table_and_every_sample_is_still_averaged() {
+        let mut t = tally();
+        t.push(Some(40), Some(10), ArmName::Conservative, true, true);
+        // An adopted run that shared the GPU: slow, and not what the verdict saw.
+        t.push(None, Some(130), ArmName::Speculative, false, true);
+        t.window_means(SpeculationObservation {
+            baseline_dispatches: 1,
+            baseline_mean_ns: 40,
+            speculative_dispatches: 1,
+            speculative_mean_ns: 10,
+            side_compile_cost_ns: 0,
+        });
+        let r = t.finish();
+        assert_eq!(
+            (r.conservative_mean_ns, r.speculative_mean_ns),
+            (Some(40), Some(10))
+        );
+        assert_eq!(r.speedup, Some(4.0));
+        assert_eq!(
+            (
+                r.all_samples_conservative_mean_ns,
+                r.all_samples_speculative_mean_ns
+            ),
+            (Some(40), Some(70))
+        );
+        // A window with no speculative dispatch is ignored.
+        let mut t = tally();
+        t.push(Some(40), Some(10), ArmName::Conservative, true, true);
+        t.window_means(SpeculationObservation {
+            baseline_dispatches: 3,
+            baseline_mean_ns: 1,
+            speculative_dispatches: 0,
+            speculative_mean_ns: 0,
+            side_compile_cost_ns: 0,
+        });
+        assert_eq!(t.finish().speculative_mean_ns, Some(10));
     }
 
     #[test]
