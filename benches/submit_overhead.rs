@@ -18,6 +18,10 @@
 //! Its time per batch is wall time ÷ batches; the hand-written loop stays the serial
 //! loop a user writes (overlapping it by hand means one fence, buffer set and command
 //! buffer per in-flight batch and per queue: what the engine does).
+//!
+//! `backend-direct` calls the engine's Vulkan backend from the bench thread, one batch
+//! at a time (no engine, no worker hand-off): engine ÷ backend-direct is the engine's
+//! own share. `PF_SUBMIT_MAX_GROUP` sets the engine's `max_group` (default 1).
 
 mod common;
 
@@ -27,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use photofinish::backend::vulkan::VulkanBackend;
-use photofinish::backend::{BindingAccess, BindingDesc, BufferArg};
+use photofinish::backend::{Backend, BindingAccess, BindingDesc, BufferArg, DispatchJob};
 use photofinish::kernels::DispatchPlan;
 use photofinish::{Batch, Engine, KernelId, KernelVerdict, Output, Ticket};
 use vulkano::buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer};
@@ -239,13 +243,23 @@ impl HandLoop {
     }
 }
 
-/// The engine with the increment pair registered and the plain increment adopted.
-fn engine_with_adopted_kernel(spirv: &Arc<[u32]>, words: usize) -> (Engine, KernelId) {
-    let vulkan = VulkanBackend::new()
-        .unwrap_or_else(|e| common::fail(&format!("cannot open the Vulkan backend: {e}")));
+/// The engine with the increment pair registered and the plain increment adopted, and
+/// the backend it runs on.
+fn engine_with_adopted_kernel(
+    spirv: &Arc<[u32]>,
+    words: usize,
+) -> (Engine, KernelId, Arc<VulkanBackend>) {
+    let vulkan = Arc::new(
+        VulkanBackend::new()
+            .unwrap_or_else(|e| common::fail(&format!("cannot open the Vulkan backend: {e}"))),
+    );
     let engine = Engine::builder()
-        .backend_instance(Arc::new(vulkan))
+        .backend_instance(Arc::clone(&vulkan) as Arc<dyn Backend>)
         .audit_period(0)
+        .max_group(common::env_usize(
+            "PF_SUBMIT_MAX_GROUP",
+            photofinish::DEFAULT_MAX_GROUP,
+        ))
         // Measured from nothing learnt: no autotune file is read or saved (saves
         // fsync, and a file left by an earlier run would pre-decide the verdicts).
         .without_autotune_file()
@@ -276,7 +290,7 @@ fn engine_with_adopted_kernel(spirv: &Arc<[u32]>, words: usize) -> (Engine, Kern
     let input = input(words);
     for _ in 0..2000 {
         if engine.verdict(kernel) == Some(KernelVerdict::Adopted) {
-            return (engine, kernel);
+            return (engine, kernel, vulkan);
         }
         engine_batch(&engine, kernel, &input);
     }
@@ -308,16 +322,74 @@ fn words_of(ticket: Ticket) -> Vec<u32> {
         .wait()
         .unwrap_or_else(|e| common::fail(&format!("an engine batch failed: {e}")));
     match answer.output {
-        Output::Buffers(buffers) => buffers
-            .first()
-            .map(|b| {
-                b.chunks_exact(4)
-                    .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        Output::Buffers(buffers) => first_as_words(&buffers),
         Output::Answer(_) => common::fail("the engine answered a pair with a workload answer"),
     }
+}
+
+/// The plain increment dispatched through the engine's Vulkan backend directly, from the
+/// bench thread (no engine, no worker): what the engine's own machinery adds on top.
+struct Direct<'a> {
+    backend: &'a VulkanBackend,
+    kernel: photofinish::backend::KernelHandle,
+    queue: photofinish::backend::QueueId,
+}
+
+impl<'a> Direct<'a> {
+    fn new(backend: &'a VulkanBackend, spirv: &Arc<[u32]>) -> Self {
+        let variant = common::gpu_variant(
+            "increment/direct",
+            Arc::clone(spirv),
+            [WORKGROUP, 1, 1],
+            vec![BindingDesc {
+                slot: 0,
+                access: BindingAccess::ReadWrite,
+            }],
+            0,
+        );
+        let kernel = backend
+            .load_kernel(0, &variant)
+            .unwrap_or_else(|e| common::fail(&format!("backend-direct: cannot load: {e}")));
+        let queue = *backend
+            .queues()
+            .first()
+            .unwrap_or_else(|| common::fail("backend-direct: no queue"));
+        Direct {
+            backend,
+            kernel,
+            queue,
+        }
+    }
+
+    fn batch(&self, input: &[u32]) -> Vec<u32> {
+        let plan = plan(input);
+        let job = DispatchJob {
+            queue: self.queue,
+            kernel: self.kernel,
+            buffers: plan.buffers,
+            push_constants: plan.push_constants,
+            workgroups: plan.workgroups,
+        };
+        let out = self
+            .backend
+            .dispatch(std::slice::from_ref(&job))
+            .pop()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| common::fail("backend-direct: the dispatch failed"));
+        first_as_words(&out.outputs)
+    }
+}
+
+/// The first buffer as little-endian u32 words (none: empty).
+fn first_as_words(buffers: &[Vec<u8>]) -> Vec<u32> {
+    buffers
+        .first()
+        .map(|b| {
+            b.chunks_exact(4)
+                .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Runs `batch` `iters` times, one after another; returns the wall time.
@@ -369,8 +441,10 @@ fn submit_overhead(c: &mut Criterion) {
     let depth = common::env_usize("PF_SUBMIT_DEPTH", 32).max(1) as u64;
     let spirv = common::spirv("increment", INCREMENT_WGSL);
     let hand = HandLoop::new(&spirv);
-    let (engine, kernel) = engine_with_adopted_kernel(&spirv, words);
+    let (engine, kernel, vulkan) = engine_with_adopted_kernel(&spirv, words);
     let data = input(words);
+    let direct = Direct::new(&vulkan, &spirv);
+    check("the backend called directly", &data, &direct.batch(&data));
     check("the hand-written loop", &data, &hand.batch(&data));
     check("the engine", &data, &engine_batch(&engine, kernel, &data));
 
@@ -384,6 +458,11 @@ fn submit_overhead(c: &mut Criterion) {
     common::timed(&mut group, name, "engine-pipelined", |iters| {
         pipelined(&engine, kernel, &data, depth, iters)
     });
+    common::timed(&mut group, name, "backend-direct", |iters| {
+        per_batch(iters, &|| {
+            std::hint::black_box(direct.batch(&data));
+        })
+    });
     common::timed(&mut group, name, "hand-written", |iters| {
         per_batch(iters, &|| {
             std::hint::black_box(hand.batch(&data));
@@ -395,6 +474,12 @@ fn submit_overhead(c: &mut Criterion) {
         "submit_overhead/engine",
         "submit_overhead/hand-written",
         "<= 0.5x",
+    );
+    common::print_time_ratio(
+        "the engine's own share: engine vs its backend called directly, one at a time",
+        "submit_overhead/engine",
+        "submit_overhead/backend-direct",
+        "information",
     );
     common::print_time_ratio(
         &format!("engine with {depth} batches in flight vs hand-written loop, host time per batch"),
