@@ -57,6 +57,12 @@
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Your own SPIR-V kernels register with `Engine::register_pair` (a conservative and a
+//! speculative variant) or `Engine::register_variants` (several speculative variants,
+//! raced against the conservative one in turn; the fastest adopted one ends in play,
+//! announced by `Event::VariantInPlay`); their batches carry their own buffers
+//! (`Batch::with_plan`).
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub(crate) mod sync;

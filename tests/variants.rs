@@ -237,3 +237,51 @@ fn speculative_variants_must_match_the_conservative_layout() {
         .expect_err("no speculative variant");
     assert!(matches!(err, EngineError::InvalidKernel { .. }), "{err}");
 }
+
+#[test]
+fn a_restart_reverifies_each_variant_with_one_race_and_ends_in_the_same_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let build = || {
+        Engine::builder()
+            .backend(BackendChoice::Cpu)
+            .autotune_dir(dir.path())
+            .audit_period(0)
+            .build()
+            .expect("the CPU backend always opens")
+    };
+    let register = |engine: &Engine| {
+        engine
+            .register_variants(
+                "sum",
+                variant("sum/conservative", 800, 0),
+                vec![
+                    variant("sum/slower", 1_600, 0),
+                    variant("sum/fastest", 20, 0),
+                    variant("sum/fast", 300, 0),
+                ],
+            )
+            .expect("the variants share bindings")
+    };
+    let first = build();
+    let kernel = register(&first);
+    run_until_all_decided(&first, kernel, 2_000);
+    let learnt = first.kernel_stats(kernel).unwrap();
+    first.shutdown();
+
+    let second = build();
+    let kernel = register(&second);
+    let batches = run_until_all_decided(&second, kernel, 2_000);
+    let again = second.kernel_stats(kernel).unwrap();
+    assert_eq!(again.variant_verdicts, learnt.variant_verdicts);
+    assert_eq!(again.variant, learnt.variant);
+    assert_eq!(
+        again.cache,
+        photofinish::CacheStatus::Reverified,
+        "{again:?}"
+    );
+    assert!(
+        batches <= 2 * learnt.variant_verdicts.len(),
+        "{batches} batches to re-verify {} variants: the file was not used",
+        learnt.variant_verdicts.len()
+    );
+}
