@@ -79,7 +79,7 @@ pub use engine::{
     default_autotune_dir, Answer, Arm, BackendChoice, Batch, CacheStatus, Engine, EngineBuilder,
     EngineError, Event, KernelId, KernelStats, KernelVerdict, Output, RaceSample, Ticket,
     TraceStats, TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD, DEFAULT_CHANNEL_CAPACITY,
-    DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, MAX_KEPT_SAMPLES,
+    DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
 };
 #[doc(hidden)]
 pub use engine::{

@@ -111,3 +111,78 @@ fn policy_audits_are_published_when_the_fired_rules_change_not_every_batch() {
         );
     }
 }
+
+/// Runs `n` batches of the byte-sum kernel one at a time.
+fn run_batches(engine: &Engine, k: photofinish::KernelId, n: usize) {
+    for i in 0..n {
+        engine
+            .submit(Batch::new(k, vec![i as u8; 5]))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_variant_faster_by_less_than_the_adoption_margin_stops_racing_after_the_budget() {
+    let backend = Arc::new(TestBackend::new(1, 1, 1));
+    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 10_000);
+    // 5 % faster: not slower, but short of MIN_ADOPT_SAVINGS_BPS (15 %), so the window
+    // says keep racing for ever.
+    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 9_500);
+    let engine = Engine::builder()
+        .backend_instance(backend.clone())
+        .build()
+        .unwrap();
+    let events = engine.subscribe();
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    run_batches(&engine, k, photofinish::MAX_UNDECIDED_RACES as usize + 20);
+    let stats = engine.kernel_stats(k).unwrap();
+    assert_eq!(stats.verdict, KernelVerdict::Rejected);
+    assert_eq!(
+        stats.samples.len(),
+        photofinish::MAX_UNDECIDED_RACES as usize,
+        "racing stopped at the budget"
+    );
+    assert_eq!(
+        stats.verdict_at_sample,
+        Some(photofinish::MAX_UNDECIDED_RACES - 1)
+    );
+    let reasons: Vec<_> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::VerdictChanged { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![photofinish::VerdictReason::Inconclusive {
+            samples: photofinish::MAX_UNDECIDED_RACES
+        }]
+    );
+}
+
+#[test]
+fn audits_of_an_adopted_variant_are_not_bound_by_the_race_budget() {
+    let backend = Arc::new(TestBackend::new(1, 1, 1));
+    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 10_000);
+    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 7_000);
+    let engine = Engine::builder()
+        .backend_instance(backend.clone())
+        .audit_period(1)
+        .build()
+        .unwrap();
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    run_batches(&engine, k, 8);
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Adopted));
+    // Drift: the speculative variant is now only 5 % faster. Its window (still well
+    // ahead on average) keeps it adopted; past the budget nothing rejects it.
+    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 9_500);
+    run_batches(&engine, k, photofinish::MAX_UNDECIDED_RACES as usize + 20);
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Adopted));
+    assert!(
+        engine.kernel_stats(k).unwrap().samples.len() > photofinish::MAX_UNDECIDED_RACES as usize,
+        "every batch was an audit race"
+    );
+}

@@ -54,6 +54,14 @@ pub enum VerdictReason {
     SpeculativeFailed(String),
     /// A verdict loaded from the autotune file was re-verified by a race.
     Reverified,
+    /// The paired window still said keep racing after `samples` races
+    /// ([`MAX_UNDECIDED_RACES`](crate::MAX_UNDECIDED_RACES)): the speculative variant
+    /// is not slower but saves less than `MIN_ADOPT_SAVINGS_BPS`, so the known-good
+    /// conservative variant runs instead of racing forever.
+    Inconclusive {
+        /// Paired samples in the window when it was decided.
+        samples: u32,
+    },
 }
 
 /// Something the engine decided or noticed, published to every subscriber.

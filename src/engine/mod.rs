@@ -42,7 +42,9 @@ pub use builder::{
 };
 pub use error::{EngineError, TrySubmitError};
 pub use events::{Event, KernelVerdict, VerdictReason};
-pub use registry::{Arm, CacheStatus, KernelId, KernelStats, RaceSample, MAX_KEPT_SAMPLES};
+pub use registry::{
+    Arm, CacheStatus, KernelId, KernelStats, RaceSample, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
+};
 pub use test_backend::{
     ByteSumWorkload, FusedByteSumWorkload, InjectedFault, LoadRecord, TestBackend,
 };

@@ -21,7 +21,9 @@ use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
 use super::dispatch_policy;
 use super::error::EngineError;
 use super::events::{Event, KernelVerdict, VerdictReason};
-use super::registry::{Arm, CacheStatus, Hint, Kernel, RaceSample, MAX_KEPT_SAMPLES};
+use super::registry::{
+    Arm, CacheStatus, Hint, Kernel, RaceSample, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
+};
 use super::trace;
 use super::{Answer, Core, Job, Output, Payload};
 
@@ -740,7 +742,7 @@ fn record_race(
         conservative_record: record_of(&kernel.variants[0]),
         speculative_record: record_of(&kernel.variants[spec]),
     };
-    let (sample, verdict, hint) = {
+    let (sample, verdict, hint, samples) = {
         let mut log = kernel.log(spec);
         let race = SpeculativeVariantRace {
             conservative_dispatch_ns: log.history[0].feed(conservative_ns, contended),
@@ -763,7 +765,7 @@ fn record_race(
         if log.samples.len() < MAX_KEPT_SAMPLES {
             log.samples.push(sample);
         }
-        (sample, update.verdict, log.hint.take())
+        (sample, update.verdict, log.hint.take(), log.window.len())
     };
     core.bus.publish(Event::RaceSample {
         kernel: kernel.id,
@@ -772,18 +774,35 @@ fn record_race(
         sample,
         window_verdict: verdict,
     });
+    // An undecided variant whose window still says keep racing after
+    // MAX_UNDECIDED_RACES samples is not worth racing on: rejected, conservative runs.
+    let inconclusive = verdict == SpeculationVerdict::KeepRacing
+        && samples >= MAX_UNDECIDED_RACES
+        && kernel.verdict_of(spec) == KernelVerdict::Undecided;
+    let effective = if inconclusive {
+        SpeculationVerdict::Reject
+    } else {
+        verdict
+    };
     if let Some(hint) = hint {
-        if reverify(core, kernel, spec, &hint, (verdict, sample.index)) {
+        if reverify(core, kernel, spec, &hint, (effective, sample.index)) {
             return;
         }
     }
-    let changed = match verdict {
+    let changed = match effective {
         SpeculationVerdict::Adopt => adopt(
             core,
             kernel,
             spec,
             queue.device,
             VerdictReason::Measured(verdict),
+        ),
+        SpeculationVerdict::Reject if inconclusive => reject(
+            core,
+            kernel,
+            spec,
+            queue.device,
+            VerdictReason::Inconclusive { samples },
         ),
         SpeculationVerdict::Reject => reject(
             core,

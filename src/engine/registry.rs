@@ -81,6 +81,13 @@ const FUSED_NO: u8 = 2;
 /// window and are published as `Event::RaceSample`, but are not kept.
 pub const MAX_KEPT_SAMPLES: usize = 4096;
 
+/// Paired race samples after which an undecided speculative variant whose window
+/// still says keep racing is rejected (`VerdictReason::Inconclusive`): it is not
+/// slower, but it saves less than `policy::MIN_ADOPT_SAVINGS_BPS` (15 %), and racing
+/// it forever would double every batch's GPU work for a saving that does not count.
+/// Audit races of an adopted variant are not bound by it.
+pub const MAX_UNDECIDED_RACES: u32 = 64;
+
 /// One race of a kernel whose two arms agreed and both had GPU (or host) kernel times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RaceSample {
