@@ -7,24 +7,48 @@ use std::sync::Arc;
 use photofinish::policy::SpeculationVerdict;
 use photofinish::{Batch, ByteSumWorkload, Engine, Event, KernelVerdict, TestBackend};
 
-#[test]
-fn every_race_sample_is_published_and_kept_with_the_deciding_index() {
-    let backend = Arc::new(TestBackend::new(1, 2, 1));
-    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
-    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 700);
+/// An engine on a `TestBackend` of one device with `families` one-queue families whose
+/// byte-sum variants take `[conservative, speculative]` ns, the byte-sum kernel
+/// registered, and a subscription taken before it was.
+fn timed_engine(
+    families: u32,
+    [conservative, speculative]: [u64; 2],
+    audit_period: u64,
+) -> (
+    Arc<TestBackend>,
+    Engine,
+    photofinish::KernelId,
+    crossbeam_channel::Receiver<Event>,
+) {
+    let backend = Arc::new(TestBackend::new(1, families, 1));
+    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, conservative);
+    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, speculative);
     let engine = Engine::builder()
         .backend_instance(backend.clone())
+        .audit_period(audit_period)
         .build()
         .unwrap();
     let events = engine.subscribe();
     let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
-    for i in 0..12u8 {
+    (backend, engine, k, events)
+}
+
+/// Runs `n` batches of the byte-sum kernel one at a time.
+fn run_batches(engine: &Engine, k: photofinish::KernelId, n: usize) {
+    for i in 0..n {
         engine
-            .submit(Batch::new(k, vec![i; 5]))
+            .submit(Batch::new(k, vec![i as u8; 5]))
             .unwrap()
             .wait()
             .unwrap();
     }
+}
+
+#[test]
+fn every_race_sample_is_published_and_kept_with_the_deciding_index() {
+    let (_backend, engine, k, events) =
+        timed_engine(2, [1_000, 700], photofinish::DEFAULT_AUDIT_PERIOD);
+    run_batches(&engine, k, 12);
     engine.shutdown();
     let samples: Vec<_> = events
         .try_iter()
@@ -112,30 +136,12 @@ fn policy_audits_are_published_when_the_fired_rules_change_not_every_batch() {
     }
 }
 
-/// Runs `n` batches of the byte-sum kernel one at a time.
-fn run_batches(engine: &Engine, k: photofinish::KernelId, n: usize) {
-    for i in 0..n {
-        engine
-            .submit(Batch::new(k, vec![i as u8; 5]))
-            .unwrap()
-            .wait()
-            .unwrap();
-    }
-}
-
 #[test]
 fn a_variant_faster_by_less_than_the_adoption_margin_stops_racing_after_the_budget() {
-    let backend = Arc::new(TestBackend::new(1, 1, 1));
-    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 10_000);
     // 5 % faster: not slower, but short of MIN_ADOPT_SAVINGS_BPS (15 %), so the window
     // says keep racing for ever.
-    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 9_500);
-    let engine = Engine::builder()
-        .backend_instance(backend.clone())
-        .build()
-        .unwrap();
-    let events = engine.subscribe();
-    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    let (_backend, engine, k, events) =
+        timed_engine(1, [10_000, 9_500], photofinish::DEFAULT_AUDIT_PERIOD);
     run_batches(&engine, k, photofinish::MAX_UNDECIDED_RACES as usize + 20);
     let stats = engine.kernel_stats(k).unwrap();
     assert_eq!(stats.verdict, KernelVerdict::Rejected);
@@ -165,15 +171,7 @@ fn a_variant_faster_by_less_than_the_adoption_margin_stops_racing_after_the_budg
 
 #[test]
 fn audits_of_an_adopted_variant_are_not_bound_by_the_race_budget() {
-    let backend = Arc::new(TestBackend::new(1, 1, 1));
-    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 10_000);
-    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 7_000);
-    let engine = Engine::builder()
-        .backend_instance(backend.clone())
-        .audit_period(1)
-        .build()
-        .unwrap();
-    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    let (backend, engine, k, _events) = timed_engine(1, [10_000, 7_000], 1);
     run_batches(&engine, k, 8);
     assert_eq!(engine.verdict(k), Some(KernelVerdict::Adopted));
     // Drift: the speculative variant is now only 5 % faster. Its window (still well
