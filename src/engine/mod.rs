@@ -12,6 +12,7 @@ mod contention;
 mod dispatch_policy;
 mod error;
 mod events;
+mod ladder;
 mod mailbox;
 mod race;
 mod registry;
@@ -56,6 +57,7 @@ pub use trace::TraceStats;
 pub mod protocol {
     pub use super::contention::{DeviceLoad, Watch};
     pub use super::events::{DropCounter, EventBus};
+    pub use super::ladder::{choose as choose_in_play, Ladder};
     pub use super::mailbox::{Gate, Pass};
     pub use super::saver::SaveQueue;
     pub use super::ticket::{one_shot_for_models as one_shot, Responder};

@@ -6,7 +6,7 @@
 //! module decides with it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -24,6 +24,7 @@ use crate::policy::SpeculationObservation;
 use super::dispatch_policy::PolicyState;
 use super::error::EngineError;
 use super::events::KernelVerdict;
+use super::ladder::Ladder;
 use super::trace::{TraceState, TraceStats};
 use super::verdict::VerdictCell;
 
@@ -298,10 +299,8 @@ pub(crate) struct Kernel {
     handles: Vec<Vec<LoadSlot>>,
     /// `candidates[v - 1]` for speculative variant `v`.
     candidates: Vec<Candidate>,
-    /// The speculative variant in play (a variant index, 1..).
-    in_play: AtomicUsize,
-    /// Serialises [`Kernel::settle`] (once per verdict change).
-    ladder: Mutex<()>,
+    /// The speculative variant in play (a variant index, 1..) and its moves.
+    ladder: Ladder,
     pub(crate) audit_tick: AtomicU64,
     /// The autotune key of every variant, in variant order.
     pub(crate) keys: Vec<SpecCacheKey>,
@@ -314,7 +313,7 @@ pub(crate) struct Kernel {
 impl Kernel {
     /// The speculative variant in play.
     pub(crate) fn in_play(&self) -> usize {
-        self.in_play.load(Ordering::Acquire)
+        self.ladder.in_play()
     }
 
     /// How many speculative variants the kernel has.
@@ -338,24 +337,16 @@ impl Kernel {
         self.verdict_of(self.in_play())
     }
 
-    /// Moves play along the ladder after a verdict change: the first undecided
-    /// speculative variant; once none is undecided, the adopted one with the lowest
-    /// speculative ÷ conservative mean in its window; with none adopted, play stays
-    /// (a rejected variant in play means the conservative variant runs). Returns the
-    /// new variant in play when it changed.
+    /// Moves play along the ladder after a verdict change (see `ladder`): the first
+    /// undecided speculative variant; once none is undecided, the adopted one with the
+    /// lowest speculative ÷ conservative mean in its window; with none adopted, play
+    /// stays. Returns the new variant in play when it moved.
     pub(crate) fn settle(&self) -> Option<usize> {
-        let _one_at_a_time = self.ladder.lock().unwrap_or_else(|p| p.into_inner());
-        let variants = 1..=self.candidates.len();
-        let undecided = variants
-            .clone()
-            .find(|&v| self.verdict_of(v) == KernelVerdict::Undecided);
-        let next = undecided.or_else(|| {
-            variants
-                .filter(|&v| self.verdict_of(v) == KernelVerdict::Adopted)
-                .min_by_key(|&v| self.relative_cost_ppm(v))
-        })?;
-        let before = self.in_play.swap(next, Ordering::AcqRel);
-        (before != next).then_some(next)
+        self.ladder.settle(
+            self.candidates.len(),
+            |v| self.verdict_of(v),
+            |v| self.relative_cost_ppm(v),
+        )
     }
 
     /// Speculative variant `spec`'s mean time in parts per million of the conservative
@@ -542,8 +533,7 @@ impl Registry {
                 .map(|_| variants.iter().map(|_| LoadSlot::default()).collect())
                 .collect(),
             candidates: variants[1..].iter().map(|_| Candidate::new()).collect(),
-            in_play: AtomicUsize::new(1),
-            ladder: Mutex::new(()),
+            ladder: Ladder::new(1),
             audit_tick: AtomicU64::new(0),
             keys: variants.iter().map(spec_cache_key).collect(),
             policy: Mutex::new(PolicyState::default()),
