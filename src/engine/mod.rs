@@ -555,6 +555,68 @@ impl Engine {
     /// in the order given: each until its verdict, then the next; once all are decided
     /// the adopted one measured fastest runs (see [`Event::VariantInPlay`]).
     /// [`Engine::register_pair`] is the one-variant case.
+    ///
+    /// On the CPU backend a variant's `cpu` function is its code; on Vulkan its
+    /// `spirv`. Here three speculative variants of a byte sum, one of them wrong, race
+    /// a slow conservative one:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use photofinish::backend::{BindingAccess, BindingDesc, BufferArg, KernelVariant};
+    /// use photofinish::kernels::DispatchPlan;
+    /// use photofinish::{BackendChoice, Batch, Engine, KernelVerdict, Output};
+    ///
+    /// // Sums the input bytes (plus `off_by`) after `spin` rounds of busy work.
+    /// fn sum(name: &str, spin: u32, off_by: u64) -> KernelVariant {
+    ///     KernelVariant {
+    ///         name: name.into(),
+    ///         spirv: None,
+    ///         entry_point: "main".into(),
+    ///         workgroup_size: [64, 1, 1],
+    ///         bindings: vec![
+    ///             BindingDesc { slot: 0, access: BindingAccess::Read },
+    ///             BindingDesc { slot: 1, access: BindingAccess::Write },
+    ///         ],
+    ///         push_constant_bytes: 0,
+    ///         cpu: Some(Arc::new(move |buffers: &mut [Vec<u8>], _: &[u8], _: [u32; 3]| {
+    ///             let mut x = 0u32;
+    ///             for i in 0..spin {
+    ///                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+    ///             }
+    ///             let total: u64 = buffers[0].iter().map(|&b| u64::from(b)).sum();
+    ///             buffers[1][..8].copy_from_slice(&(total + off_by).to_le_bytes());
+    ///             Ok(())
+    ///         })),
+    ///     }
+    /// }
+    ///
+    /// let engine = Engine::builder()
+    ///     .backend(BackendChoice::Cpu)
+    ///     .without_autotune_file()
+    ///     .build()?;
+    /// let kernel = engine.register_variants(
+    ///     "sum",
+    ///     sum("sum/slow", 400_000, 0),
+    ///     vec![sum("sum/wrong", 0, 1), sum("sum/fast", 1_000, 0), sum("sum/faster", 10, 0)],
+    /// )?;
+    /// let input: Vec<u8> = (0..=255).collect();
+    /// let expected = (0..=255u64).sum::<u64>().to_le_bytes().to_vec();
+    /// while engine.kernel_stats(kernel).unwrap().variant_verdicts.contains(&KernelVerdict::Undecided) {
+    ///     let plan = DispatchPlan {
+    ///         buffers: vec![BufferArg::Data(input.clone().into()), BufferArg::Zeroed(8)],
+    ///         push_constants: Vec::new(),
+    ///         workgroups: [1, 1, 1],
+    ///     };
+    ///     let answer = engine.submit(Batch::with_plan(kernel, plan))?.wait()?;
+    ///     // The wrong variant never answers: a race returns the conservative answer.
+    ///     assert_eq!(answer.output, Output::Buffers(vec![expected.clone()]));
+    /// }
+    /// let stats = engine.kernel_stats(kernel).unwrap();
+    /// assert_eq!(stats.variant_verdicts[0], KernelVerdict::Rejected); // caught disagreeing
+    /// assert_eq!(engine.verdict(kernel), Some(KernelVerdict::Adopted));
+    /// println!("in play: variant {} of {:?}", stats.variant, stats.variant_verdicts);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn register_variants(
         &self,
         name: &str,
