@@ -10,22 +10,14 @@ use photofinish::backend::cpu::CpuBackend;
 use photofinish::kernels::{Reduce, Workload};
 use photofinish::{Batch, Engine, EngineError, Output};
 
+#[path = "support/watchdog.rs"]
+mod watchdog;
+use watchdog::watchdog;
+
 const PRODUCERS: u64 = 8;
 const BATCHES_PER_PRODUCER: u64 = 20_000;
 /// Tickets a producer keeps in flight before it waits for the oldest.
 const WINDOW: usize = 64;
-
-/// Aborts the process if `done` is not signalled within `limit`.
-fn watchdog(what: &'static str, limit: Duration) -> crossbeam_channel::Sender<()> {
-    let (done, wait) = crossbeam_channel::bounded::<()>(1);
-    std::thread::spawn(move || {
-        if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
-            eprintln!("watchdog: `{what}` did not finish in {limit:?}: deadlock");
-            std::process::abort();
-        }
-    });
-    done
-}
 
 fn input_for(producer: u64, i: u64) -> Vec<u8> {
     let n = (i % 13) as usize;

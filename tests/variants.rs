@@ -3,17 +3,24 @@
 //! against the conservative one in turn, in order, and once all are decided runs the
 //! adopted one it measured fastest. Every answer is the conservative one's.
 //!
-//! On the CPU backend, each variant here sums the input bytes after a busy wait of its
-//! own length, so which variant is fastest is known in advance.
+//! Each variant here sums the input bytes (a wrong one adds to the sum). The tests of
+//! which variant wins run on the fault-injection `TestBackend` with a fixed kernel time
+//! per variant, so the winner is known in advance and no scheduler noise can change
+//! it; the stress test runs the real CPU backend, where each variant also busy-waits
+//! its own time, and asserts only what timing cannot change.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use photofinish::backend::cpu::CpuBackend;
 use photofinish::backend::{BindingAccess, BindingDesc, BufferArg, KernelVariant};
 use photofinish::kernels::DispatchPlan;
 use photofinish::{
-    Answer, BackendChoice, Batch, Engine, EngineError, Event, KernelId, KernelVerdict, Output,
+    Answer, Batch, Engine, EngineError, Event, KernelId, KernelVerdict, Output, TestBackend,
 };
+
+#[path = "support/watchdog.rs"]
+mod watchdog;
 
 /// Busy-waits `us` microseconds (a sleep would let the OS decide the time).
 fn spin(us: u64) {
@@ -56,13 +63,24 @@ fn variant(name: &str, spin_us: u64, off_by: u64) -> KernelVariant {
     }
 }
 
-fn engine() -> Engine {
+/// A `TestBackend` (one device, two one-queue families, so races overlap) on which
+/// each named variant's kernel time is the given ns.
+fn timed_backend(times: &[(&str, u64)]) -> Arc<TestBackend> {
+    let backend = Arc::new(TestBackend::new(1, 2, 1));
+    for &(name, ns) in times {
+        backend.set_kernel_ns(name, ns);
+    }
+    backend
+}
+
+/// An engine on `backend`, audits off, nothing persisted.
+fn engine(backend: &Arc<TestBackend>) -> Engine {
     Engine::builder()
-        .backend(BackendChoice::Cpu)
+        .backend_instance(Arc::clone(backend) as Arc<dyn photofinish::backend::Backend>)
         .without_autotune_file()
         .audit_period(0)
         .build()
-        .expect("the CPU backend always opens")
+        .expect("the test backend always opens")
 }
 
 fn input(seed: u8) -> Vec<u8> {
@@ -120,17 +138,24 @@ fn run_until_all_decided(engine: &Engine, kernel: KernelId, max: usize) -> usize
 
 #[test]
 fn the_fastest_of_several_adopted_variants_ends_in_play() {
-    let engine = engine();
+    let backend = timed_backend(&[
+        ("sum/conservative", 800_000),
+        ("sum/slower", 1_600_000),
+        ("sum/faster", 300_000),
+        ("sum/fastest", 20_000),
+        ("sum/fast", 400_000),
+    ]);
+    let engine = engine(&backend);
     let events = engine.subscribe();
     let kernel = engine
         .register_variants(
             "sum",
-            variant("sum/conservative", 800, 0),
+            variant("sum/conservative", 0, 0),
             vec![
-                variant("sum/slower", 1_600, 0),
-                variant("sum/faster", 300, 0),
-                variant("sum/fastest", 20, 0),
-                variant("sum/fast", 400, 0),
+                variant("sum/slower", 0, 0),
+                variant("sum/faster", 0, 0),
+                variant("sum/fastest", 0, 0),
+                variant("sum/fast", 0, 0),
             ],
         )
         .expect("the variants share bindings");
@@ -170,15 +195,20 @@ fn the_fastest_of_several_adopted_variants_ends_in_play() {
 
 #[test]
 fn a_wrong_variant_is_rejected_and_never_answers() {
-    let engine = engine();
+    let backend = timed_backend(&[
+        ("sum/conservative", 600_000),
+        ("sum/fast-but-wrong", 20_000),
+        ("sum/fast", 100_000),
+    ]);
+    let engine = engine(&backend);
     let events = engine.subscribe();
     let kernel = engine
         .register_variants(
             "sum",
-            variant("sum/conservative", 600, 0),
+            variant("sum/conservative", 0, 0),
             vec![
-                variant("sum/fast-but-wrong", 20, 1),
-                variant("sum/fast", 100, 0),
+                variant("sum/fast-but-wrong", 0, 1),
+                variant("sum/fast", 0, 0),
             ],
         )
         .unwrap();
@@ -205,12 +235,17 @@ fn a_wrong_variant_is_rejected_and_never_answers() {
 
 #[test]
 fn when_every_variant_is_rejected_the_conservative_one_runs() {
-    let engine = engine();
+    let backend = timed_backend(&[
+        ("sum/conservative", 50_000),
+        ("sum/slow", 600_000),
+        ("sum/wrong", 10_000),
+    ]);
+    let engine = engine(&backend);
     let kernel = engine
         .register_variants(
             "sum",
-            variant("sum/conservative", 50, 0),
-            vec![variant("sum/slow", 600, 0), variant("sum/wrong", 10, 7)],
+            variant("sum/conservative", 0, 0),
+            vec![variant("sum/slow", 0, 0), variant("sum/wrong", 0, 7)],
         )
         .unwrap();
     run_until_all_decided(&engine, kernel, 2_000);
@@ -221,7 +256,7 @@ fn when_every_variant_is_rejected_the_conservative_one_runs() {
 
 #[test]
 fn speculative_variants_must_match_the_conservative_layout() {
-    let engine = engine();
+    let engine = engine(&timed_backend(&[]));
     let mut odd = variant("sum/odd", 10, 0);
     odd.push_constant_bytes = 4;
     let err = engine
@@ -241,23 +276,29 @@ fn speculative_variants_must_match_the_conservative_layout() {
 #[test]
 fn a_restart_reverifies_each_variant_with_one_race_and_ends_in_the_same_place() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let backend = timed_backend(&[
+        ("sum/conservative", 800_000),
+        ("sum/slower", 1_600_000),
+        ("sum/fastest", 20_000),
+        ("sum/fast", 300_000),
+    ]);
     let build = || {
         Engine::builder()
-            .backend(BackendChoice::Cpu)
+            .backend_instance(Arc::clone(&backend) as Arc<dyn photofinish::backend::Backend>)
             .autotune_dir(dir.path())
             .audit_period(0)
             .build()
-            .expect("the CPU backend always opens")
+            .expect("the test backend always opens")
     };
     let register = |engine: &Engine| {
         engine
             .register_variants(
                 "sum",
-                variant("sum/conservative", 800, 0),
+                variant("sum/conservative", 0, 0),
                 vec![
-                    variant("sum/slower", 1_600, 0),
-                    variant("sum/fastest", 20, 0),
-                    variant("sum/fast", 300, 0),
+                    variant("sum/slower", 0, 0),
+                    variant("sum/fastest", 0, 0),
+                    variant("sum/fast", 0, 0),
                 ],
             )
             .expect("the variants share bindings")
@@ -284,4 +325,88 @@ fn a_restart_reverifies_each_variant_with_one_race_and_ends_in_the_same_place() 
         "{batches} batches to re-verify {} variants: the file was not used",
         learnt.variant_verdicts.len()
     );
+}
+
+#[test]
+fn eight_producers_race_a_ladder_of_variants_and_every_answer_is_right() {
+    const PRODUCERS: usize = 8;
+    const BATCHES: usize = 400;
+    const WINDOW: usize = 16;
+    let done = watchdog::watchdog(
+        "variants: 8 producers on a ladder",
+        Duration::from_secs(120),
+    );
+    let engine = Arc::new(
+        Engine::builder()
+            .backend_instance(Arc::new(CpuBackend::with_threads(4).expect("opens")))
+            .without_autotune_file()
+            .build()
+            .expect("engine builds"),
+    );
+    let events = engine.subscribe();
+    let kernel = engine
+        .register_variants(
+            "sum",
+            variant("sum/conservative", 300, 0),
+            vec![
+                variant("sum/wrong", 5, 1),
+                variant("sum/slower", 600, 0),
+                variant("sum/fast", 60, 0),
+                variant("sum/fastest", 5, 0),
+            ],
+        )
+        .unwrap();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let engine = Arc::clone(&engine);
+            std::thread::spawn(move || {
+                let mut in_flight = std::collections::VecDeque::new();
+                for i in 0..BATCHES {
+                    let data = input((p * BATCHES + i) as u8 | 1);
+                    let plan = DispatchPlan {
+                        buffers: vec![BufferArg::Data(data.clone().into()), BufferArg::Zeroed(8)],
+                        push_constants: Vec::new(),
+                        workgroups: [1, 1, 1],
+                    };
+                    let ticket = engine.submit(Batch::with_plan(kernel, plan)).unwrap();
+                    in_flight.push_back((ticket, data));
+                    if in_flight.len() == WINDOW {
+                        let (ticket, data) = in_flight.pop_front().unwrap();
+                        let answer = ticket.wait().expect("answered");
+                        assert_eq!(answer.output, Output::Buffers(vec![expected(&data)]));
+                    }
+                }
+                for (ticket, data) in in_flight {
+                    let answer = ticket.wait().expect("answered");
+                    assert_eq!(answer.output, Output::Buffers(vec![expected(&data)]));
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().expect("a producer saw a wrong answer or an error");
+    }
+    let stats = engine.kernel_stats(kernel).unwrap();
+    assert_eq!(
+        stats.variant_verdicts[0],
+        KernelVerdict::Rejected,
+        "{stats:?}"
+    );
+    assert!(
+        !stats.variant_verdicts.contains(&KernelVerdict::Undecided),
+        "{:?}",
+        stats.variant_verdicts
+    );
+    // Which correct variant wins is up to the scheduler here; never the wrong one.
+    assert_ne!(stats.variant, 1, "the wrong variant is in play");
+    let mismatches = events
+        .try_iter()
+        .filter(|e| matches!(e, Event::MismatchCaught { variant: 1, .. }))
+        .count();
+    assert!(mismatches >= 1, "the wrong variant was never caught");
+    match Arc::try_unwrap(engine) {
+        Ok(engine) => engine.shutdown(),
+        Err(_) => panic!("a producer still holds the engine"),
+    }
+    let _ = done.send(());
 }
