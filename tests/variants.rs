@@ -63,14 +63,25 @@ fn variant(name: &str, spin_us: u64, off_by: u64) -> KernelVariant {
     }
 }
 
-/// A `TestBackend` (one device, two one-queue families, so races overlap) on which
-/// each named variant's kernel time is the given ns.
-fn timed_backend(times: &[(&str, u64)]) -> Arc<TestBackend> {
+/// A `TestBackend` (one device, two one-queue families, so races overlap) and the
+/// variants `(name, kernel ns on that backend, off_by)`, the first one conservative.
+fn timed(variants: &[(&str, u64, u64)]) -> (Arc<TestBackend>, Vec<KernelVariant>) {
     let backend = Arc::new(TestBackend::new(1, 2, 1));
-    for &(name, ns) in times {
-        backend.set_kernel_ns(name, ns);
-    }
-    backend
+    let variants = variants
+        .iter()
+        .map(|&(name, ns, off_by)| {
+            backend.set_kernel_ns(name, ns);
+            variant(name, 0, off_by)
+        })
+        .collect();
+    (backend, variants)
+}
+
+/// Registers `variants` (conservative first) as the kernel "sum".
+fn register(engine: &Engine, variants: &[KernelVariant]) -> KernelId {
+    engine
+        .register_variants("sum", variants[0].clone(), variants[1..].to_vec())
+        .expect("the variants share bindings")
 }
 
 /// An engine on `backend`, audits off, nothing persisted.
@@ -138,27 +149,16 @@ fn run_until_all_decided(engine: &Engine, kernel: KernelId, max: usize) -> usize
 
 #[test]
 fn the_fastest_of_several_adopted_variants_ends_in_play() {
-    let backend = timed_backend(&[
-        ("sum/conservative", 800_000),
-        ("sum/slower", 1_600_000),
-        ("sum/faster", 300_000),
-        ("sum/fastest", 20_000),
-        ("sum/fast", 400_000),
+    let (backend, variants) = timed(&[
+        ("sum/conservative", 800_000, 0),
+        ("sum/slower", 1_600_000, 0),
+        ("sum/faster", 300_000, 0),
+        ("sum/fastest", 20_000, 0),
+        ("sum/fast", 400_000, 0),
     ]);
     let engine = engine(&backend);
     let events = engine.subscribe();
-    let kernel = engine
-        .register_variants(
-            "sum",
-            variant("sum/conservative", 0, 0),
-            vec![
-                variant("sum/slower", 0, 0),
-                variant("sum/faster", 0, 0),
-                variant("sum/fastest", 0, 0),
-                variant("sum/fast", 0, 0),
-            ],
-        )
-        .expect("the variants share bindings");
+    let kernel = register(&engine, &variants);
     assert_eq!(
         engine.kernel_stats(kernel).unwrap().variant,
         1,
@@ -195,23 +195,14 @@ fn the_fastest_of_several_adopted_variants_ends_in_play() {
 
 #[test]
 fn a_wrong_variant_is_rejected_and_never_answers() {
-    let backend = timed_backend(&[
-        ("sum/conservative", 600_000),
-        ("sum/fast-but-wrong", 20_000),
-        ("sum/fast", 100_000),
+    let (backend, variants) = timed(&[
+        ("sum/conservative", 600_000, 0),
+        ("sum/fast-but-wrong", 20_000, 1),
+        ("sum/fast", 100_000, 0),
     ]);
     let engine = engine(&backend);
     let events = engine.subscribe();
-    let kernel = engine
-        .register_variants(
-            "sum",
-            variant("sum/conservative", 0, 0),
-            vec![
-                variant("sum/fast-but-wrong", 0, 1),
-                variant("sum/fast", 0, 0),
-            ],
-        )
-        .unwrap();
+    let kernel = register(&engine, &variants);
     run_until_all_decided(&engine, kernel, 2_000);
     let stats = engine.kernel_stats(kernel).unwrap();
     assert_eq!(
@@ -235,19 +226,13 @@ fn a_wrong_variant_is_rejected_and_never_answers() {
 
 #[test]
 fn when_every_variant_is_rejected_the_conservative_one_runs() {
-    let backend = timed_backend(&[
-        ("sum/conservative", 50_000),
-        ("sum/slow", 600_000),
-        ("sum/wrong", 10_000),
+    let (backend, variants) = timed(&[
+        ("sum/conservative", 50_000, 0),
+        ("sum/slow", 600_000, 0),
+        ("sum/wrong", 10_000, 7),
     ]);
     let engine = engine(&backend);
-    let kernel = engine
-        .register_variants(
-            "sum",
-            variant("sum/conservative", 0, 0),
-            vec![variant("sum/slow", 0, 0), variant("sum/wrong", 0, 7)],
-        )
-        .unwrap();
+    let kernel = register(&engine, &variants);
     run_until_all_decided(&engine, kernel, 2_000);
     assert_eq!(engine.verdict(kernel), Some(KernelVerdict::Rejected));
     let answer = sum_batch(&engine, kernel, 5);
@@ -256,7 +241,7 @@ fn when_every_variant_is_rejected_the_conservative_one_runs() {
 
 #[test]
 fn speculative_variants_must_match_the_conservative_layout() {
-    let engine = engine(&timed_backend(&[]));
+    let engine = engine(&timed(&[]).0);
     let mut odd = variant("sum/odd", 10, 0);
     odd.push_constant_bytes = 4;
     let err = engine
@@ -276,11 +261,11 @@ fn speculative_variants_must_match_the_conservative_layout() {
 #[test]
 fn a_restart_reverifies_each_variant_with_one_race_and_ends_in_the_same_place() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let backend = timed_backend(&[
-        ("sum/conservative", 800_000),
-        ("sum/slower", 1_600_000),
-        ("sum/fastest", 20_000),
-        ("sum/fast", 300_000),
+    let (backend, variants) = timed(&[
+        ("sum/conservative", 800_000, 0),
+        ("sum/slower", 1_600_000, 0),
+        ("sum/fastest", 20_000, 0),
+        ("sum/fast", 300_000, 0),
     ]);
     let build = || {
         Engine::builder()
@@ -290,19 +275,7 @@ fn a_restart_reverifies_each_variant_with_one_race_and_ends_in_the_same_place() 
             .build()
             .expect("the test backend always opens")
     };
-    let register = |engine: &Engine| {
-        engine
-            .register_variants(
-                "sum",
-                variant("sum/conservative", 0, 0),
-                vec![
-                    variant("sum/slower", 0, 0),
-                    variant("sum/fastest", 0, 0),
-                    variant("sum/fast", 0, 0),
-                ],
-            )
-            .expect("the variants share bindings")
-    };
+    let register = |engine: &Engine| register(engine, &variants);
     let first = build();
     let kernel = register(&first);
     run_until_all_decided(&first, kernel, 2_000);
