@@ -450,17 +450,13 @@ impl Engine {
         self.core.devices.iter().map(|d| d.queues.len()).sum()
     }
 
-    /// Registers a built-in workload: its conservative variant (0) and its first
-    /// speculative variant (1) are validated and loaded on every device, in parallel.
+    /// Registers a workload: its conservative variant (0) and every speculative variant
+    /// (1..) are validated and loaded in parallel — the conservative one on every
+    /// device, the speculative ones on the first (the others load them on demand).
+    /// Several speculative variants are raced in turn, as for
+    /// [`Engine::register_variants`].
     pub fn register(&self, workload: Arc<dyn Workload>) -> Result<KernelId, EngineError> {
         let variants = workload.variants();
-        if variants.len() < 2 {
-            return Err(EngineError::InvalidKernel {
-                kernel: workload.name().to_string(),
-                reason: "it has fewer than two variants".into(),
-                fix: "give the workload a conservative variant 0 and a speculative variant 1",
-            });
-        }
         let name = workload.name().to_string();
         let kernel = self.core.registry.add(
             self.core.backend.as_ref(),

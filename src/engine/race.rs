@@ -789,28 +789,14 @@ fn record_race(
             return;
         }
     }
+    let reason = if inconclusive {
+        VerdictReason::Inconclusive { samples }
+    } else {
+        VerdictReason::Measured(verdict)
+    };
     let changed = match effective {
-        SpeculationVerdict::Adopt => adopt(
-            core,
-            kernel,
-            spec,
-            queue.device,
-            VerdictReason::Measured(verdict),
-        ),
-        SpeculationVerdict::Reject if inconclusive => reject(
-            core,
-            kernel,
-            spec,
-            queue.device,
-            VerdictReason::Inconclusive { samples },
-        ),
-        SpeculationVerdict::Reject => reject(
-            core,
-            kernel,
-            spec,
-            queue.device,
-            VerdictReason::Measured(verdict),
-        ),
+        SpeculationVerdict::Adopt => adopt(core, kernel, spec, queue.device, reason),
+        SpeculationVerdict::Reject => reject(core, kernel, spec, queue.device, reason),
         SpeculationVerdict::KeepRacing => false,
     };
     if changed {

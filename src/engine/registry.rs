@@ -509,7 +509,7 @@ impl Registry {
             return Err(EngineError::InvalidKernel {
                 kernel: name,
                 reason: format!("it has {} variant(s)", variants.len()),
-                fix: "give it a conservative variant and at least one speculative variant",
+                fix: "give it a conservative variant 0 and at least one speculative variant",
             });
         }
         if matches!(source, KernelSource::Pair) {
