@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use photofinish::backend::vulkan::VulkanBackend;
-use photofinish::backend::{Backend, BindingAccess, BindingDesc, BufferArg, DispatchJob};
+use photofinish::backend::{
+    Backend, BindingAccess, BindingDesc, BufferArg, DispatchJob, KernelVariant,
+};
 use photofinish::kernels::DispatchPlan;
 use photofinish::{Batch, Engine, KernelId, KernelVerdict, Output, Ticket};
 use vulkano::buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer};
@@ -243,6 +245,20 @@ impl HandLoop {
     }
 }
 
+/// An increment-shaped variant (one read-write binding, no push constants) of `spirv`.
+fn increment_variant(name: &str, spirv: &Arc<[u32]>) -> KernelVariant {
+    common::gpu_variant(
+        name,
+        Arc::clone(spirv),
+        [WORKGROUP, 1, 1],
+        vec![BindingDesc {
+            slot: 0,
+            access: BindingAccess::ReadWrite,
+        }],
+        0,
+    )
+}
+
 /// The engine with the increment pair registered and the plain increment adopted, and
 /// the backend it runs on.
 fn engine_with_adopted_kernel(
@@ -265,26 +281,14 @@ fn engine_with_adopted_kernel(
         .without_autotune_file()
         .build()
         .unwrap_or_else(|e| common::fail(&format!("cannot build the engine on Vulkan: {e}")));
-    let variant = |name: &str, spirv: &Arc<[u32]>| {
-        common::gpu_variant(
-            name,
-            Arc::clone(spirv),
-            [WORKGROUP, 1, 1],
-            vec![BindingDesc {
-                slot: 0,
-                access: BindingAccess::ReadWrite,
-            }],
-            0,
-        )
-    };
     let kernel = engine
         .register_pair(
             "increment",
-            variant(
+            increment_variant(
                 "increment/slow",
                 &common::spirv("slow-increment", SLOW_INCREMENT_WGSL),
             ),
-            variant("increment/plain", spirv),
+            increment_variant("increment/plain", spirv),
         )
         .unwrap_or_else(|e| common::fail(&format!("cannot register the kernel: {e}")));
     let input = input(words);
@@ -337,16 +341,7 @@ struct Direct<'a> {
 
 impl<'a> Direct<'a> {
     fn new(backend: &'a VulkanBackend, spirv: &Arc<[u32]>) -> Self {
-        let variant = common::gpu_variant(
-            "increment/direct",
-            Arc::clone(spirv),
-            [WORKGROUP, 1, 1],
-            vec![BindingDesc {
-                slot: 0,
-                access: BindingAccess::ReadWrite,
-            }],
-            0,
-        );
+        let variant = increment_variant("increment/direct", spirv);
         let kernel = backend
             .load_kernel(0, &variant)
             .unwrap_or_else(|e| common::fail(&format!("backend-direct: cannot load: {e}")));

@@ -68,15 +68,21 @@ impl Store {
     }
 }
 
-/// A worker makes two verdict changes, each followed by a request; then the engine
-/// stops the saver. The last pass must have saved the second change.
-fn requests_before_stop_are_saved<D: Design>() {
+/// A fresh queue and store, and the saver thread running the queue over the store.
+fn with_saver<D: Design>() -> (Arc<D>, Arc<Store>, thread::JoinHandle<()>) {
     let queue = Arc::new(D::fresh());
     let store = Arc::new(Store::default());
     let saver = {
         let (queue, store) = (Arc::clone(&queue), Arc::clone(&store));
         thread::spawn(move || queue.run(|| store.save()))
     };
+    (queue, store, saver)
+}
+
+/// A worker makes two verdict changes, each followed by a request; then the engine
+/// stops the saver. The last pass must have saved the second change.
+fn requests_before_stop_are_saved<D: Design>() {
+    let (queue, store, saver) = with_saver::<D>();
     let worker = {
         let (queue, store) = (Arc::clone(&queue), Arc::clone(&store));
         thread::spawn(move || {
@@ -101,12 +107,7 @@ fn requests_before_stop_are_saved<D: Design>() {
 /// A worker changes and requests twice, then flushes: when `flush` returns, its
 /// second change is saved, whatever the saver was doing.
 fn flush_returns_after_every_earlier_request_is_saved<D: Design>() {
-    let queue = Arc::new(D::fresh());
-    let store = Arc::new(Store::default());
-    let saver = {
-        let (queue, store) = (Arc::clone(&queue), Arc::clone(&store));
-        thread::spawn(move || queue.run(|| store.save()))
-    };
+    let (queue, store, saver) = with_saver::<D>();
     let worker = {
         let (queue, store) = (Arc::clone(&queue), Arc::clone(&store));
         thread::spawn(move || {
