@@ -309,27 +309,23 @@ impl Backend for CpuBackend {
                     .map(|i| (i, self.run(&jobs[i])))
                     .collect()
             };
+        // Two queues or more (the early return took one): the first queue's jobs on
+        // the calling thread, the others' on pool threads, at the same time.
         let mut groups = by_queue.into_values();
         let first = groups.next().unwrap_or_default();
-        let others: Vec<Vec<usize>> = groups.collect();
-        let mut per_queue = Vec::with_capacity(others.len() + 1);
-        if others.is_empty() {
-            per_queue.push(run_queue(first));
-        } else {
-            let done = Mutex::new(Vec::with_capacity(others.len()));
-            let inline = self.pool.in_place_scope(|scope| {
-                for indices in others {
-                    let (done, run_queue) = (&done, &run_queue);
-                    scope.spawn(move |_| {
-                        let ran = run_queue(indices);
-                        done.lock().unwrap_or_else(|e| e.into_inner()).push(ran);
-                    });
-                }
-                run_queue(first)
-            });
-            per_queue.push(inline);
-            per_queue.extend(done.into_inner().unwrap_or_else(|e| e.into_inner()));
-        }
+        let done = Mutex::new(Vec::new());
+        let inline = self.pool.in_place_scope(|scope| {
+            for indices in groups {
+                let (done, run_queue) = (&done, &run_queue);
+                scope.spawn(move |_| {
+                    let ran = run_queue(indices);
+                    done.lock().unwrap_or_else(|e| e.into_inner()).push(ran);
+                });
+            }
+            run_queue(first)
+        });
+        let mut per_queue = done.into_inner().unwrap_or_else(|e| e.into_inner());
+        per_queue.push(inline);
         for (i, result) in per_queue.into_iter().flatten() {
             results[i] = Some(result);
         }
