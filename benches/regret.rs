@@ -187,12 +187,12 @@ impl Trace {
         started.elapsed() / runs.max(1) as u32
     }
 
-    /// The fastest variant of `kernel` on the inputs of `phase` (`runs` runs of each
-    /// variant on each input of the pool).
-    fn best_variant(&self, kernel: usize, phase: usize, runs: usize) -> usize {
+    /// Mean time per batch of each variant of `kernel` on the inputs of `phase` (`runs`
+    /// runs of each variant on each input of the pool, one batch at a time).
+    fn phase_times(&self, kernel: usize, phase: usize, runs: usize) -> Vec<Duration> {
         let variants = self.kernels[kernel].handles.len();
         (0..variants)
-            .min_by_key(|&v| {
+            .map(|v| {
                 (0..POOL)
                     .map(|input| {
                         self.time_variant(
@@ -206,8 +206,9 @@ impl Trace {
                         )
                     })
                     .sum::<Duration>()
+                    / POOL as u32
             })
-            .unwrap_or(0)
+            .collect()
     }
 
     /// Exhaustive-upfront tuning then the trace with the winners fixed; the tuning time
@@ -302,10 +303,26 @@ fn regret(c: &mut Criterion) {
     let bytes = common::env_usize("PF_REGRET_BYTES", 16 * 1024).max(16);
     let tune_runs = common::env_usize("PF_REGRET_TUNE_RUNS", 10).max(1);
     let trace = Trace::new(common::backend_from_env(), batches, bytes);
+    // The oracle: each phase's fastest variant, from one-at-a-time timings printed
+    // here so a run shows how much (or how little) the choice is worth per phase.
+    let mut table = Vec::new();
     let oracle: Vec<Vec<usize>> = (0..trace.kernels.len())
         .map(|k| {
             (0..trace.kernels[k].phases.len())
-                .map(|p| trace.best_variant(k, p, 5))
+                .map(|p| {
+                    let times = trace.phase_times(k, p, 5);
+                    table.push(format!(
+                        "{} {:?}: {}",
+                        trace.kernels[k].workload.name(),
+                        trace.kernels[k].phases[p],
+                        times
+                            .iter()
+                            .map(|t| format!("{:.1} µs", t.as_secs_f64() * 1e6))
+                            .collect::<Vec<_>>()
+                            .join(" / ")
+                    ));
+                    (0..times.len()).min_by_key(|&v| times[v]).unwrap_or(0)
+                })
                 .collect()
         })
         .collect();
@@ -318,6 +335,12 @@ fn regret(c: &mut Criterion) {
             .map_or("?", |d| d.name.as_str()),
         trace.backend.queues().len()
     );
+    for line in &table {
+        println!("regret: per batch, variant 0 / 1 / …: {line}");
+    }
+    if std::env::var_os("PF_REGRET_PROBE_ONLY").is_some() {
+        return; // the table only (size sweeps on the GPU machine)
+    }
 
     let name = "regret";
     let mut group = c.benchmark_group(name);

@@ -38,7 +38,10 @@ use photofinish::kernels::DispatchPlan;
 use photofinish::{Batch, Engine, KernelId, KernelVerdict, Output, Ticket};
 use vulkano::buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer};
 use vulkano::command_buffer::allocator::StandardCommandBufferAllocator;
-use vulkano::command_buffer::{AutoCommandBufferBuilder, CommandBufferUsage};
+use vulkano::command_buffer::{
+    AutoCommandBufferBuilder, CommandBufferSubmitInfo, CommandBufferUsage,
+    PrimaryAutoCommandBuffer, PrimaryCommandBufferAbstract, SubmitInfo,
+};
 use vulkano::descriptor_set::allocator::StandardDescriptorSetAllocator;
 use vulkano::descriptor_set::{DescriptorSet, WriteDescriptorSet};
 use vulkano::device::physical::PhysicalDeviceType;
@@ -51,6 +54,7 @@ use vulkano::pipeline::{
     ComputePipeline, Pipeline, PipelineBindPoint, PipelineLayout, PipelineShaderStageCreateInfo,
 };
 use vulkano::shader::{ShaderModule, ShaderModuleCreateInfo};
+use vulkano::sync::fence::{Fence, FenceCreateInfo};
 use vulkano::sync::GpuFuture;
 use vulkano::VulkanLibrary;
 
@@ -241,6 +245,127 @@ impl HandLoop {
         let fence = ok(future.then_signal_fence_and_flush(), "flushing");
         ok(fence.wait(None), "waiting");
         let out = ok(buffer.read(), "reading back").to_vec();
+        out
+    }
+}
+
+/// The hand-written loop's best case: everything recorded once and reused — one
+/// host-visible buffer, its descriptor set and a `MultipleSubmit` command buffer — so
+/// a batch is write, submit, wait, read. `raw` submits with `vkQueueSubmit` and polls
+/// the fence (the engine backend's own submission path: the round-trip floor of this
+/// queue); otherwise vulkano's `GpuFuture` chain and a blocking fence wait, as
+/// vulkano's examples write it.
+struct Reused {
+    queue: Arc<Queue>,
+    buffer: Subbuffer<[u32]>,
+    commands: Arc<PrimaryAutoCommandBuffer>,
+    fence: Arc<Fence>,
+    raw: bool,
+}
+
+impl HandLoop {
+    fn reused(&self, words: usize, raw: bool) -> Reused {
+        let buffer: Subbuffer<[u32]> = ok(
+            Buffer::new_slice(
+                self.memory.clone(),
+                BufferCreateInfo {
+                    usage: BufferUsage::STORAGE_BUFFER,
+                    ..Default::default()
+                },
+                AllocationCreateInfo {
+                    memory_type_filter: MemoryTypeFilter::PREFER_DEVICE
+                        | MemoryTypeFilter::HOST_RANDOM_ACCESS,
+                    ..Default::default()
+                },
+                words as u64,
+            ),
+            "creating the reused buffer",
+        );
+        let layout = self.pipeline.layout().clone();
+        let Some(set_layout) = layout.set_layouts().first().cloned() else {
+            common::fail("hand-written loop: the pipeline has no descriptor set layout");
+        };
+        let set = ok(
+            DescriptorSet::new(
+                self.descriptors.clone(),
+                set_layout,
+                [WriteDescriptorSet::buffer(0, buffer.clone())],
+                [],
+            ),
+            "allocating the reused descriptor set",
+        );
+        let mut builder = ok(
+            AutoCommandBufferBuilder::primary(
+                self.commands.clone(),
+                self.queue.queue_family_index(),
+                CommandBufferUsage::MultipleSubmit,
+            ),
+            "starting the reused command buffer",
+        );
+        ok(
+            builder
+                .bind_pipeline_compute(self.pipeline.clone())
+                .and_then(|b| b.bind_descriptor_sets(PipelineBindPoint::Compute, layout, 0, set)),
+            "recording the reused bindings",
+        );
+        // SAFETY: the shader bounds-checks every index against the bound buffer's length.
+        ok(
+            unsafe { builder.dispatch([(words as u32).div_ceil(WORKGROUP), 1, 1]) },
+            "recording the reused dispatch",
+        );
+        let fence = ok(
+            Fence::new(self.queue.device().clone(), FenceCreateInfo::default()),
+            "creating the fence",
+        );
+        Reused {
+            queue: self.queue.clone(),
+            buffer,
+            commands: ok(builder.build(), "finishing the reused command buffer"),
+            fence: Arc::new(fence),
+            raw,
+        }
+    }
+}
+
+impl Reused {
+    fn batch(&self, input: &[u32]) -> Vec<u32> {
+        ok(self.buffer.write(), "writing the input").copy_from_slice(input);
+        if self.raw {
+            let submit = SubmitInfo {
+                command_buffers: vec![CommandBufferSubmitInfo::new(
+                    self.commands.clone() as Arc<dyn PrimaryCommandBufferAbstract>
+                )],
+                ..Default::default()
+            };
+            // SAFETY: the command buffer was recorded for this queue's family with
+            // `MultipleSubmit` and is not pending (each batch waits for its fence
+            // before the next submits); the fence is unsignalled (new, or reset below)
+            // and outlives the submission.
+            ok(
+                self.queue.with(|mut q| unsafe {
+                    q.submit(std::slice::from_ref(&submit), Some(&self.fence))
+                }),
+                "submitting",
+            );
+            while !ok(self.fence.is_signaled(), "polling the fence") {
+                std::hint::spin_loop();
+            }
+            // SAFETY: the fence has signalled and no pending submission uses it.
+            ok(unsafe { self.fence.reset() }, "resetting the fence");
+        } else {
+            let future = ok(
+                self.commands
+                    .clone()
+                    .execute(self.queue.clone())
+                    .map_err(|e| e.to_string()),
+                "submitting",
+            );
+            ok(
+                ok(future.then_signal_fence_and_flush(), "flushing").wait(None),
+                "waiting",
+            );
+        }
+        let out = ok(self.buffer.read(), "reading back").to_vec();
         out
     }
 }
@@ -441,6 +566,18 @@ fn submit_overhead(c: &mut Criterion) {
     let direct = Direct::new(&vulkan, &spirv);
     check("the backend called directly", &data, &direct.batch(&data));
     check("the hand-written loop", &data, &hand.batch(&data));
+    let reuse = hand.reused(words, false);
+    let floor = hand.reused(words, true);
+    check(
+        "the hand-written loop with reuse",
+        &data,
+        &reuse.batch(&data),
+    );
+    check(
+        "the hand-written raw-submit loop",
+        &data,
+        &floor.batch(&data),
+    );
     check("the engine", &data, &engine_batch(&engine, kernel, &data));
 
     let name = "submit_overhead";
@@ -463,6 +600,16 @@ fn submit_overhead(c: &mut Criterion) {
             std::hint::black_box(hand.batch(&data));
         })
     });
+    common::timed(&mut group, name, "hand-reuse", |iters| {
+        per_batch(iters, &|| {
+            std::hint::black_box(reuse.batch(&data));
+        })
+    });
+    common::timed(&mut group, name, "hand-reuse-raw", |iters| {
+        per_batch(iters, &|| {
+            std::hint::black_box(floor.batch(&data));
+        })
+    });
     group.finish();
     common::print_time_ratio(
         "engine vs hand-written vulkano loop, host time per batch, one at a time",
@@ -474,6 +621,18 @@ fn submit_overhead(c: &mut Criterion) {
         "the engine's own share: engine vs its backend called directly, one at a time",
         "submit_overhead/engine",
         "submit_overhead/backend-direct",
+        "information",
+    );
+    common::print_time_ratio(
+        "engine vs the hand-written loop with everything recorded once (GpuFuture submit)",
+        "submit_overhead/engine",
+        "submit_overhead/hand-reuse",
+        "information",
+    );
+    common::print_time_ratio(
+        "the queue's round-trip floor (recorded once, raw submit, fence polled) vs hand-written",
+        "submit_overhead/hand-reuse-raw",
+        "submit_overhead/hand-written",
         "information",
     );
     common::print_time_ratio(
