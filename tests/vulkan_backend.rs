@@ -585,6 +585,7 @@ fn staged_uploads_and_readbacks_give_the_same_results() {
     let Some(_) = backend() else { return };
     let b = VulkanBackend::with_options(VulkanOptions {
         always_stage: true,
+        host_max_bytes: 0,
         ..VulkanOptions::default()
     })
     .expect("staged backend opens");
@@ -597,7 +598,9 @@ fn staged_uploads_and_readbacks_give_the_same_results() {
             .expect("staged dispatch succeeds");
         expect_scale_add(&out.outputs[0], &input, 5);
     }
-    assert!(b.reuse_stats(0).expect("device 0").replayed >= 2);
+    let stats = b.reuse_stats(0).expect("device 0");
+    assert!(stats.replayed >= 2, "{stats:?}");
+    assert_eq!(stats.in_place, 0, "{stats:?}");
 
     let inc = load(&b, &increment());
     let data: Vec<u8> = (1..=10).collect();
@@ -622,6 +625,60 @@ fn staged_uploads_and_readbacks_give_the_same_results() {
         .measure_copy_bandwidth(first_queue(&b), 1 << 20)
         .expect("copy is timed");
     assert_eq!(bw.bytes, 1 << 20);
+}
+
+#[test]
+fn small_slots_in_host_memory_give_the_same_results() {
+    // A discrete GPU binds a small dispatch's buffers in host-cached system memory
+    // (`host_max_bytes`): no staging copies. Forced here on a staged device; a slot
+    // above the limit still stages.
+    let Some(_) = backend() else { return };
+    let b = VulkanBackend::with_options(VulkanOptions {
+        always_stage: true,
+        host_max_bytes: 64 << 10,
+        ..VulkanOptions::default()
+    })
+    .expect("backend opens");
+    let k = load(&b, &scale_add());
+    for round in 0..3u32 {
+        let input: Vec<u32> = (0..999).map(|i| i * 7 + round).collect();
+        let out = b
+            .dispatch(&[scale_add_job(first_queue(&b), k, &input, 5)])
+            .remove(0)
+            .expect("in-place dispatch succeeds");
+        expect_scale_add(&out.outputs[0], &input, 5);
+    }
+    let stats = b.reuse_stats(0).expect("device 0");
+    assert_eq!((stats.recorded, stats.in_place), (1, 1), "{stats:?}");
+
+    // A zero-filled output binding is filled by the GPU in place too.
+    let inc = load(&b, &increment());
+    let data: Vec<u8> = (1..=10).collect();
+    let job = DispatchJob {
+        queue: first_queue(&b),
+        kernel: inc,
+        buffers: vec![BufferArg::Data(data.clone().into()), BufferArg::Zeroed(4)],
+        push_constants: vec![],
+        workgroups: [1, 1, 1],
+    };
+    for _ in 0..2 {
+        let out = b
+            .dispatch(&[job.clone()])
+            .remove(0)
+            .expect("dispatch succeeds");
+        assert_eq!(words(&out.outputs[1]), vec![3]);
+        assert_eq!(out.outputs[0][0], 2);
+    }
+
+    // 256 KiB of buffers: above the limit, staged.
+    let big: Vec<u32> = (0..(64u32 << 10)).collect();
+    let out = b
+        .dispatch(&[scale_add_job(first_queue(&b), k, &big, 2)])
+        .remove(0)
+        .expect("staged dispatch succeeds");
+    expect_scale_add(&out.outputs[0], &big, 2);
+    let stats = b.reuse_stats(0).expect("device 0");
+    assert_eq!((stats.recorded, stats.in_place), (3, 2), "{stats:?}");
 }
 
 const COUNT_ODD: &str = r#"

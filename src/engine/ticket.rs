@@ -11,7 +11,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::sync::{Arc, Condvar, Mutex};
+use crate::sync::{Arc, AtomicBool, Condvar, Mutex, Ordering};
 
 use super::error::EngineError;
 
@@ -22,16 +22,29 @@ enum SlotState<T> {
     Taken,
 }
 
+/// The slot's state and how many waiters sleep on its condvar (both under one lock).
+struct Guarded<T> {
+    state: SlotState<T>,
+    sleepers: u32,
+}
+
 struct Slot<T> {
-    state: Mutex<SlotState<T>>,
+    guarded: Mutex<Guarded<T>>,
     ready: Condvar,
+    /// Set (after the state) once the answer is in: what a spinning waiter polls, so
+    /// polls take no lock. The state under the lock stays the truth.
+    filled: AtomicBool,
 }
 
 /// Creates a connected responder and ticket.
 pub(crate) fn one_shot<T>() -> (Responder<T>, Ticket<T>) {
     let slot = Arc::new(Slot {
-        state: Mutex::new(SlotState::Empty),
+        guarded: Mutex::new(Guarded {
+            state: SlotState::Empty,
+            sleepers: 0,
+        }),
         ready: Condvar::new(),
+        filled: AtomicBool::new(false),
     });
     (
         Responder {
@@ -86,12 +99,20 @@ impl<T> Drop for Responder<T> {
 fn fill<T>(slot: &Slot<T>, result: Result<T, EngineError>) {
     // A poisoned lock only means a waiter panicked while holding it; the state is a
     // plain enum and still consistent, so carry on with it.
-    let mut state = slot.state.lock().unwrap_or_else(|p| p.into_inner());
-    if matches!(*state, SlotState::Empty) {
-        *state = SlotState::Full(result);
+    let mut guarded = slot.guarded.lock().unwrap_or_else(|p| p.into_inner());
+    if matches!(guarded.state, SlotState::Empty) {
+        guarded.state = SlotState::Full(result);
     }
-    drop(state);
-    slot.ready.notify_all();
+    slot.filled.store(true, Ordering::Release);
+    // A waiter counts itself a sleeper under the lock before it waits, so it is either
+    // counted here or will see the state just written: waking only counted sleepers
+    // loses no wake-up, and a waiter that is spinning (the common case) costs the
+    // answering worker no system call.
+    let sleepers = guarded.sleepers;
+    drop(guarded);
+    if sleepers > 0 {
+        slot.ready.notify_all();
+    }
 }
 
 /// The caller's end: waits for the one answer of an accepted batch.
@@ -110,27 +131,43 @@ impl<T> fmt::Debug for Ticket<T> {
 impl<T> Ticket<T> {
     /// True once the answer is in (and not yet taken).
     pub fn is_ready(&self) -> bool {
-        let state = self.slot.state.lock().unwrap_or_else(|p| p.into_inner());
-        matches!(*state, SlotState::Full(_))
+        let guarded = self.slot.guarded.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(guarded.state, SlotState::Full(_))
+    }
+
+    /// Blocks on the condvar once, counted as a sleeper so the filler wakes it.
+    fn sleep<'a, G>(
+        &'a self,
+        mut guarded: crate::sync::MutexGuard<'a, Guarded<T>>,
+        wait: G,
+    ) -> crate::sync::MutexGuard<'a, Guarded<T>>
+    where
+        G: FnOnce(
+            &'a Condvar,
+            crate::sync::MutexGuard<'a, Guarded<T>>,
+        ) -> crate::sync::MutexGuard<'a, Guarded<T>>,
+    {
+        guarded.sleepers += 1;
+        let mut guarded = wait(&self.slot.ready, guarded);
+        guarded.sleepers -= 1;
+        guarded
     }
 
     /// Blocks until the answer is in and returns it.
     pub fn wait(self) -> Result<T, EngineError> {
         // Spin briefly first: a short batch answers before a parked thread would wake.
         #[cfg(not(photofinish_loom))]
-        super::spin::spin_until(|| self.is_ready().then_some(()));
-        let mut state = self.slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        super::spin::spin_until(|| self.slot.filled.load(Ordering::Acquire).then_some(()));
+        let mut guarded = self.slot.guarded.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            match std::mem::replace(&mut *state, SlotState::Taken) {
+            match std::mem::replace(&mut guarded.state, SlotState::Taken) {
                 SlotState::Full(result) => return result,
                 SlotState::Taken => return Err(EngineError::AnswerTaken),
                 SlotState::Empty => {
-                    *state = SlotState::Empty;
-                    state = self
-                        .slot
-                        .ready
-                        .wait(state)
-                        .unwrap_or_else(|p| p.into_inner());
+                    guarded.state = SlotState::Empty;
+                    guarded = self.sleep(guarded, |ready, g| {
+                        ready.wait(g).unwrap_or_else(|p| p.into_inner())
+                    });
                 }
             }
         }
@@ -141,23 +178,23 @@ impl<T> Ticket<T> {
     /// [`EngineError::AnswerTaken`].
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<T, EngineError>> {
         let deadline = Instant::now() + timeout;
-        let mut state = self.slot.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guarded = self.slot.guarded.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            match std::mem::replace(&mut *state, SlotState::Taken) {
+            match std::mem::replace(&mut guarded.state, SlotState::Taken) {
                 SlotState::Full(result) => return Some(result),
                 SlotState::Taken => return Some(Err(EngineError::AnswerTaken)),
                 SlotState::Empty => {
-                    *state = SlotState::Empty;
+                    guarded.state = SlotState::Empty;
                     let now = Instant::now();
                     if now >= deadline {
                         return None;
                     }
-                    state = self
-                        .slot
-                        .ready
-                        .wait_timeout(state, deadline - now)
-                        .map(|(guard, _)| guard)
-                        .unwrap_or_else(|p| p.into_inner().0);
+                    guarded = self.sleep(guarded, |ready, g| {
+                        ready
+                            .wait_timeout(g, deadline - now)
+                            .map(|(guard, _)| guard)
+                            .unwrap_or_else(|p| p.into_inner().0)
+                    });
                 }
             }
         }

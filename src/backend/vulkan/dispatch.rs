@@ -362,6 +362,10 @@ pub(super) fn buffer(gpu: &Gpu, role: Role, bytes: u64) -> Result<Pooled, Backen
                 not_preferred_flags: MemoryPropertyFlags::empty(),
             },
         ),
+        Role::Host => (
+            storage,
+            MemoryTypeFilter::PREFER_HOST | MemoryTypeFilter::HOST_RANDOM_ACCESS,
+        ),
         Role::Upload => (
             BufferUsage::TRANSFER_SRC,
             MemoryTypeFilter::PREFER_HOST | MemoryTypeFilter::HOST_SEQUENTIAL_WRITE,
@@ -455,6 +459,8 @@ fn record(
     let total: u64 = key.buffers.iter().map(|&(len, _)| bound_len(len)).sum();
     let in_place = if gpu.unified_memory {
         Some(Role::Unified)
+    } else if total <= gpu.host_max_bytes {
+        Some(Role::Host)
     } else if total <= gpu.direct_max_bytes {
         Some(Role::Direct)
     } else {
@@ -463,8 +469,8 @@ fn record(
     let bindings = match in_place {
         Some(role) => match slot_bindings(gpu, kernel, key, Some(role)) {
             Ok(b) => b,
-            // A full BAR: stage this slot instead.
-            Err(_) if role == Role::Direct => slot_bindings(gpu, kernel, key, None)?,
+            // A full BAR, or no host memory left to bind: stage this slot instead.
+            Err(_) if role != Role::Unified => slot_bindings(gpu, kernel, key, None)?,
             Err(e) => return Err(e),
         },
         None => slot_bindings(gpu, kernel, key, None)?,
@@ -518,7 +524,7 @@ fn record(
                     .fill_buffer(target.reinterpret::<[u32]>(), 0)
                     .map_err(recording)?;
             }
-            (None, true) => {} // unified memory: written in place before each submit
+            (None, true) => {} // in place: written by the host before each submit
         }
     }
     if let Some(q) = &queries {
@@ -576,6 +582,11 @@ fn record(
         .map_err(|e| gpu.note(vk_error(device, 0, e)))?;
     if let Ok(mut r) = gpu.reuse.lock() {
         r.stats.recorded += 1;
+        r.stats.in_place += u64::from(
+            bindings
+                .iter()
+                .all(|b| b.upload.is_none() && b.readback.is_none()),
+        );
     }
     Ok(Slot {
         command,

@@ -67,6 +67,12 @@ pub struct VulkanOptions {
     /// kernel's latency is mostly those copies). 0: always stage. Default
     /// [`DEFAULT_DIRECT_MAX_BYTES`], or `PHOTOFINISH_DIRECT_MAX_BYTES` where set.
     pub direct_max_bytes: u64,
+    /// On a discrete GPU: a dispatch whose buffers total at most this many bytes binds
+    /// host-cached system memory directly (the kernel reads and writes it over PCIe),
+    /// written and read in place by the host — no staging copies on the GPU and cached
+    /// host reads. Checked before `direct_max_bytes`. 0: off. Default
+    /// [`DEFAULT_HOST_MAX_BYTES`], or `PHOTOFINISH_HOST_MAX_BYTES` where set.
+    pub host_max_bytes: u64,
 }
 
 /// Default of [`VulkanOptions::max_queues_per_family`]: 1, so a device gets one worker
@@ -84,6 +90,9 @@ pub const DEFAULT_MAX_QUEUES_PER_FAMILY: u32 = 1;
 /// the host's uncached reads of the results over PCIe), so staging stays the default.
 pub const DEFAULT_DIRECT_MAX_BYTES: u64 = 0;
 
+/// Default of [`VulkanOptions::host_max_bytes`]: 0, off (being measured).
+pub const DEFAULT_HOST_MAX_BYTES: u64 = 0;
+
 impl Default for VulkanOptions {
     fn default() -> Self {
         VulkanOptions {
@@ -96,6 +105,7 @@ impl Default for VulkanOptions {
             reuse_budget_bytes: 512 << 20,
             always_stage: false,
             direct_max_bytes: env_or("PHOTOFINISH_DIRECT_MAX_BYTES", DEFAULT_DIRECT_MAX_BYTES),
+            host_max_bytes: env_or("PHOTOFINISH_HOST_MAX_BYTES", DEFAULT_HOST_MAX_BYTES),
         }
     }
 }

@@ -41,6 +41,9 @@ pub(super) struct Gpu {
     /// buffers (no staging); 0 where the device has no device-local host-visible
     /// memory, or is unified.
     pub(super) direct_max_bytes: u64,
+    /// Slots of at most this many bytes are bound to host-cached system memory and
+    /// written and read in place (0 on unified devices).
+    pub(super) host_max_bytes: u64,
     /// Set once the driver reports the device lost; later calls fail fast.
     pub(super) lost: DeviceFlag,
     /// Recorded command buffers and pooled buffers, kept for reuse.
@@ -227,6 +230,12 @@ fn open_device(
     } else {
         0
     };
+    // Where device memory is host visible anyway, in place is already the rule.
+    let host_max_bytes = if unified_memory {
+        0
+    } else {
+        options.host_max_bytes
+    };
 
     Ok(Some(Gpu {
         info,
@@ -244,6 +253,7 @@ fn open_device(
         pipeline_cache,
         unified_memory,
         direct_max_bytes,
+        host_max_bytes,
         lost: DeviceFlag::default(),
         reuse: Mutex::new(ReuseCache::new(
             options.max_cached_commands,

@@ -33,6 +33,10 @@ pub(super) enum Role {
     /// Device-local, host-visible storage buffer on a device whose device memory is
     /// not all host visible (a PCIe BAR): small slots written and read in place.
     Direct,
+    /// Host-visible, host-cached system memory bound to the kernel as a storage buffer
+    /// (the GPU reads and writes it over PCIe): small slots written and read in place,
+    /// with no staging copies and no uncached reads.
+    Host,
     /// Host-visible source of uploads.
     Upload,
     /// Host-visible destination of readbacks.
@@ -127,6 +131,10 @@ pub struct ReuseStats {
     pub buffers_allocated: u64,
     /// Buffers taken from the size-class pool instead.
     pub buffers_reused: u64,
+    /// Of the recorded command buffers, those whose buffers the host writes and reads
+    /// in place (unified memory, or a small slot in host or BAR memory): no staging
+    /// copies.
+    pub in_place: u64,
 }
 
 /// The per-device cache of idle slots, pooled buffers and query pools.
