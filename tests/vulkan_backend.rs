@@ -663,7 +663,7 @@ fn small_slots_in_host_memory_give_the_same_results() {
     };
     for _ in 0..2 {
         let out = b
-            .dispatch(&[job.clone()])
+            .dispatch(std::slice::from_ref(&job))
             .remove(0)
             .expect("dispatch succeeds");
         assert_eq!(words(&out.outputs[1]), vec![3]);
