@@ -184,6 +184,49 @@ impl HandLoop {
         }
     }
 
+    /// A descriptor set for `buffer` and a command buffer that binds it and runs the
+    /// increment over it.
+    fn record(
+        &self,
+        buffer: &Subbuffer<[u32]>,
+        usage: CommandBufferUsage,
+    ) -> Arc<PrimaryAutoCommandBuffer> {
+        let layout = self.pipeline.layout().clone();
+        let Some(set_layout) = layout.set_layouts().first().cloned() else {
+            common::fail("hand-written loop: the pipeline has no descriptor set layout");
+        };
+        let set = ok(
+            DescriptorSet::new(
+                self.descriptors.clone(),
+                set_layout,
+                [WriteDescriptorSet::buffer(0, buffer.clone())],
+                [],
+            ),
+            "allocating the descriptor set",
+        );
+        let mut builder = ok(
+            AutoCommandBufferBuilder::primary(
+                self.commands.clone(),
+                self.queue.queue_family_index(),
+                usage,
+            ),
+            "starting a command buffer",
+        );
+        ok(
+            builder
+                .bind_pipeline_compute(self.pipeline.clone())
+                .and_then(|b| b.bind_descriptor_sets(PipelineBindPoint::Compute, layout, 0, set)),
+            "recording the bindings",
+        );
+        let groups = (buffer.len() as u32).div_ceil(WORKGROUP);
+        // SAFETY: the shader bounds-checks every index against the bound buffer's length.
+        ok(
+            unsafe { builder.dispatch([groups, 1, 1]) },
+            "recording the dispatch",
+        );
+        ok(builder.build(), "finishing the command buffer")
+    }
+
     /// One batch: upload, record, submit, wait, read back.
     fn batch(&self, input: &[u32]) -> Vec<u32> {
         let buffer: Subbuffer<[u32]> = ok(
@@ -202,40 +245,7 @@ impl HandLoop {
             ),
             "creating the buffer",
         );
-        let layout = self.pipeline.layout().clone();
-        let Some(set_layout) = layout.set_layouts().first().cloned() else {
-            common::fail("hand-written loop: the pipeline has no descriptor set layout");
-        };
-        let set = ok(
-            DescriptorSet::new(
-                self.descriptors.clone(),
-                set_layout,
-                [WriteDescriptorSet::buffer(0, buffer.clone())],
-                [],
-            ),
-            "allocating the descriptor set",
-        );
-        let mut builder = ok(
-            AutoCommandBufferBuilder::primary(
-                self.commands.clone(),
-                self.queue.queue_family_index(),
-                CommandBufferUsage::OneTimeSubmit,
-            ),
-            "starting a command buffer",
-        );
-        ok(
-            builder
-                .bind_pipeline_compute(self.pipeline.clone())
-                .and_then(|b| b.bind_descriptor_sets(PipelineBindPoint::Compute, layout, 0, set)),
-            "recording the bindings",
-        );
-        let groups = (input.len() as u32).div_ceil(WORKGROUP);
-        // SAFETY: the shader bounds-checks every index against the bound buffer's length.
-        ok(
-            unsafe { builder.dispatch([groups, 1, 1]) },
-            "recording the dispatch",
-        );
-        let commands = ok(builder.build(), "finishing the command buffer");
+        let commands = self.record(&buffer, CommandBufferUsage::OneTimeSubmit);
         let future = ok(
             vulkano::sync::now(self.queue.device().clone())
                 .then_execute(self.queue.clone(), commands)
@@ -281,46 +291,14 @@ impl HandLoop {
             ),
             "creating the reused buffer",
         );
-        let layout = self.pipeline.layout().clone();
-        let Some(set_layout) = layout.set_layouts().first().cloned() else {
-            common::fail("hand-written loop: the pipeline has no descriptor set layout");
-        };
-        let set = ok(
-            DescriptorSet::new(
-                self.descriptors.clone(),
-                set_layout,
-                [WriteDescriptorSet::buffer(0, buffer.clone())],
-                [],
-            ),
-            "allocating the reused descriptor set",
-        );
-        let mut builder = ok(
-            AutoCommandBufferBuilder::primary(
-                self.commands.clone(),
-                self.queue.queue_family_index(),
-                CommandBufferUsage::MultipleSubmit,
-            ),
-            "starting the reused command buffer",
-        );
-        ok(
-            builder
-                .bind_pipeline_compute(self.pipeline.clone())
-                .and_then(|b| b.bind_descriptor_sets(PipelineBindPoint::Compute, layout, 0, set)),
-            "recording the reused bindings",
-        );
-        // SAFETY: the shader bounds-checks every index against the bound buffer's length.
-        ok(
-            unsafe { builder.dispatch([(words as u32).div_ceil(WORKGROUP), 1, 1]) },
-            "recording the reused dispatch",
-        );
         let fence = ok(
             Fence::new(self.queue.device().clone(), FenceCreateInfo::default()),
             "creating the fence",
         );
         Reused {
             queue: self.queue.clone(),
+            commands: self.record(&buffer, CommandBufferUsage::MultipleSubmit),
             buffer,
-            commands: ok(builder.build(), "finishing the reused command buffer"),
             fence: Arc::new(fence),
             raw,
         }
