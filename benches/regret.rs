@@ -245,12 +245,6 @@ impl Trace {
             // Measured from nothing learnt: no autotune file is read or saved (saves
             // fsync, and a file left by an earlier run would pre-decide the verdicts).
             .without_autotune_file()
-            .max_group(
-                std::env::var("PF_REGRET_MAX_GROUP")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(photofinish::DEFAULT_MAX_GROUP),
-            )
             .build()
             .unwrap_or_else(|e| common::fail(&format!("cannot build the engine: {e}")));
         let ids: Vec<_> = self

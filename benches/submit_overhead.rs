@@ -21,7 +21,7 @@
 //!
 //! `backend-direct` calls the engine's Vulkan backend from the bench thread, one batch
 //! at a time (no engine, no worker hand-off): engine ÷ backend-direct is the engine's
-//! own share. `PF_SUBMIT_MAX_GROUP` sets the engine's `max_group` (default 1).
+//! own share. The engine's `max_group` is the builder's default (`PHOTOFINISH_MAX_GROUP`).
 
 mod common;
 
@@ -375,10 +375,6 @@ fn engine_with_adopted_kernel(
     let engine = Engine::builder()
         .backend_instance(Arc::clone(&vulkan) as Arc<dyn Backend>)
         .audit_period(0)
-        .max_group(common::env_usize(
-            "PF_SUBMIT_MAX_GROUP",
-            photofinish::DEFAULT_MAX_GROUP,
-        ))
         // Measured from nothing learnt: no autotune file is read or saved (saves
         // fsync, and a file left by an earlier run would pre-decide the verdicts).
         .without_autotune_file()

@@ -429,16 +429,18 @@ fn force_mode_refuses_a_kernel_without_a_fused_path() {
 }
 
 /// Adopts `ByteSumWorkload` on a one-queue (so one-worker) test backend built with
-/// `max_group` (`None`: the builder's default), holds the worker in a paused dispatch,
+/// `max_group` (`None`: the builder's default) whose variants report `scale` × 1 000 ns
+/// and × 500 ns of kernel time, holds the worker in a paused dispatch,
 /// queues `inputs` behind it, resumes, and returns the backend, each input's answer
 /// (checked against the reference) and the backend calls the backlog took.
 fn run_backlog(
     max_group: Option<usize>,
+    scale: u64,
     inputs: &[Vec<u8>],
 ) -> (Arc<TestBackend>, Vec<photofinish::Answer>, u64) {
     let backend = Arc::new(TestBackend::new(1, 1, 1));
-    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
-    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 500);
+    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000 * scale);
+    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 500 * scale);
     let mut builder = Engine::builder().backend_instance(backend.clone());
     if let Some(n) = max_group {
         builder = builder.max_group(n);
@@ -490,7 +492,7 @@ fn run_backlog(
 #[test]
 fn a_backlog_of_a_decided_kernel_runs_in_groups_of_one_backend_call() {
     let inputs: Vec<Vec<u8>> = (0..40u8).map(|i| (0..=i).collect()).collect();
-    let (backend, answers, calls) = run_backlog(Some(8), &inputs);
+    let (backend, answers, calls) = run_backlog(Some(8), 1, &inputs);
     for answer in &answers {
         assert_eq!(answer.arm, Arm::Speculative);
     }
@@ -504,8 +506,20 @@ fn a_backlog_of_a_decided_kernel_runs_in_groups_of_one_backend_call() {
 }
 
 #[test]
-fn by_default_every_batch_is_its_own_backend_call() {
+fn by_default_a_backlog_of_a_launch_bound_kernel_is_grouped() {
+    let inputs: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 8]).collect();
+    let (_, _, calls) = run_backlog(None, 1, &inputs);
+    assert!(
+        (40 / photofinish::DEFAULT_MAX_GROUP as u64..=20).contains(&calls),
+        "40 backlogged batches took {calls} backend calls"
+    );
+}
+
+#[test]
+fn a_backlog_of_a_kernel_longer_than_its_launch_is_not_grouped() {
+    // A 0.5 s kernel (as reported) against launch overheads of microseconds and one
+    // held call of ~50 ms: grouping would make each caller wait for the others' kernels.
     let inputs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 8]).collect();
-    let (_, _, calls) = run_backlog(None, &inputs);
+    let (_, _, calls) = run_backlog(Some(8), 1_000_000, &inputs);
     assert_eq!(calls, 20);
 }

@@ -21,8 +21,8 @@ use super::{supervisor, Config, Core, DeviceSlot, DeviceTune, Engine, QueueSlot}
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
 /// Default capacity of each subscriber's event channel.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
-/// Default of [`EngineBuilder::max_group`]: 1, one batch per backend call.
-pub const DEFAULT_MAX_GROUP: usize = 1;
+/// Default of [`EngineBuilder::max_group`]: 8 batches of a launch-bound kernel per backend call.
+pub const DEFAULT_MAX_GROUP: usize = 8;
 /// Default audit period: one audit race in this many batches of an adopted kernel.
 pub const DEFAULT_AUDIT_PERIOD: u64 = 64;
 
@@ -80,7 +80,10 @@ impl Default for EngineBuilder {
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             audit_period: DEFAULT_AUDIT_PERIOD,
-            max_group: DEFAULT_MAX_GROUP,
+            max_group: std::env::var("PHOTOFINISH_MAX_GROUP")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_MAX_GROUP),
             mode: SpeculationMode::Auto,
             threshold_pct: DEFAULT_THRESHOLD_PCT,
             persistence: Persistence::Default,
@@ -115,7 +118,8 @@ impl EngineBuilder {
     }
 
     /// The most batches a worker takes from a backlog into one backend call when the
-    /// persistent-launch rule (D1) fires (default [`DEFAULT_MAX_GROUP`] = 1: off).
+    /// persistent-launch rule (D1) fires and the kernel is launch-bound (default
+    /// [`DEFAULT_MAX_GROUP`], or `PHOTOFINISH_MAX_GROUP` where set; 1: off).
     ///
     /// Grouped batches are submitted back to back on one queue and waited for
     /// together: one round trip for the group. It pays where a dispatch's host cost is

@@ -395,9 +395,14 @@ pub(crate) fn group_size(core: &Core, queue: QueueId, first: &Job, queued: usize
     else {
         return 1;
     };
+    // Only a launch-bound kernel is grouped: its batches wait for the whole group's
+    // answers, which costs a long kernel's callers latency and saves it little.
+    let launch_bound = inputs.per_item_kernel_ns <= inputs.per_launch_overhead_ns;
     match decide_persistent_kernel(inputs) {
-        PersistentKernelDecision::StandardLaunches => 1,
-        PersistentKernelDecision::PersistentKernel { .. } => (spare + 1).min(core.config.max_group),
+        PersistentKernelDecision::PersistentKernel { .. } if launch_bound => {
+            (spare + 1).min(core.config.max_group)
+        }
+        _ => 1,
     }
 }
 
