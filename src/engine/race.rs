@@ -372,6 +372,9 @@ fn complete_single(
     })
 }
 
+/// The longest kernel (mean of its timed runs) whose backlog is grouped.
+pub(crate) const GROUP_MAX_KERNEL_NS: u64 = 20_000;
+
 /// How many batches to run in one backend call on `queue`, `first` included, when
 /// `queued` more wait in the device's mailbox: 1 unless `first`'s kernel is decided (a single-arm run) and D1 says the
 /// backlog's launch overheads outweigh the set-up of a persistent launch; then the
@@ -395,9 +398,11 @@ pub(crate) fn group_size(core: &Core, queue: QueueId, first: &Job, queued: usize
     else {
         return 1;
     };
-    // Only a launch-bound kernel is grouped: its batches wait for the whole group's
-    // answers, which costs a long kernel's callers latency and saves it little.
-    let launch_bound = inputs.per_item_kernel_ns <= inputs.per_launch_overhead_ns;
+    // Only a short, launch-bound kernel is grouped: a group's batches wait for the
+    // whole group's answers, which costs a long kernel's callers latency and saves it
+    // little (on an H200, 1 MiB histogram batches in groups of 8 ran at half the rate).
+    let launch_bound = inputs.per_item_kernel_ns <= inputs.per_launch_overhead_ns
+        && inputs.per_item_kernel_ns <= GROUP_MAX_KERNEL_NS;
     match decide_persistent_kernel(inputs) {
         PersistentKernelDecision::PersistentKernel { .. } if launch_bound => {
             (spare + 1).min(core.config.max_group)
