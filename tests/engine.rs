@@ -506,13 +506,10 @@ fn a_backlog_of_a_decided_kernel_runs_in_groups_of_one_backend_call() {
 }
 
 #[test]
-fn by_default_a_backlog_of_a_launch_bound_kernel_is_grouped() {
-    let inputs: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 8]).collect();
+fn by_default_every_batch_is_its_own_backend_call() {
+    let inputs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 8]).collect();
     let (_, _, calls) = run_backlog(None, 1, &inputs);
-    assert!(
-        (40 / photofinish::DEFAULT_MAX_GROUP as u64..=20).contains(&calls),
-        "40 backlogged batches took {calls} backend calls"
-    );
+    assert_eq!(calls, 20);
 }
 
 #[test]

@@ -21,8 +21,9 @@ use super::{supervisor, Config, Core, DeviceSlot, DeviceTune, Engine, QueueSlot}
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
 /// Default capacity of each subscriber's event channel.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
-/// Default of [`EngineBuilder::max_group`]: 8 batches of a launch-bound kernel per backend call.
-pub const DEFAULT_MAX_GROUP: usize = 8;
+/// Default of [`EngineBuilder::max_group`]: 1, one batch per backend call (groups of 8
+/// measured no better on an H200: BENCHMARKS.md, fourth session).
+pub const DEFAULT_MAX_GROUP: usize = 1;
 /// Default audit period: one audit race in this many batches of an adopted kernel.
 pub const DEFAULT_AUDIT_PERIOD: u64 = 64;
 
@@ -122,11 +123,14 @@ impl EngineBuilder {
     /// [`DEFAULT_MAX_GROUP`], or `PHOTOFINISH_MAX_GROUP` where set; 1: off).
     ///
     /// Grouped batches are submitted back to back on one queue and waited for
-    /// together: one round trip for the group. It pays where a dispatch's host cost is
-    /// the limit and queues are few (the CPU backend, a one-queue device); on an H200
-    /// with 16 queues and 16 KiB batches it made the `regret` trace 2.1× slower than
-    /// one batch per call (BENCHMARKS.md), because a group serialises on one queue
-    /// what the idle-looking other queues would have run side by side.
+    /// together: one round trip for the group, and each caller waits for the whole
+    /// group, so only a kernel whose mean kernel time is at most its per-call overhead
+    /// and at most 20 µs is grouped. It pays where a dispatch's host cost is the limit
+    /// and queues are few (the CPU backend, a one-queue device). On an H200 (one queue
+    /// per family) groups of 8 left pipelined tiny batches and 64 KiB batches level,
+    /// moved the 16 KiB `regret` trace within its run-to-run noise, and slowed 1 MiB
+    /// histogram batches, whose time is copies rather than kernel, by 13–52 %
+    /// (BENCHMARKS.md, fourth session).
     pub fn max_group(mut self, batches: usize) -> Self {
         self.max_group = batches;
         self

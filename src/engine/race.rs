@@ -400,7 +400,7 @@ pub(crate) fn group_size(core: &Core, queue: QueueId, first: &Job, queued: usize
     };
     // Only a short, launch-bound kernel is grouped: a group's batches wait for the
     // whole group's answers, which costs a long kernel's callers latency and saves it
-    // little (on an H200, 1 MiB histogram batches in groups of 8 ran at half the rate).
+    // little.
     let launch_bound = inputs.per_item_kernel_ns <= inputs.per_launch_overhead_ns
         && inputs.per_item_kernel_ns <= GROUP_MAX_KERNEL_NS;
     match decide_persistent_kernel(inputs) {
