@@ -53,9 +53,11 @@ use vulkano::pipeline::layout::PipelineDescriptorSetLayoutCreateInfo;
 use vulkano::pipeline::{
     ComputePipeline, Pipeline, PipelineBindPoint, PipelineLayout, PipelineShaderStageCreateInfo,
 };
+use vulkano::query::{QueryPool, QueryPoolCreateInfo, QueryResultFlags, QueryType};
 use vulkano::shader::{ShaderModule, ShaderModuleCreateInfo};
 use vulkano::sync::fence::{Fence, FenceCreateInfo};
 use vulkano::sync::GpuFuture;
+use vulkano::sync::PipelineStage;
 use vulkano::VulkanLibrary;
 
 const WORKGROUP: u32 = 64;
@@ -185,11 +187,13 @@ impl HandLoop {
     }
 
     /// A descriptor set for `buffer` and a command buffer that binds it and runs the
-    /// increment over it.
+    /// increment over it — between two bottom-of-pipe timestamps in `queries` (reset
+    /// first) where given, as the engine's backend records every dispatch.
     fn record(
         &self,
         buffer: &Subbuffer<[u32]>,
         usage: CommandBufferUsage,
+        queries: Option<&Arc<QueryPool>>,
     ) -> Arc<PrimaryAutoCommandBuffer> {
         let layout = self.pipeline.layout().clone();
         let Some(set_layout) = layout.set_layouts().first().cloned() else {
@@ -212,6 +216,18 @@ impl HandLoop {
             ),
             "starting a command buffer",
         );
+        if let Some(q) = queries {
+            // SAFETY: the pool's two queries belong to this command buffer alone, which
+            // is never pending twice, and are reset here before they are written.
+            ok(
+                unsafe {
+                    builder
+                        .reset_query_pool(q.clone(), 0..2)
+                        .and_then(|b| b.write_timestamp(q.clone(), 0, PipelineStage::BottomOfPipe))
+                },
+                "recording the first timestamp",
+            );
+        }
         ok(
             builder
                 .bind_pipeline_compute(self.pipeline.clone())
@@ -224,6 +240,13 @@ impl HandLoop {
             unsafe { builder.dispatch([groups, 1, 1]) },
             "recording the dispatch",
         );
+        if let Some(q) = queries {
+            // SAFETY: query 1 of the pool reset above.
+            ok(
+                unsafe { builder.write_timestamp(q.clone(), 1, PipelineStage::BottomOfPipe) },
+                "recording the second timestamp",
+            );
+        }
         ok(builder.build(), "finishing the command buffer")
     }
 
@@ -245,7 +268,7 @@ impl HandLoop {
             ),
             "creating the buffer",
         );
-        let commands = self.record(&buffer, CommandBufferUsage::OneTimeSubmit);
+        let commands = self.record(&buffer, CommandBufferUsage::OneTimeSubmit, None);
         let future = ok(
             vulkano::sync::now(self.queue.device().clone())
                 .then_execute(self.queue.clone(), commands)
@@ -264,17 +287,19 @@ impl HandLoop {
 /// a batch is write, submit, wait, read. `raw` submits with `vkQueueSubmit` and polls
 /// the fence (the engine backend's own submission path: the round-trip floor of this
 /// queue); otherwise vulkano's `GpuFuture` chain and a blocking fence wait, as
-/// vulkano's examples write it.
+/// vulkano's examples write it. `queries`: the raw loop also writes and reads two
+/// timestamps around the kernel, as the engine's backend does (what timing costs).
 struct Reused {
     queue: Arc<Queue>,
     buffer: Subbuffer<[u32]>,
     commands: Arc<PrimaryAutoCommandBuffer>,
     fence: Arc<Fence>,
     raw: bool,
+    queries: Option<Arc<QueryPool>>,
 }
 
 impl HandLoop {
-    fn reused(&self, words: usize, raw: bool) -> Reused {
+    fn reused(&self, words: usize, raw: bool, timed: bool) -> Reused {
         let buffer: Subbuffer<[u32]> = ok(
             Buffer::new_slice(
                 self.memory.clone(),
@@ -295,12 +320,29 @@ impl HandLoop {
             Fence::new(self.queue.device().clone(), FenceCreateInfo::default()),
             "creating the fence",
         );
+        let queries = timed.then(|| {
+            ok(
+                QueryPool::new(
+                    self.queue.device().clone(),
+                    QueryPoolCreateInfo {
+                        query_count: 2,
+                        ..QueryPoolCreateInfo::query_type(QueryType::Timestamp)
+                    },
+                ),
+                "creating the query pool",
+            )
+        });
         Reused {
             queue: self.queue.clone(),
-            commands: self.record(&buffer, CommandBufferUsage::MultipleSubmit),
+            commands: self.record(
+                &buffer,
+                CommandBufferUsage::MultipleSubmit,
+                queries.as_ref(),
+            ),
             buffer,
             fence: Arc::new(fence),
             raw,
+            queries,
         }
     }
 }
@@ -330,6 +372,14 @@ impl Reused {
             }
             // SAFETY: the fence has signalled and no pending submission uses it.
             ok(unsafe { self.fence.reset() }, "resetting the fence");
+            if let Some(q) = &self.queries {
+                let mut stamps = [0u64; 2];
+                ok(
+                    q.get_results(0..2, &mut stamps, QueryResultFlags::WAIT),
+                    "reading the timestamps",
+                );
+                std::hint::black_box(stamps);
+            }
         } else {
             let future = ok(
                 self.commands
@@ -540,8 +590,9 @@ fn submit_overhead(c: &mut Criterion) {
     let direct = Direct::new(&vulkan, &spirv);
     check("the backend called directly", &data, &direct.batch(&data));
     check("the hand-written loop", &data, &hand.batch(&data));
-    let reuse = hand.reused(words, false);
-    let floor = hand.reused(words, true);
+    let reuse = hand.reused(words, false, false);
+    let floor = hand.reused(words, true, false);
+    let timed_floor = hand.reused(words, true, true);
     check(
         "the hand-written loop with reuse",
         &data,
@@ -584,6 +635,11 @@ fn submit_overhead(c: &mut Criterion) {
             std::hint::black_box(floor.batch(&data));
         })
     });
+    common::timed(&mut group, name, "hand-reuse-raw-timed", |iters| {
+        per_batch(iters, &|| {
+            std::hint::black_box(timed_floor.batch(&data));
+        })
+    });
     group.finish();
     common::print_time_ratio(
         "engine vs hand-written vulkano loop, host time per batch, one at a time",
@@ -607,6 +663,12 @@ fn submit_overhead(c: &mut Criterion) {
         "the queue's round-trip floor (recorded once, raw submit, fence polled) vs hand-written",
         "submit_overhead/hand-reuse-raw",
         "submit_overhead/hand-written",
+        "information",
+    );
+    common::print_time_ratio(
+        "what two timestamps cost: the raw loop with timestamps vs without",
+        "submit_overhead/hand-reuse-raw-timed",
+        "submit_overhead/hand-reuse-raw",
         "information",
     );
     common::print_time_ratio(
