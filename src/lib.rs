@@ -80,6 +80,7 @@ pub use engine::{
     EngineError, Event, KernelId, KernelStats, KernelVerdict, Output, RaceSample, Ticket,
     TraceStats, TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD, DEFAULT_CHANNEL_CAPACITY,
     DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
+    TIMED_SINGLE_PERIOD,
 };
 #[doc(hidden)]
 pub use engine::{

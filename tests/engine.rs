@@ -428,6 +428,47 @@ fn force_mode_refuses_a_kernel_without_a_fused_path() {
     assert_eq!(answer.output, reference(&[1; 3]));
 }
 
+#[test]
+fn single_arm_runs_are_timed_one_in_a_period_and_races_always() {
+    let backend = Arc::new(TestBackend::new(1, 2, 1));
+    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
+    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 500);
+    let engine = Engine::builder()
+        .backend_instance(backend.clone())
+        .without_autotune_file()
+        .audit_period(0)
+        .build()
+        .unwrap();
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    let answers: Vec<_> = (0..8 + 2 * photofinish::TIMED_SINGLE_PERIOD as usize)
+        .map(|i| {
+            let input = vec![i as u8; 16];
+            let answer = engine
+                .submit(Batch::new(k, input.clone()))
+                .unwrap()
+                .wait()
+                .unwrap();
+            assert_eq!(answer.output, reference(&input), "batch {i}");
+            answer
+        })
+        .collect();
+    let (races, singles) = answers.split_at(8);
+    assert!(races.iter().all(|a| a.raced && a.kernel_ns == Some(1_000)));
+    let timed: Vec<usize> = singles
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.kernel_ns.is_some())
+        .map(|(i, _)| i)
+        .collect();
+    // The first single-arm run and one in TIMED_SINGLE_PERIOD after it.
+    assert_eq!(timed, vec![0, photofinish::TIMED_SINGLE_PERIOD as usize]);
+    assert!(singles
+        .iter()
+        .all(|a| !a.raced && a.arm == Arm::Speculative));
+    assert_eq!(backend.untimed_calls(), singles.len() as u64 - 2);
+    engine.shutdown();
+}
+
 /// Adopts `ByteSumWorkload` on a one-queue (so one-worker) test backend built with
 /// `max_group` (`None`: the builder's default) whose variants report `scale` × 1 000 ns
 /// and × 500 ns of kernel time, holds the worker in a paused dispatch,

@@ -665,6 +665,29 @@ fn small_slots_in_host_memory_give_the_same_results() {
     assert_eq!((stats.recorded, stats.in_place), (3, 2), "{stats:?}");
 }
 
+#[test]
+fn an_untimed_dispatch_answers_the_same_without_kernel_time() {
+    let Some(b) = backend() else { return };
+    let k = load(b, &scale_add());
+    let input: Vec<u32> = (0..300).collect();
+    let job = scale_add_job(first_queue(b), k, &input, 9);
+    for _ in 0..2 {
+        let untimed = b
+            .dispatch_untimed(std::slice::from_ref(&job))
+            .remove(0)
+            .expect("untimed dispatch succeeds");
+        expect_scale_add(&untimed.outputs[0], &input, 9);
+        assert_eq!(untimed.kernel_ns, None);
+        // The same shape timed right after: its own slot, with timestamps.
+        let timed = b
+            .dispatch(std::slice::from_ref(&job))
+            .remove(0)
+            .expect("timed dispatch succeeds");
+        expect_scale_add(&timed.outputs[0], &input, 9);
+        assert!(timed.kernel_ns.is_some());
+    }
+}
+
 const COUNT_ODD: &str = r#"
 @group(0) @binding(0) var<storage, read> input: array<u32>;
 @group(0) @binding(1) var<storage, read_write> count: atomic<u32>;

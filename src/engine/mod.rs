@@ -43,6 +43,7 @@ pub use builder::{
 };
 pub use error::{EngineError, TrySubmitError};
 pub use events::{Event, KernelVerdict, VerdictReason};
+pub use race::TIMED_SINGLE_PERIOD;
 pub use registry::{
     Arm, CacheStatus, KernelId, KernelStats, RaceSample, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
 };
@@ -133,7 +134,10 @@ pub struct Answer {
     pub variant: usize,
     /// True when both arms ran for this batch.
     pub raced: bool,
-    /// That arm's kernel time, where the queue has timestamps.
+    /// That arm's kernel time, where the queue has timestamps and the run was timed:
+    /// both arms of a race always are; of a kernel's single-arm runs (adopted or
+    /// rejected) the first and one in [`TIMED_SINGLE_PERIOD`] are, the others may be
+    /// `None` (timing costs the Vulkan backend two timestamp queries).
     pub kernel_ns: Option<u64>,
     /// The queue it ran on.
     pub queue: QueueId,

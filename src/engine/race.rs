@@ -221,36 +221,46 @@ fn classify(kernel: &Kernel, err: BackendError) -> Fault {
 
 /// Dispatches the jobs in one call and checks that one result came back per job. The
 /// call's host wall time minus its slowest kernel time is the launch overhead the
-/// dispatch policy learns. The flag: another backend call ran on the device meanwhile.
+/// dispatch policy learns (from timed calls only: an untimed call's wall time holds an
+/// unknown kernel time). The flag: another backend call ran on the device meanwhile.
 fn dispatch(
     core: &Core,
     kernel: &Kernel,
     jobs: &[DispatchJob],
+    timed: bool,
 ) -> Result<(Vec<Result<DispatchOutput, BackendError>>, bool), Fault> {
-    let (results, wall_ns, contended) = timed_dispatch(core, jobs);
+    let (results, wall_ns, contended) = timed_dispatch(core, jobs, timed);
     let kernel_ns = results
         .iter()
         .filter_map(|r| r.as_ref().ok().and_then(|o| o.kernel_ns))
         .max();
-    if let Some(mut policy) = kernel.try_policy() {
-        policy.observe(wall_ns, kernel_ns);
+    if timed {
+        if let Some(mut policy) = kernel.try_policy() {
+            policy.observe(wall_ns, kernel_ns);
+        }
     }
     check_count(&results, jobs).map_err(Fault::Backend)?;
     Ok((results, contended))
 }
 
-/// One backend call, its host wall time in nanoseconds, and whether another backend
-/// call ran on the same device at some moment during it (see `contention`).
+/// One backend call (`timed`: with kernel times; otherwise the backend may skip them),
+/// its host wall time in nanoseconds, and whether another backend call ran on the same
+/// device at some moment during it (see `contention`).
 fn timed_dispatch(
     core: &Core,
     jobs: &[DispatchJob],
+    timed: bool,
 ) -> (Vec<Result<DispatchOutput, BackendError>>, u64, bool) {
     let watch = jobs
         .first()
         .and_then(|j| core.devices.get(j.queue.device))
         .map(|d| d.load.begin());
     let started = std::time::Instant::now();
-    let results = core.backend.dispatch(jobs);
+    let results = if timed {
+        core.backend.dispatch(jobs)
+    } else {
+        core.backend.dispatch_untimed(jobs)
+    };
     let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     let contended = watch.is_some_and(|w| w.finish());
     (results, wall_ns, contended)
@@ -273,8 +283,9 @@ fn dispatch_one(
     core: &Core,
     kernel: &Kernel,
     job: DispatchJob,
+    timed: bool,
 ) -> Result<(Result<DispatchOutput, BackendError>, bool), Fault> {
-    let (mut results, contended) = dispatch(core, kernel, std::slice::from_ref(&job))?;
+    let (mut results, contended) = dispatch(core, kernel, std::slice::from_ref(&job), timed)?;
     let result = results
         .pop()
         .ok_or_else(|| Fault::Backend("the backend returned no result".into()))?;
@@ -327,8 +338,21 @@ fn consult_policy(
 fn single(core: &Core, queue: QueueId, job: &Job, arm: Arm, spec: usize) -> Result<Answer, Fault> {
     let dj = prepare_single(core, queue, job, arm.variant(spec))?;
     consult_policy(core, &job.kernel, queue, [&dj, &dj], None);
-    let (out, _) = dispatch_one(core, &job.kernel, dj)?;
+    let (out, _) = dispatch_one(core, &job.kernel, dj, single_timed(&job.kernel))?;
     complete_single(core, queue, job, arm, spec, out)
+}
+
+/// Whether this single-arm run of `kernel` is timed: the first and then one in
+/// [`TIMED_SINGLE_PERIOD`]. The others go to the backend untimed (`Answer::kernel_ns`
+/// `None` where the backend skips timing): an adopted or rejected kernel's runs feed no
+/// verdict, and on an H200 the two timestamps of a timed run cost 5.3 µs of a tiny
+/// kernel's 27 µs round trip. The timed ones keep the dispatch policy's launch
+/// overhead and kernel time current.
+fn single_timed(kernel: &Kernel) -> bool {
+    let tick = kernel
+        .single_tick
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tick % TIMED_SINGLE_PERIOD == 0
 }
 
 /// The dispatch job of a single-arm run of `job`, with trace-JIT told about it.
@@ -371,6 +395,9 @@ fn complete_single(
         queue,
     })
 }
+
+/// One single-arm run in this many is timed (see `single_timed`).
+pub const TIMED_SINGLE_PERIOD: u64 = 16;
 
 /// The longest kernel (mean of its timed runs) whose backlog is grouped.
 pub(crate) const GROUP_MAX_KERNEL_NS: u64 = 20_000;
@@ -504,13 +531,20 @@ fn dispatch_group(
     if dispatch_jobs.is_empty() {
         return Ok(Vec::new());
     }
-    let (results, wall_ns, _) = timed_dispatch(core, dispatch_jobs);
+    // Timed when the group's first kernel is due a timed run; then each kernel of the
+    // group learns its share of the call.
+    let timed = grouped
+        .first()
+        .is_some_and(|&(i, _, _)| single_timed(&jobs[i].kernel));
+    let (results, wall_ns, _) = timed_dispatch(core, dispatch_jobs, timed);
     check_count(&results, dispatch_jobs)?;
-    let share = wall_ns / dispatch_jobs.len() as u64;
-    for (&(i, _, _), result) in grouped.iter().zip(&results) {
-        let kernel_ns = result.as_ref().ok().and_then(|o| o.kernel_ns);
-        if let Some(mut policy) = jobs[i].kernel.try_policy() {
-            policy.observe(share, kernel_ns);
+    if timed {
+        let share = wall_ns / dispatch_jobs.len() as u64;
+        for (&(i, _, _), result) in grouped.iter().zip(&results) {
+            let kernel_ns = result.as_ref().ok().and_then(|o| o.kernel_ns);
+            if let Some(mut policy) = jobs[i].kernel.try_policy() {
+                policy.observe(share, kernel_ns);
+            }
         }
     }
     Ok(results)
@@ -560,7 +594,7 @@ fn race(
             // Both arms in one call: the backend submits both before waiting for
             // either, so they run at the same time on the two queues.
             spec.queue = partner_queue;
-            let (results, contended) = dispatch(core, kernel, &[cons, spec])?;
+            let (results, contended) = dispatch(core, kernel, &[cons, spec], true)?;
             let mut results = results.into_iter();
             let (Some(c), Some(s)) = (results.next(), results.next()) else {
                 return Err(Fault::Backend("the backend dropped a race arm".into()));
@@ -569,12 +603,12 @@ fn race(
         }
         (Ok(spec), None) => {
             // No idle partner (or a one-queue device): back to back on our queue.
-            let (c, c_contended) = dispatch_one(core, kernel, cons)?;
-            let (s, s_contended) = dispatch_one(core, kernel, spec)?;
+            let (c, c_contended) = dispatch_one(core, kernel, cons, true)?;
+            let (s, s_contended) = dispatch_one(core, kernel, spec, true)?;
             (c, spec_result(s, queue), c_contended || s_contended)
         }
         (Err(e), _) => {
-            let (c, contended) = dispatch_one(core, kernel, cons)?;
+            let (c, contended) = dispatch_one(core, kernel, cons, true)?;
             (c, SpecArm::Failed(Err(e)), contended)
         }
     };

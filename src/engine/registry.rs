@@ -302,6 +302,8 @@ pub(crate) struct Kernel {
     /// The speculative variant in play (a variant index, 1..) and its moves.
     ladder: Ladder,
     pub(crate) audit_tick: AtomicU64,
+    /// Single-arm runs so far; one in [`TIMED_SINGLE_PERIOD`] is timed.
+    pub(crate) single_tick: AtomicU64,
     /// The autotune key of every variant, in variant order.
     pub(crate) keys: Vec<SpecCacheKey>,
     /// What the engine measured for the dispatch policy.
@@ -535,6 +537,7 @@ impl Registry {
             candidates: variants[1..].iter().map(|_| Candidate::new()).collect(),
             ladder: Ladder::new(1),
             audit_tick: AtomicU64::new(0),
+            single_tick: AtomicU64::new(0),
             keys: variants.iter().map(spec_cache_key).collect(),
             policy: Mutex::new(PolicyState::default()),
             trace: Mutex::new(TraceState::default()),

@@ -68,6 +68,7 @@ pub struct TestBackend {
     runs: Mutex<HashMap<String, u64>>,
     loads: Mutex<Vec<LoadRecord>>,
     dispatch_calls: AtomicU64,
+    untimed_calls: AtomicU64,
     paused: Mutex<bool>,
     resumed: Condvar,
 }
@@ -128,6 +129,7 @@ impl TestBackend {
             runs: Mutex::new(HashMap::new()),
             loads: Mutex::new(Vec::new()),
             dispatch_calls: AtomicU64::new(0),
+            untimed_calls: AtomicU64::new(0),
             paused: Mutex::new(false),
             resumed: Condvar::new(),
         }
@@ -172,6 +174,12 @@ impl TestBackend {
     /// How many `dispatch` calls were made.
     pub fn dispatch_calls(&self) -> u64 {
         self.dispatch_calls.load(Ordering::Relaxed)
+    }
+
+    /// Of those, the calls made through `dispatch_untimed` (which answer
+    /// `kernel_ns: None`, as the Vulkan backend does).
+    pub fn untimed_calls(&self) -> u64 {
+        self.untimed_calls.load(Ordering::Relaxed)
     }
 
     fn take_fault(&self, variant: &str) -> Option<InjectedFault> {
@@ -333,6 +341,19 @@ impl Backend for TestBackend {
         }
         drop(paused);
         jobs.iter().map(|job| self.run_job(job)).collect()
+    }
+
+    fn dispatch_untimed(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
+        self.untimed_calls.fetch_add(1, Ordering::Relaxed);
+        self.dispatch(jobs)
+            .into_iter()
+            .map(|r| {
+                r.map(|out| DispatchOutput {
+                    kernel_ns: None,
+                    ..out
+                })
+            })
+            .collect()
     }
 }
 

@@ -172,13 +172,17 @@ fn unchanged_outputs(kernel: &LoadedKernel, job: &DispatchJob) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Phase one: validate, take or record the slot, write inputs and submit.
+/// Phase one: validate, take or record the slot, write inputs and submit. `timed`:
+/// the slot writes two timestamps around the kernel (where the queue has them) and
+/// `finish` reads them; an untimed job answers `kernel_ns: None`.
 pub(super) fn start<'a>(
     gpu: &'a Gpu,
     kernel: Arc<LoadedKernel>,
     job: &DispatchJob,
+    timed: bool,
 ) -> Result<Started<'a>, BackendError> {
     let valid_bits = validate(gpu, &kernel, job)?;
+    let timed = timed && valid_bits > 0;
     let queue = gpu
         .queues
         .get(&(job.queue.family, job.queue.index))
@@ -201,11 +205,12 @@ pub(super) fn start<'a>(
             .collect(),
         workgroups: job.workgroups,
         push_constants: job.push_constants.clone(),
+        timed,
     };
     let cached = gpu.reuse.lock().ok().and_then(|mut r| r.take_slot(&key));
     let slot = match cached {
         Some(slot) => slot,
-        None => record(gpu, &kernel, &key, valid_bits > 0)?,
+        None => record(gpu, &kernel, &key)?,
     };
     write_inputs(gpu, &slot, job)?;
     let command: Arc<dyn PrimaryCommandBufferAbstract> = slot.command.clone();
@@ -448,13 +453,9 @@ fn slot_bindings(
     Ok(bindings)
 }
 
-/// Records a slot for `key`: buffers, descriptor set, timestamps and the command buffer.
-fn record(
-    gpu: &Gpu,
-    kernel: &LoadedKernel,
-    key: &SlotKey,
-    timestamps: bool,
-) -> Result<Slot, BackendError> {
+/// Records a slot for `key`: buffers, descriptor set, timestamps (if `key.timed`) and
+/// the command buffer.
+fn record(gpu: &Gpu, kernel: &LoadedKernel, key: &SlotKey) -> Result<Slot, BackendError> {
     let device = gpu.info.index;
     let total: u64 = key.buffers.iter().map(|&(len, _)| bound_len(len)).sum();
     let in_place = if gpu.unified_memory {
@@ -475,7 +476,7 @@ fn record(
         },
         None => slot_bindings(gpu, kernel, key, None)?,
     };
-    let queries = if timestamps {
+    let queries = if key.timed {
         Some(query_pool(gpu)?)
     } else {
         None

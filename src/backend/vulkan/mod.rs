@@ -310,8 +310,9 @@ impl VulkanBackend {
             })
     }
 
-    /// Phase one of a job: look up its kernel and device, then start it.
-    fn start(&self, job: &DispatchJob) -> Result<Started<'_>, BackendError> {
+    /// Phase one of a job: look up its kernel and device, then start it (between two
+    /// timestamps when `timed` and the queue has them).
+    fn start(&self, job: &DispatchJob, timed: bool) -> Result<Started<'_>, BackendError> {
         let kernel = self.kernel(job.kernel)?;
         if job.queue.device != kernel.handle.device {
             return Err(BackendError::Unknown {
@@ -323,7 +324,20 @@ impl VulkanBackend {
             });
         }
         let gpu = self.gpu(kernel.handle.device)?;
-        dispatch::start(gpu, kernel, job)
+        dispatch::start(gpu, kernel, job, timed)
+    }
+
+    /// Both phases of every job: all are started before any is waited for, so jobs on
+    /// different queues run at the same time.
+    fn run(&self, jobs: &[DispatchJob], timed: bool) -> Vec<Result<DispatchOutput, BackendError>> {
+        let started: Vec<_> = jobs.iter().map(|job| self.start(job, timed)).collect();
+        started
+            .into_iter()
+            .map(|s| match s? {
+                Started::Done(output) => Ok(output),
+                Started::Running(job) => dispatch::finish(*job),
+            })
+            .collect()
     }
 }
 
@@ -378,16 +392,11 @@ impl Backend for VulkanBackend {
     }
 
     fn dispatch(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
-        // Every job is submitted before any is waited for, so jobs on different queues
-        // run at the same time.
-        let started: Vec<_> = jobs.iter().map(|job| self.start(job)).collect();
-        started
-            .into_iter()
-            .map(|s| match s? {
-                Started::Done(output) => Ok(output),
-                Started::Running(job) => dispatch::finish(*job),
-            })
-            .collect()
+        self.run(jobs, true)
+    }
+
+    fn dispatch_untimed(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
+        self.run(jobs, false)
     }
 }
 

@@ -70,6 +70,8 @@ pub(super) struct SlotKey {
     pub(super) buffers: Vec<(u64, bool)>,
     pub(super) workgroups: [u32; 3],
     pub(super) push_constants: Vec<u8>,
+    /// Whether the slot writes timestamps around the kernel.
+    pub(super) timed: bool,
 }
 
 /// One binding of a slot.
