@@ -607,38 +607,24 @@ fn submit_overhead(c: &mut Criterion) {
 
     let name = "submit_overhead";
     let mut group = c.benchmark_group(name);
-    common::timed(&mut group, name, "engine", |iters| {
-        per_batch(iters, &|| {
-            std::hint::black_box(engine_batch(&engine, kernel, &data));
-        })
-    });
+    // One batch at a time from this thread, each line in turn.
+    let one_at_a_time: [(&str, &dyn Fn() -> Vec<u32>); 6] = [
+        ("engine", &|| engine_batch(&engine, kernel, &data)),
+        ("backend-direct", &|| direct.batch(&data)),
+        ("hand-written", &|| hand.batch(&data)),
+        ("hand-reuse", &|| reuse.batch(&data)),
+        ("hand-reuse-raw", &|| floor.batch(&data)),
+        ("hand-reuse-raw-timed", &|| timed_floor.batch(&data)),
+    ];
+    for (line, batch) in one_at_a_time {
+        common::timed(&mut group, name, line, |iters| {
+            per_batch(iters, &|| {
+                std::hint::black_box(batch());
+            })
+        });
+    }
     common::timed(&mut group, name, "engine-pipelined", |iters| {
         pipelined(&engine, kernel, &data, depth, iters)
-    });
-    common::timed(&mut group, name, "backend-direct", |iters| {
-        per_batch(iters, &|| {
-            std::hint::black_box(direct.batch(&data));
-        })
-    });
-    common::timed(&mut group, name, "hand-written", |iters| {
-        per_batch(iters, &|| {
-            std::hint::black_box(hand.batch(&data));
-        })
-    });
-    common::timed(&mut group, name, "hand-reuse", |iters| {
-        per_batch(iters, &|| {
-            std::hint::black_box(reuse.batch(&data));
-        })
-    });
-    common::timed(&mut group, name, "hand-reuse-raw", |iters| {
-        per_batch(iters, &|| {
-            std::hint::black_box(floor.batch(&data));
-        })
-    });
-    common::timed(&mut group, name, "hand-reuse-raw-timed", |iters| {
-        per_batch(iters, &|| {
-            std::hint::black_box(timed_floor.batch(&data));
-        })
     });
     group.finish();
     common::print_time_ratio(
