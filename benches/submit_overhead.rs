@@ -250,10 +250,10 @@ impl HandLoop {
         ok(builder.build(), "finishing the command buffer")
     }
 
-    /// One batch: upload, record, submit, wait, read back.
-    fn batch(&self, input: &[u32]) -> Vec<u32> {
-        let buffer: Subbuffer<[u32]> = ok(
-            Buffer::from_iter(
+    /// A new host-visible storage buffer of `words` words.
+    fn buffer(&self, words: usize) -> Subbuffer<[u32]> {
+        ok(
+            Buffer::new_slice(
                 self.memory.clone(),
                 BufferCreateInfo {
                     usage: BufferUsage::STORAGE_BUFFER,
@@ -264,10 +264,16 @@ impl HandLoop {
                         | MemoryTypeFilter::HOST_RANDOM_ACCESS,
                     ..Default::default()
                 },
-                input.iter().copied(),
+                words as u64,
             ),
-            "creating the buffer",
-        );
+            "creating a buffer",
+        )
+    }
+
+    /// One batch: upload, record, submit, wait, read back.
+    fn batch(&self, input: &[u32]) -> Vec<u32> {
+        let buffer = self.buffer(input.len());
+        ok(buffer.write(), "writing the input").copy_from_slice(input);
         let commands = self.record(&buffer, CommandBufferUsage::OneTimeSubmit, None);
         let future = ok(
             vulkano::sync::now(self.queue.device().clone())
@@ -300,22 +306,7 @@ struct Reused {
 
 impl HandLoop {
     fn reused(&self, words: usize, raw: bool, timed: bool) -> Reused {
-        let buffer: Subbuffer<[u32]> = ok(
-            Buffer::new_slice(
-                self.memory.clone(),
-                BufferCreateInfo {
-                    usage: BufferUsage::STORAGE_BUFFER,
-                    ..Default::default()
-                },
-                AllocationCreateInfo {
-                    memory_type_filter: MemoryTypeFilter::PREFER_DEVICE
-                        | MemoryTypeFilter::HOST_RANDOM_ACCESS,
-                    ..Default::default()
-                },
-                words as u64,
-            ),
-            "creating the reused buffer",
-        );
+        let buffer = self.buffer(words);
         let fence = ok(
             Fence::new(self.queue.device().clone(), FenceCreateInfo::default()),
             "creating the fence",
