@@ -26,8 +26,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use photofinish::backend::cpu::CpuBackend;
 use photofinish::backend::{
-    Backend, BackendError, BackendKind, BindingAccess, BindingDesc, BufferArg, DispatchJob,
-    DispatchOutput, KernelHandle, KernelVariant, QueueId,
+    Backend, BackendError, BackendKind, BindingAccess, BufferArg, DispatchJob, DispatchOutput,
+    KernelHandle, KernelVariant, QueueId,
 };
 use photofinish::kernels::DispatchPlan;
 use photofinish::{Batch, Engine, KernelId, KernelVerdict};
@@ -324,25 +324,14 @@ impl Backend for InlineBackend {
 /// A kernel pair with one written 4-byte binding: the conservative variant spins for
 /// [`SLOW_ARM`], the speculative one does nothing, so the speculative one is adopted.
 fn empty_pair() -> (KernelVariant, KernelVariant) {
-    let variant = |name: &str, spin: Duration| KernelVariant {
-        name: name.to_owned(),
-        spirv: None,
-        entry_point: "main".to_owned(),
-        workgroup_size: [1, 1, 1],
-        bindings: vec![BindingDesc {
-            slot: 0,
-            access: BindingAccess::Write,
-        }],
-        push_constant_bytes: 0,
-        cpu: Some(Arc::new(
-            move |_buffers: &mut [Vec<u8>], _pc: &[u8], _wg| {
-                let started = Instant::now();
-                while started.elapsed() < spin {
-                    std::hint::spin_loop();
-                }
-                Ok(())
-            },
-        )),
+    let variant = |name: &str, spin: Duration| {
+        KernelVariant::cpu(name, &[BindingAccess::Write], 0, move |_, _, _| {
+            let started = Instant::now();
+            while started.elapsed() < spin {
+                std::hint::spin_loop();
+            }
+            Ok(())
+        })
     };
     (
         variant("empty/conservative-spin", SLOW_ARM),

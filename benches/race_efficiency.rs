@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use photofinish::backend::{
-    Backend, BackendKind, BindingAccess, BindingDesc, BufferArg, DispatchJob, KernelHandle,
-    KernelVariant, QueueId,
+    Backend, BackendKind, BindingAccess, BufferArg, DispatchJob, KernelHandle, KernelVariant,
+    QueueId,
 };
 use photofinish::kernels::DispatchPlan;
 use photofinish::policy::MIN_DISPATCHES_FOR_VERDICT;
@@ -174,14 +174,11 @@ type CpuCode = fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String>;
 /// The busy kernel as a variant: its shader runs `rounds` (an expression), its CPU code
 /// is `cpu`.
 fn busy_variant(name: &str, rounds: &str, cpu: CpuCode) -> KernelVariant {
-    let variant = common::gpu_variant(
+    let variant = KernelVariant::spirv(
         name,
         common::spirv(name, &BUSY_WGSL.replace("ROUNDS", rounds)),
         [256, 1, 1],
-        vec![BindingDesc {
-            slot: 0,
-            access: BindingAccess::Write,
-        }],
+        &[BindingAccess::Write],
         4,
     );
     KernelVariant {

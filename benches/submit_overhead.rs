@@ -31,9 +31,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use photofinish::backend::vulkan::VulkanBackend;
-use photofinish::backend::{
-    Backend, BindingAccess, BindingDesc, BufferArg, DispatchJob, KernelVariant,
-};
+use photofinish::backend::{Backend, BindingAccess, BufferArg, DispatchJob, KernelVariant};
 use photofinish::kernels::DispatchPlan;
 use photofinish::{Batch, Engine, KernelId, KernelVerdict, Output, Ticket};
 use vulkano::buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer};
@@ -391,14 +389,11 @@ impl Reused {
 
 /// An increment-shaped variant (one read-write binding, no push constants) of `spirv`.
 fn increment_variant(name: &str, spirv: &Arc<[u32]>) -> KernelVariant {
-    common::gpu_variant(
+    KernelVariant::spirv(
         name,
         Arc::clone(spirv),
         [WORKGROUP, 1, 1],
-        vec![BindingDesc {
-            slot: 0,
-            access: BindingAccess::ReadWrite,
-        }],
+        &[BindingAccess::ReadWrite],
         0,
     )
 }

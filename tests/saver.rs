@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use photofinish::autotune::{AutotuneStore, LoadMode, VariantPairKey};
 use photofinish::backend::cpu::CpuBackend;
-use photofinish::backend::{BindingAccess, BindingDesc, BufferArg, KernelVariant};
+use photofinish::backend::{BindingAccess, BufferArg, KernelVariant};
 use photofinish::kernels::DispatchPlan;
 use photofinish::policy::SpeculationVerdict;
 use photofinish::{Batch, Engine, KernelId, KernelVerdict};
@@ -197,18 +197,7 @@ fn write_sum(buffers: &mut [Vec<u8>], sum: u64) -> Result<(), String> {
 type CpuCode = fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String>;
 
 fn variant(name: String, code: CpuCode) -> KernelVariant {
-    KernelVariant {
-        name,
-        spirv: None,
-        entry_point: "main".to_owned(),
-        workgroup_size: [1, 1, 1],
-        bindings: vec![BindingDesc {
-            slot: 0,
-            access: BindingAccess::Write,
-        }],
-        push_constant_bytes: 4,
-        cpu: Some(Arc::new(code)),
-    }
+    KernelVariant::cpu(name, &[BindingAccess::Write], 4, code)
 }
 
 /// Registers pair `i` (its own variant names, so its own autotune key).

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use photofinish::backend::cpu::CpuBackend;
-use photofinish::backend::{BindingAccess, BindingDesc, BufferArg, KernelVariant};
+use photofinish::backend::{BindingAccess, BufferArg, KernelVariant};
 use photofinish::kernels::DispatchPlan;
 use photofinish::{
     Answer, Batch, Engine, EngineError, Event, KernelId, KernelVerdict, Output, TestBackend,
@@ -33,34 +33,16 @@ fn spin(us: u64) {
 /// A variant that sums the input bytes into an 8-byte output after `spin_us` µs;
 /// `off_by` is added to the sum (a wrong variant when non-zero).
 fn variant(name: &str, spin_us: u64, off_by: u64) -> KernelVariant {
-    KernelVariant {
-        name: name.to_string(),
-        spirv: None,
-        entry_point: "main".into(),
-        workgroup_size: [64, 1, 1],
-        bindings: vec![
-            BindingDesc {
-                slot: 0,
-                access: BindingAccess::Read,
-            },
-            BindingDesc {
-                slot: 1,
-                access: BindingAccess::Write,
-            },
-        ],
-        push_constant_bytes: 0,
-        cpu: Some(Arc::new(
-            move |buffers: &mut [Vec<u8>], _pc: &[u8], _wg: [u32; 3]| {
-                spin(spin_us);
-                let [input, output] = buffers else {
-                    return Err("takes two buffers".to_string());
-                };
-                let sum = input.iter().map(|&b| u64::from(b)).sum::<u64>() + off_by;
-                output[..8].copy_from_slice(&sum.to_le_bytes());
-                Ok(())
-            },
-        )),
-    }
+    let layout = [BindingAccess::Read, BindingAccess::Write];
+    KernelVariant::cpu(name, &layout, 0, move |buffers, _pc, _wg| {
+        spin(spin_us);
+        let [input, output] = buffers else {
+            return Err("takes two buffers".to_string());
+        };
+        let sum = input.iter().map(|&b| u64::from(b)).sum::<u64>() + off_by;
+        output[..8].copy_from_slice(&sum.to_le_bytes());
+        Ok(())
+    })
 }
 
 /// A `TestBackend` (one device, two one-queue families, so races overlap) and the

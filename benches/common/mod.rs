@@ -177,23 +177,3 @@ pub fn spirv(name: &str, wgsl: &str) -> Arc<[u32]> {
         .unwrap_or_else(|e| fail(&format!("bench shader {name}: SPIR-V output failed: {e}")))
         .into()
 }
-
-/// A GPU-only kernel variant of a bench shader: entry point `main`, the given bindings
-/// and push-constant bytes, no CPU code.
-pub fn gpu_variant(
-    name: &str,
-    spirv: Arc<[u32]>,
-    workgroup_size: [u32; 3],
-    bindings: Vec<photofinish::backend::BindingDesc>,
-    push_constant_bytes: u32,
-) -> photofinish::backend::KernelVariant {
-    photofinish::backend::KernelVariant {
-        name: name.to_owned(),
-        spirv: Some(spirv),
-        entry_point: "main".to_owned(),
-        workgroup_size,
-        bindings,
-        push_constant_bytes,
-        cpu: None,
-    }
-}

@@ -169,6 +169,80 @@ pub struct KernelVariant {
     pub cpu: Option<Arc<CpuKernelFn>>,
 }
 
+impl KernelVariant {
+    /// A variant with CPU code only (it runs on the CPU backend and the test backend;
+    /// the Vulkan backend refuses it as unsupported). `bindings` are the storage
+    /// buffers in slot order (binding `i` is slot `i`); entry point `main`, workgroup
+    /// size `[1, 1, 1]`.
+    ///
+    /// ```
+    /// use photofinish::backend::{BindingAccess, KernelVariant};
+    ///
+    /// // out[0] = the number of input bytes that are odd.
+    /// let odd = KernelVariant::cpu(
+    ///     "count-odd/serial",
+    ///     &[BindingAccess::Read, BindingAccess::Write],
+    ///     0,
+    ///     |buffers, _push_constants, _workgroups| {
+    ///         let [input, out] = buffers else {
+    ///             return Err("takes two buffers".into());
+    ///         };
+    ///         out[0] = input.iter().filter(|b| *b % 2 == 1).count() as u8;
+    ///         Ok(())
+    ///     },
+    /// );
+    /// assert_eq!(odd.bindings[1].slot, 1);
+    /// assert!(odd.spirv.is_none() && odd.cpu.is_some());
+    /// ```
+    pub fn cpu(
+        name: impl Into<String>,
+        bindings: &[BindingAccess],
+        push_constant_bytes: u32,
+        code: impl Fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        KernelVariant {
+            cpu: Some(Arc::new(code)),
+            ..Self::layout(name, bindings, push_constant_bytes)
+        }
+    }
+
+    /// A variant with SPIR-V only (`words`, entry point `main`, declaring
+    /// `workgroup_size`); `bindings` in slot order as for [`KernelVariant::cpu`].
+    pub fn spirv(
+        name: impl Into<String>,
+        words: Arc<[u32]>,
+        workgroup_size: [u32; 3],
+        bindings: &[BindingAccess],
+        push_constant_bytes: u32,
+    ) -> Self {
+        KernelVariant {
+            spirv: Some(words),
+            workgroup_size,
+            ..Self::layout(name, bindings, push_constant_bytes)
+        }
+    }
+
+    /// The layout alone: no code yet.
+    fn layout(
+        name: impl Into<String>,
+        bindings: &[BindingAccess],
+        push_constant_bytes: u32,
+    ) -> Self {
+        KernelVariant {
+            name: name.into(),
+            spirv: None,
+            entry_point: "main".into(),
+            workgroup_size: [1, 1, 1],
+            bindings: (0u32..)
+                .zip(bindings)
+                .map(|(slot, &access)| BindingDesc { slot, access })
+                .collect(),
+            push_constant_bytes,
+            cpu: None,
+        }
+    }
+}
+
 impl fmt::Debug for KernelVariant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KernelVariant")

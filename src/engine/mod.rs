@@ -562,32 +562,22 @@ impl Engine {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use photofinish::backend::{BindingAccess, BindingDesc, BufferArg, KernelVariant};
+    /// use photofinish::backend::{BindingAccess, BufferArg, KernelVariant};
     /// use photofinish::kernels::DispatchPlan;
     /// use photofinish::{BackendChoice, Batch, Engine, KernelVerdict, Output};
     ///
     /// // Sums the input bytes (plus `off_by`) after `spin` rounds of busy work.
     /// fn sum(name: &str, spin: u32, off_by: u64) -> KernelVariant {
-    ///     KernelVariant {
-    ///         name: name.into(),
-    ///         spirv: None,
-    ///         entry_point: "main".into(),
-    ///         workgroup_size: [64, 1, 1],
-    ///         bindings: vec![
-    ///             BindingDesc { slot: 0, access: BindingAccess::Read },
-    ///             BindingDesc { slot: 1, access: BindingAccess::Write },
-    ///         ],
-    ///         push_constant_bytes: 0,
-    ///         cpu: Some(Arc::new(move |buffers: &mut [Vec<u8>], _: &[u8], _: [u32; 3]| {
-    ///             let mut x = 0u32;
-    ///             for i in 0..spin {
-    ///                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-    ///             }
-    ///             let total: u64 = buffers[0].iter().map(|&b| u64::from(b)).sum();
-    ///             buffers[1][..8].copy_from_slice(&(total + off_by).to_le_bytes());
-    ///             Ok(())
-    ///         })),
-    ///     }
+    ///     let layout = [BindingAccess::Read, BindingAccess::Write];
+    ///     KernelVariant::cpu(name, &layout, 0, move |buffers, _, _| {
+    ///         let mut x = 0u32;
+    ///         for i in 0..spin {
+    ///             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+    ///         }
+    ///         let total: u64 = buffers[0].iter().map(|&b| u64::from(b)).sum();
+    ///         buffers[1][..8].copy_from_slice(&(total + off_by).to_le_bytes());
+    ///         Ok(())
+    ///     })
     /// }
     ///
     /// let engine = Engine::builder()
