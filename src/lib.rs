@@ -68,6 +68,7 @@
 pub(crate) mod sync;
 
 mod engine;
+mod knobs;
 
 pub mod autotune;
 pub mod backend;

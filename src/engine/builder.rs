@@ -81,10 +81,7 @@ impl Default for EngineBuilder {
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             audit_period: DEFAULT_AUDIT_PERIOD,
-            max_group: std::env::var("PHOTOFINISH_MAX_GROUP")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(DEFAULT_MAX_GROUP),
+            max_group: crate::knobs::env_or("PHOTOFINISH_MAX_GROUP", DEFAULT_MAX_GROUP),
             mode: SpeculationMode::Auto,
             threshold_pct: DEFAULT_THRESHOLD_PCT,
             persistence: Persistence::Default,

@@ -48,10 +48,8 @@ pub(super) const FENCE_SPIN: std::time::Duration = std::time::Duration::from_mic
 fn fence_spin() -> std::time::Duration {
     static SPIN: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
     *SPIN.get_or_init(|| {
-        std::env::var("PHOTOFINISH_FENCE_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(FENCE_SPIN, std::time::Duration::from_micros)
+        let default = u64::try_from(FENCE_SPIN.as_micros()).unwrap_or(u64::MAX);
+        std::time::Duration::from_micros(crate::knobs::env_or("PHOTOFINISH_FENCE_SPIN_US", default))
     })
 }
 

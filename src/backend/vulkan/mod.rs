@@ -39,6 +39,7 @@ use crate::backend::{
     Backend, BackendError, BackendKind, DeviceInfo, DispatchJob, DispatchOutput, KernelHandle,
     KernelVariant, QueueId,
 };
+use crate::knobs::env_or;
 use crate::sync::{AtomicU64, Ordering};
 
 /// How the Vulkan backend opens devices and how much it keeps for reuse.
@@ -113,14 +114,6 @@ impl Default for VulkanOptions {
             host_max_bytes: env_or("PHOTOFINISH_HOST_MAX_BYTES", DEFAULT_HOST_MAX_BYTES),
         }
     }
-}
-
-/// The environment variable `name` parsed, or `default` where it is unset or unparsable.
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// The result of [`VulkanBackend::measure_copy_bandwidth`].
