@@ -25,8 +25,7 @@ fn reference(input: &[u8]) -> Output {
 #[test]
 fn faster_speculative_variant_is_adopted_after_the_paired_window() {
     let backend = Arc::new(TestBackend::new(1, 2, 1));
-    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
-    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 500);
+    backend.set_byte_sum_ns(1_000, 500);
     let engine = engine_on(&backend);
     let events = engine.subscribe();
     let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
@@ -74,8 +73,7 @@ fn faster_speculative_variant_is_adopted_after_the_paired_window() {
 #[test]
 fn slower_speculative_variant_is_rejected_and_never_runs_again() {
     let backend = Arc::new(TestBackend::new(1, 1, 1));
-    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
-    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 1_200);
+    backend.set_byte_sum_ns(1_000, 1_200);
     let engine = engine_on(&backend);
     let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
     for i in 0..16u8 {
@@ -96,8 +94,7 @@ fn slower_speculative_variant_is_rejected_and_never_runs_again() {
 #[test]
 fn adopted_kernel_runs_periodic_audit_races() {
     let backend = Arc::new(TestBackend::new(1, 2, 1));
-    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
-    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 100);
+    backend.set_byte_sum_ns(1_000, 100);
     let engine = Engine::builder()
         .backend_instance(backend.clone())
         .audit_period(4)
@@ -431,8 +428,7 @@ fn force_mode_refuses_a_kernel_without_a_fused_path() {
 #[test]
 fn single_arm_runs_are_timed_one_in_a_period_and_races_always() {
     let backend = Arc::new(TestBackend::new(1, 2, 1));
-    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
-    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 500);
+    backend.set_byte_sum_ns(1_000, 500);
     let engine = Engine::builder()
         .backend_instance(backend.clone())
         .without_autotune_file()
@@ -480,8 +476,7 @@ fn run_backlog(
     inputs: &[Vec<u8>],
 ) -> (Arc<TestBackend>, Vec<photofinish::Answer>, u64) {
     let backend = Arc::new(TestBackend::new(1, 1, 1));
-    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000 * scale);
-    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 500 * scale);
+    backend.set_byte_sum_ns(1_000 * scale, 500 * scale);
     let mut builder = Engine::builder().backend_instance(backend.clone());
     if let Some(n) = max_group {
         builder = builder.max_group(n);

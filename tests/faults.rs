@@ -168,8 +168,7 @@ fn wrong_speculative_output_is_never_returned_and_rejects_the_variant() {
 #[test]
 fn audit_race_catches_drift_of_an_adopted_variant() {
     let backend = Arc::new(TestBackend::new(1, 2, 1));
-    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
-    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 100);
+    backend.set_byte_sum_ns(1_000, 100);
     let engine = Engine::builder()
         .backend_instance(backend.clone())
         .audit_period(1)

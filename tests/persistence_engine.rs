@@ -14,8 +14,7 @@ use photofinish::{
 /// A test backend where the speculative variant is twice as fast.
 fn fast_speculative_backend() -> Arc<TestBackend> {
     let backend = Arc::new(TestBackend::new(1, 2, 1));
-    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, 1_000);
-    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, 500);
+    backend.set_byte_sum_ns(1_000, 500);
     backend
 }
 

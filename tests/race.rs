@@ -21,8 +21,7 @@ fn timed_engine(
     crossbeam_channel::Receiver<Event>,
 ) {
     let backend = Arc::new(TestBackend::new(1, families, 1));
-    backend.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, conservative);
-    backend.set_kernel_ns(ByteSumWorkload::SPECULATIVE, speculative);
+    backend.set_byte_sum_ns(conservative, speculative);
     let engine = Engine::builder()
         .backend_instance(backend.clone())
         .audit_period(audit_period)

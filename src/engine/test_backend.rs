@@ -141,6 +141,13 @@ impl TestBackend {
         lock(&self.timings).insert(variant.to_string(), ns);
     }
 
+    /// [`set_kernel_ns`](Self::set_kernel_ns) for both variants of [`ByteSumWorkload`]:
+    /// the conservative and the speculative one's reported kernel times.
+    pub fn set_byte_sum_ns(&self, conservative: u64, speculative: u64) {
+        self.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, conservative);
+        self.set_kernel_ns(ByteSumWorkload::SPECULATIVE, speculative);
+    }
+
     /// Injects `fault` into the next `times` dispatches of the variant named `variant`.
     pub fn inject(&self, variant: &str, fault: InjectedFault, times: u64) {
         lock(&self.rules).push(Rule {
