@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Instant;
 
 use super::{
@@ -30,9 +32,14 @@ pub struct CpuBackend {
     pool: rayon::ThreadPool,
     devices: Vec<DeviceInfo>,
     queues: Vec<QueueId>,
-    // A plain std lock, not the loom shim: loading kernels is not one of the protocols
-    // the loom models explore.
-    kernels: RwLock<Vec<Arc<KernelVariant>>>,
+    // Read on every dispatch by every worker, written only when a kernel is loaded: an
+    // `ArcSwap` read takes no lock and bumps no shared count (an `RwLock` read and an
+    // `Arc` clone each bounced a cache line between the workers on every dispatch).
+    // Not the loom shim: loading kernels is not one of the protocols the loom models
+    // explore.
+    kernels: ArcSwap<Vec<Arc<KernelVariant>>>,
+    /// Held while a kernel is added to `kernels`.
+    loading: Mutex<()>,
 }
 
 impl CpuBackend {
@@ -91,36 +98,42 @@ impl CpuBackend {
             pool,
             devices: vec![device],
             queues,
-            kernels: RwLock::new(Vec::new()),
+            kernels: ArcSwap::from_pointee(Vec::new()),
+            loading: Mutex::new(()),
         })
     }
 
-    fn kernel(&self, handle: KernelHandle) -> Result<Arc<KernelVariant>, BackendError> {
+    /// The loaded kernel of `handle` in `kernels` (a snapshot of the table).
+    fn kernel(
+        kernels: &[Arc<KernelVariant>],
+        handle: KernelHandle,
+    ) -> Result<&KernelVariant, BackendError> {
         let unknown = || BackendError::Unknown {
             what: format!("kernel handle {handle:?}"),
         };
         if handle.device != 0 {
             return Err(unknown());
         }
-        let kernels = self.kernels.read().unwrap_or_else(|e| e.into_inner());
         usize::try_from(handle.id)
             .ok()
-            .and_then(|i| kernels.get(i).cloned())
+            .and_then(|i| kernels.get(i))
+            .map(Arc::as_ref)
             .ok_or_else(unknown)
     }
 
     /// Checks a job against its kernel and the device, and gives the buffers the kernel
     /// code works on.
-    fn prepare(
+    fn prepare<'k>(
         &self,
+        kernels: &'k [Arc<KernelVariant>],
         job: &DispatchJob,
-    ) -> Result<(Arc<KernelVariant>, Vec<Vec<u8>>), BackendError> {
+    ) -> Result<(&'k KernelVariant, Vec<Vec<u8>>), BackendError> {
         if !self.queues.contains(&job.queue) {
             return Err(BackendError::Unknown {
                 what: format!("queue {}", job.queue),
             });
         }
-        let kernel = self.kernel(job.kernel)?;
+        let kernel = Self::kernel(kernels, job.kernel)?;
         let mismatch = |reason: String| BackendError::BindingMismatch {
             kernel: kernel.name.clone(),
             reason,
@@ -180,37 +193,36 @@ impl CpuBackend {
         Ok((kernel, buffers))
     }
 
-    /// Runs one job on the calling thread.
-    fn run(&self, job: &DispatchJob) -> Result<DispatchOutput, BackendError> {
-        let (kernel, mut buffers) = self.prepare(job)?;
-        let written = |buffers: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
-            kernel
-                .bindings
-                .iter()
-                .zip(buffers)
-                .filter(|(binding, _)| binding.access.writes())
-                .map(|(_, buffer)| buffer)
-                .collect()
+    /// Runs one job on the calling thread; `timed`: with its kernel time (`None`
+    /// otherwise, and the clock is not read).
+    fn run(&self, job: &DispatchJob, timed: bool) -> Result<DispatchOutput, BackendError> {
+        let kernels = self.kernels.load();
+        let (kernel, mut buffers) = self.prepare(&kernels, job)?;
+        // The written buffers, in binding order, kept in the same vector.
+        let written = |mut buffers: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
+            let mut bindings = kernel.bindings.iter();
+            buffers.retain(|_| bindings.next().is_some_and(|b| b.access.writes()));
+            buffers
         };
         if job.workgroups.contains(&0) {
             return Ok(DispatchOutput {
                 outputs: written(buffers),
-                kernel_ns: Some(0),
+                kernel_ns: timed.then_some(0),
             });
         }
         let code = kernel
             .cpu
-            .clone()
+            .as_ref()
             .ok_or_else(|| BackendError::Unsupported {
                 kernel: kernel.name.clone(),
                 backend: BackendKind::Cpu,
                 reason: "the variant has no CPU code".to_owned(),
             })?;
-        let started = Instant::now();
+        let started = timed.then(Instant::now);
         let result = catch_unwind(AssertUnwindSafe(|| {
             code(&mut buffers, &job.push_constants, job.workgroups)
         }));
-        let kernel_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let kernel_ns = started.map(|t| u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
         let failed = |reason: String| BackendError::KernelFailed {
             kernel: kernel.name.clone(),
             reason,
@@ -218,11 +230,74 @@ impl CpuBackend {
         match result {
             Ok(Ok(())) => Ok(DispatchOutput {
                 outputs: written(buffers),
-                kernel_ns: Some(kernel_ns),
+                kernel_ns,
             }),
             Ok(Err(reason)) => Err(failed(reason)),
             Err(_) => Err(failed("its CPU code panicked".to_owned())),
         }
+    }
+
+    /// Jobs on different queues run at the same time; jobs on one queue run one after
+    /// another, in order, as a queue would. The first queue's jobs run on the calling
+    /// thread (a single-queue call never leaves it: handing it to the pool and back
+    /// cost 14–27 µs a dispatch), the other queues' jobs on the pool meanwhile. Kernel
+    /// code that uses rayon itself (the reduce variants) runs its parallel parts on
+    /// rayon's global pool when it runs on the calling thread.
+    fn run_all(
+        &self,
+        jobs: &[DispatchJob],
+        timed: bool,
+    ) -> Vec<Result<DispatchOutput, BackendError>> {
+        if jobs
+            .iter()
+            .all(|j| Some(j.queue) == jobs.first().map(|f| f.queue))
+        {
+            // One queue (the common case): its jobs in order, on the calling thread.
+            return jobs.iter().map(|job| self.run(job, timed)).collect();
+        }
+        let mut by_queue: BTreeMap<QueueId, Vec<usize>> = BTreeMap::new();
+        for (i, job) in jobs.iter().enumerate() {
+            by_queue.entry(job.queue).or_default().push(i);
+        }
+        let mut results: Vec<Option<Result<DispatchOutput, BackendError>>> =
+            jobs.iter().map(|_| None).collect();
+        let run_queue =
+            |indices: Vec<usize>| -> Vec<(usize, Result<DispatchOutput, BackendError>)> {
+                indices
+                    .into_iter()
+                    .map(|i| (i, self.run(&jobs[i], timed)))
+                    .collect()
+            };
+        // Two queues or more (the early return took one): the first queue's jobs on
+        // the calling thread, the others' on pool threads, at the same time.
+        let mut groups = by_queue.into_values();
+        let first = groups.next().unwrap_or_default();
+        let done = Mutex::new(Vec::new());
+        let inline = self.pool.in_place_scope(|scope| {
+            for indices in groups {
+                let (done, run_queue) = (&done, &run_queue);
+                scope.spawn(move |_| {
+                    let ran = run_queue(indices);
+                    done.lock().unwrap_or_else(|e| e.into_inner()).push(ran);
+                });
+            }
+            run_queue(first)
+        });
+        let mut per_queue = done.into_inner().unwrap_or_else(|e| e.into_inner());
+        per_queue.push(inline);
+        for (i, result) in per_queue.into_iter().flatten() {
+            results[i] = Some(result);
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(BackendError::Unknown {
+                        what: "job lost by the CPU backend".to_owned(),
+                    })
+                })
+            })
+            .collect()
     }
 }
 
@@ -264,7 +339,9 @@ impl Backend for CpuBackend {
                 reason: format!("binding {} is declared twice", pair[0]),
             });
         }
-        let mut kernels = self.kernels.write().unwrap_or_else(|e| e.into_inner());
+        // Loads one at a time, so two loads of one variant find the same entry.
+        let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        let kernels = self.kernels.load_full();
         // The same code under the same name and layout is the same kernel.
         let known = kernels.iter().position(|k| {
             k.name == variant.name
@@ -273,8 +350,10 @@ impl Backend for CpuBackend {
                 && k.cpu.as_ref().is_some_and(|c| Arc::ptr_eq(c, code))
         });
         let id = known.unwrap_or_else(|| {
-            kernels.push(Arc::new(variant.clone()));
-            kernels.len() - 1
+            let mut grown = Vec::clone(&kernels);
+            grown.push(Arc::new(variant.clone()));
+            self.kernels.store(Arc::new(grown));
+            kernels.len()
         });
         Ok(KernelHandle {
             device: 0,
@@ -282,63 +361,14 @@ impl Backend for CpuBackend {
         })
     }
 
-    /// Jobs on different queues run at the same time; jobs on one queue run one after
-    /// another, in order, as a queue would. The first queue's jobs run on the calling
-    /// thread (a single-queue call never leaves it: handing it to the pool and back
-    /// cost 14–27 µs a dispatch), the other queues' jobs on the pool meanwhile. Kernel
-    /// code that uses rayon itself (the reduce variants) runs its parallel parts on
-    /// rayon's global pool when it runs on the calling thread.
+    /// See `run_all`; kernels timed with the host clock.
     fn dispatch(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
-        if jobs
-            .iter()
-            .all(|j| Some(j.queue) == jobs.first().map(|f| f.queue))
-        {
-            // One queue (the common case): its jobs in order, on the calling thread.
-            return jobs.iter().map(|job| self.run(job)).collect();
-        }
-        let mut by_queue: BTreeMap<QueueId, Vec<usize>> = BTreeMap::new();
-        for (i, job) in jobs.iter().enumerate() {
-            by_queue.entry(job.queue).or_default().push(i);
-        }
-        let mut results: Vec<Option<Result<DispatchOutput, BackendError>>> =
-            jobs.iter().map(|_| None).collect();
-        let run_queue =
-            |indices: Vec<usize>| -> Vec<(usize, Result<DispatchOutput, BackendError>)> {
-                indices
-                    .into_iter()
-                    .map(|i| (i, self.run(&jobs[i])))
-                    .collect()
-            };
-        // Two queues or more (the early return took one): the first queue's jobs on
-        // the calling thread, the others' on pool threads, at the same time.
-        let mut groups = by_queue.into_values();
-        let first = groups.next().unwrap_or_default();
-        let done = Mutex::new(Vec::new());
-        let inline = self.pool.in_place_scope(|scope| {
-            for indices in groups {
-                let (done, run_queue) = (&done, &run_queue);
-                scope.spawn(move |_| {
-                    let ran = run_queue(indices);
-                    done.lock().unwrap_or_else(|e| e.into_inner()).push(ran);
-                });
-            }
-            run_queue(first)
-        });
-        let mut per_queue = done.into_inner().unwrap_or_else(|e| e.into_inner());
-        per_queue.push(inline);
-        for (i, result) in per_queue.into_iter().flatten() {
-            results[i] = Some(result);
-        }
-        results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(BackendError::Unknown {
-                        what: "job lost by the CPU backend".to_owned(),
-                    })
-                })
-            })
-            .collect()
+        self.run_all(jobs, true)
+    }
+
+    /// As `dispatch`, without reading the clock: `kernel_ns` is `None`.
+    fn dispatch_untimed(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
+        self.run_all(jobs, false)
     }
 }
 
@@ -403,6 +433,53 @@ mod tests {
         }
         let me = std::thread::current().id();
         assert_eq!(*ran_on.lock().expect("lock"), vec![me, me]);
+    }
+
+    #[test]
+    fn an_untimed_dispatch_answers_the_same_without_kernel_time() {
+        let backend = CpuBackend::with_threads(2).expect("CPU backend");
+        let kernel = backend
+            .load_kernel(
+                0,
+                &variant("seven", |buffers, _, _| {
+                    buffers[0][0] = 7;
+                    Ok(())
+                }),
+            )
+            .expect("load");
+        let jobs = [job(backend.queues()[0], kernel)];
+        let timed = backend
+            .dispatch(&jobs)
+            .pop()
+            .expect("one result")
+            .expect("runs");
+        let untimed = backend
+            .dispatch_untimed(&jobs)
+            .pop()
+            .expect("one result")
+            .expect("runs");
+        assert_eq!(untimed.outputs, timed.outputs);
+        assert_eq!(untimed.outputs, vec![vec![7, 0, 0, 0]]);
+        assert!(timed.kernel_ns.is_some());
+        assert_eq!(untimed.kernel_ns, None);
+    }
+
+    #[test]
+    fn a_kernel_loaded_twice_keeps_one_handle_and_another_gets_its_own() {
+        let backend = CpuBackend::with_threads(2).expect("CPU backend");
+        let one = variant("one", |_, _, _| Ok(()));
+        let first = backend.load_kernel(0, &one).expect("load");
+        let again = backend.load_kernel(0, &one).expect("load again");
+        let other = backend
+            .load_kernel(0, &variant("other", |_, _, _| Ok(())))
+            .expect("load other");
+        assert_eq!(first, again);
+        assert_ne!(first, other);
+        let jobs = [
+            job(backend.queues()[0], first),
+            job(backend.queues()[0], other),
+        ];
+        assert!(backend.dispatch(&jobs).into_iter().all(|r| r.is_ok()));
     }
 
     #[test]

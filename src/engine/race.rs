@@ -62,10 +62,11 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
             detail: "lost before this batch ran".into(),
         });
     }
-    match begin(core, job) {
+    let (choice, policy_due) = begin(core, job);
+    match choice {
         // An adopted variant that refuses a batch the conservative one may take is no
         // longer trusted, and the batch runs conservatively.
-        Choice::Single { arm, spec } => match single(core, queue, job, arm, spec) {
+        Choice::Single { arm, spec } => match single(core, queue, job, arm, spec, policy_due) {
             Err(fault) => after_single_fault(core, queue, job, arm, spec, fault),
             ok => ok,
         },
@@ -74,11 +75,14 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
 }
 
 /// Counts the batch's shape for the dispatch policy and chooses what to run for it.
-fn begin(core: &Core, job: &Job) -> Choice {
-    if let Some(mut policy) = job.kernel.try_policy() {
+/// The flag: a single-arm run of it should evaluate the policy bundle (a new shape, or
+/// a periodic refresh; see `due_for_single_arm`), read under the same lock.
+fn begin(core: &Core, job: &Job) -> (Choice, bool) {
+    let policy_due = job.kernel.try_policy().is_some_and(|mut policy| {
         policy.note_shape(payload_len(&job.payload));
-    }
-    choose(core, &job.kernel)
+        policy.due_for_single_arm()
+    });
+    (choose(core, &job.kernel), policy_due)
 }
 
 fn choose(core: &Core, kernel: &Kernel) -> Choice {
@@ -120,10 +124,13 @@ fn choose(core: &Core, kernel: &Kernel) -> Choice {
 /// True for one batch in every `audit_period` of this kernel.
 fn audit_due(core: &Core, kernel: &Kernel) -> bool {
     let period = core.config.audit_period;
+    if period == 0 {
+        return false;
+    }
     let tick = kernel
         .audit_tick
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    period > 0 && tick % period == period - 1
+    tick % period == period - 1
 }
 
 /// Feeds a run of speculative variant `spec`'s counter tail (if it writes one) to the
@@ -244,8 +251,8 @@ fn dispatch(
 }
 
 /// One backend call (`timed`: with kernel times; otherwise the backend may skip them),
-/// its host wall time in nanoseconds, and whether another backend call ran on the same
-/// device at some moment during it (see `contention`).
+/// its host wall time in nanoseconds (0, unmeasured, when untimed), and whether another
+/// backend call ran on the same device at some moment during it (see `contention`).
 fn timed_dispatch(
     core: &Core,
     jobs: &[DispatchJob],
@@ -255,13 +262,15 @@ fn timed_dispatch(
         .first()
         .and_then(|j| core.devices.get(j.queue.device))
         .map(|d| d.load.begin());
-    let started = std::time::Instant::now();
-    let results = if timed {
-        core.backend.dispatch(jobs)
+    let (results, wall_ns) = if timed {
+        let started = std::time::Instant::now();
+        let results = core.backend.dispatch(jobs);
+        let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        (results, wall_ns)
     } else {
-        core.backend.dispatch_untimed(jobs)
+        // Nobody reads an untimed call's wall time: no clock.
+        (core.backend.dispatch_untimed(jobs), 0)
     };
-    let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     let contended = watch.is_some_and(|w| w.finish());
     (results, wall_ns, contended)
 }
@@ -295,6 +304,9 @@ fn dispatch_one(
 /// Evaluates the dispatch policy for this batch (`race`: both arms run, the
 /// speculative one being that variant), publishes its aggressive paths when they
 /// changed for this kernel, and says whether the arms may run concurrently (D2).
+/// A single-arm run calls it only when `begin` said it is due: for a repeat of the
+/// shape it was evaluated for, nothing the bundle reads but the backlog has changed,
+/// and the backlog is read afresh for every group.
 fn consult_policy(
     core: &Core,
     kernel: &Kernel,
@@ -302,11 +314,6 @@ fn consult_policy(
     jobs: [&DispatchJob; 2],
     race: Option<usize>,
 ) -> bool {
-    if race.is_none() && !kernel.try_policy().is_some_and(|p| p.due_for_single_arm()) {
-        // A repeat of the shape it was evaluated for: nothing the bundle reads but the
-        // backlog has changed, and the backlog is read afresh for every group.
-        return true;
-    }
     let arms = match race {
         Some(spec) => {
             dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[spec]])
@@ -335,9 +342,19 @@ fn consult_policy(
     verdict.arm_independence == ArmIndependenceVerdict::Independent
 }
 
-fn single(core: &Core, queue: QueueId, job: &Job, arm: Arm, spec: usize) -> Result<Answer, Fault> {
+/// A single-arm run of `job`; `policy_due`: evaluate the dispatch policy for it.
+fn single(
+    core: &Core,
+    queue: QueueId,
+    job: &Job,
+    arm: Arm,
+    spec: usize,
+    policy_due: bool,
+) -> Result<Answer, Fault> {
     let dj = prepare_single(core, queue, job, arm.variant(spec))?;
-    consult_policy(core, &job.kernel, queue, [&dj, &dj], None);
+    if policy_due {
+        consult_policy(core, &job.kernel, queue, [&dj, &dj], None);
+    }
     let (out, _) = dispatch_one(core, &job.kernel, dj, single_timed(&job.kernel))?;
     complete_single(core, queue, job, arm, spec, out)
 }
@@ -450,13 +467,16 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
     let mut results: Vec<Option<Result<Answer, Fault>>> = jobs.iter().map(|_| None).collect();
     let mut grouped: Vec<(usize, Arm, usize)> = Vec::with_capacity(jobs.len());
     let mut dispatch_jobs: Vec<DispatchJob> = Vec::with_capacity(jobs.len());
+    let mut policy_due = false;
     for (i, job) in jobs.iter().enumerate() {
         if core.is_lost(queue.device) {
             results[i] = Some(run(core, queue, job));
             continue;
         }
-        match begin(core, job) {
+        let (choice, due) = begin(core, job);
+        match choice {
             Choice::Single { arm, spec } => {
+                policy_due |= due;
                 match prepare_single(core, queue, job, arm.variant(spec)) {
                     Ok(dj) => {
                         grouped.push((i, arm, spec));
@@ -470,7 +490,9 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
             Choice::Race { audit, spec } => results[i] = Some(race(core, queue, job, audit, spec)),
         }
     }
-    if let (Some(&(first, _, _)), Some(dj)) = (grouped.first(), dispatch_jobs.first()) {
+    if let (Some(&(first, _, _)), Some(dj), true) =
+        (grouped.first(), dispatch_jobs.first(), policy_due)
+    {
         consult_policy(core, &jobs[first].kernel, queue, [dj, dj], None);
     }
     match dispatch_group(core, jobs, &grouped, &dispatch_jobs) {
@@ -514,7 +536,7 @@ fn after_single_fault(
                 queue.device,
                 VerdictReason::SpeculativeFailed(e.to_string()),
             );
-            single(core, queue, job, Arm::Conservative, spec)
+            single(core, queue, job, Arm::Conservative, spec, false)
         }
         (_, fault) => Err(fault),
     }

@@ -14,9 +14,13 @@ pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_micros(100);
 
 /// Polls `poll` until it gives a value or [`SPIN_BEFORE_PARK`] has passed: the first
 /// polls back off with CPU spin hints (a hand-off that is about to happen costs no
-/// system call), later ones yield the CPU; the clock is read every eighth poll.
+/// system call), later ones yield the CPU; the clock is read every eighth poll, and
+/// not at all when the first poll gives a value (under a backlog, the usual case).
 pub(crate) fn spin_until<T>(mut poll: impl FnMut() -> Option<T>) -> Option<T> {
     const SPIN_ROUNDS: u32 = 6;
+    if let Some(value) = poll() {
+        return Some(value);
+    }
     let start = Instant::now();
     let mut round = 0u32;
     loop {
