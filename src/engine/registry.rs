@@ -6,6 +6,7 @@
 //! module decides with it.
 
 use std::fmt;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -487,8 +488,35 @@ fn try_guard<T>(lock: &Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
 /// Every registered kernel, by id.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    kernels: DashMap<u32, Arc<Kernel>>,
+    kernels: DashMap<u32, Arc<Kernel>, BuildHasherDefault<IdHasher>>,
     next: AtomicU64,
+}
+
+/// Hashes a kernel id (a small sequential number the registry hands out) with one
+/// multiply: every `Engine::submit` looks its kernel up, and the default SipHash was a
+/// visible share of an empty batch's submit. The multiply spreads sequential ids over
+/// the map's shards, which take the hash's top bits.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.write_u64(u64::from(id));
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 impl Registry {
