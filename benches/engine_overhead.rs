@@ -18,6 +18,9 @@
 //! engine's verdicts, races and bookkeeping). The ×2 target is printed against both
 //! ractor lines.
 //!
+//! The CPU backend has one queue per hardware thread (so that many workers and baseline
+//! threads); `PF_CPU_QUEUES=n` sets n instead.
+//!
 //! Two more lines split the engine's time: the same engine on a minimal inline backend
 //! (kernel code on the worker's own thread: the engine's machinery alone), and the CPU
 //! backend's dispatch called straight from the producers (the backend alone).
@@ -458,8 +461,14 @@ impl Direct {
 }
 
 fn engine_overhead(c: &mut Criterion) {
+    // `PF_CPU_QUEUES=n`: a CPU backend of n queues (so n workers and n baseline
+    // threads) instead of one per hardware thread.
+    let queues = std::env::var("PF_CPU_QUEUES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
     let cpu = Arc::new(
-        CpuBackend::new()
+        queues
+            .map_or_else(CpuBackend::new, CpuBackend::with_threads)
             .unwrap_or_else(|e| common::fail(&format!("cannot open the CPU backend: {e}"))),
     );
     let direct = Direct::new(Arc::clone(&cpu));
