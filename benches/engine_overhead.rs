@@ -445,13 +445,7 @@ impl Direct {
     /// One empty dispatch of `kernel` on `queue`; the number of outputs it gave.
     fn run(cpu: &CpuBackend, kernel: KernelHandle, queue: QueueId) -> u64 {
         let plan = empty_plan();
-        let job = DispatchJob {
-            queue,
-            kernel,
-            buffers: plan.buffers,
-            push_constants: plan.push_constants,
-            workgroups: plan.workgroups,
-        };
+        let job = plan.into_job(queue, kernel);
         match cpu.dispatch(std::slice::from_ref(&job)).pop() {
             Some(Ok(out)) => out.outputs.len() as u64,
             Some(Err(e)) => common::fail(&format!("direct dispatch failed: {e}")),

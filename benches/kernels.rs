@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use photofinish::backend::vulkan::VulkanBackend;
-use photofinish::backend::{Backend, DispatchJob};
+use photofinish::backend::Backend;
 use photofinish::kernels::{self, InputShape};
 
 fn env_bytes(name: &str, default: u64) -> u64 {
@@ -91,13 +91,7 @@ fn bench_kernels(c: &mut Criterion) {
                         continue;
                     }
                 };
-                let job = DispatchJob {
-                    queue,
-                    kernel,
-                    buffers: plan.buffers,
-                    push_constants: plan.push_constants,
-                    workgroups: plan.workgroups,
-                };
+                let job = plan.into_job(queue, kernel);
                 // One checked run: a variant that is fast but wrong is no result.
                 let verified = match backend.dispatch(std::slice::from_ref(&job)).remove(0) {
                     Ok(out) => workload

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
-use photofinish::backend::{Backend, DispatchJob};
+use photofinish::backend::Backend;
 use photofinish::kernels::{Histogram, InputShape, Scan, Workload};
 use photofinish::{Batch, Engine};
 
@@ -137,13 +137,7 @@ impl Trace {
             .workload
             .plan(variant, input)
             .unwrap_or_else(|e| common::fail(&format!("plan failed: {e}")));
-        let job = DispatchJob {
-            queue,
-            kernel: kernel.handles[variant],
-            buffers: plan.buffers,
-            push_constants: plan.push_constants,
-            workgroups: plan.workgroups,
-        };
+        let job = plan.into_job(queue, kernel.handles[variant]);
         let out = match self.backend.dispatch(std::slice::from_ref(&job)).pop() {
             Some(Ok(out)) => out,
             Some(Err(e)) => common::fail(&format!("dispatch failed: {e}")),

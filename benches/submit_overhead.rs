@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use photofinish::backend::vulkan::VulkanBackend;
-use photofinish::backend::{Backend, BindingAccess, BufferArg, DispatchJob, KernelVariant};
+use photofinish::backend::{Backend, BindingAccess, BufferArg, KernelVariant};
 use photofinish::kernels::DispatchPlan;
 use photofinish::{Batch, Engine, KernelId, KernelVerdict, Output, Ticket};
 use vulkano::buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer};
@@ -496,13 +496,7 @@ impl<'a> Direct<'a> {
 
     fn batch(&self, input: &[u32]) -> Vec<u32> {
         let plan = plan(input);
-        let job = DispatchJob {
-            queue: self.queue,
-            kernel: self.kernel,
-            buffers: plan.buffers,
-            push_constants: plan.push_constants,
-            workgroups: plan.workgroups,
-        };
+        let job = plan.into_job(self.queue, self.kernel);
         let out = self
             .backend
             .dispatch(std::slice::from_ref(&job))

@@ -25,13 +25,7 @@ const SIZES: [usize; 6] = [0, 1, 7, 1000, 3 * SCAN_TILE_BYTES + 5, (3 << 20) + 1
 
 /// The job that runs `plan` with `kernel` on `queue`.
 fn job(queue: QueueId, kernel: KernelHandle, plan: DispatchPlan) -> DispatchJob {
-    DispatchJob {
-        queue,
-        kernel,
-        buffers: plan.buffers,
-        push_constants: plan.push_constants,
-        workgroups: plan.workgroups,
-    }
+    plan.into_job(queue, kernel)
 }
 
 /// Plans, dispatches and answers variant `variant` of `workload` for `input`.

@@ -752,13 +752,7 @@ fn builtin_workloads_match_their_reference_on_vulkan() {
                 let want = workload.reference(&input);
                 for (variant, &kernel) in handles.iter().enumerate() {
                     let plan = workload.plan(variant, &input).expect("plan");
-                    let job = DispatchJob {
-                        queue: first_queue(b),
-                        kernel,
-                        buffers: plan.buffers,
-                        push_constants: plan.push_constants,
-                        workgroups: plan.workgroups,
-                    };
+                    let job = plan.into_job(first_queue(b), kernel);
                     let out = b.dispatch(&[job]).remove(0).unwrap_or_else(|e| {
                         panic!("{} variant {variant} {shape:?} {len}: {e}", workload.name())
                     });

@@ -508,13 +508,7 @@ impl Engine {
             })?;
         let input = workload.generate(InputShape::Uniform, 1024, 0);
         let plan = workload.plan(spec, &input)?;
-        let job = crate::backend::DispatchJob {
-            queue,
-            kernel: handle,
-            buffers: plan.buffers,
-            push_constants: plan.push_constants,
-            workgroups: plan.workgroups,
-        };
+        let job = plan.into_job(queue, handle);
         let out = self
             .core
             .backend

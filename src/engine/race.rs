@@ -185,16 +185,7 @@ fn make_job(
             kernel: kernel.name.clone(),
             source,
         })?;
-    Ok((
-        DispatchJob {
-            queue,
-            kernel: handle,
-            buffers: plan.buffers,
-            push_constants: plan.push_constants,
-            workgroups: plan.workgroups,
-        },
-        loaded.is_some(),
-    ))
+    Ok((plan.into_job(queue, handle), loaded.is_some()))
 }
 
 /// The canonical output of `variant` from its dispatch output.

@@ -16,7 +16,10 @@
 
 use std::sync::Arc;
 
-use crate::backend::{BindingAccess, BindingDesc, BufferArg, CpuKernelFn, KernelVariant};
+use crate::backend::{
+    BindingAccess, BindingDesc, BufferArg, CpuKernelFn, DispatchJob, KernelHandle, KernelVariant,
+    QueueId,
+};
 
 mod histogram;
 mod reduce;
@@ -47,6 +50,21 @@ pub struct DispatchPlan {
     pub push_constants: Vec<u8>,
     /// Workgroups in x, y, z.
     pub workgroups: [u32; 3],
+}
+
+impl DispatchPlan {
+    /// The backend job that runs this plan with `kernel` on `queue`, for a caller of
+    /// [`Backend::dispatch`](crate::backend::Backend::dispatch) (the engine builds its
+    /// jobs the same way).
+    pub fn into_job(self, queue: QueueId, kernel: KernelHandle) -> DispatchJob {
+        DispatchJob {
+            queue,
+            kernel,
+            buffers: self.buffers,
+            push_constants: self.push_constants,
+            workgroups: self.workgroups,
+        }
+    }
 }
 
 /// The shape of a generated input.
