@@ -13,9 +13,9 @@
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use std::time::Instant;
 
 use super::{
     Backend, BackendError, BackendKind, BufferArg, DeviceInfo, DeviceLimits, DispatchJob,

@@ -89,32 +89,16 @@ fn worker_loop(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>, in_flight: 
                 Err(_) => break,
             }
         }
-        if in_flight.len() == 1 {
-            // The usual case: one batch, answered without a group's result vector.
-            let result = {
-                let _busy = core.occupy(queue);
-                race::run(core, queue, &in_flight[0])
-            };
-            if let Some(job) = in_flight.pop() {
-                answer(core, queue, job, result);
-            }
-            continue;
-        }
         let results = {
             let _busy = core.occupy(queue);
             race::run_group(core, queue, in_flight)
         };
         for (job, result) in in_flight.drain(..).zip(results) {
-            answer(core, queue, job, result);
+            match result {
+                Ok(answer) => job.responder.answer(Ok(answer)),
+                Err(fault) => settle(core, queue, job, fault, true),
+            }
         }
-    }
-}
-
-/// Answers a job run on `queue` with its answer, or settles its fault.
-fn answer(core: &Core, queue: QueueId, job: Job, result: Result<super::Answer, Fault>) {
-    match result {
-        Ok(answer) => job.responder.answer(Ok(answer)),
-        Err(fault) => settle(core, queue, job, fault, true),
     }
 }
 
