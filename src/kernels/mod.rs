@@ -27,7 +27,7 @@ mod scan;
 
 pub use histogram::Histogram;
 pub use reduce::Reduce;
-pub use scan::{Scan, DEFAULT_PATTERN, MAX_PATTERN_BYTES, SCAN_TILE_BYTES};
+pub use scan::{Scan, DEFAULT_PATTERN, MAX_PATTERN_BYTES, SCAN_SLOT_CAPACITY, SCAN_TILE_BYTES};
 
 /// The largest input a built-in workload accepts (2 GiB): byte positions and counts stay
 /// well inside `u32` in the shaders.

@@ -2,22 +2,29 @@
 //! starts in the input, overlapping occurrences included.
 //!
 //! Variant 0 (conservative) checks every position against the whole pattern and writes
-//! a match bitmap. Variant 1 (speculative) is a fused, tiled prefilter + confirm: each
-//! workgroup (on the CPU: each rayon task) takes one [`SCAN_TILE_BYTES`] tile,
-//! prefilters positions on the pattern's first byte and confirms candidates using the
-//! tile's bytes alone. A candidate whose in-tile prefix matches but whose pattern runs
-//! past the tile's end cannot be decided there, so the whole tile *rolls back*: it
-//! writes no match bits and [`Workload::answer`] confirms it serially on the host.
-//! Dense matches make tiles roll back often, which the counter tail reports to the
-//! engine's adaptive speculator.
+//! a match bitmap. Variant 1 (speculative) is a fused, tiled prefilter + confirm that
+//! speculates that matches are sparse: each workgroup (on the CPU: each rayon task)
+//! takes one [`SCAN_TILE_BYTES`] tile, prefilters it on the pattern's first byte (a
+//! word of four positions at a time on the GPU), confirms candidates using the tile's
+//! bytes alone and lists the matches in the tile's slot of [`SCAN_SLOT_CAPACITY`]
+//! positions — a slot is 72 bytes where the bitmap of a tile is 1 KiB, so little comes
+//! back to the host and little is left for it to decode. A tile *rolls back* — writes
+//! no positions, and [`Workload::answer`] confirms it serially on the host — when a
+//! candidate whose in-tile prefix matches runs past the tile's end (it cannot be
+//! decided there), or when the tile has more matches than its slot holds. Dense
+//! matches make tiles roll back often, which the counter tail reports to the engine's
+//! adaptive speculator; on sparse matches variant 1 is the faster one, on dense ones
+//! variant 0.
 //!
 //! The pattern travels in the push constants (32 bytes: `len`, `pattern length`,
 //! `tiles`, a reserved word, then the pattern zero padded to 16 bytes).
 //!
 //! Output of variant 0, `u32` words: the bitmap, `ceil(len / 32)` words (at least one),
-//! bit `b` of word `w` set when a match starts at `32 w + b`. Output of variant 1: the
-//! same bitmap (rolled-back tiles left zero), one status word per tile (1 committed,
-//! 2 rolled back), then the 8-byte counter tail: committed tiles, rolled-back tiles.
+//! bit `b` of word `w` set when a match starts at `32 w + b`. Output of variant 1: one
+//! slot of 18 words per tile — status (1 committed, 2 rolled back), number of matches,
+//! then [`SCAN_SLOT_CAPACITY`] positions of which the first *number* hold the tile's
+//! matches in any order (a rolled-back tile's slot holds only its status) — then the
+//! 8-byte counter tail: committed tiles, rolled-back tiles.
 //!
 //! Answer: the sorted match positions, `u32` little-endian each.
 
@@ -46,6 +53,13 @@ pub const MAX_PATTERN_BYTES: usize = 16;
 /// Bytes per tile of the fused variant (`TILE_BYTES` in `shaders/scan_fused.wgsl`: 256
 /// invocations × 32 positions).
 pub const SCAN_TILE_BYTES: usize = 8192;
+
+/// The most matches a tile of the fused variant lists (`SLOT_CAPACITY` in
+/// `shaders/scan_fused.wgsl`); a tile with more rolls back.
+pub const SCAN_SLOT_CAPACITY: usize = 16;
+
+/// Words per tile slot of the fused variant: status, number of matches, positions.
+const SLOT_WORDS: usize = 2 + SCAN_SLOT_CAPACITY;
 
 const PUSH_BYTES: u32 = 32;
 const STATUS_COMMITTED: u32 = 1;
@@ -109,19 +123,41 @@ fn tiles(len: usize) -> usize {
     len.div_ceil(SCAN_TILE_BYTES)
 }
 
+/// Bytes of the fused variant's output for `tiles` tiles.
+fn fused_output_bytes(tiles: usize) -> usize {
+    tiles * SLOT_WORDS * 4 + COUNTER_TAIL_BYTES
+}
+
 /// True when `pattern` starts at `p` of `input`.
 fn matches_at(input: &[u8], pattern: &[u8], p: usize) -> bool {
     input.get(p..p + pattern.len()) == Some(pattern)
 }
 
+/// The positions in `range` of `input` where `pattern` starts, in order: a serial
+/// prefilter on the first byte, then the whole pattern.
+fn matches_in<'a>(
+    input: &'a [u8],
+    pattern: &'a [u8],
+    range: std::ops::Range<usize>,
+) -> impl Iterator<Item = usize> + 'a {
+    let first = pattern[0];
+    let bytes = input.get(range.clone()).unwrap_or_default();
+    bytes
+        .iter()
+        .enumerate()
+        .filter(move |&(_, &b)| b == first)
+        .map(move |(i, _)| range.start + i)
+        .filter(move |&p| matches_at(input, pattern, p))
+}
+
 /// Appends the positions of the set bits of `bitmap` (little-endian words).
-fn push_bitmap_positions(bitmap: &[u8], first_word: usize, positions: &mut Vec<u8>) {
+fn push_bitmap_positions(bitmap: &[u8], positions: &mut Vec<u8>) {
     for (i, word) in bitmap.chunks_exact(4).enumerate() {
         let mut bits = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
         while bits != 0 {
             let b = bits.trailing_zeros() as usize;
             // Positions are below MAX_INPUT_BYTES, so they fit in u32.
-            positions.extend_from_slice(&(((first_word + i) * 32 + b) as u32).to_le_bytes());
+            positions.extend_from_slice(&((i * 32 + b) as u32).to_le_bytes());
             bits &= bits - 1;
         }
     }
@@ -161,7 +197,7 @@ impl Workload for Scan {
             )
         } else {
             (
-                (words + tile_count) * 4 + COUNTER_TAIL_BYTES,
+                fused_output_bytes(tile_count),
                 workgroups_for(tile_count as u64, 1),
             )
         };
@@ -180,42 +216,59 @@ impl Workload for Scan {
         outputs: &[Vec<u8>],
     ) -> Result<Vec<u8>, WorkloadError> {
         check_variant(NAME, variant, 2)?;
-        let words = bitmap_words(input.len());
         let mut positions = Vec::new();
         if variant == 0 {
+            let words = bitmap_words(input.len());
             let bitmap = single_output(NAME, variant, outputs, words.max(1) * 4)?;
-            push_bitmap_positions(bitmap, 0, &mut positions);
+            push_bitmap_positions(bitmap, &mut positions);
             return Ok(positions);
         }
         let tile_count = tiles(input.len());
-        let out = single_output(
-            NAME,
-            variant,
-            outputs,
-            (words + tile_count) * 4 + COUNTER_TAIL_BYTES,
-        )?;
+        let out = single_output(NAME, variant, outputs, fused_output_bytes(tile_count))?;
         let bad = |reason: String| WorkloadError::BadOutput {
             workload: NAME,
             variant,
             reason,
         };
-        let (payload, report) =
+        let (slots, report) =
             split_counter_tail(out).ok_or_else(|| bad("no counter tail".to_owned()))?;
-        let (bitmap, statuses) = payload.split_at(words * 4);
         let (mut committed, mut rolled_back) = (0u32, 0u32);
-        for (t, status) in statuses.chunks_exact(4).enumerate() {
+        let mut listed = Vec::with_capacity(SCAN_SLOT_CAPACITY);
+        for (t, slot) in slots.chunks_exact(SLOT_WORDS * 4).enumerate() {
             let start = t * SCAN_TILE_BYTES;
             let end = (start + SCAN_TILE_BYTES).min(input.len());
-            match u32::from_le_bytes([status[0], status[1], status[2], status[3]]) {
+            let word = |i: usize| {
+                u32::from_le_bytes([
+                    slot[4 * i],
+                    slot[4 * i + 1],
+                    slot[4 * i + 2],
+                    slot[4 * i + 3],
+                ])
+            };
+            match word(0) {
                 STATUS_COMMITTED => {
                     committed += 1;
-                    let first = start / 32;
-                    let last = end.div_ceil(32);
-                    push_bitmap_positions(&bitmap[first * 4..last * 4], first, &mut positions);
+                    let count = word(1) as usize;
+                    if count > SCAN_SLOT_CAPACITY {
+                        return Err(bad(format!(
+                            "tile {t} lists {count} matches, more than its {SCAN_SLOT_CAPACITY}"
+                        )));
+                    }
+                    listed.clear();
+                    listed.extend((0..count).map(|i| word(2 + i) as usize));
+                    listed.sort_unstable();
+                    if let Some(&p) = listed.iter().find(|&&p| !(start..end).contains(&p)) {
+                        return Err(bad(format!("tile {t} lists position {p}, outside it")));
+                    }
+                    if listed.windows(2).any(|w| w[0] == w[1]) {
+                        return Err(bad(format!("tile {t} lists a position twice")));
+                    }
+                    // Positions are below MAX_INPUT_BYTES, so they fit in u32.
+                    positions.extend(listed.iter().flat_map(|&p| (p as u32).to_le_bytes()));
                 }
                 STATUS_ROLLED_BACK => {
                     rolled_back += 1;
-                    for p in (start..end).filter(|&p| matches_at(input, &self.pattern, p)) {
+                    for p in matches_in(input, &self.pattern, start..end) {
                         positions.extend_from_slice(&(p as u32).to_le_bytes());
                     }
                 }
@@ -233,8 +286,7 @@ impl Workload for Scan {
     }
 
     fn reference(&self, input: &[u8]) -> Vec<u8> {
-        (0..input.len())
-            .filter(|&p| matches_at(input, &self.pattern, p))
+        matches_in(input, &self.pattern, 0..input.len())
             .flat_map(|p| (p as u32).to_le_bytes())
             .collect()
     }
@@ -310,32 +362,30 @@ fn per_position_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result
 }
 
 /// CPU variant 1: tiles in parallel, prefiltered on the first byte, confirmed within
-/// the tile; a tile with a candidate running past its end rolls back.
+/// the tile and listed in its slot; a tile with a candidate running past its end, or
+/// with more matches than its slot holds, rolls back.
 fn fused_tiled_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<(), String> {
     let (len, pattern) = scan_params(push)?;
     let (input, output) = input_output(buffers)?;
     let data = input_prefix(input, len)?;
-    let words = bitmap_words(len);
     let tile_count = tiles(len);
-    let expected = (words + tile_count) * 4 + COUNTER_TAIL_BYTES;
+    let expected = fused_output_bytes(tile_count);
     if output.len() != expected {
         return Err(format!(
             "output is {} bytes, expected {expected}",
             output.len()
         ));
     }
-    let (bitmap, rest) = output.split_at_mut(words * 4);
-    let (statuses, tail) = rest.split_at_mut(tile_count * 4);
+    let (slots, tail) = output.split_at_mut(tile_count * SLOT_WORDS * 4);
     let first = pattern[0];
-    let rolled_back: usize = bitmap
-        .par_chunks_mut(SCAN_TILE_BYTES / 8)
-        .zip(statuses.par_chunks_mut(4))
+    let rolled_back: usize = slots
+        .par_chunks_mut(SLOT_WORDS * 4)
         .enumerate()
-        .map(|(t, (tile_bits, status))| {
+        .map(|(t, slot)| {
             let start = t * SCAN_TILE_BYTES;
             let tile = &data[start..(start + SCAN_TILE_BYTES).min(len)];
-            let mut bits = vec![0u32; tile_bits.len() / 4];
-            let mut straddles = false;
+            let mut found = Vec::with_capacity(SCAN_SLOT_CAPACITY);
+            let mut roll_back = false;
             for q in (0..tile.len()).filter(|&q| tile[q] == first) {
                 if start + q + pattern.len() > len {
                     continue;
@@ -344,21 +394,26 @@ fn fused_tiled_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<
                 if tile[q..q + in_tile] != pattern[..in_tile] {
                     continue;
                 }
-                if in_tile == pattern.len() {
-                    bits[q / 32] |= 1 << (q % 32);
-                } else {
-                    straddles = true;
+                if in_tile < pattern.len() || found.len() == SCAN_SLOT_CAPACITY {
+                    roll_back = true;
                     break;
                 }
+                // Positions are below MAX_INPUT_BYTES, so they fit in u32.
+                found.push((start + q) as u32);
             }
-            if straddles {
-                status.copy_from_slice(&STATUS_ROLLED_BACK.to_le_bytes());
+            let mut words = slot.chunks_exact_mut(4);
+            let mut put = |w: u32| {
+                if let Some(chunk) = words.next() {
+                    chunk.copy_from_slice(&w.to_le_bytes());
+                }
+            };
+            if roll_back {
+                put(STATUS_ROLLED_BACK);
                 1
             } else {
-                for (chunk, word) in tile_bits.chunks_exact_mut(4).zip(&bits) {
-                    chunk.copy_from_slice(&word.to_le_bytes());
-                }
-                status.copy_from_slice(&STATUS_COMMITTED.to_le_bytes());
+                put(STATUS_COMMITTED);
+                put(found.len() as u32);
+                found.iter().for_each(|&p| put(p));
                 0
             }
         })
