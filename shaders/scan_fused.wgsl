@@ -1,7 +1,7 @@
 // scan, speculative: fused tiled prefilter + confirm, speculating that matches are
-// sparse. A workgroup loads one 8 KiB tile into shared memory, prefilters it a word
-// (four positions) at a time on the pattern's first byte, confirms candidates against
-// the tile alone and collects the matches in a short list. The tile rolls back (writes
+// sparse. A workgroup takes one 8 KiB tile, prefilters it a word (four positions) at a
+// time on the pattern's first byte, confirms candidates against the tile's bytes alone
+// and collects the matches in a short list in shared memory. The tile rolls back (writes
 // no positions; the host confirms it serially) when a candidate's pattern would run
 // past the tile edge (its in-tile prefix matched), or when the tile has more matches
 // than its slot holds.
@@ -11,7 +11,6 @@
 // [rolled-back tiles], the counter tail.
 
 const TILE_BYTES: u32 = 8192u;
-const TILE_WORDS: u32 = 2048u;
 const SLOT_CAPACITY: u32 = 16u;
 const SLOT_WORDS: u32 = 18u;
 
@@ -28,13 +27,12 @@ var<immediate> params: Params;
 @group(0) @binding(0) var<storage, read> data: array<u32>;
 @group(0) @binding(1) var<storage, read_write> out: array<atomic<u32>>;
 
-var<workgroup> tile: array<u32, 2048>;
 var<workgroup> straddles: atomic<u32>;
 var<workgroup> found: atomic<u32>;
 var<workgroup> list: array<u32, 16>;
 
-fn tile_byte(q: u32) -> u32 {
-    return (tile[q >> 2u] >> ((q & 3u) * 8u)) & 0xffu;
+fn input_byte(p: u32) -> u32 {
+    return (data[p >> 2u] >> ((p & 3u) * 8u)) & 0xffu;
 }
 
 fn pattern_byte(k: u32) -> u32 {
@@ -55,48 +53,49 @@ fn main(
 ) {
     let tail = params.tiles * SLOT_WORDS;
     let first = pattern_byte(0u);
-    let data_words = arrayLength(&data);
 
     for (var t = group.x; t < params.tiles; t += groups.x) {
         let start = t * TILE_BYTES;
         let end = min(start + TILE_BYTES, params.len);
-        for (var i = lid; i < TILE_WORDS; i += 256u) {
-            let g = start / 4u + i;
-            var v = 0u;
-            if g < data_words {
-                v = data[g];
-            }
-            tile[i] = v;
-        }
         if lid == 0u {
             atomicStore(&straddles, 0u);
             atomicStore(&found, 0u);
         }
         workgroupBarrier();
 
-        // Word i of the tile goes to invocation i % 256: neighbours read neighbouring
-        // words, so the shared-memory reads do not collide in a bank.
-        for (var i = lid; i < TILE_WORDS; i += 256u) {
-            let v = tile[i];
-            if has_byte(v, first) {
-                for (var b = 0u; b < 4u; b++) {
-                    let q = i * 4u + b;
-                    let p = start + q;
-                    if p < end && p + params.pat_len <= params.len
-                        && ((v >> (b * 8u)) & 0xffu) == first {
-                        var k = 1u;
-                        while k < params.pat_len && q + k < TILE_BYTES
-                            && tile_byte(q + k) == pattern_byte(k) {
-                            k++;
+        // Word j of invocation lid is the tile's word lid + 256 j: a subgroup reads
+        // neighbouring words, one coalesced load for four positions each, and all
+        // eight loads are issued before the first is needed. Confirming reads the
+        // tile's bytes only (a candidate needing more rolls the tile back).
+        let end_word = (end + 3u) / 4u;
+        var words: array<u32, 8>;
+        for (var j = 0u; j < 8u; j++) {
+            let i = start / 4u + lid + j * 256u;
+            words[j] = select(0u, data[min(i, end_word - 1u)], i < end_word);
+        }
+        for (var j = 0u; j < 8u; j++) {
+            let v = words[j];
+            if !has_byte(v, first) {
+                continue;
+            }
+            let i = start / 4u + lid + j * 256u;
+            for (var b = 0u; b < 4u; b++) {
+                let p = i * 4u + b;
+                let q = p - start;
+                if p < end && p + params.pat_len <= params.len
+                    && ((v >> (b * 8u)) & 0xffu) == first {
+                    var k = 1u;
+                    while k < params.pat_len && q + k < TILE_BYTES
+                        && input_byte(p + k) == pattern_byte(k) {
+                        k++;
+                    }
+                    if k == params.pat_len {
+                        let n = atomicAdd(&found, 1u);
+                        if n < SLOT_CAPACITY {
+                            list[n] = p;
                         }
-                        if k == params.pat_len {
-                            let n = atomicAdd(&found, 1u);
-                            if n < SLOT_CAPACITY {
-                                list[n] = p;
-                            }
-                        } else if q + k == TILE_BYTES {
-                            atomicStore(&straddles, 1u);
-                        }
+                    } else if q + k == TILE_BYTES {
+                        atomicStore(&straddles, 1u);
                     }
                 }
             }
@@ -119,8 +118,8 @@ fn main(
                 atomicAdd(&out[tail], 1u);
             }
         }
-        // Nobody may reset the flags or reload `tile` for the next tile while another
-        // invocation still reads them for this one.
+        // Nobody may reset the flags for the next tile while another invocation
+        // still reads them for this one.
         workgroupBarrier();
     }
 }
