@@ -17,7 +17,10 @@ use photofinish::backend::{
     Backend, BackendError, BackendKind, BindingAccess, BindingDesc, BufferArg, DispatchJob,
     KernelHandle, KernelVariant, QueueId,
 };
-use photofinish::kernels::{self, DispatchPlan, InputShape, Scan, Workload, SCAN_TILE_BYTES};
+use photofinish::kernels::{
+    self, DispatchPlan, InputShape, Scan, Workload, SCAN_SLOT_CAPACITY, SCAN_TILE_BYTES,
+};
+use photofinish::speculator::SpeculationReport;
 
 /// Sizes that catch edge cases: empty, one byte, not a multiple of 4, 16, the workgroup
 /// size or a scan tile, and a few MiB.
@@ -26,6 +29,50 @@ const SIZES: [usize; 6] = [0, 1, 7, 1000, 3 * SCAN_TILE_BYTES + 5, (3 << 20) + 1
 /// The job that runs `plan` with `kernel` on `queue`.
 fn job(queue: QueueId, kernel: KernelHandle, plan: DispatchPlan) -> DispatchJob {
     plan.into_job(queue, kernel)
+}
+
+/// Runs the fused scan (variant 1) on `backend`'s first queue: its counter tail and
+/// its answer.
+fn fused_scan(
+    backend: &dyn Backend,
+    scan: &Scan,
+    input: &[u8],
+) -> (SpeculationReport, Result<Vec<u8>, kernels::WorkloadError>) {
+    let kernel = backend.load_kernel(0, &scan.variants()[1]).expect("load");
+    let plan = scan.plan(1, input).expect("plan");
+    let out = backend
+        .dispatch(&[job(backend.queues()[0], kernel, plan)])
+        .remove(0)
+        .expect("dispatch");
+    let report = scan
+        .speculation_report(1, &out.outputs)
+        .expect("counter tail");
+    (report, scan.answer(1, input, &out.outputs))
+}
+
+/// Three tiles of filler: the first with as many matches as a tile's slot holds, the
+/// second with one more, the third with none.
+fn slot_overflow_input(scan: &Scan) -> Vec<u8> {
+    let mut input = vec![b'x'; 3 * SCAN_TILE_BYTES];
+    let stride = 64;
+    for (tile, count) in [(0, SCAN_SLOT_CAPACITY), (1, SCAN_SLOT_CAPACITY + 1)] {
+        for m in 0..count {
+            let at = tile * SCAN_TILE_BYTES + 100 + m * stride;
+            input[at..at + scan.pattern().len()].copy_from_slice(scan.pattern());
+        }
+    }
+    input
+}
+
+/// The fused scan on `backend` commits a full slot and rolls back an overfull one, and
+/// still answers like the reference.
+fn fused_scan_rolls_back_an_overfull_slot(backend: &dyn Backend) {
+    let scan = Scan::default();
+    let input = slot_overflow_input(&scan);
+    let (report, answer) = fused_scan(backend, &scan, &input);
+    assert_eq!((report.committed_tiles, report.rolled_back_tiles), (2, 1));
+    assert_eq!(answer, Ok(scan.reference(&input)));
+    assert_eq!(scan.reference(&input).len() / 4, 2 * SCAN_SLOT_CAPACITY + 1);
 }
 
 /// Plans, dispatches and answers variant `variant` of `workload` for `input`.
@@ -127,23 +174,21 @@ mod vulkan {
         let cpu = CpuBackend::with_threads(2).expect("CPU backend");
         let scan = Scan::default();
         let input = scan.generate(InputShape::DenseMatches, 40 * SCAN_TILE_BYTES, 4);
-        let report = |backend: &dyn Backend| {
-            let kernel = backend.load_kernel(0, &scan.variants()[1]).expect("load");
-            let plan = scan.plan(1, &input).expect("plan");
-            let out = backend
-                .dispatch(&[job(backend.queues()[0], kernel, plan)])
-                .remove(0)
-                .expect("dispatch");
-            scan.speculation_report(1, &out.outputs)
-                .expect("counter tail")
-        };
-        let on_gpu = report(vulkan);
-        assert_eq!(on_gpu, report(&cpu));
+        let (on_gpu, answer) = fused_scan(vulkan, &scan, &input);
+        assert_eq!(on_gpu, fused_scan(&cpu, &scan, &input).0);
+        assert_eq!(answer, Ok(scan.reference(&input)));
         assert_eq!(on_gpu.attempted_tiles(), 40);
         assert!(
             on_gpu.rolled_back_tiles > 0,
             "dense matches roll tiles back"
         );
+    }
+
+    #[test]
+    fn vulkan_fused_scan_rolls_back_a_tile_with_more_matches_than_its_slot() {
+        if let Some(vulkan) = backend() {
+            fused_scan_rolls_back_an_overfull_slot(vulkan);
+        }
     }
 }
 
@@ -192,6 +237,11 @@ fn scan_fused_rolls_back_a_tile_whose_match_straddles_its_edge() {
 }
 
 #[test]
+fn scan_fused_rolls_back_a_tile_with_more_matches_than_its_slot() {
+    fused_scan_rolls_back_an_overfull_slot(&CpuBackend::with_threads(2).expect("CPU backend"));
+}
+
+#[test]
 fn scan_refuses_empty_and_long_patterns() {
     assert!(Scan::new(b"").is_err());
     assert!(Scan::new(&[b'a'; 17]).is_err());
@@ -210,6 +260,30 @@ fn tampered_outputs_are_bad_output_not_a_wrong_answer() {
     assert!(hist.answer(0, &input, &[vec![0; 12]]).is_err());
     out.pop();
     assert!(scan.answer(1, &input, &[out]).is_err());
+
+    // A committed slot (status 1 at word 0, count at word 1, positions from word 2)
+    // that lists too many matches, a position outside its tile or one twice.
+    let input = vec![b'x'; SCAN_TILE_BYTES];
+    let plan = scan.plan(1, &input).expect("plan");
+    let slot = |words: &[u32]| {
+        let mut out = vec![0u8; plan.buffers[1].len() as usize];
+        for (i, w) in words.iter().enumerate() {
+            out[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        let tail = out.len() - 8;
+        out[tail..tail + 4].copy_from_slice(&1u32.to_le_bytes());
+        out
+    };
+    assert_eq!(scan.answer(1, &input, &[slot(&[1, 0])]), Ok(Vec::new()));
+    let too_many = SCAN_SLOT_CAPACITY as u32 + 1;
+    let outside = SCAN_TILE_BYTES as u32;
+    for words in [vec![1, too_many], vec![1, 1, outside], vec![1, 2, 5, 5]] {
+        let err = scan.answer(1, &input, &[slot(&words)]);
+        assert!(
+            matches!(err, Err(kernels::WorkloadError::BadOutput { .. })),
+            "{words:?} gave {err:?}"
+        );
+    }
 }
 
 fn reduce_variant(with_cpu: bool) -> KernelVariant {

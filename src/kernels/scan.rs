@@ -133,21 +133,24 @@ fn matches_at(input: &[u8], pattern: &[u8], p: usize) -> bool {
     input.get(p..p + pattern.len()) == Some(pattern)
 }
 
-/// The positions in `range` of `input` where `pattern` starts, in order: a serial
-/// prefilter on the first byte, then the whole pattern.
+/// The positions in `range` of `input` where `pattern` starts (a match may run past
+/// the range's end), in order, overlapping ones included: the serial confirm of the
+/// host, a vectorised substring search (`memchr::memmem`) restarted one byte after each
+/// match.
 fn matches_in<'a>(
     input: &'a [u8],
     pattern: &'a [u8],
     range: std::ops::Range<usize>,
 ) -> impl Iterator<Item = usize> + 'a {
-    let first = pattern[0];
-    let bytes = input.get(range.clone()).unwrap_or_default();
-    bytes
-        .iter()
-        .enumerate()
-        .filter(move |&(_, &b)| b == first)
-        .map(move |(i, _)| range.start + i)
-        .filter(move |&p| matches_at(input, pattern, p))
+    let hay_end = (range.end + pattern.len().saturating_sub(1)).min(input.len());
+    let hay = input.get(range.start..hay_end).unwrap_or_default();
+    let finder = memchr::memmem::Finder::new(pattern);
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let p = at + finder.find(hay.get(at..)?)?;
+        at = p + 1;
+        Some(range.start + p)
+    })
 }
 
 /// Appends the positions of the set bits of `bitmap` (little-endian words).
