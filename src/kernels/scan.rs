@@ -343,7 +343,8 @@ fn scan_params(push: &[u8]) -> Result<(usize, Vec<u8>), String> {
     Ok((len, pattern.to_vec()))
 }
 
-/// CPU variant 0: each bitmap word's 32 positions checked against the whole pattern.
+/// CPU variant 0: each bitmap word's 32 positions checked against the whole pattern
+/// (first byte first, as the shader's byte-by-byte loop exits early).
 fn per_position_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<(), String> {
     let (len, pattern) = scan_params(push)?;
     let (input, output) = input_output(buffers)?;
@@ -355,12 +356,23 @@ fn per_position_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result
             bitmap_words(len).max(1) * 4
         ));
     }
-    output.par_chunks_mut(4).enumerate().for_each(|(w, word)| {
-        let bits = (0..32)
-            .filter(|b| matches_at(data, &pattern, w * 32 + b))
-            .fold(0u32, |bits, b| bits | 1 << b);
-        word.copy_from_slice(&bits.to_le_bytes());
-    });
+    let first = pattern[0];
+    // A rayon task per 256 words (8 KiB of input), not per word.
+    output
+        .par_chunks_mut(4 * 256)
+        .enumerate()
+        .for_each(|(chunk, words)| {
+            for (i, word) in words.chunks_exact_mut(4).enumerate() {
+                let base = (chunk * 256 + i) * 32;
+                let bits = (0..32)
+                    .filter(|b| {
+                        let p = base + b;
+                        data.get(p) == Some(&first) && matches_at(data, &pattern, p)
+                    })
+                    .fold(0u32, |bits, b| bits | 1 << b);
+                word.copy_from_slice(&bits.to_le_bytes());
+            }
+        });
     Ok(())
 }
 
