@@ -176,10 +176,12 @@ pub fn by_name(name: &str) -> Option<Arc<dyn Workload>> {
 /// SPIR-V bytes (as `include_bytes!` gives them, with no alignment promise) as words.
 /// build.rs writes whole little-endian words, so no byte is dropped.
 fn spirv_words(bytes: &[u8]) -> Arc<[u32]> {
-    bytes
-        .chunks_exact(4)
-        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(le_word).collect()
+}
+
+/// The little-endian `u32` in the first four bytes of `w` (which has at least four).
+fn le_word(w: &[u8]) -> u32 {
+    u32::from_le_bytes([w[0], w[1], w[2], w[3]])
 }
 
 /// A variant with the built-in layout: binding 0 read (input), binding 1 written.
@@ -277,7 +279,7 @@ fn single_output<'a>(
 /// Word `index` of the push constants, for CPU kernels.
 fn push_word(push: &[u8], index: usize) -> Result<u32, String> {
     push.get(index * 4..index * 4 + 4)
-        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .map(le_word)
         .ok_or_else(|| format!("push constants are {} bytes, too short", push.len()))
 }
 
@@ -305,10 +307,15 @@ fn write_words(out: &mut [u8], words: &[u32]) -> Result<(), String> {
             words.len() * 4
         ));
     }
+    put_words(out, words);
+    Ok(())
+}
+
+/// Writes `words` little-endian at the start of `out`, as many as fit.
+fn put_words(out: &mut [u8], words: &[u32]) {
     for (chunk, word) in out.chunks_exact_mut(4).zip(words) {
         chunk.copy_from_slice(&word.to_le_bytes());
     }
-    Ok(())
 }
 
 /// A lowercase letter or a space, like words in text.

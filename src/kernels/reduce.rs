@@ -12,9 +12,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::{
-    builtin_variant, check_variant, input_len, input_output, input_prefix, padded_input, push_word,
-    single_output, workgroups_for, write_words, DispatchPlan, InputShape, Workload, WorkloadError,
-    WORKGROUP_SIZE,
+    builtin_variant, check_variant, input_len, input_output, input_prefix, le_word, padded_input,
+    push_word, single_output, workgroups_for, write_words, DispatchPlan, InputShape, Workload,
+    WorkloadError, WORKGROUP_SIZE,
 };
 use crate::backend::{BufferArg, KernelVariant};
 
@@ -111,10 +111,6 @@ impl Workload for Reduce {
     fn shapes(&self) -> Vec<InputShape> {
         vec![InputShape::Uniform, InputShape::Skewed]
     }
-}
-
-fn le_word(w: &[u8]) -> u32 {
-    u32::from_le_bytes([w[0], w[1], w[2], w[3]])
 }
 
 /// CPU variant 0: one word at a time.

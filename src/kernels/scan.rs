@@ -33,9 +33,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::{
-    builtin_variant, check_variant, input_len, input_output, input_prefix, padded_input, push_word,
-    single_output, text_byte, workgroups_for, DispatchPlan, InputShape, Workload, WorkloadError,
-    WORKGROUP_SIZE,
+    builtin_variant, check_variant, input_len, input_output, input_prefix, le_word, padded_input,
+    push_word, put_words, single_output, text_byte, workgroups_for, DispatchPlan, InputShape,
+    Workload, WorkloadError, WORKGROUP_SIZE,
 };
 use crate::backend::{BufferArg, KernelVariant};
 use crate::speculator::{
@@ -153,14 +153,19 @@ fn matches_in<'a>(
     })
 }
 
+/// A match position as the answer holds it: `u32` little-endian (positions are below
+/// `MAX_INPUT_BYTES`, so they fit).
+fn position_bytes(p: usize) -> [u8; 4] {
+    (p as u32).to_le_bytes()
+}
+
 /// Appends the positions of the set bits of `bitmap` (little-endian words).
 fn push_bitmap_positions(bitmap: &[u8], positions: &mut Vec<u8>) {
     for (i, word) in bitmap.chunks_exact(4).enumerate() {
-        let mut bits = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        let mut bits = le_word(word);
         while bits != 0 {
             let b = bits.trailing_zeros() as usize;
-            // Positions are below MAX_INPUT_BYTES, so they fit in u32.
-            positions.extend_from_slice(&((i * 32 + b) as u32).to_le_bytes());
+            positions.extend_from_slice(&position_bytes(i * 32 + b));
             bits &= bits - 1;
         }
     }
@@ -240,14 +245,7 @@ impl Workload for Scan {
         for (t, slot) in slots.chunks_exact(SLOT_WORDS * 4).enumerate() {
             let start = t * SCAN_TILE_BYTES;
             let end = (start + SCAN_TILE_BYTES).min(input.len());
-            let word = |i: usize| {
-                u32::from_le_bytes([
-                    slot[4 * i],
-                    slot[4 * i + 1],
-                    slot[4 * i + 2],
-                    slot[4 * i + 3],
-                ])
-            };
+            let word = |i: usize| le_word(&slot[4 * i..]);
             match word(0) {
                 STATUS_COMMITTED => {
                     committed += 1;
@@ -266,14 +264,13 @@ impl Workload for Scan {
                     if listed.windows(2).any(|w| w[0] == w[1]) {
                         return Err(bad(format!("tile {t} lists a position twice")));
                     }
-                    // Positions are below MAX_INPUT_BYTES, so they fit in u32.
-                    positions.extend(listed.iter().flat_map(|&p| (p as u32).to_le_bytes()));
+                    positions.extend(listed.iter().flat_map(|&p| position_bytes(p)));
                 }
                 STATUS_ROLLED_BACK => {
                     rolled_back += 1;
-                    for p in matches_in(input, &self.pattern, start..end) {
-                        positions.extend_from_slice(&(p as u32).to_le_bytes());
-                    }
+                    positions.extend(
+                        matches_in(input, &self.pattern, start..end).flat_map(position_bytes),
+                    );
                 }
                 other => return Err(bad(format!("tile {t} has status {other}, not 1 or 2"))),
             }
@@ -290,7 +287,7 @@ impl Workload for Scan {
 
     fn reference(&self, input: &[u8]) -> Vec<u8> {
         matches_in(input, &self.pattern, 0..input.len())
-            .flat_map(|p| (p as u32).to_le_bytes())
+            .flat_map(position_bytes)
             .collect()
     }
 
@@ -416,19 +413,14 @@ fn fused_tiled_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<
                 // Positions are below MAX_INPUT_BYTES, so they fit in u32.
                 found.push((start + q) as u32);
             }
-            let mut words = slot.chunks_exact_mut(4);
-            let mut put = |w: u32| {
-                if let Some(chunk) = words.next() {
-                    chunk.copy_from_slice(&w.to_le_bytes());
-                }
-            };
+            // The slot has room for 2 + SCAN_SLOT_CAPACITY words, `found` at most
+            // SCAN_SLOT_CAPACITY.
             if roll_back {
-                put(STATUS_ROLLED_BACK);
+                put_words(slot, &[STATUS_ROLLED_BACK]);
                 1
             } else {
-                put(STATUS_COMMITTED);
-                put(found.len() as u32);
-                found.iter().for_each(|&p| put(p));
+                put_words(slot, &[STATUS_COMMITTED, found.len() as u32]);
+                put_words(&mut slot[8..], &found);
                 0
             }
         })
