@@ -9,15 +9,36 @@
 
 #[cfg(not(photofinish_loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     Arc, Condvar, Mutex, MutexGuard,
 };
 
 #[cfg(photofinish_loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     Arc, Condvar, Mutex, MutexGuard,
 };
+
+/// A cell shared between threads under a protocol that gives one of them access at a
+/// time: std's `UnsafeCell` normally, loom's (which checks that the protocol does)
+/// under the models. Only `with_mut`, loom's way in.
+#[cfg(not(photofinish_loom))]
+#[derive(Debug, Default)]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(photofinish_loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self(std::cell::UnsafeCell::new(value))
+    }
+
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+#[cfg(photofinish_loom)]
+pub(crate) use loom::cell::UnsafeCell;
 
 /// Spawns a thread: a real OS thread normally, a loom thread under the model.
 #[cfg(not(photofinish_loom))]

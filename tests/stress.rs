@@ -128,3 +128,43 @@ fn shutdown_under_load_answers_every_accepted_batch() {
     assert!(total > 0);
     let _ = done.send(());
 }
+
+/// Bursts with pauses longer than a worker's search window, on 8 workers of which one
+/// searches at a time: between bursts the workers fall asleep on the mailbox's
+/// doorbell, and every burst must wake enough of them to be answered — a lost wake-up
+/// would leave a batch queued with every worker asleep, and the watchdog fire.
+#[test]
+fn bursts_wake_workers_asleep_on_the_doorbell() {
+    const BURSTS: u64 = 200;
+    const BURST: u64 = 24;
+    let done = watchdog("stress: bursts after pauses", Duration::from_secs(60));
+    let engine = engine(8);
+    let k = engine.register(Arc::new(Reduce)).unwrap();
+    let producers: Vec<_> = (0..3)
+        .map(|p| {
+            let engine = Arc::clone(&engine);
+            std::thread::spawn(move || {
+                for b in 0..BURSTS {
+                    let tickets: Vec<_> = (0..BURST)
+                        .map(|i| {
+                            let input = input_for(p, b * BURST + i);
+                            let ticket = engine.submit(Batch::new(k, input.clone())).unwrap();
+                            (ticket, input)
+                        })
+                        .collect();
+                    for (ticket, input) in tickets {
+                        let answer = ticket.wait().expect("no batch fails");
+                        assert_eq!(answer.output, Output::Answer(Reduce.reference(&input)));
+                    }
+                    // Longer than the workers' search window (100 µs): they sleep.
+                    std::thread::sleep(Duration::from_micros(300 + 200 * p));
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().expect("producer panicked");
+    }
+    engine.shutdown();
+    let _ = done.send(());
+}

@@ -211,7 +211,6 @@ impl EngineBuilder {
         );
         let mut devices = Vec::with_capacity(devices_info.len());
         for info in &devices_info {
-            let (tx, rx) = crossbeam_channel::bounded(self.channel_capacity);
             let queues: Vec<QueueSlot> = backend
                 .queues()
                 .iter()
@@ -222,8 +221,7 @@ impl EngineBuilder {
                 })
                 .collect();
             devices.push(DeviceSlot {
-                tx,
-                rx,
+                mailbox: super::mailbox::Mailbox::new(self.channel_capacity),
                 queues,
                 lost: Default::default(),
                 load: super::contention::DeviceLoad::new(),
@@ -267,7 +265,7 @@ impl EngineBuilder {
         };
         for (device, slot) in core.devices.iter().enumerate() {
             for q in &slot.queues {
-                let handle = supervisor::spawn(Arc::clone(&core), q.id, slot.rx.clone())?;
+                let handle = supervisor::spawn(Arc::clone(&core), q.id)?;
                 engine
                     .workers
                     .lock()

@@ -2,10 +2,75 @@
 //! shutdown word that makes "every accepted batch is answered" hold across shutdown.
 //!
 //! Owns the [`Gate`] (one `AtomicU64`: a closed bit and the number of producers
-//! inside `submit`) and the per-device bounded channel. It never looks inside a batch.
-//! See `src/engine/README.md` for the protocol and why it cannot lose a batch.
+//! inside `submit`) and the per-device [`Mailbox`] (a bounded channel and the
+//! [`Doorbell`] its workers wait on). It never looks inside a batch. See
+//! `src/engine/README.md` for the protocol and why it cannot lose a batch.
 
+use crossbeam_channel::{Receiver, SendError, Sender, TrySendError};
+
+use super::doorbell::Doorbell;
 use crate::sync::{AtomicU64, Condvar, Mutex, Ordering};
+
+/// One device's mailbox: a bounded MPMC channel its producers send to and its workers
+/// take from, and the doorbell the workers wait on (see doorbell.rs). Every send
+/// rings; a worker's `recv` searches or sleeps on the bell, never in the channel.
+pub(crate) struct Mailbox<T> {
+    tx: Sender<T>,
+    rx: Receiver<T>,
+    bell: Doorbell,
+}
+
+impl<T> std::fmt::Debug for Mailbox<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox")
+            .field("queued", &self.rx.len())
+            .field("bell", &self.bell)
+            .finish()
+    }
+}
+
+impl<T> Mailbox<T> {
+    /// An empty mailbox of `capacity` messages.
+    pub(crate) fn new(capacity: usize) -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        Mailbox {
+            tx,
+            rx,
+            bell: Doorbell::new(),
+        }
+    }
+
+    /// Queues `msg`, blocking while the mailbox is full. The mailbox holds its own
+    /// receiver, so the error (the message back) cannot happen.
+    pub(crate) fn send(&self, msg: T) -> Result<(), SendError<T>> {
+        self.tx.send(msg)?;
+        self.bell.ring();
+        Ok(())
+    }
+
+    /// Queues `msg` unless the mailbox is full.
+    pub(crate) fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
+        self.tx.try_send(msg)?;
+        self.bell.ring();
+        Ok(())
+    }
+
+    /// Takes the next message, waiting on the doorbell while there is none.
+    pub(crate) fn recv(&self) -> T {
+        self.bell
+            .wait(|| self.rx.try_recv().ok(), || !self.rx.is_empty())
+    }
+
+    /// Takes the next message if one is queued.
+    pub(crate) fn try_recv(&self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Messages queued now.
+    pub(crate) fn len(&self) -> usize {
+        self.rx.len()
+    }
+}
 
 /// Bit 63 of the gate word: set once shutdown began; no producer may enter after.
 const CLOSED: u64 = 1 << 63;

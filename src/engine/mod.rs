@@ -10,6 +10,7 @@
 mod builder;
 mod contention;
 mod dispatch_policy;
+mod doorbell;
 mod error;
 mod events;
 mod ladder;
@@ -17,6 +18,7 @@ mod mailbox;
 mod race;
 mod registry;
 mod saver;
+#[cfg(not(photofinish_loom))]
 mod spin;
 mod supervisor;
 mod test_backend;
@@ -29,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::TrySendError;
 
 use crate::autotune::{AutotuneStore, LoadReport, PairedSpeculationWindow, Trust};
 use crate::backend::{Backend, BackendKind, DeviceInfo, KernelVariant, QueueId};
@@ -57,6 +59,7 @@ pub use trace::TraceStats;
 #[doc(hidden)]
 pub mod protocol {
     pub use super::contention::{DeviceLoad, Watch};
+    pub use super::doorbell::Doorbell;
     pub use super::events::{DropCounter, EventBus};
     pub use super::ladder::{choose as choose_in_play, Ladder};
     pub use super::mailbox::{Gate, Pass};
@@ -68,7 +71,7 @@ pub mod protocol {
 }
 
 use events::EventBus;
-use mailbox::Gate;
+use mailbox::{Gate, Mailbox};
 use registry::{Hint, Kernel, KernelSource, Registry};
 use ticket::Responder;
 
@@ -188,8 +191,7 @@ pub(crate) struct QueueSlot {
 /// One device: its mailbox and its queues.
 #[derive(Debug)]
 pub(crate) struct DeviceSlot {
-    tx: Sender<Msg>,
-    rx: Receiver<Msg>,
+    pub(crate) mailbox: Mailbox<Msg>,
     pub(crate) queues: Vec<QueueSlot>,
     lost: AtomicBool,
     /// The backend calls running on the device (a race's samples read it).
@@ -353,7 +355,7 @@ impl Core {
     pub(crate) fn relocation_queue(&self, kernel: &Kernel) -> Option<QueueId> {
         let device = (0..self.devices.len())
             .filter(|&d| !self.is_lost(d) && kernel.is_loaded(d, 0))
-            .min_by_key(|&d| self.devices[d].tx.len())?;
+            .min_by_key(|&d| self.devices[d].mailbox.len())?;
         self.devices[device]
             .queues
             .iter()
@@ -750,7 +752,7 @@ impl Engine {
         let Some(_pass) = self.core.gate.enter() else {
             return Err(EngineError::ShutDown);
         };
-        match self.core.devices[device].tx.send(Msg::Run(job)) {
+        match self.core.devices[device].mailbox.send(Msg::Run(job)) {
             Ok(()) => Ok(ticket),
             // The receivers live in `Core` as long as any sender; this cannot happen,
             // but if it did the job's responder answered the ticket on drop.
@@ -770,7 +772,7 @@ impl Engine {
             job.responder.disarm();
             return Err(TrySubmitError::ShutDown(batch));
         };
-        match self.core.devices[device].tx.try_send(Msg::Run(job)) {
+        match self.core.devices[device].mailbox.try_send(Msg::Run(job)) {
             Ok(()) => Ok(ticket),
             Err(TrySendError::Full(msg)) | Err(TrySendError::Disconnected(msg)) => {
                 if let Msg::Run(job) = msg {
@@ -829,7 +831,7 @@ impl Engine {
         (0..n)
             .map(|i| (start + i) % n)
             .filter(|&d| !self.core.is_lost(d))
-            .min_by_key(|&d| self.core.devices[d].tx.len())
+            .min_by_key(|&d| self.core.devices[d].mailbox.len())
             .ok_or(EngineError::DeviceLost {
                 device: start % n.max(1),
             })
@@ -846,7 +848,7 @@ impl Engine {
             // already in a mailbox, ahead of these stop messages: one per worker.
             for (device, _) in workers.iter() {
                 // The receiver lives in `Core`, so this cannot fail.
-                let _ = self.core.devices[*device].tx.send(Msg::Stop);
+                let _ = self.core.devices[*device].mailbox.send(Msg::Stop);
             }
         }
         for (_, handle) in workers.drain(..) {

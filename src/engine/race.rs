@@ -314,7 +314,10 @@ fn consult_policy(
             Default::default(),
         ),
     };
-    let queued = core.devices.get(queue.device).map_or(0, |d| d.rx.len());
+    let queued = core
+        .devices
+        .get(queue.device)
+        .map_or(0, |d| d.mailbox.len());
     let resources = kernel.variants[0].bindings.len();
     let (verdict, fired) = {
         let mut state = kernel.policy();

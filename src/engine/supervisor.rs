@@ -16,35 +16,31 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::Receiver;
-
 use crate::backend::QueueId;
 
 use super::error::EngineError;
 use super::events::Event;
+use super::mailbox::Mailbox;
 use super::race::{self, Fault};
 use super::{Core, Job, Msg};
 
 /// Starts the supervised worker of `queue`.
-pub(crate) fn spawn(
-    core: Arc<Core>,
-    queue: QueueId,
-    mailbox: Receiver<Msg>,
-) -> Result<JoinHandle<()>, EngineError> {
+pub(crate) fn spawn(core: Arc<Core>, queue: QueueId) -> Result<JoinHandle<()>, EngineError> {
     let name = format!(
         "photofinish-d{}f{}q{}",
         queue.device, queue.family, queue.index
     );
     std::thread::Builder::new()
         .name(name.clone())
-        .spawn(move || supervise(&core, queue, &mailbox))
+        .spawn(move || supervise(&core, queue))
         .map_err(|e| EngineError::Spawn {
             thread: name,
             reason: e.to_string(),
         })
 }
 
-fn supervise(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>) {
+fn supervise(core: &Core, queue: QueueId) {
+    let mailbox = &core.devices[queue.device].mailbox;
     let mut in_flight: Vec<Job> = Vec::new();
     loop {
         let run = catch_unwind(AssertUnwindSafe(|| {
@@ -67,26 +63,25 @@ fn supervise(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>) {
 /// `race::group_size` allows: D1 fired and no idle worker of the device would take
 /// them) and runs them as one group; a stop message met while taking them ends the
 /// loop after the group.
-fn worker_loop(core: &Core, queue: QueueId, mailbox: &Receiver<Msg>, in_flight: &mut Vec<Job>) {
-    // Spin briefly before parking: a worker that just finished a batch takes the next
-    // one without a wake-up (see spin.rs).
-    let next =
-        || super::spin::spin_until(|| mailbox.try_recv().ok()).or_else(|| mailbox.recv().ok());
+fn worker_loop(core: &Core, queue: QueueId, mailbox: &Mailbox<Msg>, in_flight: &mut Vec<Job>) {
     let mut stopping = false;
     while !stopping {
-        let Some(Msg::Run(first)) = next() else {
+        // Searches briefly before sleeping, if few of the device's workers search (see
+        // doorbell.rs): a worker that just finished a batch takes the next one without
+        // a wake-up.
+        let Msg::Run(first) = mailbox.recv() else {
             return;
         };
         let want = race::group_size(core, queue, &first, mailbox.len());
         in_flight.push(first);
         while in_flight.len() < want {
             match mailbox.try_recv() {
-                Ok(Msg::Run(job)) => in_flight.push(job),
-                Ok(Msg::Stop) => {
+                Some(Msg::Run(job)) => in_flight.push(job),
+                Some(Msg::Stop) => {
                     stopping = true;
                     break;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         let results = {

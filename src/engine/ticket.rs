@@ -11,40 +11,86 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::sync::{Arc, AtomicBool, Condvar, Mutex, Ordering};
+use crate::sync::{Arc, AtomicU32, Condvar, Mutex, Ordering, UnsafeCell};
 
 use super::error::EngineError;
 
-/// What the slot holds: nothing yet, the answer, or "already taken by the caller".
-enum SlotState<T> {
-    Empty,
-    Full(Result<T, EngineError>),
-    Taken,
-}
+/// The slot's phases, in the low two bits of its state word: no answer yet, the answer
+/// is in the cell, the caller took it. The bits above count the callers asleep.
+const EMPTY: u32 = 0;
+const FULL: u32 = 1;
+const TAKEN: u32 = 2;
+const PHASE: u32 = 3;
+/// One caller asleep in the state word.
+const SLEEPER: u32 = 4;
 
-/// The slot's state and how many waiters sleep on its condvar (both under one lock).
-struct Guarded<T> {
-    state: SlotState<T>,
-    sleepers: u32,
-}
-
+/// The one-shot slot. The answer goes through `value` without a lock: the responder
+/// (there is one, and it fills once) writes it while the phase is `EMPTY` and then
+/// publishes `FULL`; a caller reads it only after moving the phase from `FULL` to
+/// `TAKEN` itself, which one caller can. The lock and condvar are only for a caller
+/// that stops spinning and sleeps: it counts itself asleep in the same word under the
+/// lock, and the responder's publishing read-modify-write sees that count (and then
+/// takes the lock before it notifies) or the sleeper's count sees `FULL` — so a wake-up
+/// is never lost, and a spinning caller (the common case) costs the responder no lock
+/// and no system call.
 struct Slot<T> {
-    guarded: Mutex<Guarded<T>>,
+    state: AtomicU32,
+    value: UnsafeCell<Option<Result<T, EngineError>>>,
+    lock: Mutex<()>,
     ready: Condvar,
-    /// Set (after the state) once the answer is in: what a spinning waiter polls, so
-    /// polls take no lock. The state under the lock stays the truth.
-    filled: AtomicBool,
+}
+
+// The value crosses from the responder's thread to the caller's, and the state
+// protocol above gives one thread at a time access to it.
+unsafe impl<T: Send> Send for Slot<T> {}
+unsafe impl<T: Send> Sync for Slot<T> {}
+
+impl<T> Slot<T> {
+    fn phase(&self) -> u32 {
+        self.state.load(Ordering::Acquire) & PHASE
+    }
+
+    /// Moves the answer out if it is in and nobody took it before: `Some` for the
+    /// one caller that moves the phase from `FULL` to `TAKEN`, `AnswerTaken` for later
+    /// ones, `None` while there is no answer.
+    fn try_take(&self) -> Option<Result<T, EngineError>> {
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            match state & PHASE {
+                FULL => {}
+                TAKEN => return Some(Err(EngineError::AnswerTaken)),
+                _ => return None,
+            }
+            // FULL + 1 = TAKEN, the sleeper count kept.
+            match self.state.compare_exchange_weak(
+                state,
+                state + 1,
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                // SAFETY: only the caller that moved the phase to TAKEN reads the cell,
+                // after the responder's write (its FULL released it, this acquired it);
+                // nobody writes it again.
+                Ok(_) => {
+                    return Some(
+                        self.value
+                            .with_mut(|v| unsafe { (*v).take() })
+                            .unwrap_or(Err(EngineError::Unanswered)),
+                    )
+                }
+                Err(seen) => state = seen,
+            }
+        }
+    }
 }
 
 /// Creates a connected responder and ticket.
 pub(crate) fn one_shot<T>() -> (Responder<T>, Ticket<T>) {
     let slot = Arc::new(Slot {
-        guarded: Mutex::new(Guarded {
-            state: SlotState::Empty,
-            sleepers: 0,
-        }),
+        state: AtomicU32::new(EMPTY),
+        value: UnsafeCell::new(None),
+        lock: Mutex::new(()),
         ready: Condvar::new(),
-        filled: AtomicBool::new(false),
     });
     (
         Responder {
@@ -96,21 +142,19 @@ impl<T> Drop for Responder<T> {
     }
 }
 
+/// The one fill of the slot (a responder fills once: `answer` and `drop` take its
+/// slot out first).
 fn fill<T>(slot: &Slot<T>, result: Result<T, EngineError>) {
-    // A poisoned lock only means a waiter panicked while holding it; the state is a
-    // plain enum and still consistent, so carry on with it.
-    let mut guarded = slot.guarded.lock().unwrap_or_else(|p| p.into_inner());
-    if matches!(guarded.state, SlotState::Empty) {
-        guarded.state = SlotState::Full(result);
-    }
-    slot.filled.store(true, Ordering::Release);
-    // A waiter counts itself a sleeper under the lock before it waits, so it is either
-    // counted here or will see the state just written: waking only counted sleepers
-    // loses no wake-up, and a waiter that is spinning (the common case) costs the
-    // answering worker no system call.
-    let sleepers = guarded.sleepers;
-    drop(guarded);
-    if sleepers > 0 {
+    // SAFETY: the state is EMPTY (only this fill sets it FULL), so no caller reads
+    // the cell until the store below publishes it.
+    slot.value.with_mut(|v| unsafe { *v = Some(result) });
+    // EMPTY + 1 = FULL. One read-modify-write of the word the sleepers count themselves
+    // in: either it sees a sleeper, or that sleeper's count sees FULL.
+    let before = slot.state.fetch_add(FULL, Ordering::AcqRel);
+    if before >= SLEEPER {
+        // Taking the lock means the sleeper is either before its re-read of the state
+        // (and sees FULL) or already waiting (and gets this notification).
+        drop(slot.lock.lock().unwrap_or_else(|p| p.into_inner()));
         slot.ready.notify_all();
     }
 }
@@ -131,45 +175,48 @@ impl<T> fmt::Debug for Ticket<T> {
 impl<T> Ticket<T> {
     /// True once the answer is in (and not yet taken).
     pub fn is_ready(&self) -> bool {
-        let guarded = self.slot.guarded.lock().unwrap_or_else(|p| p.into_inner());
-        matches!(guarded.state, SlotState::Full(_))
+        self.slot.phase() == FULL
     }
 
-    /// Blocks on the condvar once, counted as a sleeper so the filler wakes it.
-    fn sleep<'a, G>(
-        &'a self,
-        mut guarded: crate::sync::MutexGuard<'a, Guarded<T>>,
-        wait: G,
-    ) -> crate::sync::MutexGuard<'a, Guarded<T>>
+    /// Sleeps on the condvar until the answer is in or `wait` gives up (`wait_timeout`
+    /// returning with its timeout passed), counted as a sleeper so the filler wakes it.
+    fn sleep<G>(&self, mut wait: G)
     where
-        G: FnOnce(
+        G: for<'a> FnMut(
             &'a Condvar,
-            crate::sync::MutexGuard<'a, Guarded<T>>,
-        ) -> crate::sync::MutexGuard<'a, Guarded<T>>,
+            crate::sync::MutexGuard<'a, ()>,
+        ) -> Option<crate::sync::MutexGuard<'a, ()>>,
     {
-        guarded.sleepers += 1;
-        let mut guarded = wait(&self.slot.ready, guarded);
-        guarded.sleepers -= 1;
-        guarded
+        let slot = &self.slot;
+        let mut guard = slot.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut phase = slot.state.fetch_add(SLEEPER, Ordering::AcqRel) & PHASE;
+        while phase == EMPTY {
+            match wait(&slot.ready, guard) {
+                Some(g) => {
+                    guard = g;
+                    phase = slot.phase();
+                }
+                None => {
+                    // Timed out (`wait` gave the lock back).
+                    slot.state.fetch_sub(SLEEPER, Ordering::AcqRel);
+                    return;
+                }
+            }
+        }
+        slot.state.fetch_sub(SLEEPER, Ordering::AcqRel);
+        drop(guard);
     }
 
     /// Blocks until the answer is in and returns it.
     pub fn wait(self) -> Result<T, EngineError> {
         // Spin briefly first: a short batch answers before a parked thread would wake.
         #[cfg(not(photofinish_loom))]
-        super::spin::spin_until(|| self.slot.filled.load(Ordering::Acquire).then_some(()));
-        let mut guarded = self.slot.guarded.lock().unwrap_or_else(|p| p.into_inner());
+        super::spin::spin_until(|| self.is_ready().then_some(()));
         loop {
-            match std::mem::replace(&mut guarded.state, SlotState::Taken) {
-                SlotState::Full(result) => return result,
-                SlotState::Taken => return Err(EngineError::AnswerTaken),
-                SlotState::Empty => {
-                    guarded.state = SlotState::Empty;
-                    guarded = self.sleep(guarded, |ready, g| {
-                        ready.wait(g).unwrap_or_else(|p| p.into_inner())
-                    });
-                }
+            if let Some(result) = self.slot.try_take() {
+                return result;
             }
+            self.sleep(|ready, g| Some(ready.wait(g).unwrap_or_else(|p| p.into_inner())));
         }
     }
 
@@ -178,25 +225,23 @@ impl<T> Ticket<T> {
     /// [`EngineError::AnswerTaken`].
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<T, EngineError>> {
         let deadline = Instant::now() + timeout;
-        let mut guarded = self.slot.guarded.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            match std::mem::replace(&mut guarded.state, SlotState::Taken) {
-                SlotState::Full(result) => return Some(result),
-                SlotState::Taken => return Some(Err(EngineError::AnswerTaken)),
-                SlotState::Empty => {
-                    guarded.state = SlotState::Empty;
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return None;
-                    }
-                    guarded = self.sleep(guarded, |ready, g| {
-                        ready
-                            .wait_timeout(g, deadline - now)
-                            .map(|(guard, _)| guard)
-                            .unwrap_or_else(|p| p.into_inner().0)
-                    });
-                }
+            if let Some(result) = self.slot.try_take() {
+                return Some(result);
             }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            self.sleep(|ready, g| {
+                let now = Instant::now();
+                (now < deadline).then(|| {
+                    ready
+                        .wait_timeout(g, deadline - now)
+                        .map(|(guard, _)| guard)
+                        .unwrap_or_else(|p| p.into_inner().0)
+                })
+            });
         }
     }
 }
