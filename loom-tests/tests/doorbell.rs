@@ -37,7 +37,7 @@ fn send(bell: &Doorbell, queued: &AtomicUsize) {
 #[test]
 fn two_workers_each_get_a_message_from_two_producers() {
     loom::model(|| {
-        let bell = Arc::new(Doorbell::new());
+        let bell = Arc::new(Doorbell::new(1));
         let queued = Arc::new(AtomicUsize::new(0));
         let workers = [worker(&bell, &queued), worker(&bell, &queued)];
         let producer = {
@@ -63,7 +63,7 @@ fn two_workers_each_get_a_message_from_two_producers() {
 #[test]
 fn a_message_left_by_a_searcher_wakes_a_sleeper() {
     loom::model(|| {
-        let bell = Arc::new(Doorbell::new());
+        let bell = Arc::new(Doorbell::new(1));
         let queued = Arc::new(AtomicUsize::new(0));
         let workers = [worker(&bell, &queued), worker(&bell, &queued)];
         send(&bell, &queued);

@@ -21,6 +21,9 @@ use super::{supervisor, Config, Core, DeviceSlot, DeviceTune, Engine, QueueSlot}
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
 /// Default capacity of each subscriber's event channel.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+/// Default of [`EngineBuilder::max_searching`].
+pub const DEFAULT_MAX_SEARCHING: usize = 2;
+
 /// Default of [`EngineBuilder::max_group`]: 1, one batch per backend call (groups of 8
 /// measured no better on an H200: BENCHMARKS.md, fourth session).
 pub const DEFAULT_MAX_GROUP: usize = 1;
@@ -68,6 +71,7 @@ pub struct EngineBuilder {
     event_capacity: usize,
     audit_period: u64,
     max_group: usize,
+    max_searching: usize,
     mode: SpeculationMode,
     threshold_pct: u32,
     persistence: Persistence,
@@ -82,6 +86,7 @@ impl Default for EngineBuilder {
             event_capacity: DEFAULT_EVENT_CAPACITY,
             audit_period: DEFAULT_AUDIT_PERIOD,
             max_group: crate::knobs::env_or("PHOTOFINISH_MAX_GROUP", DEFAULT_MAX_GROUP),
+            max_searching: crate::knobs::env_or("PHOTOFINISH_MAX_SEARCHING", DEFAULT_MAX_SEARCHING),
             mode: SpeculationMode::Auto,
             threshold_pct: DEFAULT_THRESHOLD_PCT,
             persistence: Persistence::Default,
@@ -130,6 +135,17 @@ impl EngineBuilder {
     /// (BENCHMARKS.md, fourth session).
     pub fn max_group(mut self, batches: usize) -> Self {
         self.max_group = batches;
+        self
+    }
+
+    /// The most workers of one device that poll its empty mailbox at once (at least 1;
+    /// default [`DEFAULT_MAX_SEARCHING`], or `PHOTOFINISH_MAX_SEARCHING` where set). A
+    /// worker that finds the mailbox empty polls it for up to 100 µs while fewer than
+    /// this many do; the others sleep until a submit rings for them. Fewer pollers cost
+    /// a busy many-core host fewer cache-line transfers per batch; more take a burst
+    /// without wake-ups (see `src/engine/README.md`, "The doorbell").
+    pub fn max_searching(mut self, workers: usize) -> Self {
+        self.max_searching = workers.max(1);
         self
     }
 
@@ -221,7 +237,7 @@ impl EngineBuilder {
                 })
                 .collect();
             devices.push(DeviceSlot {
-                mailbox: super::mailbox::Mailbox::new(self.channel_capacity),
+                mailbox: super::mailbox::Mailbox::new(self.channel_capacity, self.max_searching),
                 queues,
                 lost: Default::default(),
                 load: super::contention::DeviceLoad::new(),

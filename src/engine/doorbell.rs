@@ -2,8 +2,8 @@
 //! polling it, and without a producer paying for a wake-up it does not need.
 //!
 //! A worker that finds the mailbox empty first *searches* (polls it for a while, see
-//! spin.rs) — but only while fewer than [`MAX_SEARCHING`] of the device's workers
-//! search; the others, and a searcher that found nothing, *sleep* on the doorbell's
+//! spin.rs) — but only while fewer than `max_searching` of the device's workers search
+//! (`EngineBuilder::max_searching`); the others, and a searcher that found nothing, *sleep* on the doorbell's
 //! condvar. A producer *rings* after each message it queues: when somebody searches it
 //! returns at once (the searcher will find the message), when nobody sleeps too (every
 //! worker is busy and polls again when done), and only otherwise takes the lock and
@@ -23,12 +23,11 @@
 
 use crate::sync::{fence, AtomicU64, Condvar, Mutex, Ordering};
 
-/// The most workers of one device that poll its mailbox at once; the others sleep.
-pub(crate) const MAX_SEARCHING: u64 = 1;
-
 /// One device's doorbell (see the module docs).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Doorbell {
+    /// The most workers that search at once.
+    max_searching: u64,
     /// The workers searching (low 32 bits, [`SEARCHER`] each) and counted asleep (high
     /// 32 bits, [`SLEEPER`] each; changed only under `permits`' lock), in one word so a
     /// ring reads both with one read-modify-write, which sees the latest counts.
@@ -52,9 +51,15 @@ fn sleeping(idle: u64) -> u64 {
 }
 
 impl Doorbell {
-    /// A doorbell with nobody searching or asleep.
-    pub fn new() -> Self {
-        Self::default()
+    /// A doorbell with nobody searching or asleep, on which at most `max_searching`
+    /// workers (at least 1) search at once.
+    pub fn new(max_searching: usize) -> Self {
+        Doorbell {
+            max_searching: u64::try_from(max_searching.max(1)).unwrap_or(u64::MAX),
+            idle: AtomicU64::new(0),
+            permits: Mutex::new(0),
+            bell: Condvar::new(),
+        }
     }
 
     /// Call after queueing a message: wakes one sleeper unless a worker is searching
@@ -92,7 +97,7 @@ impl Doorbell {
             if let Some(value) = poll() {
                 return value;
             }
-            if searching(self.idle.fetch_add(SEARCHER, Ordering::SeqCst)) < MAX_SEARCHING {
+            if searching(self.idle.fetch_add(SEARCHER, Ordering::SeqCst)) < self.max_searching {
                 let found = search(&mut poll);
                 self.idle.fetch_sub(SEARCHER, Ordering::SeqCst);
                 if let Some(value) = found {
@@ -155,7 +160,7 @@ mod tests {
     /// Workers asleep on the bell each get one of the messages rung for them.
     #[test]
     fn every_rung_message_is_taken() {
-        let bell = Arc::new(Doorbell::new());
+        let bell = Arc::new(Doorbell::new(1));
         let queued = Arc::new(StdCount::new(0));
         let workers: Vec<_> = (0..4)
             .map(|_| {

@@ -30,13 +30,14 @@ impl<T> std::fmt::Debug for Mailbox<T> {
 }
 
 impl<T> Mailbox<T> {
-    /// An empty mailbox of `capacity` messages.
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// An empty mailbox of `capacity` messages whose workers search it at most
+    /// `max_searching` at a time.
+    pub(crate) fn new(capacity: usize, max_searching: usize) -> Self {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         Mailbox {
             tx,
             rx,
-            bell: Doorbell::new(),
+            bell: Doorbell::new(max_searching),
         }
     }
 

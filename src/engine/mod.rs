@@ -41,7 +41,7 @@ use crate::speculator::{AdaptiveSpeculator, SpeculationMode};
 
 pub use builder::{
     default_autotune_dir, BackendChoice, EngineBuilder, DEFAULT_AUDIT_PERIOD,
-    DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP,
+    DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, DEFAULT_MAX_SEARCHING,
 };
 pub use error::{EngineError, TrySubmitError};
 pub use events::{Event, KernelVerdict, VerdictReason};
