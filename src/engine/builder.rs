@@ -21,8 +21,10 @@ use super::{supervisor, Config, Core, DeviceSlot, DeviceTune, Engine, QueueSlot}
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
 /// Default capacity of each subscriber's event channel.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
-/// Default of [`EngineBuilder::max_searching`].
-pub const DEFAULT_MAX_SEARCHING: usize = 2;
+/// Default of [`EngineBuilder::max_searching`]: 4 (every worker of a device with up to
+/// 4 queues; on the GPU host's 16-queue CPU backend 4 searching workers measured
+/// best of 1, 2, 4 and 16 — BENCHMARKS.md, seventh session).
+pub const DEFAULT_MAX_SEARCHING: usize = 4;
 
 /// Default of [`EngineBuilder::max_group`]: 1, one batch per backend call (groups of 8
 /// measured no better on an H200: BENCHMARKS.md, fourth session).

@@ -827,6 +827,15 @@ impl Engine {
     /// The live device with the shortest mailbox (round robin among equals).
     fn pick_device(&self) -> Result<usize, EngineError> {
         let n = self.core.devices.len();
+        if n == 1 {
+            // One device: no mailbox lengths to compare (reading them costs a cache
+            // line the workers write) and no round robin to advance.
+            return if self.core.is_lost(0) {
+                Err(EngineError::DeviceLost { device: 0 })
+            } else {
+                Ok(0)
+            };
+        }
         let start = self.core.next_device.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|i| (start + i) % n)
