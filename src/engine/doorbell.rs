@@ -3,12 +3,13 @@
 //!
 //! A worker that finds the mailbox empty first *searches* (polls it for a while, see
 //! spin.rs) — but only while fewer than `max_searching` of the device's workers search
-//! (`EngineBuilder::max_searching`); the others, and a searcher that found nothing, *sleep* on the doorbell's
-//! condvar. A producer *rings* after each message it queues: when somebody searches it
-//! returns at once (the searcher will find the message), when nobody sleeps too (every
-//! worker is busy and polls again when done), and only otherwise takes the lock and
-//! hands one sleeper a wake-up permit. A worker that takes a message and sees more
-//! queued rings as well, so a message that a searcher left behind wakes a sleeper.
+//! (`EngineBuilder::max_searching`); the others, and a searcher that found nothing,
+//! *sleep* on the doorbell's condvar. A producer *rings* after each message it queues:
+//! when somebody searches it returns at once (the searcher will find the message), when
+//! nobody sleeps too (every worker is busy and polls again when done), and only
+//! otherwise takes the lock and hands one sleeper a wake-up permit. A worker that takes
+//! a message and sees more queued rings as well, so a message that a searcher left
+//! behind wakes a sleeper.
 //!
 //! Why no message is left with every worker asleep: the producer's "push, fence, read
 //! the counts" and the sleeper's "count myself, fence, poll" are the two halves of a
