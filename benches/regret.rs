@@ -9,7 +9,8 @@
 //! - `photofinish`: a fresh engine (nothing learnt) per run; the trace is submitted
 //!   through it and it races, learns and audits as it does in production.
 //! - `oracle`: the best variant of each batch's phase, known in advance (measured before
-//!   the run, not counted).
+//!   the run by running that phase's batches of the trace with each variant, one thread
+//!   per queue as in the trace, best of 3; not counted).
 //! - `conservative`: always variant 0.
 //! - `exhaustive`: before the trace, every variant of each kernel runs
 //!   `PF_REGRET_TUNE_RUNS` times (default 10) on the kernel's first input and the fastest
@@ -151,6 +152,12 @@ impl Trace {
     /// Runs the whole trace with one thread per queue, `choose(step)` picking each
     /// batch's variant; returns the wall time.
     fn run_fixed(&self, choose: &(dyn Fn(Step) -> usize + Sync)) -> Duration {
+        self.run_steps(&self.steps, choose)
+    }
+
+    /// Runs `steps` with one thread per queue, `choose(step)` picking each batch's
+    /// variant; returns the wall time.
+    fn run_steps(&self, steps: &[Step], choose: &(dyn Fn(Step) -> usize + Sync)) -> Duration {
         let cursor = AtomicUsize::new(0);
         let started = Instant::now();
         std::thread::scope(|s| {
@@ -159,7 +166,7 @@ impl Trace {
                 let cursor = &cursor;
                 s.spawn(move || loop {
                     let i = cursor.fetch_add(1, Ordering::Relaxed);
-                    let Some(&step) = self.steps.get(i) else {
+                    let Some(&step) = steps.get(i) else {
                         return;
                     };
                     self.run_one(queue, step, choose(step));
@@ -201,6 +208,28 @@ impl Trace {
                     })
                     .sum::<Duration>()
                     / POOL as u32
+            })
+            .collect()
+    }
+
+    /// Each phase's fastest variant as the trace runs it: the phase's own batches run
+    /// with each variant in turn, one thread per queue (best of `runs` runs each), and
+    /// the wall times. One-at-a-time timings (`phase_times`) can rank the variants the
+    /// other way when the queues' threads share the machine (the CPU backend's rayon
+    /// pool on a 2-core VM did).
+    fn in_trace_times(&self, kernel: usize, phase: usize, runs: usize) -> Vec<Duration> {
+        let steps: Vec<Step> = self
+            .steps
+            .iter()
+            .copied()
+            .filter(|s| s.kernel == kernel && s.phase == phase)
+            .collect();
+        (0..self.kernels[kernel].handles.len())
+            .map(|v| {
+                (0..runs)
+                    .map(|_| self.run_steps(&steps, &|_| v))
+                    .min()
+                    .unwrap_or_default()
             })
             .collect()
     }
@@ -278,6 +307,20 @@ impl Trace {
     }
 }
 
+/// The index of the shortest time.
+fn fastest(times: &[Duration]) -> usize {
+    (0..times.len()).min_by_key(|&v| times[v]).unwrap_or(0)
+}
+
+/// Times in µs, "a / b / …".
+fn micros(times: &[Duration]) -> String {
+    times
+        .iter()
+        .map(|t| format!("{:.1} µs", t.as_secs_f64() * 1e6))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 fn wait(ticket: Option<photofinish::Ticket>) {
     if let Some(t) = ticket {
         if let Err(e) = t.wait() {
@@ -291,10 +334,11 @@ fn regret(c: &mut Criterion) {
     let bytes = common::env_usize("PF_REGRET_BYTES", 16 * 1024).max(16);
     let tune_runs = common::env_usize("PF_REGRET_TUNE_RUNS", 10).max(1);
     let trace = Trace::new(common::backend_from_env(), batches, bytes);
-    // The oracle: each phase's fastest variant, from one-at-a-time timings printed
-    // here so a run shows how much (or how little) the choice is worth per phase.
+    // Each phase's variants timed one batch at a time, printed so a run shows how much
+    // (or how little) the choice is worth per phase; with `PF_REGRET_PROBE_ONLY` that
+    // table is all.
     let mut table = Vec::new();
-    let oracle: Vec<Vec<usize>> = (0..trace.kernels.len())
+    let probe: Vec<Vec<usize>> = (0..trace.kernels.len())
         .map(|k| {
             (0..trace.kernels[k].phases.len())
                 .map(|p| {
@@ -303,32 +347,46 @@ fn regret(c: &mut Criterion) {
                         "{} {:?}: {}",
                         trace.kernels[k].workload.name(),
                         trace.kernels[k].phases[p],
-                        times
-                            .iter()
-                            .map(|t| format!("{:.1} µs", t.as_secs_f64() * 1e6))
-                            .collect::<Vec<_>>()
-                            .join(" / ")
+                        micros(&times)
                     ));
-                    (0..times.len()).min_by_key(|&v| times[v]).unwrap_or(0)
+                    fastest(&times)
                 })
                 .collect()
         })
         .collect();
-    println!(
-        "regret: {batches} batches of {bytes} bytes on {} ({} queues); oracle choices {oracle:?}",
-        trace
-            .backend
-            .devices()
-            .first()
-            .map_or("?", |d| d.name.as_str()),
-        trace.backend.queues().len()
-    );
+    let device = trace
+        .backend
+        .devices()
+        .first()
+        .map_or_else(|| "?".to_owned(), |d| d.name.clone());
+    let queues = trace.backend.queues().len();
+    println!("regret: {batches} batches of {bytes} bytes on {device} ({queues} queues)");
     for line in &table {
         println!("regret: per batch, variant 0 / 1 / …: {line}");
     }
+    println!("regret: one-at-a-time choices {probe:?}");
     if std::env::var_os("PF_REGRET_PROBE_ONLY").is_some() {
         return; // the table only (size sweeps on the GPU machine)
     }
+    // The oracle: each phase's fastest variant when the phase's batches run as in the
+    // trace (measured here, not counted in its time).
+    let oracle: Vec<Vec<usize>> = (0..trace.kernels.len())
+        .map(|k| {
+            (0..trace.kernels[k].phases.len())
+                .map(|p| {
+                    let times = trace.in_trace_times(k, p, 3);
+                    println!(
+                        "regret: phase in the trace, variant 0 / 1 / …: {} {:?}: {}",
+                        trace.kernels[k].workload.name(),
+                        trace.kernels[k].phases[p],
+                        micros(&times)
+                    );
+                    fastest(&times)
+                })
+                .collect()
+        })
+        .collect();
+    println!("regret: oracle choices {oracle:?}");
 
     let name = "regret";
     let mut group = c.benchmark_group(name);
