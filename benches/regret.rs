@@ -307,6 +307,31 @@ impl Trace {
     }
 }
 
+/// For each kernel and phase of the trace, `time(kernel, phase)`'s time per variant,
+/// printed after `label`, and the fastest variant.
+fn choose_per_phase(
+    trace: &Trace,
+    label: &str,
+    time: impl Fn(usize, usize) -> Vec<Duration>,
+) -> Vec<Vec<usize>> {
+    (0..trace.kernels.len())
+        .map(|k| {
+            (0..trace.kernels[k].phases.len())
+                .map(|p| {
+                    let times = time(k, p);
+                    println!(
+                        "regret: {label}, variant 0 / 1 / …: {} {:?}: {}",
+                        trace.kernels[k].workload.name(),
+                        trace.kernels[k].phases[p],
+                        micros(&times)
+                    );
+                    fastest(&times)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The index of the shortest time.
 fn fastest(times: &[Duration]) -> usize {
     (0..times.len()).min_by_key(|&v| times[v]).unwrap_or(0)
@@ -334,26 +359,6 @@ fn regret(c: &mut Criterion) {
     let bytes = common::env_usize("PF_REGRET_BYTES", 16 * 1024).max(16);
     let tune_runs = common::env_usize("PF_REGRET_TUNE_RUNS", 10).max(1);
     let trace = Trace::new(common::backend_from_env(), batches, bytes);
-    // Each phase's variants timed one batch at a time, printed so a run shows how much
-    // (or how little) the choice is worth per phase; with `PF_REGRET_PROBE_ONLY` that
-    // table is all.
-    let mut table = Vec::new();
-    let probe: Vec<Vec<usize>> = (0..trace.kernels.len())
-        .map(|k| {
-            (0..trace.kernels[k].phases.len())
-                .map(|p| {
-                    let times = trace.phase_times(k, p, 5);
-                    table.push(format!(
-                        "{} {:?}: {}",
-                        trace.kernels[k].workload.name(),
-                        trace.kernels[k].phases[p],
-                        micros(&times)
-                    ));
-                    fastest(&times)
-                })
-                .collect()
-        })
-        .collect();
     let device = trace
         .backend
         .devices()
@@ -361,31 +366,19 @@ fn regret(c: &mut Criterion) {
         .map_or_else(|| "?".to_owned(), |d| d.name.clone());
     let queues = trace.backend.queues().len();
     println!("regret: {batches} batches of {bytes} bytes on {device} ({queues} queues)");
-    for line in &table {
-        println!("regret: per batch, variant 0 / 1 / …: {line}");
-    }
+    // Each phase's variants timed one batch at a time, printed so a run shows how much
+    // (or how little) the choice is worth per phase; with `PF_REGRET_PROBE_ONLY` that
+    // table is all.
+    let probe = choose_per_phase(&trace, "per batch", |k, p| trace.phase_times(k, p, 5));
     println!("regret: one-at-a-time choices {probe:?}");
     if std::env::var_os("PF_REGRET_PROBE_ONLY").is_some() {
         return; // the table only (size sweeps on the GPU machine)
     }
     // The oracle: each phase's fastest variant when the phase's batches run as in the
     // trace (measured here, not counted in its time).
-    let oracle: Vec<Vec<usize>> = (0..trace.kernels.len())
-        .map(|k| {
-            (0..trace.kernels[k].phases.len())
-                .map(|p| {
-                    let times = trace.in_trace_times(k, p, 3);
-                    println!(
-                        "regret: phase in the trace, variant 0 / 1 / …: {} {:?}: {}",
-                        trace.kernels[k].workload.name(),
-                        trace.kernels[k].phases[p],
-                        micros(&times)
-                    );
-                    fastest(&times)
-                })
-                .collect()
-        })
-        .collect();
+    let oracle = choose_per_phase(&trace, "phase in the trace", |k, p| {
+        trace.in_trace_times(k, p, 3)
+    });
     println!("regret: oracle choices {oracle:?}");
 
     let name = "regret";
