@@ -32,49 +32,48 @@ fn send(bell: &Doorbell, queued: &AtomicUsize) {
     bell.ring();
 }
 
-/// Two workers, two messages from two producers: both workers get one, whichever of
-/// them searched, slept or polled first.
+/// Two workers wait for one message each while `send_two` queues two messages and
+/// rings: whichever of them searched, slept or polled first, both return, nothing is
+/// left queued and nobody is still counted asleep.
+fn two_workers_get_two_messages(send_two: impl FnOnce(&Arc<Doorbell>, &Arc<AtomicUsize>)) {
+    let bell = Arc::new(Doorbell::new(1));
+    let queued = Arc::new(AtomicUsize::new(0));
+    let workers = [worker(&bell, &queued), worker(&bell, &queued)];
+    send_two(&bell, &queued);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(
+        queued.load(Ordering::Acquire),
+        0,
+        "a message was left queued"
+    );
+    assert_eq!(bell.sleeping(), 0, "a worker is still counted asleep");
+}
+
+/// The two messages come from two producers.
 #[test]
 fn two_workers_each_get_a_message_from_two_producers() {
     loom::model(|| {
-        let bell = Arc::new(Doorbell::new(1));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let workers = [worker(&bell, &queued), worker(&bell, &queued)];
-        let producer = {
-            let (bell, queued) = (Arc::clone(&bell), Arc::clone(&queued));
-            thread::spawn(move || send(&bell, &queued))
-        };
-        send(&bell, &queued);
-        producer.join().unwrap();
-        for w in workers {
-            w.join().unwrap();
-        }
-        assert_eq!(
-            queued.load(Ordering::Acquire),
-            0,
-            "a message was left queued"
-        );
-        assert_eq!(bell.sleeping(), 0, "a worker is still counted asleep");
+        two_workers_get_two_messages(|bell, queued| {
+            let producer = {
+                let (bell, queued) = (Arc::clone(bell), Arc::clone(queued));
+                thread::spawn(move || send(&bell, &queued))
+            };
+            send(bell, queued);
+            producer.join().unwrap();
+        })
     });
 }
 
-/// Two messages queued by one producer while a single worker of two searches: the
+/// One producer queues both while a single worker of two may be searching: the
 /// message the searcher leaves behind wakes the other worker (the hand-on ring).
 #[test]
 fn a_message_left_by_a_searcher_wakes_a_sleeper() {
     loom::model(|| {
-        let bell = Arc::new(Doorbell::new(1));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let workers = [worker(&bell, &queued), worker(&bell, &queued)];
-        send(&bell, &queued);
-        send(&bell, &queued);
-        for w in workers {
-            w.join().unwrap();
-        }
-        assert_eq!(
-            queued.load(Ordering::Acquire),
-            0,
-            "a message was left queued"
-        );
+        two_workers_get_two_messages(|bell, queued| {
+            send(bell, queued);
+            send(bell, queued);
+        })
     });
 }

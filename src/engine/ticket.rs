@@ -196,15 +196,11 @@ impl<T> Ticket<T> {
                     guard = g;
                     phase = slot.phase();
                 }
-                None => {
-                    // Timed out (`wait` gave the lock back).
-                    slot.state.fetch_sub(SLEEPER, Ordering::AcqRel);
-                    return;
-                }
+                // Timed out (`wait` gave the lock back).
+                None => break,
             }
         }
         slot.state.fetch_sub(SLEEPER, Ordering::AcqRel);
-        drop(guard);
     }
 
     /// Blocks until the answer is in and returns it.
