@@ -1,10 +1,11 @@
 //! loom model of the device-load watch (`engine::contention`): a race's samples are
-//! clamped only when another backend call shared its device, so two calls that overlap
-//! must both see each other and a call alone must see no one. (A watch dropped by a
-//! panicking call is counted out by its drop: a unit test in `contention.rs`.)
+//! clamped only when another backend call shared its device, so a watched call must
+//! see every call that overlaps it, on its own queue or another, and a call alone must
+//! see no one. (A call or watch dropped by a panicking call is counted out by its drop:
+//! a unit test in `contention.rs`.)
 #![cfg(photofinish_loom)]
 
-use loom::sync::atomic::{AtomicBool, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 
@@ -18,9 +19,9 @@ fn wait_for(flag: &AtomicBool) {
 }
 
 #[test]
-fn overlapping_calls_both_report_contention() {
+fn overlapping_watched_calls_on_two_queues_both_report_contention() {
     loom::model(|| {
-        let load = Arc::new(DeviceLoad::new());
+        let load = Arc::new(DeviceLoad::new(2));
         let first_running = Arc::new(AtomicBool::new(false));
         let second_running = Arc::new(AtomicBool::new(false));
         let first = {
@@ -30,7 +31,7 @@ fn overlapping_calls_both_report_contention() {
                 Arc::clone(&second_running),
             );
             thread::spawn(move || {
-                let watch = load.begin();
+                let watch = load.watch(0);
                 first_running.store(true, Ordering::Release);
                 // The second call begins before this one ends: they overlap.
                 wait_for(&second_running);
@@ -38,7 +39,7 @@ fn overlapping_calls_both_report_contention() {
             })
         };
         wait_for(&first_running);
-        let watch = load.begin();
+        let watch = load.watch(1);
         second_running.store(true, Ordering::Release);
         let second = watch.finish();
         let first = first.join().unwrap();
@@ -48,65 +49,65 @@ fn overlapping_calls_both_report_contention() {
     });
 }
 
-#[test]
-fn concurrent_calls_in_any_order_are_counted_out_and_never_wrongly_alone() {
-    loom::model(|| {
-        let load = Arc::new(DeviceLoad::new());
+/// Runs a watched call on `queue` (an unwatched one when `watched` is false) whose
+/// "kernel" is the stretch between two read-modify-writes of `inside`; returns whether
+/// another call was inside at the same time, and what the watch reported (false for an
+/// unwatched call).
+fn call(load: &DeviceLoad, inside: &AtomicU32, queue: usize, watched: bool) -> (bool, bool) {
+    let run = || {
+        let before = inside.fetch_add(1, Ordering::SeqCst);
+        let after = inside.fetch_sub(1, Ordering::SeqCst);
+        before > 0 || after > 1
+    };
+    if watched {
+        let watch = load.watch(queue);
+        let overlapped = run();
+        (overlapped, watch.finish())
+    } else {
+        let counted = load.begin(queue);
+        let overlapped = run();
+        counted.finish();
+        (overlapped, false)
+    }
+}
+
+/// Two calls in any interleaving, on two queues or one: a watched call whose kernel
+/// overlapped the other's always reports contention, and both are counted out.
+fn no_overlap_is_missed(queues: [usize; 2], other_watched: bool) {
+    loom::model(move || {
+        let load = Arc::new(DeviceLoad::new(2));
+        let inside = Arc::new(AtomicU32::new(0));
         let other = {
-            let load = Arc::clone(&load);
-            thread::spawn(move || load.begin().finish())
+            let (load, inside) = (Arc::clone(&load), Arc::clone(&inside));
+            thread::spawn(move || call(&load, &inside, queues[1], other_watched))
         };
-        let ours = load.begin().finish();
-        let theirs = other.join().unwrap();
-        // Whatever the interleaving, the two reports agree: either the calls overlapped
-        // and both saw it, or one ended before the other began and neither did.
-        assert_eq!(ours, theirs, "one call saw an overlap the other missed");
+        let (overlapped, reported) = call(&load, &inside, queues[0], true);
+        let (their_overlap, their_report) = other.join().unwrap();
+        assert!(
+            !overlapped || reported,
+            "our watch missed an overlapping call"
+        );
+        assert!(
+            !(other_watched && their_overlap) || their_report,
+            "their watch missed our call"
+        );
         assert_eq!(load.active(), 0);
         // A later call alone sees no one.
-        assert!(!load.begin().finish());
+        assert!(!load.watch(queues[0]).finish());
     });
-}
-
-/// The same watch on two separate atomics (calls begun; calls running), finished by
-/// reading one and then decrementing the other: a call that begins between the two
-/// steps sees the finishing call still running while the finishing call missed it.
-struct TwoWordLoad {
-    begun: loom::sync::atomic::AtomicU64,
-    running: loom::sync::atomic::AtomicU32,
-}
-
-impl TwoWordLoad {
-    fn begin(&self) -> (u64, u32) {
-        let ticket = self.begun.fetch_add(1, Ordering::AcqRel);
-        let others = self.running.fetch_add(1, Ordering::AcqRel);
-        (ticket, others)
-    }
-
-    fn finish(&self, (ticket, others): (u64, u32)) -> bool {
-        let began_since = self.begun.load(Ordering::Acquire) != ticket + 1;
-        self.running.fetch_sub(1, Ordering::AcqRel);
-        others > 0 || began_since
-    }
 }
 
 #[test]
-#[should_panic(expected = "one call saw an overlap the other missed")]
-fn a_two_word_watch_is_caught_disagreeing() {
-    loom::model(|| {
-        let load = Arc::new(TwoWordLoad {
-            begun: loom::sync::atomic::AtomicU64::new(0),
-            running: loom::sync::atomic::AtomicU32::new(0),
-        });
-        let other = {
-            let load = Arc::clone(&load);
-            thread::spawn(move || {
-                let watch = load.begin();
-                load.finish(watch)
-            })
-        };
-        let watch = load.begin();
-        let ours = load.finish(watch);
-        let theirs = other.join().unwrap();
-        assert_eq!(ours, theirs, "one call saw an overlap the other missed");
-    });
+fn a_watch_misses_no_overlapping_call_on_another_queue() {
+    no_overlap_is_missed([0, 1], false);
+}
+
+#[test]
+fn two_watches_on_two_queues_miss_no_overlap() {
+    no_overlap_is_missed([0, 1], true);
+}
+
+#[test]
+fn a_watch_misses_no_overlapping_call_on_its_own_queue() {
+    no_overlap_is_missed([1, 1], false);
 }

@@ -1,4 +1,4 @@
-//! loom models of the engine's mailbox protocol: the gate word (closed bit + producers
+//! loom models of the engine's mailbox protocol: the gate words (closed bit + producers
 //! inside) that `shutdown` waits on, and the ticket's one-shot slot. Together they are
 //! why every accepted batch gets exactly one answer, even across shutdown.
 #![cfg(photofinish_loom)]
@@ -13,17 +13,18 @@ use photofinish::EngineError;
 /// A producer enters, "sends" (bumps the mailbox), leaves; the closer shuts the gate
 /// and then reads the mailbox. Whatever the interleaving: a producer either got in
 /// (and its send is visible to the closer once `close_and_wait` returns) or was
-/// refused — never in between, and `close_and_wait` never misses a wake-up.
-#[test]
-fn shutdown_sees_every_send_of_an_admitted_producer() {
-    loom::model(|| {
-        let gate = Arc::new(Gate::new());
+/// refused — never in between, and `close_and_wait` never misses a wake-up. The
+/// producers enter through the gate words in `shards` of a gate of `words` words.
+fn shutdown_sees_every_send(words: usize, shards: [usize; 2]) {
+    loom::model(move || {
+        let gate = Arc::new(Gate::with_shards(words));
         let mailbox = Arc::new(AtomicUsize::new(0));
-        let producers: Vec<_> = (0..2)
-            .map(|_| {
+        let producers: Vec<_> = shards
+            .into_iter()
+            .map(|shard| {
                 let gate = Arc::clone(&gate);
                 let mailbox = Arc::clone(&mailbox);
-                thread::spawn(move || match gate.enter() {
+                thread::spawn(move || match gate.enter_through(shard) {
                     Some(_pass) => {
                         mailbox.fetch_add(1, Ordering::Relaxed);
                         true
@@ -35,7 +36,12 @@ fn shutdown_sees_every_send_of_an_admitted_producer() {
         assert!(gate.close_and_wait());
         let seen_at_close = mailbox.load(Ordering::Relaxed);
         assert_eq!(gate.inside(), 0);
-        assert!(gate.enter().is_none(), "a closed gate admits nobody");
+        for shard in 0..words {
+            assert!(
+                gate.enter_through(shard).is_none(),
+                "a closed gate admits nobody"
+            );
+        }
         let admitted = producers
             .into_iter()
             .map(|p| p.join().unwrap())
@@ -47,6 +53,16 @@ fn shutdown_sees_every_send_of_an_admitted_producer() {
             "closing twice reports the first close only"
         );
     });
+}
+
+#[test]
+fn shutdown_sees_every_send_of_an_admitted_producer() {
+    shutdown_sees_every_send(1, [0, 0]);
+}
+
+#[test]
+fn shutdown_sees_every_send_through_two_gate_words() {
+    shutdown_sees_every_send(2, [0, 1]);
 }
 
 /// The worker answers while the caller waits: the caller gets exactly that answer.

@@ -240,9 +240,9 @@ impl EngineBuilder {
                 .collect();
             devices.push(DeviceSlot {
                 mailbox: super::mailbox::Mailbox::new(self.channel_capacity, self.max_searching),
+                load: super::contention::DeviceLoad::new(queues.len()),
                 queues,
                 lost: Default::default(),
-                load: super::contention::DeviceLoad::new(),
             });
         }
         if devices.iter().all(|d| d.queues.is_empty()) {

@@ -28,13 +28,39 @@ use crate::policy::{
 /// A single-arm run of a repeated shape re-evaluates the bundle once in this many.
 pub(crate) const POLICY_REFRESH: u32 = 64;
 
-/// What the engine measured about one kernel's launches.
+/// Repeats of one input shape in a row, counted per queue (`registry::Lane`): every
+/// batch counts, so a count shared by the kernel's workers had every batch write the
+/// kernel's lines from whichever core ran it.
 #[derive(Debug, Default)]
-pub(crate) struct PolicyState {
+pub(crate) struct ShapeRun {
     /// Input length of the last batch, to count repeats of the same shape.
     last_len: Option<usize>,
     /// Consecutive batches with the same input length (1 for a new shape).
-    repeat: u32,
+    pub(crate) repeat: u32,
+}
+
+impl ShapeRun {
+    /// Counts a batch of `len` input bytes against the repeat run.
+    pub(crate) fn note(&mut self, len: usize) {
+        if self.last_len == Some(len) {
+            self.repeat = self.repeat.saturating_add(1);
+        } else {
+            self.last_len = Some(len);
+            self.repeat = 1;
+        }
+    }
+
+    /// Whether a single-arm run should evaluate the bundle: on a new shape and on every
+    /// [`POLICY_REFRESH`]-th repeat of one (re-evaluating every repeat of a known shape
+    /// was a measurable share of a small batch's host time).
+    pub(crate) fn due_for_single_arm(&self) -> bool {
+        self.repeat <= 1 || self.repeat % POLICY_REFRESH == 0
+    }
+}
+
+/// What the engine measured about one kernel's launches.
+#[derive(Debug, Default)]
+pub(crate) struct PolicyState {
     /// Per-launch overhead (host wall − kernel time), EMA with α = 1/4.
     overhead_ns: Option<u64>,
     /// The first launch's overhead: pipeline and command-buffer set-up included.
@@ -56,23 +82,6 @@ fn ema(old: Option<u64>, new: u64) -> u64 {
 }
 
 impl PolicyState {
-    /// Counts a batch of `len` input bytes against the repeat run.
-    pub(crate) fn note_shape(&mut self, len: usize) {
-        if self.last_len == Some(len) {
-            self.repeat = self.repeat.saturating_add(1);
-        } else {
-            self.last_len = Some(len);
-            self.repeat = 1;
-        }
-    }
-
-    /// Whether a single-arm run should evaluate the bundle: on a new shape and on every
-    /// [`POLICY_REFRESH`]-th repeat of one (re-evaluating every repeat of a known shape
-    /// was a measurable share of a small batch's host time).
-    pub(crate) fn due_for_single_arm(&self) -> bool {
-        self.repeat <= 1 || self.repeat % POLICY_REFRESH == 0
-    }
-
     /// Records one backend call: its host wall time and its (slowest) kernel time.
     pub(crate) fn observe(&mut self, wall_ns: u64, kernel_ns: Option<u64>) {
         let kernel = kernel_ns.unwrap_or(0);
@@ -96,10 +105,12 @@ impl PolicyState {
         }
     }
 
-    /// The policy inputs for the next batch; `queued` batches wait behind it.
+    /// The policy inputs for the next batch; `queued` batches wait behind it and its
+    /// shape came `repeat` times in a row on its queue.
     pub(crate) fn inputs(
         &self,
         queued: usize,
+        repeat: u32,
         arms: (ArmBindingSummary, ArmBindingSummary),
         resource_count: usize,
     ) -> DispatchPolicyInputs {
@@ -112,7 +123,7 @@ impl PolicyState {
             // Uploads travel inside the dispatch; no separate copy is queued.
             copy_dst_slot: None,
             graph: CommandReuseInputs {
-                repeat_count: self.repeat,
+                repeat_count: repeat,
                 per_launch_overhead_ns: first,
                 record_overhead_ns: first,
                 replay_overhead_ns: overhead,
@@ -253,13 +264,16 @@ mod tests {
 
     #[test]
     fn repeats_count_the_same_shape_and_overhead_is_wall_minus_kernel() {
-        let mut state = PolicyState::default();
+        let mut run = ShapeRun::default();
         for len in [10, 10, 10, 4] {
-            state.note_shape(len);
+            run.note(len);
         }
-        assert_eq!(state.repeat, 1);
-        state.note_shape(4);
-        assert_eq!(state.repeat, 2);
+        assert_eq!(run.repeat, 1);
+        assert!(run.due_for_single_arm(), "a new shape is due");
+        run.note(4);
+        assert_eq!(run.repeat, 2);
+        assert!(!run.due_for_single_arm(), "a repeat is not");
+        let mut state = PolicyState::default();
         state.observe(5_000, Some(1_000));
         assert_eq!(state.first_overhead_ns, Some(4_000));
         state.observe(2_000, Some(1_000));

@@ -1,12 +1,14 @@
 //! The mailbox: how batches get from producers to a device's workers, and the
 //! shutdown word that makes "every accepted batch is answered" hold across shutdown.
 //!
-//! Owns the [`Gate`] (one `AtomicU64`: a closed bit and the number of producers
+//! Owns the [`Gate`] (a few `AtomicU64`s, each a closed bit and a number of producers
 //! inside `submit`) and the per-device [`Mailbox`] (a bounded channel and the
 //! [`Doorbell`] its workers wait on). It never looks inside a batch. See
 //! `src/engine/README.md` for the protocol and why it cannot lose a batch.
 
 use crossbeam_channel::{Receiver, SendError, Sender, TrySendError};
+
+use crossbeam_utils::CachePadded;
 
 use super::doorbell::Doorbell;
 use crate::sync::{AtomicU64, Condvar, Mutex, Ordering};
@@ -73,17 +75,29 @@ impl<T> Mailbox<T> {
     }
 }
 
-/// Bit 63 of the gate word: set once shutdown began; no producer may enter after.
+/// Bit 63 of a gate word: set once shutdown began; no producer may enter after.
 const CLOSED: u64 = 1 << 63;
 /// The low bits: producers currently between `enter` and the end of their send.
 const COUNT: u64 = CLOSED - 1;
+/// Words in a gate made by [`Gate::new`].
+pub(crate) const GATE_SHARDS: usize = 8;
 
-/// The shutdown word: producers `enter` before they send and leave (drop the [`Pass`])
+/// The shutdown gate: producers `enter` before they send and leave (drop the [`Pass`])
 /// after; `close_and_wait` shuts the gate and waits until every producer inside has
 /// left, after which no batch can be sent any more and the stop messages can follow.
+///
+/// The gate is [`GATE_SHARDS`] words, each on cache lines of its own, each a closed bit
+/// and a count of the producers inside through it; a producer thread enters and leaves
+/// through one word (chosen once per thread), so producers on different threads do not
+/// write one shared line twice per submit, as they did with a single word until the
+/// eighth session. Closing sets the closed bit in every word, one read-modify-write
+/// each, and then waits for every count to drain: a producer either entered a word
+/// before its closed bit was set (and is counted there) or sees the bit and is
+/// refused: the single word's argument, per word (loom model:
+/// `loom-tests/tests/mailbox.rs`).
 #[derive(Debug)]
 pub struct Gate {
-    word: AtomicU64,
+    words: Box<[CachePadded<AtomicU64>]>,
     lock: Mutex<()>,
     empty: Condvar,
 }
@@ -95,30 +109,46 @@ impl Default for Gate {
 }
 
 impl Gate {
-    /// An open gate with nobody inside.
+    /// An open gate of [`GATE_SHARDS`] words with nobody inside.
     pub fn new() -> Self {
+        Self::with_shards(GATE_SHARDS)
+    }
+
+    /// An open gate of `shards` words (at least one).
+    pub fn with_shards(shards: usize) -> Self {
         Gate {
-            word: AtomicU64::new(0),
+            words: (0..shards.max(1))
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
             lock: Mutex::new(()),
             empty: Condvar::new(),
         }
     }
 
-    /// Enters the gate: `None` once it is closed. Hold the pass while sending.
+    /// Enters the gate through this thread's word: `None` once it is closed. Hold the
+    /// pass while sending.
     pub fn enter(&self) -> Option<Pass<'_>> {
-        let mut current = self.word.load(Ordering::Acquire);
+        self.enter_through(thread_shard())
+    }
+
+    /// Enters the gate through word `shard` (modulo the number of words): what
+    /// [`enter`](Self::enter) does with the calling thread's word. The loom models
+    /// place their producers on words with it.
+    pub fn enter_through(&self, shard: usize) -> Option<Pass<'_>> {
+        let word = &self.words[shard % self.words.len()];
+        let mut current = word.load(Ordering::Acquire);
         loop {
             if current & CLOSED != 0 {
                 return None;
             }
             // COUNT cannot overflow: it would take 2^63 threads inside at once.
-            match self.word.compare_exchange_weak(
+            match word.compare_exchange_weak(
                 current,
                 current + 1,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Some(Pass { gate: self }),
+                Ok(_) => return Some(Pass { gate: self, word }),
                 Err(seen) => current = seen,
             }
         }
@@ -126,32 +156,43 @@ impl Gate {
 
     /// True once `close_and_wait` has begun.
     pub fn is_closed(&self) -> bool {
-        self.word.load(Ordering::Acquire) & CLOSED != 0
+        self.words[0].load(Ordering::Acquire) & CLOSED != 0
     }
 
     /// Producers inside the gate right now.
     pub fn inside(&self) -> u64 {
-        self.word.load(Ordering::Acquire) & COUNT
+        self.words
+            .iter()
+            .map(|w| w.load(Ordering::Acquire) & COUNT)
+            .sum()
     }
 
     /// Closes the gate (idempotent) and blocks until no producer is inside. Returns
-    /// true for the call that closed it.
+    /// true for the call that closed it (the one that set the first word's bit).
     pub fn close_and_wait(&self) -> bool {
-        let before = self.word.fetch_or(CLOSED, Ordering::AcqRel);
+        let mut closed_first = false;
+        for (i, word) in self.words.iter().enumerate() {
+            let was_open = word.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED == 0;
+            if i == 0 {
+                closed_first = was_open;
+            }
+        }
         let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        while self.word.load(Ordering::Acquire) & COUNT != 0 {
+        while self.inside() != 0 {
             guard = self.empty.wait(guard).unwrap_or_else(|p| p.into_inner());
         }
         drop(guard);
-        before & CLOSED == 0
+        closed_first
     }
 
-    fn leave(&self) {
-        let before = self.word.fetch_sub(1, Ordering::AcqRel);
+    fn leave(&self, word: &AtomicU64) {
+        let before = word.fetch_sub(1, Ordering::AcqRel);
         if before == CLOSED | 1 {
-            // The last producer out of a closed gate: wake the closer. Taking the lock
-            // first means the closer is either before its check (and will see 0) or
-            // already waiting (and gets this notification) — never in between.
+            // The last producer out of a closed word: wake the closer. Taking the lock
+            // first means the closer is either before its check (and will see 0 here)
+            // or already waiting (and gets this notification) — never in between. A
+            // producer that leaves a word before it is closed needs to wake no one: the
+            // closer reads that word after closing it.
             let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             drop(guard);
             self.empty.notify_all();
@@ -159,14 +200,33 @@ impl Gate {
     }
 }
 
+/// The gate word the calling thread enters through: threads take the next one in turn
+/// the first time they submit.
+fn thread_shard() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+    SHARD.with(|shard| {
+        shard.get().unwrap_or_else(|| {
+            let mine = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shard.set(Some(mine));
+            mine
+        })
+    })
+}
+
 /// Proof of being inside the gate; leaving is dropping it.
 #[derive(Debug)]
 pub struct Pass<'a> {
     gate: &'a Gate,
+    word: &'a AtomicU64,
 }
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        self.gate.leave();
+        self.gate.leave(self.word);
     }
 }

@@ -58,7 +58,7 @@ pub use trace::TraceStats;
 /// Internals the loom models in `loom-tests/` drive directly. Not part of the API.
 #[doc(hidden)]
 pub mod protocol {
-    pub use super::contention::{DeviceLoad, Watch};
+    pub use super::contention::{Call, DeviceLoad, Watch};
     pub use super::doorbell::Doorbell;
     pub use super::events::{DropCounter, EventBus};
     pub use super::ladder::{choose as choose_in_play, Ladder};
@@ -181,8 +181,11 @@ pub(crate) struct Config {
     pub(crate) max_group: usize,
 }
 
-/// One queue a worker owns, with a count of who is using it.
+/// One queue a worker owns, with a count of who is using it. Each on cache lines of
+/// its own: its worker writes the count twice a batch, and packed together the device's
+/// sixteen counts shared a few lines among all its workers.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct QueueSlot {
     pub(crate) id: QueueId,
     users: AtomicU32,
@@ -309,6 +312,13 @@ impl Core {
             s.users.fetch_add(1, Ordering::AcqRel);
         }
         QueueUse { slot }
+    }
+
+    /// The load watch of `queue`'s device and the queue's index there.
+    pub(crate) fn device_load(&self, queue: QueueId) -> Option<(&contention::DeviceLoad, usize)> {
+        let device = self.devices.get(queue.device)?;
+        let index = device.queues.iter().position(|q| q.id == queue)?;
+        Some((&device.load, index))
     }
 
     fn slot(&self, queue: QueueId) -> Option<&QueueSlot> {
@@ -670,7 +680,7 @@ impl Engine {
     /// kernel times, and the sample that decided the verdict. `None` for an unknown id.
     pub fn kernel_stats(&self, kernel: KernelId) -> Option<KernelStats> {
         let k = self.core.registry.get(kernel)?;
-        let trace = k.trace().stats;
+        let trace = k.trace_stats();
         let variant = k.in_play();
         let variant_verdicts = (1..=k.speculative_count())
             .map(|v| k.verdict_of(v))

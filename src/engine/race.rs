@@ -18,11 +18,12 @@ use crate::policy::{
 };
 use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
 
+use super::contention::{Call, Watch};
 use super::dispatch_policy;
 use super::error::EngineError;
 use super::events::{Event, KernelVerdict, VerdictReason};
 use super::registry::{
-    Arm, CacheStatus, Hint, Kernel, RaceSample, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
+    Arm, CacheStatus, Hint, Kernel, Lane, RaceSample, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
 };
 use super::trace;
 use super::{Answer, Core, Job, Output, Payload};
@@ -62,7 +63,7 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
             detail: "lost before this batch ran".into(),
         });
     }
-    let (choice, policy_due) = begin(core, job);
+    let (choice, policy_due) = begin(core, queue, job);
     match choice {
         // An adopted variant that refuses a batch the conservative one may take is no
         // longer trusted, and the batch runs conservatively.
@@ -76,16 +77,18 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
 
 /// Counts the batch's shape for the dispatch policy and chooses what to run for it.
 /// The flag: a single-arm run of it should evaluate the policy bundle (a new shape, or
-/// a periodic refresh; see `due_for_single_arm`), read under the same lock.
-fn begin(core: &Core, job: &Job) -> (Choice, bool) {
-    let policy_due = job.kernel.try_policy().is_some_and(|mut policy| {
-        policy.note_shape(payload_len(&job.payload));
-        policy.due_for_single_arm()
-    });
-    (choose(core, &job.kernel), policy_due)
+/// a periodic refresh; see `due_for_single_arm`), counted on `queue`'s lane.
+fn begin(core: &Core, queue: QueueId, job: &Job) -> (Choice, bool) {
+    let lane = job.kernel.lane(queue);
+    let policy_due = {
+        let mut history = lane.history();
+        history.shapes.note(payload_len(&job.payload));
+        history.shapes.due_for_single_arm()
+    };
+    (choose(core, lane, &job.kernel), policy_due)
 }
 
-fn choose(core: &Core, kernel: &Kernel) -> Choice {
+fn choose(core: &Core, lane: &Lane, kernel: &Kernel) -> Choice {
     let spec = kernel.in_play();
     let verdict = kernel.verdict_of(spec);
     if verdict != KernelVerdict::Rejected && kernel.fused(spec) == Some(true) {
@@ -96,7 +99,8 @@ fn choose(core: &Core, kernel: &Kernel) -> Choice {
             // Fused path off: prefilter + serial confirm, i.e. the conservative variant.
             // In `Auto` a periodic probe race keeps feeding the speculator, so it can
             // switch the fused path back on when commit rates recover.
-            let probe = core.config.mode == SpeculationMode::Auto && audit_due(core, kernel);
+            let probe = core.config.mode == SpeculationMode::Auto
+                && lane.audit_due(core.config.audit_period);
             return if probe {
                 Choice::Race {
                     audit: verdict == KernelVerdict::Adopted,
@@ -113,24 +117,12 @@ fn choose(core: &Core, kernel: &Kernel) -> Choice {
     let arm = match verdict {
         KernelVerdict::Undecided => return Choice::Race { audit: false, spec },
         KernelVerdict::Rejected => Arm::Conservative,
-        KernelVerdict::Adopted if audit_due(core, kernel) => {
+        KernelVerdict::Adopted if lane.audit_due(core.config.audit_period) => {
             return Choice::Race { audit: true, spec }
         }
         KernelVerdict::Adopted => Arm::Speculative,
     };
     Choice::Single { arm, spec }
-}
-
-/// True for one batch in every `audit_period` of this kernel.
-fn audit_due(core: &Core, kernel: &Kernel) -> bool {
-    let period = core.config.audit_period;
-    if period == 0 {
-        return false;
-    }
-    let tick = kernel
-        .audit_tick
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tick % period == period - 1
 }
 
 /// Feeds a run of speculative variant `spec`'s counter tail (if it writes one) to the
@@ -217,17 +209,45 @@ fn classify(kernel: &Kernel, err: BackendError) -> Fault {
     }
 }
 
+/// How a backend call is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Measure {
+    /// No kernel times, no wall time (the backend may skip its timestamps).
+    Untimed,
+    /// Kernel times and the call's host wall time.
+    Timed,
+    /// Timed, and watched for other calls on the device meanwhile: a race's arms.
+    Race,
+}
+
+impl Measure {
+    /// A single-arm run: timed when `timed`.
+    fn single(timed: bool) -> Self {
+        if timed {
+            Measure::Timed
+        } else {
+            Measure::Untimed
+        }
+    }
+
+    fn timed(self) -> bool {
+        self != Measure::Untimed
+    }
+}
+
 /// Dispatches the jobs in one call and checks that one result came back per job. The
 /// call's host wall time minus its slowest kernel time is the launch overhead the
 /// dispatch policy learns (from timed calls only: an untimed call's wall time holds an
-/// unknown kernel time). The flag: another backend call ran on the device meanwhile.
+/// unknown kernel time). The flag (`Measure::Race` only): another backend call ran on
+/// the device meanwhile.
 fn dispatch(
     core: &Core,
     kernel: &Kernel,
     jobs: &[DispatchJob],
-    timed: bool,
+    measure: Measure,
 ) -> Result<(Vec<Result<DispatchOutput, BackendError>>, bool), Fault> {
-    let (results, wall_ns, contended) = timed_dispatch(core, jobs, timed);
+    let timed = measure.timed();
+    let (results, wall_ns, contended) = timed_dispatch(core, jobs, measure);
     let kernel_ns = results
         .iter()
         .filter_map(|r| r.as_ref().ok().and_then(|o| o.kernel_ns))
@@ -241,19 +261,27 @@ fn dispatch(
     Ok((results, contended))
 }
 
-/// One backend call (`timed`: with kernel times; otherwise the backend may skip them),
-/// its host wall time in nanoseconds (0, unmeasured, when untimed), and whether another
-/// backend call ran on the same device at some moment during it (see `contention`).
+/// One backend call, counted on its first job's queue (see `contention`): its results,
+/// its host wall time in nanoseconds (0, unmeasured, when untimed), and (for
+/// `Measure::Race`) whether another backend call ran on the same device at some moment
+/// during it.
 fn timed_dispatch(
     core: &Core,
     jobs: &[DispatchJob],
-    timed: bool,
+    measure: Measure,
 ) -> (Vec<Result<DispatchOutput, BackendError>>, u64, bool) {
-    let watch = jobs
-        .first()
-        .and_then(|j| core.devices.get(j.queue.device))
-        .map(|d| d.load.begin());
-    let (results, wall_ns) = if timed {
+    enum Counted<'a> {
+        Call(Call<'a>),
+        Watch(Watch<'a>),
+    }
+    let counted = jobs.first().and_then(|j| {
+        let (load, index) = core.device_load(j.queue)?;
+        Some(match measure {
+            Measure::Race => Counted::Watch(load.watch(index)),
+            Measure::Untimed | Measure::Timed => Counted::Call(load.begin(index)),
+        })
+    });
+    let (results, wall_ns) = if measure.timed() {
         let started = std::time::Instant::now();
         let results = core.backend.dispatch(jobs);
         let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -262,7 +290,14 @@ fn timed_dispatch(
         // Nobody reads an untimed call's wall time: no clock.
         (core.backend.dispatch_untimed(jobs), 0)
     };
-    let contended = watch.is_some_and(|w| w.finish());
+    let contended = match counted {
+        Some(Counted::Watch(watch)) => watch.finish(),
+        Some(Counted::Call(call)) => {
+            call.finish();
+            false
+        }
+        None => false,
+    };
     (results, wall_ns, contended)
 }
 
@@ -283,9 +318,9 @@ fn dispatch_one(
     core: &Core,
     kernel: &Kernel,
     job: DispatchJob,
-    timed: bool,
+    measure: Measure,
 ) -> Result<(Result<DispatchOutput, BackendError>, bool), Fault> {
-    let (mut results, contended) = dispatch(core, kernel, std::slice::from_ref(&job), timed)?;
+    let (mut results, contended) = dispatch(core, kernel, std::slice::from_ref(&job), measure)?;
     let result = results
         .pop()
         .ok_or_else(|| Fault::Backend("the backend returned no result".into()))?;
@@ -319,9 +354,10 @@ fn consult_policy(
         .get(queue.device)
         .map_or(0, |d| d.mailbox.len());
     let resources = kernel.variants[0].bindings.len();
+    let repeat = kernel.lane(queue).history().shapes.repeat;
     let (verdict, fired) = {
         let mut state = kernel.policy();
-        let inputs = state.inputs(queued, arms, resources);
+        let inputs = state.inputs(queued, repeat, arms, resources);
         let verdict = dispatch_policy::evaluate(&inputs);
         let fired = state.audit(&verdict, race.is_some());
         (verdict, fired)
@@ -349,7 +385,8 @@ fn single(
     if policy_due {
         consult_policy(core, &job.kernel, queue, [&dj, &dj], None);
     }
-    let (out, _) = dispatch_one(core, &job.kernel, dj, single_timed(&job.kernel))?;
+    let timed = single_timed(&job.kernel, queue);
+    let (out, _) = dispatch_one(core, &job.kernel, dj, Measure::single(timed))?;
     complete_single(core, queue, job, arm, spec, out)
 }
 
@@ -359,11 +396,9 @@ fn single(
 /// verdict, and on an H200 the two timestamps of a timed run cost 5.3 µs of a tiny
 /// kernel's 27 µs round trip. The timed ones keep the dispatch policy's launch
 /// overhead and kernel time current.
-fn single_timed(kernel: &Kernel) -> bool {
-    let tick = kernel
-        .single_tick
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tick % TIMED_SINGLE_PERIOD == 0
+/// Counted per queue (`registry::Lane`): the first run on each queue is timed.
+fn single_timed(kernel: &Kernel, queue: QueueId) -> bool {
+    kernel.lane(queue).single_due(TIMED_SINGLE_PERIOD)
 }
 
 /// The dispatch job of a single-arm run of `job`, with trace-JIT told about it.
@@ -376,7 +411,7 @@ fn prepare_single(
     let kernel = &job.kernel;
     let (dj, loaded) =
         make_job(core, kernel, variant, queue, &job.payload).map_err(Fault::Input)?;
-    trace::note(core, kernel, queue.device, trace::shape_of(&dj), loaded);
+    trace::note(core, kernel, queue, trace::shape_of(&dj), loaded);
     Ok(dj)
 }
 
@@ -467,7 +502,7 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
             results[i] = Some(run(core, queue, job));
             continue;
         }
-        let (choice, due) = begin(core, job);
+        let (choice, due) = begin(core, queue, job);
         match choice {
             Choice::Single { arm, spec } => {
                 policy_due |= due;
@@ -489,7 +524,7 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
     {
         consult_policy(core, &jobs[first].kernel, queue, [dj, dj], None);
     }
-    match dispatch_group(core, jobs, &grouped, &dispatch_jobs) {
+    match dispatch_group(core, queue, jobs, &grouped, &dispatch_jobs) {
         Ok(outs) => {
             for (&(i, arm, spec), out) in grouped.iter().zip(outs) {
                 let result = complete_single(core, queue, &jobs[i], arm, spec, out);
@@ -540,6 +575,7 @@ fn after_single_fault(
 /// call's host time. `Err`: the backend broke its contract (the reason).
 fn dispatch_group(
     core: &Core,
+    queue: QueueId,
     jobs: &[Job],
     grouped: &[(usize, Arm, usize)],
     dispatch_jobs: &[DispatchJob],
@@ -551,8 +587,8 @@ fn dispatch_group(
     // group learns its share of the call.
     let timed = grouped
         .first()
-        .is_some_and(|&(i, _, _)| single_timed(&jobs[i].kernel));
-    let (results, wall_ns, _) = timed_dispatch(core, dispatch_jobs, timed);
+        .is_some_and(|&(i, _, _)| single_timed(&jobs[i].kernel, queue));
+    let (results, wall_ns, _) = timed_dispatch(core, dispatch_jobs, Measure::single(timed));
     check_count(&results, dispatch_jobs)?;
     if timed {
         let share = wall_ns / dispatch_jobs.len() as u64;
@@ -592,7 +628,7 @@ fn race(
         make_job(core, kernel, 0, queue, &job.payload).map_err(Fault::Input)?;
     let spec = make_job(core, kernel, spec_variant, queue, &job.payload);
     let loaded = cons_loaded || spec.as_ref().is_ok_and(|(_, l)| *l);
-    trace::note(core, kernel, queue.device, trace::shape_of(&cons), loaded);
+    trace::note(core, kernel, queue, trace::shape_of(&cons), loaded);
     let spec = spec.map(|(job, _)| job);
     // D2: the arms share a moment on two queues only when their buffers are
     // independent; otherwise they run back to back.
@@ -610,7 +646,7 @@ fn race(
             // Both arms in one call: the backend submits both before waiting for
             // either, so they run at the same time on the two queues.
             spec.queue = partner_queue;
-            let (results, contended) = dispatch(core, kernel, &[cons, spec], true)?;
+            let (results, contended) = dispatch(core, kernel, &[cons, spec], Measure::Race)?;
             let mut results = results.into_iter();
             let (Some(c), Some(s)) = (results.next(), results.next()) else {
                 return Err(Fault::Backend("the backend dropped a race arm".into()));
@@ -619,12 +655,12 @@ fn race(
         }
         (Ok(spec), None) => {
             // No idle partner (or a one-queue device): back to back on our queue.
-            let (c, c_contended) = dispatch_one(core, kernel, cons, true)?;
-            let (s, s_contended) = dispatch_one(core, kernel, spec, true)?;
+            let (c, c_contended) = dispatch_one(core, kernel, cons, Measure::Race)?;
+            let (s, s_contended) = dispatch_one(core, kernel, spec, Measure::Race)?;
             (c, spec_result(s, queue), c_contended || s_contended)
         }
         (Err(e), _) => {
-            let (c, contended) = dispatch_one(core, kernel, cons, true)?;
+            let (c, contended) = dispatch_one(core, kernel, cons, Measure::Race)?;
             (c, SpecArm::Failed(Err(e)), contended)
         }
     };

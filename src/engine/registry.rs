@@ -1,17 +1,17 @@
 //! The kernel registry: every registered kernel, its loaded handles per device and its
-//! live racing state (verdict, paired window, audit counter, fused-path flag).
+//! live racing state (verdict, paired window, per-queue counts, fused-path flag).
 //!
 //! Registration validates and compiles both variants on every device in parallel on
-//! rayon; lookups are lock-free reads of a dashmap. The registry keeps state; the race
-//! module decides with it.
+//! rayon; lookups are lock-free reads of an `ArcSwap` snapshot. The registry keeps
+//! state; the race module decides with it.
 
 use std::fmt;
-use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use dashmap::DashMap;
+use arc_swap::ArcSwap;
+use crossbeam_utils::CachePadded;
 use rayon::prelude::*;
 
 use crate::autotune::{
@@ -22,11 +22,11 @@ use crate::backend::{Backend, BackendError, BindingAccess, KernelHandle, KernelV
 use crate::kernels::Workload;
 use crate::policy::SpeculationObservation;
 
-use super::dispatch_policy::PolicyState;
+use super::dispatch_policy::{PolicyState, ShapeRun};
 use super::error::EngineError;
 use super::events::KernelVerdict;
 use super::ladder::Ladder;
-use super::trace::{TraceState, TraceStats};
+use super::trace::{TraceState, TraceStats, TraceWindow};
 use super::verdict::VerdictCell;
 
 /// The id `register` hands out; batches name their kernel with it.
@@ -287,7 +287,12 @@ impl Candidate {
 /// a time (batches race or run it); [`Kernel::settle`] moves play along the ladder:
 /// the first undecided candidate, and once all are decided the adopted one whose
 /// window measured it fastest relative to the conservative variant.
+///
+/// Aligned to 128 bytes so that in an `Arc<Kernel>` the reference counts, which every
+/// submit and every finished batch write, sit on other cache lines than the fields a
+/// worker reads for every batch.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct Kernel {
     pub(crate) id: KernelId,
     pub(crate) name: String,
@@ -302,15 +307,67 @@ pub(crate) struct Kernel {
     candidates: Vec<Candidate>,
     /// The speculative variant in play (a variant index, 1..) and its moves.
     ladder: Ladder,
-    pub(crate) audit_tick: AtomicU64,
-    /// Single-arm runs so far; one in [`TIMED_SINGLE_PERIOD`] is timed.
-    pub(crate) single_tick: AtomicU64,
+    /// One lane per queue of the backend: what each queue's worker counts of this
+    /// kernel batch by batch.
+    lanes: Box<[(QueueId, Lane)]>,
+    /// The lane of a queue not in `lanes` (none: the backend's queue list is fixed).
+    spare_lane: Lane,
     /// The autotune key of every variant, in variant order.
     pub(crate) keys: Vec<SpecCacheKey>,
     /// What the engine measured for the dispatch policy.
     pub(crate) policy: Mutex<PolicyState>,
-    /// Trace-JIT's history of this kernel.
-    pub(crate) trace: Mutex<TraceState>,
+    /// Trace-JIT's miss cost and pre-load count (the per-batch history is per lane).
+    pub(crate) trace: TraceState,
+}
+
+/// What one queue's worker counts of a kernel, batch by batch, on cache lines of its
+/// own. These counts were the kernel's, shared by all its workers: every batch then
+/// wrote the kernel's lines from whichever core ran it, and on the H200 host's 16 CPU
+/// queues those lines travelled from core to core several times a batch.
+#[derive(Debug, Default)]
+pub(crate) struct Lane(CachePadded<LaneCounts>);
+
+#[derive(Debug, Default)]
+struct LaneCounts {
+    /// Batches of an adopted kernel run here; one in `audit_period` is audited.
+    audit_tick: AtomicU64,
+    /// Single-arm runs here; one in [`TIMED_SINGLE_PERIOD`] is timed.
+    single_tick: AtomicU64,
+    /// The shape run and trace window of this queue's batches. Only this queue's
+    /// worker takes it, except while it is restarted or a batch moves off a lost device.
+    history: Mutex<LaneHistory>,
+}
+
+/// The per-batch history of one queue's batches of a kernel.
+#[derive(Debug, Default)]
+pub(crate) struct LaneHistory {
+    /// Repeats of one input shape (the dispatch policy's repeat count).
+    pub(crate) shapes: ShapeRun,
+    /// Trace-JIT's recent shapes, hits and misses.
+    pub(crate) trace: TraceWindow,
+}
+
+impl Lane {
+    /// Counts a batch for the audit period; true for one in every `period` (never
+    /// with `period` 0).
+    pub(crate) fn audit_due(&self, period: u64) -> bool {
+        if period == 0 {
+            return false;
+        }
+        let tick = self.0.audit_tick.fetch_add(1, Ordering::Relaxed);
+        tick % period == period - 1
+    }
+
+    /// Counts a single-arm run; true for the first and then one in `period`.
+    pub(crate) fn single_due(&self, period: u64) -> bool {
+        let tick = self.0.single_tick.fetch_add(1, Ordering::Relaxed);
+        tick % period.max(1) == 0
+    }
+
+    /// The lane's shape run and trace window (plain counts: a poisoned lock is taken).
+    pub(crate) fn history(&self) -> std::sync::MutexGuard<'_, LaneHistory> {
+        self.0.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Kernel {
@@ -415,9 +472,31 @@ impl Kernel {
         try_guard(&self.policy)
     }
 
-    /// Trace-JIT's history (plain counters, consistent at every step).
-    pub(crate) fn trace(&self) -> std::sync::MutexGuard<'_, TraceState> {
-        self.trace.lock().unwrap_or_else(|p| p.into_inner())
+    /// The lane of `queue`.
+    pub(crate) fn lane(&self, queue: QueueId) -> &Lane {
+        self.lanes
+            .iter()
+            .find(|(q, _)| *q == queue)
+            .map_or(&self.spare_lane, |(_, lane)| lane)
+    }
+
+    /// Trace-JIT's counts: the lanes' hits and misses summed, with the kernel's
+    /// pre-loads and miss cost.
+    pub(crate) fn trace_stats(&self) -> TraceStats {
+        let lanes = self.lanes.iter().map(|(_, l)| l).chain([&self.spare_lane]);
+        lanes.fold(
+            TraceStats {
+                preloads: self.trace.preloads(),
+                miss_cost_ns: self.trace.miss_cost_ns(),
+                ..TraceStats::default()
+            },
+            |mut stats, lane| {
+                let history = lane.history();
+                stats.hits = stats.hits.saturating_add(history.trace.hits);
+                stats.misses = stats.misses.saturating_add(history.trace.misses);
+                stats
+            },
+        )
     }
 
     /// The load slot of `variant` on `device`.
@@ -462,7 +541,7 @@ impl Kernel {
             .max(1);
         let _ = slot.handle.set(h);
         if variant > 0 {
-            self.trace().note_load(ns);
+            self.trace.note_load(ns);
         }
         Ok((h, Some(ns)))
     }
@@ -486,43 +565,23 @@ fn try_guard<T>(lock: &Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
 }
 
 /// Every registered kernel, by id.
+///
+/// The kernels sit in a vector indexed by id behind an `ArcSwap`: every `submit` looks
+/// its kernel up, and a load from an `ArcSwap` writes nothing other threads read, where
+/// a dashmap's shard lock is a word every producer writes. Registration (rare) copies
+/// the vector under `writers`; an id whose registration failed stays `None`.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    kernels: DashMap<u32, Arc<Kernel>, BuildHasherDefault<IdHasher>>,
+    kernels: ArcSwap<Vec<Option<Arc<Kernel>>>>,
+    writers: Mutex<()>,
     next: AtomicU64,
-}
-
-/// Hashes a kernel id (a small sequential number the registry hands out) with one
-/// multiply: every `Engine::submit` looks its kernel up, and the default SipHash was a
-/// visible share of an empty batch's submit. The multiply spreads sequential ids over
-/// the map's shards, which take the hash's top bits.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u32(&mut self, id: u32) {
-        self.write_u64(u64::from(id));
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
 }
 
 impl Registry {
     /// The kernel with this id.
     pub(crate) fn get(&self, id: KernelId) -> Option<Arc<Kernel>> {
-        self.kernels.get(&id.0).map(|k| Arc::clone(k.value()))
+        let index = usize::try_from(id.0).ok()?;
+        self.kernels.load().get(index)?.clone()
     }
 
     /// Validates the variants (a conservative one and at least one speculative one),
@@ -564,11 +623,15 @@ impl Registry {
                 .collect(),
             candidates: variants[1..].iter().map(|_| Candidate::new()).collect(),
             ladder: Ladder::new(1),
-            audit_tick: AtomicU64::new(0),
-            single_tick: AtomicU64::new(0),
+            lanes: backend
+                .queues()
+                .iter()
+                .map(|&q| (q, Lane::default()))
+                .collect(),
+            spare_lane: Lane::default(),
             keys: variants.iter().map(spec_cache_key).collect(),
             policy: Mutex::new(PolicyState::default()),
-            trace: Mutex::new(TraceState::default()),
+            trace: TraceState::default(),
             variants,
         });
         // The conservative variant on every device (any device can run any batch) and
@@ -591,8 +654,20 @@ impl Registry {
                     })
             })
             .collect::<Result<(), EngineError>>()?;
-        self.kernels.insert(id, Arc::clone(&kernel));
+        self.insert(&kernel);
         Ok(kernel)
+    }
+
+    /// Publishes a kernel under its id (`add`'s last step).
+    fn insert(&self, kernel: &Arc<Kernel>) {
+        let _one_writer = self.writers.lock().unwrap_or_else(|p| p.into_inner());
+        let index = kernel.id.0 as usize;
+        let mut kernels = Vec::clone(&self.kernels.load());
+        if kernels.len() <= index {
+            kernels.resize(index + 1, None);
+        }
+        kernels[index] = Some(Arc::clone(kernel));
+        self.kernels.store(Arc::new(kernels));
     }
 }
 /// The checks that make two variants raceable: same bindings, same push constants.

@@ -3,10 +3,13 @@
 //! verdict triggers.
 //!
 //! A batch is a **hit** when its shape (buffer sizes and workgroup counts) is among the
-//! kernel's last [`TRACE_WINDOW`] shapes and every variant it needed was already loaded
-//! on its device; otherwise it is a **miss** (a new shape, or a variant had to be loaded
-//! on the critical path). The prediction is that the next batch has the shape of this
-//! one; its confidence is the share of the last [`TRACE_WINDOW`] batches that had it.
+//! last [`TRACE_WINDOW`] shapes of the kernel's batches on its queue and every variant
+//! it needed was already loaded on its device; otherwise it is a **miss** (a shape new
+//! to the queue, or a variant had to be loaded on the critical path). The prediction is
+//! that the queue's next batch has the shape of this one; its confidence is the share
+//! of the queue's last [`TRACE_WINDOW`] batches that had it. The windows are per queue
+//! (`registry::Lane`) so that the workers of a hot kernel do not all write one shared
+//! history every batch; the kernel's hit and miss counts are the queues' sums.
 //! The miss cost is the measured load time of the kernel's speculative variant (at
 //! registration and on every on-demand load); the pre-load's cost is the work it
 //! wastes when the prediction is wrong, `miss_cost × (1 − confidence)`.
@@ -19,10 +22,10 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use crate::backend::DispatchJob;
+use crate::backend::{DispatchJob, QueueId};
 use crate::policy::{decide_trace_jit_speculation, TraceJitDecision, TraceJitInputs};
 
 use super::events::{Event, KernelVerdict};
@@ -45,34 +48,76 @@ pub struct TraceStats {
     pub miss_cost_ns: u64,
 }
 
-/// A kernel's trace: recent shapes and counts.
+/// What trace-JIT keeps for a kernel as a whole: the miss cost and the pre-loads done.
+/// Written only when a variant loads and read per batch; the per-batch history is per
+/// queue ([`TraceWindow`] in each `registry::Lane`).
 #[derive(Debug, Default)]
 pub(crate) struct TraceState {
-    recent: VecDeque<u64>,
-    pub(crate) stats: TraceStats,
+    /// The measured cost of loading the speculative variant (a smoothed mean), ns.
+    miss_cost_ns: AtomicU64,
+    /// Background pre-loads completed.
+    preloads: AtomicU32,
 }
 
 impl TraceState {
     /// Folds one measured load of the speculative variant into the miss cost.
-    pub(crate) fn note_load(&mut self, ns: u64) {
+    pub(crate) fn note_load(&self, ns: u64) {
         let ns = ns.max(1);
-        let cost = &mut self.stats.miss_cost_ns;
-        *cost = if *cost == 0 {
-            ns
-        } else {
-            cost.saturating_mul(3).saturating_add(ns) / 4
+        let fold = |cost: u64| {
+            Some(if cost == 0 {
+                ns
+            } else {
+                cost.saturating_mul(3).saturating_add(ns) / 4
+            })
         };
+        // `fold` always answers `Some`: the update cannot fail.
+        let _ = self
+            .miss_cost_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, fold);
     }
 
+    /// The miss cost so far (0 before any load was measured).
+    pub(crate) fn miss_cost_ns(&self) -> u64 {
+        self.miss_cost_ns.load(Ordering::Relaxed)
+    }
+
+    /// Counts a completed background pre-load.
+    pub(crate) fn note_preload(&self) {
+        self.preloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Pre-loads completed so far.
+    pub(crate) fn preloads(&self) -> u32 {
+        self.preloads.load(Ordering::Relaxed)
+    }
+}
+
+/// One queue's recent shapes of a kernel and its hits and misses. Every batch updates
+/// it, so it is kept per queue: one window shared by all the kernel's workers had every
+/// batch take the same lock. The prediction is then "the next batch on this queue has
+/// this shape"; `KernelStats::trace` sums the queues' counts.
+#[derive(Debug, Default)]
+pub(crate) struct TraceWindow {
+    recent: VecDeque<u64>,
+    pub(crate) hits: u32,
+    pub(crate) misses: u32,
+}
+
+impl TraceWindow {
     /// Records one batch of `shape`; `loaded` says whether a variant had to be loaded
-    /// for it. Returns what the policy takes for the prediction "the next batch has
-    /// this shape".
-    pub(crate) fn note_batch(&mut self, shape: u64, loaded: bool) -> TraceJitInputs {
+    /// for it, `miss_cost_ns` is the kernel's. Returns what the policy takes for the
+    /// prediction "the next batch has this shape".
+    pub(crate) fn note_batch(
+        &mut self,
+        shape: u64,
+        loaded: bool,
+        miss_cost_ns: u64,
+    ) -> TraceJitInputs {
         let seen = self.recent.contains(&shape);
         if seen && !loaded {
-            self.stats.hits = self.stats.hits.saturating_add(1);
+            self.hits = self.hits.saturating_add(1);
         } else {
-            self.stats.misses = self.stats.misses.saturating_add(1);
+            self.misses = self.misses.saturating_add(1);
         }
         if self.recent.len() == TRACE_WINDOW {
             self.recent.pop_front();
@@ -80,15 +125,14 @@ impl TraceState {
         self.recent.push_back(shape);
         let same = self.recent.iter().filter(|&&s| s == shape).count();
         let confidence_bps = u32::try_from(same * 10_000 / self.recent.len()).unwrap_or(10_000);
-        let miss_cost = self.stats.miss_cost_ns;
         TraceJitInputs {
-            shader_hit_count: self.stats.hits,
+            shader_hit_count: self.hits,
             prediction_confidence_bps: confidence_bps,
             speculative_spec_cost_ns: u64::try_from(
-                u128::from(miss_cost) * u128::from(10_000 - confidence_bps.min(10_000)) / 10_000,
+                u128::from(miss_cost_ns) * u128::from(10_000 - confidence_bps.min(10_000)) / 10_000,
             )
             .unwrap_or(u64::MAX),
-            miss_cost_ns: miss_cost,
+            miss_cost_ns,
         }
     }
 }
@@ -139,8 +183,14 @@ impl Drop for PendingGuard {
 /// Records one batch of `kernel` on `device` (`loaded`: a variant was loaded for it)
 /// and, when the policy says Speculate, pre-loads the speculative variant in the
 /// background on every other live device that lacks it.
-pub(crate) fn note(core: &Core, kernel: &Arc<Kernel>, device: usize, shape: u64, loaded: bool) {
-    let inputs = kernel.trace().note_batch(shape, loaded);
+pub(crate) fn note(core: &Core, kernel: &Arc<Kernel>, queue: QueueId, shape: u64, loaded: bool) {
+    let device = queue.device;
+    let miss_cost_ns = kernel.trace.miss_cost_ns();
+    let inputs = kernel
+        .lane(queue)
+        .history()
+        .trace
+        .note_batch(shape, loaded, miss_cost_ns);
     let TraceJitDecision::Speculate {
         expected_savings_ns,
     } = decide_trace_jit_speculation(inputs)
@@ -173,7 +223,7 @@ pub(crate) fn note(core: &Core, kernel: &Arc<Kernel>, device: usize, shape: u64,
             }));
             match loaded {
                 Ok(Ok((_, Some(_)))) => {
-                    kernel.trace().stats.preloads += 1;
+                    kernel.trace.note_preload();
                     bus.publish(Event::PreSpecialised {
                         kernel: kernel.id,
                         variant: kernel.variants[spec].name.clone(),
@@ -200,15 +250,20 @@ mod tests {
 
     #[test]
     fn a_repeated_shape_becomes_hot_and_a_new_one_is_a_miss() {
-        let mut trace = TraceState::default();
-        trace.note_load(1_000);
-        let first = trace.note_batch(7, false);
-        assert_eq!((trace.stats.hits, trace.stats.misses), (0, 1));
+        let cost = TraceState::default();
+        assert_eq!(cost.miss_cost_ns(), 0);
+        cost.note_load(1_000);
+        assert_eq!(cost.miss_cost_ns(), 1_000);
+        cost.note_load(2_000);
+        assert_eq!(cost.miss_cost_ns(), 1_250, "a smoothed mean, α = 1/4");
+        let mut trace = TraceWindow::default();
+        let first = trace.note_batch(7, false, 1_000);
+        assert_eq!((trace.hits, trace.misses), (0, 1));
         assert_eq!(first.prediction_confidence_bps, 10_000);
         for _ in 0..8 {
-            trace.note_batch(7, false);
+            trace.note_batch(7, false, 1_000);
         }
-        let hot = trace.note_batch(7, false);
+        let hot = trace.note_batch(7, false, 1_000);
         assert_eq!(hot.shader_hit_count, 9);
         assert_eq!(hot.miss_cost_ns, 1_000);
         assert_eq!(hot.speculative_spec_cost_ns, 0);
@@ -219,14 +274,13 @@ mod tests {
             }
         ));
         // A seen shape that needed a load is a miss too.
-        trace.note_batch(7, true);
-        assert_eq!(trace.stats.misses, 2);
+        trace.note_batch(7, true, 1_000);
+        assert_eq!(trace.misses, 2);
         // Alternating shapes halve the confidence: below the threshold.
-        let mut mixed = TraceState::default();
-        mixed.note_load(1_000);
+        let mut mixed = TraceWindow::default();
         let mut last = TraceJitInputs::default();
         for i in 0..40u64 {
-            last = mixed.note_batch(i % 2, false);
+            last = mixed.note_batch(i % 2, false, 1_000);
         }
         assert_eq!(last.prediction_confidence_bps, 5_000);
         assert_eq!(
@@ -341,9 +395,14 @@ mod engine_tests {
             panic!("stats");
         };
         assert_eq!(after.preloads, 1);
-        assert_eq!(after.hits, before.hits + 13);
-        assert_eq!(after.misses, before.misses);
-        assert_eq!(after.misses, 1, "only the first batch (a new shape) missed");
+        // Each queue keeps its own window: device 1's first batch is a shape new to its
+        // queue (a miss, though nothing had to load), the 12 others hit.
+        assert_eq!(after.hits, before.hits + 12);
+        assert_eq!(after.misses, before.misses + 1);
+        assert_eq!(
+            after.misses, 2,
+            "only each queue's first batch (a new shape) missed"
+        );
         assert!(after.miss_cost_ns > 0);
     }
 
