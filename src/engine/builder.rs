@@ -29,7 +29,8 @@ pub const DEFAULT_MAX_SEARCHING: usize = 4;
 /// Default of [`EngineBuilder::max_group`]: 1, one batch per backend call (groups of 8
 /// measured no better on an H200: BENCHMARKS.md, fourth session).
 pub const DEFAULT_MAX_GROUP: usize = 1;
-/// Default audit period: one audit race in this many batches of an adopted kernel.
+/// Default audit period: one audit race in this many batches of an adopted kernel on
+/// each queue (counted per queue, so that workers share no counter).
 pub const DEFAULT_AUDIT_PERIOD: u64 = 64;
 
 /// Which backend to open.
@@ -151,7 +152,8 @@ impl EngineBuilder {
         self
     }
 
-    /// One audit race in `period` batches of an adopted kernel (0: no audits).
+    /// One audit race in `period` batches of an adopted kernel on each queue (0: no
+    /// audits).
     pub fn audit_period(mut self, period: u64) -> Self {
         self.audit_period = period;
         self

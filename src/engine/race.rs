@@ -442,7 +442,7 @@ fn complete_single(
     })
 }
 
-/// One single-arm run in this many is timed (see `single_timed`).
+/// One single-arm run in this many on each queue is timed (see `single_timed`).
 pub const TIMED_SINGLE_PERIOD: u64 = 16;
 
 /// The longest kernel (mean of its timed runs) whose backlog is grouped.
