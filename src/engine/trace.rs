@@ -180,9 +180,9 @@ impl Drop for PendingGuard {
     }
 }
 
-/// Records one batch of `kernel` on `device` (`loaded`: a variant was loaded for it)
-/// and, when the policy says Speculate, pre-loads the speculative variant in the
-/// background on every other live device that lacks it.
+/// Records one batch of `kernel` on `queue` (`loaded`: a variant was loaded for it) in
+/// the queue's lane and, when the policy says Speculate, pre-loads the speculative
+/// variant in the background on every other live device that lacks it.
 pub(crate) fn note(core: &Core, kernel: &Arc<Kernel>, queue: QueueId, shape: u64, loaded: bool) {
     let device = queue.device;
     let miss_cost_ns = kernel.trace.miss_cost_ns();
