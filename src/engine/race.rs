@@ -63,11 +63,12 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
             detail: "lost before this batch ran".into(),
         });
     }
-    let (choice, policy_due) = begin(core, queue, job);
+    let (choice, policy_due, lane) = begin(core, queue, job);
     match choice {
         // An adopted variant that refuses a batch the conservative one may take is no
         // longer trusted, and the batch runs conservatively.
-        Choice::Single { arm, spec } => match single(core, queue, job, arm, spec, policy_due) {
+        Choice::Single { arm, spec } => match single(core, queue, job, lane, arm, spec, policy_due)
+        {
             Err(fault) => after_single_fault(core, queue, job, arm, spec, fault),
             ok => ok,
         },
@@ -77,15 +78,16 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
 
 /// Counts the batch's shape for the dispatch policy and chooses what to run for it.
 /// The flag: a single-arm run of it should evaluate the policy bundle (a new shape, or
-/// a periodic refresh; see `due_for_single_arm`), counted on `queue`'s lane.
-fn begin(core: &Core, queue: QueueId, job: &Job) -> (Choice, bool) {
+/// a periodic refresh; see `due_for_single_arm`), counted on `queue`'s lane, which is
+/// returned for the rest of the batch's counts.
+fn begin<'j>(core: &Core, queue: QueueId, job: &'j Job) -> (Choice, bool, &'j Lane) {
     let lane = job.kernel.lane(queue);
     let policy_due = {
         let mut history = lane.history();
         history.shapes.note(payload_len(&job.payload));
         history.shapes.due_for_single_arm()
     };
-    (choose(core, lane, &job.kernel), policy_due)
+    (choose(core, lane, &job.kernel), policy_due, lane)
 }
 
 fn choose(core: &Core, lane: &Lane, kernel: &Kernel) -> Choice {
@@ -372,20 +374,22 @@ fn consult_policy(
     verdict.arm_independence == ArmIndependenceVerdict::Independent
 }
 
-/// A single-arm run of `job`; `policy_due`: evaluate the dispatch policy for it.
+/// A single-arm run of `job`, counted on `lane` (`queue`'s); `policy_due`: evaluate the
+/// dispatch policy for it.
 fn single(
     core: &Core,
     queue: QueueId,
     job: &Job,
+    lane: &Lane,
     arm: Arm,
     spec: usize,
     policy_due: bool,
 ) -> Result<Answer, Fault> {
-    let dj = prepare_single(core, queue, job, arm.variant(spec))?;
+    let dj = prepare_single(core, queue, job, lane, arm.variant(spec))?;
     if policy_due {
         consult_policy(core, &job.kernel, queue, [&dj, &dj], None);
     }
-    let timed = single_timed(&job.kernel, queue);
+    let timed = single_timed(lane);
     let (out, _) = dispatch_one(core, &job.kernel, dj, Measure::single(timed))?;
     complete_single(core, queue, job, arm, spec, out)
 }
@@ -397,21 +401,30 @@ fn single(
 /// kernel's 27 µs round trip. The timed ones keep the dispatch policy's launch
 /// overhead and kernel time current.
 /// Counted per queue (`registry::Lane`): the first run on each queue is timed.
-fn single_timed(kernel: &Kernel, queue: QueueId) -> bool {
-    kernel.lane(queue).single_due(TIMED_SINGLE_PERIOD)
+fn single_timed(lane: &Lane) -> bool {
+    lane.single_due(TIMED_SINGLE_PERIOD)
 }
 
-/// The dispatch job of a single-arm run of `job`, with trace-JIT told about it.
+/// The dispatch job of a single-arm run of `job` on `queue`, with trace-JIT told about
+/// it in `lane` (`queue`'s).
 fn prepare_single(
     core: &Core,
     queue: QueueId,
     job: &Job,
+    lane: &Lane,
     variant: usize,
 ) -> Result<DispatchJob, Fault> {
     let kernel = &job.kernel;
     let (dj, loaded) =
         make_job(core, kernel, variant, queue, &job.payload).map_err(Fault::Input)?;
-    trace::note(core, kernel, queue, trace::shape_of(&dj), loaded);
+    trace::note(
+        core,
+        kernel,
+        lane,
+        queue.device,
+        trace::shape_of(&dj),
+        loaded,
+    );
     Ok(dj)
 }
 
@@ -502,11 +515,11 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
             results[i] = Some(run(core, queue, job));
             continue;
         }
-        let (choice, due) = begin(core, queue, job);
+        let (choice, due, lane) = begin(core, queue, job);
         match choice {
             Choice::Single { arm, spec } => {
                 policy_due |= due;
-                match prepare_single(core, queue, job, arm.variant(spec)) {
+                match prepare_single(core, queue, job, lane, arm.variant(spec)) {
                     Ok(dj) => {
                         grouped.push((i, arm, spec));
                         dispatch_jobs.push(dj);
@@ -565,7 +578,8 @@ fn after_single_fault(
                 queue.device,
                 VerdictReason::SpeculativeFailed(e.to_string()),
             );
-            single(core, queue, job, Arm::Conservative, spec, false)
+            let lane = job.kernel.lane(queue);
+            single(core, queue, job, lane, Arm::Conservative, spec, false)
         }
         (_, fault) => Err(fault),
     }
@@ -587,7 +601,7 @@ fn dispatch_group(
     // group learns its share of the call.
     let timed = grouped
         .first()
-        .is_some_and(|&(i, _, _)| single_timed(&jobs[i].kernel, queue));
+        .is_some_and(|&(i, _, _)| single_timed(jobs[i].kernel.lane(queue)));
     let (results, wall_ns, _) = timed_dispatch(core, dispatch_jobs, Measure::single(timed));
     check_count(&results, dispatch_jobs)?;
     if timed {
@@ -628,7 +642,15 @@ fn race(
         make_job(core, kernel, 0, queue, &job.payload).map_err(Fault::Input)?;
     let spec = make_job(core, kernel, spec_variant, queue, &job.payload);
     let loaded = cons_loaded || spec.as_ref().is_ok_and(|(_, l)| *l);
-    trace::note(core, kernel, queue, trace::shape_of(&cons), loaded);
+    let lane = kernel.lane(queue);
+    trace::note(
+        core,
+        kernel,
+        lane,
+        queue.device,
+        trace::shape_of(&cons),
+        loaded,
+    );
     let spec = spec.map(|(job, _)| job);
     // D2: the arms share a moment on two queues only when their buffers are
     // independent; otherwise they run back to back.

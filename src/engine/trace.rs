@@ -25,11 +25,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use crate::backend::{DispatchJob, QueueId};
+use crate::backend::DispatchJob;
 use crate::policy::{decide_trace_jit_speculation, TraceJitDecision, TraceJitInputs};
 
 use super::events::{Event, KernelVerdict};
-use super::registry::Kernel;
+use super::registry::{Kernel, Lane};
 use super::Core;
 
 /// How many recent batches of a kernel the shape prediction looks at.
@@ -180,17 +180,19 @@ impl Drop for PendingGuard {
     }
 }
 
-/// Records one batch of `kernel` on `queue` (`loaded`: a variant was loaded for it) in
-/// the queue's lane and, when the policy says Speculate, pre-loads the speculative
-/// variant in the background on every other live device that lacks it.
-pub(crate) fn note(core: &Core, kernel: &Arc<Kernel>, queue: QueueId, shape: u64, loaded: bool) {
-    let device = queue.device;
+/// Records one batch of `kernel` on `device` in `lane`, its queue's (`loaded`: a
+/// variant was loaded for it), and, when the policy says Speculate, pre-loads the
+/// speculative variant in the background on every other live device that lacks it.
+pub(crate) fn note(
+    core: &Core,
+    kernel: &Arc<Kernel>,
+    lane: &Lane,
+    device: usize,
+    shape: u64,
+    loaded: bool,
+) {
     let miss_cost_ns = kernel.trace.miss_cost_ns();
-    let inputs = kernel
-        .lane(queue)
-        .history()
-        .trace
-        .note_batch(shape, loaded, miss_cost_ns);
+    let inputs = lane.history().trace.note_batch(shape, loaded, miss_cost_ns);
     let TraceJitDecision::Speculate {
         expected_savings_ns,
     } = decide_trace_jit_speculation(inputs)
