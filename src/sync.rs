@@ -139,6 +139,14 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> SharedMap<K, V> {
     }
 }
 
+/// `n` (at least one) zeroed atomic words, each on cache lines of its own: per-queue and
+/// per-thread counters that would otherwise share a line among all their writers.
+pub(crate) fn padded_words(n: usize) -> Box<[crossbeam_utils::CachePadded<AtomicU64>]> {
+    (0..n.max(1))
+        .map(|_| crossbeam_utils::CachePadded::new(AtomicU64::new(0)))
+        .collect()
+}
+
 /// An atomically replaceable `Arc<T>`: arc-swap normally. The `Arc` handed out is always
 /// std's, so readers may keep it as long as they like without blocking a writer.
 #[cfg(not(photofinish_loom))]
@@ -155,6 +163,12 @@ impl<T> SwapCell<T> {
     /// The value published last.
     pub(crate) fn load(&self) -> std::sync::Arc<T> {
         self.0.load_full()
+    }
+
+    /// `f` of the value published last, without taking a count on its `Arc` (a
+    /// count every reader would write): for short reads on hot paths.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.0.load())
     }
 
     /// Publishes `value`.
@@ -176,6 +190,10 @@ impl<T> SwapCell<T> {
 
     pub(crate) fn load(&self) -> std::sync::Arc<T> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.0.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub(crate) fn store(&self, value: std::sync::Arc<T>) {

@@ -27,7 +27,7 @@
 
 use crossbeam_utils::CachePadded;
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{padded_words, AtomicU64, Ordering};
 
 /// One call begun, in the high half of a word.
 const BEGUN: u64 = 1 << 32;
@@ -45,9 +45,7 @@ impl DeviceLoad {
     /// An empty load for a device of `queues` queues (at least one word).
     pub fn new(queues: usize) -> Self {
         DeviceLoad {
-            queues: (0..queues.max(1))
-                .map(|_| CachePadded::new(AtomicU64::new(0)))
-                .collect(),
+            queues: padded_words(queues),
         }
     }
 

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, SendError, Sender, TrySendError};
 use crossbeam_utils::CachePadded;
 
 use super::doorbell::Doorbell;
-use crate::sync::{AtomicU64, Condvar, Mutex, Ordering};
+use crate::sync::{padded_words, AtomicU64, Condvar, Mutex, Ordering};
 
 /// One device's mailbox: a bounded MPMC channel its producers send to and its workers
 /// take from, and the doorbell the workers wait on (see doorbell.rs). Every send
@@ -117,9 +117,7 @@ impl Gate {
     /// An open gate of `shards` words (at least one).
     pub fn with_shards(shards: usize) -> Self {
         Gate {
-            words: (0..shards.max(1))
-                .map(|_| CachePadded::new(AtomicU64::new(0)))
-                .collect(),
+            words: padded_words(shards),
             lock: Mutex::new(()),
             empty: Condvar::new(),
         }

@@ -2,7 +2,7 @@
 //! live racing state (verdict, paired window, per-queue counts, fused-path flag).
 //!
 //! Registration validates and compiles both variants on every device in parallel on
-//! rayon; lookups are lock-free reads of an `ArcSwap` snapshot. The registry keeps
+//! rayon; lookups are lock-free reads of a `SwapCell` snapshot. The registry keeps
 //! state; the race module decides with it.
 
 use std::fmt;
@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use crossbeam_utils::CachePadded;
 use rayon::prelude::*;
 
@@ -21,6 +20,7 @@ use crate::autotune::{
 use crate::backend::{Backend, BackendError, BindingAccess, KernelHandle, KernelVariant, QueueId};
 use crate::kernels::Workload;
 use crate::policy::SpeculationObservation;
+use crate::sync::SwapCell;
 
 use super::dispatch_policy::{PolicyState, ShapeRun};
 use super::error::EngineError;
@@ -566,22 +566,33 @@ fn try_guard<T>(lock: &Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
 
 /// Every registered kernel, by id.
 ///
-/// The kernels sit in a vector indexed by id behind an `ArcSwap`: every `submit` looks
-/// its kernel up, and a load from an `ArcSwap` writes nothing other threads read, where
+/// The kernels sit in a vector indexed by id behind a [`SwapCell`]: every `submit`
+/// looks its kernel up, and a `SwapCell::read` writes nothing other threads read, where
 /// a dashmap's shard lock is a word every producer writes. Registration (rare) copies
 /// the vector under `writers`; an id whose registration failed stays `None`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
-    kernels: ArcSwap<Vec<Option<Arc<Kernel>>>>,
+    kernels: SwapCell<Vec<Option<Arc<Kernel>>>>,
     writers: Mutex<()>,
     next: AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            kernels: SwapCell::new(Arc::new(Vec::new())),
+            writers: Mutex::default(),
+            next: AtomicU64::default(),
+        }
+    }
 }
 
 impl Registry {
     /// The kernel with this id.
     pub(crate) fn get(&self, id: KernelId) -> Option<Arc<Kernel>> {
         let index = usize::try_from(id.0).ok()?;
-        self.kernels.load().get(index)?.clone()
+        self.kernels
+            .read(|kernels| kernels.get(index).and_then(Option::clone))
     }
 
     /// Validates the variants (a conservative one and at least one speculative one),
@@ -662,7 +673,7 @@ impl Registry {
     fn insert(&self, kernel: &Arc<Kernel>) {
         let _one_writer = self.writers.lock().unwrap_or_else(|p| p.into_inner());
         let index = kernel.id.0 as usize;
-        let mut kernels = Vec::clone(&self.kernels.load());
+        let mut kernels = self.kernels.read(Vec::clone);
         if kernels.len() <= index {
             kernels.resize(index + 1, None);
         }
