@@ -567,3 +567,28 @@ fn a_backlog_of_a_long_kernel_is_not_grouped() {
     let (_, _, calls) = run_backlog(Some(8), 200, &inputs);
     assert_eq!(calls, 20);
 }
+
+#[test]
+fn an_answered_batch_leaves_the_engine_no_reference_to_its_input() {
+    // Races (learning, then audits) and single-arm runs alike: by the time the answer
+    // is taken, the engine has let go of the batch's input, on the caller's thread, so
+    // the caller can reuse the buffer in place.
+    let backend = Arc::new(TestBackend::new(1, 2, 1));
+    backend.set_byte_sum_ns(1_000, 500);
+    let engine = Engine::builder()
+        .backend_instance(backend.clone())
+        .audit_period(4)
+        .build()
+        .expect("test backend engine builds");
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    let mut input: Arc<[u8]> = (0..=200u8).collect::<Vec<_>>().into();
+    for batch in 0..400u32 {
+        let ticket = engine.submit(Batch::new(k, Arc::clone(&input))).unwrap();
+        assert_eq!(ticket.wait().unwrap().output, reference(&input));
+        let Some(bytes) = Arc::get_mut(&mut input) else {
+            panic!("batch {batch}: the engine still holds its input after the answer");
+        };
+        bytes[0] = bytes[0].wrapping_add(1);
+    }
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Adopted));
+}

@@ -161,6 +161,28 @@ pub(crate) struct Job {
     pub(crate) responder: Responder<Answer>,
 }
 
+impl Job {
+    /// Answers the batch. Its payload is dropped first, so a caller that takes the
+    /// answer finds the engine holding no reference to its input (it may reuse the
+    /// buffer in place, e.g. through `Arc::get_mut`).
+    pub(crate) fn answer(self, result: Result<Answer, EngineError>) {
+        let Job {
+            kernel,
+            payload,
+            responder,
+        } = self;
+        drop(payload);
+        responder.answer(result);
+        drop(kernel);
+    }
+
+    /// Answers the batch with `EngineError::Failed` for its kernel.
+    pub(crate) fn fail(self, reason: String) {
+        let kernel = self.kernel.name.clone();
+        self.answer(Err(EngineError::Failed { kernel, reason }));
+    }
+}
+
 impl fmt::Debug for Job {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Job")
@@ -756,7 +778,24 @@ impl Engine {
     }
 
     /// Submits a batch, blocking while the device's queue is full. The ticket gets
-    /// exactly one answer.
+    /// exactly one answer; by the time it is in, the engine has dropped its reference
+    /// to the batch's payload, so an input the caller still holds (an `Arc<[u8]>`) is
+    /// its alone again:
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use photofinish::{Batch, ByteSumWorkload, Engine, TestBackend};
+    /// let engine = Engine::builder()
+    ///     .backend_instance(Arc::new(TestBackend::new(1, 2, 1)))
+    ///     .without_autotune_file()
+    ///     .build()?;
+    /// let kernel = engine.register(Arc::new(ByteSumWorkload))?;
+    /// let mut input: Arc<[u8]> = vec![1, 2, 3].into();
+    /// engine.submit(Batch::new(kernel, Arc::clone(&input)))?.wait()?;
+    /// // Reuse the buffer in place for the next batch.
+    /// Arc::get_mut(&mut input).expect("the engine let go of it")[0] = 7;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn submit(&self, batch: Batch) -> Result<Ticket, EngineError> {
         let (job, ticket, device) = self.accept(batch)?;
         let Some(_pass) = self.core.gate.enter() else {

@@ -90,7 +90,7 @@ fn worker_loop(core: &Core, queue: QueueId, mailbox: &Mailbox<Msg>, in_flight: &
         };
         for (job, result) in in_flight.drain(..).zip(results) {
             match result {
-                Ok(answer) => job.responder.answer(Ok(answer)),
+                Ok(answer) => job.answer(Ok(answer)),
                 Err(fault) => settle(core, queue, job, fault, true),
             }
         }
@@ -100,7 +100,7 @@ fn worker_loop(core: &Core, queue: QueueId, mailbox: &Mailbox<Msg>, in_flight: &
 /// Answers a job whose run on `queue` failed: with the error, or (once) by a retry.
 fn settle(core: &Core, queue: QueueId, job: Job, fault: Fault, may_retry: bool) {
     match fault {
-        Fault::Input(e) => job.responder.answer(Err(e)),
+        Fault::Input(e) => job.answer(Err(e)),
         Fault::DeviceLost { device, detail } => {
             core.mark_lost(device, detail);
             relocate(core, device, job);
@@ -109,10 +109,7 @@ fn settle(core: &Core, queue: QueueId, job: Job, fault: Fault, may_retry: bool) 
             tracing::error!(%queue, %reason, "backend call failed; restarting worker");
             restart(core, queue, vec![job], reason);
         }
-        Fault::Backend(reason) => job.responder.answer(Err(EngineError::Failed {
-            kernel: job.kernel.name.clone(),
-            reason,
-        })),
+        Fault::Backend(reason) => job.fail(reason),
     }
 }
 
@@ -134,14 +131,11 @@ fn restart(core: &Core, queue: QueueId, jobs: Vec<Job>, reason: String) {
             race::run(core, other, &job)
         }));
         match run {
-            Ok(Ok(answer)) => job.responder.answer(Ok(answer)),
+            Ok(Ok(answer)) => job.answer(Ok(answer)),
             Ok(Err(fault)) => settle(core, other, job, fault, false),
             Err(panic) => {
                 let reason = format!("worker panicked: {}", panic_message(panic.as_ref()));
-                job.responder.answer(Err(EngineError::Failed {
-                    kernel: job.kernel.name.clone(),
-                    reason,
-                }));
+                job.fail(reason);
             }
         }
     }
@@ -153,8 +147,7 @@ fn restart(core: &Core, queue: QueueId, jobs: Vec<Job>, reason: String) {
 /// Each hop marks one more device lost, so this ends.
 fn relocate(core: &Core, device: usize, job: Job) {
     let Some(target) = core.relocation_queue(&job.kernel) else {
-        job.responder
-            .answer(Err(EngineError::DeviceLost { device }));
+        job.answer(Err(EngineError::DeviceLost { device }));
         return;
     };
     tracing::warn!(kernel = %job.kernel.name, from = device, to = %target, "moving a batch off a lost device");
@@ -163,14 +156,11 @@ fn relocate(core: &Core, device: usize, job: Job) {
         race::run(core, target, &job)
     }));
     match run {
-        Ok(Ok(answer)) => job.responder.answer(Ok(answer)),
+        Ok(Ok(answer)) => job.answer(Ok(answer)),
         Ok(Err(fault)) => settle(core, target, job, fault, false),
         Err(panic) => {
             let reason = format!("worker panicked: {}", panic_message(panic.as_ref()));
-            job.responder.answer(Err(EngineError::Failed {
-                kernel: job.kernel.name.clone(),
-                reason,
-            }));
+            job.fail(reason);
         }
     }
 }
