@@ -18,6 +18,15 @@ fn engine_on(backend: &Arc<TestBackend>) -> Engine {
         .expect("test backend engine builds")
 }
 
+/// An engine on `backend` that audits an adopted kernel once in `period` batches.
+fn engine_auditing(backend: &Arc<TestBackend>, period: u64) -> Engine {
+    Engine::builder()
+        .backend_instance(backend.clone())
+        .audit_period(period)
+        .build()
+        .expect("test backend engine builds")
+}
+
 fn reference(input: &[u8]) -> Output {
     Output::Answer(ByteSumWorkload.reference(input))
 }
@@ -95,11 +104,7 @@ fn slower_speculative_variant_is_rejected_and_never_runs_again() {
 fn adopted_kernel_runs_periodic_audit_races() {
     let backend = Arc::new(TestBackend::new(1, 2, 1));
     backend.set_byte_sum_ns(1_000, 100);
-    let engine = Engine::builder()
-        .backend_instance(backend.clone())
-        .audit_period(4)
-        .build()
-        .unwrap();
+    let engine = engine_auditing(&backend, 4);
     let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
     let mut audits = 0;
     for i in 0..(8 + 16u8) {
@@ -575,11 +580,7 @@ fn an_answered_batch_leaves_the_engine_no_reference_to_its_input() {
     // the caller can reuse the buffer in place.
     let backend = Arc::new(TestBackend::new(1, 2, 1));
     backend.set_byte_sum_ns(1_000, 500);
-    let engine = Engine::builder()
-        .backend_instance(backend.clone())
-        .audit_period(4)
-        .build()
-        .expect("test backend engine builds");
+    let engine = engine_auditing(&backend, 4);
     let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
     let mut input: Arc<[u8]> = (0..=200u8).collect::<Vec<_>>().into();
     for batch in 0..400u32 {
