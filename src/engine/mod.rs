@@ -154,7 +154,9 @@ pub(crate) enum Msg {
     Stop,
 }
 
-/// An accepted batch on its way to a worker.
+/// An accepted batch on its way to a worker. The fields drop in order, so a job dropped
+/// unanswered drops its payload before its responder answers `Unanswered`, as
+/// [`Job::answer`] does before it answers.
 pub(crate) struct Job {
     pub(crate) kernel: Arc<Kernel>,
     payload: Payload,
