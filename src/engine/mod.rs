@@ -340,17 +340,20 @@ impl Core {
 
     /// The load watch of `queue`'s device and the queue's index there.
     pub(crate) fn device_load(&self, queue: QueueId) -> Option<(&contention::DeviceLoad, usize)> {
-        let device = self.devices.get(queue.device)?;
-        let index = device.queues.iter().position(|q| q.id == queue)?;
-        Some((&device.load, index))
+        self.locate(queue)
+            .map(|(device, index)| (&device.load, index))
     }
 
     fn slot(&self, queue: QueueId) -> Option<&QueueSlot> {
-        self.devices
-            .get(queue.device)?
-            .queues
-            .iter()
-            .find(|q| q.id == queue)
+        self.locate(queue)
+            .map(|(device, index)| &device.queues[index])
+    }
+
+    /// `queue`'s device and the queue's index among the device's queues.
+    fn locate(&self, queue: QueueId) -> Option<(&DeviceSlot, usize)> {
+        let device = self.devices.get(queue.device)?;
+        let index = device.queues.iter().position(|q| q.id == queue)?;
+        Some((device, index))
     }
 
     /// Queues of `own`'s device other than `own` that no worker is using right now.

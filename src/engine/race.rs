@@ -72,7 +72,7 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
             Err(fault) => after_single_fault(core, queue, job, arm, spec, fault),
             ok => ok,
         },
-        Choice::Race { audit, spec } => race(core, queue, job, audit, spec),
+        Choice::Race { audit, spec } => race(core, queue, job, lane, audit, spec),
     }
 }
 
@@ -334,11 +334,13 @@ fn dispatch_one(
 /// changed for this kernel, and says whether the arms may run concurrently (D2).
 /// A single-arm run calls it only when `begin` said it is due: for a repeat of the
 /// shape it was evaluated for, nothing the bundle reads but the backlog has changed,
-/// and the backlog is read afresh for every group.
+/// and the backlog is read afresh for every group. The shape's repeat count is read
+/// from `lane`, `queue`'s.
 fn consult_policy(
     core: &Core,
     kernel: &Kernel,
     queue: QueueId,
+    lane: &Lane,
     jobs: [&DispatchJob; 2],
     race: Option<usize>,
 ) -> bool {
@@ -356,7 +358,7 @@ fn consult_policy(
         .get(queue.device)
         .map_or(0, |d| d.mailbox.len());
     let resources = kernel.variants[0].bindings.len();
-    let repeat = kernel.lane(queue).history().shapes.repeat;
+    let repeat = lane.history().shapes.repeat;
     let (verdict, fired) = {
         let mut state = kernel.policy();
         let inputs = state.inputs(queued, repeat, arms, resources);
@@ -387,7 +389,7 @@ fn single(
 ) -> Result<Answer, Fault> {
     let dj = prepare_single(core, queue, job, lane, arm.variant(spec))?;
     if policy_due {
-        consult_policy(core, &job.kernel, queue, [&dj, &dj], None);
+        consult_policy(core, &job.kernel, queue, lane, [&dj, &dj], None);
     }
     let timed = single_timed(lane);
     let (out, _) = dispatch_one(core, &job.kernel, dj, Measure::single(timed))?;
@@ -529,13 +531,16 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
                     }
                 }
             }
-            Choice::Race { audit, spec } => results[i] = Some(race(core, queue, job, audit, spec)),
+            Choice::Race { audit, spec } => {
+                results[i] = Some(race(core, queue, job, lane, audit, spec))
+            }
         }
     }
     if let (Some(&(first, _, _)), Some(dj), true) =
         (grouped.first(), dispatch_jobs.first(), policy_due)
     {
-        consult_policy(core, &jobs[first].kernel, queue, [dj, dj], None);
+        let kernel = &jobs[first].kernel;
+        consult_policy(core, kernel, queue, kernel.lane(queue), [dj, dj], None);
     }
     match dispatch_group(core, queue, jobs, &grouped, &dispatch_jobs) {
         Ok(outs) => {
@@ -630,10 +635,14 @@ enum SpecArm {
     Failed(Result<BackendError, EngineError>),
 }
 
+/// Runs both arms of `job` on `queue` (and a partner queue when one is idle and the
+/// arms are independent) and judges them; `audit`: the variant is already adopted.
+/// Trace-JIT and the dispatch policy count on `lane`, `queue`'s.
 fn race(
     core: &Core,
     queue: QueueId,
     job: &Job,
+    lane: &Lane,
     audit: bool,
     spec_variant: usize,
 ) -> Result<Answer, Fault> {
@@ -642,7 +651,6 @@ fn race(
         make_job(core, kernel, 0, queue, &job.payload).map_err(Fault::Input)?;
     let spec = make_job(core, kernel, spec_variant, queue, &job.payload);
     let loaded = cons_loaded || spec.as_ref().is_ok_and(|(_, l)| *l);
-    let lane = kernel.lane(queue);
     trace::note(
         core,
         kernel,
@@ -655,7 +663,7 @@ fn race(
     // D2: the arms share a moment on two queues only when their buffers are
     // independent; otherwise they run back to back.
     let concurrent = match &spec {
-        Ok(spec) => consult_policy(core, kernel, queue, [&cons, spec], Some(spec_variant)),
+        Ok(spec) => consult_policy(core, kernel, queue, lane, [&cons, spec], Some(spec_variant)),
         Err(_) => false,
     };
     let partner = if concurrent {
