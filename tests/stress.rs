@@ -28,9 +28,14 @@ fn input_for(producer: u64, i: u64) -> Vec<u8> {
 
 /// A CPU-backend engine with `queues` queues (so `queues` workers).
 fn engine(queues: usize) -> Arc<Engine> {
+    engine_with(queues, Engine::builder())
+}
+
+/// [`engine`] from `builder`.
+fn engine_with(queues: usize, builder: photofinish::EngineBuilder) -> Arc<Engine> {
     let backend = CpuBackend::with_threads(queues).expect("the CPU backend opens");
     Arc::new(
-        Engine::builder()
+        builder
             .backend_instance(Arc::new(backend))
             .without_autotune_file()
             .channel_capacity(256)
@@ -135,10 +140,32 @@ fn shutdown_under_load_answers_every_accepted_batch() {
 /// would leave a batch queued with every worker asleep, and the watchdog fire.
 #[test]
 fn bursts_wake_workers_asleep_on_the_doorbell() {
+    let done = watchdog("stress: bursts after pauses", Duration::from_secs(60));
+    bursts_after_pauses(engine(8));
+    let _ = done.send(());
+}
+
+/// The same with the workers and callers busy-waiting before they yield and park
+/// (`EngineBuilder::busy_wait`, on by default only where cores are spare): a waiter
+/// that busy-waits must still fall asleep and be woken.
+#[test]
+fn bursts_wake_busy_waiting_workers() {
+    let done = watchdog(
+        "stress: bursts after pauses, busy waits",
+        Duration::from_secs(60),
+    );
+    bursts_after_pauses(engine_with(
+        8,
+        Engine::builder().busy_wait(photofinish::DEFAULT_BUSY_WAIT),
+    ));
+    let _ = done.send(());
+}
+
+/// Three producers submit bursts with pauses between, longer than a waiter's poll
+/// window; every answer is checked.
+fn bursts_after_pauses(engine: Arc<Engine>) {
     const BURSTS: u64 = 200;
     const BURST: u64 = 24;
-    let done = watchdog("stress: bursts after pauses", Duration::from_secs(60));
-    let engine = engine(8);
     let k = engine.register(Arc::new(Reduce)).unwrap();
     let producers: Vec<_> = (0..3)
         .map(|p| {
@@ -166,5 +193,4 @@ fn bursts_wake_workers_asleep_on_the_doorbell() {
         p.join().expect("producer panicked");
     }
     engine.shutdown();
-    let _ = done.send(());
 }

@@ -36,7 +36,7 @@ fn send(bell: &Doorbell, queued: &AtomicUsize) {
 /// rings: whichever of them searched, slept or polled first, both return, nothing is
 /// left queued and nobody is still counted asleep.
 fn two_workers_get_two_messages(send_two: impl FnOnce(&Arc<Doorbell>, &Arc<AtomicUsize>)) {
-    let bell = Arc::new(Doorbell::new(1));
+    let bell = Arc::new(Doorbell::new(1, std::time::Duration::ZERO));
     let queued = Arc::new(AtomicUsize::new(0));
     let workers = [worker(&bell, &queued), worker(&bell, &queued)];
     send_two(&bell, &queued);

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::autotune::{AutotuneStore, DeviceIdentity, LoadMode};
 use crate::backend::{Backend, BackendError, BackendKind, DeviceInfo};
@@ -25,6 +26,14 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 /// 4 queues; on the GPU host's 16-queue CPU backend 4 searching workers measured
 /// best of 1, 2, 4 and 16 — BENCHMARKS.md, seventh session).
 pub const DEFAULT_MAX_SEARCHING: usize = 4;
+
+/// Default of [`EngineBuilder::busy_wait`] where the machine has a hardware thread for
+/// every worker and one more: 50 µs. On an H200 host a caller or worker that yielded
+/// its CPU between polls noticed its hand-off late (one tiny batch at a time, 58–60 µs
+/// per batch with yields against 29 µs with a 20 or 100 µs busy wait, in a run where
+/// the host was busy; BENCHMARKS.md, tenth session); 50 µs covers a small kernel's
+/// round trip, so a caller waiting for one needs no system call.
+pub const DEFAULT_BUSY_WAIT: Duration = Duration::from_micros(50);
 
 /// Default of [`EngineBuilder::max_group`]: 1, one batch per backend call (groups of 8
 /// measured no better on an H200: BENCHMARKS.md, fourth session).
@@ -75,6 +84,7 @@ pub struct EngineBuilder {
     audit_period: u64,
     max_group: usize,
     max_searching: usize,
+    busy_wait: Option<Duration>,
     mode: SpeculationMode,
     threshold_pct: u32,
     persistence: Persistence,
@@ -90,6 +100,10 @@ impl Default for EngineBuilder {
             audit_period: DEFAULT_AUDIT_PERIOD,
             max_group: crate::knobs::env_or("PHOTOFINISH_MAX_GROUP", DEFAULT_MAX_GROUP),
             max_searching: crate::knobs::env_or("PHOTOFINISH_MAX_SEARCHING", DEFAULT_MAX_SEARCHING),
+            busy_wait: std::env::var("PHOTOFINISH_BUSY_WAIT_US")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_micros),
             mode: SpeculationMode::Auto,
             threshold_pct: DEFAULT_THRESHOLD_PCT,
             persistence: Persistence::Default,
@@ -149,6 +163,20 @@ impl EngineBuilder {
     /// without wake-ups (see `src/engine/README.md`, "The doorbell").
     pub fn max_searching(mut self, workers: usize) -> Self {
         self.max_searching = workers.max(1);
+        self
+    }
+
+    /// How long a worker waiting for its next batch, and a caller waiting in
+    /// [`Ticket::wait`](crate::Ticket::wait), poll with CPU spin hints only before they
+    /// yield their CPU between polls (capped by the 100 µs they poll before they park).
+    /// Default: [`DEFAULT_BUSY_WAIT`] where the machine has more hardware threads than
+    /// the engine has workers (one spare for the caller), otherwise zero, so on a
+    /// crowded machine (the CPU backend, which keeps every core busy) a waiter gives its
+    /// CPU to whoever has work at once; `PHOTOFINISH_BUSY_WAIT_US` sets it instead.
+    /// Busy waiting costs a core per waiter for that long after each hand-off; it
+    /// spares a waiter that yielded the system call's delay in noticing its hand-off.
+    pub fn busy_wait(mut self, wait: Duration) -> Self {
+        self.busy_wait = Some(wait);
         self
     }
 
@@ -229,6 +257,9 @@ impl EngineBuilder {
             %reason,
             "photofinish engine backend selected"
         );
+        let busy_wait = self
+            .busy_wait
+            .unwrap_or_else(|| auto_busy_wait(backend.queues().len()));
         let mut devices = Vec::with_capacity(devices_info.len());
         for info in &devices_info {
             let queues: Vec<QueueSlot> = backend
@@ -241,7 +272,11 @@ impl EngineBuilder {
                 })
                 .collect();
             devices.push(DeviceSlot {
-                mailbox: super::mailbox::Mailbox::new(self.channel_capacity, self.max_searching),
+                mailbox: super::mailbox::Mailbox::new(
+                    self.channel_capacity,
+                    self.max_searching,
+                    busy_wait,
+                ),
                 load: super::contention::DeviceLoad::new(queues.len()),
                 queues,
                 lost: Default::default(),
@@ -263,6 +298,7 @@ impl EngineBuilder {
                 audit_period: self.audit_period,
                 max_group: self.max_group.max(1),
                 mode: self.mode,
+                busy_wait,
             },
             speculator: AdaptiveSpeculator::new(self.threshold_pct),
             tunes,
@@ -294,6 +330,17 @@ impl EngineBuilder {
             }
         }
         Ok(engine)
+    }
+}
+
+/// The default busy wait for an engine of `workers` workers: [`DEFAULT_BUSY_WAIT`]
+/// where the machine has a hardware thread for each and one more, otherwise zero.
+fn auto_busy_wait(workers: usize) -> Duration {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if threads > workers.saturating_add(1) {
+        DEFAULT_BUSY_WAIT
+    } else {
+        Duration::ZERO
     }
 }
 
@@ -367,4 +414,21 @@ fn open_vulkan() -> Result<Arc<dyn Backend>, EngineError> {
 #[cfg(not(feature = "vulkan"))]
 fn open_vulkan() -> Result<Arc<dyn Backend>, EngineError> {
     Err(EngineError::BackendNotCompiled(BackendKind::Vulkan))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_waits_only_with_a_hardware_thread_for_every_waiter() {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        // A worker per hardware thread (the CPU backend) leaves none for the caller.
+        assert_eq!(auto_busy_wait(threads), Duration::ZERO);
+        assert_eq!(auto_busy_wait(threads - 1), Duration::ZERO);
+        assert_eq!(auto_busy_wait(usize::MAX), Duration::ZERO);
+        if threads >= 2 {
+            assert_eq!(auto_busy_wait(threads - 2), DEFAULT_BUSY_WAIT);
+        }
+    }
 }

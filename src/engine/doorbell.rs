@@ -22,6 +22,8 @@
 //! lines between the pollers' cores, and each message set all pollers racing for it;
 //! capping the searchers keeps that to a few, while the sleepers cost nothing.
 
+use std::time::Duration;
+
 use crate::sync::{fence, AtomicU64, Condvar, Mutex, Ordering};
 
 /// One device's doorbell (see the module docs).
@@ -29,6 +31,9 @@ use crate::sync::{fence, AtomicU64, Condvar, Mutex, Ordering};
 pub struct Doorbell {
     /// The most workers that search at once.
     max_searching: u64,
+    /// How long a searcher polls with spin hints only before it yields between polls
+    /// (spin.rs).
+    busy: Duration,
     /// The workers searching (low 32 bits, [`SEARCHER`] each) and counted asleep (high
     /// 32 bits, [`SLEEPER`] each; changed only under `permits`' lock), in one word so a
     /// ring reads both with one read-modify-write, which sees the latest counts.
@@ -53,10 +58,12 @@ fn sleeping(idle: u64) -> u64 {
 
 impl Doorbell {
     /// A doorbell with nobody searching or asleep, on which at most `max_searching`
-    /// workers (at least 1) search at once.
-    pub fn new(max_searching: usize) -> Self {
+    /// workers (at least 1) search at once, each polling with spin hints only for its
+    /// first `busy` (spin.rs).
+    pub fn new(max_searching: usize, busy: Duration) -> Self {
         Doorbell {
             max_searching: u64::try_from(max_searching.max(1)).unwrap_or(u64::MAX),
+            busy,
             idle: AtomicU64::new(0),
             permits: Mutex::new(0),
             bell: Condvar::new(),
@@ -99,7 +106,7 @@ impl Doorbell {
                 return value;
             }
             if searching(self.idle.fetch_add(SEARCHER, Ordering::SeqCst)) < self.max_searching {
-                let found = search(&mut poll);
+                let found = search(&mut poll, self.busy);
                 self.idle.fetch_sub(SEARCHER, Ordering::SeqCst);
                 if let Some(value) = found {
                     return value;
@@ -144,11 +151,14 @@ impl Doorbell {
 
 /// Polls until a value comes or the spin window has passed (spin.rs); under the loom
 /// models one more poll, so they explore a searcher without its timing.
-fn search<T>(poll: &mut impl FnMut() -> Option<T>) -> Option<T> {
+fn search<T>(poll: &mut impl FnMut() -> Option<T>, busy: Duration) -> Option<T> {
     #[cfg(not(photofinish_loom))]
-    return super::spin::spin_until(poll);
+    return super::spin::spin_until(poll, busy);
     #[cfg(photofinish_loom)]
-    return poll();
+    {
+        let _ = busy;
+        poll()
+    }
 }
 
 #[cfg(test)]
@@ -156,12 +166,11 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize as StdCount;
     use std::sync::Arc;
-    use std::time::Duration;
 
     /// Workers asleep on the bell each get one of the messages rung for them.
     #[test]
     fn every_rung_message_is_taken() {
-        let bell = Arc::new(Doorbell::new(1));
+        let bell = Arc::new(Doorbell::new(1, Duration::ZERO));
         let queued = Arc::new(StdCount::new(0));
         let workers: Vec<_> = (0..4)
             .map(|_| {

@@ -6,6 +6,8 @@
 //! [`Doorbell`] its workers wait on). It never looks inside a batch. See
 //! `src/engine/README.md` for the protocol and why it cannot lose a batch.
 
+use std::time::Duration;
+
 use crossbeam_channel::{Receiver, SendError, Sender, TrySendError};
 
 use crossbeam_utils::CachePadded;
@@ -33,13 +35,13 @@ impl<T> std::fmt::Debug for Mailbox<T> {
 
 impl<T> Mailbox<T> {
     /// An empty mailbox of `capacity` messages whose workers search it at most
-    /// `max_searching` at a time.
-    pub(crate) fn new(capacity: usize, max_searching: usize) -> Self {
+    /// `max_searching` at a time, each busy-waiting for its first `busy` (spin.rs).
+    pub(crate) fn new(capacity: usize, max_searching: usize, busy: Duration) -> Self {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
         Mailbox {
             tx,
             rx,
-            bell: Doorbell::new(max_searching),
+            bell: Doorbell::new(max_searching, busy),
         }
     }
 

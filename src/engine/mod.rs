@@ -40,7 +40,7 @@ use crate::policy::SpeculationVerdict;
 use crate::speculator::{AdaptiveSpeculator, SpeculationMode};
 
 pub use builder::{
-    default_autotune_dir, BackendChoice, EngineBuilder, DEFAULT_AUDIT_PERIOD,
+    default_autotune_dir, BackendChoice, EngineBuilder, DEFAULT_AUDIT_PERIOD, DEFAULT_BUSY_WAIT,
     DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, DEFAULT_MAX_SEARCHING,
 };
 pub use error::{EngineError, TrySubmitError};
@@ -203,6 +203,9 @@ pub(crate) struct Config {
     pub(crate) mode: SpeculationMode,
     /// The most batches in one backend call (`EngineBuilder::max_group`; 1: off).
     pub(crate) max_group: usize,
+    /// How long a caller waiting on a ticket polls with spin hints only
+    /// (`EngineBuilder::busy_wait`; the mailboxes' doorbells hold their own copy).
+    pub(crate) busy_wait: std::time::Duration,
 }
 
 /// One queue a worker owns, with a count of who is using it. Each on cache lines of
@@ -866,7 +869,7 @@ impl Engine {
             }
         }
         let device = self.pick_device()?;
-        let (responder, ticket) = ticket::one_shot();
+        let (responder, ticket) = ticket::one_shot(self.core.config.busy_wait);
         Ok((
             Job {
                 kernel,

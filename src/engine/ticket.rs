@@ -84,8 +84,9 @@ impl<T> Slot<T> {
     }
 }
 
-/// Creates a connected responder and ticket.
-pub(crate) fn one_shot<T>() -> (Responder<T>, Ticket<T>) {
+/// Creates a connected responder and ticket whose caller busy-waits for its first
+/// `busy` (spin.rs).
+pub(crate) fn one_shot<T>(busy: Duration) -> (Responder<T>, Ticket<T>) {
     let slot = Arc::new(Slot {
         state: AtomicU32::new(EMPTY),
         value: UnsafeCell::new(None),
@@ -96,7 +97,7 @@ pub(crate) fn one_shot<T>() -> (Responder<T>, Ticket<T>) {
         Responder {
             slot: Some(slot.clone()),
         },
-        Ticket { slot },
+        Ticket { slot, busy },
     )
 }
 
@@ -116,7 +117,7 @@ impl<T> fmt::Debug for Responder<T> {
 
 /// [`one_shot`] for the loom models in `loom-tests/` (not part of the API).
 pub fn one_shot_for_models<T>() -> (Responder<T>, Ticket<T>) {
-    one_shot()
+    one_shot(Duration::ZERO)
 }
 
 impl<T> Responder<T> {
@@ -162,6 +163,10 @@ fn fill<T>(slot: &Slot<T>, result: Result<T, EngineError>) {
 /// The caller's end: waits for the one answer of an accepted batch.
 pub struct Ticket<T = super::Answer> {
     slot: Arc<Slot<T>>,
+    /// How long `wait` polls with spin hints only before it yields (the engine's
+    /// `EngineBuilder::busy_wait`).
+    #[cfg_attr(photofinish_loom, allow(dead_code))]
+    busy: Duration,
 }
 
 impl<T> fmt::Debug for Ticket<T> {
@@ -207,7 +212,7 @@ impl<T> Ticket<T> {
     pub fn wait(self) -> Result<T, EngineError> {
         // Spin briefly first: a short batch answers before a parked thread would wake.
         #[cfg(not(photofinish_loom))]
-        super::spin::spin_until(|| self.is_ready().then_some(()));
+        super::spin::spin_until(|| self.is_ready().then_some(()), self.busy);
         loop {
             if let Some(result) = self.slot.try_take() {
                 return result;

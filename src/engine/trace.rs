@@ -317,7 +317,7 @@ mod engine_tests {
         let Payload::Input(input) = Batch::new(kernel, vec![3u8; len]).payload else {
             unreachable!("Batch::new carries input bytes");
         };
-        let (responder, _ticket) = ticket::one_shot();
+        let (responder, _ticket) = ticket::one_shot(std::time::Duration::ZERO);
         let job = Job {
             kernel: k,
             payload: Payload::Input(input),
