@@ -4,8 +4,10 @@
 
 /// The environment variable `name` parsed, or `default` where it is unset or unparsable.
 pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    env_opt(name).unwrap_or(default)
+}
+
+/// The environment variable `name` parsed; `None` where it is unset or unparsable.
+pub(crate) fn env_opt<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }

@@ -100,10 +100,7 @@ impl Default for EngineBuilder {
             audit_period: DEFAULT_AUDIT_PERIOD,
             max_group: crate::knobs::env_or("PHOTOFINISH_MAX_GROUP", DEFAULT_MAX_GROUP),
             max_searching: crate::knobs::env_or("PHOTOFINISH_MAX_SEARCHING", DEFAULT_MAX_SEARCHING),
-            busy_wait: std::env::var("PHOTOFINISH_BUSY_WAIT_US")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .map(Duration::from_micros),
+            busy_wait: crate::knobs::env_opt("PHOTOFINISH_BUSY_WAIT_US").map(Duration::from_micros),
             mode: SpeculationMode::Auto,
             threshold_pct: DEFAULT_THRESHOLD_PCT,
             persistence: Persistence::Default,
