@@ -28,11 +28,11 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 pub const DEFAULT_MAX_SEARCHING: usize = 4;
 
 /// Default of [`EngineBuilder::busy_wait`] where the machine has a hardware thread for
-/// every worker and one more: 50 µs. On an H200 host a caller or worker that yielded
-/// its CPU between polls noticed its hand-off late (one tiny batch at a time, 58–60 µs
-/// per batch with yields against 29 µs with a 20 or 100 µs busy wait, in a run where
-/// the host was busy; BENCHMARKS.md, tenth session); 50 µs covers a small kernel's
-/// round trip, so a caller waiting for one needs no system call.
+/// every worker and one more: 50 µs, about a small kernel's round trip, so a caller
+/// waiting for one makes no system call. On an H200 host whose yields were slow, one
+/// tiny batch at a time took 58–60 µs per batch with yields at once against 29 µs with
+/// a 20 or 100 µs busy wait; where yields were quick the two were level
+/// (BENCHMARKS.md, tenth session).
 pub const DEFAULT_BUSY_WAIT: Duration = Duration::from_micros(50);
 
 /// Default of [`EngineBuilder::max_group`]: 1, one batch per backend call (groups of 8
