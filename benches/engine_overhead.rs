@@ -12,11 +12,18 @@
 //! bookkeeping; audits are off. The baselines' workers only answer. Targets: ≥ 0.5× the
 //! raw channel's throughput and ≥ 2× the actor framework's.
 //!
-//! `ractor-dispatch` is the engine's pipeline itself built on ractor: each actor owns a
-//! queue of the same CPU backend and dispatches every batch's empty kernel there before
-//! answering, as a dispatch engine written on an actor framework would (without the
-//! engine's verdicts, races and bookkeeping). The ×2 target is printed against both
-//! ractor lines.
+//! `ractor-dispatch` is the engine's pipeline itself built on ractor: the producer builds
+//! each batch's dispatch plan and sends it to an actor, which owns a queue of the same
+//! CPU backend, dispatches the plan there and answers with the outputs, as a dispatch
+//! engine written on an actor framework would (without the engine's verdicts, races and
+//! bookkeeping). (Until the eleventh session its actors built the plan themselves and
+//! answered with a count, which left the engine's producer the plan's allocation and
+//! the outputs' release that the actor pipeline's producer did not pay.) The ×2 target
+//! is printed against both ractor lines.
+//!
+//! `engine-submit-many` is the engine with each window submitted in one
+//! `Engine::submit_many` call (one hand-off for the window) instead of a `submit` per
+//! batch.
 //!
 //! The CPU backend has one queue per hardware thread (so that many workers and baseline
 //! threads); `PF_CPU_QUEUES=n` sets n instead.
@@ -140,15 +147,19 @@ impl Drop for RawPipeline {
 // ----- (b) ractor actors ---------------------------------------------------------------
 
 /// What a worker actor does for a batch besides answering it: nothing, or dispatch the
-/// empty kernel on its own queue of the CPU backend (the engine's pipeline, built on
-/// ractor) and answer with the number of outputs.
+/// batch's plan on its own queue of the CPU backend (the engine's pipeline, built on
+/// ractor) and answer with the outputs.
 type ActorWork = Option<(Arc<CpuBackend>, KernelHandle, QueueId)>;
+
+/// A batch sent to an actor: the plan the producer built (`None` for the actors that
+/// only answer) and the port for its outputs.
+type ActorMsg = (Option<DispatchPlan>, RpcReplyPort<Vec<Vec<u8>>>);
 
 /// A worker actor: does its work for every batch it is sent and answers it.
 struct Answerer;
 
 impl Actor for Answerer {
-    type Msg = RpcReplyPort<u64>;
+    type Msg = ActorMsg;
     type State = ActorWork;
     type Arguments = ActorWork;
 
@@ -163,12 +174,12 @@ impl Actor for Answerer {
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
-        reply: Self::Msg,
+        (plan, reply): Self::Msg,
         work: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let outputs = match work {
-            Some((cpu, kernel, queue)) => Direct::run(cpu, *kernel, *queue),
-            None => 0,
+        let outputs = match (work, plan) {
+            (Some((cpu, kernel, queue)), Some(plan)) => Direct::run(cpu, *kernel, *queue, plan),
+            _ => Vec::new(),
         };
         // The producer may have gone; nothing to do then.
         let _ = reply.send(outputs);
@@ -177,10 +188,13 @@ impl Actor for Answerer {
 }
 
 /// Producers → `workers` ractor actors (round robin) on a tokio runtime with that many
-/// threads, each batch answered on its own reply port; with `direct`, each actor
-/// dispatches every batch on its own queue of that backend first.
+/// threads, each batch answered on its own reply port; with `direct`, the producer
+/// builds each batch's plan and sends it, as the engine's producers do, and each actor
+/// dispatches it on its own queue of that backend and answers with its outputs, which
+/// the producer drops, as the engine's producers drop their answers.
 struct ActorPipeline {
-    actors: Vec<ActorRef<RpcReplyPort<u64>>>,
+    actors: Vec<ActorRef<ActorMsg>>,
+    dispatching: bool,
     next: std::sync::atomic::AtomicUsize,
     runtime: tokio::runtime::Runtime,
 }
@@ -205,6 +219,7 @@ impl ActorPipeline {
             .collect();
         ActorPipeline {
             actors,
+            dispatching: direct.is_some(),
             next: std::sync::atomic::AtomicUsize::new(0),
             runtime,
         }
@@ -215,8 +230,9 @@ impl ActorPipeline {
             .map(|_| {
                 let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (port, answer) = ractor::concurrency::oneshot();
+                let plan = self.dispatching.then(empty_plan);
                 if self.actors[i % self.actors.len()]
-                    .send_message(RpcReplyPort::from(port))
+                    .send_message((plan, RpcReplyPort::from(port)))
                     .is_err()
                 {
                     common::fail("actor pipeline: an actor is gone");
@@ -404,6 +420,19 @@ fn engine_with_adopted_kernel(backend: Arc<dyn Backend>) -> (Engine, KernelId) {
     common::fail("the empty kernel's speculative variant was not adopted in 1000 races")
 }
 
+/// [`engine_window`] with the window's batches submitted in one `submit_many`.
+fn engine_window_many(engine: &Engine, kernel: KernelId, k: usize) {
+    let batches = (0..k).map(|_| Batch::with_plan(kernel, empty_plan()));
+    let tickets = engine
+        .submit_many(batches)
+        .unwrap_or_else(|e| common::fail(&format!("submit_many failed: {e}")));
+    for ticket in tickets {
+        if let Err(e) = ticket.wait() {
+            common::fail(&format!("a batch failed: {e}"));
+        }
+    }
+}
+
 fn engine_window(engine: &Engine, kernel: KernelId, k: usize) {
     let tickets: Vec<_> = (0..k)
         .map(|_| {
@@ -438,16 +467,21 @@ impl Direct {
     fn window(&self, k: usize, producer: usize) {
         let queues = self.cpu.queues();
         for _ in 0..k {
-            Direct::run(&self.cpu, self.kernel, queues[producer % queues.len()]);
+            let queue = queues[producer % queues.len()];
+            Direct::run(&self.cpu, self.kernel, queue, empty_plan());
         }
     }
 
-    /// One empty dispatch of `kernel` on `queue`; the number of outputs it gave.
-    fn run(cpu: &CpuBackend, kernel: KernelHandle, queue: QueueId) -> u64 {
-        let plan = empty_plan();
+    /// One dispatch of `plan` with `kernel` on `queue`; the outputs it gave.
+    fn run(
+        cpu: &CpuBackend,
+        kernel: KernelHandle,
+        queue: QueueId,
+        plan: DispatchPlan,
+    ) -> Vec<Vec<u8>> {
         let job = plan.into_job(queue, kernel);
         match cpu.dispatch(std::slice::from_ref(&job)).pop() {
-            Some(Ok(out)) => out.outputs.len() as u64,
+            Some(Ok(out)) => out.outputs,
             Some(Err(e)) => common::fail(&format!("direct dispatch failed: {e}")),
             None => common::fail("direct dispatch gave no result"),
         }
@@ -487,6 +521,11 @@ fn engine_overhead(c: &mut Criterion) {
         group.throughput(Throughput::Elements(1));
         common::timed(&mut group, &name, "engine", |iters| {
             drive(producers, iters, |k, _| engine_window(&engine, kernel, k))
+        });
+        common::timed(&mut group, &name, "engine-submit-many", |iters| {
+            drive(producers, iters, |k, _| {
+                engine_window_many(&engine, kernel, k)
+            })
         });
         common::timed(&mut group, &name, "engine-inline-backend", |iters| {
             drive(producers, iters, |k, _| {
@@ -531,6 +570,20 @@ fn engine_overhead(c: &mut Criterion) {
             &format!("{name}/engine"),
             &format!("{name}/ractor-dispatch"),
             ">= 2x",
+        );
+        common::print_speedup(
+            &format!(
+                "{producers} producers, engine (submit_many) vs the same dispatches on ractor"
+            ),
+            &format!("{name}/engine-submit-many"),
+            &format!("{name}/ractor-dispatch"),
+            ">= 2x",
+        );
+        common::print_speedup(
+            &format!("{producers} producers, engine (submit_many) vs raw channel"),
+            &format!("{name}/engine-submit-many"),
+            &format!("{name}/crossbeam"),
+            ">= 0.5x",
         );
         common::print_speedup(
             &format!("{producers} producers, engine on the inline backend vs raw channel"),

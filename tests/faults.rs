@@ -293,3 +293,24 @@ fn batches_of_a_lost_device_move_to_the_other_device_and_none_is_dropped() {
     assert_ne!(after.queue.device, lost[0]);
     engine.shutdown();
 }
+
+/// A worker that panics while it claims batches from a window keeps the window across
+/// its restart: on a one-queue device (one worker, one copy of the window) the window's
+/// other batches are still run and answered, none with `Unanswered`.
+#[test]
+fn a_panic_inside_a_window_loses_none_of_its_batches() {
+    let backend = Arc::new(TestBackend::new(1, 1, 1));
+    let engine = engine_on(&backend);
+    let events = engine.subscribe();
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    backend.inject(ByteSumWorkload::CONSERVATIVE, InjectedFault::Panic, 1);
+    let inputs: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i, i + 1]).collect();
+    let tickets = engine
+        .submit_many(inputs.iter().map(|input| Batch::new(k, input.clone())))
+        .unwrap();
+    for (input, ticket) in inputs.iter().zip(tickets) {
+        assert_eq!(ticket.wait().unwrap().output, reference(input));
+    }
+    let r = restarts(&events);
+    assert_eq!(r.len(), 1, "{r:?}");
+}

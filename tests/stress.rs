@@ -1,6 +1,8 @@
 //! Stress on the CPU backend: 8 producer threads × 20 000 tiny `reduce` batches, every
-//! ticket answered exactly once with the reference answer, then shutdown under load. A watchdog aborts the process
-//! with a message instead of letting a deadlock hang the test run.
+//! ticket answered exactly once with the reference answer, then shutdown under load;
+//! the same with the batches submitted in windows (`submit_many`); bursts after pauses
+//! that put the workers to sleep. A watchdog aborts the process with a message instead
+//! of letting a deadlock hang the test run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -141,7 +143,16 @@ fn shutdown_under_load_answers_every_accepted_batch() {
 #[test]
 fn bursts_wake_workers_asleep_on_the_doorbell() {
     let done = watchdog("stress: bursts after pauses", Duration::from_secs(60));
-    bursts_after_pauses(engine(8));
+    bursts_after_pauses(engine(8), false);
+    let _ = done.send(());
+}
+
+/// The same with each burst submitted in one `submit_many`: one ring for the whole
+/// burst, which the workers that take its copies must pass on to the sleepers.
+#[test]
+fn windows_after_pauses_wake_workers_asleep_on_the_doorbell() {
+    let done = watchdog("stress: windows after pauses", Duration::from_secs(60));
+    bursts_after_pauses(engine(8), true);
     let _ = done.send(());
 }
 
@@ -154,16 +165,19 @@ fn bursts_wake_busy_waiting_workers() {
         "stress: bursts after pauses, busy waits",
         Duration::from_secs(60),
     );
-    bursts_after_pauses(engine_with(
-        8,
-        Engine::builder().busy_wait(photofinish::DEFAULT_BUSY_WAIT),
-    ));
+    bursts_after_pauses(
+        engine_with(
+            8,
+            Engine::builder().busy_wait(photofinish::DEFAULT_BUSY_WAIT),
+        ),
+        false,
+    );
     let _ = done.send(());
 }
 
 /// Three producers submit bursts with pauses between, longer than a waiter's poll
-/// window; every answer is checked.
-fn bursts_after_pauses(engine: Arc<Engine>) {
+/// window (each burst in one `submit_many` where `windowed`); every answer is checked.
+fn bursts_after_pauses(engine: Arc<Engine>, windowed: bool) {
     const BURSTS: u64 = 200;
     const BURST: u64 = 24;
     let k = engine.register(Arc::new(Reduce)).unwrap();
@@ -172,13 +186,14 @@ fn bursts_after_pauses(engine: Arc<Engine>) {
             let engine = Arc::clone(&engine);
             std::thread::spawn(move || {
                 for b in 0..BURSTS {
-                    let tickets: Vec<_> = (0..BURST)
-                        .map(|i| {
-                            let input = input_for(p, b * BURST + i);
-                            let ticket = engine.submit(Batch::new(k, input.clone())).unwrap();
-                            (ticket, input)
-                        })
-                        .collect();
+                    let inputs: Vec<_> = (0..BURST).map(|i| input_for(p, b * BURST + i)).collect();
+                    let batches = inputs.iter().map(|input| Batch::new(k, input.clone()));
+                    let tickets: Vec<_> = if windowed {
+                        engine.submit_many(batches).unwrap()
+                    } else {
+                        batches.map(|batch| engine.submit(batch).unwrap()).collect()
+                    };
+                    let tickets = tickets.into_iter().zip(inputs);
                     for (ticket, input) in tickets {
                         let answer = ticket.wait().expect("no batch fails");
                         assert_eq!(answer.output, Output::Answer(Reduce.reference(&input)));
@@ -193,4 +208,100 @@ fn bursts_after_pauses(engine: Arc<Engine>) {
         p.join().expect("producer panicked");
     }
     engine.shutdown();
+}
+
+/// Eight producers submit windows of 1 to 64 batches (`submit_many`) mixed with single
+/// submits, on 4 workers and a mailbox of 256 (so windows' copies meet a full mailbox):
+/// every ticket is answered exactly once with the reference answer.
+#[test]
+fn windows_from_eight_producers_every_ticket_answered_exactly_once() {
+    let done = watchdog("stress: windows from 8 producers", Duration::from_secs(120));
+    let engine = engine(4);
+    let k = engine.register(Arc::new(Reduce)).unwrap();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let engine = Arc::clone(&engine);
+            std::thread::spawn(move || {
+                let mut answered = 0u64;
+                let mut i = 0u64;
+                while i < BATCHES_PER_PRODUCER {
+                    // Window sizes cycle through 1..=64; every eighth is single submits.
+                    let size = (1 + (i * 7 + p) % 64).min(BATCHES_PER_PRODUCER - i);
+                    let inputs: Vec<_> = (i..i + size).map(|j| input_for(p, j)).collect();
+                    let batches = inputs.iter().map(|input| Batch::new(k, input.clone()));
+                    let tickets: Vec<_> = if (i / 64 + p) % 8 == 0 {
+                        batches.map(|batch| engine.submit(batch).unwrap()).collect()
+                    } else {
+                        engine.submit_many(batches).unwrap()
+                    };
+                    assert_eq!(tickets.len() as u64, size);
+                    for (ticket, input) in tickets.into_iter().zip(inputs) {
+                        let answer = ticket.wait().expect("no batch fails");
+                        assert_eq!(answer.output, Output::Answer(Reduce.reference(&input)));
+                        answered += 1;
+                    }
+                    i += size;
+                }
+                answered
+            })
+        })
+        .collect();
+    let total: u64 = producers
+        .into_iter()
+        .map(|p| p.join().expect("producer panicked"))
+        .sum();
+    engine.shutdown();
+    assert_eq!(total, PRODUCERS * BATCHES_PER_PRODUCER);
+    let _ = done.send(());
+}
+
+/// Shutdown while eight producers submit windows: every window accepted before the
+/// refusal is answered in full, none after.
+#[test]
+fn shutdown_under_load_answers_every_accepted_window() {
+    let done = watchdog("stress: shutdown under windows", Duration::from_secs(60));
+    let engine = engine(2);
+    let k = engine.register(Arc::new(Reduce)).unwrap();
+    let start = Arc::new(Barrier::new(PRODUCERS as usize + 1));
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let engine = Arc::clone(&engine);
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || {
+                start.wait();
+                let mut accepted = Vec::new();
+                for w in 0u64.. {
+                    let inputs: Vec<_> =
+                        (0..1 + w % 40).map(|j| input_for(p, w * 64 + j)).collect();
+                    let batches = inputs.iter().map(|input| Batch::new(k, input.clone()));
+                    match engine.submit_many(batches) {
+                        Ok(tickets) => accepted.extend(tickets.into_iter().zip(inputs)),
+                        Err(EngineError::ShutDown) => break,
+                        Err(e) => panic!("unexpected submit_many error: {e}"),
+                    }
+                }
+                let n = accepted.len() as u64;
+                for (ticket, input) in accepted {
+                    let answer = ticket.wait().expect("accepted batch answered");
+                    assert_eq!(answer.output, Output::Answer(Reduce.reference(&input)));
+                }
+                n
+            })
+        })
+        .collect();
+    start.wait();
+    let warm: Vec<_> = (0..50)
+        .flat_map(|w| {
+            engine
+                .submit_many((0..40).map(|j| Batch::new(k, input_for(99, w * 40 + j))))
+                .unwrap()
+        })
+        .collect();
+    engine.shutdown();
+    for t in warm {
+        assert!(t.is_ready(), "shutdown returned before draining a window");
+    }
+    let total: u64 = producers.into_iter().map(|p| p.join().unwrap()).sum();
+    assert!(total > 0);
+    let _ = done.send(());
 }

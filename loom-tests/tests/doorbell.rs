@@ -66,6 +66,20 @@ fn two_workers_each_get_a_message_from_two_producers() {
     });
 }
 
+/// One producer queues two messages and rings once after both (`Mailbox::send_all`, as
+/// `submit_many` does): the worker that takes the first rings on for the second, so
+/// both workers return.
+#[test]
+fn one_ring_after_two_messages_wakes_both_workers() {
+    loom::model(|| {
+        two_workers_get_two_messages(|bell, queued| {
+            queued.fetch_add(1, Ordering::Release);
+            queued.fetch_add(1, Ordering::Release);
+            bell.ring();
+        })
+    });
+}
+
 /// One producer queues both while a single worker of two may be searching: the
 /// message the searcher leaves behind wakes the other worker (the hand-on ring).
 #[test]

@@ -53,6 +53,29 @@ impl<T> Mailbox<T> {
         Ok(())
     }
 
+    /// Queues every message of `msgs` in order and rings once at the end, so a worker
+    /// taking one of them rings on for the others (doorbell.rs) and the producer pays
+    /// one ring, not one per message. Where the mailbox is full it rings first, then
+    /// blocks, so no message it queued waits unrung behind a blocked producer.
+    pub(crate) fn send_all(&self, msgs: impl IntoIterator<Item = T>) -> Result<(), SendError<T>> {
+        let mut rung = true;
+        for msg in msgs {
+            match self.tx.try_send(msg) {
+                Ok(()) => rung = false,
+                Err(TrySendError::Full(msg)) => {
+                    self.bell.ring();
+                    self.send(msg)?;
+                    rung = true;
+                }
+                Err(TrySendError::Disconnected(msg)) => return Err(SendError(msg)),
+            }
+        }
+        if !rung {
+            self.bell.ring();
+        }
+        Ok(())
+    }
+
     /// Queues `msg` unless the mailbox is full.
     pub(crate) fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
         self.tx.try_send(msg)?;

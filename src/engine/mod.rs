@@ -25,6 +25,7 @@ mod test_backend;
 mod ticket;
 mod trace;
 mod verdict;
+mod window;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -66,6 +67,7 @@ pub mod protocol {
     pub use super::saver::SaveQueue;
     pub use super::ticket::{one_shot_for_models as one_shot, Responder};
     pub use super::verdict::VerdictCell;
+    pub use super::window::Window;
     #[cfg(photofinish_loom)]
     pub use crate::sync::channel::Receiver as EventReceiver;
 }
@@ -150,6 +152,9 @@ pub struct Answer {
 pub(crate) enum Msg {
     /// Run this batch.
     Run(Job),
+    /// Claim batches from this window until it is drained (one of a few copies; see
+    /// window.rs).
+    Window(Arc<window::Window<Job>>),
     /// The engine is shutting down: the worker that takes this exits.
     Stop,
 }
@@ -840,11 +845,105 @@ impl Engine {
         }
     }
 
+    /// Submits several batches in one call and returns their tickets in order.
+    ///
+    /// It does what a `submit` per batch does, for less: the batches go to one device
+    /// (the one a `submit` would pick) in a single hand-off — a few copies of one
+    /// message that the device's workers claim the batches from one by one, and one
+    /// wake-up — so they still run on all the device's queues at once. Use it where a
+    /// caller has batches ready together (a frame's dispatches, a window of a stream).
+    ///
+    /// All or nothing: every batch is checked first, and if one is refused (an unknown
+    /// kernel, the wrong payload) the call returns that error and submits none; after
+    /// shutdown it returns [`EngineError::ShutDown`]. Blocks while the device's queue is
+    /// full, as `submit` does. No batch gives an empty list.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use photofinish::{Batch, ByteSumWorkload, Engine, Output, TestBackend, Workload};
+    /// let engine = Engine::builder()
+    ///     .backend_instance(Arc::new(TestBackend::new(1, 2, 1)))
+    ///     .without_autotune_file()
+    ///     .build()?;
+    /// let kernel = engine.register(Arc::new(ByteSumWorkload))?;
+    /// let inputs: Vec<Vec<u8>> = (1..=8u8).map(|n| vec![n; 16]).collect();
+    /// let batches = inputs.iter().map(|input| Batch::new(kernel, input.clone()));
+    /// let tickets = engine.submit_many(batches)?;
+    /// for (input, ticket) in inputs.iter().zip(tickets) {
+    ///     let expected = ByteSumWorkload.reference(input);
+    ///     assert_eq!(ticket.wait()?.output, Output::Answer(expected));
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn submit_many(
+        &self,
+        batches: impl IntoIterator<Item = Batch>,
+    ) -> Result<Vec<Ticket>, EngineError> {
+        if self.core.gate.is_closed() {
+            return Err(EngineError::ShutDown);
+        }
+        let batches = batches.into_iter();
+        let mut jobs = Vec::with_capacity(batches.size_hint().0);
+        let mut tickets = Vec::with_capacity(batches.size_hint().0);
+        for batch in batches {
+            match self.check(&batch) {
+                Ok(kernel) => {
+                    let (job, ticket) = self.job(kernel, batch.payload);
+                    jobs.push(job);
+                    tickets.push(ticket);
+                }
+                Err(e) => {
+                    disarm_all(jobs);
+                    return Err(e);
+                }
+            }
+        }
+        if jobs.is_empty() {
+            return Ok(tickets);
+        }
+        let device = match self.pick_device() {
+            Ok(device) => device,
+            Err(e) => {
+                disarm_all(jobs);
+                return Err(e);
+            }
+        };
+        let Some(_pass) = self.core.gate.enter() else {
+            disarm_all(jobs);
+            return Err(EngineError::ShutDown);
+        };
+        let target = &self.core.devices[device];
+        let sent = if jobs.len() == 1 {
+            target.mailbox.send_all(jobs.pop().map(Msg::Run))
+        } else {
+            // One copy per worker that could take a share of the batches.
+            let copies = jobs.len().min(target.queues.len()).max(1);
+            let window = Arc::new(window::Window::new(jobs));
+            target
+                .mailbox
+                .send_all((0..copies).map(|_| Msg::Window(Arc::clone(&window))))
+        };
+        match sent {
+            Ok(()) => Ok(tickets),
+            // As in `submit`: cannot happen (the mailbox holds its receiver), and the
+            // jobs' responders would answer their tickets on drop.
+            Err(_) => Err(EngineError::ShutDown),
+        }
+    }
+
     /// Validates a batch and picks its device.
     fn accept(&self, batch: Batch) -> Result<(Job, Ticket, usize), EngineError> {
         if self.core.gate.is_closed() {
             return Err(EngineError::ShutDown);
         }
+        let kernel = self.check(&batch)?;
+        let device = self.pick_device()?;
+        let (job, ticket) = self.job(kernel, batch.payload);
+        Ok((job, ticket, device))
+    }
+
+    /// The batch's kernel, if it is registered and the batch carries what it takes.
+    fn check(&self, batch: &Batch) -> Result<Arc<Kernel>, EngineError> {
         let kernel = self
             .core
             .registry
@@ -852,33 +951,29 @@ impl Engine {
             .ok_or(EngineError::UnknownKernel(batch.kernel.0))?;
         match (&kernel.source, &batch.payload) {
             (KernelSource::Workload(_), Payload::Input(_))
-            | (KernelSource::Pair, Payload::Plan(_)) => {}
-            (KernelSource::Workload(_), Payload::Plan(_)) => {
-                return Err(EngineError::WrongPayload {
-                    kernel: kernel.name.clone(),
-                    expected: "input bytes",
-                    fix: "`Batch::new(kernel, input)`",
-                })
-            }
-            (KernelSource::Pair, Payload::Input(_)) => {
-                return Err(EngineError::WrongPayload {
-                    kernel: kernel.name.clone(),
-                    expected: "a dispatch plan (buffers, push constants, workgroups)",
-                    fix: "`Batch::with_plan(kernel, plan)`",
-                })
-            }
+            | (KernelSource::Pair, Payload::Plan(_)) => Ok(kernel),
+            (KernelSource::Workload(_), Payload::Plan(_)) => Err(EngineError::WrongPayload {
+                kernel: kernel.name.clone(),
+                expected: "input bytes",
+                fix: "`Batch::new(kernel, input)`",
+            }),
+            (KernelSource::Pair, Payload::Input(_)) => Err(EngineError::WrongPayload {
+                kernel: kernel.name.clone(),
+                expected: "a dispatch plan (buffers, push constants, workgroups)",
+                fix: "`Batch::with_plan(kernel, plan)`",
+            }),
         }
-        let device = self.pick_device()?;
+    }
+
+    /// An accepted batch's job and the caller's ticket for its answer.
+    fn job(&self, kernel: Arc<Kernel>, payload: Payload) -> (Job, Ticket) {
         let (responder, ticket) = ticket::one_shot(self.core.config.busy_wait);
-        Ok((
-            Job {
-                kernel,
-                payload: batch.payload,
-                responder,
-            },
-            ticket,
-            device,
-        ))
+        let job = Job {
+            kernel,
+            payload,
+            responder,
+        };
+        (job, ticket)
     }
 
     /// The live device with the shortest mailbox (round robin among equals).
@@ -944,5 +1039,13 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Withdraws the jobs of a call that submits none of them: their tickets are dropped
+/// unanswered, never waited on.
+fn disarm_all(jobs: Vec<Job>) {
+    for job in jobs {
+        job.responder.disarm();
     }
 }

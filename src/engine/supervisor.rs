@@ -22,6 +22,7 @@ use super::error::EngineError;
 use super::events::Event;
 use super::mailbox::Mailbox;
 use super::race::{self, Fault};
+use super::window::Window;
 use super::{Core, Job, Msg};
 
 /// Starts the supervised worker of `queue`.
@@ -42,9 +43,12 @@ pub(crate) fn spawn(core: Arc<Core>, queue: QueueId) -> Result<JoinHandle<()>, E
 fn supervise(core: &Core, queue: QueueId) {
     let mailbox = &core.devices[queue.device].mailbox;
     let mut in_flight: Vec<Job> = Vec::new();
+    // The window the worker is claiming batches from, kept across a restart so that
+    // its remaining batches are still run when every other copy is gone.
+    let mut window: Option<Arc<Window<Job>>> = None;
     loop {
         let run = catch_unwind(AssertUnwindSafe(|| {
-            worker_loop(core, queue, mailbox, &mut in_flight)
+            worker_loop(core, queue, mailbox, &mut in_flight, &mut window)
         }));
         match run {
             Ok(()) => return,
@@ -59,24 +63,50 @@ fn supervise(core: &Core, queue: QueueId) {
 
 /// The actor: runs batches until a stop message (or a closed mailbox).
 ///
-/// Under a backlog it takes several batches at once (as many as
-/// `race::group_size` allows: D1 fired and no idle worker of the device would take
-/// them) and runs them as one group; a stop message met while taking them ends the
-/// loop after the group.
-fn worker_loop(core: &Core, queue: QueueId, mailbox: &Mailbox<Msg>, in_flight: &mut Vec<Job>) {
+/// A batch comes from a `Run` message or is claimed from a window (window.rs): a
+/// worker that takes a window claims from it until it is drained before it takes
+/// another message, so a window's batches are all run before the stop messages queued
+/// behind its copies are all taken. Under a backlog it takes several batches at once
+/// (as many as `race::group_size` allows: D1 fired and no idle worker of the device
+/// would take them) and runs them as one group; a stop message met while taking them
+/// ends the loop after the group.
+fn worker_loop(
+    core: &Core,
+    queue: QueueId,
+    mailbox: &Mailbox<Msg>,
+    in_flight: &mut Vec<Job>,
+    window: &mut Option<Arc<Window<Job>>>,
+) {
     let mut stopping = false;
     while !stopping {
-        // Searches briefly before sleeping, if few of the device's workers search (see
-        // doorbell.rs): a worker that just finished a batch takes the next one without
-        // a wake-up.
-        let Msg::Run(first) = mailbox.recv() else {
-            return;
+        let first = match claim(window) {
+            Some(job) => job,
+            // Searches briefly before sleeping, if few of the device's workers search
+            // (see doorbell.rs): a worker that just finished a batch takes the next one
+            // without a wake-up.
+            None => match mailbox.recv() {
+                Msg::Run(job) => job,
+                Msg::Window(w) => {
+                    *window = Some(w);
+                    continue;
+                }
+                Msg::Stop => return,
+            },
         };
-        let want = race::group_size(core, queue, &first, mailbox.len());
+        let queued = window.as_ref().map_or_else(|| mailbox.len(), |w| w.left());
+        let want = race::group_size(core, queue, &first, queued);
         in_flight.push(first);
         while in_flight.len() < want {
+            if window.is_some() {
+                match claim(window) {
+                    Some(job) => in_flight.push(job),
+                    None => break,
+                }
+                continue;
+            }
             match mailbox.try_recv() {
                 Some(Msg::Run(job)) => in_flight.push(job),
+                Some(Msg::Window(w)) => *window = Some(w),
                 Some(Msg::Stop) => {
                     stopping = true;
                     break;
@@ -95,6 +125,18 @@ fn worker_loop(core: &Core, queue: QueueId, mailbox: &Mailbox<Msg>, in_flight: &
             }
         }
     }
+    // A stop message is taken only with no window in hand (a window is claimed dry
+    // before the next message is taken), so nothing is left behind here.
+    debug_assert!(window.is_none());
+}
+
+/// Claims the next batch of the window in hand; lets go of a drained window.
+fn claim(window: &mut Option<Arc<Window<Job>>>) -> Option<Job> {
+    let job = window.as_ref()?.take();
+    if job.is_none() {
+        *window = None;
+    }
+    job
 }
 
 /// Answers a job whose run on `queue` failed: with the error, or (once) by a retry.
