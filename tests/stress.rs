@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use photofinish::backend::cpu::CpuBackend;
 use photofinish::kernels::{Reduce, Workload};
-use photofinish::{Batch, Engine, EngineError, Output};
+use photofinish::{Batch, Engine, EngineError, KernelId, Output, Ticket};
 
 #[path = "support/watchdog.rs"]
 mod watchdog;
@@ -91,7 +91,22 @@ fn eight_producers_every_ticket_answered_exactly_once() {
 
 #[test]
 fn shutdown_under_load_answers_every_accepted_batch() {
-    let done = watchdog("stress: shutdown under load", Duration::from_secs(60));
+    shutdown_under_load("stress: shutdown under load", |engine, k, p, i| {
+        let input = input_for(p, i);
+        let ticket = engine.submit(Batch::new(k, input.clone()))?;
+        Ok(vec![(ticket, input)])
+    });
+}
+
+/// What a producer of [`shutdown_under_load`] submits at its `i`-th step: the tickets
+/// with their inputs, or the refusal.
+type Step = fn(&Engine, KernelId, u64, u64) -> Result<Vec<(Ticket, Vec<u8>)>, EngineError>;
+
+/// Eight producers submit with `step` until they are refused while the main thread
+/// fills the mailbox and shuts down: every batch accepted before the refusal is
+/// answered with the reference answer, and shutdown returns only after draining.
+fn shutdown_under_load(label: &'static str, step: Step) {
+    let done = watchdog(label, Duration::from_secs(60));
     let engine = engine(2);
     let k = engine.register(Arc::new(Reduce)).unwrap();
     let start = Arc::new(Barrier::new(PRODUCERS as usize + 1));
@@ -103,9 +118,8 @@ fn shutdown_under_load_answers_every_accepted_batch() {
                 start.wait();
                 let mut accepted = Vec::new();
                 for i in 0.. {
-                    let input = input_for(p, i);
-                    match engine.submit(Batch::new(k, input.clone())) {
-                        Ok(ticket) => accepted.push((ticket, input)),
+                    match step(&engine, k, p, i) {
+                        Ok(tickets) => accepted.extend(tickets),
                         Err(EngineError::ShutDown) => break,
                         Err(e) => panic!("unexpected submit error: {e}"),
                     }
@@ -124,11 +138,14 @@ fn shutdown_under_load_answers_every_accepted_batch() {
     start.wait();
     // Let the producers fill the mailbox, then shut down while they still submit.
     let mut warm = Vec::new();
-    for i in 0..2_000 {
-        warm.push(engine.submit(Batch::new(k, input_for(99, i))).unwrap());
+    for i in 0.. {
+        warm.extend(step(&engine, k, 99, i).unwrap());
+        if warm.len() >= 2_000 {
+            break;
+        }
     }
     engine.shutdown();
-    for t in warm {
+    for (t, _) in warm {
         assert!(t.is_ready(), "shutdown returned before draining");
     }
     let total: u64 = producers.into_iter().map(|p| p.join().unwrap()).sum();
@@ -255,53 +272,17 @@ fn windows_from_eight_producers_every_ticket_answered_exactly_once() {
     let _ = done.send(());
 }
 
-/// Shutdown while eight producers submit windows: every window accepted before the
-/// refusal is answered in full, none after.
+/// Shutdown while eight producers submit windows of 1 to 40 batches: every window
+/// accepted before the refusal is answered in full.
 #[test]
 fn shutdown_under_load_answers_every_accepted_window() {
-    let done = watchdog("stress: shutdown under windows", Duration::from_secs(60));
-    let engine = engine(2);
-    let k = engine.register(Arc::new(Reduce)).unwrap();
-    let start = Arc::new(Barrier::new(PRODUCERS as usize + 1));
-    let producers: Vec<_> = (0..PRODUCERS)
-        .map(|p| {
-            let engine = Arc::clone(&engine);
-            let start = Arc::clone(&start);
-            std::thread::spawn(move || {
-                start.wait();
-                let mut accepted = Vec::new();
-                for w in 0u64.. {
-                    let inputs: Vec<_> =
-                        (0..1 + w % 40).map(|j| input_for(p, w * 64 + j)).collect();
-                    let batches = inputs.iter().map(|input| Batch::new(k, input.clone()));
-                    match engine.submit_many(batches) {
-                        Ok(tickets) => accepted.extend(tickets.into_iter().zip(inputs)),
-                        Err(EngineError::ShutDown) => break,
-                        Err(e) => panic!("unexpected submit_many error: {e}"),
-                    }
-                }
-                let n = accepted.len() as u64;
-                for (ticket, input) in accepted {
-                    let answer = ticket.wait().expect("accepted batch answered");
-                    assert_eq!(answer.output, Output::Answer(Reduce.reference(&input)));
-                }
-                n
-            })
-        })
-        .collect();
-    start.wait();
-    let warm: Vec<_> = (0..50)
-        .flat_map(|w| {
-            engine
-                .submit_many((0..40).map(|j| Batch::new(k, input_for(99, w * 40 + j))))
-                .unwrap()
-        })
-        .collect();
-    engine.shutdown();
-    for t in warm {
-        assert!(t.is_ready(), "shutdown returned before draining a window");
-    }
-    let total: u64 = producers.into_iter().map(|p| p.join().unwrap()).sum();
-    assert!(total > 0);
-    let _ = done.send(());
+    shutdown_under_load("stress: shutdown under windows", |engine, k, p, w| {
+        let inputs: Vec<_> = (0..1 + w % 40).map(|j| input_for(p, w * 64 + j)).collect();
+        let batches = inputs.iter().map(|input| Batch::new(k, input.clone()));
+        Ok(engine
+            .submit_many(batches)?
+            .into_iter()
+            .zip(inputs)
+            .collect())
+    });
 }
