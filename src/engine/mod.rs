@@ -855,8 +855,13 @@ impl Engine {
     ///
     /// All or nothing: every batch is checked first, and if one is refused (an unknown
     /// kernel, the wrong payload) the call returns that error and submits none; after
-    /// shutdown it returns [`EngineError::ShutDown`]. Blocks while the device's queue is
-    /// full, as `submit` does. No batch gives an empty list.
+    /// shutdown it returns [`EngineError::ShutDown`]. No batch gives an empty list.
+    ///
+    /// Backpressure: the call blocks while the device's queue is full, as `submit`
+    /// does, but a call's batches take only as many places in that queue as the copies
+    /// of its message (at most one per worker of the device), however many batches it
+    /// carries: the caller bounds how many batches it has in flight by how many it puts
+    /// in a call.
     ///
     /// ```
     /// # use std::sync::Arc;
