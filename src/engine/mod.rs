@@ -865,7 +865,8 @@ impl Engine {
     ///
     /// ```
     /// # use std::sync::Arc;
-    /// # use photofinish::{Batch, ByteSumWorkload, Engine, Output, TestBackend, Workload};
+    /// # use photofinish::kernels::Workload;
+    /// # use photofinish::{Batch, ByteSumWorkload, Engine, Output, TestBackend};
     /// let engine = Engine::builder()
     ///     .backend_instance(Arc::new(TestBackend::new(1, 2, 1)))
     ///     .without_autotune_file()
