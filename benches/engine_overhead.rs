@@ -426,11 +426,7 @@ fn engine_window_many(engine: &Engine, kernel: KernelId, k: usize) {
     let tickets = engine
         .submit_many(batches)
         .unwrap_or_else(|e| common::fail(&format!("submit_many failed: {e}")));
-    for ticket in tickets {
-        if let Err(e) = ticket.wait() {
-            common::fail(&format!("a batch failed: {e}"));
-        }
-    }
+    wait_all(tickets);
 }
 
 fn engine_window(engine: &Engine, kernel: KernelId, k: usize) {
@@ -441,6 +437,11 @@ fn engine_window(engine: &Engine, kernel: KernelId, k: usize) {
                 .unwrap_or_else(|e| common::fail(&format!("submit failed: {e}")))
         })
         .collect();
+    wait_all(tickets);
+}
+
+/// Waits for every ticket's answer; a failed batch ends the bench.
+fn wait_all(tickets: Vec<photofinish::Ticket>) {
     for ticket in tickets {
         if let Err(e) = ticket.wait() {
             common::fail(&format!("a batch failed: {e}"));

@@ -504,14 +504,6 @@ enum Submit {
 }
 
 fn run_backlog(
-    max_group: Option<usize>,
-    scale: u64,
-    inputs: &[Vec<u8>],
-) -> (Arc<TestBackend>, Vec<photofinish::Answer>, u64) {
-    run_backlog_by(Submit::EachAlone, max_group, scale, inputs)
-}
-
-fn run_backlog_by(
     submit: Submit,
     max_group: Option<usize>,
     scale: u64,
@@ -570,8 +562,19 @@ fn run_backlog_by(
 
 #[test]
 fn a_backlog_of_a_decided_kernel_runs_in_groups_of_one_backend_call() {
+    runs_in_groups(Submit::EachAlone);
+}
+
+#[test]
+fn a_window_of_a_decided_kernel_runs_in_groups_too() {
+    runs_in_groups(Submit::AllAtOnce);
+}
+
+/// 40 backlogged batches of an adopted kernel, submitted by `submit` with
+/// `max_group(8)`, run on the speculative variant in groups.
+fn runs_in_groups(submit: Submit) {
     let inputs: Vec<Vec<u8>> = (0..40u8).map(|i| (0..=i).collect()).collect();
-    let (backend, answers, calls) = run_backlog(Some(8), 1, &inputs);
+    let (backend, answers, calls) = run_backlog(submit, Some(8), 1, &inputs);
     for answer in &answers {
         assert_eq!(answer.arm, Arm::Speculative);
     }
@@ -580,20 +583,6 @@ fn a_backlog_of_a_decided_kernel_runs_in_groups_of_one_backend_call() {
     assert!(
         (5..=20).contains(&calls),
         "40 backlogged batches took {calls} backend calls"
-    );
-    assert_eq!(backend.runs(ByteSumWorkload::SPECULATIVE), 8 + 1 + 40);
-}
-
-#[test]
-fn a_window_of_a_decided_kernel_runs_in_groups_too() {
-    let inputs: Vec<Vec<u8>> = (0..40u8).map(|i| (0..=i).collect()).collect();
-    let (backend, answers, calls) = run_backlog_by(Submit::AllAtOnce, Some(8), 1, &inputs);
-    for answer in &answers {
-        assert_eq!(answer.arm, Arm::Speculative);
-    }
-    assert!(
-        (5..=20).contains(&calls),
-        "a window of 40 backlogged batches took {calls} backend calls"
     );
     assert_eq!(backend.runs(ByteSumWorkload::SPECULATIVE), 8 + 1 + 40);
 }
@@ -700,7 +689,7 @@ fn shutdown_answers_every_batch_of_queued_windows() {
 #[test]
 fn by_default_every_batch_is_its_own_backend_call() {
     let inputs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 8]).collect();
-    let (_, _, calls) = run_backlog(None, 1, &inputs);
+    let (_, _, calls) = run_backlog(Submit::EachAlone, None, 1, &inputs);
     assert_eq!(calls, 20);
 }
 
@@ -710,7 +699,7 @@ fn a_backlog_of_a_long_kernel_is_not_grouped() {
     // grouped, although the held call makes its launch overhead look far larger:
     // grouping would make each caller wait for the others' kernels.
     let inputs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 8]).collect();
-    let (_, _, calls) = run_backlog(Some(8), 200, &inputs);
+    let (_, _, calls) = run_backlog(Submit::EachAlone, Some(8), 200, &inputs);
     assert_eq!(calls, 20);
 }
 

@@ -58,19 +58,19 @@ impl<T> Mailbox<T> {
     /// one ring, not one per message. Where the mailbox is full it rings first, then
     /// blocks, so no message it queued waits unrung behind a blocked producer.
     pub(crate) fn send_all(&self, msgs: impl IntoIterator<Item = T>) -> Result<(), SendError<T>> {
-        let mut rung = true;
+        let mut queued = false;
         for msg in msgs {
             match self.tx.try_send(msg) {
-                Ok(()) => rung = false,
+                Ok(()) => {}
                 Err(TrySendError::Full(msg)) => {
                     self.bell.ring();
-                    self.send(msg)?;
-                    rung = true;
+                    self.tx.send(msg)?;
                 }
                 Err(TrySendError::Disconnected(msg)) => return Err(SendError(msg)),
             }
+            queued = true;
         }
-        if !rung {
+        if queued {
             self.bell.ring();
         }
         Ok(())

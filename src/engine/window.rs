@@ -58,16 +58,6 @@ impl<T> Window<T> {
             .len()
             .saturating_sub(self.next.load(Ordering::Acquire))
     }
-
-    /// Jobs the window was made with.
-    pub fn len(&self) -> usize {
-        self.jobs.len()
-    }
-
-    /// True for a window made with no job.
-    pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -86,7 +76,6 @@ mod tests {
         assert_eq!(window.take(), None);
         assert_eq!(window.take(), None);
         assert_eq!(window.left(), 0);
-        assert_eq!(window.len(), 3);
     }
 
     /// Threads claiming from one window together take every job exactly once.
