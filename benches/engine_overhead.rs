@@ -7,9 +7,9 @@
 //! The pipeline is the same in all three: each producer submits batches, keeping up to
 //! [`WINDOW`] in flight, and waits for each one's answer on its own one-shot reply. The
 //! engine's batches are for a kernel whose speculative variant is adopted (its
-//! conservative variant spins for [`SLOW_ARM`], the speculative one returns at once), so
-//! a measured batch is one empty dispatch on the CPU backend plus the engine's
-//! bookkeeping; audits are off. The baselines' workers only answer. Targets: ≥ 0.5× the
+//! conservative variant spins for 50 µs, the speculative one returns at once:
+//! `common/empty.rs`), so a measured batch is one empty dispatch on the CPU backend plus
+//! the engine's bookkeeping; audits are off. The baselines' workers only answer. Targets: ≥ 0.5× the
 //! raw channel's throughput and ≥ 2× the actor framework's.
 //!
 //! `ractor-dispatch` is the engine's pipeline itself built on ractor: the producer builds
@@ -34,6 +34,8 @@
 
 mod common;
 
+use common::empty::{empty_pair, empty_plan};
+
 use std::sync::{Arc, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,8 +44,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use photofinish::backend::cpu::CpuBackend;
 use photofinish::backend::{
-    Backend, BackendError, BackendKind, BindingAccess, BufferArg, DispatchJob, DispatchOutput,
-    KernelHandle, KernelVariant, QueueId,
+    Backend, BackendError, BackendKind, BufferArg, DispatchJob, DispatchOutput, KernelHandle,
+    KernelVariant, QueueId,
 };
 use photofinish::kernels::DispatchPlan;
 use photofinish::{Batch, Engine, KernelId, KernelVerdict};
@@ -53,10 +55,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 const WINDOW: usize = 64;
 /// Producer counts measured.
 const PRODUCERS: [usize; 3] = [1, 2, 4];
-/// How long the conservative variant of the engine's kernel spins, so the speculative
-/// (empty) one is adopted quickly and every measured batch runs it.
-const SLOW_ARM: Duration = Duration::from_micros(50);
-
 /// Splits `iters` batches among `producers` as evenly as possible.
 fn shares(iters: u64, producers: usize) -> impl Iterator<Item = u64> {
     let n = producers as u64;
@@ -359,36 +357,6 @@ impl Backend for InlineBackend {
 }
 
 // ----- the engine --------------------------------------------------------------------
-
-/// A kernel pair with one written 4-byte binding: the conservative variant spins for
-/// [`SLOW_ARM`], the speculative one does nothing, so the speculative one is adopted.
-fn empty_pair() -> (KernelVariant, KernelVariant) {
-    let variant = |name: &str, spin: Duration| {
-        KernelVariant::cpu(name, &[BindingAccess::Write], 0, move |_, _, _| {
-            if spin.is_zero() {
-                // Truly empty: not even a clock read.
-                return Ok(());
-            }
-            let started = Instant::now();
-            while started.elapsed() < spin {
-                std::hint::spin_loop();
-            }
-            Ok(())
-        })
-    };
-    (
-        variant("empty/conservative-spin", SLOW_ARM),
-        variant("empty/speculative", Duration::ZERO),
-    )
-}
-
-fn empty_plan() -> DispatchPlan {
-    DispatchPlan {
-        buffers: vec![BufferArg::Zeroed(4)],
-        push_constants: Vec::new(),
-        workgroups: [1, 1, 1],
-    }
-}
 
 /// A CPU-backend engine with the empty kernel registered and already adopted.
 fn engine_with_adopted_kernel(backend: Arc<dyn Backend>) -> (Engine, KernelId) {

@@ -17,33 +17,12 @@ use std::error::Error;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "../benches/common/empty.rs"]
+mod empty;
+
+use empty::{empty_pair, empty_plan};
 use photofinish::backend::cpu::CpuBackend;
-use photofinish::backend::{BindingAccess, BufferArg, KernelVariant};
-use photofinish::kernels::DispatchPlan;
 use photofinish::{Batch, Engine, KernelId, KernelVerdict, Ticket};
-
-/// One empty dispatch with one written 4-byte buffer.
-fn empty_plan() -> DispatchPlan {
-    DispatchPlan {
-        buffers: vec![BufferArg::Zeroed(4)],
-        push_constants: Vec::new(),
-        workgroups: [1, 1, 1],
-    }
-}
-
-/// A variant that spins for `spin` (zero: returns at once, without a clock read).
-fn spinning(name: &str, spin: Duration) -> KernelVariant {
-    KernelVariant::cpu(name, &[BindingAccess::Write], 0, move |_, _, _| {
-        if spin.is_zero() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        while started.elapsed() < spin {
-            std::hint::spin_loop();
-        }
-        Ok(())
-    })
-}
 
 /// A CPU-backend engine (audits off, nothing learnt read or saved) with a kernel whose
 /// empty speculative variant is adopted (its conservative one spins 50 µs).
@@ -53,11 +32,8 @@ fn engine_with_adopted_kernel() -> Result<(Engine, KernelId), Box<dyn Error>> {
         .audit_period(0)
         .without_autotune_file()
         .build()?;
-    let kernel = engine.register_pair(
-        "empty",
-        spinning("empty/conservative", Duration::from_micros(50)),
-        spinning("empty/speculative", Duration::ZERO),
-    )?;
+    let (conservative, speculative) = empty_pair();
+    let kernel = engine.register_pair("empty", conservative, speculative)?;
     for _ in 0..1000 {
         if engine.verdict(kernel) == Some(KernelVerdict::Adopted) {
             return Ok((engine, kernel));

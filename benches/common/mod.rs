@@ -8,6 +8,8 @@
 //! decides a result: the ratios it prints come from the timings the benches record.
 #![allow(dead_code)]
 
+pub mod empty;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
