@@ -9,8 +9,8 @@
 //! engine's batches are for a kernel whose speculative variant is adopted (its
 //! conservative variant spins for 50 µs, the speculative one returns at once:
 //! `common/empty.rs`), so a measured batch is one empty dispatch on the CPU backend plus
-//! the engine's bookkeeping; audits are off. The baselines' workers only answer. Targets: ≥ 0.5× the
-//! raw channel's throughput and ≥ 2× the actor framework's.
+//! the engine's bookkeeping; audits are off. The baselines' workers only answer.
+//! Targets: ≥ 0.5× the raw channel's throughput and ≥ 2× the actor framework's.
 //!
 //! `ractor-dispatch` is the engine's pipeline itself built on ractor: the producer builds
 //! each batch's dispatch plan and sends it to an actor, which owns a queue of the same

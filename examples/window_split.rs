@@ -45,7 +45,8 @@ fn engine_with_adopted_kernel() -> Result<(Engine, KernelId), Box<dyn Error>> {
     Err("the empty speculative variant was not adopted in 1000 races".into())
 }
 
-/// Total nanoseconds of each phase over a run, and the queues that answered.
+/// The time each phase took over a run, and the queues that answered each window,
+/// summed.
 #[derive(Default)]
 struct Split {
     build: Duration,
