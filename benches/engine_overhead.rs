@@ -34,7 +34,7 @@
 
 mod common;
 
-use common::empty::{empty_pair, empty_plan};
+use common::empty::{empty_pair, empty_plan, engine_with_adopted_kernel};
 
 use std::sync::{Arc, RwLock};
 use std::thread;
@@ -358,36 +358,6 @@ impl Backend for InlineBackend {
 
 // ----- the engine --------------------------------------------------------------------
 
-/// A CPU-backend engine with the empty kernel registered and already adopted.
-fn engine_with_adopted_kernel(backend: Arc<dyn Backend>) -> (Engine, KernelId) {
-    let engine = Engine::builder()
-        .backend_instance(backend)
-        .audit_period(0)
-        // Measured from nothing learnt: no autotune file is read or saved (saves
-        // fsync, and a file left by an earlier run would pre-decide the verdicts).
-        .without_autotune_file()
-        .build()
-        .unwrap_or_else(|e| common::fail(&format!("cannot build the engine: {e}")));
-    let (conservative, speculative) = empty_pair();
-    let kernel = engine
-        .register_pair("empty", conservative, speculative)
-        .unwrap_or_else(|e| common::fail(&format!("cannot register the empty kernel: {e}")));
-    for _ in 0..1000 {
-        if engine.verdict(kernel) == Some(KernelVerdict::Adopted) {
-            return (engine, kernel);
-        }
-        match engine.submit(Batch::with_plan(kernel, empty_plan())) {
-            Ok(ticket) => {
-                if let Err(e) = ticket.wait() {
-                    common::fail(&format!("a warm-up batch failed: {e}"));
-                }
-            }
-            Err(e) => common::fail(&format!("cannot submit a warm-up batch: {e}")),
-        }
-    }
-    common::fail("the empty kernel's speculative variant was not adopted in 1000 races")
-}
-
 /// [`engine_window`] with the window's batches submitted in one `submit_many`.
 fn engine_window_many(engine: &Engine, kernel: KernelId, k: usize) {
     let batches = (0..k).map(|_| Batch::with_plan(kernel, empty_plan()));
@@ -472,13 +442,14 @@ fn engine_overhead(c: &mut Criterion) {
     let Some(cpu_info) = cpu.devices().first().cloned() else {
         common::fail("the CPU backend has no device");
     };
-    let (engine, kernel) = engine_with_adopted_kernel(cpu);
+    let (engine, kernel) = engine_with_adopted_kernel(cpu).unwrap_or_else(|e| common::fail(&e));
     let workers = engine.worker_count();
     // The same engine on a minimal backend that runs kernel code on the worker's own
     // thread (no pool hop), with as many queues: the engine's machinery alone, without
     // the CPU backend's per-dispatch cost.
     let inline = Arc::new(InlineBackend::new(cpu_info, workers as u32));
-    let (inline_engine, inline_kernel) = engine_with_adopted_kernel(inline);
+    let (inline_engine, inline_kernel) =
+        engine_with_adopted_kernel(inline).unwrap_or_else(|e| common::fail(&e));
     let raw = RawPipeline::new(workers, photofinish::DEFAULT_CHANNEL_CAPACITY);
     let actors = ActorPipeline::new(workers, None);
     let dispatching_actors = ActorPipeline::new(workers, Some(&direct));

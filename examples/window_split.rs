@@ -20,30 +20,9 @@ use std::time::{Duration, Instant};
 #[path = "../benches/common/empty.rs"]
 mod empty;
 
-use empty::{empty_pair, empty_plan};
+use empty::{empty_plan, engine_with_adopted_kernel};
 use photofinish::backend::cpu::CpuBackend;
-use photofinish::{Batch, Engine, KernelId, KernelVerdict, Ticket};
-
-/// A CPU-backend engine (audits off, nothing learnt read or saved) with a kernel whose
-/// empty speculative variant is adopted (its conservative one spins 50 µs).
-fn engine_with_adopted_kernel() -> Result<(Engine, KernelId), Box<dyn Error>> {
-    let engine = Engine::builder()
-        .backend_instance(Arc::new(CpuBackend::new()?))
-        .audit_period(0)
-        .without_autotune_file()
-        .build()?;
-    let (conservative, speculative) = empty_pair();
-    let kernel = engine.register_pair("empty", conservative, speculative)?;
-    for _ in 0..1000 {
-        if engine.verdict(kernel) == Some(KernelVerdict::Adopted) {
-            return Ok((engine, kernel));
-        }
-        engine
-            .submit(Batch::with_plan(kernel, empty_plan()))?
-            .wait()?;
-    }
-    Err("the empty speculative variant was not adopted in 1000 races".into())
-}
+use photofinish::{Batch, Engine, KernelId, Ticket};
 
 /// The time each phase took over a run, and the queues that answered each window,
 /// summed.
@@ -115,7 +94,7 @@ fn arg(name: &str, default: usize) -> Result<usize, Box<dyn Error>> {
 fn main() -> Result<(), Box<dyn Error>> {
     let window = arg("--window", 64)?.max(1);
     let rounds = arg("--rounds", 3000)?.max(1);
-    let (engine, kernel) = engine_with_adopted_kernel()?;
+    let (engine, kernel) = engine_with_adopted_kernel(Arc::new(CpuBackend::new()?))?;
     println!(
         "window_split: {} workers (CPU backend queues), windows of {window}, {rounds} per line",
         engine.worker_count()
