@@ -79,7 +79,7 @@ use ticket::Responder;
 
 /// What a batch carries.
 #[derive(Debug, Clone)]
-enum Payload {
+pub(crate) enum Payload {
     /// Input bytes for a workload kernel.
     Input(Arc<[u8]>),
     /// Buffers, push constants and workgroups for a SPIR-V pair.
@@ -169,17 +169,17 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    /// Answers the batch. Its payload is dropped first, so a caller that takes the
-    /// answer finds the engine holding no reference to its input (it may reuse the
-    /// buffer in place, e.g. through `Arc::get_mut`).
+    /// Answers the batch. Its payload goes back with the answer and is dropped by the
+    /// caller's thread, which allocated it, before it gets the answer: a caller that
+    /// takes the answer finds the engine holding no reference to its input (it may
+    /// reuse the buffer in place, e.g. through `Arc::get_mut`).
     pub(crate) fn answer(self, result: Result<Answer, EngineError>) {
         let Job {
             kernel,
             payload,
             responder,
         } = self;
-        drop(payload);
-        responder.answer(result);
+        responder.answer_sending_home(result, Some(payload));
         drop(kernel);
     }
 

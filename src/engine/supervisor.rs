@@ -23,7 +23,7 @@ use super::events::Event;
 use super::mailbox::Mailbox;
 use super::race::{self, Fault};
 use super::window::Window;
-use super::{Core, Job, Msg};
+use super::{Answer, Core, Job, Msg};
 
 /// Starts the supervised worker of `queue`.
 pub(crate) fn spawn(core: Arc<Core>, queue: QueueId) -> Result<JoinHandle<()>, EngineError> {
@@ -114,20 +114,36 @@ fn worker_loop(
                 None => break,
             }
         }
+        if in_flight.len() == 1 {
+            // One batch (no backlog): no group and no list of results to allocate.
+            let result = {
+                let _busy = core.occupy(queue);
+                race::run(core, queue, &in_flight[0])
+            };
+            if let Some(job) = in_flight.pop() {
+                respond(core, queue, job, result);
+            }
+            continue;
+        }
         let results = {
             let _busy = core.occupy(queue);
             race::run_group(core, queue, in_flight)
         };
         for (job, result) in in_flight.drain(..).zip(results) {
-            match result {
-                Ok(answer) => job.answer(Ok(answer)),
-                Err(fault) => settle(core, queue, job, fault, true),
-            }
+            respond(core, queue, job, result);
         }
     }
     // A stop message is taken only with no window in hand (a window is claimed dry
     // before the next message is taken), so nothing is left behind here.
     debug_assert!(window.is_none());
+}
+
+/// Answers `job` with its run's result, or settles its fault.
+fn respond(core: &Core, queue: QueueId, job: Job, result: Result<Answer, Fault>) {
+    match result {
+        Ok(answer) => job.answer(Ok(answer)),
+        Err(fault) => settle(core, queue, job, fault, true),
+    }
 }
 
 /// Claims the next batch of the window in hand; lets go of a drained window.

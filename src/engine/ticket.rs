@@ -36,6 +36,11 @@ const SLEEPER: u32 = 4;
 struct Slot<T> {
     state: AtomicU32,
     value: UnsafeCell<Option<Result<T, EngineError>>>,
+    /// The batch's payload, handed back with the answer so that the caller's thread,
+    /// which allocated it, also frees it (written and read as `value` is). A worker
+    /// that freed it would free into the caller's allocator arena from another core:
+    /// with glibc's malloc that is a contended arena lock per batch.
+    home: UnsafeCell<Option<super::Payload>>,
     lock: Mutex<()>,
     ready: Condvar,
 }
@@ -72,11 +77,15 @@ impl<T> Slot<T> {
                 // after the responder's write (its FULL released it, this acquired it);
                 // nobody writes it again.
                 Ok(_) => {
+                    // The payload is freed here, on the caller's thread, before the
+                    // answer is returned: the caller then finds the engine holding no
+                    // reference to its input.
+                    drop(self.home.with_mut(|h| unsafe { (*h).take() }));
                     return Some(
                         self.value
                             .with_mut(|v| unsafe { (*v).take() })
                             .unwrap_or(Err(EngineError::Unanswered)),
-                    )
+                    );
                 }
                 Err(seen) => state = seen,
             }
@@ -90,6 +99,7 @@ pub(crate) fn one_shot<T>(busy: Duration) -> (Responder<T>, Ticket<T>) {
     let slot = Arc::new(Slot {
         state: AtomicU32::new(EMPTY),
         value: UnsafeCell::new(None),
+        home: UnsafeCell::new(None),
         lock: Mutex::new(()),
         ready: Condvar::new(),
     });
@@ -128,8 +138,24 @@ impl<T> Responder<T> {
     }
 
     /// Fills the slot and wakes the waiter.
-    pub fn answer(mut self, result: Result<T, EngineError>) {
+    pub fn answer(self, result: Result<T, EngineError>) {
+        self.answer_sending_home(result, None);
+    }
+
+    /// As [`answer`](Self::answer), handing `payload` back with the answer: the caller
+    /// that takes the answer drops it on its own thread (and a slot nobody takes drops
+    /// it with itself).
+    pub(crate) fn answer_sending_home(
+        mut self,
+        result: Result<T, EngineError>,
+        payload: Option<super::Payload>,
+    ) {
         if let Some(slot) = self.slot.take() {
+            if payload.is_some() {
+                // SAFETY: as `fill`'s write of the value: the state is EMPTY, so no
+                // caller reads the cell before `fill` publishes FULL.
+                slot.home.with_mut(|h| unsafe { *h = payload });
+            }
             fill(&slot, result);
         }
     }
