@@ -103,23 +103,34 @@ fn shutdown_under_load_answers_every_accepted_batch() {
 type Step = fn(&Engine, KernelId, u64, u64) -> Result<Vec<(Ticket, Vec<u8>)>, EngineError>;
 
 /// Eight producers submit with `step` until they are refused while the main thread
-/// fills the mailbox and shuts down: every batch accepted before the refusal is
-/// answered with the reference answer, and shutdown returns only after draining.
+/// fills the mailbox and shuts down once each producer has had a step accepted: every
+/// batch accepted before the refusal is answered with the reference answer, and
+/// shutdown returns only after draining.
 fn shutdown_under_load(label: &'static str, step: Step) {
     let done = watchdog(label, Duration::from_secs(60));
     let engine = engine(2);
     let k = engine.register(Arc::new(Reduce)).unwrap();
     let start = Arc::new(Barrier::new(PRODUCERS as usize + 1));
+    // Producers with a step accepted: the shutdown waits for all of them, so it lands
+    // while they submit however the threads are scheduled (on a loaded machine the main
+    // thread could fill its share before any producer ran).
+    let submitting = Arc::new(AtomicU64::new(0));
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| {
             let engine = Arc::clone(&engine);
             let start = Arc::clone(&start);
+            let submitting = Arc::clone(&submitting);
             std::thread::spawn(move || {
                 start.wait();
                 let mut accepted = Vec::new();
                 for i in 0.. {
                     match step(&engine, k, p, i) {
-                        Ok(tickets) => accepted.extend(tickets),
+                        Ok(tickets) => {
+                            if i == 0 {
+                                submitting.fetch_add(1, Ordering::Relaxed);
+                            }
+                            accepted.extend(tickets)
+                        }
                         Err(EngineError::ShutDown) => break,
                         Err(e) => panic!("unexpected submit error: {e}"),
                     }
@@ -140,7 +151,7 @@ fn shutdown_under_load(label: &'static str, step: Step) {
     let mut warm = Vec::new();
     for i in 0.. {
         warm.extend(step(&engine, k, 99, i).unwrap());
-        if warm.len() >= 2_000 {
+        if warm.len() >= 2_000 && submitting.load(Ordering::Relaxed) == PRODUCERS {
             break;
         }
     }
@@ -149,7 +160,10 @@ fn shutdown_under_load(label: &'static str, step: Step) {
         assert!(t.is_ready(), "shutdown returned before draining");
     }
     let total: u64 = producers.into_iter().map(|p| p.join().unwrap()).sum();
-    assert!(total > 0);
+    assert!(
+        total >= PRODUCERS,
+        "{total} batches accepted from the producers"
+    );
     let _ = done.send(());
 }
 

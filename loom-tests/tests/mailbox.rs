@@ -76,6 +76,23 @@ fn ticket_gets_the_answer_exactly_once() {
     });
 }
 
+/// A batch's payload goes back with its answer (freed on the caller's thread): once
+/// the caller has the answer, the engine holds no reference to the input, in every
+/// interleaving of the answer with the caller's spin and sleep.
+#[test]
+fn ticket_hands_the_input_back_with_the_answer() {
+    loom::model(|| {
+        let input: std::sync::Arc<[u8]> = std::sync::Arc::from(vec![1u8, 2]);
+        let sent = std::sync::Arc::clone(&input);
+        let (responder, ticket) = one_shot::<u32>();
+        let worker =
+            thread::spawn(move || responder.answer_sending_input_home_for_models(Ok(7), sent));
+        assert_eq!(ticket.wait(), Ok(7));
+        assert_eq!(std::sync::Arc::strong_count(&input), 1);
+        worker.join().unwrap();
+    });
+}
+
 /// A responder dropped without answering (a worker unwinding) still answers.
 #[test]
 fn dropped_responder_answers_with_an_error() {

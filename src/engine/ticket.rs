@@ -142,6 +142,16 @@ impl<T> Responder<T> {
         self.answer_sending_home(result, None);
     }
 
+    /// [`answer_sending_home`](Self::answer_sending_home) with a batch's input bytes,
+    /// for the loom models in `loom-tests/` (not part of the API).
+    pub fn answer_sending_input_home_for_models(
+        self,
+        result: Result<T, EngineError>,
+        input: std::sync::Arc<[u8]>,
+    ) {
+        self.answer_sending_home(result, Some(super::Payload::Input(input)));
+    }
+
     /// As [`answer`](Self::answer), handing `payload` back with the answer: the caller
     /// that takes the answer drops it on its own thread (and a slot nobody takes drops
     /// it with itself).
