@@ -142,8 +142,9 @@ impl<T> Responder<T> {
         self.answer_sending_home(result, None);
     }
 
-    /// [`answer_sending_home`](Self::answer_sending_home) with a batch's input bytes,
-    /// for the loom models in `loom-tests/` (not part of the API).
+    /// Answers handing a batch's input bytes back with the answer, as the engine's
+    /// workers hand back a batch's payload; for the loom models in `loom-tests/` (not
+    /// part of the API).
     pub fn answer_sending_input_home_for_models(
         self,
         result: Result<T, EngineError>,
