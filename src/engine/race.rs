@@ -504,10 +504,9 @@ pub(crate) fn group_size(core: &Core, queue: QueueId, first: &Job, queued: usize
 /// the backend in one call on `queue` — submitted back to back, waited for together —
 /// so the group pays one round trip instead of one per batch; a batch that races runs
 /// on its own, as in [`run`]. The dispatch policy is consulted once for the group.
+/// A batch taken alone goes through [`run`] instead (the worker's loop decides), with
+/// no list of results to allocate.
 pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result<Answer, Fault>> {
-    if jobs.len() == 1 {
-        return vec![run(core, queue, &jobs[0])];
-    }
     let mut results: Vec<Option<Result<Answer, Fault>>> = jobs.iter().map(|_| None).collect();
     let mut grouped: Vec<(usize, Arm, usize)> = Vec::with_capacity(jobs.len());
     let mut dispatch_jobs: Vec<DispatchJob> = Vec::with_capacity(jobs.len());
