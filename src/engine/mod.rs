@@ -168,19 +168,33 @@ pub(crate) struct Job {
     pub(crate) responder: Responder<Answer>,
 }
 
+/// What a batch's answer carries back to the caller's thread, which drops it there
+/// before it returns the answer (`ticket.rs`): the payload it allocated and the kernel
+/// reference it counted.
+#[allow(dead_code, reason = "held only to be dropped on the caller's thread")]
+pub(crate) struct Home {
+    pub(crate) payload: Payload,
+    pub(crate) kernel: Option<Arc<Kernel>>,
+}
+
 impl Job {
-    /// Answers the batch. Its payload goes back with the answer and is dropped by the
-    /// caller's thread, which allocated it, before it gets the answer: a caller that
-    /// takes the answer finds the engine holding no reference to its input (it may
-    /// reuse the buffer in place, e.g. through `Arc::get_mut`).
+    /// Answers the batch. Its payload and kernel reference go back with the answer and
+    /// are dropped by the caller's thread, which allocated the one and counted the
+    /// other, before it gets the answer: a caller that takes the answer finds the
+    /// engine holding no reference to its input (it may reuse the buffer in place,
+    /// e.g. through `Arc::get_mut`), and the kernel's reference count is written by
+    /// the producers alone, not by every worker that runs one of its batches.
     pub(crate) fn answer(self, result: Result<Answer, EngineError>) {
         let Job {
             kernel,
             payload,
             responder,
         } = self;
-        responder.answer_sending_home(result, Some(payload));
-        drop(kernel);
+        let home = Home {
+            payload,
+            kernel: Some(kernel),
+        };
+        responder.answer_sending_home(result, Some(home));
     }
 
     /// Answers the batch with `EngineError::Failed` for its kernel.
@@ -891,9 +905,17 @@ impl Engine {
         let batches = batches.into_iter();
         let mut jobs = Vec::with_capacity(batches.size_hint().0);
         let mut tickets = Vec::with_capacity(batches.size_hint().0);
+        // The kernel of the previous batch: a window is mostly of one kernel, whose
+        // registry entry is then read once.
+        let mut last: Option<Arc<Kernel>> = None;
         for batch in batches {
-            match self.check(&batch) {
+            let kernel = match last.take() {
+                Some(kernel) if kernel.id == batch.kernel => Ok(kernel),
+                _ => self.lookup(batch.kernel),
+            };
+            match kernel.and_then(|kernel| fits(kernel, &batch.payload)) {
                 Ok(kernel) => {
+                    last = Some(Arc::clone(&kernel));
                     let (job, ticket) = self.job(kernel, batch.payload);
                     jobs.push(job);
                     tickets.push(ticket);
@@ -950,25 +972,15 @@ impl Engine {
 
     /// The batch's kernel, if it is registered and the batch carries what it takes.
     fn check(&self, batch: &Batch) -> Result<Arc<Kernel>, EngineError> {
-        let kernel = self
-            .core
+        fits(self.lookup(batch.kernel)?, &batch.payload)
+    }
+
+    /// The registered kernel `id`.
+    fn lookup(&self, id: KernelId) -> Result<Arc<Kernel>, EngineError> {
+        self.core
             .registry
-            .get(batch.kernel)
-            .ok_or(EngineError::UnknownKernel(batch.kernel.0))?;
-        match (&kernel.source, &batch.payload) {
-            (KernelSource::Workload(_), Payload::Input(_))
-            | (KernelSource::Pair, Payload::Plan(_)) => Ok(kernel),
-            (KernelSource::Workload(_), Payload::Plan(_)) => Err(EngineError::WrongPayload {
-                kernel: kernel.name.clone(),
-                expected: "input bytes",
-                fix: "`Batch::new(kernel, input)`",
-            }),
-            (KernelSource::Pair, Payload::Input(_)) => Err(EngineError::WrongPayload {
-                kernel: kernel.name.clone(),
-                expected: "a dispatch plan (buffers, push constants, workgroups)",
-                fix: "`Batch::with_plan(kernel, plan)`",
-            }),
-        }
+            .get(id)
+            .ok_or(EngineError::UnknownKernel(id.0))
     }
 
     /// An accepted batch's job and the caller's ticket for its answer.
@@ -1045,6 +1057,25 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// `kernel`, if `payload` is what it takes.
+fn fits(kernel: Arc<Kernel>, payload: &Payload) -> Result<Arc<Kernel>, EngineError> {
+    match (&kernel.source, payload) {
+        (KernelSource::Workload(_), Payload::Input(_)) | (KernelSource::Pair, Payload::Plan(_)) => {
+            Ok(kernel)
+        }
+        (KernelSource::Workload(_), Payload::Plan(_)) => Err(EngineError::WrongPayload {
+            kernel: kernel.name.clone(),
+            expected: "input bytes",
+            fix: "`Batch::new(kernel, input)`",
+        }),
+        (KernelSource::Pair, Payload::Input(_)) => Err(EngineError::WrongPayload {
+            kernel: kernel.name.clone(),
+            expected: "a dispatch plan (buffers, push constants, workgroups)",
+            fix: "`Batch::with_plan(kernel, plan)`",
+        }),
     }
 }
 

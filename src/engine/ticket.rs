@@ -36,11 +36,14 @@ const SLEEPER: u32 = 4;
 struct Slot<T> {
     state: AtomicU32,
     value: UnsafeCell<Option<Result<T, EngineError>>>,
-    /// The batch's payload, handed back with the answer so that the caller's thread,
-    /// which allocated it, also frees it (written and read as `value` is). A worker
-    /// that freed it would free into the caller's allocator arena from another core:
-    /// with glibc's malloc that is a contended arena lock per batch.
-    home: UnsafeCell<Option<super::Payload>>,
+    /// The batch's payload and kernel reference, handed back with the answer so that
+    /// the caller's thread, which allocated the one and counted the other, also frees
+    /// and uncounts them (written and read as `value` is). A worker that freed the
+    /// payload would free into the caller's allocator arena from another core (with
+    /// glibc's malloc a contended arena lock per batch), and one that dropped the
+    /// reference would write the kernel's count, which every worker of the kernel and
+    /// every producer then passes between their cores.
+    home: UnsafeCell<Option<super::Home>>,
     lock: Mutex<()>,
     ready: Condvar,
 }
@@ -77,9 +80,9 @@ impl<T> Slot<T> {
                 // after the responder's write (its FULL released it, this acquired it);
                 // nobody writes it again.
                 Ok(_) => {
-                    // The payload is freed here, on the caller's thread, before the
-                    // answer is returned: the caller then finds the engine holding no
-                    // reference to its input.
+                    // The payload is freed (and the kernel uncounted) here, on the
+                    // caller's thread, before the answer is returned: the caller then
+                    // finds the engine holding no reference to its input.
                     drop(self.home.with_mut(|h| unsafe { (*h).take() }));
                     return Some(
                         self.value
@@ -150,22 +153,26 @@ impl<T> Responder<T> {
         result: Result<T, EngineError>,
         input: std::sync::Arc<[u8]>,
     ) {
-        self.answer_sending_home(result, Some(super::Payload::Input(input)));
+        let home = super::Home {
+            payload: super::Payload::Input(input),
+            kernel: None,
+        };
+        self.answer_sending_home(result, Some(home));
     }
 
-    /// As [`answer`](Self::answer), handing `payload` back with the answer: the caller
+    /// As [`answer`](Self::answer), handing `home` back with the answer: the caller
     /// that takes the answer drops it on its own thread (and a slot nobody takes drops
     /// it with itself).
     pub(crate) fn answer_sending_home(
         mut self,
         result: Result<T, EngineError>,
-        payload: Option<super::Payload>,
+        home: Option<super::Home>,
     ) {
         if let Some(slot) = self.slot.take() {
-            if payload.is_some() {
+            if home.is_some() {
                 // SAFETY: as `fill`'s write of the value: the state is EMPTY, so no
                 // caller reads the cell before `fill` publishes FULL.
-                slot.home.with_mut(|h| unsafe { *h = payload });
+                slot.home.with_mut(|h| unsafe { *h = home });
             }
             fill(&slot, result);
         }

@@ -12,14 +12,21 @@
 //! the end means the window is drained (a copy taken then is dropped). Each job sits
 //! behind a mutex of its own that only its claimer locks, so taking it out needs no
 //! `unsafe` and never waits. `loom-tests/tests/window.rs` explores the claim.
+//!
+//! The cursor and each job's cell sit on cache lines of their own: workers claiming
+//! neighbouring jobs at once would otherwise pass a shared line between their cores
+//! for every claim, and the copies' reference counts (written when a worker drops its
+//! copy) would share the cursor's line.
+
+use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicUsize, Mutex, Ordering};
 
 /// Jobs that workers claim one at a time (see the module docs).
 pub struct Window<T> {
     /// The index of the next unclaimed job; past the end once drained.
-    next: AtomicUsize,
-    jobs: Box<[Mutex<Option<T>>]>,
+    next: CachePadded<AtomicUsize>,
+    jobs: Box<[CachePadded<Mutex<Option<T>>>]>,
 }
 
 impl<T> std::fmt::Debug for Window<T> {
@@ -35,8 +42,11 @@ impl<T> Window<T> {
     /// A window of `jobs`, none claimed.
     pub fn new(jobs: Vec<T>) -> Self {
         Window {
-            next: AtomicUsize::new(0),
-            jobs: jobs.into_iter().map(|job| Mutex::new(Some(job))).collect(),
+            next: CachePadded::new(AtomicUsize::new(0)),
+            jobs: jobs
+                .into_iter()
+                .map(|job| CachePadded::new(Mutex::new(Some(job))))
+                .collect(),
         }
     }
 
