@@ -67,7 +67,7 @@ pub mod protocol {
     pub use super::saver::SaveQueue;
     pub use super::ticket::{one_shot_for_models as one_shot, Responder};
     pub use super::verdict::VerdictCell;
-    pub use super::window::Window;
+    pub use super::window::{Share, Window};
     #[cfg(photofinish_loom)]
     pub use crate::sync::channel::Receiver as EventReceiver;
 }
@@ -946,7 +946,7 @@ impl Engine {
         } else {
             // One copy per worker that could take a share of the batches.
             let copies = jobs.len().min(target.queues.len()).max(1);
-            let window = Arc::new(window::Window::new(jobs));
+            let window = Arc::new(window::Window::for_copies(jobs, copies));
             target
                 .mailbox
                 .send_all((0..copies).map(|_| Msg::Window(Arc::clone(&window))))

@@ -22,7 +22,7 @@ use super::error::EngineError;
 use super::events::Event;
 use super::mailbox::Mailbox;
 use super::race::{self, Fault};
-use super::window::Window;
+use super::window::{Share, Window};
 use super::{Answer, Core, Job, Msg};
 
 /// Starts the supervised worker of `queue`.
@@ -43,9 +43,10 @@ pub(crate) fn spawn(core: Arc<Core>, queue: QueueId) -> Result<JoinHandle<()>, E
 fn supervise(core: &Core, queue: QueueId) {
     let mailbox = &core.devices[queue.device].mailbox;
     let mut in_flight: Vec<Job> = Vec::new();
-    // The window the worker is claiming batches from, kept across a restart so that
-    // its remaining batches are still run when every other copy is gone.
-    let mut window: Option<Arc<Window<Job>>> = None;
+    // The window the worker is claiming batches from, with those it claimed and has
+    // not run, kept across a restart so that they and the window's remaining batches
+    // are still run when every other copy is gone.
+    let mut window: Option<Share<Arc<Window<Job>>>> = None;
     loop {
         let run = catch_unwind(AssertUnwindSafe(|| {
             worker_loop(core, queue, mailbox, &mut in_flight, &mut window)
@@ -75,7 +76,7 @@ fn worker_loop(
     queue: QueueId,
     mailbox: &Mailbox<Msg>,
     in_flight: &mut Vec<Job>,
-    window: &mut Option<Arc<Window<Job>>>,
+    window: &mut Option<Share<Arc<Window<Job>>>>,
 ) {
     let mut stopping = false;
     while !stopping {
@@ -87,7 +88,7 @@ fn worker_loop(
             None => match mailbox.recv() {
                 Msg::Run(job) => job,
                 Msg::Window(w) => {
-                    *window = Some(w);
+                    *window = Some(Share::new(w));
                     continue;
                 }
                 Msg::Stop => return,
@@ -106,7 +107,7 @@ fn worker_loop(
             }
             match mailbox.try_recv() {
                 Some(Msg::Run(job)) => in_flight.push(job),
-                Some(Msg::Window(w)) => *window = Some(w),
+                Some(Msg::Window(w)) => *window = Some(Share::new(w)),
                 Some(Msg::Stop) => {
                     stopping = true;
                     break;
@@ -146,9 +147,10 @@ fn respond(core: &Core, queue: QueueId, job: Job, result: Result<Answer, Fault>)
     }
 }
 
-/// Claims the next batch of the window in hand; lets go of a drained window.
-fn claim(window: &mut Option<Arc<Window<Job>>>) -> Option<Job> {
-    let job = window.as_ref()?.take();
+/// Takes the next batch of the window in hand (claiming a chunk when none claimed is
+/// left); lets go of a drained window.
+fn claim(window: &mut Option<Share<Arc<Window<Job>>>>) -> Option<Job> {
+    let job = window.as_mut()?.take();
     if job.is_none() {
         *window = None;
     }

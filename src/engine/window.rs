@@ -3,29 +3,43 @@
 //!
 //! The producer puts its jobs in a [`Window`] and queues a few copies of one `Arc` to
 //! it on the device's mailbox, instead of one message per batch; each worker that takes
-//! a copy claims jobs from it one at a time until none is left, so the batches still
+//! a copy claims jobs from it a few at a time until none is left, so the batches still
 //! spread over the device's workers while the producer pays for a few queue writes and
 //! one doorbell ring per call instead of one each per batch.
 //!
-//! The claim is one `fetch_add` on the window's cursor: the job at the index it returns
-//! belongs to the caller, so every job is taken by exactly one worker; a cursor past
-//! the end means the window is drained (a copy taken then is dropped). Each job sits
+//! A claim is one `fetch_add` of the window's chunk on its cursor: the jobs at the
+//! indices it covers belong to the caller, so every job is taken by exactly one worker;
+//! a cursor past the end means the window is drained (a copy taken then is dropped).
+//! A worker's [`Share`] keeps the indices it claimed and not yet taken. Each job sits
 //! behind a mutex of its own that only its claimer locks, so taking it out needs no
 //! `unsafe` and never waits. `loom-tests/tests/window.rs` explores the claim.
 //!
-//! The cursor and each job's cell sit on cache lines of their own: workers claiming
-//! neighbouring jobs at once would otherwise pass a shared line between their cores
-//! for every claim, and the copies' reference counts (written when a worker drops its
-//! copy) would share the cursor's line.
+//! The cursor is written by every claim of every worker of the window, one after the
+//! other from core to core; claiming a chunk of jobs at once (up to [`MAX_CHUNK`], and
+//! no more than leaves each copy a chunk) takes that many fewer trips of its cache
+//! line, at the price of a claimed batch waiting for its claimer's earlier ones. The
+//! cursor and each job's cell sit on cache lines of their own: workers claiming
+//! neighbouring jobs at once would otherwise pass a shared line between their cores,
+//! and the copies' reference counts (written when a worker drops its copy) would share
+//! the cursor's line. Jobs left in a window when its last copy goes (none, unless a
+//! worker died holding a claim) are dropped with it, and a dropped job answers its
+//! ticket.
+
+use std::ops::{Deref, Range};
 
 use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicUsize, Mutex, Ordering};
 
-/// Jobs that workers claim one at a time (see the module docs).
+/// The most jobs one claim takes.
+pub(crate) const MAX_CHUNK: usize = 4;
+
+/// Jobs that workers claim a chunk at a time (see the module docs).
 pub struct Window<T> {
     /// The index of the next unclaimed job; past the end once drained.
     next: CachePadded<AtomicUsize>,
+    /// Jobs per claim (at least 1).
+    chunk: usize,
     jobs: Box<[CachePadded<Mutex<Option<T>>>]>,
 }
 
@@ -33,16 +47,30 @@ impl<T> std::fmt::Debug for Window<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Window")
             .field("jobs", &self.jobs.len())
-            .field("left", &self.left())
+            .field("chunk", &self.chunk)
+            .field("unclaimed", &self.unclaimed())
             .finish()
     }
 }
 
 impl<T> Window<T> {
-    /// A window of `jobs`, none claimed.
+    /// A window of `jobs`, none claimed, claimed one at a time.
     pub fn new(jobs: Vec<T>) -> Self {
+        Self::with_chunk(jobs, 1)
+    }
+
+    /// A window of `jobs` for `copies` claimers: claimed in chunks of up to
+    /// [`MAX_CHUNK`], and no larger than leaves each copy one.
+    pub fn for_copies(jobs: Vec<T>, copies: usize) -> Self {
+        let chunk = (jobs.len() / copies.max(1)).clamp(1, MAX_CHUNK);
+        Self::with_chunk(jobs, chunk)
+    }
+
+    /// A window of `jobs`, none claimed, claimed `chunk` (at least 1) at a time.
+    pub fn with_chunk(jobs: Vec<T>, chunk: usize) -> Self {
         Window {
             next: CachePadded::new(AtomicUsize::new(0)),
+            chunk: chunk.max(1),
             jobs: jobs
                 .into_iter()
                 .map(|job| CachePadded::new(Mutex::new(Some(job))))
@@ -50,23 +78,78 @@ impl<T> Window<T> {
         }
     }
 
-    /// Claims the next job: `None` once every job is claimed.
-    pub fn take(&self) -> Option<T> {
-        // The cursor only grows, by one per call; it cannot wrap (that would take
-        // usize::MAX calls on one window).
-        let index = self.next.fetch_add(1, Ordering::AcqRel);
-        let slot = self.jobs.get(index)?;
+    /// Claims the next chunk of jobs: their indices, the caller's alone to take with
+    /// [`take_claimed`](Self::take_claimed); `None` once every job is claimed.
+    pub fn claim(&self) -> Option<Range<usize>> {
+        // The cursor only grows, by one chunk per call; it cannot wrap (that would
+        // take usize::MAX / chunk calls on one window).
+        let start = self.next.fetch_add(self.chunk, Ordering::AcqRel);
+        let end = start.saturating_add(self.chunk).min(self.jobs.len());
+        (start < end).then_some(start..end)
+    }
+
+    /// Takes the job at `index`, which the caller claimed: `None` if there is no such
+    /// job or it was taken already.
+    pub fn take_claimed(&self, index: usize) -> Option<T> {
         // The index is this caller's alone, so the lock is never contended; a poisoned
         // lock still holds the job (nothing panics while holding it).
-        let job = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let job = self
+            .jobs
+            .get(index)?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         job
     }
 
     /// Jobs not yet claimed (a hint: others may be claiming them now).
-    pub fn left(&self) -> usize {
+    pub fn unclaimed(&self) -> usize {
         self.jobs
             .len()
             .saturating_sub(self.next.load(Ordering::Acquire))
+    }
+}
+
+/// One claimer's copy of a window (`W`: a handle to it, e.g. an `Arc`) with the jobs
+/// it claimed and has not taken yet.
+#[derive(Debug)]
+pub struct Share<W> {
+    window: W,
+    claimed: Range<usize>,
+}
+
+impl<T, W> Share<W>
+where
+    W: Deref<Target = Window<T>>,
+{
+    /// A copy of `window`, nothing claimed yet.
+    pub fn new(window: W) -> Self {
+        Share {
+            window,
+            claimed: 0..0,
+        }
+    }
+
+    /// The next job: the first one this share claimed and has not taken, or the first
+    /// of a chunk it claims now; `None` once the window is drained.
+    pub fn take(&mut self) -> Option<T> {
+        loop {
+            match self.claimed.next() {
+                Some(index) => {
+                    if let Some(job) = self.window.take_claimed(index) {
+                        return Some(job);
+                    }
+                    // Not reached: a claimed index is taken once, by its claimer.
+                }
+                None => self.claimed = self.window.claim()?,
+            }
+        }
+    }
+
+    /// Jobs this share may still take: those it claimed and has not taken, and those
+    /// nobody claimed yet (a hint, as [`Window::unclaimed`]).
+    pub fn left(&self) -> usize {
+        self.claimed.len() + self.window.unclaimed()
     }
 }
 
@@ -77,39 +160,71 @@ mod tests {
 
     #[test]
     fn jobs_come_out_once_in_order_then_none() {
-        let window = Window::new(vec![1, 2, 3]);
-        assert_eq!(window.left(), 3);
-        assert_eq!(window.take(), Some(1));
-        assert_eq!(window.take(), Some(2));
-        assert_eq!(window.left(), 1);
-        assert_eq!(window.take(), Some(3));
-        assert_eq!(window.take(), None);
-        assert_eq!(window.take(), None);
-        assert_eq!(window.left(), 0);
+        for chunk in [1, 2, 3, 4] {
+            let mut share = Share::new(Arc::new(Window::with_chunk(vec![1, 2, 3], chunk)));
+            assert_eq!(share.left(), 3);
+            assert_eq!(share.take(), Some(1));
+            assert_eq!(share.take(), Some(2));
+            assert_eq!(share.left(), 1);
+            assert_eq!(share.take(), Some(3));
+            assert_eq!(share.take(), None);
+            assert_eq!(share.take(), None);
+            assert_eq!(share.left(), 0);
+        }
+    }
+
+    /// A claim covers up to a chunk of jobs; the last one what is left; then none.
+    #[test]
+    fn claims_cover_a_chunk_each() {
+        let window = Window::with_chunk((0..10).collect(), 4);
+        assert_eq!(window.claim(), Some(0..4));
+        assert_eq!(window.unclaimed(), 6);
+        assert_eq!(window.claim(), Some(4..8));
+        assert_eq!(window.claim(), Some(8..10));
+        assert_eq!(window.claim(), None);
+        assert_eq!(window.unclaimed(), 0);
+        assert_eq!(window.take_claimed(9), Some(9));
+        assert_eq!(window.take_claimed(9), None, "a job is taken once");
+        assert_eq!(window.take_claimed(10), None);
+    }
+
+    /// The chunk leaves every copy a claim and is at most `MAX_CHUNK`.
+    #[test]
+    fn chunks_leave_each_copy_a_claim() {
+        let chunk = |jobs: usize, copies: usize| {
+            Window::for_copies((0..jobs).collect::<Vec<_>>(), copies).chunk
+        };
+        assert_eq!(chunk(64, 16), 4);
+        assert_eq!(chunk(64, 2), MAX_CHUNK);
+        assert_eq!(chunk(20, 16), 1);
+        assert_eq!(chunk(2, 2), 1);
+        assert_eq!(chunk(5, 0), MAX_CHUNK);
     }
 
     /// Threads claiming from one window together take every job exactly once.
     #[test]
     fn concurrent_claimers_take_each_job_once() {
-        const JOBS: usize = 10_000;
-        let window = Arc::new(Window::new((0..JOBS).collect()));
-        let takers: Vec<_> = (0..4)
-            .map(|_| {
-                let window = Arc::clone(&window);
-                std::thread::spawn(move || {
-                    let mut mine = Vec::new();
-                    while let Some(job) = window.take() {
-                        mine.push(job);
-                    }
-                    mine
+        const JOBS: usize = 10_001;
+        for chunk in [1, 3, MAX_CHUNK] {
+            let window = Arc::new(Window::with_chunk((0..JOBS).collect(), chunk));
+            let takers: Vec<_> = (0..4)
+                .map(|_| {
+                    let mut share = Share::new(Arc::clone(&window));
+                    std::thread::spawn(move || {
+                        let mut mine = Vec::new();
+                        while let Some(job) = share.take() {
+                            mine.push(job);
+                        }
+                        mine
+                    })
                 })
-            })
-            .collect();
-        let mut all: Vec<usize> = takers
-            .into_iter()
-            .flat_map(|t| t.join().expect("a claimer panicked"))
-            .collect();
-        all.sort_unstable();
-        assert_eq!(all, (0..JOBS).collect::<Vec<_>>());
+                .collect();
+            let mut all: Vec<usize> = takers
+                .into_iter()
+                .flat_map(|t| t.join().expect("a claimer panicked"))
+                .collect();
+            all.sort_unstable();
+            assert_eq!(all, (0..JOBS).collect::<Vec<_>>(), "chunk {chunk}");
+        }
     }
 }
