@@ -98,13 +98,15 @@ impl<T> Slot<T> {
 
 /// Creates a connected responder and ticket whose caller busy-waits for its first
 /// `busy` (spin.rs).
-pub(crate) fn one_shot<T>(busy: Duration) -> (Responder<T>, Ticket<T>) {
-    let slot = Arc::new(Slot {
-        state: AtomicU32::new(EMPTY),
-        value: UnsafeCell::new(None),
-        home: UnsafeCell::new(None),
-        lock: Mutex::new(()),
-        ready: Condvar::new(),
+pub(crate) fn one_shot<T: 'static>(busy: Duration) -> (Responder<T>, Ticket<T>) {
+    let slot = spare::take().unwrap_or_else(|| {
+        Arc::new(Slot {
+            state: AtomicU32::new(EMPTY),
+            value: UnsafeCell::new(None),
+            home: UnsafeCell::new(None),
+            lock: Mutex::new(()),
+            ready: Condvar::new(),
+        })
     });
     (
         Responder {
@@ -112,6 +114,97 @@ pub(crate) fn one_shot<T>(busy: Duration) -> (Responder<T>, Ticket<T>) {
         },
         Ticket { slot, busy },
     )
+}
+
+/// Slots whose answers a thread took, kept for that thread's next tickets: a window of
+/// batches otherwise allocates a slot per batch and frees it when the answer is taken,
+/// 64 blocks of one size a window, past what glibc's per-thread cache of freed blocks
+/// (7 of a size) holds, so most went through the allocator's arena. A slot is kept only
+/// when the caller holds the last reference to it (the responder has let go), so it is
+/// the thread's alone; at most [`spare::MAX`] are kept per thread, freed when the thread
+/// ends.
+#[cfg(not(photofinish_loom))]
+mod spare {
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    use super::Slot;
+    use crate::sync::Arc;
+
+    /// The most slots a thread keeps.
+    pub(super) const MAX: usize = 256;
+
+    thread_local! {
+        /// A `Vec<Arc<Slot<T>>>` for the answer type `T` the thread last kept.
+        static SPARE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    /// A kept slot of this thread, ready for a new ticket.
+    pub(super) fn take<T: 'static>() -> Option<Arc<Slot<T>>> {
+        SPARE
+            .try_with(|spare| {
+                let mut spare = spare.try_borrow_mut().ok()?;
+                spare.as_mut()?.downcast_mut::<Vec<Arc<Slot<T>>>>()?.pop()
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// How many slots for answers of type `T` this thread keeps.
+    #[cfg(test)]
+    pub(super) fn kept<T: 'static>() -> usize {
+        SPARE.with_borrow(|spare| {
+            spare
+                .as_ref()
+                .and_then(|kept| kept.downcast_ref::<Vec<Arc<Slot<T>>>>())
+                .map_or(0, Vec::len)
+        })
+    }
+
+    /// Keeps `slot`, whose answer and payload were taken, if nobody else holds it and
+    /// the thread keeps fewer than [`MAX`]; drops it otherwise.
+    pub(super) fn keep<T: 'static>(mut slot: Arc<Slot<T>>) {
+        let Some(only) = Arc::get_mut(&mut slot) else {
+            // The responder still holds it (it is notifying a sleeper, or about to let
+            // go): the last one to let go frees it.
+            return;
+        };
+        // The caller took the answer (phase TAKEN) and left no sleeper count: the slot
+        // is as new once its phase is EMPTY again.
+        *only.state.get_mut() = super::EMPTY;
+        // SAFETY: `get_mut` gave this thread the only reference to the slot.
+        debug_assert!(only.value.with_mut(|v| unsafe { (*v).is_none() }));
+        debug_assert!(only.home.with_mut(|h| unsafe { (*h).is_none() }));
+        let _ = SPARE.try_with(|spare| {
+            let Ok(mut spare) = spare.try_borrow_mut() else {
+                return;
+            };
+            let kept = spare.get_or_insert_with(|| Box::new(Vec::<Arc<Slot<T>>>::new()));
+            if !kept.is::<Vec<Arc<Slot<T>>>>() {
+                *kept = Box::new(Vec::<Arc<Slot<T>>>::new());
+            }
+            if let Some(kept) = kept.downcast_mut::<Vec<Arc<Slot<T>>>>() {
+                if kept.len() < MAX {
+                    kept.push(slot);
+                }
+            }
+        });
+    }
+}
+
+/// Under loom nothing is kept: a model's slot belongs to one execution of the model.
+#[cfg(photofinish_loom)]
+mod spare {
+    use super::Slot;
+    use crate::sync::Arc;
+
+    pub(super) fn take<T: 'static>() -> Option<Arc<Slot<T>>> {
+        None
+    }
+
+    pub(super) fn keep<T: 'static>(slot: Arc<Slot<T>>) {
+        drop(slot);
+    }
 }
 
 /// The answering end of a ticket. Answers exactly once: by [`Responder::answer`], or
@@ -129,7 +222,7 @@ impl<T> fmt::Debug for Responder<T> {
 }
 
 /// [`one_shot`] for the loom models in `loom-tests/` (not part of the API).
-pub fn one_shot_for_models<T>() -> (Responder<T>, Ticket<T>) {
+pub fn one_shot_for_models<T: 'static>() -> (Responder<T>, Ticket<T>) {
     one_shot(Duration::ZERO)
 }
 
@@ -213,7 +306,7 @@ pub struct Ticket<T = super::Answer> {
     busy: Duration,
 }
 
-impl<T> fmt::Debug for Ticket<T> {
+impl<T: 'static> fmt::Debug for Ticket<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ticket")
             .field("ready", &self.is_ready())
@@ -221,7 +314,7 @@ impl<T> fmt::Debug for Ticket<T> {
     }
 }
 
-impl<T> Ticket<T> {
+impl<T: 'static> Ticket<T> {
     /// True once the answer is in (and not yet taken).
     pub fn is_ready(&self) -> bool {
         self.slot.phase() == FULL
@@ -259,6 +352,7 @@ impl<T> Ticket<T> {
         super::spin::spin_until(|| self.is_ready().then_some(()), self.busy);
         loop {
             if let Some(result) = self.slot.try_take() {
+                spare::keep(self.slot);
                 return result;
             }
             self.sleep(|ready, g| Some(ready.wait(g).unwrap_or_else(|p| p.into_inner())));
@@ -288,5 +382,85 @@ impl<T> Ticket<T> {
                 })
             });
         }
+    }
+}
+
+#[cfg(all(test, not(photofinish_loom)))]
+mod tests {
+    use super::*;
+
+    /// The slot of a ticket answered and taken on `thread`'s next ticket (each test runs
+    /// on a thread of its own: the spare slots are per thread).
+    fn on_a_thread_of_its_own(test: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(test)
+            .join()
+            .expect("the test thread panicked");
+    }
+
+    fn slot_of<T>(ticket: &Ticket<T>) -> *const Slot<T> {
+        Arc::as_ptr(&ticket.slot)
+    }
+
+    #[test]
+    fn a_taken_slot_serves_the_threads_next_ticket_as_new() {
+        on_a_thread_of_its_own(|| {
+            let (responder, ticket) = one_shot::<u32>(Duration::ZERO);
+            let first = slot_of(&ticket);
+            responder.answer(Ok(1));
+            assert_eq!(ticket.wait(), Ok(1));
+            assert_eq!(spare::kept::<u32>(), 1, "the taken slot was not kept");
+            let (responder, ticket) = one_shot::<u32>(Duration::ZERO);
+            assert_eq!(spare::kept::<u32>(), 0);
+            assert_eq!(slot_of(&ticket), first, "the kept slot was not reused");
+            assert!(!ticket.is_ready(), "a reused slot starts empty");
+            assert_eq!(ticket.wait_timeout(Duration::ZERO), None);
+            responder.answer(Ok(2));
+            assert_eq!(ticket.wait(), Ok(2));
+            // Another answer type does not get that slot.
+            let (responder, ticket) = one_shot::<u64>(Duration::ZERO);
+            assert_ne!(slot_of(&ticket).cast::<u8>(), first.cast::<u8>());
+            drop(responder);
+            assert_eq!(ticket.wait(), Err(EngineError::Unanswered));
+        });
+    }
+
+    #[test]
+    fn a_slot_the_responder_still_holds_is_not_reused() {
+        on_a_thread_of_its_own(|| {
+            let (responder, ticket) = one_shot::<u32>(Duration::ZERO);
+            let held = responder
+                .slot
+                .clone()
+                .expect("an armed responder has its slot");
+            responder.answer(Ok(1));
+            assert_eq!(ticket.wait(), Ok(1));
+            assert_eq!(
+                spare::kept::<u32>(),
+                0,
+                "a slot still held elsewhere was kept"
+            );
+            let (_, next) = one_shot::<u32>(Duration::ZERO);
+            assert_ne!(slot_of(&next), Arc::as_ptr(&held));
+        });
+    }
+
+    #[test]
+    fn a_thread_keeps_at_most_max_slots() {
+        on_a_thread_of_its_own(|| {
+            let n = spare::MAX + 44;
+            let tickets: Vec<_> = (0..n)
+                .map(|i| {
+                    let (responder, ticket) = one_shot::<usize>(Duration::ZERO);
+                    responder.answer(Ok(i));
+                    ticket
+                })
+                .collect();
+            for (i, ticket) in tickets.into_iter().enumerate() {
+                assert_eq!(ticket.wait(), Ok(i));
+            }
+            assert_eq!(spare::kept::<usize>(), spare::MAX);
+            let (_, _ticket) = one_shot::<usize>(Duration::ZERO);
+            assert_eq!(spare::kept::<usize>(), spare::MAX - 1);
+        });
     }
 }
