@@ -863,7 +863,7 @@ impl Engine {
     ///
     /// It does what a `submit` per batch does, for less: the batches go to one device
     /// (the one a `submit` would pick) in a single hand-off — a few copies of one
-    /// message that the device's workers claim the batches from one by one, and one
+    /// message that the device's workers claim the batches from a few at a time, and one
     /// wake-up — so they still run on all the device's queues at once. Use it where a
     /// caller has batches ready together (a frame's dispatches, a window of a stream).
     ///

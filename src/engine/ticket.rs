@@ -389,8 +389,8 @@ impl<T: 'static> Ticket<T> {
 mod tests {
     use super::*;
 
-    /// The slot of a ticket answered and taken on `thread`'s next ticket (each test runs
-    /// on a thread of its own: the spare slots are per thread).
+    /// Runs `test` on a thread of its own (the spare slots are per thread, and the
+    /// test harness may run several tests on one thread) and fails if it panicked.
     fn on_a_thread_of_its_own(test: impl FnOnce() + Send + 'static) {
         std::thread::spawn(test)
             .join()

@@ -54,11 +54,6 @@ impl<T> std::fmt::Debug for Window<T> {
 }
 
 impl<T> Window<T> {
-    /// A window of `jobs`, none claimed, claimed one at a time.
-    pub fn new(jobs: Vec<T>) -> Self {
-        Self::with_chunk(jobs, 1)
-    }
-
     /// A window of `jobs` for `copies` claimers: claimed in chunks of up to
     /// [`MAX_CHUNK`], and no larger than leaves each copy one.
     pub fn for_copies(jobs: Vec<T>, copies: usize) -> Self {
