@@ -464,7 +464,7 @@ fn words_of(ticket: Ticket) -> Vec<u32> {
         .wait()
         .unwrap_or_else(|e| common::fail(&format!("an engine batch failed: {e}")));
     match answer.output {
-        Output::Buffers(buffers) => first_as_words(&buffers),
+        Output::Buffers(buffers) => words(buffers.first()),
         Output::Answer(_) => common::fail("the engine answered a pair with a workload answer"),
     }
 }
@@ -503,14 +503,13 @@ impl<'a> Direct<'a> {
             .pop()
             .and_then(Result::ok)
             .unwrap_or_else(|| common::fail("backend-direct: the dispatch failed"));
-        first_as_words(&out.outputs)
+        words(out.outputs.first().map(Vec::as_slice))
     }
 }
 
-/// The first buffer as little-endian u32 words (none: empty).
-fn first_as_words(buffers: &[Vec<u8>]) -> Vec<u32> {
-    buffers
-        .first()
+/// A buffer as little-endian u32 words (none: empty).
+fn words(buffer: Option<&[u8]>) -> Vec<u32> {
+    buffer
         .map(|b| {
             b.chunks_exact(4)
                 .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))

@@ -129,7 +129,7 @@ fn submit_and_check(engine: &Engine, kernel: KernelId, thread: u64) -> Result<u6
         let answer = ticket.wait()?;
         let expected: Vec<u8> = x.iter().flat_map(|v| affine(*v).to_le_bytes()).collect();
         match answer.output {
-            Output::Buffers(buffers) if buffers.first() == Some(&expected) => checked += 1,
+            Output::Buffers(buffers) if buffers.first() == Some(&expected[..]) => checked += 1,
             other => return Err(format!("wrong answer from {:?}: {other:?}", answer.arm).into()),
         }
     }

@@ -77,11 +77,12 @@ pub mod policy;
 pub mod speculator;
 
 pub use engine::{
-    default_autotune_dir, Answer, Arm, BackendChoice, Batch, CacheStatus, Engine, EngineBuilder,
-    EngineError, Event, KernelId, KernelStats, KernelVerdict, Output, RaceSample, Ticket,
-    TraceStats, TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD, DEFAULT_BUSY_WAIT,
-    DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, DEFAULT_MAX_SEARCHING,
-    MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES, TIMED_SINGLE_PERIOD,
+    default_autotune_dir, Answer, Arm, BackendChoice, Batch, BufferIter, Buffers, CacheStatus,
+    Engine, EngineBuilder, EngineError, Event, KernelId, KernelStats, KernelVerdict, Output,
+    RaceSample, Ticket, TraceStats, TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD,
+    DEFAULT_BUSY_WAIT, DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP,
+    DEFAULT_MAX_SEARCHING, INLINE_OUTPUT_BUFFERS, INLINE_OUTPUT_BYTES, MAX_KEPT_SAMPLES,
+    MAX_UNDECIDED_RACES, TIMED_SINGLE_PERIOD,
 };
 #[doc(hidden)]
 pub use engine::{

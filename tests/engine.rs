@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use photofinish::kernels::Workload;
+use photofinish::backend::{BindingAccess, BufferArg, KernelVariant};
+use photofinish::kernels::{DispatchPlan, Workload};
 use photofinish::{
     Arm, Batch, ByteSumWorkload, Engine, EngineError, Event, KernelVerdict, Output, TestBackend,
-    TrySubmitError, VerdictReason,
+    TrySubmitError, VerdictReason, INLINE_OUTPUT_BYTES,
 };
 
 fn engine_on(backend: &Arc<TestBackend>) -> Engine {
@@ -249,6 +250,46 @@ fn dropping_the_engine_drains_like_shutdown() {
 }
 
 #[test]
+fn small_pair_outputs_come_back_inline_and_larger_ones_as_vectors() {
+    let engine = engine_on(&Arc::new(TestBackend::new(1, 2, 1)));
+    let fill = |name: &str| {
+        KernelVariant::cpu(name, &[BindingAccess::Write], 0, |buffers, _, _| {
+            for (i, byte) in buffers[0].iter_mut().enumerate() {
+                *byte = i as u8 ^ 0x5a;
+            }
+            Ok(())
+        })
+    };
+    let kernel = engine
+        .register_pair("fill", fill("fill/conservative"), fill("fill/speculative"))
+        .unwrap();
+    for len in [0, 1, 4, INLINE_OUTPUT_BYTES, INLINE_OUTPUT_BYTES + 1, 4096] {
+        // Races first, single runs once the speculative variant is adopted.
+        for _ in 0..8 {
+            let plan = DispatchPlan {
+                buffers: vec![BufferArg::Zeroed(len as u64)],
+                push_constants: Vec::new(),
+                workgroups: [1, 1, 1],
+            };
+            let answer = engine
+                .submit(Batch::with_plan(kernel, plan))
+                .and_then(|t| t.wait())
+                .unwrap();
+            let Output::Buffers(buffers) = answer.output else {
+                panic!("a pair answered with a workload answer");
+            };
+            let expected: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
+            assert_eq!(buffers, vec![expected], "{len}-byte output");
+            assert_eq!(
+                buffers.is_inline(),
+                len <= INLINE_OUTPUT_BYTES,
+                "{len}-byte output"
+            );
+        }
+    }
+}
+
+#[test]
 fn wait_timeout_returns_none_until_the_answer_is_in() {
     let backend = Arc::new(TestBackend::new(1, 1, 1));
     backend.pause();
@@ -299,7 +340,7 @@ fn bad_registrations_and_batches_are_typed_errors() {
         .unwrap();
     assert_eq!(
         answer.output,
-        Output::Buffers(vec![6u64.to_le_bytes().to_vec()])
+        Output::Buffers(vec![6u64.to_le_bytes().to_vec()].into())
     );
 
     let other = engine_on(&Arc::new(TestBackend::new(1, 1, 1)));

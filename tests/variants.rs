@@ -103,7 +103,7 @@ fn sum_batch(engine: &Engine, kernel: KernelId, seed: u8) -> Answer {
         .expect("every batch is answered");
     assert_eq!(
         answer.output,
-        Output::Buffers(vec![expected(&data)]),
+        Output::Buffers(vec![expected(&data)].into()),
         "seed {seed}: a wrong answer was returned"
     );
     answer
@@ -328,12 +328,12 @@ fn eight_producers_race_a_ladder_of_variants_and_every_answer_is_right() {
                     if in_flight.len() == WINDOW {
                         let (ticket, data) = in_flight.pop_front().unwrap();
                         let answer = ticket.wait().expect("answered");
-                        assert_eq!(answer.output, Output::Buffers(vec![expected(&data)]));
+                        assert_eq!(answer.output, Output::Buffers(vec![expected(&data)].into()));
                     }
                 }
                 for (ticket, data) in in_flight {
                     let answer = ticket.wait().expect("answered");
-                    assert_eq!(answer.output, Output::Buffers(vec![expected(&data)]));
+                    assert_eq!(answer.output, Output::Buffers(vec![expected(&data)].into()));
                 }
             })
         })

@@ -7,6 +7,7 @@
 //! [`crate::backend::Backend`]. It never touches a device API directly. The mailbox and
 //! shutdown protocol and the race join are described in `src/engine/README.md`.
 
+mod buffers;
 mod builder;
 mod contention;
 mod dispatch_policy;
@@ -40,6 +41,7 @@ use crate::kernels::{DispatchPlan, InputShape, Workload};
 use crate::policy::SpeculationVerdict;
 use crate::speculator::{AdaptiveSpeculator, SpeculationMode};
 
+pub use buffers::{Buffers, Iter as BufferIter, INLINE_OUTPUT_BUFFERS, INLINE_OUTPUT_BYTES};
 pub use builder::{
     default_autotune_dir, BackendChoice, EngineBuilder, DEFAULT_AUDIT_PERIOD, DEFAULT_BUSY_WAIT,
     DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, DEFAULT_MAX_SEARCHING,
@@ -122,8 +124,9 @@ impl Batch {
 pub enum Output {
     /// A workload's canonical answer (equal to `Workload::reference` of the input).
     Answer(Vec<u8>),
-    /// A SPIR-V pair's written buffers, in binding order.
-    Buffers(Vec<Vec<u8>>),
+    /// A SPIR-V pair's written buffers, in binding order (small ones held inline: see
+    /// [`Buffers`]).
+    Buffers(Buffers),
 }
 
 /// The answer to one batch.
@@ -654,7 +657,7 @@ impl Engine {
     ///     };
     ///     let answer = engine.submit(Batch::with_plan(kernel, plan))?.wait()?;
     ///     // The wrong variant never answers: a race returns the conservative answer.
-    ///     assert_eq!(answer.output, Output::Buffers(vec![expected.clone()]));
+    ///     assert_eq!(answer.output, Output::Buffers(vec![expected.clone()].into()));
     /// }
     /// let stats = engine.kernel_stats(kernel).unwrap();
     /// assert_eq!(stats.variant_verdicts[0], KernelVerdict::Rejected); // caught disagreeing

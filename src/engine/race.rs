@@ -193,7 +193,7 @@ fn finish(
         (Payload::Input(input), Some(workload)) => {
             Ok(Output::Answer(workload.answer(variant, input, &outputs)?))
         }
-        _ => Ok(Output::Buffers(outputs)),
+        _ => Ok(Output::Buffers(outputs.into())),
     }
 }
 
