@@ -129,6 +129,11 @@ pub enum Output {
     Buffers(Buffers),
 }
 
+/// How many tickets ahead of the one being waited for a `submit_many` ticket prefetches
+/// (`Ticket::wait_ahead`): far enough that the lines arrive while the caller takes the
+/// answers in between, near enough that their workers have mostly written them.
+const PREFETCH_AHEAD: usize = 2;
+
 /// The answer to one batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -931,6 +936,11 @@ impl Engine {
         }
         if jobs.is_empty() {
             return Ok(tickets);
+        }
+        // Each ticket prefetches a later one's slot when it is waited for.
+        for i in PREFETCH_AHEAD..tickets.len() {
+            let (earlier, later) = tickets.split_at_mut(i);
+            earlier[i - PREFETCH_AHEAD].wait_ahead(&later[0]);
         }
         let device = match self.pick_device() {
             Ok(device) => device,
