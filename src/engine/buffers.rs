@@ -6,8 +6,8 @@
 //! expensive: with glibc's malloc the block goes back to the worker's arena from the
 //! caller's core (past the caller's small per-thread cache, under the arena's lock, on
 //! lines the worker's next allocation then pulls back). On the H200 host's 16 workers,
-//! answering without the output's two blocks took a quarter to a third off
-//! `engine_overhead`'s time per batch (BENCHMARKS.md, fifteenth session). Larger outputs
+//! answering without the output's two blocks took 15–30 % off `engine_overhead`'s
+//! time per batch (BENCHMARKS.md, fifteenth session). Larger outputs
 //! keep the backend's vectors, whose allocation their size amortises.
 
 use std::fmt;
