@@ -146,7 +146,7 @@ impl Index<usize> for Buffers {
 
 impl PartialEq for Buffers {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
+        self.iter().eq(other.iter())
     }
 }
 
@@ -154,7 +154,7 @@ impl Eq for Buffers {}
 
 impl PartialEq<Vec<Vec<u8>>> for Buffers {
     fn eq(&self, other: &Vec<Vec<u8>>) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter().map(Vec::as_slice))
+        self.iter().eq(other.iter().map(Vec::as_slice))
     }
 }
 

@@ -912,7 +912,7 @@ impl Engine {
         }
         let batches = batches.into_iter();
         let mut jobs = Vec::with_capacity(batches.size_hint().0);
-        let mut tickets = Vec::with_capacity(batches.size_hint().0);
+        let mut tickets: Vec<Ticket> = Vec::with_capacity(batches.size_hint().0);
         // The kernel of the previous batch: a window is mostly of one kernel, whose
         // registry entry is then read once.
         let mut last: Option<Arc<Kernel>> = None;
@@ -925,6 +925,12 @@ impl Engine {
                 Ok(kernel) => {
                     last = Some(Arc::clone(&kernel));
                     let (job, ticket) = self.job(kernel, batch.payload);
+                    // The ticket `PREFETCH_AHEAD` earlier prefetches this one's slot
+                    // when it is waited for.
+                    let earlier = tickets.len().checked_sub(PREFETCH_AHEAD);
+                    if let Some(earlier) = earlier.and_then(|i| tickets.get_mut(i)) {
+                        earlier.wait_ahead(&ticket);
+                    }
                     jobs.push(job);
                     tickets.push(ticket);
                 }
@@ -936,11 +942,6 @@ impl Engine {
         }
         if jobs.is_empty() {
             return Ok(tickets);
-        }
-        // Each ticket prefetches a later one's slot when it is waited for.
-        for i in PREFETCH_AHEAD..tickets.len() {
-            let (earlier, later) = tickets.split_at_mut(i);
-            earlier[i - PREFETCH_AHEAD].wait_ahead(&later[0]);
         }
         let device = match self.pick_device() {
             Ok(device) => device,

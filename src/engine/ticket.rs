@@ -305,6 +305,8 @@ fn fill<T>(slot: &Slot<T>, result: Result<T, EngineError>) {
 /// be written: a hint, which the CPU may drop; nothing is read.
 #[cfg(not(photofinish_loom))]
 fn prefetch_slot<T>(addr: usize) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
     #[cfg(target_arch = "x86_64")]
     if addr != 0 {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
