@@ -84,8 +84,9 @@ use ticket::Responder;
 pub(crate) enum Payload {
     /// Input bytes for a workload kernel.
     Input(Arc<[u8]>),
-    /// Buffers, push constants and workgroups for a SPIR-V pair.
-    Plan(Arc<DispatchPlan>),
+    /// Buffers, push constants and workgroups for a SPIR-V pair (boxed: no count to
+    /// write when the caller's thread drops it; see `retired_plans`).
+    Plan(Box<DispatchPlan>),
 }
 
 /// One unit of work for a registered kernel.
@@ -109,7 +110,7 @@ impl Batch {
     pub fn with_plan(kernel: KernelId, plan: DispatchPlan) -> Self {
         Batch {
             kernel,
-            payload: Payload::Plan(Arc::new(plan)),
+            payload: Payload::Plan(Box::new(plan)),
         }
     }
 
@@ -179,10 +180,87 @@ pub(crate) struct Job {
 /// What a batch's answer carries back to the caller's thread, which drops it there
 /// before it returns the answer (`ticket.rs`): the payload it allocated and the kernel
 /// reference it counted.
-#[allow(dead_code, reason = "held only to be dropped on the caller's thread")]
 pub(crate) struct Home {
-    pub(crate) payload: Payload,
+    pub(crate) payload: Option<Payload>,
+    #[allow(dead_code, reason = "held only to be dropped on the caller's thread")]
     pub(crate) kernel: Option<Arc<Kernel>>,
+}
+
+impl Home {
+    /// Lets go of the batch on the caller's thread: the kernel reference and the
+    /// input's bytes now (the caller finds the engine holding no reference to them),
+    /// a plan's own blocks (its box and its emptied lists) at the thread's next
+    /// accepted batch (`retired_plans`).
+    pub(crate) fn release(self) {
+        let Home { payload, kernel } = self;
+        drop(kernel);
+        if let Some(Payload::Plan(mut plan)) = payload {
+            plan.buffers.clear();
+            plan.push_constants.clear();
+            retired_plans::retire(plan);
+        }
+    }
+}
+
+/// Plans whose answers this thread took, their bytes released, freed one per batch the
+/// thread submits next. A window's answers are taken in a row: freed then, 64 plans
+/// (two blocks each, which a worker read on another core) overflow the allocator's
+/// per-thread cache of freed blocks (glibc keeps 7 of a size) into its shared bins, a
+/// locked instruction per block that waits for the block's line to come back from that
+/// core. Freed one per new batch, right after the caller allocated that batch's plan,
+/// each free refills the cache the allocation drew from, and neither leaves it. At
+/// most [`retired_plans::MAX`] wait per thread (more are freed at once); they are freed
+/// when the thread ends.
+#[cfg(not(photofinish_loom))]
+mod retired_plans {
+    use std::cell::RefCell;
+
+    use crate::kernels::DispatchPlan;
+
+    /// The most plans a thread keeps waiting.
+    pub(super) const MAX: usize = 128;
+
+    thread_local! {
+        #[allow(clippy::vec_box, reason = "the boxes are the blocks whose free is put off")]
+        static RETIRED: RefCell<Vec<Box<DispatchPlan>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Keeps `plan` (already emptied) to be freed at this thread's next batch.
+    pub(super) fn retire(plan: Box<DispatchPlan>) {
+        let _ = RETIRED.try_with(|retired| {
+            if let Ok(mut retired) = retired.try_borrow_mut() {
+                if retired.len() < MAX {
+                    retired.push(plan);
+                }
+            }
+        });
+    }
+
+    /// Frees the plan this thread retired last, if any.
+    pub(super) fn free_one() {
+        let _ = RETIRED.try_with(|retired| {
+            let plan = retired.try_borrow_mut().ok().and_then(|mut r| r.pop());
+            drop(plan);
+        });
+    }
+
+    /// How many plans this thread keeps waiting.
+    #[cfg(test)]
+    pub(super) fn waiting() -> usize {
+        RETIRED.with_borrow(Vec::len)
+    }
+}
+
+/// Under loom a plan is freed at once.
+#[cfg(photofinish_loom)]
+mod retired_plans {
+    use crate::kernels::DispatchPlan;
+
+    pub(super) fn retire(plan: Box<DispatchPlan>) {
+        drop(plan);
+    }
+
+    pub(super) fn free_one() {}
 }
 
 impl Job {
@@ -198,11 +276,27 @@ impl Job {
             payload,
             responder,
         } = self;
+        let payload = Some(payload);
         let home = Home {
             payload,
             kernel: Some(kernel),
         };
         responder.answer_sending_home(result, Some(home));
+    }
+
+    /// The batch back, for a caller whose submission was refused before it was
+    /// accepted (its ticket never handed out).
+    fn into_batch(self) -> Batch {
+        let Job {
+            kernel,
+            payload,
+            responder,
+        } = self;
+        responder.disarm();
+        Batch {
+            kernel: kernel.id,
+            payload,
+        }
     }
 
     /// Answers the batch with `EngineError::Failed` for its kernel.
@@ -832,6 +926,7 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn submit(&self, batch: Batch) -> Result<Ticket, EngineError> {
+        retired_plans::free_one();
         let (job, ticket, device) = self.accept(batch)?;
         let Some(_pass) = self.core.gate.enter() else {
             return Err(EngineError::ShutDown);
@@ -847,23 +942,30 @@ impl Engine {
     /// Submits a batch without blocking: `Full` (with the batch back) when the
     /// device's queue has no room.
     pub fn try_submit(&self, batch: Batch) -> Result<Ticket, TrySubmitError> {
-        let (job, ticket, device) = match self.accept(batch.clone()) {
+        retired_plans::free_one();
+        // Checked before the batch is taken apart, so that a refusal hands it back
+        // whole (a batch is not cloned for that: a plan's clone is a copy).
+        let accepted = if self.core.gate.is_closed() {
+            Err(EngineError::ShutDown)
+        } else {
+            self.check(&batch)
+                .and_then(|kernel| Ok((kernel, self.pick_device()?)))
+        };
+        let (kernel, device) = match accepted {
             Ok(accepted) => accepted,
             Err(EngineError::ShutDown) => return Err(TrySubmitError::ShutDown(batch)),
             Err(e) => return Err(TrySubmitError::Rejected(batch, e)),
         };
+        let (job, ticket) = self.job(kernel, batch.payload);
         let Some(_pass) = self.core.gate.enter() else {
-            job.responder.disarm();
-            return Err(TrySubmitError::ShutDown(batch));
+            return Err(TrySubmitError::ShutDown(job.into_batch()));
         };
         match self.core.devices[device].mailbox.try_send(Msg::Run(job)) {
             Ok(()) => Ok(ticket),
-            Err(TrySendError::Full(msg)) | Err(TrySendError::Disconnected(msg)) => {
-                if let Msg::Run(job) = msg {
-                    job.responder.disarm();
-                }
-                Err(TrySubmitError::Full(batch))
-            }
+            Err(TrySendError::Full(msg)) | Err(TrySendError::Disconnected(msg)) => match msg {
+                Msg::Run(job) => Err(TrySubmitError::Full(job.into_batch())),
+                _ => unreachable!("a refused send hands back the message it was given"),
+            },
         }
     }
 
@@ -911,12 +1013,14 @@ impl Engine {
             return Err(EngineError::ShutDown);
         }
         let batches = batches.into_iter();
-        let mut jobs = Vec::with_capacity(batches.size_hint().0);
+        let mut jobs = kept_windows::jobs();
+        jobs.reserve(batches.size_hint().0);
         let mut tickets: Vec<Ticket> = Vec::with_capacity(batches.size_hint().0);
         // The kernel of the previous batch: a window is mostly of one kernel, whose
         // registry entry is then read once.
         let mut last: Option<Arc<Kernel>> = None;
         for batch in batches {
+            retired_plans::free_one();
             let kernel = match last.take() {
                 Some(kernel) if kernel.id == batch.kernel => Ok(kernel),
                 _ => self.lookup(batch.kernel),
@@ -941,6 +1045,7 @@ impl Engine {
             }
         }
         if jobs.is_empty() {
+            kept_windows::keep_jobs(jobs);
             return Ok(tickets);
         }
         let device = match self.pick_device() {
@@ -956,14 +1061,18 @@ impl Engine {
         };
         let target = &self.core.devices[device];
         let sent = if jobs.len() == 1 {
-            target.mailbox.send_all(jobs.pop().map(Msg::Run))
+            let sent = target.mailbox.send_all(jobs.pop().map(Msg::Run));
+            kept_windows::keep_jobs(jobs);
+            sent
         } else {
             // One copy per worker that could take a share of the batches.
             let copies = jobs.len().min(target.queues.len()).max(1);
-            let window = Arc::new(window::Window::for_copies(jobs, copies));
-            target
+            let window = kept_windows::window(&mut jobs, copies);
+            let sent = target
                 .mailbox
-                .send_all((0..copies).map(|_| Msg::Window(Arc::clone(&window))))
+                .send_all((0..copies).map(|_| Msg::Window(Arc::clone(&window))));
+            kept_windows::keep(window, jobs);
+            sent
         };
         match sent {
             Ok(()) => Ok(tickets),
@@ -1095,8 +1204,320 @@ fn fits(kernel: Arc<Kernel>, payload: &Payload) -> Result<Arc<Kernel>, EngineErr
 
 /// Withdraws the jobs of a call that submits none of them: their tickets are dropped
 /// unanswered, never waited on.
-fn disarm_all(jobs: Vec<Job>) {
-    for job in jobs {
+fn disarm_all(mut jobs: Vec<Job>) {
+    for job in jobs.drain(..) {
         job.responder.disarm();
+    }
+    kept_windows::keep_jobs(jobs);
+}
+
+/// The windows a thread sent with `submit_many`, kept for its next ones, and the list
+/// it gathers a window's jobs in: a window is one block of a cache-padded cell per
+/// batch (8 KiB for 64), and sending each in a new one cost the producer an
+/// allocation of the allocator's large sizes per call — with glibc, a sweep of every
+/// small block freed since the last one (`malloc_consolidate`) — and left its free to
+/// whichever worker let go of it last, from another core. A kept window is used again
+/// once every worker let go of it (its jobs all taken), for a call with as many
+/// batches. At most [`kept_windows::MAX`] are kept per thread, of at most
+/// [`kept_windows::MAX_CELLS`] batches each; they are freed when the thread ends.
+#[cfg(not(photofinish_loom))]
+mod kept_windows {
+    use std::cell::RefCell;
+
+    use super::window::Window;
+    use super::Job;
+    use std::sync::Arc;
+
+    /// The most windows a thread keeps.
+    pub(super) const MAX: usize = 4;
+    /// The largest window kept (a larger one is freed as before).
+    pub(super) const MAX_CELLS: usize = 1024;
+
+    #[derive(Default)]
+    struct Kept {
+        windows: Vec<Arc<Window<Job>>>,
+        jobs: Vec<Job>,
+    }
+
+    thread_local! {
+        static KEPT: RefCell<Kept> = RefCell::new(Kept::default());
+    }
+
+    /// An empty list to gather a window's jobs in (the thread's kept one, if any).
+    pub(super) fn jobs() -> Vec<Job> {
+        KEPT.try_with(|kept| {
+            kept.try_borrow_mut()
+                .map(|mut kept| std::mem::take(&mut kept.jobs))
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
+    }
+
+    /// A window of `jobs` (which it empties) for `copies` claimers: a kept one of as
+    /// many cells that every worker let go of, refilled, or a new one.
+    pub(super) fn window(jobs: &mut Vec<Job>, copies: usize) -> Arc<Window<Job>> {
+        let reused = KEPT
+            .try_with(|kept| {
+                let mut kept = kept.try_borrow_mut().ok()?;
+                // A count of one (read first: the workers write that line) is this
+                // thread's copy alone.
+                let free = kept.windows.iter_mut().position(|w| {
+                    w.cells() == jobs.len()
+                        && Arc::strong_count(w) == 1
+                        && Arc::get_mut(w).is_some()
+                })?;
+                Some(kept.windows.swap_remove(free))
+            })
+            .ok()
+            .flatten();
+        match reused {
+            Some(mut window) => {
+                if let Some(cells) = Arc::get_mut(&mut window) {
+                    cells.refill(jobs.drain(..), copies);
+                    return window;
+                }
+                // Not reached: the window was this thread's alone when found.
+                Arc::new(Window::for_copies(std::mem::take(jobs), copies))
+            }
+            None => Arc::new(Window::for_copies(std::mem::take(jobs), copies)),
+        }
+    }
+
+    /// Keeps a copy of `window`, which was just sent, and the emptied list its jobs
+    /// were gathered in, for this thread's next calls (the oldest kept window makes
+    /// room).
+    pub(super) fn keep(window: Arc<Window<Job>>, jobs: Vec<Job>) {
+        let _ = KEPT.try_with(|kept| {
+            let Ok(mut kept) = kept.try_borrow_mut() else {
+                return;
+            };
+            if window.cells() <= MAX_CELLS {
+                if kept.windows.len() == MAX {
+                    kept.windows.remove(0);
+                }
+                kept.windows.push(window);
+            }
+            if jobs.is_empty() && jobs.capacity() <= MAX_CELLS {
+                kept.jobs = jobs;
+            }
+        });
+    }
+
+    /// The addresses of the windows this thread keeps, oldest first.
+    #[cfg(test)]
+    pub(super) fn kept() -> Vec<usize> {
+        KEPT.with_borrow(|kept| {
+            kept.windows
+                .iter()
+                .map(|w| Arc::as_ptr(w) as usize)
+                .collect()
+        })
+    }
+
+    /// True once every worker let go of this thread's kept windows.
+    #[cfg(test)]
+    pub(super) fn all_free() -> bool {
+        KEPT.with_borrow(|kept| kept.windows.iter().all(|w| Arc::strong_count(w) == 1))
+    }
+
+    /// Keeps the emptied list a call gathered its jobs in.
+    pub(super) fn keep_jobs(jobs: Vec<Job>) {
+        let _ = KEPT.try_with(|kept| {
+            if let Ok(mut kept) = kept.try_borrow_mut() {
+                if jobs.is_empty() && jobs.capacity() <= MAX_CELLS {
+                    kept.jobs = jobs;
+                }
+            }
+        });
+    }
+}
+
+/// Under loom nothing is kept (a model's window belongs to one execution).
+#[cfg(photofinish_loom)]
+mod kept_windows {
+    use super::window::Window;
+    use super::Job;
+    use std::sync::Arc;
+
+    pub(super) fn jobs() -> Vec<Job> {
+        Vec::new()
+    }
+
+    pub(super) fn window(jobs: &mut Vec<Job>, copies: usize) -> Arc<Window<Job>> {
+        Arc::new(Window::for_copies(std::mem::take(jobs), copies))
+    }
+
+    pub(super) fn keep(window: Arc<Window<Job>>, jobs: Vec<Job>) {
+        drop((window, jobs));
+    }
+
+    pub(super) fn keep_jobs(jobs: Vec<Job>) {
+        drop(jobs);
+    }
+}
+
+#[cfg(all(test, not(photofinish_loom)))]
+mod tests {
+    use super::*;
+    use crate::backend::{BindingAccess, BufferArg};
+    use std::time::{Duration, Instant};
+
+    /// Runs `test` on a thread of its own (what is kept is kept per thread: spare
+    /// slots, windows, retired plans; and the harness may run several tests on one
+    /// thread) and fails if it panicked.
+    pub(super) fn on_a_thread_of_its_own(test: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(test)
+            .join()
+            .expect("the test thread panicked");
+    }
+
+    /// An engine on the test backend (two queues) with a pair that adds one to its
+    /// read buffer's bytes into its written one.
+    fn engine_with_pair() -> (Engine, KernelId) {
+        let engine = Engine::builder()
+            .backend_instance(Arc::new(TestBackend::new(1, 2, 1)))
+            .without_autotune_file()
+            .build()
+            .expect("the test backend engine builds");
+        let add_one = |name: &str| {
+            KernelVariant::cpu(
+                name,
+                &[BindingAccess::Read, BindingAccess::Write],
+                0,
+                |buffers, _, _| {
+                    let out: Vec<u8> = buffers[0].iter().map(|b| b.wrapping_add(1)).collect();
+                    buffers[1].copy_from_slice(&out);
+                    Ok(())
+                },
+            )
+        };
+        let kernel = engine
+            .register_pair(
+                "add-one",
+                add_one("add/conservative"),
+                add_one("add/speculative"),
+            )
+            .expect("the pair registers");
+        (engine, kernel)
+    }
+
+    fn batch(kernel: KernelId, data: &Arc<[u8]>) -> Batch {
+        Batch::with_plan(
+            kernel,
+            DispatchPlan {
+                buffers: vec![
+                    BufferArg::Data(Arc::clone(data)),
+                    BufferArg::Zeroed(data.len() as u64),
+                ],
+                push_constants: Vec::new(),
+                workgroups: [1, 1, 1],
+            },
+        )
+    }
+
+    fn wait_all(tickets: Vec<Ticket>, data: &[u8]) {
+        let expected: Vec<u8> = data.iter().map(|b| b.wrapping_add(1)).collect();
+        for ticket in tickets {
+            let answer = ticket.wait().expect("the batch is answered");
+            assert_eq!(
+                answer.output,
+                Output::Buffers(vec![expected.clone()].into())
+            );
+        }
+    }
+
+    /// Waits (10 s at most) until every worker let go of this thread's kept windows:
+    /// a worker drops its copy when it finds the window drained, just after it
+    /// answered its last batch.
+    fn until_workers_let_go() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !kept_windows::all_free() {
+            assert!(
+                Instant::now() < deadline,
+                "a worker still holds a drained window"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_threads_next_window_of_as_many_batches_reuses_its_kept_one() {
+        on_a_thread_of_its_own(|| {
+            let (engine, kernel) = engine_with_pair();
+            let data: Arc<[u8]> = vec![1, 2, 3].into();
+            let window = || {
+                let tickets = engine
+                    .submit_many((0..8).map(|_| batch(kernel, &data)))
+                    .expect("the window is accepted");
+                wait_all(tickets, &data);
+                until_workers_let_go();
+            };
+            window();
+            let first = kept_windows::kept();
+            assert_eq!(first.len(), 1, "the sent window was not kept");
+            window();
+            assert_eq!(
+                kept_windows::kept(),
+                first,
+                "the kept window was not reused"
+            );
+            // Another size: a new window, kept beside the first.
+            let tickets = engine
+                .submit_many((0..5).map(|_| batch(kernel, &data)))
+                .expect("the window is accepted");
+            wait_all(tickets, &data);
+            let kept = kept_windows::kept();
+            assert_eq!(kept.len(), 2);
+            assert_eq!(kept[0], first[0]);
+            // At most MAX are kept: the oldest make room.
+            for n in 2..(2 + kept_windows::MAX) {
+                until_workers_let_go();
+                let tickets = engine
+                    .submit_many((0..n).map(|_| batch(kernel, &data)))
+                    .expect("the window is accepted");
+                wait_all(tickets, &data);
+            }
+            assert_eq!(kept_windows::kept().len(), kept_windows::MAX);
+            engine.shutdown();
+        });
+    }
+
+    #[test]
+    fn taken_plans_let_go_of_their_data_and_are_freed_at_the_next_batches() {
+        on_a_thread_of_its_own(|| {
+            let (engine, kernel) = engine_with_pair();
+            let mut data: Arc<[u8]> = vec![7; 16].into();
+            let tickets = engine
+                .submit_many((0..8).map(|_| batch(kernel, &data)))
+                .expect("the window is accepted");
+            wait_all(tickets, &data);
+            // The engine holds no reference to the plans' data once the answers are
+            // taken, though their blocks wait to be freed.
+            assert!(
+                Arc::get_mut(&mut data).is_some(),
+                "the engine still holds the data"
+            );
+            assert_eq!(retired_plans::waiting(), 8);
+            let ticket = engine.submit(batch(kernel, &data)).expect("accepted");
+            assert_eq!(retired_plans::waiting(), 7, "a submit frees one");
+            wait_all(vec![ticket], &data);
+            assert_eq!(retired_plans::waiting(), 8);
+            let tickets = engine
+                .submit_many((0..3).map(|_| batch(kernel, &data)))
+                .expect("the window is accepted");
+            assert_eq!(retired_plans::waiting(), 5, "a window frees one a batch");
+            wait_all(tickets, &data);
+            // Never more than MAX wait.
+            let tickets = engine
+                .submit_many((0..retired_plans::MAX + 10).map(|_| batch(kernel, &data)))
+                .expect("the window is accepted");
+            wait_all(tickets, &data);
+            assert_eq!(retired_plans::waiting(), retired_plans::MAX);
+            assert!(
+                Arc::get_mut(&mut data).is_some(),
+                "the engine still holds the data"
+            );
+            engine.shutdown();
+        });
     }
 }

@@ -44,6 +44,19 @@ struct Slot<T> {
     /// reference would write the kernel's count, which every worker of the kernel and
     /// every producer then passes between their cores.
     home: UnsafeCell<Option<super::Home>>,
+    /// How long the caller's `wait` polls with spin hints only before it yields (the
+    /// engine's `EngineBuilder::busy_wait`). Set while the slot has one holder, before
+    /// its responder exists; read by the caller only.
+    #[cfg_attr(photofinish_loom, allow(dead_code))]
+    busy: Duration,
+    /// The address of the slot of a ticket its caller will likely wait for soon after
+    /// this one (a later one of the same `submit_many` window), 0 for none: `wait`
+    /// asks the CPU to fetch that slot's lines meanwhile (see [`Ticket::wait_ahead`]).
+    /// Only ever prefetched, never read: the slot may be gone by then. Written and
+    /// read by the ticket's holder alone (a plain atomic, outside the loom models: it
+    /// carries no protocol).
+    #[cfg_attr(photofinish_loom, allow(dead_code))]
+    ahead: std::sync::atomic::AtomicUsize,
     lock: Mutex<()>,
     ready: Condvar,
 }
@@ -83,7 +96,9 @@ impl<T> Slot<T> {
                     // The payload is freed (and the kernel uncounted) here, on the
                     // caller's thread, before the answer is returned: the caller then
                     // finds the engine holding no reference to its input.
-                    drop(self.home.with_mut(|h| unsafe { (*h).take() }));
+                    if let Some(home) = self.home.with_mut(|h| unsafe { (*h).take() }) {
+                        home.release();
+                    }
                     return Some(
                         self.value
                             .with_mut(|v| unsafe { (*v).take() })
@@ -99,11 +114,13 @@ impl<T> Slot<T> {
 /// Creates a connected responder and ticket whose caller busy-waits for its first
 /// `busy` (spin.rs).
 pub(crate) fn one_shot<T: 'static>(busy: Duration) -> (Responder<T>, Ticket<T>) {
-    let slot = spare::take().unwrap_or_else(|| {
+    let slot = spare::take(busy).unwrap_or_else(|| {
         Arc::new(Slot {
             state: AtomicU32::new(EMPTY),
             value: UnsafeCell::new(None),
             home: UnsafeCell::new(None),
+            busy,
+            ahead: std::sync::atomic::AtomicUsize::new(0),
             lock: Mutex::new(()),
             ready: Condvar::new(),
         })
@@ -112,11 +129,7 @@ pub(crate) fn one_shot<T: 'static>(busy: Duration) -> (Responder<T>, Ticket<T>) 
         Responder {
             slot: Some(slot.clone()),
         },
-        Ticket {
-            slot,
-            busy,
-            ahead: 0,
-        },
+        Ticket { slot },
     )
 }
 
@@ -131,6 +144,7 @@ pub(crate) fn one_shot<T: 'static>(busy: Duration) -> (Responder<T>, Ticket<T>) 
 mod spare {
     use std::any::Any;
     use std::cell::RefCell;
+    use std::time::Duration;
 
     use super::Slot;
     use crate::sync::Arc;
@@ -143,15 +157,19 @@ mod spare {
         static SPARE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
     }
 
-    /// A kept slot of this thread, ready for a new ticket.
-    pub(super) fn take<T: 'static>() -> Option<Arc<Slot<T>>> {
-        SPARE
+    /// A kept slot of this thread, ready for a new ticket whose caller busy-waits for
+    /// its first `busy`.
+    pub(super) fn take<T: 'static>(busy: Duration) -> Option<Arc<Slot<T>>> {
+        let mut slot = SPARE
             .try_with(|spare| {
                 let mut spare = spare.try_borrow_mut().ok()?;
                 spare.as_mut()?.downcast_mut::<Vec<Arc<Slot<T>>>>()?.pop()
             })
             .ok()
-            .flatten()
+            .flatten()?;
+        // A kept slot is this thread's alone (`keep`), so this always succeeds.
+        Arc::get_mut(&mut slot)?.busy = busy;
+        Some(slot)
     }
 
     /// How many slots for answers of type `T` this thread keeps.
@@ -176,6 +194,7 @@ mod spare {
         // The caller took the answer (phase TAKEN) and left no sleeper count: the slot
         // is as new once its phase is EMPTY again.
         *only.state.get_mut() = super::EMPTY;
+        *only.ahead.get_mut() = 0;
         // SAFETY: `get_mut` gave this thread the only reference to the slot.
         debug_assert!(only.value.with_mut(|v| unsafe { (*v).is_none() }));
         debug_assert!(only.home.with_mut(|h| unsafe { (*h).is_none() }));
@@ -202,7 +221,7 @@ mod spare {
     use super::Slot;
     use crate::sync::Arc;
 
-    pub(super) fn take<T: 'static>() -> Option<Arc<Slot<T>>> {
+    pub(super) fn take<T: 'static>(_busy: std::time::Duration) -> Option<Arc<Slot<T>>> {
         None
     }
 
@@ -251,7 +270,7 @@ impl<T> Responder<T> {
         input: std::sync::Arc<[u8]>,
     ) {
         let home = super::Home {
-            payload: super::Payload::Input(input),
+            payload: Some(super::Payload::Input(input)),
             kernel: None,
         };
         self.answer_sending_home(result, Some(home));
@@ -324,19 +343,11 @@ fn prefetch_slot<T>(addr: usize) {
     }
 }
 
-/// The caller's end: waits for the one answer of an accepted batch.
+/// The caller's end: waits for the one answer of an accepted batch. One pointer wide
+/// (what a wait needs besides the slot's protocol, it finds in the slot): a window's
+/// `Vec` of tickets stays small enough for the allocator's quick bins.
 pub struct Ticket<T = super::Answer> {
     slot: Arc<Slot<T>>,
-    /// How long `wait` polls with spin hints only before it yields (the engine's
-    /// `EngineBuilder::busy_wait`).
-    #[cfg_attr(photofinish_loom, allow(dead_code))]
-    busy: Duration,
-    /// The address of the slot of a ticket its caller will likely wait for soon after
-    /// this one (a later one of the same `submit_many` window), 0 for none: `wait`
-    /// asks the CPU to fetch that slot's lines meanwhile (see [`Ticket::wait_ahead`]).
-    /// Only ever prefetched, never read: the slot may be gone by then.
-    #[cfg_attr(photofinish_loom, allow(dead_code))]
-    ahead: usize,
 }
 
 impl<T: 'static> fmt::Debug for Ticket<T> {
@@ -383,16 +394,25 @@ impl<T: 'static> Ticket<T> {
     /// wrote on other cores, on their way while it takes this one, instead of fetching
     /// each in turn.
     pub(crate) fn wait_ahead(&mut self, later: &Ticket<T>) {
-        self.ahead = Arc::as_ptr(&later.slot) as usize;
+        let later = Arc::as_ptr(&later.slot) as usize;
+        self.slot
+            .ahead
+            .store(later, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The slot `wait` prefetches (0: none).
+    #[cfg_attr(photofinish_loom, allow(dead_code))]
+    fn ahead(&self) -> usize {
+        self.slot.ahead.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Blocks until the answer is in and returns it.
     pub fn wait(self) -> Result<T, EngineError> {
         #[cfg(not(photofinish_loom))]
-        prefetch_slot::<T>(self.ahead);
+        prefetch_slot::<T>(self.ahead());
         // Spin briefly first: a short batch answers before a parked thread would wake.
         #[cfg(not(photofinish_loom))]
-        super::spin::spin_until(|| self.is_ready().then_some(()), self.busy);
+        super::spin::spin_until(|| self.is_ready().then_some(()), self.slot.busy);
         loop {
             if let Some(result) = self.slot.try_take() {
                 spare::keep(self.slot);
@@ -431,14 +451,7 @@ impl<T: 'static> Ticket<T> {
 #[cfg(all(test, not(photofinish_loom)))]
 mod tests {
     use super::*;
-
-    /// Runs `test` on a thread of its own (the spare slots are per thread, and the
-    /// test harness may run several tests on one thread) and fails if it panicked.
-    fn on_a_thread_of_its_own(test: impl FnOnce() + Send + 'static) {
-        std::thread::spawn(test)
-            .join()
-            .expect("the test thread panicked");
-    }
+    use crate::engine::tests::on_a_thread_of_its_own;
 
     fn slot_of<T>(ticket: &Ticket<T>) -> *const Slot<T> {
         Arc::as_ptr(&ticket.slot)
@@ -464,6 +477,31 @@ mod tests {
             assert_ne!(slot_of(&ticket).cast::<u8>(), first.cast::<u8>());
             drop(responder);
             assert_eq!(ticket.wait(), Err(EngineError::Unanswered));
+        });
+    }
+
+    /// A ticket is one pointer (a window's list of them stays in the allocator's
+    /// quick bins); a reused slot takes the new ticket's busy wait and prefetches
+    /// nothing until told.
+    #[test]
+    fn a_ticket_is_a_pointer_and_a_reused_slot_starts_over() {
+        assert_eq!(std::mem::size_of::<Ticket>(), std::mem::size_of::<usize>());
+        on_a_thread_of_its_own(|| {
+            let (first_responder, mut first) = one_shot::<u32>(Duration::from_micros(7));
+            let (later_responder, later) = one_shot::<u32>(Duration::ZERO);
+            first.wait_ahead(&later);
+            assert_eq!(first.slot.busy, Duration::from_micros(7));
+            let reused = slot_of(&first);
+            first_responder.answer(Ok(1));
+            assert_eq!(first.wait(), Ok(1));
+            let (responder, ticket) = one_shot::<u32>(Duration::from_micros(3));
+            assert_eq!(slot_of(&ticket), reused, "the kept slot was not reused");
+            assert_eq!(ticket.slot.busy, Duration::from_micros(3));
+            assert_eq!(ticket.ahead(), 0, "a reused slot kept its old prefetch");
+            responder.answer(Ok(2));
+            assert_eq!(ticket.wait(), Ok(2));
+            later_responder.answer(Ok(3));
+            assert_eq!(later.wait(), Ok(3));
         });
     }
 
@@ -512,9 +550,9 @@ mod tests {
         on_a_thread_of_its_own(|| {
             let (first_responder, mut first) = one_shot::<u32>(Duration::ZERO);
             let (later_responder, later) = one_shot::<u32>(Duration::ZERO);
-            assert_eq!(first.ahead, 0);
+            assert_eq!(first.ahead(), 0);
             first.wait_ahead(&later);
-            assert_eq!(first.ahead, slot_of(&later) as usize);
+            assert_eq!(first.ahead(), slot_of(&later) as usize);
             // The later slot gone before the first is waited for: its address is
             // only prefetched, which is harmless whatever it holds now.
             drop((later_responder, later));

@@ -24,6 +24,11 @@
 //! the cursor's line. Jobs left in a window when its last copy goes (none, unless a
 //! worker died holding a claim) are dropped with it, and a dropped job answers its
 //! ticket.
+//!
+//! The engine's producers keep the windows they sent (`kept_windows` in the engine
+//! module) and [`refill`](Window::refill) one once every worker let go of it: the
+//! next window of as many batches costs no allocation, and no worker frees the
+//! producer's memory from another core.
 
 use std::ops::{Deref, Range};
 
@@ -71,6 +76,30 @@ impl<T> Window<T> {
                 .map(|job| CachePadded::new(Mutex::new(Some(job))))
                 .collect(),
         }
+    }
+
+    /// How many jobs the window holds, taken or not: a window refilled with
+    /// [`refill`](Self::refill) takes exactly this many.
+    pub fn cells(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Makes a drained window (every job taken, no copy left but the caller's, which
+    /// `&mut` proves) a new one of `jobs` for `copies` claimers, as
+    /// [`for_copies`](Self::for_copies) would, in the same memory: a producer that
+    /// keeps its windows sends the next one without an allocation. Takes
+    /// [`cells`](Self::cells) jobs from `jobs` (fewer if it runs out; the cells left
+    /// hold none); a job a cell still held is dropped.
+    pub fn refill(&mut self, jobs: impl IntoIterator<Item = T>, copies: usize) {
+        let mut jobs = jobs.into_iter();
+        let mut filled = 0;
+        for cell in self.jobs.iter_mut() {
+            let job = jobs.next();
+            filled += usize::from(job.is_some());
+            **cell = Mutex::new(job);
+        }
+        self.chunk = (filled / copies.max(1)).clamp(1, MAX_CHUNK);
+        *self.next = AtomicUsize::new(0);
     }
 
     /// Claims the next chunk of jobs: their indices, the caller's alone to take with
@@ -194,6 +223,31 @@ mod tests {
         assert_eq!(chunk(20, 16), 1);
         assert_eq!(chunk(2, 2), 1);
         assert_eq!(chunk(5, 0), MAX_CHUNK);
+    }
+
+    /// A drained window refilled through its only handle serves the new jobs from
+    /// the start, in chunks for the new copies; a job a cell still held is dropped.
+    #[test]
+    fn a_refilled_window_serves_its_new_jobs_from_the_start() {
+        let mut window = Arc::new(Window::with_chunk(vec![1, 2, 3, 4, 5, 6, 7, 8], 4));
+        assert_eq!(window.claim(), Some(0..4));
+        assert_eq!(window.take_claimed(0), Some(1));
+        let only = Arc::get_mut(&mut window).expect("one handle");
+        only.refill((10..20).collect::<Vec<_>>(), 4);
+        assert_eq!(only.cells(), 8, "a refill keeps the window's cells");
+        assert_eq!(only.chunk, 2, "8 jobs for 4 copies: chunks of 2");
+        assert_eq!(only.unclaimed(), 8);
+        let mut share = Share::new(Arc::clone(&window));
+        let taken: Vec<_> = std::iter::from_fn(|| share.take()).collect();
+        assert_eq!(taken, (10..18).collect::<Vec<_>>(), "the first 8 new jobs");
+        // Fewer jobs than cells: the rest hold none and are skipped.
+        drop(share);
+        let only = Arc::get_mut(&mut window).expect("one handle");
+        only.refill([30, 31], 1);
+        let mut share = Share::new(window);
+        assert_eq!(share.take(), Some(30));
+        assert_eq!(share.take(), Some(31));
+        assert_eq!(share.take(), None);
     }
 
     /// Threads claiming from one window together take every job exactly once.
