@@ -106,7 +106,8 @@ impl Batch {
     }
 
     /// A batch for a SPIR-V pair (`Engine::register_pair`): its own buffers, push
-    /// constants and workgroup counts.
+    /// constants and workgroup counts. Cloning the batch copies the plan's lists (a
+    /// `BufferArg::Data`'s bytes are shared, not copied).
     pub fn with_plan(kernel: KernelId, plan: DispatchPlan) -> Self {
         Batch {
             kernel,
