@@ -182,7 +182,7 @@ pub(crate) struct Job {
 /// before it returns the answer (`ticket.rs`): the payload it allocated and the kernel
 /// reference it counted.
 pub(crate) struct Home {
-    pub(crate) payload: Option<Payload>,
+    pub(crate) payload: Payload,
     #[allow(dead_code, reason = "held only to be dropped on the caller's thread")]
     pub(crate) kernel: Option<Arc<Kernel>>,
 }
@@ -195,7 +195,7 @@ impl Home {
     pub(crate) fn release(self) {
         let Home { payload, kernel } = self;
         drop(kernel);
-        if let Some(Payload::Plan(mut plan)) = payload {
+        if let Payload::Plan(mut plan) = payload {
             plan.buffers.clear();
             plan.push_constants.clear();
             retired_plans::retire(plan);
@@ -277,7 +277,6 @@ impl Job {
             payload,
             responder,
         } = self;
-        let payload = Some(payload);
         let home = Home {
             payload,
             kernel: Some(kernel),

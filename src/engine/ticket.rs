@@ -270,7 +270,7 @@ impl<T> Responder<T> {
         input: std::sync::Arc<[u8]>,
     ) {
         let home = super::Home {
-            payload: Some(super::Payload::Input(input)),
+            payload: super::Payload::Input(input),
             kernel: None,
         };
         self.answer_sending_home(result, Some(home));
