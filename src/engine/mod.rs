@@ -1256,51 +1256,44 @@ mod kept_windows {
     /// A window of `jobs` (which it empties) for `copies` claimers: a kept one of as
     /// many cells that every worker let go of, refilled, or a new one.
     pub(super) fn window(jobs: &mut Vec<Job>, copies: usize) -> Arc<Window<Job>> {
-        let reused = KEPT
+        let found = KEPT
             .try_with(|kept| {
                 let mut kept = kept.try_borrow_mut().ok()?;
-                // A count of one (read first: the workers write that line) is this
-                // thread's copy alone.
-                let free = kept.windows.iter_mut().position(|w| {
-                    w.cells() == jobs.len()
-                        && Arc::strong_count(w) == 1
-                        && Arc::get_mut(w).is_some()
-                })?;
-                Some(kept.windows.swap_remove(free))
+                // A count of one is this thread's copy alone (no weak references are
+                // made); `get_mut` below confirms it.
+                let free = kept
+                    .windows
+                    .iter()
+                    .position(|w| w.cells() == jobs.len() && Arc::strong_count(w) == 1)?;
+                // `remove`, not `swap_remove`: the others stay oldest first.
+                Some(kept.windows.remove(free))
             })
             .ok()
             .flatten();
-        match reused {
-            Some(mut window) => {
-                if let Some(cells) = Arc::get_mut(&mut window) {
-                    cells.refill(jobs.drain(..), copies);
-                    return window;
-                }
-                // Not reached: the window was this thread's alone when found.
-                Arc::new(Window::for_copies(std::mem::take(jobs), copies))
+        if let Some(mut window) = found {
+            if let Some(cells) = Arc::get_mut(&mut window) {
+                cells.refill(jobs.drain(..), copies);
+                return window;
             }
-            None => Arc::new(Window::for_copies(std::mem::take(jobs), copies)),
         }
+        Arc::new(Window::for_copies(std::mem::take(jobs), copies))
     }
 
     /// Keeps a copy of `window`, which was just sent, and the emptied list its jobs
     /// were gathered in, for this thread's next calls (the oldest kept window makes
     /// room).
     pub(super) fn keep(window: Arc<Window<Job>>, jobs: Vec<Job>) {
-        let _ = KEPT.try_with(|kept| {
-            let Ok(mut kept) = kept.try_borrow_mut() else {
-                return;
-            };
-            if window.cells() <= MAX_CELLS {
-                if kept.windows.len() == MAX {
-                    kept.windows.remove(0);
+        if window.cells() <= MAX_CELLS {
+            let _ = KEPT.try_with(|kept| {
+                if let Ok(mut kept) = kept.try_borrow_mut() {
+                    if kept.windows.len() == MAX {
+                        kept.windows.remove(0);
+                    }
+                    kept.windows.push(window);
                 }
-                kept.windows.push(window);
-            }
-            if jobs.is_empty() && jobs.capacity() <= MAX_CELLS {
-                kept.jobs = jobs;
-            }
-        });
+            });
+        }
+        keep_jobs(jobs);
     }
 
     /// The addresses of the windows this thread keeps, oldest first.

@@ -62,7 +62,7 @@ impl<T> Window<T> {
     /// A window of `jobs` for `copies` claimers: claimed in chunks of up to
     /// [`MAX_CHUNK`], and no larger than leaves each copy one.
     pub fn for_copies(jobs: Vec<T>, copies: usize) -> Self {
-        let chunk = (jobs.len() / copies.max(1)).clamp(1, MAX_CHUNK);
+        let chunk = chunk_for(jobs.len(), copies);
         Self::with_chunk(jobs, chunk)
     }
 
@@ -98,7 +98,7 @@ impl<T> Window<T> {
             filled += usize::from(job.is_some());
             **cell = Mutex::new(job);
         }
-        self.chunk = (filled / copies.max(1)).clamp(1, MAX_CHUNK);
+        self.chunk = chunk_for(filled, copies);
         *self.next = AtomicUsize::new(0);
     }
 
@@ -132,6 +132,12 @@ impl<T> Window<T> {
             .len()
             .saturating_sub(self.next.load(Ordering::Acquire))
     }
+}
+
+/// The chunk a window of `jobs` is claimed in by `copies` claimers: up to
+/// [`MAX_CHUNK`], and no larger than leaves each copy one.
+fn chunk_for(jobs: usize, copies: usize) -> usize {
+    (jobs / copies.max(1)).clamp(1, MAX_CHUNK)
 }
 
 /// One claimer's copy of a window (`W`: a handle to it, e.g. an `Arc`) with the jobs
