@@ -926,7 +926,6 @@ impl Engine {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn submit(&self, batch: Batch) -> Result<Ticket, EngineError> {
-        retired_plans::free_one();
         let (job, ticket, device) = self.accept(batch)?;
         let Some(_pass) = self.core.gate.enter() else {
             return Err(EngineError::ShutDown);
@@ -942,7 +941,6 @@ impl Engine {
     /// Submits a batch without blocking: `Full` (with the batch back) when the
     /// device's queue has no room.
     pub fn try_submit(&self, batch: Batch) -> Result<Ticket, TrySubmitError> {
-        retired_plans::free_one();
         // Checked before the batch is taken apart, so that a refusal hands it back
         // whole (a batch is not cloned for that: a plan's clone is a copy).
         let accepted = if self.core.gate.is_closed() {
@@ -1020,7 +1018,6 @@ impl Engine {
         // registry entry is then read once.
         let mut last: Option<Arc<Kernel>> = None;
         for batch in batches {
-            retired_plans::free_one();
             let kernel = match last.take() {
                 Some(kernel) if kernel.id == batch.kernel => Ok(kernel),
                 _ => self.lookup(batch.kernel),
@@ -1106,8 +1103,11 @@ impl Engine {
             .ok_or(EngineError::UnknownKernel(id.0))
     }
 
-    /// An accepted batch's job and the caller's ticket for its answer.
+    /// An accepted batch's job and the caller's ticket for its answer. Every
+    /// submission path makes its jobs here, so this is where the thread frees one plan
+    /// it retired (`retired_plans`), just after the caller allocated this batch.
     fn job(&self, kernel: Arc<Kernel>, payload: Payload) -> (Job, Ticket) {
+        retired_plans::free_one();
         let (responder, ticket) = ticket::one_shot(self.core.config.busy_wait);
         let job = Job {
             kernel,
