@@ -65,14 +65,18 @@ fn shutdown_sees_every_send_through_two_gate_words() {
     shutdown_sees_every_send(2, [0, 1]);
 }
 
-/// The worker answers while the caller waits: the caller gets exactly that answer.
+/// The worker answers while the caller waits: the caller gets exactly that answer, and
+/// the slot is freed once by whichever end lets go of it last (the slot's lifetime has
+/// no reference count: `free` fails the model on a second free or a use after it).
 #[test]
 fn ticket_gets_the_answer_exactly_once() {
     loom::model(|| {
         let (responder, ticket) = one_shot::<u32>();
+        let probe = ticket.probe_for_models();
         let worker = thread::spawn(move || responder.answer(Ok(7)));
         assert_eq!(ticket.wait(), Ok(7));
         worker.join().unwrap();
+        assert!(probe.freed(), "the slot was never freed");
     });
 }
 
@@ -98,8 +102,52 @@ fn ticket_hands_the_input_back_with_the_answer() {
 fn dropped_responder_answers_with_an_error() {
     loom::model(|| {
         let (responder, ticket) = one_shot::<u32>();
+        let probe = ticket.probe_for_models();
         let worker = thread::spawn(move || drop(responder));
         assert_eq!(ticket.wait(), Err(EngineError::Unanswered));
         worker.join().unwrap();
+        assert!(probe.freed(), "the slot was never freed");
+    });
+}
+
+/// A caller that lets go of its ticket while the worker answers: whichever lets go
+/// last frees the slot, once, with the answer and the input nobody took.
+#[test]
+fn ticket_dropped_while_answered_is_freed_once_with_its_answer() {
+    loom::model(|| {
+        let input: std::sync::Arc<[u8]> = std::sync::Arc::from(vec![1u8, 2]);
+        let sent = std::sync::Arc::clone(&input);
+        let (responder, ticket) = one_shot::<u32>();
+        let probe = ticket.probe_for_models();
+        let worker =
+            thread::spawn(move || responder.answer_sending_input_home_for_models(Ok(7), sent));
+        drop(ticket);
+        worker.join().unwrap();
+        assert!(probe.freed(), "the slot was never freed");
+        assert_eq!(std::sync::Arc::strong_count(&input), 1, "the input leaked");
+    });
+}
+
+/// A caller whose timed wait sleeps (or gives up) while the worker answers, and which
+/// then lets go of the ticket, the answer taken or not: the wake-up is not lost, the
+/// answer is taken at most once, and the slot is freed once after both let go — also
+/// when the worker is still notifying the sleeper as the caller lets go.
+#[test]
+fn timed_wait_then_drop_while_answered_frees_the_slot_once() {
+    loom::model(|| {
+        let (responder, ticket) = one_shot::<u32>();
+        let probe = ticket.probe_for_models();
+        let worker = thread::spawn(move || responder.answer(Ok(7)));
+        let first = ticket.wait_timeout(std::time::Duration::from_millis(1));
+        if let Some(answer) = first {
+            assert_eq!(answer, Ok(7));
+            assert_eq!(
+                ticket.wait_timeout(std::time::Duration::ZERO),
+                Some(Err(EngineError::AnswerTaken))
+            );
+        }
+        drop(ticket);
+        worker.join().unwrap();
+        assert!(probe.freed(), "the slot was never freed");
     });
 }

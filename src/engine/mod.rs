@@ -67,6 +67,8 @@ pub mod protocol {
     pub use super::ladder::{choose as choose_in_play, Ladder};
     pub use super::mailbox::{Gate, Pass};
     pub use super::saver::SaveQueue;
+    #[cfg(photofinish_loom)]
+    pub use super::ticket::SlotProbe;
     pub use super::ticket::{one_shot_for_models as one_shot, Responder};
     pub use super::verdict::VerdictCell;
     pub use super::window::{Share, Window};

@@ -5,24 +5,39 @@
 //! responder that is dropped without answering — a worker unwinding from a panic, a
 //! queue torn down — answers with [`EngineError::Unanswered`] from its `Drop`, so an
 //! accepted batch can never be left without an answer. This module never decides what
-//! the answer is. Its state uses `crate::sync` so the loom model in
-//! `loom-tests/tests/mailbox.rs` explores it.
+//! the answer is. Its state uses `crate::sync` so the loom models in
+//! `loom-tests/tests/mailbox.rs` explore it.
+//!
+//! The slot is one heap block that the two ends share without a reference count: each
+//! end marks in the state word, in the same read-modify-write as its last use of the
+//! slot, that it let go, and the end that lets go second frees it (or, the ticket's
+//! thread, keeps it for its next ticket). So a worker's whole part in a batch's slot is
+//! writing the answer and one compare-and-swap, and the caller's is one
+//! compare-and-swap to take the answer: nobody writes a count on a line the other end
+//! is reading, and the caller's thread gets its slot back as soon as the answer is in.
 
 use std::fmt;
+use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
-use crate::sync::{Arc, AtomicU32, Condvar, Mutex, Ordering, UnsafeCell};
+use crate::sync::{AtomicU32, Condvar, Mutex, Ordering, UnsafeCell};
 
 use super::error::EngineError;
 
 /// The slot's phases, in the low two bits of its state word: no answer yet, the answer
-/// is in the cell, the caller took it. The bits above count the callers asleep.
+/// is in the cell, the caller took it.
 const EMPTY: u32 = 0;
 const FULL: u32 = 1;
 const TAKEN: u32 = 2;
 const PHASE: u32 = 3;
-/// One caller asleep in the state word.
-const SLEEPER: u32 = 4;
+/// The responder let go: it answered (or was disarmed) and will not touch the slot
+/// again.
+const RESPONDER_GONE: u32 = 4;
+/// The ticket let go (it was dropped, after its answer was taken or not): it will not
+/// touch the slot again.
+const TICKET_GONE: u32 = 8;
+/// One caller asleep: the bits from here up count the callers asleep.
+const SLEEPER: u32 = 16;
 
 /// The one-shot slot. The answer goes through `value` without a lock: the responder
 /// (there is one, and it fills once) writes it while the phase is `EMPTY` and then
@@ -59,6 +74,11 @@ struct Slot<T> {
     ahead: std::sync::atomic::AtomicUsize,
     lock: Mutex<()>,
     ready: Condvar,
+    /// Under the loom models a slot is not deallocated but marked freed (and its
+    /// contents dropped), so that a use after the free is caught (`live`) rather than
+    /// undefined, a second free too, and a model can check that the slot was freed.
+    #[cfg(photofinish_loom)]
+    freed: std::sync::atomic::AtomicBool,
 }
 
 // The value crosses from the responder's thread to the caller's, and the state
@@ -67,6 +87,32 @@ unsafe impl<T: Send> Send for Slot<T> {}
 unsafe impl<T: Send> Sync for Slot<T> {}
 
 impl<T> Slot<T> {
+    /// A new slot, empty, held by both ends.
+    fn allocate(busy: Duration) -> NonNull<Slot<T>> {
+        NonNull::from(Box::leak(Box::new(Slot {
+            state: AtomicU32::new(EMPTY),
+            value: UnsafeCell::new(None),
+            home: UnsafeCell::new(None),
+            busy,
+            ahead: std::sync::atomic::AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            ready: Condvar::new(),
+            #[cfg(photofinish_loom)]
+            freed: std::sync::atomic::AtomicBool::new(false),
+        })))
+    }
+
+    /// Under the loom models, fails the model if the slot was freed (a no-op
+    /// otherwise): every use of the slot by either end goes through this.
+    fn live(&self) -> &Self {
+        #[cfg(photofinish_loom)]
+        assert!(
+            !self.freed.load(std::sync::atomic::Ordering::SeqCst),
+            "a ticket's slot was used after it was freed"
+        );
+        self
+    }
+
     fn phase(&self) -> u32 {
         self.state.load(Ordering::Acquire) & PHASE
     }
@@ -82,7 +128,7 @@ impl<T> Slot<T> {
                 TAKEN => return Some(Err(EngineError::AnswerTaken)),
                 _ => return None,
             }
-            // FULL + 1 = TAKEN, the sleeper count kept.
+            // FULL + 1 = TAKEN, the other bits kept.
             match self.state.compare_exchange_weak(
                 state,
                 state + 1,
@@ -111,65 +157,71 @@ impl<T> Slot<T> {
     }
 }
 
+/// Frees a slot that both ends let go of, with whatever answer and payload are still
+/// in it.
+///
+/// # Safety
+/// The caller is the end that let go second (it saw the other end's `…_GONE` bit in
+/// the read-modify-write that set its own, or before) or the slot's only holder: no
+/// other reference to the slot is used again.
+unsafe fn free<T>(slot: NonNull<Slot<T>>) {
+    #[cfg(not(photofinish_loom))]
+    drop(unsafe { Box::from_raw(slot.as_ptr()) });
+    #[cfg(photofinish_loom)]
+    {
+        let slot = unsafe { slot.as_ref() };
+        assert!(
+            !slot.freed.swap(true, std::sync::atomic::Ordering::SeqCst),
+            "a ticket's slot was freed twice"
+        );
+        drop(slot.value.with_mut(|v| unsafe { (*v).take() }));
+        drop(slot.home.with_mut(|h| unsafe { (*h).take() }));
+    }
+}
+
 /// Creates a connected responder and ticket whose caller busy-waits for its first
 /// `busy` (spin.rs).
 pub(crate) fn one_shot<T: 'static>(busy: Duration) -> (Responder<T>, Ticket<T>) {
-    let slot = spare::take(busy).unwrap_or_else(|| {
-        Arc::new(Slot {
-            state: AtomicU32::new(EMPTY),
-            value: UnsafeCell::new(None),
-            home: UnsafeCell::new(None),
-            busy,
-            ahead: std::sync::atomic::AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            ready: Condvar::new(),
-        })
-    });
-    (
-        Responder {
-            slot: Some(slot.clone()),
-        },
-        Ticket { slot },
-    )
+    let slot = spare::take(busy).unwrap_or_else(|| Slot::allocate(busy));
+    (Responder { slot: Some(slot) }, Ticket { slot })
 }
 
 /// Slots whose answers a thread took, kept for that thread's next tickets: a window of
 /// batches otherwise allocates a slot per batch and frees it when the answer is taken,
 /// 64 blocks of one size a window, past what glibc's per-thread cache of freed blocks
-/// (7 of a size) holds, so most went through the allocator's arena. A slot is kept only
-/// when the caller holds the last reference to it (the responder has let go), so it is
-/// the thread's alone; at most [`spare::MAX`] are kept per thread, freed when the thread
-/// ends.
+/// (7 of a size) holds, so most went through the allocator's arena. A slot is kept
+/// when its ticket lets go of it last (the responder let go first: the common case, a
+/// waiter that did not sleep), so it is the thread's alone; at most [`spare::MAX`] are
+/// kept per thread, freed when the thread ends.
 #[cfg(not(photofinish_loom))]
 mod spare {
     use std::any::Any;
     use std::cell::RefCell;
+    use std::ptr::NonNull;
     use std::time::Duration;
 
     use super::Slot;
-    use crate::sync::Arc;
 
     /// The most slots a thread keeps.
     pub(super) const MAX: usize = 256;
 
     thread_local! {
-        /// A `Vec<Arc<Slot<T>>>` for the answer type `T` the thread last kept.
+        /// A `Vec<Box<Slot<T>>>` for the answer type `T` the thread last kept.
         static SPARE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
     }
 
     /// A kept slot of this thread, ready for a new ticket whose caller busy-waits for
     /// its first `busy`.
-    pub(super) fn take<T: 'static>(busy: Duration) -> Option<Arc<Slot<T>>> {
+    pub(super) fn take<T: 'static>(busy: Duration) -> Option<NonNull<Slot<T>>> {
         let mut slot = SPARE
             .try_with(|spare| {
                 let mut spare = spare.try_borrow_mut().ok()?;
-                spare.as_mut()?.downcast_mut::<Vec<Arc<Slot<T>>>>()?.pop()
+                spare.as_mut()?.downcast_mut::<Vec<Box<Slot<T>>>>()?.pop()
             })
             .ok()
             .flatten()?;
-        // A kept slot is this thread's alone (`keep`), so this always succeeds.
-        Arc::get_mut(&mut slot)?.busy = busy;
-        Some(slot)
+        slot.busy = busy;
+        Some(NonNull::from(Box::leak(slot)))
     }
 
     /// How many slots for answers of type `T` this thread keeps.
@@ -178,35 +230,35 @@ mod spare {
         SPARE.with_borrow(|spare| {
             spare
                 .as_ref()
-                .and_then(|kept| kept.downcast_ref::<Vec<Arc<Slot<T>>>>())
+                .and_then(|kept| kept.downcast_ref::<Vec<Box<Slot<T>>>>())
                 .map_or(0, Vec::len)
         })
     }
 
-    /// Keeps `slot`, whose answer and payload were taken, if nobody else holds it and
-    /// the thread keeps fewer than [`MAX`]; drops it otherwise.
-    pub(super) fn keep<T: 'static>(mut slot: Arc<Slot<T>>) {
-        let Some(only) = Arc::get_mut(&mut slot) else {
-            // The responder still holds it (it is notifying a sleeper, or about to let
-            // go): the last one to let go frees it.
-            return;
-        };
-        // The caller took the answer (phase TAKEN) and left no sleeper count: the slot
-        // is as new once its phase is EMPTY again.
-        *only.state.get_mut() = super::EMPTY;
-        *only.ahead.get_mut() = 0;
-        // SAFETY: `get_mut` gave this thread the only reference to the slot.
-        debug_assert!(only.value.with_mut(|v| unsafe { (*v).is_none() }));
-        debug_assert!(only.home.with_mut(|h| unsafe { (*h).is_none() }));
+    /// Keeps `slot`, whose answer and payload were taken and which both ends let go
+    /// of, if the thread keeps fewer than [`MAX`]; frees it otherwise.
+    ///
+    /// # Safety
+    /// As [`super::free`]'s: the caller holds the slot alone.
+    pub(super) unsafe fn keep<T: 'static>(slot: NonNull<Slot<T>>) {
+        // SAFETY: the caller holds the slot alone, and it was leaked from a box.
+        let mut slot = unsafe { Box::from_raw(slot.as_ptr()) };
+        // The caller took the answer and left no sleeper count: the slot is as new
+        // once its state is EMPTY again.
+        *slot.state.get_mut() = super::EMPTY;
+        *slot.ahead.get_mut() = 0;
+        // SAFETY: the box is this thread's alone.
+        debug_assert!(slot.value.with_mut(|v| unsafe { (*v).is_none() }));
+        debug_assert!(slot.home.with_mut(|h| unsafe { (*h).is_none() }));
         let _ = SPARE.try_with(|spare| {
             let Ok(mut spare) = spare.try_borrow_mut() else {
                 return;
             };
-            let kept = spare.get_or_insert_with(|| Box::new(Vec::<Arc<Slot<T>>>::new()));
-            if !kept.is::<Vec<Arc<Slot<T>>>>() {
-                *kept = Box::new(Vec::<Arc<Slot<T>>>::new());
+            let kept = spare.get_or_insert_with(|| Box::new(Vec::<Box<Slot<T>>>::new()));
+            if !kept.is::<Vec<Box<Slot<T>>>>() {
+                *kept = Box::new(Vec::<Box<Slot<T>>>::new());
             }
-            if let Some(kept) = kept.downcast_mut::<Vec<Arc<Slot<T>>>>() {
+            if let Some(kept) = kept.downcast_mut::<Vec<Box<Slot<T>>>>() {
                 if kept.len() < MAX {
                     kept.push(slot);
                 }
@@ -218,23 +270,32 @@ mod spare {
 /// Under loom nothing is kept: a model's slot belongs to one execution of the model.
 #[cfg(photofinish_loom)]
 mod spare {
-    use super::Slot;
-    use crate::sync::Arc;
+    use std::ptr::NonNull;
 
-    pub(super) fn take<T: 'static>(_busy: std::time::Duration) -> Option<Arc<Slot<T>>> {
+    use super::Slot;
+
+    pub(super) fn take<T: 'static>(_busy: std::time::Duration) -> Option<NonNull<Slot<T>>> {
         None
     }
 
-    pub(super) fn keep<T: 'static>(slot: Arc<Slot<T>>) {
-        drop(slot);
+    /// # Safety
+    /// As [`super::free`]'s.
+    pub(super) unsafe fn keep<T: 'static>(slot: NonNull<Slot<T>>) {
+        unsafe { super::free(slot) };
     }
 }
 
 /// The answering end of a ticket. Answers exactly once: by [`Responder::answer`], or
 /// with [`EngineError::Unanswered`] when dropped unanswered.
 pub struct Responder<T> {
-    slot: Option<Arc<Slot<T>>>,
+    /// The slot, until the responder lets go of it.
+    slot: Option<NonNull<Slot<T>>>,
 }
+
+// A responder moves to the worker that runs the batch and sends the answer (a `T`) to
+// the caller's thread; through a shared reference it does nothing.
+unsafe impl<T: Send> Send for Responder<T> {}
+unsafe impl<T: Send> Sync for Responder<T> {}
 
 impl<T> fmt::Debug for Responder<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -250,10 +311,20 @@ pub fn one_shot_for_models<T: 'static>() -> (Responder<T>, Ticket<T>) {
 }
 
 impl<T> Responder<T> {
-    /// Drops the responder without answering: only for a batch that was never
-    /// accepted (its ticket was never handed out).
+    /// Lets go of the slot without answering: only for a batch that was never
+    /// accepted (its ticket was never handed out, and is dropped unwaited).
     pub(crate) fn disarm(mut self) {
-        self.slot = None;
+        if let Some(slot) = self.slot.take() {
+            // SAFETY: this end has not let go yet, so the slot is live.
+            let before = unsafe { slot.as_ref() }
+                .live()
+                .state
+                .fetch_or(RESPONDER_GONE, Ordering::AcqRel);
+            if before & TICKET_GONE != 0 {
+                // SAFETY: the ticket let go first.
+                unsafe { free(slot) };
+            }
+        }
     }
 
     /// Fills the slot and wakes the waiter.
@@ -286,11 +357,16 @@ impl<T> Responder<T> {
     ) {
         if let Some(slot) = self.slot.take() {
             if home.is_some() {
-                // SAFETY: as `fill`'s write of the value: the state is EMPTY, so no
-                // caller reads the cell before `fill` publishes FULL.
-                slot.home.with_mut(|h| unsafe { *h = home });
+                // SAFETY: as `fill`'s write of the value: the phase is EMPTY, so no
+                // caller reads the cell before `fill` publishes FULL, and this end has
+                // not let go, so the slot is live.
+                unsafe { slot.as_ref() }
+                    .live()
+                    .home
+                    .with_mut(|h| unsafe { *h = home });
             }
-            fill(&slot, result);
+            // SAFETY: this end has not let go of the slot.
+            unsafe { fill(slot, result) };
         }
     }
 }
@@ -298,25 +374,58 @@ impl<T> Responder<T> {
 impl<T> Drop for Responder<T> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            fill(&slot, Err(EngineError::Unanswered));
+            // SAFETY: this end has not let go of the slot.
+            unsafe { fill(slot, Err(EngineError::Unanswered)) };
         }
     }
 }
 
-/// The one fill of the slot (a responder fills once: `answer` and `drop` take its
-/// slot out first).
-fn fill<T>(slot: &Slot<T>, result: Result<T, EngineError>) {
-    // SAFETY: the state is EMPTY (only this fill sets it FULL), so no caller reads
-    // the cell until the store below publishes it.
+/// The one fill of the slot, after which the responder has let go of it (a responder
+/// fills once: `answer` and `drop` take its slot out first).
+///
+/// # Safety
+/// The responder has not let go of `slot` before.
+unsafe fn fill<T>(slot_ptr: NonNull<Slot<T>>, result: Result<T, EngineError>) {
+    // SAFETY: the responder has not let go, so the slot is live.
+    let slot = unsafe { slot_ptr.as_ref() }.live();
+    // SAFETY: the phase is EMPTY (only this fill sets it FULL), so no caller reads
+    // the cell until the read-modify-write below publishes it.
     slot.value.with_mut(|v| unsafe { *v = Some(result) });
+    // The common case, nobody asleep and the ticket held: publish the answer and let
+    // go in one step; the slot is the ticket's from here.
+    if slot
+        .state
+        .compare_exchange(
+            EMPTY,
+            FULL | RESPONDER_GONE,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+    {
+        return;
+    }
     // EMPTY + 1 = FULL. One read-modify-write of the word the sleepers count themselves
     // in: either it sees a sleeper, or that sleeper's count sees FULL.
     let before = slot.state.fetch_add(FULL, Ordering::AcqRel);
+    if before & TICKET_GONE != 0 {
+        // The ticket let go before the answer: nobody takes it.
+        // SAFETY: the ticket let go first.
+        unsafe { free(slot_ptr) };
+        return;
+    }
     if before >= SLEEPER {
         // Taking the lock means the sleeper is either before its re-read of the state
-        // (and sees FULL) or already waiting (and gets this notification).
+        // (and sees FULL) or already waiting (and gets this notification). The slot
+        // stays live meanwhile: its ticket lets go only after the responder (which
+        // then frees it) or before (seen below).
         drop(slot.lock.lock().unwrap_or_else(|p| p.into_inner()));
-        slot.ready.notify_all();
+        slot.live().ready.notify_all();
+    }
+    let before = slot.live().state.fetch_or(RESPONDER_GONE, Ordering::AcqRel);
+    if before & TICKET_GONE != 0 {
+        // SAFETY: the ticket let go first (while this end notified).
+        unsafe { free(slot_ptr) };
     }
 }
 
@@ -330,10 +439,8 @@ fn prefetch_slot<T>(addr: usize) {
     if addr != 0 {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
         const LINE: usize = 64;
-        // The `Arc`'s two counts precede the slot.
-        let start = addr.saturating_sub(2 * std::mem::size_of::<usize>());
         let end = addr.saturating_add(std::mem::size_of::<Slot<T>>());
-        let mut line = start & !(LINE - 1);
+        let mut line = addr & !(LINE - 1);
         while line < end {
             // SAFETY: a prefetch never faults and has no effect a program can observe
             // but timing, whatever the address (the slot may have been freed).
@@ -343,12 +450,34 @@ fn prefetch_slot<T>(addr: usize) {
     }
 }
 
+/// Under the loom models, a look at a ticket's slot that outlives the ticket (slots
+/// are not deallocated there): whether the slot was freed. For `loom-tests/` only.
+#[cfg(photofinish_loom)]
+#[derive(Debug)]
+pub struct SlotProbe(*const std::sync::atomic::AtomicBool);
+
+#[cfg(photofinish_loom)]
+impl SlotProbe {
+    /// True once an end freed the slot.
+    pub fn freed(&self) -> bool {
+        // SAFETY: under loom a slot's memory is never deallocated (`free`).
+        unsafe { &*self.0 }.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// The caller's end: waits for the one answer of an accepted batch. One pointer wide
 /// (what a wait needs besides the slot's protocol, it finds in the slot): a window's
-/// `Vec` of tickets stays small enough for the allocator's quick bins.
-pub struct Ticket<T = super::Answer> {
-    slot: Arc<Slot<T>>,
+/// `Vec` of tickets stays small enough for the allocator's quick bins. Dropping a
+/// ticket lets go of its slot (and of an answer not taken).
+pub struct Ticket<T: 'static = super::Answer> {
+    /// The slot, which the ticket holds until it is dropped.
+    slot: NonNull<Slot<T>>,
 }
+
+// A ticket moves to and is waited on from any thread; waits through shared references
+// from several threads at once take the answer once (`try_take`).
+unsafe impl<T: Send + 'static> Send for Ticket<T> {}
+unsafe impl<T: Send + 'static> Sync for Ticket<T> {}
 
 impl<T: 'static> fmt::Debug for Ticket<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -359,9 +488,47 @@ impl<T: 'static> fmt::Debug for Ticket<T> {
 }
 
 impl<T: 'static> Ticket<T> {
+    /// The slot, live while the ticket is: only the ticket's `Drop` lets go of it.
+    fn slot(&self) -> &Slot<T> {
+        // SAFETY: the slot is freed only after both ends let go, and this end lets go
+        // in `drop` alone.
+        unsafe { self.slot.as_ref() }.live()
+    }
+}
+
+impl<T: 'static> Drop for Ticket<T> {
+    fn drop(&mut self) {
+        let slot = self.slot();
+        let mut state = slot.state.load(Ordering::Acquire);
+        if state & RESPONDER_GONE == 0 {
+            state = slot.state.fetch_or(TICKET_GONE, Ordering::AcqRel);
+            if state & RESPONDER_GONE == 0 {
+                // The responder frees it when it lets go.
+                return;
+            }
+        }
+        // The responder let go first: the slot is this end's alone.
+        if state & PHASE == TAKEN {
+            // SAFETY: as above.
+            unsafe { spare::keep(self.slot) };
+        } else {
+            // SAFETY: as above.
+            unsafe { free(self.slot) };
+        }
+    }
+}
+
+impl<T: 'static> Ticket<T> {
+    /// A probe of this ticket's slot, to check after the ticket and its responder are
+    /// gone that the slot was freed; for the loom models in `loom-tests/`.
+    #[cfg(photofinish_loom)]
+    pub fn probe_for_models(&self) -> SlotProbe {
+        SlotProbe(&self.slot().freed)
+    }
+
     /// True once the answer is in (and not yet taken).
     pub fn is_ready(&self) -> bool {
-        self.slot.phase() == FULL
+        self.slot().phase() == FULL
     }
 
     /// Sleeps on the condvar until the answer is in or `wait` gives up (`wait_timeout`
@@ -373,7 +540,7 @@ impl<T: 'static> Ticket<T> {
             crate::sync::MutexGuard<'a, ()>,
         ) -> Option<crate::sync::MutexGuard<'a, ()>>,
     {
-        let slot = &self.slot;
+        let slot = self.slot();
         let mut guard = slot.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut phase = slot.state.fetch_add(SLEEPER, Ordering::AcqRel) & PHASE;
         while phase == EMPTY {
@@ -394,8 +561,8 @@ impl<T: 'static> Ticket<T> {
     /// wrote on other cores, on their way while it takes this one, instead of fetching
     /// each in turn.
     pub(crate) fn wait_ahead(&mut self, later: &Ticket<T>) {
-        let later = Arc::as_ptr(&later.slot) as usize;
-        self.slot
+        let later = later.slot.as_ptr() as usize;
+        self.slot()
             .ahead
             .store(later, std::sync::atomic::Ordering::Relaxed);
     }
@@ -403,7 +570,7 @@ impl<T: 'static> Ticket<T> {
     /// The slot `wait` prefetches (0: none).
     #[cfg_attr(photofinish_loom, allow(dead_code))]
     fn ahead(&self) -> usize {
-        self.slot.ahead.load(std::sync::atomic::Ordering::Relaxed)
+        self.slot().ahead.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Blocks until the answer is in and returns it.
@@ -412,10 +579,10 @@ impl<T: 'static> Ticket<T> {
         prefetch_slot::<T>(self.ahead());
         // Spin briefly first: a short batch answers before a parked thread would wake.
         #[cfg(not(photofinish_loom))]
-        super::spin::spin_until(|| self.is_ready().then_some(()), self.slot.busy);
+        super::spin::spin_until(|| self.is_ready().then_some(()), self.slot().busy);
         loop {
-            if let Some(result) = self.slot.try_take() {
-                spare::keep(self.slot);
+            // Dropping the ticket then lets go of (or keeps) the slot.
+            if let Some(result) = self.slot().try_take() {
                 return result;
             }
             self.sleep(|ready, g| Some(ready.wait(g).unwrap_or_else(|p| p.into_inner())));
@@ -428,7 +595,7 @@ impl<T: 'static> Ticket<T> {
     pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<T, EngineError>> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(result) = self.slot.try_take() {
+            if let Some(result) = self.slot().try_take() {
                 return Some(result);
             }
             let now = Instant::now();
@@ -454,7 +621,7 @@ mod tests {
     use crate::engine::tests::on_a_thread_of_its_own;
 
     fn slot_of<T>(ticket: &Ticket<T>) -> *const Slot<T> {
-        Arc::as_ptr(&ticket.slot)
+        ticket.slot.as_ptr()
     }
 
     #[test]
@@ -490,13 +657,13 @@ mod tests {
             let (first_responder, mut first) = one_shot::<u32>(Duration::from_micros(7));
             let (later_responder, later) = one_shot::<u32>(Duration::ZERO);
             first.wait_ahead(&later);
-            assert_eq!(first.slot.busy, Duration::from_micros(7));
+            assert_eq!(first.slot().busy, Duration::from_micros(7));
             let reused = slot_of(&first);
             first_responder.answer(Ok(1));
             assert_eq!(first.wait(), Ok(1));
             let (responder, ticket) = one_shot::<u32>(Duration::from_micros(3));
             assert_eq!(slot_of(&ticket), reused, "the kept slot was not reused");
-            assert_eq!(ticket.slot.busy, Duration::from_micros(3));
+            assert_eq!(ticket.slot().busy, Duration::from_micros(3));
             assert_eq!(ticket.ahead(), 0, "a reused slot kept its old prefetch");
             responder.answer(Ok(2));
             assert_eq!(ticket.wait(), Ok(2));
@@ -505,23 +672,33 @@ mod tests {
         });
     }
 
+    /// A slot whose ticket let go before the answer is the responder's to free, and an
+    /// answer nobody took is dropped with its slot, whichever end lets go last.
     #[test]
-    fn a_slot_the_responder_still_holds_is_not_reused() {
+    fn a_slot_let_go_unanswered_is_freed_with_its_answer_not_kept() {
         on_a_thread_of_its_own(|| {
-            let (responder, ticket) = one_shot::<u32>(Duration::ZERO);
-            let held = responder
-                .slot
-                .clone()
-                .expect("an armed responder has its slot");
-            responder.answer(Ok(1));
-            assert_eq!(ticket.wait(), Ok(1));
+            let answer = std::sync::Arc::new(());
+            // The ticket lets go first: the responder frees the slot when it answers.
+            let (responder, ticket) = one_shot::<std::sync::Arc<()>>(Duration::ZERO);
+            drop(ticket);
+            responder.answer(Ok(std::sync::Arc::clone(&answer)));
+            assert_eq!(std::sync::Arc::strong_count(&answer), 1, "answer leaked");
+            // The responder lets go first, the answer is never taken.
+            let (responder, ticket) = one_shot::<std::sync::Arc<()>>(Duration::ZERO);
+            responder.answer(Ok(std::sync::Arc::clone(&answer)));
+            assert!(ticket.is_ready());
+            drop(ticket);
+            assert_eq!(std::sync::Arc::strong_count(&answer), 1, "answer leaked");
             assert_eq!(
-                spare::kept::<u32>(),
+                spare::kept::<std::sync::Arc<()>>(),
                 0,
-                "a slot still held elsewhere was kept"
+                "a slot whose answer was not taken was kept"
             );
-            let (_, next) = one_shot::<u32>(Duration::ZERO);
-            assert_ne!(slot_of(&next), Arc::as_ptr(&held));
+            // A ticket whose responder was disarmed (a batch never accepted).
+            let (responder, ticket) = one_shot::<std::sync::Arc<()>>(Duration::ZERO);
+            responder.disarm();
+            drop(ticket);
+            assert_eq!(spare::kept::<std::sync::Arc<()>>(), 0);
         });
     }
 
