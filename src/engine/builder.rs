@@ -22,9 +22,13 @@ use super::{supervisor, Config, Core, DeviceSlot, DeviceTune, Engine, QueueSlot}
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
 /// Default capacity of each subscriber's event channel.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
-/// Default of [`EngineBuilder::max_searching`]: 4 (every worker of a device with up to
-/// 4 queues; on the GPU host's 16-queue CPU backend 4 searching workers measured
-/// best of 1, 2, 4 and 16 — BENCHMARKS.md, seventh session).
+/// The least default of [`EngineBuilder::max_searching`]: 4, every worker of a device
+/// with up to 4 queues. A device with more searches with half its workers by default
+/// (`auto_max_searching`): on the GPU host's 16-queue CPU backend, 4 searching workers
+/// measured best of 1, 2, 4 and 16 in the seventh session, but once the producer's own
+/// cost per batch had come down, 8 took `submit_many` windows 10–20 % faster than 4 at
+/// every producer count, and 6 and 12 were within noise of 8 (BENCHMARKS.md,
+/// seventeenth session).
 pub const DEFAULT_MAX_SEARCHING: usize = 4;
 
 /// Default of [`EngineBuilder::busy_wait`] where the machine has a hardware thread for
@@ -83,7 +87,8 @@ pub struct EngineBuilder {
     event_capacity: usize,
     audit_period: u64,
     max_group: usize,
-    max_searching: usize,
+    /// `None`: per device, `auto_max_searching`.
+    max_searching: Option<usize>,
     busy_wait: Option<Duration>,
     mode: SpeculationMode,
     threshold_pct: u32,
@@ -99,7 +104,7 @@ impl Default for EngineBuilder {
             event_capacity: DEFAULT_EVENT_CAPACITY,
             audit_period: DEFAULT_AUDIT_PERIOD,
             max_group: crate::knobs::env_or("PHOTOFINISH_MAX_GROUP", DEFAULT_MAX_GROUP),
-            max_searching: crate::knobs::env_or("PHOTOFINISH_MAX_SEARCHING", DEFAULT_MAX_SEARCHING),
+            max_searching: crate::knobs::env_opt("PHOTOFINISH_MAX_SEARCHING"),
             busy_wait: crate::knobs::env_opt("PHOTOFINISH_BUSY_WAIT_US").map(Duration::from_micros),
             mode: SpeculationMode::Auto,
             threshold_pct: DEFAULT_THRESHOLD_PCT,
@@ -153,13 +158,14 @@ impl EngineBuilder {
     }
 
     /// The most workers of one device that poll its empty mailbox at once (at least 1;
-    /// default [`DEFAULT_MAX_SEARCHING`], or `PHOTOFINISH_MAX_SEARCHING` where set). A
+    /// default half the device's workers, at least [`DEFAULT_MAX_SEARCHING`], or
+    /// `PHOTOFINISH_MAX_SEARCHING` where set). A
     /// worker that finds the mailbox empty polls it for up to 100 µs while fewer than
     /// this many do; the others sleep until a submit rings for them. Fewer pollers cost
     /// a busy many-core host fewer cache-line transfers per batch; more take a burst
     /// without wake-ups (see `src/engine/README.md`, "The doorbell").
     pub fn max_searching(mut self, workers: usize) -> Self {
-        self.max_searching = workers.max(1);
+        self.max_searching = Some(workers.max(1));
         self
     }
 
@@ -271,7 +277,8 @@ impl EngineBuilder {
             devices.push(DeviceSlot {
                 mailbox: super::mailbox::Mailbox::new(
                     self.channel_capacity,
-                    self.max_searching,
+                    self.max_searching
+                        .unwrap_or_else(|| auto_max_searching(queues.len())),
                     busy_wait,
                 ),
                 load: super::contention::DeviceLoad::new(queues.len()),
@@ -332,6 +339,12 @@ impl EngineBuilder {
 
 /// The default busy wait for an engine of `workers` workers: [`DEFAULT_BUSY_WAIT`]
 /// where the machine has a hardware thread for each and one more, otherwise zero.
+/// The default of [`EngineBuilder::max_searching`] for a device with `workers` workers:
+/// half of them, at least [`DEFAULT_MAX_SEARCHING`].
+fn auto_max_searching(workers: usize) -> usize {
+    (workers / 2).max(DEFAULT_MAX_SEARCHING)
+}
+
 fn auto_busy_wait(workers: usize) -> Duration {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     if threads > workers.saturating_add(1) {
@@ -416,6 +429,13 @@ fn open_vulkan() -> Result<Arc<dyn Backend>, EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn half_a_devices_workers_search_and_at_least_four() {
+        for (workers, searching) in [(1, 4), (4, 4), (9, 4), (10, 5), (16, 8), (24, 12)] {
+            assert_eq!(auto_max_searching(workers), searching, "{workers} workers");
+        }
+    }
 
     #[test]
     fn busy_waits_only_with_a_hardware_thread_for_every_waiter() {

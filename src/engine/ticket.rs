@@ -220,7 +220,11 @@ mod spare {
             })
             .ok()
             .flatten()?;
-        slot.busy = busy;
+        // Written only when it differs (a thread's tickets mostly come from one engine):
+        // the line may still be shared with the core of the worker that answered.
+        if slot.busy != busy {
+            slot.busy = busy;
+        }
         Some(NonNull::from(Box::leak(slot)))
     }
 
