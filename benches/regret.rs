@@ -12,12 +12,20 @@
 //!   the run by running that phase's batches of the trace with each variant, one thread
 //!   per queue as in the trace, best of 3; not counted).
 //! - `conservative`: always variant 0.
+//!
+//! The fixed policies plan each batch as the engine does (`Workload::plan_shared`: the
+//! input's `Arc` bound without a copy where no padding is needed), so they differ from
+//! the engine in the choice of variants and in the engine's own machinery only.
 //! - `exhaustive`: before the trace, every variant of each kernel runs
 //!   `PF_REGRET_TUNE_RUNS` times (default 10) on the kernel's first input and the fastest
 //!   is fixed for the whole trace (what Triton's and Kernel Tuner's autotuners do); the
 //!   tuning time is counted.
 //!
 //! Targets: photofinish ≤ 1.05× the oracle's time and below exhaustive-upfront's.
+//!
+//! With `PF_REGRET_EVENTS` set, the report ends with the engine's events of its last
+//! run (verdict changes, race samples, speculator switches), each with the time since
+//! the trace started: where its time went.
 
 mod common;
 
@@ -60,6 +68,9 @@ struct Trace {
     steps: Vec<Step>,
     /// The engine's verdicts at the end of its last run, for the report.
     last_verdicts: std::sync::Mutex<String>,
+    /// With `PF_REGRET_EVENTS` set: the events of the engine's last run, each with the
+    /// milliseconds since the trace started, for the report.
+    last_events: Option<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Trace {
@@ -123,6 +134,9 @@ impl Trace {
             kernels,
             steps,
             last_verdicts: std::sync::Mutex::new(String::new()),
+            last_events: std::env::var_os("PF_REGRET_EVENTS")
+                .is_some()
+                .then(|| std::sync::Mutex::new(Vec::new())),
         }
     }
 
@@ -134,9 +148,10 @@ impl Trace {
     fn run_one(&self, queue: photofinish::backend::QueueId, step: Step, variant: usize) {
         let kernel = &self.kernels[step.kernel];
         let input = self.input(step);
+        // As the engine plans its batches: the input's `Arc` bound without a copy.
         let plan = kernel
             .workload
-            .plan(variant, input)
+            .plan_shared(variant, input)
             .unwrap_or_else(|e| common::fail(&format!("plan failed: {e}")));
         let job = plan.into_job(queue, kernel.handles[variant]);
         let out = match self.backend.dispatch(std::slice::from_ref(&job)).pop() {
@@ -152,12 +167,38 @@ impl Trace {
     /// Runs the whole trace with one thread per queue, `choose(step)` picking each
     /// batch's variant; returns the wall time.
     fn run_fixed(&self, choose: &(dyn Fn(Step) -> usize + Sync)) -> Duration {
-        self.run_steps(&self.steps, choose)
+        self.run_steps(&self.steps, choose, None)
+    }
+
+    /// As `run_fixed`, noting in `progress` when each twelfth of the trace was done.
+    fn run_fixed_noting(
+        &self,
+        choose: &(dyn Fn(Step) -> usize + Sync),
+        progress: &std::sync::Mutex<Vec<String>>,
+    ) -> Duration {
+        self.run_steps(&self.steps, choose, Some(progress))
+    }
+
+    /// A progress line at every twelfth of the trace: `done` batches after `elapsed`.
+    fn note_progress(&self, done: usize, elapsed: Duration) -> Option<String> {
+        let mark = (self.steps.len() / 12).max(1);
+        (done % mark == 0).then(|| {
+            format!(
+                "{:9.1} ms  {done} of {} batches done",
+                elapsed.as_secs_f64() * 1e3,
+                self.steps.len()
+            )
+        })
     }
 
     /// Runs `steps` with one thread per queue, `choose(step)` picking each batch's
     /// variant; returns the wall time.
-    fn run_steps(&self, steps: &[Step], choose: &(dyn Fn(Step) -> usize + Sync)) -> Duration {
+    fn run_steps(
+        &self,
+        steps: &[Step],
+        choose: &(dyn Fn(Step) -> usize + Sync),
+        progress: Option<&std::sync::Mutex<Vec<String>>>,
+    ) -> Duration {
         let cursor = AtomicUsize::new(0);
         let started = Instant::now();
         std::thread::scope(|s| {
@@ -170,6 +211,14 @@ impl Trace {
                         return;
                     };
                     self.run_one(queue, step, choose(step));
+                    if let Some(progress) = progress {
+                        if let Some(line) = self.note_progress(i + 1, started.elapsed()) {
+                            progress
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(line);
+                        }
+                    }
                 });
             }
         });
@@ -227,7 +276,7 @@ impl Trace {
         (0..self.kernels[kernel].handles.len())
             .map(|v| {
                 (0..runs)
-                    .map(|_| self.run_steps(&steps, &|_| v))
+                    .map(|_| self.run_steps(&steps, &|_| v, None))
                     .min()
                     .unwrap_or_default()
             })
@@ -280,10 +329,30 @@ impl Trace {
             })
             .collect();
         let started = Instant::now();
+        let log = self.last_events.as_ref().map(|_| {
+            let events = engine.subscribe();
+            // Ends when the engine, and with it the event bus, is dropped.
+            std::thread::spawn(move || {
+                events
+                    .iter()
+                    .filter_map(|event| describe(&event))
+                    .map(|line| format!("{:9.1} ms  {line}", started.elapsed().as_secs_f64() * 1e3))
+                    .collect::<Vec<_>>()
+            })
+        });
+        let mut progress = Vec::new();
+        let mut done = 0;
+        let mut wait_noting = |ticket| {
+            wait(ticket);
+            done += 1;
+            if log.is_some() {
+                progress.extend(self.note_progress(done, started.elapsed()));
+            }
+        };
         let mut in_flight = std::collections::VecDeque::with_capacity(ENGINE_WINDOW);
         for &step in &self.steps {
             if in_flight.len() == ENGINE_WINDOW {
-                wait(in_flight.pop_front());
+                wait_noting(in_flight.pop_front());
             }
             let batch = Batch::new(ids[step.kernel], Arc::clone(self.input(step)));
             match engine.submit(batch) {
@@ -292,7 +361,7 @@ impl Trace {
             }
         }
         while !in_flight.is_empty() {
-            wait(in_flight.pop_front());
+            wait_noting(in_flight.pop_front());
         }
         let elapsed = started.elapsed();
         let verdicts = self
@@ -303,6 +372,14 @@ impl Trace {
             .collect::<Vec<_>>()
             .join(", ");
         *self.last_verdicts.lock().unwrap_or_else(|p| p.into_inner()) = verdicts;
+        drop(engine);
+        if let (Some(log), Some(last)) = (log, &self.last_events) {
+            let mut lines = log.join().unwrap_or_default();
+            lines.extend(progress);
+            // In time order (each line starts with its time, right-aligned).
+            lines.sort();
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = lines;
+        }
         elapsed
     }
 }
@@ -344,6 +421,43 @@ fn micros(times: &[Duration]) -> String {
         .map(|t| format!("{:.1} µs", t.as_secs_f64() * 1e6))
         .collect::<Vec<_>>()
         .join(" / ")
+}
+
+/// One line for what an event says about the engine's choices (`None`: not one of
+/// those).
+fn describe(event: &photofinish::Event) -> Option<String> {
+    use photofinish::Event;
+    Some(match event {
+        Event::VerdictChanged {
+            name,
+            variant,
+            from,
+            to,
+            reason,
+            ..
+        } => format!("{name} variant {variant}: {from:?} -> {to:?} ({reason:?})"),
+        Event::RaceSample {
+            name,
+            variant,
+            sample,
+            window_verdict,
+            ..
+        } => format!(
+            "{name} variant {variant}: race {} conservative {} ns, speculative {} ns -> {window_verdict:?}",
+            sample.index, sample.conservative_ns, sample.speculative_ns
+        ),
+        Event::SpeculatorToggled {
+            enabled,
+            commit_rate_ppm,
+        } => format!("speculator {} at {commit_rate_ppm} ppm", if *enabled { "on" } else { "off" }),
+        Event::MismatchCaught {
+            name, variant, audit, ..
+        } => format!("{name} variant {variant}: mismatch (audit {audit})"),
+        Event::VariantInPlay {
+            name, variant_name, verdict, ..
+        } => format!("{name}: {variant_name} in play ({verdict:?})"),
+        _ => return None,
+    })
 }
 
 fn wait(ticket: Option<photofinish::Ticket>) {
@@ -389,9 +503,19 @@ fn regret(c: &mut Criterion) {
     common::timed(&mut group, name, "photofinish", |iters| {
         total(iters, &|| trace.run_engine())
     });
+    let oracle_progress = std::sync::Mutex::new(Vec::new());
     common::timed(&mut group, name, "oracle", |iters| {
         total(iters, &|| {
-            trace.run_fixed(&|step| oracle[step.kernel][step.phase])
+            let choose = |step: Step| oracle[step.kernel][step.phase];
+            if trace.last_events.is_some() {
+                oracle_progress
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                trace.run_fixed_noting(&choose, &oracle_progress)
+            } else {
+                trace.run_fixed(&choose)
+            }
         })
     });
     common::timed(&mut group, name, "conservative", |iters| {
@@ -408,6 +532,24 @@ fn regret(c: &mut Criterion) {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     );
+    if let Some(events) = &trace.last_events {
+        let events = events.lock().unwrap_or_else(|p| p.into_inner());
+        println!(
+            "regret: the engine's events in its last run ({}):",
+            events.len()
+        );
+        for line in events.iter() {
+            println!("regret:   {line}");
+        }
+        println!("regret: the oracle's last run:");
+        for line in oracle_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            println!("regret:   {line}");
+        }
+    }
     for (baseline, target) in [
         ("oracle", "<= 1.05x"),
         ("exhaustive", "< 1x"),

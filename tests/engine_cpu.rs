@@ -82,3 +82,85 @@ fn producers_on_several_threads_get_reference_answers() {
         p.join().expect("producer");
     }
 }
+
+/// Inputs of 1 MiB bound without a copy (`Workload::plan_shared`: the batch's own `Arc`)
+/// and answers of hundreds of KiB (a scan of dense matches: a position per 24 bytes)
+/// reach their callers equal to the reference, batch after batch from several threads
+/// sharing the same inputs.
+#[test]
+fn large_answers_reach_their_callers_whole() {
+    let engine = Arc::new(cpu_engine());
+    let scan = by_name("scan").expect("scan is built in");
+    let kernel = engine.register(Arc::clone(&scan)).expect("scan registers");
+    let inputs: Vec<(Arc<[u8]>, Vec<u8>)> = (0..4)
+        .map(|seed| {
+            let input: Arc<[u8]> = scan
+                .generate(
+                    photofinish::kernels::InputShape::DenseMatches,
+                    1 << 20,
+                    seed,
+                )
+                .into();
+            let reference = scan.reference(&input);
+            (input, reference)
+        })
+        .collect();
+    assert!(
+        inputs.iter().all(|(_, r)| r.len() >= 64 * 1024),
+        "the answers must be large for this test"
+    );
+    let inputs = Arc::new(inputs);
+    let producers: Vec<_> = (0..3)
+        .map(|p| {
+            let engine = Arc::clone(&engine);
+            let inputs = Arc::clone(&inputs);
+            std::thread::spawn(move || {
+                for round in 0..12 {
+                    let tickets: Vec<_> = (0..4)
+                        .map(|i| {
+                            let (input, _) = &inputs[(p + round + i) % inputs.len()];
+                            engine
+                                .submit(Batch::new(kernel, Arc::clone(input)))
+                                .expect("submit")
+                        })
+                        .collect();
+                    for (i, ticket) in tickets.into_iter().enumerate() {
+                        let (_, reference) = &inputs[(p + round + i) % inputs.len()];
+                        let answer = ticket.wait().expect("a scan batch failed");
+                        assert_eq!(answer.output, Output::Answer(reference.clone()));
+                    }
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().expect("a producer panicked");
+    }
+    engine.shutdown();
+}
+
+/// A built-in workload binds a batch's input `Arc` itself where it needs no padding
+/// (`Workload::plan_shared`): by the time each answer is taken the engine has still let
+/// go of it, through races and single-arm runs, so the caller can reuse it in place.
+#[test]
+fn a_builtin_workload_leaves_no_reference_to_its_input_once_answered() {
+    let engine = cpu_engine();
+    let histogram = by_name("histogram").expect("histogram is built in");
+    let kernel = engine.register(Arc::clone(&histogram)).expect("registers");
+    let mut input: Arc<[u8]> = histogram
+        .generate(photofinish::kernels::InputShape::Uniform, 4096, 1)
+        .into();
+    for batch in 0..200 {
+        let ticket = engine
+            .submit(Batch::new(kernel, Arc::clone(&input)))
+            .expect("submit");
+        let answer = ticket.wait().expect("a histogram batch failed");
+        assert_eq!(answer.output, Output::Answer(histogram.reference(&input)));
+        let Some(bytes) = Arc::get_mut(&mut input) else {
+            panic!("batch {batch}: the engine still holds its input after the answer");
+        };
+        bytes[batch % 4096] = bytes[batch % 4096].wrapping_add(1);
+    }
+    assert_ne!(engine.verdict(kernel), Some(KernelVerdict::Undecided));
+    engine.shutdown();
+}

@@ -163,7 +163,8 @@ fn make_job(
     payload: &Payload,
 ) -> Result<(DispatchJob, bool), EngineError> {
     let plan = match (payload, kernel.workload()) {
-        (Payload::Input(input), Some(workload)) => workload.plan(variant, input)?,
+        // The batch's `Arc` itself where the workload can bind it: no copy of the input.
+        (Payload::Input(input), Some(workload)) => workload.plan_shared(variant, input)?,
         (Payload::Plan(plan), _) => (**plan).clone(),
         (Payload::Input(_), None) => {
             return Err(EngineError::WrongPayload {

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::{
-    builtin_variant, check_variant, input_len, input_output, input_prefix, padded_input, push_word,
-    single_output, workgroups_for, write_words, DispatchPlan, InputShape, Workload, WorkloadError,
-    WORKGROUP_SIZE,
+    builtin_variant, check_variant, input_len, input_output, input_prefix, plans_through_binding,
+    push_word, single_output, workgroups_for, write_words, DispatchPlan, InputShape, Workload,
+    WorkloadError, WORKGROUP_SIZE,
 };
 use crate::backend::{BufferArg, KernelVariant};
 
@@ -31,6 +31,31 @@ const CPU_CHUNK: usize = 64 * 1024;
 /// The `histogram` workload (see the module docs).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Histogram;
+
+impl Histogram {
+    /// The plan of `variant` for `input`, its input binding made by `bind` (a padded
+    /// copy, or the caller's `Arc` itself: `Workload::plan_shared`).
+    fn plan_binding(
+        &self,
+        variant: usize,
+        input: &[u8],
+        bind: impl FnOnce() -> BufferArg,
+    ) -> Result<DispatchPlan, WorkloadError> {
+        check_variant(NAME, variant, 2)?;
+        let len = input_len(NAME, input)?;
+        let words = u64::from(len).div_ceil(4);
+        let per_invocation = if variant == 0 {
+            1
+        } else {
+            PRIVATE_WORDS_PER_INVOCATION
+        };
+        Ok(DispatchPlan {
+            buffers: vec![bind(), BufferArg::Zeroed(ANSWER_BYTES as u64)],
+            push_constants: len.to_le_bytes().to_vec(),
+            workgroups: workgroups_for(words, u64::from(WORKGROUP_SIZE) * per_invocation),
+        })
+    }
+}
 
 impl Workload for Histogram {
     fn name(&self) -> &'static str {
@@ -54,21 +79,7 @@ impl Workload for Histogram {
         ]
     }
 
-    fn plan(&self, variant: usize, input: &[u8]) -> Result<DispatchPlan, WorkloadError> {
-        check_variant(NAME, variant, 2)?;
-        let len = input_len(NAME, input)?;
-        let words = u64::from(len).div_ceil(4);
-        let per_invocation = if variant == 0 {
-            1
-        } else {
-            PRIVATE_WORDS_PER_INVOCATION
-        };
-        Ok(DispatchPlan {
-            buffers: vec![padded_input(input), BufferArg::Zeroed(ANSWER_BYTES as u64)],
-            push_constants: len.to_le_bytes().to_vec(),
-            workgroups: workgroups_for(words, u64::from(WORKGROUP_SIZE) * per_invocation),
-        })
-    }
+    plans_through_binding!();
 
     fn answer(
         &self,

@@ -124,6 +124,20 @@ pub trait Workload: Send + Sync + std::fmt::Debug + 'static {
     /// The dispatch plan of variant `variant` for `input`.
     fn plan(&self, variant: usize, input: &[u8]) -> Result<DispatchPlan, WorkloadError>;
 
+    /// As [`plan`](Self::plan), for an input held in an `Arc`, as the engine holds a
+    /// batch's input: a workload may bind that `Arc` itself instead of a copy. The
+    /// built-in workloads do when the input's length is already a non-zero multiple of
+    /// 16 bytes (nothing to pad), which spares a copy of each such batch's input per
+    /// run — for large inputs a large allocation per batch, whose pages a busy
+    /// allocator hands back to the system and faults in again. By default, `plan`.
+    fn plan_shared(
+        &self,
+        variant: usize,
+        input: &Arc<[u8]>,
+    ) -> Result<DispatchPlan, WorkloadError> {
+        self.plan(variant, input)
+    }
+
     /// Turns variant `variant`'s written bindings into the canonical answer, which must
     /// equal [`Workload::reference`] for a correct variant.
     fn answer(
@@ -248,6 +262,37 @@ fn padded_input(input: &[u8]) -> BufferArg {
     BufferArg::Data(buf.into())
 }
 
+/// `Workload::plan` and `Workload::plan_shared` of a built-in workload, for its `impl
+/// Workload`: both through the workload's own `plan_binding(variant, input, bind)`,
+/// with a padded copy of the input ([`padded_input`]) or the shared one
+/// ([`shared_input`]).
+macro_rules! plans_through_binding {
+    () => {
+        fn plan(&self, variant: usize, input: &[u8]) -> Result<DispatchPlan, WorkloadError> {
+            self.plan_binding(variant, input, || super::padded_input(input))
+        }
+
+        fn plan_shared(
+            &self,
+            variant: usize,
+            input: &std::sync::Arc<[u8]>,
+        ) -> Result<DispatchPlan, WorkloadError> {
+            self.plan_binding(variant, input, || super::shared_input(input))
+        }
+    };
+}
+use plans_through_binding;
+
+/// The input buffer of an input held in an `Arc`: that `Arc` itself when its length is
+/// a non-zero multiple of 16 bytes, a padded copy ([`padded_input`]) otherwise.
+fn shared_input(input: &Arc<[u8]>) -> BufferArg {
+    if !input.is_empty() && input.len() % 16 == 0 {
+        BufferArg::Data(Arc::clone(input))
+    } else {
+        padded_input(input)
+    }
+}
+
 /// Workgroups for `items` work items of `per_group` each, capped in x.
 fn workgroups_for(items: u64, per_group: u64) -> [u32; 3] {
     let groups = items.div_ceil(per_group.max(1));
@@ -355,6 +400,43 @@ mod tests {
         for (len, want) in [(0, 16), (1, 16), (16, 16), (17, 32)] {
             let buf = padded_input(&vec![7; len]);
             assert_eq!(buf.len(), want);
+        }
+    }
+
+    /// `plan_shared` binds an input whose length needs no padding as the caller's own
+    /// `Arc` (no copy) and pads any other one as `plan` does; either way the plan is
+    /// `plan`'s.
+    #[test]
+    fn a_shared_input_is_bound_without_a_copy_when_it_needs_no_padding() {
+        for workload in builtin() {
+            for len in [16usize, 4096, 17, 1] {
+                let input: Arc<[u8]> = workload.generate(InputShape::Uniform, len, 3).into();
+                for variant in 0..workload.variants().len() {
+                    let copied = workload.plan(variant, &input).expect("plan");
+                    let shared = workload.plan_shared(variant, &input).expect("plan_shared");
+                    assert_eq!(shared.push_constants, copied.push_constants);
+                    assert_eq!(shared.workgroups, copied.workgroups);
+                    assert_eq!(shared.buffers.len(), copied.buffers.len());
+                    let (BufferArg::Data(shared_in), BufferArg::Data(copied_in)) =
+                        (&shared.buffers[0], &copied.buffers[0])
+                    else {
+                        panic!("{}: the input binding is not data", workload.name());
+                    };
+                    assert_eq!(
+                        Arc::ptr_eq(shared_in, &input),
+                        len % 16 == 0,
+                        "{} len {len}: shared exactly when no padding is needed",
+                        workload.name()
+                    );
+                    assert!(!Arc::ptr_eq(copied_in, &input));
+                    assert_eq!(
+                        shared_in[..],
+                        copied_in[..],
+                        "{} len {len}",
+                        workload.name()
+                    );
+                }
+            }
         }
     }
 

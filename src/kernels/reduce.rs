@@ -12,9 +12,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::{
-    builtin_variant, check_variant, input_len, input_output, input_prefix, le_word, padded_input,
-    push_word, single_output, workgroups_for, write_words, DispatchPlan, InputShape, Workload,
-    WorkloadError, WORKGROUP_SIZE,
+    builtin_variant, check_variant, input_len, input_output, input_prefix, le_word,
+    plans_through_binding, push_word, single_output, workgroups_for, write_words, DispatchPlan,
+    InputShape, Workload, WorkloadError, WORKGROUP_SIZE,
 };
 use crate::backend::{BufferArg, KernelVariant};
 
@@ -27,6 +27,33 @@ const CPU_CHUNK_WORDS: usize = 16 * 1024;
 /// The `reduce` workload (see the module docs).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Reduce;
+
+impl Reduce {
+    /// The plan of `variant` for `input`, its input binding made by `bind` (a padded
+    /// copy, or the caller's `Arc` itself: `Workload::plan_shared`).
+    fn plan_binding(
+        &self,
+        variant: usize,
+        input: &[u8],
+        bind: impl FnOnce() -> BufferArg,
+    ) -> Result<DispatchPlan, WorkloadError> {
+        check_variant(NAME, variant, 2)?;
+        let words = input_len(NAME, input)?.div_ceil(4);
+        let workgroups = if variant == 0 {
+            workgroups_for(u64::from(words), u64::from(WORKGROUP_SIZE))
+        } else {
+            workgroups_for(
+                u64::from(words).div_ceil(4),
+                u64::from(WORKGROUP_SIZE) * VEC4_PER_INVOCATION,
+            )
+        };
+        Ok(DispatchPlan {
+            buffers: vec![bind(), BufferArg::Zeroed(4)],
+            push_constants: words.to_le_bytes().to_vec(),
+            workgroups,
+        })
+    }
+}
 
 impl Workload for Reduce {
     fn name(&self) -> &'static str {
@@ -50,23 +77,7 @@ impl Workload for Reduce {
         ]
     }
 
-    fn plan(&self, variant: usize, input: &[u8]) -> Result<DispatchPlan, WorkloadError> {
-        check_variant(NAME, variant, 2)?;
-        let words = input_len(NAME, input)?.div_ceil(4);
-        let workgroups = if variant == 0 {
-            workgroups_for(u64::from(words), u64::from(WORKGROUP_SIZE))
-        } else {
-            workgroups_for(
-                u64::from(words).div_ceil(4),
-                u64::from(WORKGROUP_SIZE) * VEC4_PER_INVOCATION,
-            )
-        };
-        Ok(DispatchPlan {
-            buffers: vec![padded_input(input), BufferArg::Zeroed(4)],
-            push_constants: words.to_le_bytes().to_vec(),
-            workgroups,
-        })
-    }
+    plans_through_binding!();
 
     fn answer(
         &self,

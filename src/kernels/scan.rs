@@ -33,9 +33,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::{
-    builtin_variant, check_variant, input_len, input_output, input_prefix, le_word, padded_input,
-    push_word, put_words, single_output, text_byte, workgroups_for, DispatchPlan, InputShape,
-    Workload, WorkloadError, WORKGROUP_SIZE,
+    builtin_variant, check_variant, input_len, input_output, input_prefix, le_word,
+    plans_through_binding, push_word, put_words, single_output, text_byte, workgroups_for,
+    DispatchPlan, InputShape, Workload, WorkloadError, WORKGROUP_SIZE,
 };
 use crate::backend::{BufferArg, KernelVariant};
 use crate::speculator::{
@@ -76,41 +76,6 @@ impl Default for Scan {
         Scan {
             pattern: DEFAULT_PATTERN.to_vec(),
         }
-    }
-}
-
-impl Scan {
-    /// A scan for `pattern`, which must be 1 to [`MAX_PATTERN_BYTES`] bytes.
-    pub fn new(pattern: &[u8]) -> Result<Self, WorkloadError> {
-        if pattern.is_empty() || pattern.len() > MAX_PATTERN_BYTES {
-            return Err(WorkloadError::BadInput {
-                workload: NAME,
-                reason: format!(
-                    "the pattern is {} bytes; give 1 to {MAX_PATTERN_BYTES}",
-                    pattern.len()
-                ),
-            });
-        }
-        Ok(Scan {
-            pattern: pattern.to_vec(),
-        })
-    }
-
-    /// The pattern this scan looks for.
-    pub fn pattern(&self) -> &[u8] {
-        &self.pattern
-    }
-
-    fn push_constants(&self, len: u32, tiles: u32) -> Vec<u8> {
-        let mut push = Vec::with_capacity(PUSH_BYTES as usize);
-        push.extend_from_slice(&len.to_le_bytes());
-        // The pattern is at most 16 bytes.
-        push.extend_from_slice(&(self.pattern.len() as u32).to_le_bytes());
-        push.extend_from_slice(&tiles.to_le_bytes());
-        push.extend_from_slice(&0u32.to_le_bytes());
-        push.extend_from_slice(&self.pattern);
-        push.resize(PUSH_BYTES as usize, 0);
-        push
     }
 }
 
@@ -171,6 +136,72 @@ fn push_bitmap_positions(bitmap: &[u8], positions: &mut Vec<u8>) {
     }
 }
 
+impl Scan {
+    /// A scan for `pattern`, which must be 1 to [`MAX_PATTERN_BYTES`] bytes.
+    pub fn new(pattern: &[u8]) -> Result<Self, WorkloadError> {
+        if pattern.is_empty() || pattern.len() > MAX_PATTERN_BYTES {
+            return Err(WorkloadError::BadInput {
+                workload: NAME,
+                reason: format!(
+                    "the pattern is {} bytes; give 1 to {MAX_PATTERN_BYTES}",
+                    pattern.len()
+                ),
+            });
+        }
+        Ok(Scan {
+            pattern: pattern.to_vec(),
+        })
+    }
+
+    /// The pattern this scan looks for.
+    pub fn pattern(&self) -> &[u8] {
+        &self.pattern
+    }
+
+    fn push_constants(&self, len: u32, tiles: u32) -> Vec<u8> {
+        let mut push = Vec::with_capacity(PUSH_BYTES as usize);
+        push.extend_from_slice(&len.to_le_bytes());
+        // The pattern is at most 16 bytes.
+        push.extend_from_slice(&(self.pattern.len() as u32).to_le_bytes());
+        push.extend_from_slice(&tiles.to_le_bytes());
+        push.extend_from_slice(&0u32.to_le_bytes());
+        push.extend_from_slice(&self.pattern);
+        push.resize(PUSH_BYTES as usize, 0);
+        push
+    }
+
+    /// The plan of `variant` for `input`, its input binding made by `bind` (a padded
+    /// copy, or the caller's `Arc` itself: `Workload::plan_shared`).
+    fn plan_binding(
+        &self,
+        variant: usize,
+        input: &[u8],
+        bind: impl FnOnce() -> BufferArg,
+    ) -> Result<DispatchPlan, WorkloadError> {
+        check_variant(NAME, variant, 2)?;
+        let len = input_len(NAME, input)?;
+        let words = bitmap_words(input.len());
+        let tile_count = tiles(input.len());
+        let (out_bytes, workgroups) = if variant == 0 {
+            (
+                words.max(1) * 4,
+                workgroups_for(words as u64, u64::from(WORKGROUP_SIZE)),
+            )
+        } else {
+            (
+                fused_output_bytes(tile_count),
+                workgroups_for(tile_count as u64, 1),
+            )
+        };
+        Ok(DispatchPlan {
+            buffers: vec![bind(), BufferArg::Zeroed(out_bytes as u64)],
+            // Tiles are fewer than positions, which fit in u32.
+            push_constants: self.push_constants(len, tile_count as u32),
+            workgroups,
+        })
+    }
+}
+
 impl Workload for Scan {
     fn name(&self) -> &'static str {
         NAME
@@ -193,29 +224,7 @@ impl Workload for Scan {
         ]
     }
 
-    fn plan(&self, variant: usize, input: &[u8]) -> Result<DispatchPlan, WorkloadError> {
-        check_variant(NAME, variant, 2)?;
-        let len = input_len(NAME, input)?;
-        let words = bitmap_words(input.len());
-        let tile_count = tiles(input.len());
-        let (out_bytes, workgroups) = if variant == 0 {
-            (
-                words.max(1) * 4,
-                workgroups_for(words as u64, u64::from(WORKGROUP_SIZE)),
-            )
-        } else {
-            (
-                fused_output_bytes(tile_count),
-                workgroups_for(tile_count as u64, 1),
-            )
-        };
-        Ok(DispatchPlan {
-            buffers: vec![padded_input(input), BufferArg::Zeroed(out_bytes as u64)],
-            // Tiles are fewer than positions, which fit in u32.
-            push_constants: self.push_constants(len, tile_count as u32),
-            workgroups,
-        })
-    }
+    plans_through_binding!();
 
     fn answer(
         &self,
