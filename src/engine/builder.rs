@@ -337,14 +337,14 @@ impl EngineBuilder {
     }
 }
 
-/// The default busy wait for an engine of `workers` workers: [`DEFAULT_BUSY_WAIT`]
-/// where the machine has a hardware thread for each and one more, otherwise zero.
 /// The default of [`EngineBuilder::max_searching`] for a device with `workers` workers:
 /// half of them, at least [`DEFAULT_MAX_SEARCHING`].
 fn auto_max_searching(workers: usize) -> usize {
     (workers / 2).max(DEFAULT_MAX_SEARCHING)
 }
 
+/// The default busy wait for an engine of `workers` workers: [`DEFAULT_BUSY_WAIT`]
+/// where the machine has a hardware thread for each and one more, otherwise zero.
 fn auto_busy_wait(workers: usize) -> Duration {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     if threads > workers.saturating_add(1) {

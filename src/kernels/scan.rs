@@ -79,63 +79,6 @@ impl Default for Scan {
     }
 }
 
-/// Bitmap words for `len` positions.
-fn bitmap_words(len: usize) -> usize {
-    len.div_ceil(32)
-}
-
-fn tiles(len: usize) -> usize {
-    len.div_ceil(SCAN_TILE_BYTES)
-}
-
-/// Bytes of the fused variant's output for `tiles` tiles.
-fn fused_output_bytes(tiles: usize) -> usize {
-    tiles * SLOT_WORDS * 4 + COUNTER_TAIL_BYTES
-}
-
-/// True when `pattern` starts at `p` of `input`.
-fn matches_at(input: &[u8], pattern: &[u8], p: usize) -> bool {
-    input.get(p..p + pattern.len()) == Some(pattern)
-}
-
-/// The positions in `range` of `input` where `pattern` starts (a match may run past
-/// the range's end), in order, overlapping ones included: the serial confirm of the
-/// host, a vectorised substring search (`memchr::memmem`) restarted one byte after each
-/// match.
-fn matches_in<'a>(
-    input: &'a [u8],
-    pattern: &'a [u8],
-    range: std::ops::Range<usize>,
-) -> impl Iterator<Item = usize> + 'a {
-    let hay_end = (range.end + pattern.len().saturating_sub(1)).min(input.len());
-    let hay = input.get(range.start..hay_end).unwrap_or_default();
-    let finder = memchr::memmem::Finder::new(pattern);
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let p = at + finder.find(hay.get(at..)?)?;
-        at = p + 1;
-        Some(range.start + p)
-    })
-}
-
-/// A match position as the answer holds it: `u32` little-endian (positions are below
-/// `MAX_INPUT_BYTES`, so they fit).
-fn position_bytes(p: usize) -> [u8; 4] {
-    (p as u32).to_le_bytes()
-}
-
-/// Appends the positions of the set bits of `bitmap` (little-endian words).
-fn push_bitmap_positions(bitmap: &[u8], positions: &mut Vec<u8>) {
-    for (i, word) in bitmap.chunks_exact(4).enumerate() {
-        let mut bits = le_word(word);
-        while bits != 0 {
-            let b = bits.trailing_zeros() as usize;
-            positions.extend_from_slice(&position_bytes(i * 32 + b));
-            bits &= bits - 1;
-        }
-    }
-}
-
 impl Scan {
     /// A scan for `pattern`, which must be 1 to [`MAX_PATTERN_BYTES`] bytes.
     pub fn new(pattern: &[u8]) -> Result<Self, WorkloadError> {
@@ -199,6 +142,63 @@ impl Scan {
             push_constants: self.push_constants(len, tile_count as u32),
             workgroups,
         })
+    }
+}
+
+/// Bitmap words for `len` positions.
+fn bitmap_words(len: usize) -> usize {
+    len.div_ceil(32)
+}
+
+fn tiles(len: usize) -> usize {
+    len.div_ceil(SCAN_TILE_BYTES)
+}
+
+/// Bytes of the fused variant's output for `tiles` tiles.
+fn fused_output_bytes(tiles: usize) -> usize {
+    tiles * SLOT_WORDS * 4 + COUNTER_TAIL_BYTES
+}
+
+/// True when `pattern` starts at `p` of `input`.
+fn matches_at(input: &[u8], pattern: &[u8], p: usize) -> bool {
+    input.get(p..p + pattern.len()) == Some(pattern)
+}
+
+/// The positions in `range` of `input` where `pattern` starts (a match may run past
+/// the range's end), in order, overlapping ones included: the serial confirm of the
+/// host, a vectorised substring search (`memchr::memmem`) restarted one byte after each
+/// match.
+fn matches_in<'a>(
+    input: &'a [u8],
+    pattern: &'a [u8],
+    range: std::ops::Range<usize>,
+) -> impl Iterator<Item = usize> + 'a {
+    let hay_end = (range.end + pattern.len().saturating_sub(1)).min(input.len());
+    let hay = input.get(range.start..hay_end).unwrap_or_default();
+    let finder = memchr::memmem::Finder::new(pattern);
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let p = at + finder.find(hay.get(at..)?)?;
+        at = p + 1;
+        Some(range.start + p)
+    })
+}
+
+/// A match position as the answer holds it: `u32` little-endian (positions are below
+/// `MAX_INPUT_BYTES`, so they fit).
+fn position_bytes(p: usize) -> [u8; 4] {
+    (p as u32).to_le_bytes()
+}
+
+/// Appends the positions of the set bits of `bitmap` (little-endian words).
+fn push_bitmap_positions(bitmap: &[u8], positions: &mut Vec<u8>) {
+    for (i, word) in bitmap.chunks_exact(4).enumerate() {
+        let mut bits = le_word(word);
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            positions.extend_from_slice(&position_bytes(i * 32 + b));
+            bits &= bits - 1;
+        }
     }
 }
 
