@@ -55,32 +55,34 @@ fn auto_announces_its_backend_once() {
     }
 }
 
+/// Runs `producer(p)` for `p` in `0..n`, each on a thread of its own, all at once, and
+/// waits for them (a producer's panic fails the caller).
+fn from_producers(n: usize, producer: impl Fn(usize) + Sync) {
+    std::thread::scope(|s| {
+        for p in 0..n {
+            let producer = &producer;
+            s.spawn(move || producer(p));
+        }
+    });
+}
+
 #[test]
 fn producers_on_several_threads_get_reference_answers() {
-    let engine = Arc::new(cpu_engine());
+    let engine = cpu_engine();
     let workload = by_name("histogram").expect("built in");
     let kernel = engine.register(Arc::clone(&workload)).unwrap();
-    let producers: Vec<_> = (0..4u64)
-        .map(|t| {
-            let engine = Arc::clone(&engine);
-            let workload = Arc::clone(&workload);
-            std::thread::spawn(move || {
-                for i in 0..25u64 {
-                    let shape = workload.shapes()[(i % 2) as usize % workload.shapes().len()];
-                    let input = workload.generate(shape, 4096 + i as usize, t * 100 + i);
-                    let answer = engine
-                        .submit(Batch::new(kernel, input.clone()))
-                        .unwrap()
-                        .wait()
-                        .unwrap();
-                    assert_eq!(answer.output, Output::Answer(workload.reference(&input)));
-                }
-            })
-        })
-        .collect();
-    for p in producers {
-        p.join().expect("producer");
-    }
+    from_producers(4, |t| {
+        for i in 0..25u64 {
+            let shape = workload.shapes()[(i % 2) as usize % workload.shapes().len()];
+            let input = workload.generate(shape, 4096 + i as usize, t as u64 * 100 + i);
+            let answer = engine
+                .submit(Batch::new(kernel, input.clone()))
+                .unwrap()
+                .wait()
+                .unwrap();
+            assert_eq!(answer.output, Output::Answer(workload.reference(&input)));
+        }
+    });
 }
 
 /// Inputs of 1 MiB bound without a copy (`Workload::plan_shared`: the batch's own `Arc`)
@@ -89,7 +91,7 @@ fn producers_on_several_threads_get_reference_answers() {
 /// sharing the same inputs.
 #[test]
 fn large_answers_reach_their_callers_whole() {
-    let engine = Arc::new(cpu_engine());
+    let engine = cpu_engine();
     let scan = by_name("scan").expect("scan is built in");
     let kernel = engine.register(Arc::clone(&scan)).expect("scan registers");
     let inputs: Vec<(Arc<[u8]>, Vec<u8>)> = (0..4)
@@ -109,33 +111,23 @@ fn large_answers_reach_their_callers_whole() {
         inputs.iter().all(|(_, r)| r.len() >= 64 * 1024),
         "the answers must be large for this test"
     );
-    let inputs = Arc::new(inputs);
-    let producers: Vec<_> = (0..3)
-        .map(|p| {
-            let engine = Arc::clone(&engine);
-            let inputs = Arc::clone(&inputs);
-            std::thread::spawn(move || {
-                for round in 0..12 {
-                    let tickets: Vec<_> = (0..4)
-                        .map(|i| {
-                            let (input, _) = &inputs[(p + round + i) % inputs.len()];
-                            engine
-                                .submit(Batch::new(kernel, Arc::clone(input)))
-                                .expect("submit")
-                        })
-                        .collect();
-                    for (i, ticket) in tickets.into_iter().enumerate() {
-                        let (_, reference) = &inputs[(p + round + i) % inputs.len()];
-                        let answer = ticket.wait().expect("a scan batch failed");
-                        assert_eq!(answer.output, Output::Answer(reference.clone()));
-                    }
-                }
-            })
-        })
-        .collect();
-    for p in producers {
-        p.join().expect("a producer panicked");
-    }
+    from_producers(3, |p| {
+        for round in 0..12 {
+            let tickets: Vec<_> = (0..4)
+                .map(|i| {
+                    let (input, _) = &inputs[(p + round + i) % inputs.len()];
+                    engine
+                        .submit(Batch::new(kernel, Arc::clone(input)))
+                        .expect("submit")
+                })
+                .collect();
+            for (i, ticket) in tickets.into_iter().enumerate() {
+                let (_, reference) = &inputs[(p + round + i) % inputs.len()];
+                let answer = ticket.wait().expect("a scan batch failed");
+                assert_eq!(answer.output, Output::Answer(reference.clone()));
+            }
+        }
+    });
     engine.shutdown();
 }
 
