@@ -114,9 +114,39 @@ fn race_totals_do_not_overflow() {
 }
 
 fn sample(conservative_ns: u64, speculative_ns: u64, compile_ns: u64) -> PairedSpeculationSample {
-    PairedSpeculationSample {
-        race: race((conservative_ns, 0), (speculative_ns, compile_ns)),
-    }
+    race((conservative_ns, 0), (speculative_ns, compile_ns)).into()
+}
+
+/// SPEC §3 (the seeds' contract): a paired sample is built with a struct literal of the
+/// race's six fields, flat; it once wrapped them in a `race` field, so code written
+/// against the seeds did not compile.
+#[test]
+fn paired_sample_is_built_from_the_seeds_six_flat_fields() {
+    let record = AutotuneRecord {
+        workgroup_size: [64, 1, 1],
+        unroll: 1,
+        tile: [1, 1, 1],
+        recorded_at: String::new(),
+    };
+    let sample = PairedSpeculationSample {
+        conservative_dispatch_ns: 1_000,
+        speculative_dispatch_ns: 600,
+        conservative_compile_ns: 0,
+        speculative_compile_ns: 50,
+        conservative_record: record.clone(),
+        speculative_record: record,
+    };
+    let store = AutotuneStore::default();
+    let pair = Pair::new();
+    let mut window = PairedSpeculationWindow::new();
+    let update = window.record_sample(&store, pair.keys(), sample.clone());
+    assert_eq!(
+        update.race_decision.winner,
+        SpeculativeVariantKind::Speculative
+    );
+    assert_eq!(update.race_decision.saved_ns, 350);
+    assert_eq!(update.observation.side_compile_cost_ns, 50);
+    assert_eq!(PairedSpeculationSample::from(sample.clone().race()), sample);
 }
 
 #[test]

@@ -90,11 +90,50 @@ pub fn record_speculative_variant_race(
     }
 }
 
-/// One sample of a paired window: a race of the two variants on the same batch.
+/// One sample of a paired window: a race of the two variants on the same batch. Its
+/// fields are a race's, flat (SPEC §3: built with a struct literal);
+/// [`PairedSpeculationSample::race`] and `From<SpeculativeVariantRace>` convert.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairedSpeculationSample {
-    /// The race.
-    pub race: SpeculativeVariantRace,
+    /// Dispatch time of the conservative variant, ns.
+    pub conservative_dispatch_ns: u64,
+    /// Dispatch time of the speculative variant, ns.
+    pub speculative_dispatch_ns: u64,
+    /// Compile time of the conservative variant charged to this sample, ns.
+    pub conservative_compile_ns: u64,
+    /// Compile time of the speculative variant charged to this sample, ns.
+    pub speculative_compile_ns: u64,
+    /// The tuning the conservative variant ran with.
+    pub conservative_record: AutotuneRecord,
+    /// The tuning the speculative variant ran with.
+    pub speculative_record: AutotuneRecord,
+}
+
+impl PairedSpeculationSample {
+    /// The sample as a race.
+    pub fn race(self) -> SpeculativeVariantRace {
+        SpeculativeVariantRace {
+            conservative_dispatch_ns: self.conservative_dispatch_ns,
+            speculative_dispatch_ns: self.speculative_dispatch_ns,
+            conservative_compile_ns: self.conservative_compile_ns,
+            speculative_compile_ns: self.speculative_compile_ns,
+            conservative_record: self.conservative_record,
+            speculative_record: self.speculative_record,
+        }
+    }
+}
+
+impl From<SpeculativeVariantRace> for PairedSpeculationSample {
+    fn from(race: SpeculativeVariantRace) -> Self {
+        PairedSpeculationSample {
+            conservative_dispatch_ns: race.conservative_dispatch_ns,
+            speculative_dispatch_ns: race.speculative_dispatch_ns,
+            conservative_compile_ns: race.conservative_compile_ns,
+            speculative_compile_ns: race.speculative_compile_ns,
+            conservative_record: race.conservative_record,
+            speculative_record: race.speculative_record,
+        }
+    }
 }
 
 /// What one [`PairedSpeculationWindow::record_sample`] changed.
@@ -215,7 +254,7 @@ impl PairedSpeculationWindow {
         keys: SpeculativeVariantKeys<'_>,
         sample: PairedSpeculationSample,
     ) -> PairedSpeculationUpdate {
-        let race = sample.race;
+        let race = sample.race();
         self.conservative.add(race.conservative_dispatch_ns);
         if self.speculative.add(race.speculative_dispatch_ns) {
             self.side_compile_ns += u128::from(race.speculative_compile_ns);

@@ -18,8 +18,9 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use super::{
-    Backend, BackendError, BackendKind, BufferArg, DeviceInfo, DeviceLimits, DispatchJob,
-    DispatchOutput, KernelHandle, KernelVariant, QueueFamilyInfo, QueueId,
+    check_buffers, padded_len, Backend, BackendError, BackendKind, BufferArg, DeviceInfo,
+    DeviceLimits, DispatchJob, DispatchOutput, KernelHandle, KernelVariant, QueueFamilyInfo,
+    QueueId,
 };
 
 /// The workgroup-count limit the CPU backend enforces, like Vulkan's guaranteed minimum,
@@ -138,13 +139,12 @@ impl CpuBackend {
             kernel: kernel.name.clone(),
             reason,
         };
-        if job.buffers.len() != kernel.bindings.len() {
-            return Err(mismatch(format!(
-                "{} buffers for {} bindings",
-                job.buffers.len(),
-                kernel.bindings.len()
-            )));
-        }
+        check_buffers(
+            &kernel.name,
+            &kernel.bindings,
+            &job.buffers,
+            self.devices[0].limits.max_storage_buffer_range,
+        )?;
         if job.push_constants.len() != kernel.push_constant_bytes as usize {
             return Err(mismatch(format!(
                 "{} bytes of push constants, the kernel declares {}",
@@ -161,35 +161,20 @@ impl CpuBackend {
                 ),
             });
         }
-        let mut buffers = Vec::with_capacity(job.buffers.len());
-        for (binding, arg) in kernel.bindings.iter().zip(&job.buffers) {
-            let len = arg.len();
-            if len == 0 || len % 4 != 0 || len > u64::from(u32::MAX) {
-                return Err(BackendError::BufferSizeMismatch {
-                    kernel: kernel.name.clone(),
-                    slot: binding.slot,
-                    got: len,
-                    expected: "a non-zero multiple of 4 bytes up to the storage-buffer range"
-                        .to_owned(),
-                });
-            }
-            match (arg, binding.access.reads()) {
-                (BufferArg::Data(data), true) => buffers.push(data.to_vec()),
-                (BufferArg::Zeroed(n), false) => buffers.push(vec![0; *n as usize]),
-                (BufferArg::Data(_), false) => {
-                    return Err(mismatch(format!(
-                        "binding {} is written only; pass BufferArg::Zeroed",
-                        binding.slot
-                    )))
-                }
-                (BufferArg::Zeroed(_), true) => {
-                    return Err(mismatch(format!(
-                        "binding {} is read; pass its contents as BufferArg::Data",
-                        binding.slot
-                    )))
-                }
-            }
-        }
+        // The bytes the code sees: each buffer padded with zeros to whole words, as a
+        // GPU kernel sees it (`BufferArg`'s rule).
+        let buffers = job
+            .buffers
+            .iter()
+            .map(|arg| {
+                let mut bytes = match arg {
+                    BufferArg::Data(data) => data.to_vec(),
+                    BufferArg::Zeroed(n) => vec![0; *n as usize],
+                };
+                bytes.resize(padded_len(arg.len()) as usize, 0);
+                bytes
+            })
+            .collect();
         Ok((kernel, buffers))
     }
 
@@ -198,10 +183,17 @@ impl CpuBackend {
     fn run(&self, job: &DispatchJob, timed: bool) -> Result<DispatchOutput, BackendError> {
         let kernels = self.kernels.load();
         let (kernel, mut buffers) = self.prepare(&kernels, job)?;
-        // The written buffers, in binding order, kept in the same vector.
+        // The written buffers, in binding order, kept in the same vector, each at the
+        // length the job gave.
         let written = |mut buffers: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
             let mut bindings = kernel.bindings.iter();
-            buffers.retain(|_| bindings.next().is_some_and(|b| b.access.writes()));
+            let mut args = job.buffers.iter();
+            buffers.retain_mut(|buffer| {
+                let len = args.next().map_or(0, BufferArg::len) as usize;
+                let writes = bindings.next().is_some_and(|b| b.access.writes());
+                buffer.truncate(len);
+                writes
+            });
             buffers
         };
         if job.workgroups.contains(&0) {
@@ -228,10 +220,27 @@ impl CpuBackend {
             reason,
         };
         match result {
-            Ok(Ok(())) => Ok(DispatchOutput {
-                outputs: written(buffers),
-                kernel_ns,
-            }),
+            Ok(Ok(())) => {
+                // Code that resized a buffer gave an answer of another shape than the
+                // GPU variant's: refused, never passed on as it is.
+                let resized = buffers
+                    .iter()
+                    .zip(&job.buffers)
+                    .position(|(buffer, arg)| buffer.len() as u64 != padded_len(arg.len()));
+                if let Some(at) = resized {
+                    return Err(failed(format!(
+                        "its CPU code resized the buffer of binding {} from {} to {} bytes \
+                         (it must write in place, keeping every buffer's length)",
+                        kernel.bindings[at].slot,
+                        padded_len(job.buffers[at].len()),
+                        buffers[at].len()
+                    )));
+                }
+                Ok(DispatchOutput {
+                    outputs: written(buffers),
+                    kernel_ns,
+                })
+            }
             Ok(Err(reason)) => Err(failed(reason)),
             Err(_) => Err(failed("its CPU code panicked".to_owned())),
         }

@@ -267,11 +267,20 @@ pub struct KernelHandle {
 }
 
 /// The contents of one binding for a dispatch, in binding order.
+///
+/// One rule on every backend ([`check_buffers`] applies it): a buffer is any non-zero
+/// number of bytes up to the device's `maxStorageBufferRange`
+/// ([`DeviceLimits::max_storage_buffer_range`]); either kind fits any binding —
+/// `Data` gives the buffer's contents (for a written binding: the contents the kernel
+/// leaves where it writes nothing), `Zeroed` zeros (e.g. a `ReadWrite` accumulator).
+/// The kernel sees the buffer padded with zeros to whole 4-byte words (SPIR-V's
+/// storage buffers are arrays of words; CPU code gets the same padded bytes), and a
+/// written buffer comes back at the length given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BufferArg {
-    /// Contents of a `Read` or `ReadWrite` binding.
+    /// The buffer's contents.
     Data(Arc<[u8]>),
-    /// A `Write` binding of this many bytes, zero-filled before the dispatch.
+    /// A buffer of this many bytes, zero-filled before the dispatch.
     Zeroed(u64),
 }
 
@@ -287,6 +296,53 @@ impl BufferArg {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The buffer rule of [`BufferArg`], the same on every backend: one buffer per
+/// binding (`BindingMismatch` otherwise), each non-empty (`BufferSizeMismatch`) and at
+/// most `max_range` bytes once padded to whole words (`DispatchTooLarge`).
+pub(crate) fn check_buffers(
+    kernel: &str,
+    bindings: &[BindingDesc],
+    buffers: &[BufferArg],
+    max_range: u64,
+) -> Result<(), BackendError> {
+    if buffers.len() != bindings.len() {
+        return Err(BackendError::BindingMismatch {
+            kernel: kernel.to_owned(),
+            reason: format!(
+                "the job passes {} buffers, the kernel has {} bindings",
+                buffers.len(),
+                bindings.len()
+            ),
+        });
+    }
+    for (arg, binding) in buffers.iter().zip(bindings) {
+        if arg.is_empty() {
+            return Err(BackendError::BufferSizeMismatch {
+                kernel: kernel.to_owned(),
+                slot: binding.slot,
+                got: 0,
+                expected: "at least 1 byte (a storage buffer cannot be empty)".into(),
+            });
+        }
+        if padded_len(arg.len()) > max_range {
+            return Err(BackendError::DispatchTooLarge {
+                kernel: kernel.to_owned(),
+                reason: format!(
+                    "buffer for binding {} is {} bytes, above maxStorageBufferRange {max_range}",
+                    binding.slot,
+                    arg.len()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `len` rounded up to whole 4-byte words: the size a kernel sees.
+pub(crate) fn padded_len(len: u64) -> u64 {
+    len.div_ceil(4).saturating_mul(4)
 }
 
 /// One dispatch: a kernel on a queue with its buffers.
@@ -355,6 +411,16 @@ pub enum BackendError {
         kernel: String,
         /// What was wrong.
         reason: String,
+    },
+    /// The variant declares another workgroup size than its shader's `LocalSize`.
+    #[error("kernel `{kernel}`: the variant declares workgroup size {declared:?} but the shader's is {shader:?}; declare the shader's workgroup size")]
+    WorkgroupMismatch {
+        /// The variant's name.
+        kernel: String,
+        /// The workgroup size the variant declares.
+        declared: [u32; 3],
+        /// The shader's `LocalSize`.
+        shader: [u32; 3],
     },
     /// A buffer has the wrong size.
     #[error("kernel `{kernel}`: buffer for binding {slot} is {got} bytes, expected {expected}; pass buffers of the size the kernel needs")]

@@ -305,6 +305,7 @@ fn reason_text(reason: &VerdictReason) -> String {
         VerdictReason::Mismatch => "speculative answer disagreed".into(),
         VerdictReason::SpeculativeFailed(why) => format!("speculative variant failed: {why}"),
         VerdictReason::Reverified => "from cache, re-verified".into(),
+        VerdictReason::Prior => "from cache (rejected there): not raced".into(),
         VerdictReason::Inconclusive { samples } => {
             format!("inconclusive after {samples} races: saves < 15 %")
         }

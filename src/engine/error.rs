@@ -14,8 +14,9 @@ pub enum EngineError {
     /// The engine is shut down (or shutting down) and accepts no more batches.
     #[error("the engine is shut down; build a new engine to submit more batches")]
     ShutDown,
-    /// The batch names a kernel this engine never registered.
-    #[error("unknown kernel id {0}; submit only ids returned by this engine's `register`")]
+    /// The batch names a kernel this engine never registered (an id is valid only on
+    /// the engine that issued it).
+    #[error("unknown kernel id {0}: this engine did not issue it (ids are valid only on the engine whose `register` returned them); submit only this engine's ids")]
     UnknownKernel(u32),
     /// The batch's payload does not fit the kernel: raw dispatch plans go to SPIR-V
     /// pairs, input bytes go to workloads.

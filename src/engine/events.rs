@@ -52,8 +52,12 @@ pub enum VerdictReason {
     Mismatch,
     /// The speculative variant failed where the conservative one ran.
     SpeculativeFailed(String),
-    /// A verdict loaded from the autotune file was re-verified by a race.
+    /// A verdict loaded from the autotune file was re-verified: as many agreeing races
+    /// of this engine as a fresh engine needs before it adopts.
     Reverified,
+    /// A rejected verdict loaded from the autotune file, taken as a prior: the variant
+    /// runs no race (SPEC §11).
+    Prior,
     /// The paired window still said keep racing after `samples` races
     /// ([`MAX_UNDECIDED_RACES`](crate::MAX_UNDECIDED_RACES)): the speculative variant
     /// is not slower but saves less than `MIN_ADOPT_SAVINGS_BPS`, so the known-good

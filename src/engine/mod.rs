@@ -791,9 +791,13 @@ impl Engine {
     }
 
     /// Looks for a verdict on each of this kernel's pairs (conservative, speculative
-    /// variant) loaded from an autotune file. One is a hint, not a verdict: the variant
-    /// stays undecided, its window resumes from the loaded observation, and its next
-    /// timed race re-verifies it (see `race::reverify`) before it is trusted.
+    /// variant) loaded from an autotune file. A loaded verdict is a prior, never a fact
+    /// (SPEC §11): a rejected one is taken as it is (the variant runs no race); an
+    /// adopted one leaves the variant undecided — callers get conservative answers —
+    /// until it agreed with the conservative variant on as many raced batches of this
+    /// engine as a fresh engine needs before it adopts (`MIN_DISPATCHES_FOR_VERDICT`),
+    /// and its window holds only this engine's samples, so a forged or saturated one
+    /// weighs nothing (see `race::confirm_prior`).
     fn resume_from_cache(&self, kernel: &Kernel) {
         for spec in 1..=kernel.speculative_count() {
             self.resume_variant(kernel, spec);
@@ -815,15 +819,22 @@ impl Engine {
                 variant = %kernel.variants[spec].name,
                 device,
                 verdict = ?stored.verdict.verdict,
-                "verdict loaded from the autotune file; re-verifying it with one race"
+                "verdict loaded from the autotune file, taken as a prior"
             );
-            let mut log = kernel.log(spec);
-            log.window = PairedSpeculationWindow::resume(stored.verdict.observation);
-            log.hint = Some(Hint {
-                device,
-                verdict: stored.verdict,
-            });
-            log.cache = CacheStatus::Loaded;
+            {
+                let mut log = kernel.log(spec);
+                log.window = PairedSpeculationWindow::new();
+                log.cache = CacheStatus::Loaded;
+                if stored.verdict.verdict == SpeculationVerdict::Adopt {
+                    log.hint = Some(Hint {
+                        device,
+                        verdict: stored.verdict,
+                    });
+                }
+            }
+            if stored.verdict.verdict == SpeculationVerdict::Reject {
+                race::take_rejected_prior(&self.core, kernel, spec, device);
+            }
             return;
         }
     }
@@ -1102,7 +1113,7 @@ impl Engine {
         self.core
             .registry
             .get(id)
-            .ok_or(EngineError::UnknownKernel(id.0))
+            .ok_or(EngineError::UnknownKernel(id.get()))
     }
 
     /// An accepted batch's job and the caller's ticket for its answer. Every

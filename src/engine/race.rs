@@ -15,6 +15,7 @@ use crate::autotune::{
 use crate::backend::{BackendError, DispatchJob, DispatchOutput, KernelVariant, QueueId};
 use crate::policy::{
     decide_persistent_kernel, ArmIndependenceVerdict, PersistentKernelDecision, SpeculationVerdict,
+    MIN_DISPATCHES_FOR_VERDICT,
 };
 use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
 
@@ -878,7 +879,7 @@ fn record_race(
         let update = log.window.record_sample(
             &tune.store,
             kernel.pair_keys(&tune.adapter_id, spec),
-            PairedSpeculationSample { race },
+            PairedSpeculationSample::from(race),
         );
         let sample = RaceSample {
             index: log.next_sample,
@@ -891,7 +892,7 @@ fn record_race(
         if log.samples.len() < MAX_KEPT_SAMPLES {
             log.samples.push(sample);
         }
-        (sample, update.verdict, log.hint.take(), log.window.len())
+        (sample, update.verdict, log.hint, log.window.len())
     };
     core.bus.publish(Event::RaceSample {
         kernel: kernel.id,
@@ -911,7 +912,7 @@ fn record_race(
         verdict
     };
     if let Some(hint) = hint {
-        if reverify(core, kernel, spec, &hint, (effective, sample.index)) {
+        if confirm_prior(core, kernel, spec, &hint, (verdict, samples, sample.index)) {
             return;
         }
     }
@@ -930,26 +931,31 @@ fn record_race(
     }
 }
 
-/// The re-verification race of a verdict loaded from the autotune file: the race
-/// agreed (a disagreement rejects before this), so the loaded verdict is confirmed
-/// unless the window — resumed from the loaded observation, plus this sample — now
-/// says otherwise. A verdict loaded as rejected for a mismatch stays rejected: one
-/// agreeing input does not clear a disagreement. True when confirmed.
-fn reverify(
+/// One agreeing race of a variant whose adopted verdict was loaded (a prior, SPEC
+/// §11). The variant stays undecided — callers get conservative answers — until its
+/// window, which holds only this engine's samples, has `MIN_DISPATCHES_FOR_VERDICT`
+/// of them: then the prior is confirmed and adopted, unless this engine's own window
+/// says reject (overturned: the caller rejects as for any measured verdict). What the
+/// prior saves is the KeepRacing period and the coin flip of a close call, never a
+/// confirmation race: a forged or poisoned entry puts a wrong answer in no caller's
+/// hands more easily than no entry (a disagreement on any of these races rejects the
+/// variant before this runs). True when the race needs nothing more from the caller.
+fn confirm_prior(
     core: &Core,
     kernel: &Kernel,
     spec: usize,
     hint: &Hint,
-    (now, index): (SpeculationVerdict, u32),
+    (own, samples, index): (SpeculationVerdict, u32, u32),
 ) -> bool {
-    let loaded = hint.verdict.verdict;
-    let confirmed = loaded == now
-        || (loaded == SpeculationVerdict::Reject
-            && hint.verdict.reason == StoredReason::OutputMismatch);
-    if !confirmed {
-        tracing::info!(kernel = %kernel.name, ?loaded, ?now, "loaded verdict overturned by its re-verification race");
-        kernel.log(spec).cache = CacheStatus::Overturned;
+    if own == SpeculationVerdict::Reject {
+        tracing::info!(kernel = %kernel.name, ?own, "loaded verdict overturned by this engine's races");
+        let mut log = kernel.log(spec);
+        log.hint = None;
+        log.cache = CacheStatus::Overturned;
         return false;
+    }
+    if samples < MIN_DISPATCHES_FOR_VERDICT {
+        return true;
     }
     if let Some(tune) = core.tunes.get(hint.device) {
         tune.store
@@ -957,20 +963,29 @@ fn reverify(
     }
     {
         let mut log = kernel.log(spec);
+        log.hint = None;
         log.cache = CacheStatus::Reverified;
         log.verdict_at_sample = Some(index);
     }
-    tracing::info!(kernel = %kernel.name, ?loaded, "loaded verdict re-verified");
-    match loaded {
-        SpeculationVerdict::Adopt => {
-            adopt(core, kernel, spec, hint.device, VerdictReason::Reverified);
-        }
-        SpeculationVerdict::Reject => {
-            reject(core, kernel, spec, hint.device, VerdictReason::Reverified);
-        }
-        SpeculationVerdict::KeepRacing => {}
-    }
+    tracing::info!(kernel = %kernel.name, samples, loaded = ?hint.verdict.verdict, "loaded verdict re-verified");
+    adopt(core, kernel, spec, hint.device, VerdictReason::Reverified);
     true
+}
+
+/// Takes a rejected verdict loaded from the autotune file as it is (a rejected prior
+/// costs no race, SPEC §11): publishes the change (reason `VerdictReason::Prior`) and
+/// moves play along the ladder. The store keeps the loaded entry as it was.
+pub(crate) fn take_rejected_prior(core: &Core, kernel: &Kernel, spec: usize, device: usize) {
+    if kernel.candidate(spec).verdict.reject().is_some() {
+        published(
+            core,
+            kernel,
+            spec,
+            device,
+            (KernelVerdict::Undecided, KernelVerdict::Rejected),
+            VerdictReason::Prior,
+        );
+    }
 }
 
 /// Rejects speculative variant `spec` from whatever state it is in; publishes and
@@ -1012,7 +1027,9 @@ fn published(
     tracing::info!(kernel = %kernel.name, variant, %from, %to, ?reason, "verdict changed");
     let observation = {
         let mut log = kernel.log(spec);
-        if reason != VerdictReason::Reverified && log.hint.take().is_some() {
+        if !matches!(reason, VerdictReason::Reverified | VerdictReason::Prior)
+            && log.hint.take().is_some()
+        {
             // Decided (e.g. by a mismatch) before the loaded verdict was re-verified.
             log.cache = CacheStatus::Overturned;
         }
@@ -1024,6 +1041,7 @@ fn published(
         }
         _ => StoredReason::Measured,
     };
+    let prior = reason == VerdictReason::Prior;
     core.bus.publish(Event::VerdictChanged {
         kernel: kernel.id,
         name: kernel.name.clone(),
@@ -1032,7 +1050,10 @@ fn published(
         to,
         reason,
     });
-    if let Some(tune) = core.tunes.get(device) {
+    // A prior taken as it is stays in the store as it was loaded (its reason and its
+    // trust with it).
+    let tune = core.tunes.get(device).filter(|_| !prior);
+    if let Some(tune) = tune {
         let verdict = match to {
             KernelVerdict::Adopted => SpeculationVerdict::Adopt,
             KernelVerdict::Rejected => SpeculationVerdict::Reject,

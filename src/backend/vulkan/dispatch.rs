@@ -38,7 +38,9 @@ use super::errors::{alloc_error, vk_error, vulkan_error};
 use super::kernel::LoadedKernel;
 use super::open::Gpu;
 use super::reuse::{size_class, Pooled, Role, Slot, SlotBinding, SlotKey};
-use crate::backend::{BackendError, BufferArg, DispatchJob, DispatchOutput};
+use crate::backend::{
+    check_buffers, padded_len, BackendError, BufferArg, DispatchJob, DispatchOutput,
+};
 
 /// How long a finishing dispatch polls its fence before it blocks on it.
 pub(super) const FENCE_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
@@ -81,7 +83,7 @@ pub(super) enum Started<'a> {
 
 /// Bytes a binding occupies on the device: the job's length rounded up to a word.
 fn bound_len(len: u64) -> u64 {
-    len.div_ceil(4) * 4
+    padded_len(len)
 }
 
 /// Checks a job against its kernel and device. Returns the queue family's timestamp
@@ -92,37 +94,12 @@ pub(super) fn validate(
     job: &DispatchJob,
 ) -> Result<u32, BackendError> {
     let name = || kernel.name.clone();
-    if job.buffers.len() != kernel.bindings.len() {
-        return Err(BackendError::BindingMismatch {
-            kernel: name(),
-            reason: format!(
-                "the job passes {} buffers, the kernel has {} bindings",
-                job.buffers.len(),
-                kernel.bindings.len()
-            ),
-        });
-    }
-    let max_range = gpu.info.limits.max_storage_buffer_range;
-    for (arg, binding) in job.buffers.iter().zip(&kernel.bindings) {
-        if arg.is_empty() {
-            return Err(BackendError::BufferSizeMismatch {
-                kernel: name(),
-                slot: binding.slot,
-                got: 0,
-                expected: "at least 1 byte (Vulkan has no empty buffers)".into(),
-            });
-        }
-        if bound_len(arg.len()) > max_range {
-            return Err(BackendError::DispatchTooLarge {
-                kernel: name(),
-                reason: format!(
-                    "buffer for binding {} is {} bytes, above maxStorageBufferRange {max_range}",
-                    binding.slot,
-                    arg.len()
-                ),
-            });
-        }
-    }
+    check_buffers(
+        &kernel.name,
+        &kernel.bindings,
+        &job.buffers,
+        gpu.info.limits.max_storage_buffer_range,
+    )?;
     if job.push_constants.len() != kernel.push_constant_bytes as usize {
         return Err(BackendError::BindingMismatch {
             kernel: name(),

@@ -88,7 +88,11 @@ pub(super) fn load(
         .map_err(|e| invalid(e.to_string()))?;
     check_entry_point(&parsed, variant).map_err(|e| match e {
         EntryError::Missing(reason) => invalid(reason),
-        EntryError::Mismatch(reason) => mismatch(reason),
+        EntryError::Workgroup(shader) => BackendError::WorkgroupMismatch {
+            kernel: name.to_string(),
+            declared: variant.workgroup_size,
+            shader,
+        },
     })?;
 
     // SAFETY: the module parsed above; vulkano validates it against the device's
@@ -246,7 +250,8 @@ fn check_declared(gpu: &Gpu, variant: &KernelVariant) -> Result<(), BackendError
 
 enum EntryError {
     Missing(String),
-    Mismatch(String),
+    /// The shader's `LocalSize`, which the variant's declaration differs from.
+    Workgroup([u32; 3]),
 }
 
 /// The entry point exists as a compute entry point and its `LocalSize` (where the
@@ -294,10 +299,7 @@ fn check_entry_point(spirv: &Spirv, variant: &KernelVariant) -> Result<(), Entry
         {
             let local = [*x_size, *y_size, *z_size];
             if *entry_point == id && local != variant.workgroup_size {
-                return Err(EntryError::Mismatch(format!(
-                    "the variant declares workgroup size {:?} but the shader's is {local:?}",
-                    variant.workgroup_size
-                )));
+                return Err(EntryError::Workgroup(local));
             }
         }
     }
