@@ -13,6 +13,11 @@ use std::sync::Arc;
 pub mod cpu;
 #[cfg(feature = "vulkan")]
 pub mod vulkan;
+#[cfg(feature = "wgsl")]
+mod wgsl;
+
+#[cfg(feature = "wgsl")]
+pub use wgsl::ShaderError;
 
 /// Which implementation a [`Backend`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -219,6 +224,53 @@ impl KernelVariant {
             spirv: Some(words),
             workgroup_size,
             ..Self::layout(name, bindings, push_constant_bytes)
+        }
+    }
+
+    /// A variant from WGSL source, compiled with naga at run time (feature `wgsl`):
+    /// its bindings (the storage buffers of `@group(0)` that `entry` uses, by
+    /// `@binding`, each `Read`, `Write` or `ReadWrite` as the entry point uses it), its
+    /// workgroup size and its push-constant size (a `var<immediate>` block) are
+    /// reflected from the shader, not declared by hand. A shader that does not parse or
+    /// validate is a [`ShaderError`] with naga's message and the line and column.
+    ///
+    /// ```
+    /// use photofinish::backend::{BindingAccess, KernelVariant};
+    ///
+    /// let saxpy = KernelVariant::wgsl(
+    ///     "saxpy/scalar",
+    ///     "
+    ///     struct Params { a: f32, n: u32 }
+    ///     var<immediate> params: Params;
+    ///     @group(0) @binding(0) var<storage, read> x: array<f32>;
+    ///     @group(0) @binding(1) var<storage, read_write> y: array<f32>;
+    ///     @compute @workgroup_size(64)
+    ///     fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    ///         if id.x < params.n { y[id.x] = params.a * x[id.x] + y[id.x]; }
+    ///     }",
+    ///     "main",
+    /// )?;
+    /// assert_eq!(saxpy.workgroup_size, [64, 1, 1]);
+    /// assert_eq!(saxpy.push_constant_bytes, 8);
+    /// assert_eq!(saxpy.bindings[1].access, BindingAccess::ReadWrite);
+    /// # Ok::<(), photofinish::backend::ShaderError>(())
+    /// ```
+    #[cfg(feature = "wgsl")]
+    pub fn wgsl(name: impl Into<String>, source: &str, entry: &str) -> Result<Self, ShaderError> {
+        wgsl::compile(name.into(), source, entry)
+    }
+
+    /// The same variant with CPU code as well, so one registration runs on every
+    /// backend: the Vulkan backend runs its SPIR-V, the CPU backend (e.g. `Auto`'s
+    /// fallback on a machine without a GPU) this code. The code sees the buffers as
+    /// [`KernelVariant::cpu`]'s does.
+    pub fn with_cpu(
+        self,
+        code: impl Fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        KernelVariant {
+            cpu: Some(Arc::new(code)),
+            ..self
         }
     }
 
