@@ -76,6 +76,11 @@ pub mod kernels;
 pub mod policy;
 pub mod speculator;
 
+/// What a user of SPIR-V or WGSL pairs builds batches from, at the crate root.
+pub use backend::{BindingAccess, BufferArg, KernelVariant};
+/// The `Pod` trait (and its derive) that typed buffers and push constants take: the
+/// version photofinish uses.
+pub use bytemuck;
 pub use engine::{
     default_autotune_dir, Answer, Arm, BackendChoice, Batch, BufferIter, Buffers, CacheStatus,
     Engine, EngineBuilder, EngineError, Event, KernelId, KernelStats, KernelVerdict, Output,
@@ -84,6 +89,8 @@ pub use engine::{
     DEFAULT_MAX_SEARCHING, INLINE_OUTPUT_BUFFERS, INLINE_OUTPUT_BYTES, MAX_KEPT_SAMPLES,
     MAX_UNDECIDED_RACES, TIMED_SINGLE_PERIOD,
 };
+pub use kernels::DispatchPlan;
+
 #[doc(hidden)]
 pub use engine::{
     protocol, ByteSumWorkload, FusedByteSumWorkload, InjectedFault, LoadRecord, TestBackend,

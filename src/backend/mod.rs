@@ -337,6 +337,25 @@ pub enum BufferArg {
 }
 
 impl BufferArg {
+    /// A buffer holding `elements` (any `Pod` type, e.g. `f32` or a `#[repr(C)]` struct
+    /// deriving `bytemuck::Pod`), as little-endian bytes as the GPU reads them.
+    ///
+    /// ```
+    /// use photofinish::backend::BufferArg;
+    ///
+    /// let x = BufferArg::from_slice(&[1.0f32, 2.0, 3.0]);
+    /// assert_eq!(x.len(), 12);
+    /// assert_eq!(BufferArg::zeroed::<f32>(3), BufferArg::Zeroed(12));
+    /// ```
+    pub fn from_slice<T: bytemuck::Pod>(elements: &[T]) -> Self {
+        BufferArg::Data(Arc::from(bytemuck::cast_slice::<T, u8>(elements)))
+    }
+
+    /// A zero-filled buffer of `count` elements of `T`.
+    pub fn zeroed<T: bytemuck::Pod>(count: usize) -> Self {
+        BufferArg::Zeroed((count as u64).saturating_mul(std::mem::size_of::<T>() as u64))
+    }
+
     /// Size of the buffer in bytes.
     pub fn len(&self) -> u64 {
         match self {

@@ -85,6 +85,34 @@ impl Buffers {
         self.get(0)
     }
 
+    /// Buffer `i` as elements of a `Pod` type (bytemuck): borrowed where its bytes are
+    /// aligned for `T`, copied where not (an inline buffer, say). `None` when there is
+    /// no buffer `i` or its length is not a whole number of `T`s.
+    ///
+    /// ```
+    /// use photofinish::Buffers;
+    ///
+    /// let answer = Buffers::from(vec![[1.5f32, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect()]);
+    /// assert_eq!(answer.view::<f32>(0).as_deref(), Some(&[1.5f32, -2.0][..]));
+    /// assert!(answer.view::<f64>(0).is_some() && answer.view::<[u8; 3]>(0).is_none());
+    /// ```
+    pub fn view<T: bytemuck::Pod>(&self, i: usize) -> Option<std::borrow::Cow<'_, [T]>> {
+        let bytes = self.get(i)?;
+        let size = std::mem::size_of::<T>();
+        if size == 0 || bytes.len() % size != 0 {
+            return None;
+        }
+        Some(match bytemuck::try_cast_slice(bytes) {
+            Ok(elements) => std::borrow::Cow::Borrowed(elements),
+            Err(_) => std::borrow::Cow::Owned(
+                bytes
+                    .chunks_exact(size)
+                    .map(bytemuck::pod_read_unaligned)
+                    .collect(),
+            ),
+        })
+    }
+
     /// The buffers in binding order.
     pub fn iter(&self) -> Iter<'_> {
         Iter {

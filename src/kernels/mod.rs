@@ -53,6 +53,25 @@ pub struct DispatchPlan {
 }
 
 impl DispatchPlan {
+    /// A plan of `buffers` over `workgroups`, with no push constants.
+    pub fn new(buffers: Vec<BufferArg>, workgroups: [u32; 3]) -> Self {
+        DispatchPlan {
+            buffers,
+            push_constants: Vec::new(),
+            workgroups,
+        }
+    }
+
+    /// The same plan with `value` as its push constants (any `Pod` type, e.g. a
+    /// `#[repr(C)]` struct deriving `bytemuck::Pod` laid out as the shader's
+    /// `var<immediate>` block).
+    pub fn with_push_constants<T: bytemuck::Pod>(self, value: &T) -> Self {
+        DispatchPlan {
+            push_constants: bytemuck::bytes_of(value).to_vec(),
+            ..self
+        }
+    }
+
     /// The backend job that runs this plan with `kernel` on `queue`, for a caller of
     /// [`Backend::dispatch`](crate::backend::Backend::dispatch) (the engine builds its
     /// jobs the same way).
