@@ -6,6 +6,7 @@
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
+use std::future::Future;
 
 use photofinish::protocol::{one_shot, Gate};
 use photofinish::EngineError;
@@ -150,4 +151,47 @@ fn timed_wait_then_drop_while_answered_frees_the_slot_once() {
         worker.join().unwrap();
         assert!(probe.freed(), "the slot was never freed");
     });
+}
+
+/// The ticket awaited as a `Future` while the worker answers: the poll either sees the
+/// answer or registers its waker where the filler finds it (the `WAKER` bit in the
+/// state word), so the future completes with exactly that answer — loom's `block_on`
+/// fails the model on a lost wake-up (it would wait for ever) — and the slot is freed
+/// once.
+#[test]
+fn an_awaited_ticket_is_woken_with_its_answer() {
+    loom::model(|| {
+        let (responder, ticket) = one_shot::<u32>();
+        let probe = ticket.probe_for_models();
+        let worker = thread::spawn(move || responder.answer(Ok(7)));
+        assert_eq!(loom::future::block_on(ticket), Ok(7));
+        worker.join().unwrap();
+        assert!(probe.freed(), "the slot was never freed");
+    });
+}
+
+/// A ticket polled once (its waker registered), then dropped before the worker
+/// answers: the answer and the waker are dropped with the slot, freed once.
+#[test]
+fn a_polled_ticket_dropped_before_its_answer_frees_its_slot_once() {
+    loom::model(|| {
+        let (responder, mut ticket) = one_shot::<u32>();
+        let probe = ticket.probe_for_models();
+        let worker = thread::spawn(move || responder.answer(Ok(7)));
+        let waker = futures_noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let polled = std::pin::Pin::new(&mut ticket).poll(&mut cx);
+        assert!(matches!(
+            polled,
+            std::task::Poll::Ready(Ok(7)) | std::task::Poll::Pending
+        ));
+        drop(ticket);
+        worker.join().unwrap();
+        assert!(probe.freed(), "the slot was never freed");
+    });
+}
+
+/// A waker that does nothing.
+fn futures_noop_waker() -> std::task::Waker {
+    std::task::Waker::noop().clone()
 }

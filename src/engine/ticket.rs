@@ -36,8 +36,11 @@ const RESPONDER_GONE: u32 = 4;
 /// The ticket let go (it was dropped, after its answer was taken or not): it will not
 /// touch the slot again.
 const TICKET_GONE: u32 = 8;
+/// A waker is registered (the ticket was polled as a `Future` before the answer came):
+/// the filler takes the lock, takes the waker and wakes it.
+const WAKER: u32 = 16;
 /// One caller asleep: the bits from here up count the callers asleep.
-const SLEEPER: u32 = 16;
+const SLEEPER: u32 = 32;
 
 /// The one-shot slot. The answer goes through `value` without a lock: the responder
 /// (there is one, and it fills once) writes it while the phase is `EMPTY` and then
@@ -74,6 +77,9 @@ struct Slot<T> {
     ahead: std::sync::atomic::AtomicUsize,
     lock: Mutex<()>,
     ready: Condvar,
+    /// The waker of the last poll of the ticket as a `Future` that found no answer;
+    /// written and taken only under `lock` (the `WAKER` bit says one is there).
+    waker: UnsafeCell<Option<std::task::Waker>>,
     /// Under the loom models a slot is not deallocated but marked freed (and its
     /// contents dropped), so that a use after the free is caught (`live`) rather than
     /// undefined, a second free too, and a model can check that the slot was freed.
@@ -97,6 +103,7 @@ impl<T> Slot<T> {
             ahead: std::sync::atomic::AtomicUsize::new(0),
             lock: Mutex::new(()),
             ready: Condvar::new(),
+            waker: UnsafeCell::new(None),
             #[cfg(photofinish_loom)]
             freed: std::sync::atomic::AtomicBool::new(false),
         })))
@@ -176,6 +183,7 @@ unsafe fn free<T>(slot: NonNull<Slot<T>>) {
         );
         drop(slot.value.with_mut(|v| unsafe { (*v).take() }));
         drop(slot.home.with_mut(|h| unsafe { (*h).take() }));
+        drop(slot.waker.with_mut(|w| unsafe { (*w).take() }));
     }
 }
 
@@ -251,6 +259,8 @@ mod spare {
         // once its state is EMPTY again.
         *slot.state.get_mut() = super::EMPTY;
         *slot.ahead.get_mut() = 0;
+        // SAFETY: the box is this thread's alone.
+        drop(slot.waker.with_mut(|w| unsafe { (*w).take() }));
         // SAFETY: the box is this thread's alone.
         debug_assert!(slot.value.with_mut(|v| unsafe { (*v).is_none() }));
         debug_assert!(slot.home.with_mut(|h| unsafe { (*h).is_none() }));
@@ -418,13 +428,20 @@ unsafe fn fill<T>(slot_ptr: NonNull<Slot<T>>, result: Result<T, EngineError>) {
         unsafe { free(slot_ptr) };
         return;
     }
-    if before >= SLEEPER {
+    if before >= WAKER {
         // Taking the lock means the sleeper is either before its re-read of the state
-        // (and sees FULL) or already waiting (and gets this notification). The slot
-        // stays live meanwhile: its ticket lets go only after the responder (which
-        // then frees it) or before (seen below).
-        drop(slot.lock.lock().unwrap_or_else(|p| p.into_inner()));
+        // (and sees FULL) or already waiting (and gets this notification), and a poll
+        // either registered its waker before (taken here) or sees FULL itself. The
+        // slot stays live meanwhile: its ticket lets go only after the responder
+        // (which then frees it) or before (seen below).
+        let guard = slot.lock.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the waker cell is written and taken only under the lock.
+        let waker = slot.waker.with_mut(|w| unsafe { (*w).take() });
+        drop(guard);
         slot.live().ready.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
     let before = slot.live().state.fetch_or(RESPONDER_GONE, Ordering::AcqRel);
     if before & TICKET_GONE != 0 {
@@ -577,6 +594,39 @@ impl<T: 'static> Ticket<T> {
         self.slot().ahead.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The `Future` poll: the answer if it is in, else the waker registered under the
+    /// lock and counted with the `WAKER` bit in the same read-modify-write that reads
+    /// the phase, so the filler either sees the bit (and wakes this waker) or this
+    /// read sees `FULL`.
+    fn poll_answer(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<T, EngineError>> {
+        use std::task::Poll;
+        let slot = self.slot();
+        if let Some(result) = slot.try_take() {
+            return Poll::Ready(result);
+        }
+        let guard = slot.lock.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the waker cell is written and taken only under the lock.
+        slot.waker.with_mut(|w| unsafe {
+            match &mut *w {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                other => *other = Some(cx.waker().clone()),
+            }
+        });
+        let phase = slot.state.fetch_or(WAKER, Ordering::AcqRel) & PHASE;
+        drop(guard);
+        if phase == EMPTY {
+            return Poll::Pending;
+        }
+        match slot.try_take() {
+            Some(result) => Poll::Ready(result),
+            // FULL was seen, so only a taken answer makes `try_take` return `None`.
+            None => Poll::Ready(Err(EngineError::AnswerTaken)),
+        }
+    }
+
     /// Blocks until the answer is in and returns it.
     pub fn wait(self) -> Result<T, EngineError> {
         #[cfg(not(photofinish_loom))]
@@ -616,6 +666,48 @@ impl<T: 'static> Ticket<T> {
                 })
             });
         }
+    }
+}
+
+/// A ticket is also a `Future` of its answer, for async callers: runtime-agnostic (no
+/// executor of photofinish's own), woken by the worker that answers. Awaiting it takes
+/// the answer as [`Ticket::wait`] does, without a blocked thread:
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use photofinish::kernels::{Reduce, Workload};
+/// # use photofinish::{BackendChoice, Batch, Engine, Output};
+/// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     // Any executor does (tokio, async-std, smol); this one parks the thread.
+/// #     struct Unpark(std::thread::Thread);
+/// #     impl std::task::Wake for Unpark { fn wake(self: Arc<Self>) { self.0.unpark() } }
+/// #     let waker = Arc::new(Unpark(std::thread::current())).into();
+/// #     let mut cx = std::task::Context::from_waker(&waker);
+/// #     let mut f = std::pin::pin!(f);
+/// #     loop {
+/// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+/// #         std::thread::park();
+/// #     }
+/// # }
+/// let engine = Engine::builder().backend(BackendChoice::Cpu).without_autotune_file().build()?;
+/// let kernel = engine.register(Arc::new(Reduce))?;
+/// let input = Reduce.generate(Reduce.shapes()[0], 4096, 1);
+/// let answer = block_on(async {
+///     // `try_submit` never blocks the executor's thread; on `Full`, yield and retry.
+///     let ticket = engine.try_submit(Batch::new(kernel, input.clone())).expect("room");
+///     ticket.await
+/// })?;
+/// assert_eq!(answer.output, Output::Answer(Reduce.reference(&input)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl<T: 'static> std::future::Future for Ticket<T> {
+    type Output = Result<T, EngineError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.poll_answer(cx)
     }
 }
 
