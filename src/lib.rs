@@ -90,6 +90,7 @@ pub use engine::{
     MAX_UNDECIDED_RACES, TIMED_SINGLE_PERIOD,
 };
 pub use kernels::DispatchPlan;
+pub use policy::{Agreement, FloatElem};
 
 #[doc(hidden)]
 pub use engine::{

@@ -21,10 +21,12 @@ use crate::backend::{
     QueueId,
 };
 
+mod fsum;
 mod histogram;
 mod reduce;
 mod scan;
 
+pub use fsum::FSum;
 pub use histogram::Histogram;
 pub use reduce::Reduce;
 pub use scan::{Scan, DEFAULT_PATTERN, MAX_PATTERN_BYTES, SCAN_SLOT_CAPACITY, SCAN_TILE_BYTES};
@@ -190,6 +192,14 @@ pub trait Workload: Send + Sync + std::fmt::Debug + 'static {
         let _ = (variant, outputs);
         None
     }
+
+    /// How a speculative variant's canonical answer is compared with the conservative
+    /// one's (SPEC §9): [`Agreement::Exact`] (bytes) by default; a float workload whose
+    /// fast variants reassociate or fuse arithmetic gives a tolerance
+    /// ([`Agreement::Float`]).
+    fn agreement(&self) -> crate::policy::Agreement {
+        crate::policy::Agreement::Exact
+    }
 }
 
 /// Every built-in workload: `histogram`, `reduce`, `scan` (with [`DEFAULT_PATTERN`]).
@@ -201,8 +211,13 @@ pub fn builtin() -> Vec<Arc<dyn Workload>> {
     ]
 }
 
-/// The built-in workload called `name`, if there is one.
+/// The built-in workload called `name`, if there is one: those of [`builtin`], and
+/// `fsum` ([`FSum`], the float workload compared within a tolerance, which the default
+/// run leaves out).
 pub fn by_name(name: &str) -> Option<Arc<dyn Workload>> {
+    if name == "fsum" {
+        return Some(Arc::new(FSum::default()));
+    }
     builtin().into_iter().find(|w| w.name() == name)
 }
 

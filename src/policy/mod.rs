@@ -9,8 +9,10 @@
 //! One file per rule: N2 (`speculation`), I2 (`trace_jit`), D1 (`persistent`), D2
 //! (`independence`), D3 (`copy_overlap`), D4 (`command_reuse`), D9 (`bindless`), and the
 //! `bundle` that evaluates them together and lists the aggressive paths that fired, for
-//! the engine to publish as audit events. This module must never do I/O or hold state.
+//! the engine to publish as audit events; and `agreement`, how two answers are compared
+//! (SPEC §9). This module must never do I/O or hold state.
 
+mod agreement;
 mod bindless;
 mod bundle;
 mod command_reuse;
@@ -20,6 +22,7 @@ mod persistent;
 mod speculation;
 mod trace_jit;
 
+pub use agreement::{Agreement, CustomAgreement, Disagreement, FloatElem};
 pub use bindless::{
     decide_bindless, BindlessDecision, BindlessInputs, BindlessSupport,
     BINDLESS_RESOURCE_COUNT_THRESHOLD,
