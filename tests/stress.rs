@@ -331,31 +331,21 @@ fn concurrent_shutdowns_with_producers_blocked_on_a_full_mailbox_all_return() {
         );
         let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
         backend.pause();
+        // Every batch accepted so far, with its input.
+        let accepted = Arc::new(std::sync::Mutex::new(Vec::<(Ticket, Vec<u8>)>::new()));
         let producers: Vec<_> = (0..PRODUCERS)
             .map(|p| {
                 let engine = Arc::clone(&engine);
+                let accepted = Arc::clone(&accepted);
                 std::thread::spawn(move || {
-                    let mut accepted = Vec::new();
                     for i in 0.. {
                         let input = input_for(p, i);
                         match engine.submit(Batch::new(k, input.clone())) {
-                            Ok(ticket) => accepted.push((ticket, input)),
+                            Ok(ticket) => accepted.lock().unwrap().push((ticket, input)),
                             Err(EngineError::ShutDown) => break,
                             Err(e) => panic!("unexpected submit error: {e}"),
                         }
                     }
-                    // Shutdown answers every accepted batch before it returns, so each
-                    // ticket is ready once the closers are joined; a ticket takes its
-                    // one answer.
-                    let n = accepted.len();
-                    for (ticket, input) in accepted {
-                        let answer = ticket.wait().expect("accepted batch answered");
-                        assert_eq!(
-                            answer.output,
-                            Output::Answer(ByteSumWorkload.reference(&input))
-                        );
-                    }
-                    n
                 })
             })
             .collect();
@@ -367,9 +357,18 @@ fn concurrent_shutdowns_with_producers_blocked_on_a_full_mailbox_all_return() {
             .map(|_| {
                 let engine = Arc::clone(&engine);
                 let start = Arc::clone(&start);
+                let accepted = Arc::clone(&accepted);
                 std::thread::spawn(move || {
                     start.wait();
                     engine.shutdown();
+                    // Whichever call this was, the shutdown is complete: every batch
+                    // accepted is answered.
+                    for (ticket, _) in accepted.lock().unwrap().iter() {
+                        assert!(
+                            ticket.is_ready(),
+                            "a shutdown call returned before every accepted batch was answered"
+                        );
+                    }
                 })
             })
             .collect();
@@ -379,11 +378,22 @@ fn concurrent_shutdowns_with_producers_blocked_on_a_full_mailbox_all_return() {
         for closer in closers {
             closer.join().expect("closer panicked");
         }
-        let accepted: usize = producers
-            .into_iter()
-            .map(|p| p.join().expect("producer panicked"))
-            .sum();
-        assert!(accepted > 0, "no batch was accepted before the shutdown");
+        for producer in producers {
+            producer.join().expect("producer panicked");
+        }
+        let accepted = std::mem::take(&mut *accepted.lock().unwrap());
+        assert!(
+            !accepted.is_empty(),
+            "no batch was accepted before the shutdown"
+        );
+        // A ticket takes its one answer: the reference answer.
+        for (ticket, input) in accepted {
+            let answer = ticket.wait().expect("accepted batch answered");
+            assert_eq!(
+                answer.output,
+                Output::Answer(ByteSumWorkload.reference(&input))
+            );
+        }
     }
     let _ = done.send(());
 }
