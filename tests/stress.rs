@@ -310,7 +310,8 @@ fn shutdown_under_load_answers_every_accepted_window() {
 /// stop messages, and that one waited for the workers for ever. Each round pauses the
 /// backend so that the producers block on a mailbox of two, starts four shutdowns
 /// together, then lets the workers drain: every shutdown returns (the watchdog aborts
-/// otherwise), and every batch accepted is answered, once, with the reference answer.
+/// otherwise), none before every batch accepted is answered, and each such batch gets
+/// one answer, the reference answer.
 #[test]
 fn concurrent_shutdowns_with_producers_blocked_on_a_full_mailbox_all_return() {
     const ROUNDS: usize = 100;
