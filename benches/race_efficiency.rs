@@ -385,7 +385,7 @@ impl<'a> EnginePair<'a> {
     /// wall time (submit to answer) and notes both arms' kernel times from the
     /// `RaceSample` events. A batch that did not race (the pair was rejected) is left
     /// out, and the pair is registered afresh.
-    fn run(&mut self, events: &crossbeam_channel::Receiver<Event>, iters: u64) -> Duration {
+    fn run(&mut self, events: &photofinish::Subscription, iters: u64) -> Duration {
         let mut wall = Duration::ZERO;
         let mut times = ArmTimes::default();
         let mut raced = 0;

@@ -84,10 +84,10 @@ pub use bytemuck;
 pub use engine::{
     default_autotune_dir, Answer, Arm, BackendChoice, Batch, BufferIter, Buffers, CacheStatus,
     Engine, EngineBuilder, EngineError, Event, KernelId, KernelStats, KernelVerdict, Output,
-    RaceSample, Ticket, TraceStats, TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD,
-    DEFAULT_BUSY_WAIT, DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP,
-    DEFAULT_MAX_SEARCHING, INLINE_OUTPUT_BUFFERS, INLINE_OUTPUT_BYTES, MAX_KEPT_SAMPLES,
-    MAX_UNDECIDED_RACES, TIMED_SINGLE_PERIOD,
+    RaceSample, Subscription, Ticket, TraceStats, TrySubmitError, VerdictReason,
+    DEFAULT_AUDIT_PERIOD, DEFAULT_BUSY_WAIT, DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY,
+    DEFAULT_MAX_GROUP, DEFAULT_MAX_SEARCHING, INLINE_OUTPUT_BUFFERS, INLINE_OUTPUT_BYTES,
+    MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES, TIMED_SINGLE_PERIOD,
 };
 pub use kernels::DispatchPlan;
 pub use policy::{Agreement, FloatElem};
@@ -96,6 +96,9 @@ pub use policy::{Agreement, FloatElem};
 pub use engine::{
     protocol, ByteSumWorkload, FusedByteSumWorkload, InjectedFault, LoadRecord, TestBackend,
 };
+/// What [`Subscription`]'s reads return when no event comes.
+#[cfg(not(photofinish_loom))]
+pub use engine::{RecvError, RecvTimeoutError, SubscriptionIntoIter, TryRecvError};
 
 /// The README's code blocks, compiled and run as doctests so its example cannot rot.
 #[cfg(doctest)]

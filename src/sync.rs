@@ -201,13 +201,13 @@ impl<T> SwapCell<T> {
     }
 }
 
-/// Bounded channels: crossbeam normally (the event bus's per-subscriber channels).
+/// Channels: crossbeam normally (the event bus's per-subscriber channels).
 #[cfg(not(photofinish_loom))]
 pub(crate) mod channel {
-    pub(crate) use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+    pub(crate) use crossbeam_channel::{bounded, unbounded, Receiver, Sender, TrySendError};
 }
 
-/// The loom stand-in for a bounded crossbeam channel: a loom-visible
+/// The loom stand-in for a crossbeam channel: a loom-visible
 /// `Mutex<VecDeque>` with a capacity, and a flag the receiver clears when dropped. Only
 /// the non-blocking operations the event bus uses exist.
 #[cfg(photofinish_loom)]
@@ -247,6 +247,11 @@ pub mod channel {
         (Sender(Arc::clone(&chan)), Receiver(chan))
     }
 
+    /// A channel without a bound.
+    pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
+        bounded(usize::MAX)
+    }
+
     impl<T> Sender<T> {
         /// Queues `value` unless the channel is full or its receiver gone.
         pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
@@ -259,6 +264,11 @@ pub mod channel {
             }
             queue.push_back(value);
             Ok(())
+        }
+
+        /// Values queued now.
+        pub fn len(&self) -> usize {
+            self.0.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
         }
     }
 

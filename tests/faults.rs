@@ -21,7 +21,7 @@ fn reference(input: &[u8]) -> Output {
     Output::Answer(ByteSumWorkload.reference(input))
 }
 
-fn restarts(events: &crossbeam_channel::Receiver<Event>) -> Vec<(String, bool)> {
+fn restarts(events: &photofinish::Subscription) -> Vec<(String, bool)> {
     events
         .try_iter()
         .filter_map(|e| match e {

@@ -18,7 +18,7 @@ fn timed_engine(
     Arc<TestBackend>,
     Engine,
     photofinish::KernelId,
-    crossbeam_channel::Receiver<Event>,
+    photofinish::Subscription,
 ) {
     let backend = Arc::new(TestBackend::new(1, families, 1));
     backend.set_byte_sum_ns(conservative, speculative);

@@ -1,7 +1,8 @@
 //! Stress on the CPU backend: 8 producer threads × 20 000 tiny `reduce` batches, every
 //! ticket answered exactly once with the reference answer, then shutdown under load;
 //! the same with the batches submitted in windows (`submit_many`); bursts after pauses
-//! that put the workers to sleep. A watchdog aborts the process with a message instead
+//! that put the workers to sleep; several threads shutting down at once while producers
+//! are blocked on a full mailbox. A watchdog aborts the process with a message instead
 //! of letting a deadlock hang the test run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +11,9 @@ use std::time::Duration;
 
 use photofinish::backend::cpu::CpuBackend;
 use photofinish::kernels::{Reduce, Workload};
-use photofinish::{Batch, Engine, EngineError, KernelId, Output, Ticket};
+use photofinish::{
+    Batch, ByteSumWorkload, Engine, EngineError, KernelId, Output, TestBackend, Ticket,
+};
 
 #[path = "support/watchdog.rs"]
 mod watchdog;
@@ -299,4 +302,99 @@ fn shutdown_under_load_answers_every_accepted_window() {
             .zip(inputs)
             .collect())
     });
+}
+
+/// Issue #25: four threads calling `shutdown` while eight producers were blocked inside
+/// `submit` on a full mailbox hung within a few tries: a caller that had not closed the
+/// gate joined the workers (holding them) before the one that had closed it sent the
+/// stop messages, and that one waited for the workers for ever. Each round pauses the
+/// backend so that the producers block on a mailbox of two, starts four shutdowns
+/// together, then lets the workers drain: every shutdown returns (the watchdog aborts
+/// otherwise), none before every batch accepted is answered, and each such batch gets
+/// one answer, the reference answer.
+#[test]
+fn concurrent_shutdowns_with_producers_blocked_on_a_full_mailbox_all_return() {
+    const ROUNDS: usize = 100;
+    const CLOSERS: usize = 4;
+    let done = watchdog(
+        "stress: 4 concurrent shutdowns, 8 producers blocked on a full mailbox",
+        Duration::from_secs(120),
+    );
+    for _ in 0..ROUNDS {
+        let backend = Arc::new(TestBackend::new(1, 2, 1));
+        let engine = Arc::new(
+            Engine::builder()
+                .backend_instance(backend.clone())
+                .without_autotune_file()
+                .channel_capacity(2)
+                .build()
+                .expect("engine builds"),
+        );
+        let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+        backend.pause();
+        // Every batch accepted so far, with its input.
+        let accepted = Arc::new(std::sync::Mutex::new(Vec::<(Ticket, Vec<u8>)>::new()));
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let engine = Arc::clone(&engine);
+                let accepted = Arc::clone(&accepted);
+                std::thread::spawn(move || {
+                    for i in 0.. {
+                        let input = input_for(p, i);
+                        match engine.submit(Batch::new(k, input.clone())) {
+                            Ok(ticket) => accepted.lock().unwrap().push((ticket, input)),
+                            Err(EngineError::ShutDown) => break,
+                            Err(e) => panic!("unexpected submit error: {e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        // The workers hold a batch or two each on the paused backend, the mailbox fills,
+        // and the producers block inside `submit`.
+        std::thread::sleep(Duration::from_millis(5));
+        let start = Arc::new(Barrier::new(CLOSERS + 1));
+        let closers: Vec<_> = (0..CLOSERS)
+            .map(|_| {
+                let engine = Arc::clone(&engine);
+                let start = Arc::clone(&start);
+                let accepted = Arc::clone(&accepted);
+                std::thread::spawn(move || {
+                    start.wait();
+                    engine.shutdown();
+                    // Whichever call this was, the shutdown is complete: every batch
+                    // accepted is answered.
+                    for (ticket, _) in accepted.lock().unwrap().iter() {
+                        assert!(
+                            ticket.is_ready(),
+                            "a shutdown call returned before every accepted batch was answered"
+                        );
+                    }
+                })
+            })
+            .collect();
+        start.wait();
+        std::thread::sleep(Duration::from_millis(1));
+        backend.resume();
+        for closer in closers {
+            closer.join().expect("closer panicked");
+        }
+        for producer in producers {
+            producer.join().expect("producer panicked");
+        }
+        let accepted = std::mem::take(&mut *accepted.lock().unwrap());
+        assert!(
+            !accepted.is_empty(),
+            "no batch was accepted before the shutdown"
+        );
+        // A ticket takes its one answer: the reference answer.
+        for (ticket, input) in accepted {
+            let answer = ticket.wait().expect("accepted batch answered");
+            assert_eq!(
+                answer.output,
+                Output::Answer(ByteSumWorkload.reference(&input))
+            );
+        }
+    }
+    let _ = done.send(());
 }

@@ -14,12 +14,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use photofinish::kernels::{self, InputShape, Workload};
 use photofinish::{
     Answer, Arm, BackendChoice, Batch, CacheStatus, Engine, EngineError, Event, KernelId,
-    KernelVerdict, Output, RaceSample, Ticket, VerdictReason,
+    KernelVerdict, Output, RaceSample, Subscription, Ticket, VerdictReason,
 };
 
 use super::args::RunArgs;
@@ -138,7 +137,7 @@ fn bar_style() -> ProgressStyle {
 /// collects answers in the order they complete.
 fn run_kernel(
     engine: &Engine,
-    events: &Receiver<Event>,
+    events: &Subscription,
     workload: &dyn Workload,
     id: KernelId,
     args: &RunArgs,
@@ -258,7 +257,7 @@ fn collect(
 
 /// Applies every pending event about kernel `id`.
 fn drain(
-    events: &Receiver<Event>,
+    events: &Subscription,
     id: KernelId,
     tally: &mut KernelTally,
     races: &mut VecDeque<RaceSample>,

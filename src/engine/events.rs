@@ -1,10 +1,14 @@
 //! Events by message: the typed [`Event`] stream and the bus that fans it out.
 //!
-//! Each subscriber has its own bounded channel, written with `try_send`: a slow or
-//! absent reader never blocks a worker. When a subscriber's channel is full the event
-//! is dropped for that subscriber only and counted ([`EventBus::dropped`]); a
-//! subscriber whose receiver is gone is forgotten. Each subscriber's drops are counted
-//! too, so for every subscriber delivered + dropped == published while it listened.
+//! Each subscriber has its own channel of at most `capacity` events, written without
+//! blocking: a slow or absent reader never blocks a worker. When a subscriber's channel
+//! holds `capacity` events the event is dropped for that subscriber only and counted
+//! ([`EventBus::dropped`]). Each subscriber's drops are counted too, so for every
+//! subscriber delivered + dropped == published while it listened. The channels grow as
+//! events queue (none sets aside room for `capacity` events up front), and a dropped
+//! [`Subscription`] is forgotten by the next `subscribe` or `publish`, so subscribers
+//! that come and go hold no memory (until issue #25 each held a preallocated
+//! 1 024-event channel until the next publish: 20 000 of them, 2 GB).
 //! Events are rare (verdict changes, toggles, faults), so the subscriber list sits
 //! behind a plain mutex. Everything here comes from `crate::sync` (a loom stand-in for
 //! the channel under `photofinish_loom`), so `loom-tests/tests/event_bus.rs` models the
@@ -12,8 +16,8 @@
 
 use std::fmt;
 
-use crate::sync::channel::{bounded, Receiver, Sender, TrySendError};
-use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
+use crate::sync::channel::{unbounded, Receiver, Sender, TrySendError};
+use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 
 use crate::backend::{BackendKind, QueueId};
 use crate::policy::SpeculationVerdict;
@@ -200,12 +204,154 @@ impl DropCounter {
 struct Subscriber {
     tx: Sender<Event>,
     dropped: DropCounter,
+    /// Set when its [`Subscription`] is dropped.
+    left: Arc<AtomicBool>,
+}
+
+/// Marks a subscriber gone when its [`Subscription`] (or the iterator it became) is
+/// dropped: its own flag, then the bus's count of subscribers gone since the last prune.
+#[derive(Debug)]
+struct Leave {
+    left: Arc<AtomicBool>,
+    gone: Arc<AtomicUsize>,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        // The flag first: a prune that sees the count sees the flag.
+        self.left.store(true, Ordering::Release);
+        self.gone.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// One subscriber's stream of [`Event`]s: what [`Engine::subscribe`](crate::Engine::subscribe)
+/// returns. Events come in the order they were published. It holds at most
+/// `EngineBuilder::event_capacity` unread events; events published while it is full
+/// are dropped for it and counted ([`Subscription::dropped`]), so a reader that falls
+/// behind never slows the engine. Dropping it unsubscribes.
+///
+/// Read it like a channel's receiver: [`recv`](Self::recv) blocks for the next event,
+/// [`try_recv`](Self::try_recv) and [`try_iter`](Self::try_iter) take what is queued,
+/// [`recv_timeout`](Self::recv_timeout) waits a while, and [`iter`](Self::iter) (or a
+/// `for` loop over the subscription) reads until the engine is gone.
+#[derive(Debug)]
+pub struct Subscription {
+    // Field order is drop order: the receiver goes before the bus is told.
+    rx: Receiver<Event>,
+    dropped: DropCounter,
+    // Read only by `into_iter`, which the loom build has not.
+    #[cfg_attr(photofinish_loom, allow(dead_code))]
+    leave: Leave,
+}
+
+impl Subscription {
+    /// Events dropped for this subscriber because it held `event_capacity` unread
+    /// events when they were published.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+}
+
+#[cfg(not(photofinish_loom))]
+pub use crossbeam_channel::{RecvError, RecvTimeoutError, TryRecvError};
+
+#[cfg(not(photofinish_loom))]
+impl Subscription {
+    /// The next event, waiting for one; `Err` once the engine is gone and every
+    /// event is read.
+    pub fn recv(&self) -> Result<Event, RecvError> {
+        self.rx.recv()
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&self) -> Result<Event, TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// The next event, waiting at most `timeout` for one.
+    pub fn recv_timeout(&self, timeout: std::time::Duration) -> Result<Event, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+
+    /// The events queued now, without waiting.
+    pub fn try_iter(&self) -> crossbeam_channel::TryIter<'_, Event> {
+        self.rx.try_iter()
+    }
+
+    /// Every event, waiting for each; ends once the engine is gone and every event
+    /// is read.
+    pub fn iter(&self) -> crossbeam_channel::Iter<'_, Event> {
+        self.rx.iter()
+    }
+
+    /// Events queued now.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// True when no event is queued.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+/// Under the loom models only the non-blocking read exists (the stand-in channel's).
+#[cfg(photofinish_loom)]
+impl Subscription {
+    /// The oldest queued event, if any.
+    pub fn try_recv(&self) -> Option<Event> {
+        self.rx.try_recv()
+    }
+}
+
+/// The events of a [`Subscription`] it was turned into (`for event in subscription`):
+/// waits for each, ends once the engine is gone and every event is read.
+#[cfg(not(photofinish_loom))]
+#[derive(Debug)]
+pub struct SubscriptionIntoIter {
+    // As in `Subscription`: the receiver goes before the bus is told.
+    events: crossbeam_channel::IntoIter<Event>,
+    _leave: Leave,
+}
+
+#[cfg(not(photofinish_loom))]
+impl Iterator for SubscriptionIntoIter {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.events.next()
+    }
+}
+
+#[cfg(not(photofinish_loom))]
+impl IntoIterator for Subscription {
+    type Item = Event;
+    type IntoIter = SubscriptionIntoIter;
+
+    fn into_iter(self) -> SubscriptionIntoIter {
+        SubscriptionIntoIter {
+            events: self.rx.into_iter(),
+            _leave: self.leave,
+        }
+    }
+}
+
+#[cfg(not(photofinish_loom))]
+impl<'a> IntoIterator for &'a Subscription {
+    type Item = Event;
+    type IntoIter = crossbeam_channel::Iter<'a, Event>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.rx.iter()
+    }
 }
 
 /// Fans events out to subscribers without ever blocking the publisher.
 #[derive(Debug)]
 pub struct EventBus {
     subscribers: Mutex<Vec<Subscriber>>,
+    /// Subscriptions dropped since the last prune of `subscribers`.
+    gone: Arc<AtomicUsize>,
     /// `BackendSelected`, replayed first to every subscriber (it is published at build,
     /// before anyone can subscribe).
     sticky: Mutex<Option<Event>>,
@@ -214,10 +360,11 @@ pub struct EventBus {
 }
 
 impl EventBus {
-    /// A bus whose subscribers each get a channel of `capacity` events.
+    /// A bus whose subscribers each hold at most `capacity` unread events.
     pub fn new(capacity: usize) -> Self {
         EventBus {
             subscribers: Mutex::new(Vec::new()),
+            gone: Arc::new(AtomicUsize::new(0)),
             sticky: Mutex::new(None),
             capacity: capacity.max(1),
             dropped: AtomicU64::new(0),
@@ -225,30 +372,43 @@ impl EventBus {
     }
 
     /// A new subscriber: receives every event published from now on.
-    pub fn subscribe(&self) -> Receiver<Event> {
+    pub fn subscribe(&self) -> Subscription {
         self.subscribe_counted().0
     }
 
     /// A new subscriber and the count of events dropped for it.
-    pub fn subscribe_counted(&self) -> (Receiver<Event>, DropCounter) {
-        let (tx, rx) = bounded(self.capacity);
+    pub fn subscribe_counted(&self) -> (Subscription, DropCounter) {
+        let (tx, rx) = unbounded();
         let dropped = DropCounter(Arc::new(AtomicU64::new(0)));
+        let left = Arc::new(AtomicBool::new(false));
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        if self.gone.swap(0, Ordering::AcqRel) != 0 {
+            subs.retain(|sub| !sub.left.load(Ordering::Acquire));
+        }
         if let Some(event) = self
             .sticky
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
         {
-            // A fresh channel of capacity >= 1 always has room for the first event.
+            // A fresh channel is empty and its receiver alive: this cannot fail.
             let _ = tx.try_send(event);
         }
         subs.push(Subscriber {
             tx,
             dropped: dropped.clone(),
+            left: Arc::clone(&left),
         });
         drop(subs);
-        (rx, dropped)
+        let subscription = Subscription {
+            rx,
+            dropped: dropped.clone(),
+            leave: Leave {
+                left,
+                gone: Arc::clone(&self.gone),
+            },
+        };
+        (subscription, dropped)
     }
 
     /// Publishes `event` and keeps it to replay to every later subscriber.
@@ -262,19 +422,45 @@ impl EventBus {
     pub fn publish(&self, event: Event) {
         tracing::debug!(?event, "engine event");
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subs.retain(|sub| match sub.tx.try_send(event.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                sub.dropped.0.fetch_add(1, Ordering::AcqRel);
-                self.dropped.fetch_add(1, Ordering::AcqRel);
-                true
+        // Every subscriber is looked at below: the count of those gone is spent.
+        self.gone.swap(0, Ordering::AcqRel);
+        let count_drop = |sub: &Subscriber| {
+            sub.dropped.0.fetch_add(1, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::AcqRel);
+        };
+        subs.retain(|sub| {
+            if sub.left.load(Ordering::Acquire) {
+                return false;
             }
-            Err(TrySendError::Disconnected(_)) => false,
+            // Only publishers (under this lock) add to a channel, so its length cannot
+            // grow between this check and the send.
+            if sub.tx.len() >= self.capacity {
+                count_drop(sub);
+                return true;
+            }
+            match sub.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                // An unbounded channel is never full; counted all the same.
+                Err(TrySendError::Full(_)) => {
+                    count_drop(sub);
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
         });
     }
 
     /// Events dropped because a subscriber's channel was full (all subscribers).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Acquire)
+    }
+
+    /// Subscribers the bus holds now: every live [`Subscription`], and those dropped
+    /// since the last `subscribe` or `publish`.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }

@@ -120,11 +120,18 @@ pub(crate) const GATE_SHARDS: usize = 8;
 /// before its closed bit was set (and is counted there) or sees the bit and is
 /// refused: the single word's argument, per word (loom model:
 /// `loom-tests/tests/mailbox.rs`).
+///
+/// The gate also says when a shutdown is over: [`shut_down_once`](Self::shut_down_once)
+/// lets the caller that closed it finish the shutdown (stop and join the workers, the
+/// final save) and holds every other caller until that is done (loom model:
+/// `loom-tests/tests/shutdown.rs`).
 #[derive(Debug)]
 pub struct Gate {
     words: Box<[CachePadded<AtomicU64>]>,
-    lock: Mutex<()>,
+    /// True once the closer's shutdown work is done (or unwound).
+    lock: Mutex<bool>,
     empty: Condvar,
+    finished: Condvar,
 }
 
 impl Default for Gate {
@@ -143,8 +150,9 @@ impl Gate {
     pub fn with_shards(shards: usize) -> Self {
         Gate {
             words: padded_words(shards),
-            lock: Mutex::new(()),
+            lock: Mutex::new(false),
             empty: Condvar::new(),
+            finished: Condvar::new(),
         }
     }
 
@@ -193,6 +201,48 @@ impl Gate {
     /// Closes the gate (idempotent) and blocks until no producer is inside. Returns
     /// true for the call that closed it (the one that set the first word's bit).
     pub fn close_and_wait(&self) -> bool {
+        let closed_first = self.close();
+        self.wait_empty();
+        closed_first
+    }
+
+    /// Shuts down once, however many threads call it at the same time. The caller that
+    /// closes the gate waits until no producer is inside, runs `finish` (send the stop
+    /// messages, join the workers, the final save) and returns true. Every other caller,
+    /// concurrent or later, returns false, and only once `finish` has returned (or
+    /// unwound): so each caller returns, and none before the shutdown is complete.
+    ///
+    /// Only the closer runs `finish`. When every caller joined whatever workers it
+    /// found, a second caller could join them (holding the workers' lock) before the
+    /// closer had sent the stop messages: a deadlock (issue #25).
+    pub fn shut_down_once(&self, finish: impl FnOnce()) -> bool {
+        if !self.close() {
+            let mut finished = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            while !*finished {
+                finished = self
+                    .finished
+                    .wait(finished)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            return false;
+        }
+        /// Marks the shutdown finished when dropped, so that a `finish` that unwinds
+        /// still lets the other callers go.
+        struct Finished<'a>(&'a Gate);
+        impl Drop for Finished<'_> {
+            fn drop(&mut self) {
+                *self.0.lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                self.0.finished.notify_all();
+            }
+        }
+        let _finished = Finished(self);
+        self.wait_empty();
+        finish();
+        true
+    }
+
+    /// Sets the closed bit in every word; true for the call that set the first word's.
+    fn close(&self) -> bool {
         let mut closed_first = false;
         for (i, word) in self.words.iter().enumerate() {
             let was_open = word.fetch_or(CLOSED, Ordering::AcqRel) & CLOSED == 0;
@@ -200,12 +250,16 @@ impl Gate {
                 closed_first = was_open;
             }
         }
+        closed_first
+    }
+
+    /// Blocks until no producer is inside (after [`close`](Self::close)).
+    fn wait_empty(&self) {
         let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         while self.inside() != 0 {
             guard = self.empty.wait(guard).unwrap_or_else(|p| p.into_inner());
         }
         drop(guard);
-        closed_first
     }
 
     fn leave(&self, word: &AtomicU64) {

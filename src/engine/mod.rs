@@ -47,7 +47,9 @@ pub use builder::{
     DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, DEFAULT_MAX_SEARCHING,
 };
 pub use error::{EngineError, TrySubmitError};
-pub use events::{Event, KernelVerdict, VerdictReason};
+pub use events::{Event, KernelVerdict, Subscription, VerdictReason};
+#[cfg(not(photofinish_loom))]
+pub use events::{RecvError, RecvTimeoutError, SubscriptionIntoIter, TryRecvError};
 pub use race::TIMED_SINGLE_PERIOD;
 pub use registry::{
     Arm, CacheStatus, KernelId, KernelStats, RaceSample, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
@@ -623,8 +625,12 @@ impl Engine {
     /// (1..) are validated and loaded in parallel — the conservative one on every
     /// device, the speculative ones on the first (the others load them on demand).
     /// Several speculative variants are raced in turn, as for
-    /// [`Engine::register_variants`].
+    /// [`Engine::register_variants`]. After [`Engine::shutdown`] it returns
+    /// [`EngineError::ShutDown`].
     pub fn register(&self, workload: Arc<dyn Workload>) -> Result<KernelId, EngineError> {
+        if self.core.gate.is_closed() {
+            return Err(EngineError::ShutDown);
+        }
         let variants = workload.variants();
         let name = workload.name().to_string();
         let kernel = self.core.registry.add(
@@ -713,7 +719,8 @@ impl Engine {
     /// size). The speculative variants are raced against the conservative one in turn,
     /// in the order given: each until its verdict, then the next; once all are decided
     /// the adopted one measured fastest runs (see [`Event::VariantInPlay`]).
-    /// [`Engine::register_pair`] is the one-variant case.
+    /// [`Engine::register_pair`] is the one-variant case. After [`Engine::shutdown`]
+    /// both return [`EngineError::ShutDown`].
     ///
     /// On the CPU backend a variant's `cpu` function is its code; on Vulkan its
     /// `spirv`. Here three speculative variants of a byte sum, one of them wrong, race
@@ -772,6 +779,9 @@ impl Engine {
         conservative: KernelVariant,
         speculative: Vec<KernelVariant>,
     ) -> Result<KernelId, EngineError> {
+        if self.core.gate.is_closed() {
+            return Err(EngineError::ShutDown);
+        }
         if self.core.config.mode == SpeculationMode::Force {
             return Err(EngineError::SpeculationUnsupported {
                 kernel: name.to_string(),
@@ -908,10 +918,19 @@ impl Engine {
         self.core.registry.get(kernel).map(|k| k.verdict())
     }
 
-    /// A receiver of every event published from now on. Each subscriber has its own
-    /// bounded channel; when it is full, events for it are dropped and counted.
-    pub fn subscribe(&self) -> crate::sync::channel::Receiver<Event> {
+    /// A [`Subscription`] to every event published from now on (the first it reads is
+    /// [`Event::BackendSelected`]). Each subscriber holds at most
+    /// [`EngineBuilder::event_capacity`] unread events; when it is full, events for it
+    /// are dropped and counted. Dropping it unsubscribes.
+    pub fn subscribe(&self) -> Subscription {
         self.core.bus.subscribe()
+    }
+
+    /// Subscribers the event bus holds now: the live subscriptions and those dropped
+    /// since the last subscribe or event. For tests.
+    #[doc(hidden)]
+    pub fn event_subscribers(&self) -> usize {
+        self.core.bus.subscribers()
     }
 
     /// Events dropped because a subscriber did not keep up.
@@ -1154,39 +1173,41 @@ impl Engine {
 
     /// Stops accepting batches, answers every batch already accepted, joins the
     /// workers, then saves every autotune store (on the saver thread, which it stops
-    /// and joins). Idempotent; dropping the engine does the same.
+    /// and joins). Idempotent, and safe to call from several threads at once: every
+    /// call returns, and none before all of that is done. Dropping the engine does the
+    /// same.
     pub fn shutdown(&self) {
-        let closed_now = self.core.gate.close_and_wait();
-        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
-        if closed_now {
+        // Only the caller that closes the gate runs this; the others wait until it has
+        // (see `Gate::shut_down_once`).
+        self.core.gate.shut_down_once(|| {
+            let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
             // No producer is inside the gate any more, so every accepted batch is
             // already in a mailbox, ahead of these stop messages: one per worker.
             for (device, _) in workers.iter() {
                 // The receiver lives in `Core`, so this cannot fail.
                 let _ = self.core.devices[*device].mailbox.send(Msg::Stop);
             }
-        }
-        for (_, handle) in workers.drain(..) {
-            if handle.join().is_err() {
-                tracing::error!("a worker thread ended by panic outside its supervisor");
+            for (_, handle) in workers.drain(..) {
+                if handle.join().is_err() {
+                    tracing::error!("a worker thread ended by panic outside its supervisor");
+                }
             }
-        }
-        self.core.preloads.wait_idle();
-        // The workers are joined, so no request can come after these: the saver's
-        // last pass saves every store (races record winners without a verdict change,
-        // so each store is saved, dirty or not), then it exits.
-        let mut saver = self.saver.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(saves) = &self.core.saves {
-            if closed_now {
+            drop(workers);
+            self.core.preloads.wait_idle();
+            // The workers are joined, so no request can come after these: the saver's
+            // last pass saves every store (races record winners without a verdict
+            // change, so each store is saved, dirty or not), then it exits.
+            if let Some(saves) = &self.core.saves {
                 saves.request_all();
+                saves.stop();
             }
-            saves.stop();
-        }
-        if let Some(handle) = saver.take() {
-            if handle.join().is_err() {
-                tracing::error!("the autotune saver thread ended by panic");
+            let saver = self.saver.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(handle) = saver {
+                if handle.join().is_err() {
+                    tracing::error!("the autotune saver thread ended by panic");
+                }
             }
-        }
+        });
     }
 }
 
