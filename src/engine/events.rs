@@ -72,6 +72,45 @@ pub enum VerdictReason {
     },
 }
 
+/// Where two answers of a race disagreed (SPEC §9): the output binding (`None` for a
+/// workload's canonical answer), the first element that differs under the kernel's
+/// [`Agreement`](crate::Agreement), the two values and how far apart they are.
+#[derive(Debug, Clone)]
+pub struct MismatchDetail {
+    /// The output binding's slot; `None` for a workload's canonical answer.
+    pub binding: Option<u32>,
+    /// The first element that differs (bytes for `Exact`, elements for `Float`);
+    /// `None` when the lengths differ or a custom comparison refused.
+    pub element: Option<usize>,
+    /// The two values there (conservative, speculative), as text.
+    pub values: Option<(String, String)>,
+    /// `|conservative - speculative|` there, where it is a number.
+    pub difference: Option<f64>,
+    /// The comparison's own words.
+    pub detail: String,
+}
+
+impl PartialEq for MismatchDetail {
+    fn eq(&self, other: &Self) -> bool {
+        self.binding == other.binding
+            && self.element == other.element
+            && self.values == other.values
+            && self.difference.map(f64::to_bits) == other.difference.map(f64::to_bits)
+            && self.detail == other.detail
+    }
+}
+
+impl Eq for MismatchDetail {}
+
+impl std::fmt::Display for MismatchDetail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.binding {
+            Some(slot) => write!(f, "binding {slot}: {}", self.detail),
+            None => write!(f, "answer: {}", self.detail),
+        }
+    }
+}
+
 /// Something the engine decided or noticed, published to every subscriber.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -144,6 +183,8 @@ pub enum Event {
         queue: QueueId,
         /// True when it happened in an audit race of an adopted kernel.
         audit: bool,
+        /// Where and by how much the answers differ.
+        detail: MismatchDetail,
     },
     /// The shared adaptive speculator switched the fused path on or off.
     SpeculatorToggled {

@@ -7,6 +7,7 @@
 //! [`crate::backend::Backend`]. It never touches a device API directly. The mailbox and
 //! shutdown protocol and the race join are described in `src/engine/README.md`.
 
+mod agree;
 mod buffers;
 mod builder;
 mod contention;
@@ -47,7 +48,7 @@ pub use builder::{
     DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, DEFAULT_MAX_SEARCHING,
 };
 pub use error::{EngineError, TrySubmitError};
-pub use events::{Event, KernelVerdict, Subscription, VerdictReason};
+pub use events::{Event, KernelVerdict, MismatchDetail, Subscription, VerdictReason};
 #[cfg(not(photofinish_loom))]
 pub use events::{RecvError, RecvTimeoutError, SubscriptionIntoIter, TryRecvError};
 pub use race::TIMED_SINGLE_PERIOD;
@@ -638,6 +639,7 @@ impl Engine {
             name,
             KernelSource::Workload(Arc::clone(&workload)),
             variants,
+            agree::KernelAgreement::Answer(workload.agreement()),
         )?;
         for spec in 1..=kernel.speculative_count() {
             let declared = declares_counter_tail(&kernel, workload.as_ref(), spec);
@@ -779,6 +781,38 @@ impl Engine {
         conservative: KernelVariant,
         speculative: Vec<KernelVariant>,
     ) -> Result<KernelId, EngineError> {
+        self.register_variants_agreeing(name, conservative, speculative, &[])
+    }
+
+    /// [`Engine::register_variants`] with the comparison of each output binding
+    /// declared (SPEC §9): `agreements` lists (binding slot, [`Agreement`]) for the
+    /// bindings not compared byte for byte — e.g. an `f32` output of a variant that
+    /// fuses multiply-adds, within a few ulps. A slot the kernel does not write is
+    /// `InvalidKernel`. A disagreement is published as `Event::MismatchCaught`, whose
+    /// `detail` names the binding, the first element and the difference.
+    ///
+    /// ```
+    /// use photofinish::{Agreement, BackendChoice, BindingAccess, Engine, KernelVariant};
+    ///
+    /// let engine = Engine::builder().backend(BackendChoice::Cpu).without_autotune_file().build()?;
+    /// let layout = [BindingAccess::Read, BindingAccess::Write];
+    /// let sum = |name: &str| KernelVariant::cpu(name, &layout, 0, |_, _, _| Ok(()));
+    /// let kernel = engine.register_variants_agreeing(
+    ///     "scale",
+    ///     sum("scale/plain"),
+    ///     vec![sum("scale/fma")],
+    ///     &[(1, Agreement::f32_ulps(2))],
+    /// )?;
+    /// # let _ = kernel;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn register_variants_agreeing(
+        &self,
+        name: &str,
+        conservative: KernelVariant,
+        speculative: Vec<KernelVariant>,
+        agreements: &[(u32, crate::policy::Agreement)],
+    ) -> Result<KernelId, EngineError> {
         if self.core.gate.is_closed() {
             return Err(EngineError::ShutDown);
         }
@@ -789,12 +823,14 @@ impl Engine {
                     .into(),
             });
         }
+        let agreement = agree::KernelAgreement::for_pair(name, &conservative, agreements)?;
         let variants = std::iter::once(conservative).chain(speculative).collect();
         let kernel = self.core.registry.add(
             self.core.backend.as_ref(),
             name.to_string(),
             KernelSource::Pair,
             variants,
+            agreement,
         )?;
         self.resume_from_cache(&kernel);
         Ok(kernel.id)

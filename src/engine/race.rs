@@ -795,14 +795,15 @@ fn judge(
                     return;
                 }
             };
-            if spec_output != *cons {
-                tracing::warn!(kernel = %kernel.name, %spec_queue, audit, "speculative variant disagreed; rejected");
+            if let Err(detail) = kernel.agreement.compare(cons, &spec_output) {
+                tracing::warn!(kernel = %kernel.name, %spec_queue, audit, %detail, "speculative variant disagreed; rejected");
                 core.bus.publish(Event::MismatchCaught {
                     kernel: kernel.id,
                     name: kernel.name.clone(),
                     variant: spec,
                     queue: spec_queue,
                     audit,
+                    detail,
                 });
                 reject(core, kernel, spec, device, VerdictReason::Mismatch);
                 return;

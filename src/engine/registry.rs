@@ -22,6 +22,7 @@ use crate::kernels::Workload;
 use crate::policy::SpeculationObservation;
 use crate::sync::SwapCell;
 
+use super::agree::KernelAgreement;
 use super::dispatch_policy::{PolicyState, ShapeRun};
 use super::error::EngineError;
 use super::events::KernelVerdict;
@@ -328,6 +329,8 @@ pub(crate) struct Kernel {
     pub(crate) policy: Mutex<PolicyState>,
     /// Trace-JIT's miss cost and pre-load count (the per-batch history is per lane).
     pub(crate) trace: TraceState,
+    /// How a race's two answers are compared.
+    pub(crate) agreement: KernelAgreement,
 }
 
 /// What one queue's worker counts of a kernel, batch by batch, on cache lines of its
@@ -645,6 +648,7 @@ impl Registry {
         name: String,
         source: KernelSource,
         variants: Vec<KernelVariant>,
+        agreement: KernelAgreement,
     ) -> Result<Arc<Kernel>, EngineError> {
         if variants.len() < 2 {
             return Err(EngineError::InvalidKernel {
@@ -687,6 +691,7 @@ impl Registry {
             keys: variants.iter().map(spec_cache_key).collect(),
             policy: Mutex::new(PolicyState::default()),
             trace: TraceState::default(),
+            agreement,
             variants,
         });
         // The conservative variant on every device (any device can run any batch) and
