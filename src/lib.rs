@@ -80,13 +80,14 @@ pub use engine::{
     default_autotune_dir, Answer, Arm, BackendChoice, Batch, BufferIter, Buffers, CacheStatus,
     Engine, EngineBuilder, EngineError, Event, KernelId, KernelStats, KernelVerdict, Output,
     RaceSample, Ticket, TraceStats, TrySubmitError, VerdictReason, DEFAULT_AUDIT_PERIOD,
-    DEFAULT_BUSY_WAIT, DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP,
-    DEFAULT_MAX_SEARCHING, INLINE_OUTPUT_BUFFERS, INLINE_OUTPUT_BYTES, MAX_KEPT_SAMPLES,
-    MAX_UNDECIDED_RACES, TIMED_SINGLE_PERIOD,
+    DEFAULT_BUSY_WAIT, DEFAULT_CHANNEL_CAPACITY, DEFAULT_DISPATCH_TIMEOUT, DEFAULT_EVENT_CAPACITY,
+    DEFAULT_MAX_GROUP, DEFAULT_MAX_SEARCHING, INLINE_OUTPUT_BUFFERS, INLINE_OUTPUT_BYTES,
+    MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES, TIMED_SINGLE_PERIOD,
 };
 #[doc(hidden)]
 pub use engine::{
-    protocol, ByteSumWorkload, FusedByteSumWorkload, InjectedFault, LoadRecord, TestBackend,
+    protocol, ByteSumWorkload, FusedByteSumWorkload, HostCode, InjectedFault, LoadRecord,
+    PanickyHostWorkload, TestBackend,
 };
 
 /// The README's code blocks, compiled and run as doctests so its example cannot rot.

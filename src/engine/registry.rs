@@ -318,6 +318,9 @@ pub(crate) struct Kernel {
     pub(crate) policy: Mutex<PolicyState>,
     /// Trace-JIT's miss cost and pre-load count (the per-batch history is per lane).
     pub(crate) trace: TraceState,
+    /// Set when the conservative variant did not return within the dispatch timeout:
+    /// the error every later batch of the kernel gets at once (`race::retire_hung`).
+    pub(crate) disabled: std::sync::OnceLock<EngineError>,
 }
 
 /// What one queue's worker counts of a kernel, batch by batch, on cache lines of its
@@ -643,6 +646,7 @@ impl Registry {
             keys: variants.iter().map(spec_cache_key).collect(),
             policy: Mutex::new(PolicyState::default()),
             trace: TraceState::default(),
+            disabled: std::sync::OnceLock::new(),
             variants,
         });
         // The conservative variant on every device (any device can run any batch) and
