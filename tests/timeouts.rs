@@ -238,6 +238,73 @@ fn a_looping_conservative_variant_gets_a_typed_timeout_and_shutdown_returns() {
     );
 }
 
+#[test]
+fn an_adopted_variant_that_hangs_is_rejected_and_its_batch_gets_a_typed_timeout() {
+    let _guard = watchdog("adopted variant that hangs", Duration::from_secs(120));
+    let engine = Engine::builder()
+        .backend(BackendChoice::Cpu)
+        .without_autotune_file()
+        .audit_period(0)
+        .dispatch_timeout(TIMEOUT)
+        .build()
+        .unwrap();
+    // Fast and right, except that it never returns on an input starting with 0xEE.
+    let layout = [BindingAccess::Read, BindingAccess::Write];
+    let fast = KernelVariant::cpu("sum/fast", &layout, 0, |buffers, _, _| {
+        if buffers[0][0] == 0xEE {
+            loop {
+                std::thread::park();
+            }
+        }
+        let total: u64 = buffers[0].iter().map(|&b| u64::from(b)).sum();
+        buffers[1][..8].copy_from_slice(&total.to_le_bytes());
+        Ok(())
+    });
+    let k = engine
+        .register_pair("sum", sum("sum/slow", 400_000), fast)
+        .unwrap();
+    let input: Vec<u8> = (0..=255).collect();
+    while engine.verdict(k) == Some(KernelVerdict::Undecided) {
+        engine
+            .submit(Batch::with_plan(k, plan(&input)))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Adopted));
+    let started = Instant::now();
+    let err = engine
+        .submit(Batch::with_plan(k, plan(&[0xEE; 16])))
+        .unwrap()
+        .wait()
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(&err, EngineError::DispatchTimedOut { variant, .. } if variant == "sum/fast"),
+        "{err}"
+    );
+    assert!(waited >= TIMEOUT && waited < TIMEOUT + MARGIN, "{waited:?}");
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Rejected));
+    // The conservative variant answers from now on, on the new worker too.
+    for i in 0..16u8 {
+        let input = vec![i; 12];
+        let answer = engine
+            .submit(Batch::with_plan(k, plan(&input)))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(answer.output, sum_of(&input));
+        assert_eq!(answer.variant, 0);
+    }
+    let started = Instant::now();
+    engine.shutdown();
+    assert!(
+        started.elapsed() < MARGIN,
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
 /// Batches of a [`PanickyHostWorkload`] get the conservative answer, the variant is
 /// rejected on the first, and no worker panics.
 fn speculative_host_panic_rejects_the_variant(code: HostCode) {
