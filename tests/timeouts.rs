@@ -239,6 +239,29 @@ fn a_looping_conservative_variant_gets_a_typed_timeout_and_shutdown_returns() {
 }
 
 #[test]
+fn shutdown_while_a_conservative_kernel_loops_returns_within_the_timeout() {
+    let _guard = watchdog(
+        "shutdown with a looping conservative arm",
+        Duration::from_secs(60),
+    );
+    let engine = cpu_engine();
+    let k = engine
+        .register_pair("stuck", never_returns("stuck/loops"), sum("stuck/sum", 0))
+        .unwrap();
+    let ticket = engine
+        .submit(Batch::with_plan(k, plan(&[1, 2, 3, 4])))
+        .unwrap();
+    // The worker is inside the kernel (or about to be): shutdown waits for the
+    // watchdog to give up on it, no longer.
+    let started = Instant::now();
+    engine.shutdown();
+    let took = started.elapsed();
+    assert!(took < TIMEOUT + MARGIN, "shutdown took {took:?}");
+    let err = ticket.wait().unwrap_err();
+    assert!(matches!(err, EngineError::DispatchTimedOut { .. }), "{err}");
+}
+
+#[test]
 fn an_adopted_variant_that_hangs_is_rejected_and_its_batch_gets_a_typed_timeout() {
     let _guard = watchdog("adopted variant that hangs", Duration::from_secs(120));
     let engine = Engine::builder()
