@@ -262,6 +262,45 @@ fn shutdown_while_a_conservative_kernel_loops_returns_within_the_timeout() {
 }
 
 #[test]
+fn window_batches_a_hung_worker_had_claimed_are_still_answered() {
+    let _guard = watchdog("a hang inside a window", Duration::from_secs(60));
+    let engine = cpu_engine();
+    let stuck = engine
+        .register_pair("stuck", never_returns("stuck/loops"), sum("stuck/sum", 0))
+        .unwrap();
+    let fine = engine
+        .register_pair("sum", sum("sum/serial", 0), sum("sum/also", 0))
+        .unwrap();
+    // One window: the hanging batch first, then eight good ones. Its claimers take
+    // chunks of four, so whichever worker hangs has claimed three more it never runs.
+    let batches = std::iter::once(Batch::with_plan(stuck, plan(&[1, 2, 3, 4])))
+        .chain((0..8u8).map(|i| Batch::with_plan(fine, plan(&[i; 20]))));
+    let mut tickets = engine.submit_many(batches).unwrap().into_iter();
+    let hung = tickets.next().unwrap();
+    let started = Instant::now();
+    for (i, ticket) in (0..8u8).zip(tickets) {
+        let answer = ticket
+            .wait()
+            .unwrap_or_else(|e| panic!("window batch {i}: {e}"));
+        assert_eq!(answer.output, sum_of(&[i; 20]));
+    }
+    assert!(
+        started.elapsed() < TIMEOUT + MARGIN,
+        "{:?}",
+        started.elapsed()
+    );
+    let err = hung.wait().unwrap_err();
+    assert!(matches!(err, EngineError::DispatchTimedOut { .. }), "{err}");
+    let started = Instant::now();
+    engine.shutdown();
+    assert!(
+        started.elapsed() < MARGIN,
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn an_adopted_variant_that_hangs_is_rejected_and_its_batch_gets_a_typed_timeout() {
     let _guard = watchdog("adopted variant that hangs", Duration::from_secs(120));
     let engine = Engine::builder()

@@ -65,6 +65,10 @@ pub(crate) struct Watch {
     parked: AtomicCell<Responder<Answer>>,
     /// The responders of a group the worker runs, parked here while it runs.
     parked_group: Mutex<Vec<Responder<Answer>>>,
+    /// The window the worker is claiming from (set when it takes a copy, cleared when
+    /// it lets go of it: twice a window, not per batch), so that a new thread can
+    /// take over the jobs a thread given up on claimed and never ran.
+    window: Mutex<Option<Arc<Window<Job>>>>,
 }
 
 impl std::fmt::Debug for Watch {
@@ -83,6 +87,7 @@ impl Watch {
             next: AtomicU64::new(0),
             parked: AtomicCell::new(Responder::vacant()),
             parked_group: Mutex::new(Vec::new()),
+            window: Mutex::new(None),
         }
     }
 }
@@ -186,6 +191,16 @@ fn unpark(jobs: &mut [Job]) -> bool {
     true
 }
 
+/// Notes in this thread's watch the window it takes a copy of (`Some`) or lets go of
+/// (`None`); a no-op on an unwatched thread.
+fn note_window(window: Option<&Arc<Window<Job>>>) {
+    WATCH.with_borrow(|watch| {
+        if let Some(watch) = watch {
+            *lock(&watch.window) = window.map(Arc::clone);
+        }
+    });
+}
+
 /// One queue's worker as the engine and the watchdog see it: the thread serving the
 /// queue now (a new one after the watchdog gave up on one) and its watch.
 #[derive(Debug)]
@@ -244,7 +259,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) fn spawn(core: Arc<Core>, queue: QueueId) -> Result<WorkerHandle, EngineError> {
     let watched = core.config.dispatch_timeout.is_some();
     let watch = Arc::new(Watch::new());
-    let handle = start_thread(core, queue, Arc::clone(&watch))?;
+    let handle = start_thread(core, queue, Arc::clone(&watch), None)?;
     Ok(WorkerHandle {
         worker: Arc::new(QueueWorker {
             queue,
@@ -257,11 +272,13 @@ pub(crate) fn spawn(core: Arc<Core>, queue: QueueId) -> Result<WorkerHandle, Eng
     })
 }
 
-/// Starts a thread serving `queue`, watched through `watch`.
+/// Starts a thread serving `queue`, watched through `watch`; it first runs every job
+/// left in `leftover`, the window of a thread given up on.
 fn start_thread(
     core: Arc<Core>,
     queue: QueueId,
     watch: Arc<Watch>,
+    leftover: Option<Arc<Window<Job>>>,
 ) -> Result<JoinHandle<()>, EngineError> {
     let name = format!(
         "photofinish-d{}f{}q{}",
@@ -270,7 +287,12 @@ fn start_thread(
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
-            WATCH.with_borrow_mut(|w| *w = Some(watch));
+            if core.config.dispatch_timeout.is_some() {
+                WATCH.with_borrow_mut(|w| *w = Some(watch));
+            }
+            if let Some(window) = leftover {
+                take_over(&core, queue, &window);
+            }
             supervise(&core, queue);
         })
         .map_err(|e| EngineError::Spawn {
@@ -385,8 +407,9 @@ fn give_up(core: &Arc<Core>, worker: &QueueWorker, watch: &Watch, call: u64, tim
             responder.answer(Err(error.clone()));
         }
     }
+    let leftover = lock(&watch.window).take();
     let fresh = Arc::new(Watch::new());
-    let started = start_thread(Arc::clone(core), queue, Arc::clone(&fresh));
+    let started = start_thread(Arc::clone(core), queue, Arc::clone(&fresh), leftover);
     let mut current = lock(&worker.current);
     match started {
         Ok(handle) => {
@@ -452,6 +475,7 @@ fn worker_loop(
             None => match mailbox.recv() {
                 Msg::Run(job) => job,
                 Msg::Window(w) => {
+                    note_window(Some(&w));
                     *window = Some(Share::new(w));
                     continue;
                 }
@@ -471,7 +495,10 @@ fn worker_loop(
             }
             match mailbox.try_recv() {
                 Some(Msg::Run(job)) => in_flight.push(job),
-                Some(Msg::Window(w)) => *window = Some(Share::new(w)),
+                Some(Msg::Window(w)) => {
+                    note_window(Some(&w));
+                    *window = Some(Share::new(w));
+                }
                 Some(Msg::Stop) => {
                     stopping = true;
                     break;
@@ -528,6 +555,7 @@ fn respond(core: &Core, queue: QueueId, job: Job, result: Result<Answer, Fault>)
 fn claim(window: &mut Option<Share<Arc<Window<Job>>>>) -> Option<Job> {
     let job = window.as_mut()?.take();
     if job.is_none() {
+        note_window(None);
         *window = None;
     }
     job
@@ -568,6 +596,24 @@ fn restart(core: &Core, queue: QueueId, jobs: Vec<Job>, reason: String) {
         match run {
             Ok(Ok(answer)) => job.answer(Ok(answer)),
             Ok(Err(fault)) => settle(core, other, job, fault, false),
+            Err(panic) => {
+                let reason = format!("worker panicked: {}", panic_message(panic.as_ref()));
+                job.fail(reason);
+            }
+        }
+        race::judge_pending(core);
+    }
+}
+
+/// Runs every job left in `window`, whose claimer was given up on (claimed and not run
+/// by it, or not claimed yet), one at a time, answering each.
+fn take_over(core: &Core, queue: QueueId, window: &Window<Job>) {
+    while let Some(mut job) = window.take_any() {
+        let Some(run) = run_parked(core, queue, &mut job) else {
+            return;
+        };
+        match run {
+            Ok(result) => respond(core, queue, job, result),
             Err(panic) => {
                 let reason = format!("worker panicked: {}", panic_message(panic.as_ref()));
                 job.fail(reason);
