@@ -86,15 +86,17 @@ pub use engine::{
     Engine, EngineBuilder, EngineError, Event, KernelId, KernelStats, KernelVerdict,
     MismatchDetail, Output, RaceSample, Subscription, Ticket, TraceStats, TrySubmitError,
     VerdictReason, DEFAULT_AUDIT_PERIOD, DEFAULT_BUSY_WAIT, DEFAULT_CHANNEL_CAPACITY,
-    DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, DEFAULT_MAX_SEARCHING, INLINE_OUTPUT_BUFFERS,
-    INLINE_OUTPUT_BYTES, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES, TIMED_SINGLE_PERIOD,
+    DEFAULT_DISPATCH_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, DEFAULT_MAX_SEARCHING,
+    INLINE_OUTPUT_BUFFERS, INLINE_OUTPUT_BYTES, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
+    TIMED_SINGLE_PERIOD,
 };
 pub use kernels::DispatchPlan;
 pub use policy::{Agreement, FloatElem};
 
 #[doc(hidden)]
 pub use engine::{
-    protocol, ByteSumWorkload, FusedByteSumWorkload, InjectedFault, LoadRecord, TestBackend,
+    protocol, ByteSumWorkload, FusedByteSumWorkload, HostCode, InjectedFault, LoadRecord,
+    PanickyHostWorkload, TestBackend,
 };
 /// What [`Subscription`]'s reads return when no event comes.
 #[cfg(not(photofinish_loom))]

@@ -537,6 +537,15 @@ pub enum BackendError {
         /// Why.
         reason: String,
     },
+    /// The kernel did not finish within the dispatch timeout: the device is still
+    /// running it (no Vulkan call stops a running dispatch), so its queue is unusable.
+    #[error("kernel `{kernel}` did not finish within {after:?} (the dispatch timeout); the device is still running it and is given up on — fix the kernel (a loop that never ends?) and restart the engine, or raise `EngineBuilder::dispatch_timeout` if it is just slow")]
+    TimedOut {
+        /// The variant's name.
+        kernel: String,
+        /// The timeout it exceeded.
+        after: std::time::Duration,
+    },
     /// Any other driver error.
     #[error("Vulkan error: {0}")]
     Vulkan(String),
@@ -575,5 +584,15 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// round trip); the default times as `dispatch` does.
     fn dispatch_untimed(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
         self.dispatch(jobs)
+    }
+
+    /// The longest a dispatch may wait for its kernel (`None`: for ever), set by the
+    /// engine at build from `EngineBuilder::dispatch_timeout`. A backend that waits on
+    /// the device (the Vulkan backend's fence waits) gives up after it and answers the
+    /// job `BackendError::TimedOut`; one that runs kernel code on the calling thread
+    /// cannot stop it, and the engine's watchdog abandons that thread instead. The
+    /// default ignores it.
+    fn set_dispatch_timeout(&self, timeout: Option<std::time::Duration>) {
+        let _ = timeout;
     }
 }

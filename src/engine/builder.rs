@@ -46,6 +46,14 @@ pub const DEFAULT_MAX_GROUP: usize = 1;
 /// each queue (counted per queue, so that workers share no counter).
 pub const DEFAULT_AUDIT_PERIOD: u64 = 64;
 
+/// Default of [`EngineBuilder::dispatch_timeout`]: 10 s. Generous on purpose: it is
+/// five times the 2 s after which Windows resets a GPU that does not answer (TDR), so
+/// any kernel a desktop driver lets run finishes well inside it, and a slow first
+/// call (a pipeline built by the driver, a large batch on the CPU backend) is not
+/// mistaken for a hang; yet a caller whose kernel never returns learns it in seconds,
+/// not never.
+pub const DEFAULT_DISPATCH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Which backend to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
@@ -90,6 +98,8 @@ pub struct EngineBuilder {
     /// `None`: per device, `auto_max_searching`.
     max_searching: Option<usize>,
     busy_wait: Option<Duration>,
+    /// `None`: no timeout (`without_dispatch_timeout`).
+    dispatch_timeout: Option<Duration>,
     mode: SpeculationMode,
     threshold_pct: u32,
     persistence: Persistence,
@@ -106,6 +116,7 @@ impl Default for EngineBuilder {
             max_group: crate::knobs::env_or("PHOTOFINISH_MAX_GROUP", DEFAULT_MAX_GROUP),
             max_searching: crate::knobs::env_opt("PHOTOFINISH_MAX_SEARCHING"),
             busy_wait: crate::knobs::env_opt("PHOTOFINISH_BUSY_WAIT_US").map(Duration::from_micros),
+            dispatch_timeout: Some(DEFAULT_DISPATCH_TIMEOUT),
             mode: SpeculationMode::Auto,
             threshold_pct: DEFAULT_THRESHOLD_PCT,
             persistence: Persistence::Default,
@@ -183,6 +194,33 @@ impl EngineBuilder {
         self
     }
 
+    /// How long one backend call may run (default [`DEFAULT_DISPATCH_TIMEOUT`], 10 s;
+    /// at least 1 ms): the Vulkan backend's fence waits and CPU kernel code alike. A
+    /// batch whose dispatch outlives it is answered [`EngineError::DispatchTimedOut`]
+    /// and the variant that hung is retired: a speculative one is rejected (a race's
+    /// caller already has the conservative answer: the speculative arm runs on a
+    /// thread of its own, which is abandoned), a conservative one disables its kernel
+    /// (its later batches get the same error at once). A kernel cannot be stopped, so
+    /// the thread running it is abandoned (detached, never joined) and the queue gets
+    /// a new worker thread; on the Vulkan backend the device still runs the kernel, so
+    /// the device is given up on (`DeviceLost` for its later batches). `shutdown`
+    /// returns within about the timeout even while a kernel loops. See
+    /// `src/engine/README.md`, "Dispatch timeout".
+    pub fn dispatch_timeout(mut self, timeout: Duration) -> Self {
+        self.dispatch_timeout = Some(timeout.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// No dispatch timeout: a backend call may run for ever, and a kernel that never
+    /// returns then holds its batch (a race's caller is still answered once its
+    /// conservative arm is in), its worker and `shutdown` for as long as it runs.
+    /// Saves the watchdog thread and two stores per backend call; for applications
+    /// whose kernels may legitimately run longer than any bound they could name.
+    pub fn without_dispatch_timeout(mut self) -> Self {
+        self.dispatch_timeout = None;
+        self
+    }
+
     /// One audit race in `period` batches of an adopted kernel on each queue (0: no
     /// audits).
     pub fn audit_period(mut self, period: u64) -> Self {
@@ -242,6 +280,7 @@ impl EngineBuilder {
             Some(b) => (b, "backend instance given to the builder".to_string()),
             None => open_backend(self.choice)?,
         };
+        backend.set_dispatch_timeout(self.dispatch_timeout);
         let devices_info = backend.devices().to_vec();
         let dir = self.autotune_dir_for(backend.kind());
         let tunes: Vec<DeviceTune> = devices_info
@@ -303,6 +342,7 @@ impl EngineBuilder {
                 max_group: self.max_group.max(1),
                 mode: self.mode,
                 busy_wait,
+                dispatch_timeout: self.dispatch_timeout,
             },
             speculator: AdaptiveSpeculator::new(self.threshold_pct),
             tunes,
@@ -332,6 +372,16 @@ impl EngineBuilder {
                     .unwrap_or_else(|p| p.into_inner())
                     .push((device, handle));
             }
+        }
+        if let Some(timeout) = self.dispatch_timeout {
+            let workers = engine
+                .workers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(_, handle)| handle.worker())
+                .collect();
+            supervisor::spawn_watchdog(&core, workers, timeout)?;
         }
         Ok(engine)
     }

@@ -89,6 +89,20 @@ pub enum EngineError {
         /// Why not.
         reason: String,
     },
+    /// A dispatch of the batch did not return within the engine's dispatch timeout
+    /// (`EngineBuilder::dispatch_timeout`): its kernel loops, or runs far longer than
+    /// the timeout allows. The variant that hung is retired — a speculative one is
+    /// rejected, and a conservative one disables its kernel (every later batch of it
+    /// gets this error at once) — and the worker that ran it is replaced.
+    #[error("kernel `{kernel}`: variant `{variant}` did not return within {after:?} (the dispatch timeout) and was retired; fix the kernel (a loop that never ends?) and register it again, or raise `EngineBuilder::dispatch_timeout` if it is just slow")]
+    DispatchTimedOut {
+        /// The kernel's name.
+        kernel: String,
+        /// The name of the variant that hung.
+        variant: String,
+        /// The dispatch timeout it exceeded.
+        after: std::time::Duration,
+    },
     /// A worker thread could not be started.
     #[error(
         "could not start worker thread `{thread}`: {reason}; raise the process's thread limit"

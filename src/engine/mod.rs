@@ -8,6 +8,7 @@
 //! shutdown protocol and the race join are described in `src/engine/README.md`.
 
 mod agree;
+mod arms;
 mod buffers;
 mod builder;
 mod contention;
@@ -45,7 +46,8 @@ use crate::speculator::{AdaptiveSpeculator, SpeculationMode};
 pub use buffers::{Buffers, Iter as BufferIter, INLINE_OUTPUT_BUFFERS, INLINE_OUTPUT_BYTES};
 pub use builder::{
     default_autotune_dir, BackendChoice, EngineBuilder, DEFAULT_AUDIT_PERIOD, DEFAULT_BUSY_WAIT,
-    DEFAULT_CHANNEL_CAPACITY, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, DEFAULT_MAX_SEARCHING,
+    DEFAULT_CHANNEL_CAPACITY, DEFAULT_DISPATCH_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP,
+    DEFAULT_MAX_SEARCHING,
 };
 pub use error::{EngineError, TrySubmitError};
 pub use events::{Event, KernelVerdict, MismatchDetail, Subscription, VerdictReason};
@@ -56,7 +58,8 @@ pub use registry::{
     Arm, CacheStatus, KernelId, KernelStats, RaceSample, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
 };
 pub use test_backend::{
-    ByteSumWorkload, FusedByteSumWorkload, InjectedFault, LoadRecord, TestBackend,
+    ByteSumWorkload, FusedByteSumWorkload, HostCode, InjectedFault, LoadRecord,
+    PanickyHostWorkload, TestBackend,
 };
 pub use ticket::Ticket;
 pub use trace::TraceStats;
@@ -332,6 +335,9 @@ pub(crate) struct Config {
     /// How long a caller waiting on a ticket polls with spin hints only
     /// (`EngineBuilder::busy_wait`; the mailboxes' doorbells hold their own copy).
     pub(crate) busy_wait: std::time::Duration,
+    /// How long one backend call may run before its batch is answered
+    /// `DispatchTimedOut` (`EngineBuilder::dispatch_timeout`; `None`: for ever).
+    pub(crate) dispatch_timeout: Option<std::time::Duration>,
 }
 
 /// One queue a worker owns, with a count of who is using it. Each on cache lines of
@@ -586,7 +592,7 @@ fn declares_counter_tail(kernel: &Kernel, workload: &dyn Workload, variant: usiz
 /// Dropping it shuts it down (drains and joins), as [`Engine::shutdown`] does.
 pub struct Engine {
     core: Arc<Core>,
-    workers: Mutex<Vec<(usize, JoinHandle<()>)>>,
+    workers: Mutex<Vec<(usize, supervisor::WorkerHandle)>>,
     /// The `photofinish-saver` thread, while it runs (only when a store has a file).
     saver: Mutex<Option<JoinHandle<()>>>,
 }

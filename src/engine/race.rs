@@ -1,24 +1,34 @@
-//! Running one batch: choose the arm(s) from the kernel's verdict, dispatch (both arms
-//! in one `Backend::dispatch` call on two queues when an idle partner queue exists,
-//! back to back on the worker's own queue otherwise), join the two arms, compare their
-//! answers and feed the paired window.
+//! Running one batch: choose the arm(s) from the kernel's verdict, dispatch (in a race
+//! the conservative arm on the worker's thread and the speculative one on the worker's
+//! arm thread, on an idle partner queue at the same time when one exists, back to back
+//! on the worker's own queue otherwise), join the two arms, compare their answers and
+//! feed the paired window.
 //!
 //! The caller always gets an answer from a variant the engine trusts for that batch:
 //! the conservative one in a race. A speculative answer that differs is discarded,
-//! reported and rejects the variant at once. This module never blocks on a channel and
-//! never answers a ticket itself; the worker does.
+//! reported and rejects the variant at once; so does a panic in the speculative
+//! variant's host code (its workload's `plan`, `answer` or `speculation_report`). A
+//! batch the conservative variant refuses too is the batch's fault and changes no
+//! verdict. This module never blocks on a channel but the arm thread's, and never
+//! answers a ticket itself; the worker does.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::autotune::{
     AutotuneRecord, KernelVerdict as StoredKernelVerdict, PairedSpeculationSample,
     SpeculativeVariantRace, VerdictReason as StoredReason,
 };
 use crate::backend::{BackendError, DispatchJob, DispatchOutput, KernelVariant, QueueId};
+use crate::kernels::WorkloadError;
 use crate::policy::{
     decide_persistent_kernel, ArmIndependenceVerdict, PersistentKernelDecision, SpeculationVerdict,
     MIN_DISPATCHES_FOR_VERDICT,
 };
 use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
 
+use super::arms;
 use super::contention::{Call, Watch};
 use super::dispatch_policy;
 use super::error::EngineError;
@@ -26,6 +36,7 @@ use super::events::{Event, KernelVerdict, VerdictReason};
 use super::registry::{
     Arm, CacheStatus, Hint, Kernel, Lane, RaceSample, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
 };
+use super::supervisor::{self, panic_message};
 use super::trace;
 use super::{Answer, Core, Job, Output, Payload};
 
@@ -63,6 +74,9 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
             device: queue.device,
             detail: "lost before this batch ran".into(),
         });
+    }
+    if let Some(hung) = job.kernel.disabled.get() {
+        return Err(Fault::Input(hung.clone()));
     }
     let (choice, policy_due, lane) = begin(core, queue, job);
     match choice {
@@ -130,11 +144,21 @@ fn choose(core: &Core, lane: &Lane, kernel: &Kernel) -> Choice {
 
 /// Feeds a run of speculative variant `spec`'s counter tail (if it writes one) to the
 /// shared speculator, and publishes a toggle.
-fn note_speculative_run(core: &Core, kernel: &Kernel, spec: usize, outputs: &[Vec<u8>]) {
+/// `Err`: the workload's `speculation_report` panicked (the variant is then rejected by
+/// the caller, as for any failure of its host code).
+fn note_speculative_run(
+    core: &Core,
+    kernel: &Kernel,
+    spec: usize,
+    outputs: &[Vec<u8>],
+) -> Result<(), EngineError> {
     let Some(workload) = kernel.workload() else {
-        return;
+        return Ok(());
     };
-    match workload.speculation_report(spec, outputs) {
+    let report = host_code(kernel, spec, "speculation_report", || {
+        Ok(workload.speculation_report(spec, outputs))
+    })?;
+    match report {
         Some(report) => {
             kernel.set_fused(spec, true);
             let outcome = core.speculator.record(report);
@@ -152,6 +176,36 @@ fn note_speculative_run(core: &Core, kernel: &Kernel, spec: usize, outputs: &[Ve
         }
         None => kernel.set_fused(spec, false),
     }
+    Ok(())
+}
+
+/// Runs host code of `kernel`'s variant `variant` (its workload's `plan`, `answer` or
+/// `speculation_report`, named by `what`). A speculative variant's host code is run
+/// under `catch_unwind`: a panic there is that variant's failure (an `Err` that rejects
+/// it, while the batch gets the conservative answer), never the worker's. The
+/// conservative variant's host code runs as it is: its panic is the worker's, which the
+/// supervisor retries once on another queue.
+fn host_code<T>(
+    kernel: &Kernel,
+    variant: usize,
+    what: &'static str,
+    code: impl FnOnce() -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    if variant == 0 {
+        return code();
+    }
+    catch_unwind(AssertUnwindSafe(code)).unwrap_or_else(|panic| {
+        let workload = kernel.workload().map_or("(pair)", |w| w.name());
+        let reason = format!(
+            "its host code panicked in `{what}`: {}",
+            panic_message(panic.as_ref())
+        );
+        Err(EngineError::Workload(WorkloadError::BadOutput {
+            workload,
+            variant,
+            reason,
+        }))
+    })
 }
 
 /// The dispatch job of `variant` for this batch on `queue`, and whether the variant had
@@ -165,7 +219,9 @@ fn make_job(
 ) -> Result<(DispatchJob, bool), EngineError> {
     let plan = match (payload, kernel.workload()) {
         // The batch's `Arc` itself where the workload can bind it: no copy of the input.
-        (Payload::Input(input), Some(workload)) => workload.plan_shared(variant, input)?,
+        (Payload::Input(input), Some(workload)) => host_code(kernel, variant, "plan", || {
+            Ok(workload.plan_shared(variant, input)?)
+        })?,
         (Payload::Plan(plan), _) => (**plan).clone(),
         (Payload::Input(_), None) => {
             return Err(EngineError::WrongPayload {
@@ -188,15 +244,81 @@ fn make_job(
 fn finish(
     kernel: &Kernel,
     variant: usize,
-    payload: &Payload,
+    input: Option<&[u8]>,
     outputs: Vec<Vec<u8>>,
 ) -> Result<Output, EngineError> {
-    match (payload, kernel.workload()) {
-        (Payload::Input(input), Some(workload)) => {
+    match (input, kernel.workload()) {
+        (Some(input), Some(workload)) => host_code(kernel, variant, "answer", || {
             Ok(Output::Answer(workload.answer(variant, input, &outputs)?))
-        }
+        }),
         _ => Ok(Output::Buffers(outputs.into())),
     }
+}
+
+/// A workload batch's input (`None` for a pair's plan).
+fn input_of(payload: &Payload) -> Option<&Arc<[u8]>> {
+    match payload {
+        Payload::Input(input) => Some(input),
+        Payload::Plan(_) => None,
+    }
+}
+
+/// Sorts a backend error of variant `variant`'s run on `device` into the batch's fault,
+/// the backend's, or the device's. A dispatch the backend gave up on after the dispatch
+/// timeout (`TimedOut`: the device is still running it) retires the variant, marks the
+/// device lost (its queue runs that kernel for good) and is the batch's
+/// `DispatchTimedOut`.
+fn classify_run(
+    core: &Core,
+    kernel: &Kernel,
+    variant: usize,
+    device: usize,
+    err: BackendError,
+) -> Fault {
+    if let BackendError::TimedOut { after, .. } = &err {
+        let after = *after;
+        let error = retire_hung(core, kernel, variant, device, after);
+        core.mark_lost(device, err.to_string());
+        return Fault::Input(error);
+    }
+    classify(kernel, err)
+}
+
+/// Retires variant `variant` of `kernel`, which did not return within the dispatch
+/// timeout `after` on `device`, and returns the error its batch gets: a speculative
+/// variant is rejected (stored like a mismatch, so a loaded verdict does not bring it
+/// back); a conservative one disables the kernel, whose later batches get the same
+/// error at once (each would hold a thread for good otherwise).
+pub(crate) fn retire_hung(
+    core: &Core,
+    kernel: &Kernel,
+    variant: usize,
+    device: usize,
+    after: Duration,
+) -> EngineError {
+    let error = EngineError::DispatchTimedOut {
+        kernel: kernel.name.clone(),
+        variant: kernel
+            .variants
+            .get(variant)
+            .map_or_else(|| format!("#{variant}"), |v| v.name.clone()),
+        after,
+    };
+    tracing::error!(kernel = %kernel.name, variant, ?after, "a dispatch did not return within the dispatch timeout; its variant is retired");
+    if variant == 0 {
+        let _ = kernel.disabled.set(error.clone());
+    } else {
+        reject(
+            core,
+            kernel,
+            variant,
+            device,
+            VerdictReason::SpeculativeFailed(format!(
+                "did not return within the dispatch timeout ({after:?})"
+            )),
+        );
+    }
+    error
 }
 
 /// Sorts a backend error into the batch's fault, the backend's, or the device's.
@@ -205,6 +327,7 @@ fn classify(kernel: &Kernel, err: BackendError) -> Fault {
         BackendError::DeviceLost { device, detail } => Fault::DeviceLost { device, detail },
         BackendError::OutOfDeviceMemory { .. }
         | BackendError::Vulkan(_)
+        | BackendError::TimedOut { .. }
         | BackendError::Unknown { .. } => Fault::Backend(err.to_string()),
         other => Fault::Input(EngineError::Backend {
             kernel: kernel.name.clone(),
@@ -246,12 +369,12 @@ impl Measure {
 /// the device meanwhile.
 fn dispatch(
     core: &Core,
-    kernel: &Kernel,
+    (kernel, variant): (&Kernel, usize),
     jobs: &[DispatchJob],
     measure: Measure,
 ) -> Result<(Vec<Result<DispatchOutput, BackendError>>, bool), Fault> {
     let timed = measure.timed();
-    let (results, wall_ns, contended) = timed_dispatch(core, jobs, measure);
+    let (results, wall_ns, contended) = timed_dispatch(core, (kernel, variant), jobs, measure);
     let kernel_ns = results
         .iter()
         .filter_map(|r| r.as_ref().ok().and_then(|o| o.kernel_ns))
@@ -268,9 +391,11 @@ fn dispatch(
 /// One backend call, counted on its first job's queue (see `contention`): its results,
 /// its host wall time in nanoseconds (0, unmeasured, when untimed), and (for
 /// `Measure::Race`) whether another backend call ran on the same device at some moment
-/// during it.
+/// during it. The call is watched as variant `variant` of `kernel` (see
+/// `supervisor::begin_call`): past the dispatch timeout the watchdog gives up on it.
 fn timed_dispatch(
     core: &Core,
+    (kernel, variant): (&Kernel, usize),
     jobs: &[DispatchJob],
     measure: Measure,
 ) -> (Vec<Result<DispatchOutput, BackendError>>, u64, bool) {
@@ -285,6 +410,7 @@ fn timed_dispatch(
             Measure::Untimed | Measure::Timed => Counted::Call(load.begin(index)),
         })
     });
+    let call = supervisor::begin_call(core, kernel.id, variant);
     let (results, wall_ns) = if measure.timed() {
         let started = std::time::Instant::now();
         let results = core.backend.dispatch(jobs);
@@ -294,6 +420,7 @@ fn timed_dispatch(
         // Nobody reads an untimed call's wall time: no clock.
         (core.backend.dispatch_untimed(jobs), 0)
     };
+    drop(call);
     let contended = match counted {
         Some(Counted::Watch(watch)) => watch.finish(),
         Some(Counted::Call(call)) => {
@@ -320,7 +447,7 @@ fn check_count<T>(results: &[T], jobs: &[DispatchJob]) -> Result<(), String> {
 
 fn dispatch_one(
     core: &Core,
-    kernel: &Kernel,
+    kernel: (&Kernel, usize),
     job: DispatchJob,
     measure: Measure,
 ) -> Result<(Result<DispatchOutput, BackendError>, bool), Fault> {
@@ -389,12 +516,13 @@ fn single(
     spec: usize,
     policy_due: bool,
 ) -> Result<Answer, Fault> {
-    let dj = prepare_single(core, queue, job, lane, arm.variant(spec))?;
+    let variant = arm.variant(spec);
+    let dj = prepare_single(core, queue, job, lane, variant)?;
     if policy_due {
         consult_policy(core, &job.kernel, queue, lane, [&dj, &dj], None);
     }
     let timed = single_timed(lane);
-    let (out, _) = dispatch_one(core, &job.kernel, dj, Measure::single(timed))?;
+    let (out, _) = dispatch_one(core, (&job.kernel, variant), dj, Measure::single(timed))?;
     complete_single(core, queue, job, arm, spec, out)
 }
 
@@ -442,13 +570,14 @@ fn complete_single(
     out: Result<DispatchOutput, BackendError>,
 ) -> Result<Answer, Fault> {
     let kernel = &job.kernel;
-    let out = out.map_err(|e| classify(kernel, e))?;
+    let variant = arm.variant(spec);
+    let out = out.map_err(|e| classify_run(core, kernel, variant, queue.device, e))?;
     if arm == Arm::Speculative {
-        note_speculative_run(core, kernel, spec, &out.outputs);
+        note_speculative_run(core, kernel, spec, &out.outputs).map_err(Fault::Input)?;
     }
     let kernel_ns = out.kernel_ns;
-    let variant = arm.variant(spec);
-    let output = finish(kernel, variant, &job.payload, out.outputs).map_err(Fault::Input)?;
+    let input = input_of(&job.payload).map(|i| &i[..]);
+    let output = finish(kernel, variant, input, out.outputs).map_err(Fault::Input)?;
     Ok(Answer {
         output,
         arm,
@@ -514,7 +643,7 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
     let mut dispatch_jobs: Vec<DispatchJob> = Vec::with_capacity(jobs.len());
     let mut policy_due = false;
     for (i, job) in jobs.iter().enumerate() {
-        if core.is_lost(queue.device) {
+        if core.is_lost(queue.device) || job.kernel.disabled.get().is_some() {
             results[i] = Some(run(core, queue, job));
             continue;
         }
@@ -576,7 +705,15 @@ fn after_single_fault(
     fault: Fault,
 ) -> Result<Answer, Fault> {
     match (arm, fault) {
+        // Already retired, and the device gave up on (see `classify_run`).
+        (Arm::Speculative, Fault::Input(e @ EngineError::DispatchTimedOut { .. })) => {
+            Err(Fault::Input(e))
+        }
         (Arm::Speculative, Fault::Input(e)) => {
+            // The conservative variant first: a batch it refuses too is the batch's
+            // fault, answered with its error, and changes no verdict.
+            let lane = job.kernel.lane(queue);
+            let answer = single(core, queue, job, lane, Arm::Conservative, spec, false)?;
             reject(
                 core,
                 &job.kernel,
@@ -584,8 +721,7 @@ fn after_single_fault(
                 queue.device,
                 VerdictReason::SpeculativeFailed(e.to_string()),
             );
-            let lane = job.kernel.lane(queue);
-            single(core, queue, job, lane, Arm::Conservative, spec, false)
+            Ok(answer)
         }
         (_, fault) => Err(fault),
     }
@@ -608,7 +744,14 @@ fn dispatch_group(
     let timed = grouped
         .first()
         .is_some_and(|&(i, _, _)| single_timed(jobs[i].kernel.lane(queue)));
-    let (results, wall_ns, _) = timed_dispatch(core, dispatch_jobs, Measure::single(timed));
+    // Watched as the group's first batch's variant (a hang blames it).
+    let first = grouped
+        .first()
+        .map(|&(i, arm, spec)| (&*jobs[i].kernel, arm.variant(spec)));
+    let Some(first) = first else {
+        return Ok(Vec::new());
+    };
+    let (results, wall_ns, _) = timed_dispatch(core, first, dispatch_jobs, Measure::single(timed));
     check_count(&results, dispatch_jobs)?;
     if timed {
         let share = wall_ns / dispatch_jobs.len() as u64;
@@ -636,9 +779,22 @@ enum SpecArm {
     Failed(Result<BackendError, EngineError>),
 }
 
-/// Runs both arms of `job` on `queue` (and a partner queue when one is idle and the
-/// arms are independent) and judges them; `audit`: the variant is already adopted.
-/// Trace-JIT and the dispatch policy count on `lane`, `queue`'s.
+/// How long a race's caller waits for the speculative arm once the conservative arm
+/// is in (see [`race`]).
+pub(crate) const JUDGE_GRACE: Duration = Duration::from_millis(100);
+
+/// Runs both arms of `job` on `queue` and judges them; `audit`: the variant is already
+/// adopted. Trace-JIT and the dispatch policy count on `lane`, `queue`'s.
+///
+/// The conservative arm runs on this thread; the speculative one on this worker's arm
+/// thread (`arms.rs`) — on an idle partner queue at the same time when the arms are
+/// independent, after the conservative one on `queue` otherwise. Once the conservative
+/// answer is in, the speculative arm gets [`JUDGE_GRACE`] more: if it is in by then it
+/// is judged before the caller is answered (so a caller that sees its answer sees the
+/// race's verdict, as it always did for arms of similar length); otherwise the caller
+/// is answered now and the arm is judged when it finishes ([`judge_pending`], which
+/// the worker calls right after answering), or, past the dispatch timeout, retired. A
+/// speculative kernel that never returns thus holds its caller for the grace only.
 fn race(
     core: &Core,
     queue: QueueId,
@@ -647,6 +803,9 @@ fn race(
     audit: bool,
     spec_variant: usize,
 ) -> Result<Answer, Fault> {
+    // An arm still out from an earlier batch (the worker was interrupted before it
+    // judged it) is judged first.
+    judge_pending(core);
     let kernel = &job.kernel;
     let (cons, cons_loaded) =
         make_job(core, kernel, 0, queue, &job.payload).map_err(Fault::Input)?;
@@ -672,54 +831,210 @@ fn race(
     } else {
         None
     };
-    let (cons_result, spec_arm, contended) = match (spec, partner.as_ref().and_then(|p| p.id())) {
-        (Ok(mut spec), Some(partner_queue)) => {
-            // Both arms in one call: the backend submits both before waiting for
-            // either, so they run at the same time on the two queues.
-            spec.queue = partner_queue;
-            let (results, contended) = dispatch(core, kernel, &[cons, spec], Measure::Race)?;
-            let mut results = results.into_iter();
-            let (Some(c), Some(s)) = (results.next(), results.next()) else {
-                return Err(Fault::Backend("the backend dropped a race arm".into()));
+    let mut arm = SpecRun::new(spec, queue);
+    if let Some(partner_queue) = partner.as_ref().and_then(|p| p.id()) {
+        // At the same time on the partner queue.
+        arm.hand_out(core, kernel, spec_variant, Some(partner_queue));
+    }
+    let cons_call = dispatch_one(core, (kernel, 0), cons, Measure::Race);
+    // Back to back on our queue (a no-op when already handed out).
+    arm.hand_out(core, kernel, spec_variant, None);
+    let cons_result = cons_call.and_then(|(result, contended)| {
+        let out = result.map_err(|e| classify_run(core, kernel, 0, queue.device, e))?;
+        let input = input_of(&job.payload).map(|i| &i[..]);
+        let ns = out.kernel_ns;
+        let output = finish(kernel, 0, input, out.outputs).map_err(Fault::Input)?;
+        Ok((output, Timed { ns, contended }))
+    });
+    let (output, cons_time) = match cons_result {
+        Ok(done) => done,
+        Err(fault) => {
+            // The batch fails, and its speculative arm says nothing of the variant.
+            arm.discard();
+            return Err(fault);
+        }
+    };
+    let spec_queue = arm.queue;
+    let input = input_of(&job.payload);
+    match arm.take(JUDGE_GRACE) {
+        Some(spec_arm) => judge(
+            core,
+            (kernel, input.map(|i| &i[..])),
+            queue,
+            audit,
+            &output,
+            cons_time,
+            (spec_variant, spec_arm),
+        ),
+        None => {
+            // Still running: answer now, judge later.
+            let pending = Pending {
+                kernel: Arc::clone(kernel),
+                input: input.cloned(),
+                queue,
+                spec_queue,
+                audit,
+                cons: output.clone(),
+                cons_time,
+                spec: spec_variant,
+                since: arm.since,
             };
-            (c, spec_result(s, partner_queue), contended)
+            PENDING.with_borrow_mut(|p| *p = Some(pending));
         }
-        (Ok(spec), None) => {
-            // No idle partner (or a one-queue device): back to back on our queue.
-            let (c, c_contended) = dispatch_one(core, kernel, cons, Measure::Race)?;
-            let (s, s_contended) = dispatch_one(core, kernel, spec, Measure::Race)?;
-            (c, spec_result(s, queue), c_contended || s_contended)
-        }
-        (Err(e), _) => {
-            let (c, contended) = dispatch_one(core, kernel, cons, Measure::Race)?;
-            (c, SpecArm::Failed(Err(e)), contended)
-        }
-    };
+    }
     drop(partner);
-    let cons_out = cons_result.map_err(|e| classify(kernel, e))?;
-    let cons_ns = cons_out.kernel_ns;
-    let output = finish(kernel, 0, &job.payload, cons_out.outputs).map_err(Fault::Input)?;
-    let cons = Timed {
-        ns: cons_ns,
-        contended,
-    };
-    judge(
-        core,
-        job,
-        queue,
-        audit,
-        &output,
-        cons,
-        (spec_variant, spec_arm),
-    );
     Ok(Answer {
         output,
         arm: Arm::Conservative,
         variant: 0,
         raced: true,
-        kernel_ns: cons_ns,
+        kernel_ns: cons_time.ns,
         queue,
     })
+}
+
+/// A race's speculative arm on its way: not yet handed out (its job), handed to the
+/// arm thread (`out`), or ended (`ended`: failed before it ran, or ran here).
+struct SpecRun {
+    job: Option<DispatchJob>,
+    ended: Option<SpecArm>,
+    out: bool,
+    /// The queue it runs on.
+    queue: QueueId,
+    /// When it was handed out.
+    since: Instant,
+}
+
+impl SpecRun {
+    fn new(spec: Result<DispatchJob, EngineError>, queue: QueueId) -> Self {
+        let (job, ended) = match spec {
+            Ok(job) => (Some(job), None),
+            Err(e) => (None, Some(SpecArm::Failed(Err(e)))),
+        };
+        SpecRun {
+            job,
+            ended,
+            out: false,
+            queue,
+            since: Instant::now(),
+        }
+    }
+
+    /// Hands the arm to this worker's arm thread, on `on` (or the job's own queue);
+    /// where no arm thread can be started, runs it here.
+    fn hand_out(&mut self, core: &Core, kernel: &Kernel, spec: usize, on: Option<QueueId>) {
+        let Some(mut job) = self.job.take() else {
+            return;
+        };
+        if let Some(queue) = on {
+            job.queue = queue;
+        }
+        self.queue = job.queue;
+        self.since = Instant::now();
+        match arms::start(&core.backend, job) {
+            Ok(()) => self.out = true,
+            Err(job) => {
+                self.ended = Some(
+                    match dispatch_one(core, (kernel, spec), job, Measure::Race) {
+                        Ok((result, _)) => spec_result(result, self.queue),
+                        Err(Fault::Backend(reason)) => SpecArm::Failed(Ok(BackendError::Unknown {
+                            what: format!("result: {reason}"),
+                        })),
+                        Err(_) => SpecArm::Failed(Ok(BackendError::Unknown {
+                            what: "result of the speculative arm".into(),
+                        })),
+                    },
+                )
+            }
+        }
+    }
+
+    /// The arm's end, waiting up to `grace` for one handed out; `None`: still running.
+    fn take(&mut self, grace: Duration) -> Option<SpecArm> {
+        if let Some(ended) = self.ended.take() {
+            return Some(ended);
+        }
+        if !self.out {
+            return Some(SpecArm::Failed(Ok(BackendError::Unknown {
+                what: "speculative arm: it was never run".into(),
+            })));
+        }
+        match arms::wait(Some(grace)) {
+            arms::Waited::Done(result) => Some(spec_result(result, self.queue)),
+            arms::Waited::Running => None,
+            arms::Waited::Idle => Some(SpecArm::Failed(Ok(BackendError::Unknown {
+                what: "speculative arm: its thread was lost".into(),
+            }))),
+        }
+    }
+
+    /// Lets the arm go unjudged (the batch failed): waits the grace for one handed
+    /// out, then gives up on its thread.
+    fn discard(mut self) {
+        if self.out && self.take(JUDGE_GRACE).is_none() {
+            arms::abandon();
+        }
+    }
+}
+
+/// A race whose caller was answered before its speculative arm finished: what judging
+/// that arm needs. Kept by the worker's thread until [`judge_pending`].
+struct Pending {
+    kernel: Arc<Kernel>,
+    /// The batch's input (a workload's), held until the arm is judged.
+    input: Option<Arc<[u8]>>,
+    queue: QueueId,
+    spec_queue: QueueId,
+    audit: bool,
+    cons: Output,
+    cons_time: Timed,
+    spec: usize,
+    /// When the arm was handed out.
+    since: Instant,
+}
+
+thread_local! {
+    /// This worker thread's race whose speculative arm is still out, if any.
+    static PENDING: std::cell::RefCell<Option<Pending>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Judges this thread's race whose caller was answered before its speculative arm
+/// finished (a no-op when there is none): waits for the arm until the dispatch timeout
+/// (counted from when it was handed out; for ever with the timeout off), then judges it
+/// as the race would have; an arm still running then is retired (`retire_hung`) and
+/// its thread abandoned. Every race is judged exactly once: here or in [`race`].
+pub(crate) fn judge_pending(core: &Core) {
+    let Some(p) = PENDING.with_borrow_mut(Option::take) else {
+        return;
+    };
+    let timeout = core.config.dispatch_timeout;
+    let left = timeout.map(|t| t.saturating_sub(p.since.elapsed()));
+    let spec_arm = match arms::wait(left) {
+        arms::Waited::Done(result) => spec_result(result, p.spec_queue),
+        arms::Waited::Running => {
+            arms::abandon();
+            retire_hung(
+                core,
+                &p.kernel,
+                p.spec,
+                p.queue.device,
+                timeout.unwrap_or_default(),
+            );
+            return;
+        }
+        arms::Waited::Idle => SpecArm::Failed(Ok(BackendError::Unknown {
+            what: "speculative arm: its thread was lost".into(),
+        })),
+    };
+    judge(
+        core,
+        (&p.kernel, p.input.as_deref()),
+        p.queue,
+        p.audit,
+        &p.cons,
+        p.cons_time,
+        (p.spec, spec_arm),
+    );
 }
 
 fn spec_result(result: Result<DispatchOutput, BackendError>, queue: QueueId) -> SpecArm {
@@ -742,18 +1057,21 @@ struct Timed {
 /// caller gets.
 fn judge(
     core: &Core,
-    job: &Job,
+    (kernel, input): (&Kernel, Option<&[u8]>),
     queue: QueueId,
     audit: bool,
     cons: &Output,
     cons_time: Timed,
     (spec, arm): (usize, SpecArm),
 ) {
-    let kernel = &job.kernel;
     let device = queue.device;
     match arm {
         SpecArm::Failed(Ok(BackendError::DeviceLost { device, detail })) => {
             core.mark_lost(device, detail);
+        }
+        SpecArm::Failed(Ok(e @ BackendError::TimedOut { .. })) => {
+            // Retired and the device given up on; no sample.
+            classify_run(core, kernel, spec, device, e);
         }
         SpecArm::Failed(Ok(e)) => match classify(kernel, e) {
             Fault::Input(e) => {
@@ -780,9 +1098,18 @@ fn judge(
             );
         }
         SpecArm::Ran(out, spec_queue) => {
-            note_speculative_run(core, kernel, spec, &out.outputs);
+            if let Err(e) = note_speculative_run(core, kernel, spec, &out.outputs) {
+                reject(
+                    core,
+                    kernel,
+                    spec,
+                    device,
+                    VerdictReason::SpeculativeFailed(e.to_string()),
+                );
+                return;
+            }
             let spec_ns = out.kernel_ns;
-            let spec_output = match finish(kernel, spec, &job.payload, out.outputs) {
+            let spec_output = match finish(kernel, spec, input, out.outputs) {
                 Ok(o) => o,
                 Err(e) => {
                     reject(

@@ -331,6 +331,9 @@ pub(crate) struct Kernel {
     pub(crate) trace: TraceState,
     /// How a race's two answers are compared.
     pub(crate) agreement: KernelAgreement,
+    /// Set when the conservative variant did not return within the dispatch timeout:
+    /// the error every later batch of the kernel gets at once (`race::retire_hung`).
+    pub(crate) disabled: std::sync::OnceLock<EngineError>,
 }
 
 /// What one queue's worker counts of a kernel, batch by batch, on cache lines of its
@@ -625,6 +628,14 @@ impl Default for Registry {
 }
 
 impl Registry {
+    /// The id this registry issues (or would issue) for kernel index `index`.
+    pub(crate) fn id(&self, index: u32) -> KernelId {
+        KernelId {
+            engine: self.tag,
+            index,
+        }
+    }
+
     /// The kernel with this id; `None` for an id this registry did not issue.
     pub(crate) fn get(&self, id: KernelId) -> Option<Arc<Kernel>> {
         if id.engine != self.tag {
@@ -692,6 +703,7 @@ impl Registry {
             policy: Mutex::new(PolicyState::default()),
             trace: TraceState::default(),
             agreement,
+            disabled: std::sync::OnceLock::new(),
             variants,
         });
         // The conservative variant on every device (any device can run any batch) and

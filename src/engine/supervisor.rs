@@ -10,11 +10,29 @@
 //! (and the one in flight when the device was lost) to a queue of another live device
 //! that has the kernel loaded, running it there themselves; only when no such device is
 //! left is a batch answered with `DeviceLost`. This module decides nothing about what to run.
+//!
+//! With a dispatch timeout (`EngineBuilder::dispatch_timeout`) a watchdog thread,
+//! `photofinish-watchdog`, watches every worker's backend calls. A kernel cannot be
+//! stopped (CPU kernel code runs on the worker's own thread), so a worker whose call
+//! outlives the timeout is given up on: the watchdog answers its batches
+//! `DispatchTimedOut` through their responders, which the worker parks in its [`Watch`]
+//! while it runs them, retires the variant that hung, starts a new thread for the
+//! queue, which takes the queue's work and its stop message, and detaches the stuck
+//! one (never joined; if its call ever returns it sees that it was given up on and
+//! ends without touching its batches). `Engine::shutdown` joins whichever thread
+//! serves each queue at the time, so it returns within about the timeout even while a
+//! kernel loops.
 
 use std::any::Any;
+use std::cell::Cell;
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::atomic::AtomicCell;
 
 use crate::backend::QueueId;
 
@@ -22,22 +40,390 @@ use super::error::EngineError;
 use super::events::Event;
 use super::mailbox::Mailbox;
 use super::race::{self, Fault};
+use super::registry::KernelId;
+use super::ticket::Responder;
 use super::window::{Share, Window};
 use super::{Answer, Core, Job, Msg};
 
+/// `Watch::call` of a thread the watchdog gave up on.
+const CLAIMED: u64 = u64::MAX;
+
+/// What the watchdog sees of one worker thread. Only that thread and the watchdog
+/// touch it: per backend call the worker writes `what` and `call` twice, and per batch
+/// it parks and unparks the batch's responder (a swap each), all on lines no other
+/// worker writes.
+pub(crate) struct Watch {
+    /// 0: no backend call running; [`CLAIMED`]: given up on; otherwise the number of
+    /// the running call (the watchdog sees a call stuck when the same number stays).
+    call: AtomicU64,
+    /// The running call's kernel index (high half) and variant (low half).
+    what: AtomicU64,
+    /// The last call number the worker used.
+    next: AtomicU64,
+    /// The responder of the batch the worker runs alone, parked here while it runs
+    /// (vacant otherwise).
+    parked: AtomicCell<Responder<Answer>>,
+    /// The responders of a group the worker runs, parked here while it runs.
+    parked_group: Mutex<Vec<Responder<Answer>>>,
+    /// The window the worker is claiming from (set when it takes a copy, cleared when
+    /// it lets go of it: twice a window, not per batch), so that a new thread can
+    /// take over the jobs a thread given up on claimed and never ran.
+    window: Mutex<Option<Arc<Window<Job>>>>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("call", &self.call.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watch {
+    fn new() -> Self {
+        Watch {
+            call: AtomicU64::new(0),
+            what: AtomicU64::new(0),
+            next: AtomicU64::new(0),
+            parked: AtomicCell::new(Responder::vacant()),
+            parked_group: Mutex::new(Vec::new()),
+            window: Mutex::new(None),
+        }
+    }
+}
+
+thread_local! {
+    /// The watch of this thread, when it is a watched worker.
+    static WATCH: RefCell<Option<Arc<Watch>>> = const { RefCell::new(None) };
+    /// Set once the watchdog gave up on this thread (seen when a call returns).
+    static GIVEN_UP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// One backend call being watched; ends it when dropped.
+#[must_use]
+pub(crate) struct CallGuard {
+    /// Its number; 0 when not watched.
+    seq: u64,
+}
+
+/// Marks the start of a backend call of variant `variant` of kernel `kernel` on this
+/// thread, for the watchdog (nothing when the thread is not a watched worker).
+pub(crate) fn begin_call(core: &Core, kernel: KernelId, variant: usize) -> CallGuard {
+    if core.config.dispatch_timeout.is_none() {
+        return CallGuard { seq: 0 };
+    }
+    WATCH.with_borrow(|watch| {
+        let Some(watch) = watch else {
+            return CallGuard { seq: 0 };
+        };
+        let seq = watch.next.load(Ordering::Relaxed).wrapping_add(1).max(1);
+        let seq = if seq == CLAIMED { 1 } else { seq };
+        watch.next.store(seq, Ordering::Relaxed);
+        let what = (u64::from(kernel.get()) << 32) | (variant as u64 & 0xffff_ffff);
+        watch.what.store(what, Ordering::Relaxed);
+        watch.call.store(seq, Ordering::Release);
+        CallGuard { seq }
+    })
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.seq == 0 {
+            return;
+        }
+        WATCH.with_borrow(|watch| {
+            if let Some(watch) = watch {
+                let ended =
+                    watch
+                        .call
+                        .compare_exchange(self.seq, 0, Ordering::AcqRel, Ordering::Acquire);
+                if ended.is_err() {
+                    // The watchdog claimed this call: it answered the batches.
+                    GIVEN_UP.set(true);
+                }
+            }
+        });
+    }
+}
+
+/// Parks the responders of `jobs` in this thread's watch while they run (a no-op on
+/// an unwatched thread), so the watchdog can answer them if the thread hangs.
+fn park(jobs: &mut [Job]) {
+    WATCH.with_borrow(|watch| {
+        let Some(watch) = watch else {
+            return;
+        };
+        match jobs {
+            [job] => watch
+                .parked
+                .store(std::mem::replace(&mut job.responder, Responder::vacant())),
+            jobs => {
+                let mut group = watch.parked_group.lock().unwrap_or_else(|p| p.into_inner());
+                group.extend(
+                    jobs.iter_mut()
+                        .map(|j| std::mem::replace(&mut j.responder, Responder::vacant())),
+                );
+            }
+        }
+    });
+}
+
+/// Gives `jobs` their parked responders back. False when the watchdog gave up on this
+/// thread meanwhile: it answered them, and this thread must leave them and end.
+fn unpark(jobs: &mut [Job]) -> bool {
+    if GIVEN_UP.get() {
+        return false;
+    }
+    WATCH.with_borrow(|watch| {
+        let Some(watch) = watch else {
+            return;
+        };
+        match jobs {
+            [job] => job.responder = watch.parked.swap(Responder::vacant()),
+            jobs => {
+                let mut group = watch.parked_group.lock().unwrap_or_else(|p| p.into_inner());
+                for (job, responder) in jobs.iter_mut().zip(group.drain(..)) {
+                    job.responder = responder;
+                }
+            }
+        }
+    });
+    true
+}
+
+/// Notes in this thread's watch the window it takes a copy of (`Some`) or lets go of
+/// (`None`); a no-op on an unwatched thread.
+fn note_window(window: Option<&Arc<Window<Job>>>) {
+    WATCH.with_borrow(|watch| {
+        if let Some(watch) = watch {
+            *lock(&watch.window) = window.map(Arc::clone);
+        }
+    });
+}
+
+/// One queue's worker as the engine and the watchdog see it: the thread serving the
+/// queue now (a new one after the watchdog gave up on one) and its watch.
+#[derive(Debug)]
+pub(crate) struct QueueWorker {
+    queue: QueueId,
+    current: Mutex<Current>,
+}
+
+#[derive(Debug)]
+struct Current {
+    /// `None` once joined.
+    handle: Option<JoinHandle<()>>,
+    watch: Arc<Watch>,
+}
+
+/// The engine's handle on one queue's worker (see [`QueueWorker`]).
+#[derive(Debug)]
+pub(crate) struct WorkerHandle {
+    worker: Arc<QueueWorker>,
+    /// A watchdog may replace the thread: join whichever serves the queue.
+    watched: bool,
+}
+
+impl WorkerHandle {
+    /// Waits for the queue's worker to end: the thread serving the queue when it ends
+    /// (with a watchdog, one that was given up on is never waited for: its
+    /// replacement is).
+    pub(crate) fn join(self) -> std::thread::Result<()> {
+        loop {
+            let mut current = lock(&self.worker.current);
+            let done = match &current.handle {
+                None => return Ok(()),
+                Some(handle) => !self.watched || handle.is_finished(),
+            };
+            if done {
+                let handle = current.handle.take();
+                drop(current);
+                return handle.map_or(Ok(()), JoinHandle::join);
+            }
+            drop(current);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The shared worker, for the watchdog.
+    pub(crate) fn worker(&self) -> Arc<QueueWorker> {
+        Arc::clone(&self.worker)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Starts the supervised worker of `queue`.
-pub(crate) fn spawn(core: Arc<Core>, queue: QueueId) -> Result<JoinHandle<()>, EngineError> {
+pub(crate) fn spawn(core: Arc<Core>, queue: QueueId) -> Result<WorkerHandle, EngineError> {
+    let watched = core.config.dispatch_timeout.is_some();
+    let watch = Arc::new(Watch::new());
+    let handle = start_thread(core, queue, Arc::clone(&watch), None)?;
+    Ok(WorkerHandle {
+        worker: Arc::new(QueueWorker {
+            queue,
+            current: Mutex::new(Current {
+                handle: Some(handle),
+                watch,
+            }),
+        }),
+        watched,
+    })
+}
+
+/// Starts a thread serving `queue`, watched through `watch`; it first runs every job
+/// left in `leftover`, the window of a thread given up on.
+fn start_thread(
+    core: Arc<Core>,
+    queue: QueueId,
+    watch: Arc<Watch>,
+    leftover: Option<Arc<Window<Job>>>,
+) -> Result<JoinHandle<()>, EngineError> {
     let name = format!(
         "photofinish-d{}f{}q{}",
         queue.device, queue.family, queue.index
     );
     std::thread::Builder::new()
         .name(name.clone())
-        .spawn(move || supervise(&core, queue))
+        .spawn(move || {
+            if core.config.dispatch_timeout.is_some() {
+                WATCH.with_borrow_mut(|w| *w = Some(watch));
+            }
+            if let Some(window) = leftover {
+                take_over(&core, queue, &window);
+            }
+            supervise(&core, queue);
+        })
         .map_err(|e| EngineError::Spawn {
             thread: name,
             reason: e.to_string(),
         })
+}
+
+/// Starts the watchdog thread of an engine whose workers are `workers`, with dispatch
+/// timeout `timeout`. It ends by itself once every worker has ended and been joined
+/// (after shutdown), or when the engine is gone.
+pub(crate) fn spawn_watchdog(
+    core: &Arc<Core>,
+    workers: Vec<Arc<QueueWorker>>,
+    timeout: Duration,
+) -> Result<(), EngineError> {
+    let core = Arc::downgrade(core);
+    let name = "photofinish-watchdog".to_string();
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || watchdog(&core, &workers, timeout))
+        .map(drop)
+        .map_err(|e| EngineError::Spawn {
+            thread: name,
+            reason: e.to_string(),
+        })
+}
+
+/// The watchdog's loop: every tick (an eighth of the timeout, 1–250 ms) it reads each
+/// worker's running call; a call it has seen running for the whole timeout is given up
+/// on ([`give_up`]). A call is thus given up on between the timeout and the timeout
+/// plus two ticks after it began, never before.
+fn watchdog(core: &Weak<Core>, workers: &[Arc<QueueWorker>], timeout: Duration) {
+    let tick = (timeout / 8).clamp(Duration::from_millis(1), Duration::from_millis(250));
+    let mut seen: Vec<Option<(u64, Instant)>> = vec![None; workers.len()];
+    loop {
+        std::thread::sleep(tick);
+        let Some(core) = core.upgrade() else {
+            return;
+        };
+        let mut live = false;
+        for (worker, seen) in workers.iter().zip(seen.iter_mut()) {
+            let watch = {
+                let current = lock(&worker.current);
+                match &current.handle {
+                    Some(handle) if !handle.is_finished() => Arc::clone(&current.watch),
+                    _ => {
+                        *seen = None;
+                        continue;
+                    }
+                }
+            };
+            live = true;
+            let call = watch.call.load(Ordering::Acquire);
+            if call == 0 || call == CLAIMED {
+                *seen = None;
+                continue;
+            }
+            match *seen {
+                Some((same, since)) if same == call => {
+                    if since.elapsed() >= timeout {
+                        give_up(&core, worker, &watch, call, timeout);
+                        *seen = None;
+                    }
+                }
+                _ => *seen = Some((call, Instant::now())),
+            }
+        }
+        if !live {
+            return;
+        }
+    }
+}
+
+/// Gives up on `worker`'s thread, stuck in backend call `call` for `timeout`: claims
+/// the call (unless it just ended), retires the variant that hung, answers the batches
+/// it parked `DispatchTimedOut`, publishes `WorkerRestarted` and starts a new thread
+/// for the queue; the stuck one is detached.
+fn give_up(core: &Arc<Core>, worker: &QueueWorker, watch: &Watch, call: u64, timeout: Duration) {
+    if watch
+        .call
+        .compare_exchange(call, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return;
+    }
+    let queue = worker.queue;
+    let what = watch.what.load(Ordering::Acquire);
+    let kernel = core.registry.get(core.registry.id((what >> 32) as u32));
+    let variant = (what & 0xffff_ffff) as usize;
+    let error = match &kernel {
+        // Retired before the batches are answered, so a caller that sees its error
+        // sees the variant retired.
+        Some(kernel) => race::retire_hung(core, kernel, variant, queue.device, timeout),
+        None => EngineError::DispatchTimedOut {
+            kernel: format!("#{}", what >> 32),
+            variant: format!("#{variant}"),
+            after: timeout,
+        },
+    };
+    let reason = format!("worker given up on: {error}");
+    tracing::error!(%queue, %reason, "starting a new worker for the queue");
+    core.bus.publish(Event::WorkerRestarted {
+        queue,
+        reason,
+        retried: false,
+    });
+    let mut responders = vec![watch.parked.swap(Responder::vacant())];
+    responders.append(&mut lock(&watch.parked_group));
+    for responder in responders {
+        if !responder.is_vacant() {
+            responder.answer(Err(error.clone()));
+        }
+    }
+    let leftover = lock(&watch.window).take();
+    let fresh = Arc::new(Watch::new());
+    let started = start_thread(Arc::clone(core), queue, Arc::clone(&fresh), leftover);
+    let mut current = lock(&worker.current);
+    match started {
+        Ok(handle) => {
+            current.watch = fresh;
+            // The stuck thread's handle is dropped: detached, never joined.
+            current.handle = Some(handle);
+        }
+        Err(e) => {
+            // No thread for the queue: the device's other workers drain its mailbox
+            // (one stop message stays unread, harmlessly).
+            tracing::error!(%queue, error = %e, "could not start a new worker for the queue");
+            current.handle = None;
+        }
+    }
 }
 
 fn supervise(core: &Core, queue: QueueId) {
@@ -53,6 +439,7 @@ fn supervise(core: &Core, queue: QueueId) {
         }));
         match run {
             Ok(()) => return,
+            Err(_) if !unpark(&mut in_flight) => return,
             Err(panic) => {
                 let reason = format!("worker panicked: {}", panic_message(panic.as_ref()));
                 tracing::error!(%queue, %reason, "restarting worker");
@@ -88,6 +475,7 @@ fn worker_loop(
             None => match mailbox.recv() {
                 Msg::Run(job) => job,
                 Msg::Window(w) => {
+                    note_window(Some(&w));
                     *window = Some(Share::new(w));
                     continue;
                 }
@@ -107,7 +495,10 @@ fn worker_loop(
             }
             match mailbox.try_recv() {
                 Some(Msg::Run(job)) => in_flight.push(job),
-                Some(Msg::Window(w)) => *window = Some(Share::new(w)),
+                Some(Msg::Window(w)) => {
+                    note_window(Some(&w));
+                    *window = Some(Share::new(w));
+                }
                 Some(Msg::Stop) => {
                     stopping = true;
                     break;
@@ -115,24 +506,36 @@ fn worker_loop(
                 None => break,
             }
         }
+        park(in_flight);
         if in_flight.len() == 1 {
             // One batch (no backlog): no group and no list of results to allocate.
             let result = {
                 let _busy = core.occupy(queue);
                 race::run(core, queue, &in_flight[0])
             };
+            if !unpark(in_flight) {
+                // Given up on by the watchdog, which answered the batch.
+                in_flight.clear();
+                return;
+            }
             if let Some(job) = in_flight.pop() {
                 respond(core, queue, job, result);
             }
+            race::judge_pending(core);
             continue;
         }
         let results = {
             let _busy = core.occupy(queue);
             race::run_group(core, queue, in_flight)
         };
+        if !unpark(in_flight) {
+            in_flight.clear();
+            return;
+        }
         for (job, result) in in_flight.drain(..).zip(results) {
             respond(core, queue, job, result);
         }
+        race::judge_pending(core);
     }
     // A stop message is taken only with no window in hand (a window is claimed dry
     // before the next message is taken), so nothing is left behind here.
@@ -152,6 +555,7 @@ fn respond(core: &Core, queue: QueueId, job: Job, result: Result<Answer, Fault>)
 fn claim(window: &mut Option<Share<Arc<Window<Job>>>>) -> Option<Job> {
     let job = window.as_mut()?.take();
     if job.is_none() {
+        note_window(None);
         *window = None;
     }
     job
@@ -184,12 +588,11 @@ fn restart(core: &Core, queue: QueueId, jobs: Vec<Job>, reason: String) {
         reason,
         retried: !jobs.is_empty(),
     });
-    for job in jobs {
+    for mut job in jobs {
         let other = core.retry_queue(queue);
-        let run = catch_unwind(AssertUnwindSafe(|| {
-            let _busy = core.occupy(other);
-            race::run(core, other, &job)
-        }));
+        let Some(run) = run_parked(core, other, &mut job) else {
+            return;
+        };
         match run {
             Ok(Ok(answer)) => job.answer(Ok(answer)),
             Ok(Err(fault)) => settle(core, other, job, fault, false),
@@ -198,7 +601,42 @@ fn restart(core: &Core, queue: QueueId, jobs: Vec<Job>, reason: String) {
                 job.fail(reason);
             }
         }
+        race::judge_pending(core);
     }
+}
+
+/// Runs every job left in `window`, whose claimer was given up on (claimed and not run
+/// by it, or not claimed yet), one at a time, answering each.
+fn take_over(core: &Core, queue: QueueId, window: &Window<Job>) {
+    while let Some(mut job) = window.take_any() {
+        let Some(run) = run_parked(core, queue, &mut job) else {
+            return;
+        };
+        match run {
+            Ok(result) => respond(core, queue, job, result),
+            Err(panic) => {
+                let reason = format!("worker panicked: {}", panic_message(panic.as_ref()));
+                job.fail(reason);
+            }
+        }
+        race::judge_pending(core);
+    }
+}
+
+/// Runs `job` on `queue` from this thread under `catch_unwind`, its responder parked
+/// for the watchdog; `None` when the watchdog gave up on this thread meanwhile (it
+/// answered the job, which is left as it is).
+fn run_parked(
+    core: &Core,
+    queue: QueueId,
+    job: &mut Job,
+) -> Option<std::thread::Result<Result<Answer, Fault>>> {
+    park(std::slice::from_mut(job));
+    let run = catch_unwind(AssertUnwindSafe(|| {
+        let _busy = core.occupy(queue);
+        race::run(core, queue, job)
+    }));
+    unpark(std::slice::from_mut(job)).then_some(run)
 }
 
 /// Moves a batch off lost `device`: runs it on a queue of another live device that has
@@ -211,10 +649,10 @@ fn relocate(core: &Core, device: usize, job: Job) {
         return;
     };
     tracing::warn!(kernel = %job.kernel.name, from = device, to = %target, "moving a batch off a lost device");
-    let run = catch_unwind(AssertUnwindSafe(|| {
-        let _busy = core.occupy(target);
-        race::run(core, target, &job)
-    }));
+    let mut job = job;
+    let Some(run) = run_parked(core, target, &mut job) else {
+        return;
+    };
     match run {
         Ok(Ok(answer)) => job.answer(Ok(answer)),
         Ok(Err(fault)) => settle(core, target, job, fault, false),
@@ -223,6 +661,7 @@ fn relocate(core: &Core, device: usize, job: Job) {
             job.fail(reason);
         }
     }
+    race::judge_pending(core);
 }
 
 /// The text of a panic's payload.

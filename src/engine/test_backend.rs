@@ -564,3 +564,72 @@ impl Workload for FusedByteSumWorkload {
         }
     }
 }
+
+/// Which host code of [`PanickyHostWorkload`]'s speculative variant panics.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostCode {
+    /// `Workload::plan` (and `plan_shared`).
+    Plan,
+    /// `Workload::answer`.
+    Answer,
+    /// `Workload::speculation_report`.
+    SpeculationReport,
+}
+
+/// [`FusedByteSumWorkload`] whose speculative variant's host code panics — in `plan`,
+/// `answer` or `speculation_report`, as chosen — for every batch (not for the
+/// registration's probe: `plan` and `answer` spare a 1024-byte input, the length the
+/// probe plans, and `speculation_report` spares outputs that are all zero, as the
+/// probe's are). The conservative variant's host code never panics. FOR FAULT
+/// INJECTION.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct PanickyHostWorkload(pub HostCode);
+
+impl PanickyHostWorkload {
+    fn panics(&self, variant: usize, code: HostCode, spared: bool) {
+        if variant == 1 && self.0 == code && !spared {
+            panic!("injected panic in the speculative variant's {code:?}");
+        }
+    }
+}
+
+impl Workload for PanickyHostWorkload {
+    fn name(&self) -> &'static str {
+        "bytesum-panicky-host"
+    }
+
+    fn variants(&self) -> Vec<KernelVariant> {
+        FusedByteSumWorkload.variants()
+    }
+
+    fn plan(&self, variant: usize, input: &[u8]) -> Result<DispatchPlan, WorkloadError> {
+        self.panics(variant, HostCode::Plan, input.len() == 1024);
+        FusedByteSumWorkload.plan(variant, input)
+    }
+
+    fn answer(
+        &self,
+        variant: usize,
+        input: &[u8],
+        outputs: &[Vec<u8>],
+    ) -> Result<Vec<u8>, WorkloadError> {
+        self.panics(variant, HostCode::Answer, input.len() == 1024);
+        FusedByteSumWorkload.answer(variant, input, outputs)
+    }
+
+    fn reference(&self, input: &[u8]) -> Vec<u8> {
+        ByteSumWorkload.reference(input)
+    }
+
+    fn generate(&self, shape: InputShape, len: usize, seed: u64) -> Vec<u8> {
+        ByteSumWorkload.generate(shape, len, seed)
+    }
+
+    fn speculation_report(&self, variant: usize, outputs: &[Vec<u8>]) -> Option<SpeculationReport> {
+        let zero = outputs.iter().flatten().all(|&b| b == 0);
+        self.panics(variant, HostCode::SpeculationReport, zero);
+        FusedByteSumWorkload.speculation_report(variant, outputs)
+    }
+}

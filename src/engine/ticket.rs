@@ -325,6 +325,18 @@ pub fn one_shot_for_models<T: 'static>() -> (Responder<T>, Ticket<T>) {
 }
 
 impl<T> Responder<T> {
+    /// A responder of no slot: answering or dropping it does nothing. It holds the
+    /// place of one moved elsewhere for a while (a batch's responder parked where the
+    /// supervisor's watchdog can answer it, `supervisor.rs`).
+    pub(crate) const fn vacant() -> Self {
+        Responder { slot: None }
+    }
+
+    /// True for a [`vacant`](Self::vacant) responder (or one that answered).
+    pub(crate) fn is_vacant(&self) -> bool {
+        self.slot.is_none()
+    }
+
     /// Lets go of the slot without answering: only for a batch that was never
     /// accepted (its ticket was never handed out, and is dropped unwaited).
     pub(crate) fn disarm(mut self) {

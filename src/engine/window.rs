@@ -126,6 +126,16 @@ impl<T> Window<T> {
         job
     }
 
+    /// Takes any job still in the window, claimed or not: for a claimer that takes
+    /// over from one that can no longer run its claimed jobs (a worker thread given up
+    /// on, `supervisor.rs`). A claimer whose claimed job was taken this way finds it
+    /// gone and claims on ([`Share::take`]), so every job is still taken once.
+    pub fn take_any(&self) -> Option<T> {
+        self.jobs
+            .iter()
+            .find_map(|cell| cell.lock().unwrap_or_else(|p| p.into_inner()).take())
+    }
+
     /// Jobs not yet claimed (a hint: others may be claiming them now).
     pub fn unclaimed(&self) -> usize {
         self.jobs

@@ -20,6 +20,7 @@
 //! the device's timestamp period.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use vulkano::buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer};
 use vulkano::command_buffer::{
@@ -64,6 +65,8 @@ pub(super) struct InFlight<'a> {
     /// its fence first, so the GPU never runs on freed buffers.
     slot: Option<Slot>,
     valid_bits: u32,
+    /// The queue's index within its family (`key.family`), to find it again.
+    queue_index: u32,
 }
 
 impl Drop for InFlight<'_> {
@@ -209,6 +212,7 @@ pub(super) fn start<'a>(
         key,
         slot: Some(slot),
         valid_bits,
+        queue_index: job.queue.index,
     })))
 }
 
@@ -216,7 +220,9 @@ pub(super) fn start<'a>(
 /// every eighth poll: read at every one, it took more of the loop's time than the
 /// fence's status did (profile of submit_overhead on an H200 host, BENCHMARKS.md tenth
 /// session), and a poll that comes later notices the fence later.
-fn wait_fence(fence: &Fence) -> Result<(), vulkano::VulkanError> {
+/// `timeout` (`None`: for ever) bounds the whole wait, spin included: past it the wait
+/// answers `VulkanError::Timeout`.
+fn wait_fence(fence: &Fence, timeout: Option<Duration>) -> Result<(), vulkano::VulkanError> {
     let start = std::time::Instant::now();
     let spin = fence_spin();
     let mut polls = 0u32;
@@ -226,10 +232,29 @@ fn wait_fence(fence: &Fence) -> Result<(), vulkano::VulkanError> {
         }
         std::hint::spin_loop();
         polls = polls.wrapping_add(1);
-        if polls % 8 == 0 && start.elapsed() >= spin {
-            return fence.wait(None);
+        if polls % 8 == 0 {
+            let waited = start.elapsed();
+            if waited >= spin {
+                return fence.wait(timeout.map(|t| t.saturating_sub(waited)));
+            }
         }
     }
+}
+
+/// Gives up on a job whose fence did not signal within the dispatch timeout. The
+/// device is still running its kernel, and no Vulkan call stops a running dispatch, so
+/// nothing it uses may be freed or reset, and its queue never becomes idle: the job
+/// (its slot's buffers, descriptor set, command buffer and fence, and the kernel's
+/// pipeline) is leaked, and so is one reference to its queue — a dropped `Queue`
+/// waits for the queue to go idle, and the queue holds the device, whose destruction
+/// with a dispatch running would be undefined — so dropping the backend later neither
+/// hangs nor frees what the kernel still uses. The device is marked lost: every later
+/// job on it would queue behind the kernel that never ends (a driver that resets a
+/// hung GPU reports the device lost anyway).
+fn abandon(job: InFlight<'_>, queue: Option<Arc<vulkano::device::Queue>>) {
+    job.gpu.lost.set();
+    std::mem::forget(queue);
+    std::mem::forget(job);
 }
 
 /// A new unsignalled fence for a slot.
@@ -241,13 +266,31 @@ fn new_fence(gpu: &Gpu) -> Result<Arc<Fence>, BackendError> {
 
 /// Phase two: wait for the fence, read the kernel time and the written bindings, and
 /// return the slot for reuse.
-pub(super) fn finish(mut job: InFlight<'_>) -> Result<DispatchOutput, BackendError> {
+/// `timeout` (`None`: for ever) bounds the fence wait; past it the job is abandoned
+/// (see [`abandon`]) and answered `BackendError::TimedOut`.
+pub(super) fn finish(
+    mut job: InFlight<'_>,
+    timeout: Option<Duration>,
+) -> Result<DispatchOutput, BackendError> {
     let gpu = job.gpu;
     let device = gpu.info.index;
     let Some(slot) = job.slot.as_ref() else {
         return Err(BackendError::Vulkan("a dispatch was finished twice".into()));
     };
-    wait_fence(&slot.fence).map_err(|e| gpu.note(vulkan_error(device, 0, e)))?;
+    match wait_fence(&slot.fence, timeout) {
+        Ok(()) => {}
+        Err(vulkano::VulkanError::Timeout) => {
+            let kernel = job.kernel.name.clone();
+            let queue = gpu.queues.get(&(job.key.family, job.queue_index)).cloned();
+            tracing::error!(%kernel, device, ?timeout, "a dispatch outlived the dispatch timeout; giving up on its device");
+            abandon(job, queue);
+            return Err(BackendError::TimedOut {
+                kernel,
+                after: timeout.unwrap_or_default(),
+            });
+        }
+        Err(e) => return Err(gpu.note(vulkan_error(device, 0, e))),
+    }
     // Finished: nothing of the slot is in use by the GPU any more.
     let Some(slot) = job.slot.take() else {
         return Err(BackendError::Vulkan("a dispatch was finished twice".into()));

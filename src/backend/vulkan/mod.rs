@@ -135,6 +135,9 @@ pub struct VulkanBackend {
     kernels: RwLock<HashMap<u64, Arc<LoadedKernel>>>,
     loaded: Mutex<HashMap<VariantKey, KernelHandle>>,
     next_kernel: AtomicU64,
+    /// How long a fence wait lasts before the job is answered `TimedOut`, in
+    /// nanoseconds (0: for ever); see `Backend::set_dispatch_timeout`.
+    timeout_ns: AtomicU64,
     // Declared last: dropped after every device.
     _instance: Arc<Instance>,
 }
@@ -165,6 +168,7 @@ impl VulkanBackend {
             kernels: RwLock::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
             next_kernel: AtomicU64::new(1),
+            timeout_ns: AtomicU64::new(0),
             _instance: opened.instance,
         })
     }
@@ -320,6 +324,14 @@ impl VulkanBackend {
         dispatch::start(gpu, kernel, job, timed)
     }
 
+    /// The fence-wait timeout (`None`: for ever).
+    fn timeout(&self) -> Option<std::time::Duration> {
+        match self.timeout_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(std::time::Duration::from_nanos(ns)),
+        }
+    }
+
     /// Both phases of every job: all are started before any is waited for, so jobs on
     /// different queues run at the same time.
     fn run(&self, jobs: &[DispatchJob], timed: bool) -> Vec<Result<DispatchOutput, BackendError>> {
@@ -328,7 +340,7 @@ impl VulkanBackend {
             .into_iter()
             .map(|s| match s? {
                 Started::Done(output) => Ok(output),
-                Started::Running(job) => dispatch::finish(*job),
+                Started::Running(job) => dispatch::finish(*job, self.timeout()),
             })
             .collect()
     }
@@ -390,6 +402,13 @@ impl Backend for VulkanBackend {
 
     fn dispatch_untimed(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
         self.run(jobs, false)
+    }
+
+    fn set_dispatch_timeout(&self, timeout: Option<std::time::Duration>) {
+        let ns = timeout.map_or(0, |t| {
+            u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).max(1)
+        });
+        self.timeout_ns.store(ns, Ordering::Relaxed);
     }
 }
 
