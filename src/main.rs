@@ -96,7 +96,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("photofinish: error: {e}");
+            // `writeln!`, not `eprintln!`: a full or closed stderr must not panic. The
+            // exit code still says it failed.
+            let _ = writeln!(std::io::stderr(), "photofinish: error: {e}");
             ExitCode::FAILURE
         }
     }
