@@ -362,8 +362,17 @@ fn a_full_or_closed_stderr_is_no_panic_and_keeps_the_exit_code() {
     let bad_report = blocker.join("report").display().to_string();
     let failing = small(&["--workload", "reduce", "--report", &bad_report]);
     let working = small(&["--workload", "reduce"]);
+    // A run whose saves fail logs warnings (tracing) before its error line.
+    let store = dir.path().join("autotune");
+    std::fs::create_dir(&store).expect("mkdir");
+    let future = r#"{"schema": "photofinish-autotune", "version": 99}"#;
+    std::fs::write(store.join(CPU_AUTOTUNE_FILE), future).expect("write");
+    let store_arg = store.display().to_string();
+    let warning = small(&["--workload", "reduce", "--autotune-file", &store_arg]);
     for script in ["exec \"$0\" \"$@\" 2>/dev/full", "exec \"$0\" \"$@\" 2>&-"] {
         let out = photofinish_sh(script, &refs(&failing));
+        assert_eq!(out.status.code(), Some(1), "{script}: {out:?}");
+        let out = photofinish_sh(script, &refs(&warning));
         assert_eq!(out.status.code(), Some(1), "{script}: {out:?}");
         let out = photofinish_sh(script, &refs(&working));
         assert_eq!(out.status.code(), Some(0), "{script}: {out:?}");
@@ -414,7 +423,7 @@ fn a_report_write_that_fails_part_way_leaves_no_tmp_file_and_exits_non_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let target = dir.path().join("report");
     let target_arg = target.display().to_string();
-    let args = small(&["--batches", "40", "--report", &target_arg]);
+    let args = small(&["--report", &target_arg]);
     let out = photofinish_sh(
         "trap '' XFSZ; ulimit -f 8; exec \"$0\" \"$@\"",
         &refs(&args),
@@ -465,7 +474,7 @@ fn a_full_autotune_dir_exits_non_zero_and_leaves_no_temp_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("autotune");
     let store_arg = store.display().to_string();
-    let args = small(&["--batches", "24", "--autotune-file", &store_arg]);
+    let args = small(&["--autotune-file", &store_arg]);
     let out = photofinish_sh(
         "trap '' XFSZ; ulimit -f 1; exec \"$0\" \"$@\"",
         &refs(&args),
@@ -511,4 +520,48 @@ fn a_read_only_autotune_dir_fails_before_the_run_naming_it() {
     if chattr {
         undo_immutable(&store);
     }
+}
+
+/// Regression (issue #25, item 10): `--size 2GiB` on a device whose
+/// `maxStorageBufferRange` is 128 MiB (lavapipe's) generated a 2 GiB input and then
+/// failed. It is refused before any input, naming the largest size the device takes.
+#[test]
+fn a_size_over_the_devices_storage_buffer_range_fails_before_any_input() {
+    let started = std::time::Instant::now();
+    let out = photofinish(&[
+        "run",
+        "--backend",
+        "vulkan",
+        "--workload",
+        "reduce",
+        "--batches",
+        "1",
+        "--size",
+        "2GiB",
+    ]);
+    let stderr = text(&out.stderr);
+    if stderr.contains("no usable device") {
+        no_vulkan::skip_or_fail(&stderr);
+        return;
+    }
+    let devices = photofinish(&["devices", "--json"]);
+    let devices = json(&text(&devices.stdout));
+    let range = devices["devices"][0]["limits"]["max_storage_buffer_range"]
+        .as_u64()
+        .expect("the device's limit");
+    if range >= 2 << 30 {
+        // A device that takes 2 GiB: nothing to refuse (not lavapipe).
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("maxStorageBufferRange")
+            && stderr.contains("the largest size this device takes is"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "it took {:?}: the input was built first",
+        started.elapsed()
+    );
 }

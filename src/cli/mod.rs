@@ -107,7 +107,7 @@ pub(crate) enum RunError {
     },
     /// An autotune save failed, so this run's verdicts are not in the file the user
     /// asked for (`--autotune-file`).
-    #[error("the verdicts of this run were not saved to {path}: {error}; fix that or pass another directory to `--autotune-file`")]
+    #[error("could not save this run's verdicts to {path} (`--autotune-file`): {error}")]
     AutotuneSave {
         /// The autotune file.
         path: PathBuf,

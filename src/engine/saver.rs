@@ -79,18 +79,27 @@ impl SaveQueue {
         }
     }
 
-    /// Records the outcome of a save of `store` (an unknown index is ignored); a
-    /// failure is logged at `warn`, naming the file and the fix.
+    /// Records the outcome of a save of `store` (an unknown index is ignored). A failure
+    /// is logged at `warn`, naming the file and the fix; the same failure again, save
+    /// after save, only at `debug`.
     pub fn record(&self, store: usize, outcome: Result<(), AutotuneError>) {
         let Some(slot) = self.last_error.get(store) else {
             return;
         };
+        // A plain value, consistent even if a holder panicked.
+        let mut last = slot.lock().unwrap_or_else(|p| p.into_inner());
         let error = outcome.err().map(std::sync::Arc::new);
         if let Some(error) = &error {
-            tracing::warn!(store, %error, "could not save the autotune store");
+            let again = last
+                .as_ref()
+                .is_some_and(|old| old.to_string() == error.to_string());
+            if again {
+                tracing::debug!(store, %error, "could not save the autotune store, again");
+            } else {
+                tracing::warn!(store, %error, "could not save the autotune store");
+            }
         }
-        // A plain value, consistent even if a holder panicked.
-        *slot.lock().unwrap_or_else(|p| p.into_inner()) = error;
+        *last = error;
     }
 
     /// The error of the last save of `store`; `None` when it succeeded or none ran.
