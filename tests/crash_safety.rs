@@ -87,9 +87,11 @@ fn run_saver(path: &Path) {
     let started = Instant::now();
     let mut n = 0usize;
     while started.elapsed() < CHILD_LIFETIME {
+        let save = Instant::now();
         stores[n % 2].save(path).expect("the saver child can save");
         if n == 0 {
-            println!("{READY}");
+            // How long a save takes here, so the parent's kills span whole saves.
+            println!("{READY} {}", save.elapsed().as_micros());
         }
         n += 1;
     }
@@ -133,15 +135,17 @@ fn spawn_saver(path: &Path) -> Child {
         .expect("re-executing the test binary works")
 }
 
-/// Waits until the child says its first save is done; false if it exited first.
-fn wait_ready(child: &mut Child) -> bool {
-    let Some(stdout) = child.stdout.take() else {
-        return false;
-    };
+/// Waits until the child says its first save is done, and gives how long that save
+/// took (µs); `None` if it exited first.
+fn wait_ready(child: &mut Child) -> Option<u64> {
+    let stdout = child.stdout.take()?;
     BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
-        .any(|line| line.contains(READY))
+        .find_map(|line| {
+            let rest = line.split(READY).nth(1)?;
+            Some(rest.trim().parse().unwrap_or(0))
+        })
 }
 
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
@@ -176,11 +180,12 @@ fn sigkill_mid_save_always_leaves_the_old_or_the_new_file() {
         let kill = kills;
         kills += 1;
         let mut child = spawn_saver(&path);
-        assert!(
-            wait_ready(&mut child),
-            "saver child {kill} exited before its first save"
-        );
-        std::thread::sleep(Duration::from_micros(rng.u64(0..30_000)));
+        let save_us = wait_ready(&mut child)
+            .unwrap_or_else(|| panic!("saver child {kill} exited before its first save"));
+        // Kills spread over the next two saves (a save reads and merges the file before
+        // it writes, which takes a while in a debug build), and at least 30 ms.
+        let span = save_us.saturating_mul(2).max(30_000);
+        std::thread::sleep(Duration::from_micros(rng.u64(0..span)));
         child.kill().expect("SIGKILL the saver");
         let status = child.wait().expect("reap the saver");
         assert!(

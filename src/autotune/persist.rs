@@ -16,7 +16,7 @@
 //!
 //! Several processes may share one file (the default directory is every application's
 //! on the machine), so a save **merges**: under an advisory lock on a sibling file
-//! (`.{name}.lock`, `flock` through `std::fs::File::lock`, left in place), it reads what
+//! (`.{name}.lock`, `flock`, left in place), it reads what
 //! is on disk, merges it with this store and writes the result. The rule, per record
 //! and per verdict:
 //!
@@ -571,7 +571,10 @@ fn absorb(kept: &mut StaleGroup, other: &StaleGroup) {
     );
 }
 
-fn parse(path: &Path, bytes: &[u8], current: &DeviceIdentity) -> Result<Parsed, AutotuneError> {
+/// The file as a document of this schema and version, or the error that says what is
+/// wrong with it: truncated, not JSON, not an object, another schema or version, or
+/// fields of the wrong shape.
+fn classify(path: &Path, bytes: &[u8]) -> Result<WireFile, AutotuneError> {
     let corrupt = |detail: String| AutotuneError::Corrupt {
         path: path.to_owned(),
         detail,
@@ -601,7 +604,20 @@ fn parse(path: &Path, bytes: &[u8], current: &DeviceIdentity) -> Result<Parsed, 
             found_version: shown(version),
         });
     }
-    let file: WireFile = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+    serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))
+}
+
+fn parse(path: &Path, bytes: &[u8], current: &DeviceIdentity) -> Result<Parsed, AutotuneError> {
+    // A well-formed file of this schema and version is read in one pass; anything else
+    // goes through `classify` for the precise error.
+    let file = match serde_json::from_slice::<WireFile>(bytes) {
+        Ok(file) if file.schema == SCHEMA_NAME && file.version == SCHEMA_VERSION => file,
+        _ => classify(path, bytes)?,
+    };
+    let corrupt = |detail: String| AutotuneError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
     let header = WireGroup {
         device_uuid: file.device_uuid,
         driver_version: file.driver_version,
@@ -662,8 +678,8 @@ fn split_path(path: &Path) -> Result<(&Path, &std::ffi::OsStr), AutotuneError> {
     Ok((dir, name))
 }
 
-/// Takes the save lock of `path` (in `dir`): an exclusive advisory lock on the sibling
-/// file `.{name}.lock`, created if missing and never removed (removing it would let two
+/// Takes the save lock of `path` (in `dir`): an exclusive advisory lock (`flock`) on the
+/// sibling file `.{name}.lock`, created if missing and never removed (removing it would let two
 /// savers lock two different files). Held until the returned file is dropped; a process
 /// that dies holding it releases it. Waits at most [`SAVE_LOCK_TIMEOUT`]. Where the file
 /// system has no locks, the save goes on unlocked.
@@ -687,14 +703,14 @@ fn lock_for_save(path: &Path, dir: &Path) -> Result<File, AutotuneError> {
         .map_err(|e| io_err("create the save lock next to", e))?;
     let started = Instant::now();
     loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(fs::TryLockError::WouldBlock) => {}
-            Err(fs::TryLockError::Error(e)) if e.kind() == io::ErrorKind::Unsupported => {
+        match file_lock::try_lock_exclusive(&file) {
+            Ok(true) => return Ok(file),
+            Ok(false) => {}
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                 tracing::debug!(lock = %lock.display(), "no file locks here; saving unlocked");
                 return Ok(file);
             }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", e)),
+            Err(e) => return Err(io_err("lock", e)),
         }
         let waited = started.elapsed();
         if waited >= SAVE_LOCK_TIMEOUT {
@@ -705,6 +721,55 @@ fn lock_for_save(path: &Path, dir: &Path) -> Result<File, AutotuneError> {
             });
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// An exclusive advisory lock on a whole file: BSD `flock`, which the OS releases when
+/// the file is closed or its process dies. (`std::fs::File::try_lock` does the same
+/// from Rust 1.89, above this crate's `rust-version`.)
+#[cfg(unix)]
+mod file_lock {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::os::raw::c_int;
+
+    extern "C" {
+        fn flock(fd: c_int, operation: c_int) -> c_int;
+    }
+
+    /// `LOCK_EX` and `LOCK_NB`: the same values on Linux, the BSDs and macOS.
+    const LOCK_EX: c_int = 2;
+    const LOCK_NB: c_int = 4;
+
+    /// Takes the lock without waiting: `Ok(false)` when another open file holds it.
+    pub(super) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+        loop {
+            // SAFETY: `flock` reads two integers and touches no memory of this process;
+            // the descriptor is `file`'s, open for the whole call (borrowed).
+            let rc = unsafe { flock(file.as_raw_fd(), LOCK_EX | LOCK_NB) };
+            if rc == 0 {
+                return Ok(true);
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::WouldBlock => return Ok(false),
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(error),
+            }
+        }
+    }
+}
+
+/// No advisory file locks here: saves go on unlocked (the merge still keeps what was
+/// on disk when the save read it).
+#[cfg(not(unix))]
+mod file_lock {
+    use std::fs::File;
+    use std::io;
+
+    pub(super) fn try_lock_exclusive(_file: &File) -> io::Result<bool> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 }
 

@@ -79,10 +79,15 @@ impl SaveQueue {
         }
     }
 
-    /// Records the outcome of a save of `store` (an unknown index is ignored). A failure
-    /// is logged at `warn`, naming the file and the fix; the same failure again, save
-    /// after save, only at `debug`.
-    pub fn record(&self, store: usize, outcome: Result<(), AutotuneError>) {
+    /// Records the outcome of a save of `store` to `path` (an unknown index is ignored).
+    /// A failure is logged at `warn`, naming the file and the fix; the same failure
+    /// again, save after save, only at `debug`.
+    pub fn record(
+        &self,
+        store: usize,
+        path: Option<&std::path::Path>,
+        outcome: Result<(), AutotuneError>,
+    ) {
         let Some(slot) = self.last_error.get(store) else {
             return;
         };
@@ -93,10 +98,11 @@ impl SaveQueue {
             let again = last
                 .as_ref()
                 .is_some_and(|old| old.to_string() == error.to_string());
+            let path = path.map(|p| p.display().to_string()).unwrap_or_default();
             if again {
-                tracing::debug!(store, %error, "could not save the autotune store, again");
+                tracing::debug!(store, %path, %error, "could not save the autotune store, again");
             } else {
-                tracing::warn!(store, %error, "could not save the autotune store");
+                tracing::warn!(store, %path, %error, "could not save the autotune store");
             }
         }
         *last = error;
@@ -208,7 +214,7 @@ pub(crate) fn spawn(core: Arc<Core>) -> Result<JoinHandle<()>, EngineError> {
             if let Some(queue) = &core.saves {
                 queue.run(|device| {
                     if let Some(tune) = core.tunes.get(device) {
-                        queue.record(device, tune.save());
+                        queue.record(device, tune.path.as_deref(), tune.save());
                     }
                 });
             }
