@@ -16,9 +16,8 @@
 //!
 //! Several processes may share one file (the default directory is every application's
 //! on the machine), so a save **merges**: under an advisory lock on a sibling file
-//! (`.{name}.lock`, `flock`, left in place), it reads what
-//! is on disk, merges it with this store and writes the result. The rule, per record
-//! and per verdict:
+//! (`.{name}.lock`, `flock`, left in place), it reads what is on disk, merges it with
+//! this store and writes the result. The rule, per record and per verdict:
 //!
 //! - only on disk (another process measured it): kept;
 //! - only in this store: written;
@@ -30,11 +29,12 @@
 //!
 //! Stale groups merge by device and driver (the disk's records win: this store never
 //! changes its stale groups); after [`AutotuneStore::discard_stale`] the save drops the
-//! groups of the devices and drivers it forgot from the file too. A file of this schema with a **newer version** is
-//! never overwritten: the save fails with [`AutotuneError::NewerSchema`], the file stays
-//! as it is, and the store keeps working in memory. A file that cannot be used at all
-//! (corrupt, truncated, over the size limit, another schema or an older version) is
-//! replaced, with a warning, as a load under [`LoadMode::FreshOnError`] promises.
+//! groups of the devices and drivers it forgot from the file too. A file of this schema
+//! with a **newer version** is never overwritten: the save fails with
+//! [`AutotuneError::NewerSchema`], the file stays as it is, and the store keeps working
+//! in memory. A file that cannot be used at all (corrupt, truncated, over the size
+//! limit, another schema or an older version) is replaced, with a warning, as a load
+//! under [`LoadMode::FreshOnError`] promises.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -678,11 +678,11 @@ fn split_path(path: &Path) -> Result<(&Path, &std::ffi::OsStr), AutotuneError> {
     Ok((dir, name))
 }
 
-/// Takes the save lock of `path` (in `dir`): an exclusive advisory lock (`flock`) on the
-/// sibling file `.{name}.lock`, created if missing and never removed (removing it would let two
-/// savers lock two different files). Held until the returned file is dropped; a process
-/// that dies holding it releases it. Waits at most [`SAVE_LOCK_TIMEOUT`]. Where the file
-/// system has no locks, the save goes on unlocked.
+/// Takes the save lock of `path` (in `dir`): an exclusive advisory lock (`flock`) on
+/// the sibling file `.{name}.lock`, created if missing and never removed (removing it
+/// would let two savers lock two different files). Held until the returned file is
+/// dropped; a process that dies holding it releases it. Waits at most
+/// [`SAVE_LOCK_TIMEOUT`]. Where the file system has no locks, the save goes on unlocked.
 fn lock_for_save(path: &Path, dir: &Path) -> Result<File, AutotuneError> {
     let (_, name) = split_path(path)?;
     let mut lock_name = std::ffi::OsString::from(".");
