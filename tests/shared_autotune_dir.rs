@@ -255,3 +255,39 @@ fn an_engine_never_overwrites_a_newer_schema_file_and_reports_the_failed_save() 
     );
     assert_eq!(fs::read_to_string(&path).expect("read"), future);
 }
+
+/// A save waits for the lock another process holds on the file (`flock(1)` here, as a
+/// script sharing the directory might) and goes ahead once it is released.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_save_waits_for_the_lock_another_process_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    let lock = dir.path().join(".autotune.json.lock");
+    let ready = dir.path().join("locked");
+    let holder = Command::new("flock")
+        .arg(&lock)
+        .args(["sh", "-c", "touch \"$0\"; sleep 1"])
+        .arg(&ready)
+        .spawn();
+    let Ok(mut holder) = holder else {
+        panic!("flock(1) (util-linux) is needed by this test");
+    };
+    while !ready.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let store = AutotuneStore::new(device());
+    set(&store, 0, 0);
+    let started = std::time::Instant::now();
+    store
+        .save(&path)
+        .expect("the save goes ahead once the lock is free");
+    let waited = started.elapsed();
+    assert!(holder.wait().expect("reap flock").success());
+    assert!(
+        waited >= std::time::Duration::from_millis(500),
+        "the save did not wait for the lock: {waited:?}"
+    );
+    let (loaded, _) = AutotuneStore::load(&path, &device(), LoadMode::Strict).expect("loads");
+    assert_eq!(get(&loaded, 0, 0), Some(verdict(0)));
+}
