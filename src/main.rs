@@ -78,6 +78,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // A write to a full or closed stderr is dropped: its error report would be an
+        // `eprintln!`, which panics there.
+        .log_internal_errors(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
@@ -96,7 +99,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("photofinish: error: {e}");
+            // `writeln!`, not `eprintln!`: a full or closed stderr must not panic. The
+            // exit code still says it failed.
+            let _ = writeln!(std::io::stderr(), "photofinish: error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -286,3 +286,282 @@ fn run_on_vulkan_lavapipe_verifies_every_answer() {
     let k = &value["kernels"][0];
     assert_eq!(k["verified"], 10, "{k}");
 }
+
+/// Runs photofinish through `sh -c SCRIPT` (`"$0" "$@"` is the binary and `args`).
+fn photofinish_sh(script: &str, args: &[&str]) -> Output {
+    match Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_photofinish"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => panic!("cannot start sh: {e}"),
+    }
+}
+
+/// Files in `dir` whose names contain `part`.
+fn files_named(dir: &Path, part: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(part))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Makes `dir` refuse new files even to root (`chattr +i`); false where that is not
+/// possible (not root, or a file system without the flag).
+fn make_immutable(dir: &Path) -> bool {
+    Command::new("chattr")
+        .arg("+i")
+        .arg(dir)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn undo_immutable(dir: &Path) {
+    let _ = Command::new("chattr").arg("-i").arg(dir).status();
+}
+
+/// Regression (issue #25, item 10): `--batches -3` gave clap's "unexpected argument
+/// '-3'" instead of the message `--batches=-4` and `--batches 0` get.
+#[test]
+fn negative_batches_get_the_helpful_message_not_unexpected_argument() {
+    for args in [
+        &["run", "--batches", "-3"][..],
+        &["run", "--size", "-5"][..],
+    ] {
+        let stderr = run_fails(args);
+        assert!(
+            !stderr.contains("unexpected argument"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let stderr = run_fails(&["run", "--batches", "-3"]);
+    assert!(
+        stderr.contains("whole number") && stderr.contains("-3"),
+        "{stderr}"
+    );
+    let stderr = run_fails(&["run", "--size", "-5"]);
+    assert!(stderr.contains("not a size"), "{stderr}");
+}
+
+/// Regression (issue #25, item 10): the CLI panicked (`eprintln!`) when stderr was full
+/// or closed. It exits with the code the run deserves, never 101.
+#[test]
+fn a_full_or_closed_stderr_is_no_panic_and_keeps_the_exit_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").expect("write");
+    let bad_report = blocker.join("report").display().to_string();
+    let failing = small(&["--workload", "reduce", "--report", &bad_report]);
+    let working = small(&["--workload", "reduce"]);
+    // A run whose saves fail logs warnings (tracing) before its error line.
+    let store = dir.path().join("autotune");
+    std::fs::create_dir(&store).expect("mkdir");
+    let future = r#"{"schema": "photofinish-autotune", "version": 99}"#;
+    std::fs::write(store.join(CPU_AUTOTUNE_FILE), future).expect("write");
+    let store_arg = store.display().to_string();
+    let warning = small(&["--workload", "reduce", "--autotune-file", &store_arg]);
+    for script in ["exec \"$0\" \"$@\" 2>/dev/full", "exec \"$0\" \"$@\" 2>&-"] {
+        let out = photofinish_sh(script, &refs(&failing));
+        assert_eq!(out.status.code(), Some(1), "{script}: {out:?}");
+        let out = photofinish_sh(script, &refs(&warning));
+        assert_eq!(out.status.code(), Some(1), "{script}: {out:?}");
+        let out = photofinish_sh(script, &refs(&working));
+        assert_eq!(out.status.code(), Some(0), "{script}: {out:?}");
+        assert!(text(&out.stdout).contains("reduce"), "{script}: {out:?}");
+        // A clap error on a full stderr: clap's own exit code 2, no panic.
+        let out = photofinish_sh(script, &["run", "--frobnicate"]);
+        assert_eq!(out.status.code(), Some(2), "{script}: {out:?}");
+    }
+}
+
+/// Regression (issue #25, item 10): `--report DIR` was checked only after the whole
+/// run. A directory that takes no files fails before the run: no table, no backend.
+#[test]
+fn a_report_dir_that_takes_no_files_fails_before_the_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let immutable = dir.path().join("immutable");
+    std::fs::create_dir(&immutable).expect("mkdir");
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").expect("write");
+    let mut targets = vec![blocker.join("report")];
+    let chattr = make_immutable(&immutable);
+    if chattr {
+        targets.push(immutable.clone());
+    }
+    for target in &targets {
+        let target = target.display().to_string();
+        let out = photofinish(&refs(&small(&["--report", &target])));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{target}: {stderr}");
+        assert!(stderr.contains("--report"), "{stderr}");
+        assert!(
+            !stderr.contains("running on the") && out.stdout.is_empty(),
+            "the run went ahead: {stderr}"
+        );
+    }
+    if chattr {
+        undo_immutable(&immutable);
+    }
+}
+
+/// Regression (issue #25, item 9): a report write that failed part way (a full disk)
+/// left an empty `report.json.tmp` behind. The temporary file is removed, the error
+/// names the file, the exit code is 1. The "full disk" is a file-size limit
+/// (`ulimit -f`), which needs no privilege: the probe before the run fits, the report
+/// does not.
+#[test]
+fn a_report_write_that_fails_part_way_leaves_no_tmp_file_and_exits_non_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("report");
+    let target_arg = target.display().to_string();
+    let args = small(&["--report", &target_arg]);
+    let out = photofinish_sh(
+        "trap '' XFSZ; ulimit -f 8; exec \"$0\" \"$@\"",
+        &refs(&args),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&target_arg) && stderr.contains("--report"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(files_named(&target, ".tmp"), Vec::<String>::new());
+}
+
+/// The autotune file of the CPU backend's one device (UUID all zero).
+const CPU_AUTOTUNE_FILE: &str = "autotune-00000000000000000000000000000000.json";
+
+/// Regression (issue #25, item 9): an autotune directory whose save failed exited 0
+/// with a warning. A file of a newer photofinish there is left untouched, the table is
+/// printed, and the exit code is 1 with a line naming the file and the fix.
+#[test]
+fn an_autotune_save_that_fails_exits_non_zero_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("autotune");
+    std::fs::create_dir(&store).expect("mkdir");
+    let file = store.join(CPU_AUTOTUNE_FILE);
+    let future = r#"{"schema": "photofinish-autotune", "version": 99}"#;
+    std::fs::write(&file, future).expect("write");
+    let store_arg = store.display().to_string();
+    let out = photofinish(&refs(&small(&["--autotune-file", &store_arg])));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(text(&out.stdout).contains("reduce"), "the table is printed");
+    assert!(
+        stderr.contains(&file.display().to_string())
+            && stderr.contains("newer photofinish")
+            && stderr.contains("--autotune-file"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), future);
+}
+
+/// Regression (issue #25, item 9): a full autotune directory exited 0 with only a
+/// warning, and the failed save must leave no temporary file. The "full disk" is a
+/// file-size limit: the probe before the run fits, the autotune file does not.
+#[test]
+fn a_full_autotune_dir_exits_non_zero_and_leaves_no_temp_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("autotune");
+    let store_arg = store.display().to_string();
+    let args = small(&["--autotune-file", &store_arg]);
+    let out = photofinish_sh(
+        "trap '' XFSZ; ulimit -f 1; exec \"$0\" \"$@\"",
+        &refs(&args),
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&store.join(CPU_AUTOTUNE_FILE).display().to_string())
+            && stderr.contains("--autotune-file"),
+        "{stderr}"
+    );
+    assert_eq!(files_named(&store, ".tmp"), Vec::<String>::new());
+}
+
+/// Regression (issue #25, item 9): a read-only autotune directory exited 0 with only a
+/// warning after the whole run. It fails before the run, naming the directory.
+#[test]
+fn a_read_only_autotune_dir_fails_before_the_run_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("autotune");
+    std::fs::create_dir(&store).expect("mkdir");
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"x").expect("write");
+    let mut targets = vec![blocker.join("autotune")];
+    let chattr = make_immutable(&store);
+    if chattr {
+        targets.push(store.clone());
+    }
+    for target in &targets {
+        let target = target.display().to_string();
+        let out = photofinish(&refs(&small(&["--autotune-file", &target])));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{target}: {stderr}");
+        assert!(
+            stderr.contains(&target) && stderr.contains("--autotune-file"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("running on the") && out.stdout.is_empty(),
+            "the run went ahead: {stderr}"
+        );
+    }
+    if chattr {
+        undo_immutable(&store);
+    }
+}
+
+/// Regression (issue #25, item 10): `--size 2GiB` on a device whose
+/// `maxStorageBufferRange` is 128 MiB (lavapipe's) generated a 2 GiB input and then
+/// failed. It is refused before any input, naming the largest size the device takes.
+#[test]
+fn a_size_over_the_devices_storage_buffer_range_fails_before_any_input() {
+    let started = std::time::Instant::now();
+    let out = photofinish(&[
+        "run",
+        "--backend",
+        "vulkan",
+        "--workload",
+        "reduce",
+        "--batches",
+        "1",
+        "--size",
+        "2GiB",
+    ]);
+    let stderr = text(&out.stderr);
+    if stderr.contains("no usable device") {
+        no_vulkan::skip_or_fail(&stderr);
+        return;
+    }
+    let devices = photofinish(&["devices", "--json"]);
+    let devices = json(&text(&devices.stdout));
+    let range = devices["devices"][0]["limits"]["max_storage_buffer_range"]
+        .as_u64()
+        .expect("the device's limit");
+    if range >= 2 << 30 {
+        // A device that takes 2 GiB: nothing to refuse (not lavapipe).
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("maxStorageBufferRange")
+            && stderr.contains("the largest size this device takes is"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "it took {:?}: the input was built first",
+        started.elapsed()
+    );
+}

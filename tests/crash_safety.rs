@@ -31,9 +31,11 @@ const KILLS: usize = 40;
 const MIN_MID_WRITE: usize = 4;
 /// The most savers the parent kills.
 const MAX_KILLS: usize = 400;
-/// Entries in content A and content B (distinct counts, so a mix could not pass).
+/// Entries in content A and content B: the same keys with other records (a save merges
+/// with the file, and this store's measured records win, so each save leaves exactly
+/// its own content; a mix of the two could not pass).
 const ENTRIES_A: u64 = 1_500;
-const ENTRIES_B: u64 = 1_100;
+const ENTRIES_B: u64 = 1_500;
 /// A saver that is never killed (its parent died) gives up after this long.
 const CHILD_LIFETIME: Duration = Duration::from_secs(20);
 /// The whole test fails rather than hangs after this long.
@@ -46,13 +48,13 @@ fn device() -> DeviceIdentity {
     }
 }
 
-/// The two contents: `which` 0 is A (unroll 1), 1 is B (unroll 2, other shaders).
+/// The two contents: `which` 0 is A (unroll 1), 1 is B (unroll 2).
 fn content(which: u8) -> BTreeMap<u64, u32> {
-    let (count, unroll, base) = match which {
-        0 => (ENTRIES_A, 1, 0),
-        _ => (ENTRIES_B, 2, 1_000_000),
+    let (count, unroll) = match which {
+        0 => (ENTRIES_A, 1),
+        _ => (ENTRIES_B, 2),
     };
-    (0..count).map(|i| (base + i, unroll)).collect()
+    (0..count).map(|i| (i, unroll)).collect()
 }
 
 fn key(shader_hash: u64) -> AutotuneKey {
@@ -85,9 +87,11 @@ fn run_saver(path: &Path) {
     let started = Instant::now();
     let mut n = 0usize;
     while started.elapsed() < CHILD_LIFETIME {
+        let save = Instant::now();
         stores[n % 2].save(path).expect("the saver child can save");
         if n == 0 {
-            println!("{READY}");
+            // How long a save takes here, so the parent's kills span whole saves.
+            println!("{READY} {}", save.elapsed().as_micros());
         }
         n += 1;
     }
@@ -131,15 +135,17 @@ fn spawn_saver(path: &Path) -> Child {
         .expect("re-executing the test binary works")
 }
 
-/// Waits until the child says its first save is done; false if it exited first.
-fn wait_ready(child: &mut Child) -> bool {
-    let Some(stdout) = child.stdout.take() else {
-        return false;
-    };
+/// Waits until the child says its first save is done, and gives how long that save
+/// took (µs); `None` if it exited first.
+fn wait_ready(child: &mut Child) -> Option<u64> {
+    let stdout = child.stdout.take()?;
     BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
-        .any(|line| line.contains(READY))
+        .find_map(|line| {
+            let rest = line.split(READY).nth(1)?;
+            Some(rest.trim().parse().unwrap_or(0))
+        })
 }
 
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
@@ -174,11 +180,12 @@ fn sigkill_mid_save_always_leaves_the_old_or_the_new_file() {
         let kill = kills;
         kills += 1;
         let mut child = spawn_saver(&path);
-        assert!(
-            wait_ready(&mut child),
-            "saver child {kill} exited before its first save"
-        );
-        std::thread::sleep(Duration::from_micros(rng.u64(0..30_000)));
+        let save_us = wait_ready(&mut child)
+            .unwrap_or_else(|| panic!("saver child {kill} exited before its first save"));
+        // Kills spread over the next two saves (a save reads and merges the file before
+        // it writes, which takes a while in a debug build), and at least 30 ms.
+        let span = save_us.saturating_mul(2).max(30_000);
+        std::thread::sleep(Duration::from_micros(rng.u64(0..span)));
         child.kill().expect("SIGKILL the saver");
         let status = child.wait().expect("reap the saver");
         assert!(

@@ -305,7 +305,7 @@ fn a_directory_at_the_path_is_unreadable_and_unwritable_without_damage() {
     let store = AutotuneStore::new(device("d1"));
     store.put(AutotuneKey::new(&cache_key(1), ADAPTER), record(1));
     let err = store.save(&path).expect_err("cannot replace a directory");
-    assert!(matches!(err, AutotuneError::Io { .. }), "{err}");
+    assert!(matches!(err, AutotuneError::NotAFile { .. }), "{err}");
     assert_eq!(fs::read(path.join("keep")).expect("untouched"), b"precious");
     no_temp_files_left(dir.path());
 }
@@ -339,6 +339,8 @@ fn fresh_on_error_logs_and_starts_empty_and_the_next_save_repairs_the_file() {
     assert_eq!(again.len(), 1);
 }
 
+/// A save merges with the file (issue #25, item 9): the new store's 50 records join
+/// the 2 already there, and only the complete new file is left.
 #[test]
 fn overwriting_an_existing_file_leaves_only_the_complete_new_file() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -351,7 +353,7 @@ fn overwriting_an_existing_file_leaves_only_the_complete_new_file() {
     store.save(&path).expect("save");
     no_temp_files_left(dir.path());
     let (loaded, _) = AutotuneStore::load(&path, &device("d1"), LoadMode::Strict).expect("load");
-    assert_eq!(loaded.len(), 50);
+    assert_eq!(loaded.len(), 52);
 }
 
 proptest! {
@@ -411,4 +413,253 @@ fn a_save_sweeps_temp_files_that_killed_saves_left_behind() {
         unrelated.exists(),
         "another file's temp files are left alone"
     );
+}
+
+fn rejected() -> KernelVerdict {
+    KernelVerdict {
+        verdict: SpeculationVerdict::Reject,
+        ..adopted()
+    }
+}
+
+/// The verdict `store` holds for the pair of shaders `(c, s)`.
+fn verdict_of(store: &AutotuneStore, c: u64, s: u64) -> Option<KernelVerdict> {
+    let (c, s) = (cache_key(c), cache_key(s));
+    let keys = SpeculativeVariantKeys {
+        conservative: &c,
+        speculative: &s,
+        adapter_id: ADAPTER,
+    };
+    store.verdict(keys).map(|v| v.verdict)
+}
+
+/// Sets the verdict on the pair of shaders `(c, s)` as measured by `store`.
+fn set_verdict_of(store: &AutotuneStore, c: u64, s: u64, verdict: KernelVerdict) {
+    let (c, s) = (cache_key(c), cache_key(s));
+    let keys = SpeculativeVariantKeys {
+        conservative: &c,
+        speculative: &s,
+        adapter_id: ADAPTER,
+    };
+    store.set_verdict(keys, verdict);
+}
+
+fn load_d1(path: &Path) -> AutotuneStore {
+    AutotuneStore::load(path, &device("d1"), LoadMode::Strict)
+        .expect("loads")
+        .0
+}
+
+/// Regression (issue #25, item 9): two applications on one directory kept one of their
+/// two verdicts, each save replacing the file with its own store. A save merges.
+#[test]
+fn two_stores_saving_different_verdicts_to_one_file_keep_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    let a = AutotuneStore::new(device("d1"));
+    let b = AutotuneStore::new(device("d1"));
+    set_verdict_of(&a, 1, 2, adopted());
+    a.put(AutotuneKey::new(&cache_key(1), ADAPTER), record(2));
+    set_verdict_of(&b, 3, 4, rejected());
+    b.put(AutotuneKey::new(&cache_key(3), ADAPTER), record(4));
+    a.save(&path).expect("a saves");
+    b.save(&path).expect("b saves");
+    a.save(&path).expect("a saves again");
+    let loaded = load_d1(&path);
+    assert_eq!(verdict_of(&loaded, 1, 2), Some(adopted()), "a's verdict");
+    assert_eq!(verdict_of(&loaded, 3, 4), Some(rejected()), "b's verdict");
+    assert_eq!(loaded.len(), 2, "both records");
+    no_temp_files_left(dir.path());
+}
+
+/// The merge rule: a verdict this store measured wins over the file's; one it only
+/// loaded yields to the file's (another process may have measured it since).
+#[test]
+fn in_a_merge_a_measured_verdict_wins_and_a_loaded_one_yields_to_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    let first = AutotuneStore::new(device("d1"));
+    set_verdict_of(&first, 1, 2, adopted());
+    first.save(&path).expect("save");
+
+    let loader = load_d1(&path);
+    assert_eq!(verdict_of(&loader, 1, 2), Some(adopted()));
+    // Another process measures the pair again and saves: rejected now.
+    let other = AutotuneStore::new(device("d1"));
+    set_verdict_of(&other, 1, 2, rejected());
+    other.save(&path).expect("save");
+    // The loader's copy is only loaded: the file's newer verdict stays.
+    loader.save(&path).expect("save");
+    assert_eq!(verdict_of(&load_d1(&path), 1, 2), Some(rejected()));
+    // Once the loader measures the pair itself, its verdict wins.
+    set_verdict_of(&loader, 1, 2, adopted());
+    loader.save(&path).expect("save");
+    assert_eq!(verdict_of(&load_d1(&path), 1, 2), Some(adopted()));
+}
+
+/// Regression (issue #25, item 9): a file of a newer schema version was overwritten by
+/// this older build. It is left byte for byte; the save says why; the store works on.
+#[test]
+fn a_file_of_a_newer_schema_version_is_never_overwritten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    saved_store(&path, "d1");
+    let future =
+        fs::read_to_string(&path)
+            .expect("read")
+            .replacen("\"version\": 1", "\"version\": 7", 1);
+    fs::write(&path, &future).expect("write");
+
+    // As the engine opens it: a logged fresh start...
+    let (store, report) =
+        AutotuneStore::load(&path, &device("d1"), LoadMode::FreshOnError).expect("fresh start");
+    assert!(matches!(report.outcome, LoadOutcome::FreshStart(_)));
+    store.put(AutotuneKey::new(&cache_key(9), ADAPTER), record(1));
+    set_verdict_of(&store, 1, 2, rejected());
+    // ...whose saves never replace the newer file.
+    let err = store
+        .save(&path)
+        .expect_err("a newer file is not overwritten");
+    match &err {
+        AutotuneError::NewerSchema { found_version, .. } => assert_eq!(*found_version, 7),
+        other => panic!("expected NewerSchema, got {other}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains("autotune.json") && message.contains("newer photofinish"),
+        "{message}"
+    );
+    assert_eq!(fs::read_to_string(&path).expect("read"), future);
+    no_temp_files_left(dir.path());
+    // The store keeps working in memory.
+    assert_eq!(store.len(), 1);
+    assert_eq!(verdict_of(&store, 1, 2), Some(rejected()));
+    assert_eq!(store.publish().len(), 1);
+}
+
+/// A file that cannot be used at all is replaced by a save (as `FreshOnError`
+/// promises); only a newer version of this schema is protected.
+#[test]
+fn a_save_replaces_a_corrupt_file_but_not_an_unreadable_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    fs::write(
+        &path,
+        b"{\"schema\": \"photofinish-autotune\", \"version\": 1, trunc",
+    )
+    .expect("write");
+    let store = AutotuneStore::new(device("d1"));
+    store.put(AutotuneKey::new(&cache_key(5), ADAPTER), record(5));
+    store.save(&path).expect("a corrupt file is replaced");
+    assert_eq!(load_d1(&path).len(), 1);
+}
+
+/// `discard_stale` drops the forgotten groups from the file, though a save merges.
+#[test]
+fn discard_stale_drops_the_groups_from_the_file_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    saved_store(&path, "d1");
+    let (mut store, _) =
+        AutotuneStore::load(&path, &device("d2"), LoadMode::Strict).expect("loads");
+    assert_eq!(store.stale().len(), 1);
+    store.discard_stale();
+    store.put(AutotuneKey::new(&cache_key(3), ADAPTER), record(16));
+    store.save(&path).expect("save");
+    let (again, report) =
+        AutotuneStore::load(&path, &device("d2"), LoadMode::Strict).expect("loads");
+    assert_eq!((again.len(), report.stale), (1, 0), "the d1 group is gone");
+}
+
+/// Regression (issue #25, item 9): a save that fails mid-write (a full disk) must leave
+/// no temporary file and the old file as it was. The disk is a 64 KiB tmpfs where this
+/// test may mount one (root); in any case also a child process whose file-size limit
+/// (`ulimit -f`) stops the write the same way.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_save_that_fails_mid_write_leaves_no_temp_file_and_the_old_file() {
+    if let Some(path) = std::env::var_os(FULL_DISK_CHILD) {
+        // The child: save a store too large for the limit, report the error.
+        let err = big_store()
+            .save(Path::new(&path))
+            .expect_err("the file-size limit stops the write");
+        println!("child-save-error: {err}");
+        return;
+    }
+    // A tiny tmpfs, where mounting is allowed.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(dir.path())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if mounted {
+        let path = dir.path().join("autotune.json");
+        saved_store(&path, "d1");
+        let before = fs::read(&path).expect("read");
+        let err = big_store().save(&path).expect_err("the disk is full");
+        let after = fs::read(&path).expect("read");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        assert!(matches!(err, AutotuneError::Io { .. }), "{err}");
+        assert_eq!(after, before, "the old file is intact");
+        assert!(
+            names.iter().all(|n| !n.to_string_lossy().contains(".tmp-")),
+            "temp files left on the full disk: {names:?}"
+        );
+    } else {
+        eprintln!("no tmpfs mount here (not root?); the file-size limit case still runs");
+    }
+    // A file-size limit, which needs no privilege.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    saved_store(&path, "d1");
+    let before = fs::read(&path).expect("read");
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        // SIGXFSZ ignored (inherited through exec), so the write fails with EFBIG.
+        .arg("trap '' XFSZ; ulimit -f 32; exec \"$0\" \"$@\"")
+        .arg(exe)
+        .args([
+            "--exact",
+            "a_save_that_fails_mid_write_leaves_no_temp_file_and_the_old_file",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FULL_DISK_CHILD, &path)
+        .output()
+        .expect("the child runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("child-save-error: could not write"),
+        "{:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read(&path).expect("read"),
+        before,
+        "the old file is intact"
+    );
+    no_temp_files_left(dir.path());
+}
+
+/// Set in the environment of the child of the full-disk test: the path it saves to.
+#[cfg(target_os = "linux")]
+const FULL_DISK_CHILD: &str = "PHOTOFINISH_FULL_DISK_CHILD_PATH";
+
+/// A store of about 300 KiB once saved.
+#[cfg(target_os = "linux")]
+fn big_store() -> AutotuneStore {
+    let store = AutotuneStore::new(device("d1"));
+    for i in 0..1_500 {
+        store.put(AutotuneKey::new(&cache_key(1_000 + i), ADAPTER), record(3));
+    }
+    store
 }

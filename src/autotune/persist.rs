@@ -9,24 +9,46 @@
 //! stale: kept, reported, saved back, never used.
 //!
 //! A save never leaves a half-written file: it writes a temporary file in the target's
-//! directory, fsyncs it, renames it over the target and fsyncs the directory. A load
-//! never panics: a missing file is an empty store; an unreadable, oversized, truncated,
-//! corrupt or foreign-schema one is an [`AutotuneError`], or a logged fresh start under
-//! [`LoadMode::FreshOnError`].
+//! directory, fsyncs it, renames it over the target and fsyncs the directory; a save
+//! that fails removes its temporary file. A load never panics: a missing file is an
+//! empty store; an unreadable, oversized, truncated, corrupt or foreign-schema one is an
+//! [`AutotuneError`], or a logged fresh start under [`LoadMode::FreshOnError`].
+//!
+//! Several processes may share one file (the default directory is every application's
+//! on the machine), so a save **merges**: under an advisory lock on a sibling file
+//! (`.{name}.lock`, `flock`, left in place), it reads what is on disk, merges it with
+//! this store and writes the result. The rule, per record and per verdict:
+//!
+//! - only on disk (another process measured it): kept;
+//! - only in this store: written;
+//! - in both: this store's wins when it is [`Trust::Verified`](super::Trust::Verified)
+//!   (measured or re-verified by this process); a [`Trust::Loaded`](super::Trust::Loaded)
+//!   one yields to the disk's, which is the same one or a newer one another process
+//!   saved since this store loaded it. Two processes that both measured one key: the
+//!   later save wins (both measured the same device and driver).
+//!
+//! Stale groups merge by device and driver (the disk's records win: this store never
+//! changes its stale groups); after [`AutotuneStore::discard_stale`] the save drops the
+//! groups of the devices and drivers it forgot from the file too. A file of this schema
+//! with a **newer version** is never overwritten: the save fails with
+//! [`AutotuneError::NewerSchema`], the file stays as it is, and the store keeps working
+//! in memory. A file that cannot be used at all (corrupt, truncated, over the size
+//! limit, another schema or an older version) is replaced, with a warning, as a load
+//! under [`LoadMode::FreshOnError`] promises.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{SpeculationObservation, SpeculationVerdict};
 
 use super::key::{AutotuneKey, AutotuneRecord, DeviceIdentity, VariantPairKey};
-use super::store::{
-    AutotuneStore, KernelVerdict, StaleGroup, StaleReason, StoredVerdict, VerdictReason,
-};
+use super::store::{AutotuneStore, KernelVerdict, StaleGroup, StaleReason, Trust, VerdictReason};
 
 /// The `schema` field every autotune file carries.
 pub const SCHEMA_NAME: &str = "photofinish-autotune";
@@ -40,6 +62,11 @@ pub const MAX_STORE_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How many stale groups a save keeps (the newest first); older ones are dropped.
 pub const MAX_STALE_GROUPS: usize = 8;
+
+/// How long a save waits for another process's save of the same file (its lock) before
+/// it gives up with [`AutotuneError::Busy`]. A save holds the lock for one read, merge
+/// and write of at most [`MAX_STORE_FILE_BYTES`].
+pub const SAVE_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What went wrong loading or saving an autotune file, and what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +133,25 @@ pub enum AutotuneError {
         path: PathBuf,
         /// What is wrong with it.
         detail: String,
+    },
+    /// The file on disk was written by a newer photofinish (a newer schema version):
+    /// a save leaves it untouched rather than lose what this build cannot read.
+    #[error("{path} was written by a newer photofinish (autotune schema version {found_version}; this build writes version {SCHEMA_VERSION}), so it was left untouched and this run's verdicts were not saved (they stay in memory); upgrade photofinish, or give this build another autotune directory")]
+    NewerSchema {
+        /// The path.
+        path: PathBuf,
+        /// The version found.
+        found_version: u64,
+    },
+    /// Another process held the file's save lock for [`SAVE_LOCK_TIMEOUT`].
+    #[error("another process held the lock {lock} for {waited:?}, so autotune file {path} was not saved (the store stays correct in memory); retry later, or remove the lock file if no photofinish process is running")]
+    Busy {
+        /// The autotune file.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+        /// How long the save waited.
+        waited: Duration,
     },
     /// The file is another program's, or another version's.
     #[error("{path} has schema {found_schema} version {found_version}, but this build reads {SCHEMA_NAME:?} version {SCHEMA_VERSION}; move it aside, or load with LoadMode::FreshOnError to start afresh")]
@@ -283,34 +329,38 @@ fn wire_group(group: &StaleGroup) -> WireGroup {
 }
 
 impl AutotuneStore {
-    /// Publishes a snapshot and saves it, with the stale groups, to `path`, atomically:
-    /// the file at `path` is either the old one or the complete new one, never a mix.
+    /// Publishes a snapshot and saves it, with the stale groups, to `path`, merged with
+    /// what the file already holds (the module docs give the rule), atomically: the file
+    /// at `path` is either the old one or the complete new one, never a mix. Saves of
+    /// one file, from any process, take turns on its lock file (`.{name}.lock` next to
+    /// it), so none loses another's verdicts.
+    ///
+    /// Never overwrites a file of a newer schema version ([`AutotuneError::NewerSchema`]);
+    /// a failed save leaves no temporary file behind, and the store stays correct in
+    /// memory whatever the error.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), AutotuneError> {
         let path = path.as_ref();
-        let snapshot = self.publish();
-        let mut entries: Vec<_> = snapshot.entries.iter().collect();
-        entries.sort_by(|a, b| a.0.cmp(b.0));
-        let mut verdicts: Vec<(&VariantPairKey, &StoredVerdict)> =
-            snapshot.verdicts.iter().collect();
-        verdicts.sort_by(|a, b| a.0.cmp(b.0));
+        let (dir, _) = split_path(path)?;
+        let _lock = lock_for_save(path, dir)?;
+        let on_disk = read_for_merge(path, self.identity())?;
+        let merged = self.merged_with(on_disk);
         let file = WireFile {
             schema: SCHEMA_NAME.to_owned(),
             version: SCHEMA_VERSION,
             device_uuid: self.identity().uuid_hex(),
             driver_version: self.identity().driver_version.clone(),
-            entries: entries
+            entries: merged
+                .entries
                 .into_iter()
-                .map(|(key, stored)| WireEntry {
-                    key: key.clone(),
-                    record: (*stored.record).clone(),
-                })
+                .map(|(key, record)| WireEntry { key, record })
                 .collect(),
-            verdicts: verdicts
-                .into_iter()
-                .map(|(pair, stored)| wire_verdict(pair, &stored.verdict))
+            verdicts: merged
+                .verdicts
+                .iter()
+                .map(|(pair, verdict)| wire_verdict(pair, verdict))
                 .collect(),
-            stale: self
-                .stale()
+            stale: merged
+                .stale
                 .iter()
                 .take(MAX_STALE_GROUPS)
                 .map(wire_group)
@@ -327,6 +377,46 @@ impl AutotuneStore {
             });
         }
         write_atomically(path, &bytes)
+    }
+
+    /// This store (a fresh snapshot of it) merged with `disk`, the file's content read
+    /// under the save lock: the rule of the module docs.
+    fn merged_with(&self, disk: Option<Parsed>) -> Merged {
+        let snapshot = self.publish();
+        let disk = disk.unwrap_or_default();
+        let mut entries: BTreeMap<AutotuneKey, AutotuneRecord> = disk.entries.into_iter().collect();
+        for (key, stored) in &snapshot.entries {
+            if stored.trust == Trust::Verified || !entries.contains_key(key) {
+                entries.insert(key.clone(), (*stored.record).clone());
+            }
+        }
+        let mut verdicts: BTreeMap<VariantPairKey, KernelVerdict> =
+            disk.verdicts.into_iter().collect();
+        for (pair, stored) in &snapshot.verdicts {
+            if stored.trust == Trust::Verified || !verdicts.contains_key(pair) {
+                verdicts.insert(pair.clone(), stored.verdict);
+            }
+        }
+        // The disk's stale groups first (newest first, as saved: its header group first
+        // when another driver wrote it), but none `discard_stale` forgot.
+        let discarded = self.discarded_stale();
+        let disk_stale: Vec<StaleGroup> = disk
+            .stale
+            .into_iter()
+            .filter(|g| !discarded.contains(&g.identity))
+            .collect();
+        let mut stale: Vec<StaleGroup> = Vec::with_capacity(disk_stale.len());
+        for group in disk_stale.iter().chain(self.stale()) {
+            match stale.iter_mut().find(|g| g.identity == group.identity) {
+                Some(kept) => absorb(kept, group),
+                None => stale.push(group.clone()),
+            }
+        }
+        Merged {
+            entries,
+            verdicts,
+            stale,
+        }
     }
 
     /// Loads the store of `identity` from `path`. A missing file gives an empty store.
@@ -444,13 +534,47 @@ fn read_capped(path: &Path) -> Result<Option<Vec<u8>>, AutotuneError> {
     Ok(Some(bytes))
 }
 
+#[derive(Default)]
 struct Parsed {
     entries: Vec<(AutotuneKey, AutotuneRecord)>,
     verdicts: Vec<(VariantPairKey, KernelVerdict)>,
     stale: Vec<StaleGroup>,
 }
 
-fn parse(path: &Path, bytes: &[u8], current: &DeviceIdentity) -> Result<Parsed, AutotuneError> {
+/// What a save writes: this store merged with the file.
+struct Merged {
+    entries: BTreeMap<AutotuneKey, AutotuneRecord>,
+    verdicts: BTreeMap<VariantPairKey, KernelVerdict>,
+    stale: Vec<StaleGroup>,
+}
+
+/// Adds to `kept` the records and verdicts of `other` (a group of the same device and
+/// driver) that it does not have; where both have one, `kept`'s stays.
+fn absorb(kept: &mut StaleGroup, other: &StaleGroup) {
+    let keys: std::collections::BTreeSet<AutotuneKey> =
+        kept.entries.iter().map(|(k, _)| k.clone()).collect();
+    kept.entries.extend(
+        other
+            .entries
+            .iter()
+            .filter(|(k, _)| !keys.contains(k))
+            .cloned(),
+    );
+    let pairs: std::collections::BTreeSet<VariantPairKey> =
+        kept.verdicts.iter().map(|(p, _)| p.clone()).collect();
+    kept.verdicts.extend(
+        other
+            .verdicts
+            .iter()
+            .filter(|(p, _)| !pairs.contains(p))
+            .cloned(),
+    );
+}
+
+/// The file as a document of this schema and version, or the error that says what is
+/// wrong with it: truncated, not JSON, not an object, another schema or version, or
+/// fields of the wrong shape.
+fn classify(path: &Path, bytes: &[u8]) -> Result<WireFile, AutotuneError> {
     let corrupt = |detail: String| AutotuneError::Corrupt {
         path: path.to_owned(),
         detail,
@@ -480,7 +604,20 @@ fn parse(path: &Path, bytes: &[u8], current: &DeviceIdentity) -> Result<Parsed, 
             found_version: shown(version),
         });
     }
-    let file: WireFile = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+    serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))
+}
+
+fn parse(path: &Path, bytes: &[u8], current: &DeviceIdentity) -> Result<Parsed, AutotuneError> {
+    // A well-formed file of this schema and version is read in one pass; anything else
+    // goes through `classify` for the precise error.
+    let file = match serde_json::from_slice::<WireFile>(bytes) {
+        Ok(file) if file.schema == SCHEMA_NAME && file.version == SCHEMA_VERSION => file,
+        _ => classify(path, bytes)?,
+    };
+    let corrupt = |detail: String| AutotuneError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
     let header = WireGroup {
         device_uuid: file.device_uuid,
         driver_version: file.driver_version,
@@ -527,12 +664,8 @@ fn parse(path: &Path, bytes: &[u8], current: &DeviceIdentity) -> Result<Parsed, 
     })
 }
 
-/// Distinguishes the temporary files of concurrent saves within one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `path` so that `path` is always either its old content or all of
-/// `bytes`: temp file in the same directory, fsync, rename over, fsync the directory.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AutotuneError> {
+/// The directory and file name of `path`, or [`AutotuneError::InvalidPath`].
+fn split_path(path: &Path) -> Result<(&Path, &std::ffi::OsStr), AutotuneError> {
     let Some(name) = path.file_name() else {
         return Err(AutotuneError::InvalidPath {
             path: path.to_owned(),
@@ -542,6 +675,148 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AutotuneError> {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
+    Ok((dir, name))
+}
+
+/// Takes the save lock of `path` (in `dir`): an exclusive advisory lock (`flock`) on
+/// the sibling file `.{name}.lock`, created if missing and never removed (removing it
+/// would let two savers lock two different files). Held until the returned file is
+/// dropped; a process that dies holding it releases it. Waits at most
+/// [`SAVE_LOCK_TIMEOUT`]. Where the file system has no locks, the save goes on unlocked.
+fn lock_for_save(path: &Path, dir: &Path) -> Result<File, AutotuneError> {
+    let (_, name) = split_path(path)?;
+    let mut lock_name = std::ffi::OsString::from(".");
+    lock_name.push(name);
+    lock_name.push(".lock");
+    let lock = dir.join(lock_name);
+    let io_err = |action, source| AutotuneError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(|e| io_err("create the save lock next to", e))?;
+    let started = Instant::now();
+    loop {
+        match file_lock::try_lock_exclusive(&file) {
+            Ok(true) => return Ok(file),
+            Ok(false) => {}
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                tracing::debug!(lock = %lock.display(), "no file locks here; saving unlocked");
+                return Ok(file);
+            }
+            Err(e) => return Err(io_err("lock", e)),
+        }
+        let waited = started.elapsed();
+        if waited >= SAVE_LOCK_TIMEOUT {
+            return Err(AutotuneError::Busy {
+                path: path.to_owned(),
+                lock,
+                waited,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// An exclusive advisory lock on a whole file: BSD `flock`, which the OS releases when
+/// the file is closed or its process dies. (`std::fs::File::try_lock` does the same
+/// from Rust 1.89, above this crate's `rust-version`.)
+#[cfg(unix)]
+mod file_lock {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::os::raw::c_int;
+
+    extern "C" {
+        fn flock(fd: c_int, operation: c_int) -> c_int;
+    }
+
+    /// `LOCK_EX` and `LOCK_NB`: the same values on Linux, the BSDs and macOS.
+    const LOCK_EX: c_int = 2;
+    const LOCK_NB: c_int = 4;
+
+    /// Takes the lock without waiting: `Ok(false)` when another open file holds it.
+    pub(super) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+        loop {
+            // SAFETY: `flock` reads two integers and touches no memory of this process;
+            // the descriptor is `file`'s, open for the whole call (borrowed).
+            let rc = unsafe { flock(file.as_raw_fd(), LOCK_EX | LOCK_NB) };
+            if rc == 0 {
+                return Ok(true);
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::WouldBlock => return Ok(false),
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(error),
+            }
+        }
+    }
+}
+
+/// No advisory file locks here: saves go on unlocked (the merge still keeps what was
+/// on disk when the save read it).
+#[cfg(not(unix))]
+mod file_lock {
+    use std::fs::File;
+    use std::io;
+
+    pub(super) fn try_lock_exclusive(_file: &File) -> io::Result<bool> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+/// What the file at `path` holds, for a save to merge with: `None` when there is none,
+/// or when it cannot be used and may be replaced (corrupt, truncated, oversized, another
+/// schema or an older version: logged). An error where replacing it would lose data: a
+/// newer schema version, a file that cannot be read, something other than a file.
+fn read_for_merge(path: &Path, identity: &DeviceIdentity) -> Result<Option<Parsed>, AutotuneError> {
+    let parsed = read_capped(path).and_then(|bytes| match bytes {
+        None => Ok(None),
+        Some(bytes) => parse(path, &bytes, identity).map(Some),
+    });
+    match parsed {
+        Ok(parsed) => Ok(parsed),
+        Err(error @ (AutotuneError::Io { .. } | AutotuneError::NotAFile { .. })) => Err(error),
+        Err(AutotuneError::ForeignSchema {
+            path,
+            found_schema,
+            found_version,
+        }) if newer_version(&found_schema, &found_version).is_some() => {
+            Err(AutotuneError::NewerSchema {
+                path,
+                found_version: newer_version(&found_schema, &found_version).unwrap_or(u64::MAX),
+            })
+        }
+        Err(error) => {
+            tracing::warn!(%error, "replacing the unusable autotune file");
+            Ok(None)
+        }
+    }
+}
+
+/// The version of a file of this schema newer than [`SCHEMA_VERSION`], from the fields a
+/// [`AutotuneError::ForeignSchema`] shows (JSON texts).
+fn newer_version(found_schema: &str, found_version: &str) -> Option<u64> {
+    let ours = serde_json::Value::from(SCHEMA_NAME).to_string();
+    let version: u64 = found_version.parse().ok()?;
+    (found_schema == ours && version > u64::from(SCHEMA_VERSION)).then_some(version)
+}
+
+/// Distinguishes the temporary files of concurrent saves within one process.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` so that `path` is always either its old content or all of
+/// `bytes`: temp file in the same directory, fsync, rename over, fsync the directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AutotuneError> {
+    let (dir, name) = split_path(path)?;
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(name);

@@ -144,6 +144,9 @@ pub struct AutotuneStore {
     entries: SharedMap<AutotuneKey, StoredRecord>,
     verdicts: SharedMap<VariantPairKey, StoredVerdict>,
     stale: Vec<StaleGroup>,
+    /// The devices and drivers whose stale groups `discard_stale` forgot: saves drop
+    /// their groups from the file too.
+    discarded_stale: Vec<DeviceIdentity>,
     published: SwapCell<AutotuneSnapshot>,
     /// Serialises publishers (readers never take it), so generations land in order.
     publish_lock: Mutex<u64>,
@@ -168,6 +171,7 @@ impl AutotuneStore {
             entries: SharedMap::new(),
             verdicts: SharedMap::new(),
             stale: Vec::new(),
+            discarded_stale: Vec::new(),
             published: SwapCell::new(Arc::new(empty)),
             publish_lock: Mutex::new(0),
         }
@@ -276,9 +280,19 @@ impl AutotuneStore {
         &self.stale
     }
 
-    /// Forgets the stale groups, so the next save drops them.
+    /// Forgets the stale groups, so the next save drops them from the file (a save
+    /// merges with the file, see `persist.rs`: groups of these devices and drivers are
+    /// dropped from it; one another process saved there under another driver since is
+    /// kept).
     pub fn discard_stale(&mut self) {
-        self.stale.clear();
+        let forgotten = self.stale.drain(..).map(|g| g.identity);
+        self.discarded_stale.extend(forgotten);
+    }
+
+    /// The devices and drivers whose stale groups [`AutotuneStore::discard_stale`]
+    /// forgot.
+    pub(super) fn discarded_stale(&self) -> &[DeviceIdentity] {
+        &self.discarded_stale
     }
 
     /// Freezes the current entries into a new [`AutotuneSnapshot`], publishes it and

@@ -24,12 +24,16 @@ pub(crate) struct RunArgs {
     pub(crate) workload: Vec<WorkloadArg>,
 
     /// Batches to submit per workload (1 to 1000000).
-    #[arg(long, default_value_t = 64, value_parser = parse_batches)]
+    // `allow_negative_numbers`: `--batches -3` reaches `parse_batches` and its message,
+    // rather than clap's "unexpected argument '-3'".
+    #[arg(long, default_value_t = 64, value_parser = parse_batches, allow_negative_numbers = true)]
     pub(crate) batches: u32,
 
     /// Input bytes per batch: a number with an optional unit, e.g. `4096`, `64KiB`,
-    /// `16MiB`, `1GiB` (binary) or `64KB`, `16MB` (decimal); at most 2GiB.
-    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    /// `16MiB`, `1GiB` (binary) or `64KB`, `16MB` (decimal); at most 2GiB, and at most
+    /// what the device takes in one storage buffer (checked before the run).
+    // `allow_hyphen_values`: `--size -5` reaches `parse_size` and its message.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size, allow_hyphen_values = true)]
     pub(crate) size: u64,
 
     /// Print the results as JSON on stdout instead of progress bars and a table.
@@ -37,13 +41,16 @@ pub(crate) struct RunArgs {
     pub(crate) json: bool,
 
     /// Write `report.json` and one SVG chart per kernel into this directory (created if
-    /// missing).
+    /// missing, and checked writable before the run).
     #[arg(long, value_name = "DIR")]
     pub(crate) report: Option<PathBuf>,
 
     /// Where verdicts persist: a directory (created if missing) holding one autotune
     /// file per device. Stored verdicts are loaded at the start, re-verified by a race
-    /// before they are trusted, and saved as they change. Without it nothing persists.
+    /// before they are trusted, and saved as they change, merged with what other
+    /// processes saved there. The directory is checked writable before the run; a save
+    /// that fails (full disk, a file of a newer photofinish) makes the run exit
+    /// non-zero after its table. Without it nothing persists.
     #[arg(long, value_name = "PATH")]
     pub(crate) autotune_file: Option<PathBuf>,
 

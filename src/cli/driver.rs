@@ -11,17 +11,21 @@
 //! when it saw the event.
 
 use std::collections::VecDeque;
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use photofinish::autotune::AutotuneError;
+use photofinish::backend::DeviceInfo;
 use photofinish::kernels::{self, InputShape, Workload};
 use photofinish::{
     Answer, Arm, BackendChoice, Batch, CacheStatus, Engine, EngineError, Event, KernelId,
     KernelVerdict, Output, RaceSample, Subscription, Ticket, VerdictReason,
 };
 
-use super::args::RunArgs;
+use super::args::{format_bytes, RunArgs};
 use super::report::{ArmName, KernelTally, RunReport, Verdict};
 
 /// Distinct inputs per kernel: batches cycle through them (generating `--batches`
@@ -37,13 +41,27 @@ pub(crate) enum DriverError {
     /// The engine refused to build, register, accept or answer.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// The autotune directory could not be created.
-    #[error("cannot create the autotune directory {path}: {source}; pass a writable directory to `--autotune-file`")]
+    /// The autotune directory could not be created or takes no files.
+    #[error("cannot write to the autotune directory {path}: {source}; pass a writable directory to `--autotune-file`")]
     AutotuneDir {
-        /// The directory.
+        /// The directory, or the file in it that could not be written.
         path: String,
         /// What the OS said.
         source: std::io::Error,
+    },
+    /// `--size` is more than a device takes in one storage buffer.
+    #[error("--size {size} is more than device {device} ({name}) takes in one storage buffer (maxStorageBufferRange {range} bytes); the largest size this device takes is {largest}")]
+    SizeOverDeviceLimit {
+        /// The size asked for, formatted.
+        size: String,
+        /// The device's index.
+        device: usize,
+        /// The device's name.
+        name: String,
+        /// Its `max_storage_buffer_range`.
+        range: u64,
+        /// The largest `--size` it takes, formatted.
+        largest: String,
     },
     /// A workload the options name is not built in (a bug: the options list only
     /// built-in names).
@@ -60,18 +78,36 @@ pub(crate) enum Progress {
     Quiet,
 }
 
+/// An autotune store whose last save failed.
+#[derive(Debug)]
+pub(crate) struct Unsaved {
+    /// Its file.
+    pub(crate) path: PathBuf,
+    /// Why the save failed.
+    pub(crate) error: Arc<AutotuneError>,
+}
+
+/// What a run gives: the report, and the autotune stores it could not save.
+#[derive(Debug)]
+pub(crate) struct Ran {
+    /// The report.
+    pub(crate) report: RunReport,
+    /// Stores whose final save failed (only with `--autotune-file`).
+    pub(crate) unsaved: Vec<Unsaved>,
+}
+
 /// Runs the workloads `args` names on `choice`'s backend and reports.
 pub(crate) fn run(
     args: &RunArgs,
     choice: BackendChoice,
     progress: Progress,
-) -> Result<RunReport, DriverError> {
+) -> Result<Ran, DriverError> {
     let builder = Engine::builder().backend(choice);
     // The engine keeps one autotune file per device in the directory it is given.
     let builder = match &args.autotune_file {
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|source| DriverError::AutotuneDir {
-                path: dir.display().to_string(),
+            super::check_writable_dir(dir).map_err(|(path, source)| DriverError::AutotuneDir {
+                path: path.display().to_string(),
                 source,
             })?;
             builder.autotune_dir(dir)
@@ -79,6 +115,7 @@ pub(crate) fn run(
         None => builder.without_autotune_file(),
     };
     let engine = builder.build()?;
+    check_size(args.size, engine.devices())?;
     let events = engine.subscribe();
     let mut report = RunReport {
         backend: engine.backend_kind().to_string(),
@@ -96,7 +133,9 @@ pub(crate) fn run(
     }
     let bars = match progress {
         Progress::Bars => {
-            eprintln!(
+            // A full or closed stderr is no reason to stop (nor to panic).
+            let _ = writeln!(
+                std::io::stderr(),
                 "photofinish: running on the {} backend ({}): {}",
                 report.backend,
                 report.devices.join(", "),
@@ -123,8 +162,37 @@ pub(crate) fn run(
         bar.finish_with_message(kernel.verdict.as_str());
         report.kernels.push(kernel);
     }
+    // Shutdown saves every store one last time; its outcome is the file's.
     engine.shutdown();
-    Ok(report)
+    let unsaved = (0..engine.devices().len())
+        .filter_map(|device| {
+            let error = engine.autotune_save_error(device)?;
+            let path = engine.autotune_path(device)?.to_path_buf();
+            Some(Unsaved { path, error })
+        })
+        .collect();
+    Ok(Ran { report, unsaved })
+}
+
+/// Refuses a `--size` that some device cannot take in one storage buffer, before any
+/// input is generated. The built-in workloads pad the input to a multiple of 16 bytes,
+/// and their outputs are smaller than their inputs at any size a device limits, so the
+/// largest size a device takes is its `max_storage_buffer_range` rounded down to 16.
+pub(crate) fn check_size(size: u64, devices: &[DeviceInfo]) -> Result<(), DriverError> {
+    for device in devices {
+        let range = device.limits.max_storage_buffer_range;
+        let largest = range / 16 * 16;
+        if size.div_ceil(16).saturating_mul(16) > range {
+            return Err(DriverError::SizeOverDeviceLimit {
+                size: format_bytes(u128::from(size)),
+                device: device.index,
+                name: device.name.clone(),
+                range,
+                largest: format!("{} ({largest} bytes)", format_bytes(u128::from(largest))),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn bar_style() -> ProgressStyle {
@@ -309,5 +377,64 @@ fn reason_text(reason: &VerdictReason) -> String {
             format!("inconclusive after {samples} races: saves < 15 %")
         }
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use photofinish::backend::DeviceLimits;
+
+    fn device(index: usize, max_storage_buffer_range: u64) -> DeviceInfo {
+        DeviceInfo {
+            index,
+            name: format!("gpu{index}"),
+            device_type: "discrete".into(),
+            adapter_id: "test".into(),
+            device_uuid: [0; 16],
+            driver_version: "1".into(),
+            timestamp_period_ns: 1.0,
+            queue_families: Vec::new(),
+            limits: DeviceLimits {
+                max_workgroup_count: [65_535; 3],
+                max_workgroup_size: [1024, 1024, 64],
+                max_workgroup_invocations: 1024,
+                max_storage_buffer_range,
+                max_push_constants_size: 128,
+                subgroup_size: None,
+            },
+        }
+    }
+
+    /// Regression (issue #25, item 10): `--size 2GiB` on a device whose
+    /// `maxStorageBufferRange` is 128 MiB generated a 2 GiB input and then failed. The
+    /// size is refused before any input, with the largest size the device takes.
+    #[test]
+    fn a_size_over_a_devices_storage_buffer_range_is_refused_up_front() {
+        let small = 128u64 << 20;
+        let devices = [device(0, u64::from(u32::MAX)), device(1, small)];
+        let err = check_size(2 << 30, &devices).expect_err("2GiB is over 128MiB");
+        let message = err.to_string();
+        assert!(
+            message.contains("device 1")
+                && message.contains("maxStorageBufferRange 134217728")
+                && message.contains("the largest size this device takes is 128MiB"),
+            "{message}"
+        );
+        assert!(check_size(small, &devices).is_ok(), "128MiB fits exactly");
+        assert!(
+            check_size(small + 1, &devices).is_err(),
+            "padded past the range"
+        );
+        // A range that is no multiple of 16 (lavapipe's 2^31 - 1): the input is padded
+        // to 16 bytes, so the largest size is the range rounded down to 16.
+        let odd = [device(0, (1 << 31) - 1)];
+        let largest = ((1u64 << 31) - 1) / 16 * 16;
+        assert!(check_size(largest, &odd).is_ok());
+        let err = check_size(largest + 1, &odd).expect_err("padded past the range");
+        assert!(
+            err.to_string().contains(&format!("({largest} bytes)")),
+            "{err}"
+        );
     }
 }

@@ -10,7 +10,11 @@
 //! - `driver`: submitting batches and collecting samples from answers and events.
 //!
 //! Nothing here panics on bad input: every failure is a [`RunError`] whose message says
-//! what to do, printed as one line with a non-zero exit.
+//! what to do, printed as one line with a non-zero exit. What can be checked before the
+//! run is: the `--report` and `--autotune-file` directories are created and written to
+//! (a probe file), and `--size` is checked against every device's storage-buffer limit.
+//! A file the user asked for that could not be written after the run (the report, an
+//! autotune save) is an error too, after the table: nothing fails silently.
 
 pub(crate) mod args;
 mod chart;
@@ -28,21 +32,63 @@ pub(crate) use report::RunReport;
 /// Runs `photofinish run`: the workloads through the engine, then the table or JSON on
 /// stdout and, with `--report`, the report directory.
 pub(crate) fn run(args: &RunArgs, backend: photofinish::BackendChoice) -> Result<(), RunError> {
+    if let Some(dir) = &args.report {
+        check_writable_dir(dir).map_err(|(path, source)| RunError::ReportDir { path, source })?;
+    }
     let progress = if args.json {
         driver::Progress::Quiet
     } else {
         driver::Progress::Bars
     };
-    let report = driver::run(args, backend, progress)?;
+    let ran = driver::run(args, backend, progress)?;
+    let report = &ran.report;
     let mut out = std::io::stdout().lock();
-    print_report(&mut out, &report, args.json)?;
-    if let Some(dir) = &args.report {
-        let files = write_report_dir(dir, &report)?;
-        if !args.json {
-            writeln!(out, "report: {} files in {}", files.len(), dir.display())?;
-        }
+    print_report(&mut out, report, args.json)?;
+    let written = args.report.as_ref().map(|dir| {
+        write_report_dir(dir, report).and_then(|files| {
+            if !args.json {
+                writeln!(out, "report: {} files in {}", files.len(), dir.display())?;
+            }
+            Ok(())
+        })
+    });
+    // Every failure is told: the report's (or the last autotune one) as the error,
+    // the others each on a line of their own first.
+    let mut failures: Vec<RunError> = ran
+        .unsaved
+        .into_iter()
+        .map(|u| RunError::AutotuneSave {
+            path: u.path,
+            error: u.error,
+        })
+        .collect();
+    let error = match written {
+        Some(Err(report_error)) => Some(report_error),
+        _ => failures.pop(),
+    };
+    for other in failures {
+        let _ = writeln!(std::io::stderr(), "photofinish: error: {other}");
     }
-    Ok(())
+    error.map_or(Ok(()), Err)
+}
+
+/// Creates `dir` if missing and writes (then removes) a small probe file in it, so a
+/// directory that cannot take files fails before the run rather than after it. The
+/// error names the path that failed.
+pub(crate) fn check_writable_dir(dir: &Path) -> Result<(), (PathBuf, std::io::Error)> {
+    fs::create_dir_all(dir).map_err(|e| (dir.to_path_buf(), e))?;
+    let probe = dir.join(format!(".photofinish-probe-{}", std::process::id()));
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|mut file| {
+            file.write_all(b"photofinish checks this directory takes files\n")?;
+            file.sync_all()
+        });
+    // Best effort: the probe may not exist (creation failed).
+    let _ = fs::remove_file(&probe);
+    written.map_err(|e| (probe, e))
 }
 
 /// Why `photofinish run` failed.
@@ -58,6 +104,15 @@ pub(crate) enum RunError {
         path: PathBuf,
         /// What the OS said.
         source: std::io::Error,
+    },
+    /// An autotune save failed, so this run's verdicts are not in the file the user
+    /// asked for (`--autotune-file`).
+    #[error("could not save this run's verdicts to {path} (`--autotune-file`): {error}")]
+    AutotuneSave {
+        /// The autotune file.
+        path: PathBuf,
+        /// Why (the last save's error).
+        error: std::sync::Arc<photofinish::autotune::AutotuneError>,
     },
     /// A chart could not be drawn.
     #[error(transparent)]
@@ -107,7 +162,8 @@ pub(crate) fn chart_file_name(kernel: &str) -> String {
 
 /// Writes `report.json` and one chart per kernel into `dir` (created if missing).
 /// Returns the files written. Each file is written whole to a temporary name and then
-/// renamed, so a reader never sees half a file.
+/// renamed, so a reader never sees half a file; a write that fails (a full disk)
+/// removes its temporary file.
 pub(crate) fn write_report_dir(dir: &Path, report: &RunReport) -> Result<Vec<PathBuf>, RunError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -131,8 +187,12 @@ fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, bytes)?;
-    fs::rename(&tmp, path)
+    let written = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        // Best effort: the temporary file may not exist (creation failed).
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]

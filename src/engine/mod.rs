@@ -387,25 +387,24 @@ impl DeviceTune {
         }
     }
 
-    /// Saves the store atomically to its file (a no-op without one), creating the
-    /// file's directory first. A failed save is logged, never fatal: the store stays
-    /// correct in memory. Only the saver thread calls this (`saver.rs`), so two saves
-    /// of one store never race for its temporary file, and no worker ever waits on
-    /// the disk.
-    pub(crate) fn save(&self) {
+    /// Saves the store to its file (a no-op without one), merged with what the file
+    /// holds (`AutotuneStore::save`), creating the file's directory first. A failed
+    /// save is never fatal: the store stays correct in memory, and the saver logs and
+    /// keeps the error (`Engine::autotune_save_error`). Only the saver thread calls
+    /// this (`saver.rs`), so no worker ever waits on the disk.
+    pub(crate) fn save(&self) -> Result<(), crate::autotune::AutotuneError> {
         let Some(path) = &self.path else {
-            return;
+            return Ok(());
         };
         tracing::debug!(path = %path.display(), "saving the autotune store");
-        let created = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create its directory {}: {e}", dir.display())),
-            _ => Ok(()),
-        };
-        if let Err(error) = created.and_then(|()| self.store.save(path).map_err(|e| e.to_string()))
-        {
-            tracing::warn!(path = %path.display(), %error, "could not save the autotune store");
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| crate::autotune::AutotuneError::Io {
+                action: "create the directory of",
+                path: path.clone(),
+                source,
+            })?;
         }
+        self.store.save(path)
     }
 }
 
@@ -942,6 +941,18 @@ impl Engine {
         if let Some(saves) = &self.core.saves {
             saves.flush();
         }
+    }
+
+    /// Why the last save of `device`'s autotune store failed; `None` when it succeeded,
+    /// when none ran yet, when persistence is off or for an unknown device. A failed
+    /// save is also logged (`warn`); the store stays correct in memory. After
+    /// [`Engine::shutdown`], which saves every store, `None` means the file holds this
+    /// engine's verdicts (merged with those other processes saved there).
+    pub fn autotune_save_error(
+        &self,
+        device: usize,
+    ) -> Option<Arc<crate::autotune::AutotuneError>> {
+        self.core.saves.as_ref()?.last_error(device)
     }
 
     /// What loading `device`'s autotune file found (missing, loaded, or a fresh start

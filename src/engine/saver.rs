@@ -6,7 +6,9 @@
 //! the `photofinish-saver` thread that clears a flag *before* saving that store, so a
 //! request arriving during a save causes another save and is never lost. A burst of
 //! requests while a save runs coalesces into one more save. It never decides what to
-//! save or when a verdict changes, and it never looks inside a store. The protocol uses
+//! save or when a verdict changes, and it never looks inside a store; it keeps each
+//! store's last save error, which `Engine::autotune_save_error` reports (a failed save
+//! is also logged at `warn`, never silent, never fatal). The protocol uses
 //! `crate::sync`, so `loom-tests/tests/saver.rs` models it; the design note is in
 //! `src/engine/README.md` ("Background saver").
 
@@ -14,6 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::autotune::AutotuneError;
 use crate::sync::{AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
 
 use super::error::EngineError;
@@ -59,6 +62,9 @@ pub struct SaveQueue {
     work: Condvar,
     /// `flush` callers wait here for their round.
     finished: Condvar,
+    /// Per store, the error of its last save (`None`: it succeeded, or none ran). Not
+    /// part of the protocol: only the saver writes it, callers read it.
+    last_error: Vec<Mutex<Option<std::sync::Arc<AutotuneError>>>>,
 }
 
 impl SaveQueue {
@@ -69,7 +75,43 @@ impl SaveQueue {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             finished: Condvar::new(),
+            last_error: (0..stores).map(|_| Mutex::new(None)).collect(),
         }
+    }
+
+    /// Records the outcome of a save of `store` to `path` (an unknown index is ignored).
+    /// A failure is logged at `warn`, naming the file and the fix; the same failure
+    /// again, save after save, only at `debug`.
+    pub fn record(
+        &self,
+        store: usize,
+        path: Option<&std::path::Path>,
+        outcome: Result<(), AutotuneError>,
+    ) {
+        let Some(slot) = self.last_error.get(store) else {
+            return;
+        };
+        // A plain value, consistent even if a holder panicked.
+        let mut last = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let error = outcome.err().map(std::sync::Arc::new);
+        if let Some(error) = &error {
+            let again = last
+                .as_ref()
+                .is_some_and(|old| old.to_string() == error.to_string());
+            let path = path.map(|p| p.display().to_string()).unwrap_or_default();
+            if again {
+                tracing::debug!(store, %path, %error, "could not save the autotune store, again");
+            } else {
+                tracing::warn!(store, %path, %error, "could not save the autotune store");
+            }
+        }
+        *last = error;
+    }
+
+    /// The error of the last save of `store`; `None` when it succeeded or none ran.
+    pub fn last_error(&self, store: usize) -> Option<std::sync::Arc<AutotuneError>> {
+        let slot = self.last_error.get(store)?;
+        slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -172,7 +214,7 @@ pub(crate) fn spawn(core: Arc<Core>) -> Result<JoinHandle<()>, EngineError> {
             if let Some(queue) = &core.saves {
                 queue.run(|device| {
                     if let Some(tune) = core.tunes.get(device) {
-                        tune.save();
+                        queue.record(device, tune.path.as_deref(), tune.save());
                     }
                 });
             }
