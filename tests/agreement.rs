@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use photofinish::kernels::{FSum, InputShape, Workload};
 use photofinish::{
-    Agreement, BackendChoice, BackendKind, Batch, BindingAccess, BufferArg, DispatchPlan, Engine,
-    Event, KernelVariant, KernelVerdict, Output, VerdictReason,
+    backend::BackendKind, Agreement, BackendChoice, Batch, BindingAccess, BufferArg, DispatchPlan,
+    Engine, Event, KernelVariant, KernelVerdict, Output, VerdictReason,
 };
 
 fn engine(backend: BackendChoice) -> Option<Engine> {
