@@ -16,7 +16,7 @@
 //! each batch's dispatch plan and sends it to an actor, which owns a queue of the same
 //! CPU backend, dispatches the plan there and answers with the outputs, as a dispatch
 //! engine written on an actor framework would (without the engine's verdicts, races and
-//! bookkeeping). (Until the eleventh session its actors built the plan themselves and
+//! bookkeeping). (Until commit 8fb1e2e its actors built the plan themselves and
 //! answered with a count, which left the engine's producer the plan's allocation and
 //! the outputs' release that the actor pipeline's producer did not pay.) The ×2 target
 //! is printed against both ractor lines.

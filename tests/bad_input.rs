@@ -156,7 +156,7 @@ fn autotune_save_under_a_regular_file_is_an_io_error_naming_the_path() {
     );
 }
 
-/// One step of a random session with the engine.
+/// One step of a random sequence of calls to the engine.
 #[derive(Debug, Clone)]
 enum Op {
     /// Register the built-in workload with this index (mod the count).
@@ -214,11 +214,11 @@ fn check_answer((ticket, workload, input): Pending) -> Result<(), TestCaseError>
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Random sessions on the CPU backend: no panic, every accepted batch answered
+    /// Random sequences of calls on the CPU backend: no panic, every accepted batch answered
     /// exactly once (with the reference, or a typed error for an input the workload
     /// refuses), and after shutdown every submit is refused with `ShutDown`.
     #[test]
-    fn random_engine_sessions_never_panic_or_lose_a_ticket(
+    fn random_engine_call_sequences_never_panic_or_lose_a_ticket(
         ops in proptest::collection::vec(op(), 1..40),
     ) {
         let backend = Arc::new(CpuBackend::with_threads(2).expect("the CPU backend starts"));

@@ -7,7 +7,7 @@
 //! caller's core (past the caller's small per-thread cache, under the arena's lock, on
 //! lines the worker's next allocation then pulls back). On the H200 host's 16 workers,
 //! answering without the output's two blocks took 15–30 % off `engine_overhead`'s
-//! time per batch (BENCHMARKS.md, fifteenth session). Larger outputs
+//! time per batch (docs/journal/2026-11-22-h200-15-inline-answers.md). Larger outputs
 //! keep the backend's vectors, whose allocation their size amortises.
 
 use std::fmt;

@@ -25,10 +25,10 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 /// The least default of [`EngineBuilder::max_searching`]: 4, every worker of a device
 /// with up to 4 queues. A device with more searches with half its workers by default
 /// (`auto_max_searching`): on the GPU host's 16-queue CPU backend, 4 searching workers
-/// measured best of 1, 2, 4 and 16 in the seventh session, but once the producer's own
-/// cost per batch had come down, 8 took `submit_many` windows 10–20 % faster than 4 at
-/// every producer count, and 6 and 12 were within noise of 8 (BENCHMARKS.md,
-/// seventeenth session).
+/// measured best of 1, 2, 4 and 16 (docs/journal/2026-11-21-h200-07-doorbell.md), but
+/// once the producer's own cost per batch had come down, 8 took `submit_many` windows
+/// 10–20 % faster than 4 at every producer count, and 6 and 12 were within noise of 8
+/// (docs/journal/2026-11-22-h200-17-ticket-slots.md).
 pub const DEFAULT_MAX_SEARCHING: usize = 4;
 
 /// Default of [`EngineBuilder::busy_wait`] where the machine has a hardware thread for
@@ -36,11 +36,11 @@ pub const DEFAULT_MAX_SEARCHING: usize = 4;
 /// waiting for one makes no system call. On an H200 host whose yields were slow, one
 /// tiny batch at a time took 58–60 µs per batch with yields at once against 29 µs with
 /// a 20 or 100 µs busy wait; where yields were quick the two were level
-/// (BENCHMARKS.md, tenth session).
+/// (docs/journal/2026-11-22-h200-10-busy-wait.md).
 pub const DEFAULT_BUSY_WAIT: Duration = Duration::from_micros(50);
 
 /// Default of [`EngineBuilder::max_group`]: 1, one batch per backend call (groups of 8
-/// measured no better on an H200: BENCHMARKS.md, fourth session).
+/// measured no better on an H200: docs/journal/2026-11-21-h200-04-host-memory.md).
 pub const DEFAULT_MAX_GROUP: usize = 1;
 /// Default audit period: one audit race in this many batches of an adopted kernel on
 /// each queue (counted per queue, so that workers share no counter).
@@ -162,7 +162,7 @@ impl EngineBuilder {
     /// per family) groups of 8 left pipelined tiny batches and 64 KiB batches level,
     /// moved the 16 KiB `regret` trace within its run-to-run noise, and slowed 1 MiB
     /// histogram batches, whose time is copies rather than kernel, by 13–52 %
-    /// (BENCHMARKS.md, fourth session).
+    /// (docs/journal/2026-11-21-h200-04-host-memory.md).
     pub fn max_group(mut self, batches: usize) -> Self {
         self.max_group = batches;
         self

@@ -19,7 +19,7 @@
 //! call that overlaps the watch's window either runs at its first read or begins before
 //! its second (loom model: `loom-tests/tests/contention.rs`).
 //!
-//! Until the eighth session every call of a device counted itself in and out on one
+//! Until commit bbad666 every call of a device counted itself in and out on one
 //! shared word, so that each call could learn about the others; but only a race reads
 //! the answer, and that word cost every batch two read-modify-writes on a line all the
 //! device's workers wrote (on the H200 host's 16 CPU queues, part of what kept the

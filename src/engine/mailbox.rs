@@ -114,8 +114,8 @@ pub(crate) const GATE_SHARDS: usize = 8;
 /// The gate is [`GATE_SHARDS`] words, each on cache lines of its own, each a closed bit
 /// and a count of the producers inside through it; a producer thread enters and leaves
 /// through one word (chosen once per thread), so producers on different threads do not
-/// write one shared line twice per submit, as they did with a single word until the
-/// eighth session. Closing sets the closed bit in every word, one read-modify-write
+/// write one shared line twice per submit, as they did with a single word until
+/// commit bbad666. Closing sets the closed bit in every word, one read-modify-write
 /// each, and then waits for every count to drain: a producer either entered a word
 /// before its closed bit was set (and is counted there) or sees the bit and is
 /// refused: the single word's argument, per word (loom model:
