@@ -85,6 +85,33 @@ pub(super) fn load(
             reason,
         }
     })?;
+    // What the validator cannot know: the device's workgroup memory limit.
+    let limit = u64::from(
+        gpu.device
+            .physical_device()
+            .properties()
+            .max_compute_shared_memory_size,
+    );
+    match validate::workgroup_bytes(spirv) {
+        Some(bytes) if bytes <= limit => {}
+        Some(bytes) => {
+            return Err(BackendError::DispatchTooLarge {
+                kernel: name.to_string(),
+                reason: format!(
+                    "the shader declares {bytes} bytes of workgroup memory, the device \
+                     allows {limit} (maxComputeSharedMemorySize)"
+                ),
+            })
+        }
+        None => {
+            return Err(BackendError::InvalidSpirv {
+                kernel: name.to_string(),
+                reason: "the size of its workgroup variables cannot be worked out (an array \
+                         length that is a specialization constant?); give them constant sizes"
+                    .into(),
+            })
+        }
+    }
     catch_unwind(AssertUnwindSafe(|| build(gpu, variant, spirv, handle))).unwrap_or_else(
         |payload| {
             let what = payload

@@ -14,6 +14,7 @@
 //! context is created per module: it is not `Send`, and creating one costs
 //! microseconds next to the validation itself).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use spirv_tools::val::{Validator, ValidatorOptions};
@@ -241,6 +242,88 @@ fn validate_as_is(api: Version, words: &[u32]) -> Result<(), Refusal> {
         })
 }
 
+/// Bytes of `Workgroup` memory the module's variables declare (every one, whichever
+/// entry point uses it: an upper bound), from their types; `None` where a size cannot
+/// be worked out (a type the walk does not know, a length that is no constant). Run on
+/// a validated module: the validator does not know the device's
+/// `maxComputeSharedMemorySize`, and a driver handed a workgroup array of 2^31
+/// elements hangs or crashes compiling it.
+pub(super) fn workgroup_bytes(words: &[u32]) -> Option<u64> {
+    const OP_TYPE_BOOL: u32 = 20;
+    const OP_TYPE_INT: u32 = 21;
+    const OP_TYPE_FLOAT: u32 = 22;
+    const OP_TYPE_VECTOR: u32 = 23;
+    const OP_TYPE_MATRIX: u32 = 24;
+    const OP_TYPE_ARRAY: u32 = 28;
+    const OP_TYPE_STRUCT: u32 = 30;
+    const OP_TYPE_POINTER: u32 = 32;
+    const OP_CONSTANT: u32 = 43;
+    const OP_VARIABLE: u32 = 59;
+    const WORKGROUP: u32 = 4;
+
+    let mut sizes: HashMap<u32, u64> = HashMap::new();
+    let mut constants: HashMap<u32, u64> = HashMap::new();
+    let mut pointees: HashMap<u32, u32> = HashMap::new();
+    let mut total = 0u64;
+    let mut at = HEADER_WORDS;
+    while at < words.len() {
+        let count = (words[at] >> 16) as usize;
+        let ops = words.get(at + 1..at.checked_add(count)?)?;
+        if count == 0 {
+            return None;
+        }
+        match (words[at] & 0xffff, ops) {
+            (OP_TYPE_BOOL, [id, ..]) => {
+                sizes.insert(*id, 4);
+            }
+            (OP_TYPE_INT | OP_TYPE_FLOAT, [id, width, ..]) => {
+                sizes.insert(*id, u64::from(*width / 8));
+            }
+            // A type that cannot be sized (a runtime array, a struct holding one) is
+            // left out: only a workgroup variable of such a type fails the walk.
+            (OP_TYPE_VECTOR | OP_TYPE_MATRIX, [id, element, n, ..]) => {
+                if let Some(size) = sizes
+                    .get(element)
+                    .and_then(|s| s.checked_mul(u64::from(*n)))
+                {
+                    sizes.insert(*id, size);
+                }
+            }
+            (OP_TYPE_ARRAY, [id, element, length, ..]) => {
+                let size = sizes
+                    .get(element)
+                    .zip(constants.get(length))
+                    .and_then(|(s, n)| s.checked_mul(*n));
+                if let Some(size) = size {
+                    sizes.insert(*id, size);
+                }
+            }
+            (OP_TYPE_STRUCT, [id, members @ ..]) => {
+                let size = members
+                    .iter()
+                    .try_fold(0u64, |sum, m| sum.checked_add(*sizes.get(m)?));
+                if let Some(size) = size {
+                    sizes.insert(*id, size);
+                }
+            }
+            (OP_TYPE_POINTER, [id, _, pointee, ..]) => {
+                pointees.insert(*id, *pointee);
+            }
+            (OP_CONSTANT, [_, id, low, rest @ ..]) => {
+                let high = rest.first().copied().unwrap_or(0);
+                constants.insert(*id, u64::from(*low) | (u64::from(high) << 32));
+            }
+            (OP_VARIABLE, [pointer, _, WORKGROUP, ..]) => {
+                let size = sizes.get(pointees.get(pointer)?)?;
+                total = total.checked_add(*size)?;
+            }
+            _ => {}
+        }
+        at += count;
+    }
+    Some(total)
+}
+
 /// SPIR-V as bytes (a `.spv` file, `include_bytes!`) as the words a
 /// [`KernelVariant`](crate::backend::KernelVariant) takes. A module of either byte
 /// order is accepted (SPIR-V files may be big-endian; the magic number tells); one whose
@@ -408,6 +491,17 @@ mod tests {
         broken[entry + 2] = broken[3] + 7;
         let e = validate(Version::V1_3, &broken).expect_err("undefined entry point");
         assert!(!e.contains("10684"), "{e}");
+    }
+
+    #[test]
+    fn workgroup_bytes_of_the_builtins_are_their_shared_arrays() {
+        for v in crate::kernels::builtin().iter().flat_map(|w| w.variants()) {
+            let words = v.spirv.expect("built-in SPIR-V");
+            let bytes = workgroup_bytes(&words).expect("sized");
+            eprintln!("{}: {bytes} bytes of workgroup memory", v.name);
+            assert!(bytes <= 16 * 1024, "{}: {bytes}", v.name);
+        }
+        assert_eq!(workgroup_bytes(&minimal()), Some(0));
     }
 
     #[test]
