@@ -519,7 +519,8 @@ fn a_seeded_corpus_of_mutated_builtin_modules_never_kills_or_panics() {
     // mutation changed can index past a workgroup array or a buffer, or loop for ever —
     // undefined behaviour that lavapipe does not guard (no robustness for workgroup
     // memory) and that no validator can see. Such deaths happen only when the kernel
-    // runs, only for modules the validator accepted, and only from constant mutations.
+    // runs (phase 1 loaded every mutant without one), only for modules the validator
+    // accepted, and only from mutations of values (constants, flipped or replaced words).
     for &index in run_deaths.iter().chain(&stuck) {
         let m = mutant(&originals, index);
         assert!(
