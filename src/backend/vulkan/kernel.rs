@@ -2,11 +2,17 @@
 //! build a compute pipeline through the device's shared pipeline cache.
 //!
 //! Every check that a caller's mistake can fail happens here, before the driver sees
-//! the module, and comes back as a typed [`BackendError`]: SPIR-V that does not parse
-//! (`InvalidSpirv`), a missing entry point (`InvalidSpirv`), declared bindings or push
+//! the module, and comes back as a typed [`BackendError`]: SPIR-V that SPIRV-Tools'
+//! validator refuses (`InvalidSpirv`, see `validate.rs`; checked before vulkano parses
+//! the module), a missing entry point (`InvalidSpirv`), declared bindings or push
 //! constants that differ from what the shader reflects (`BindingMismatch`), and a
 //! workgroup size beyond the device's limits (`DispatchTooLarge`). Nothing is
 //! submitted to a queue.
+//!
+//! Everything vulkano does with the module (parsing, reflection, pipeline creation)
+//! runs under one `catch_unwind`: the validator is what keeps malformed modules away
+//! from it, and a panic vulkano still has on a module the validator accepted is the
+//! load's `InvalidSpirv`, not a panic in the caller's thread.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -24,6 +30,7 @@ use vulkano::{Validated, VulkanError};
 
 use super::errors::vk_error;
 use super::open::Gpu;
+use super::validate;
 use crate::backend::{BackendError, BindingAccess, BindingDesc, KernelHandle, KernelVariant};
 
 /// A variant loaded on one device.
@@ -71,7 +78,66 @@ pub(super) fn load(
 ) -> Result<LoadedKernel, BackendError> {
     let name = variant.name.as_str();
     check_declared(gpu, variant)?;
+    // Before vulkano or the driver sees a word of it.
+    validate::validate(gpu.device.api_version(), spirv).map_err(|reason| {
+        BackendError::InvalidSpirv {
+            kernel: name.to_string(),
+            reason,
+        }
+    })?;
+    // What the validator cannot know: the device's workgroup memory limit.
+    let limit = u64::from(
+        gpu.device
+            .physical_device()
+            .properties()
+            .max_compute_shared_memory_size,
+    );
+    match validate::workgroup_bytes(spirv) {
+        Some(bytes) if bytes <= limit => {}
+        Some(bytes) => {
+            return Err(BackendError::DispatchTooLarge {
+                kernel: name.to_string(),
+                reason: format!(
+                    "the shader declares {bytes} bytes of workgroup memory, the device \
+                     allows {limit} (maxComputeSharedMemorySize)"
+                ),
+            })
+        }
+        None => {
+            return Err(BackendError::InvalidSpirv {
+                kernel: name.to_string(),
+                reason: "the size of its workgroup variables cannot be worked out (an array \
+                         length that is a specialization constant?); give them constant sizes"
+                    .into(),
+            })
+        }
+    }
+    catch_unwind(AssertUnwindSafe(|| build(gpu, variant, spirv, handle))).unwrap_or_else(
+        |payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(BackendError::InvalidSpirv {
+                kernel: name.to_string(),
+                reason: format!(
+                    "vulkano panicked on a module SPIRV-Tools' validator accepted ({what}); \
+                     please report it with the module"
+                ),
+            })
+        },
+    )
+}
 
+/// Parses and reflects `spirv` (which passed the validator) and builds its pipeline.
+fn build(
+    gpu: &Gpu,
+    variant: &KernelVariant,
+    spirv: &[u32],
+    handle: KernelHandle,
+) -> Result<LoadedKernel, BackendError> {
+    let name = variant.name.as_str();
     let invalid = |reason: String| BackendError::InvalidSpirv {
         kernel: name.to_string(),
         reason,
@@ -81,11 +147,7 @@ pub(super) fn load(
         reason,
     };
 
-    // vulkano's SPIR-V parser trusts ids inside the module; a malformed module can make
-    // it panic, which here means "does not load", never a crashed worker.
-    let parsed = catch_unwind(|| Spirv::new(spirv))
-        .map_err(|_| invalid("the SPIR-V parser rejected the module".into()))?
-        .map_err(|e| invalid(e.to_string()))?;
+    let parsed = Spirv::new(spirv).map_err(|e| invalid(e.to_string()))?;
     check_entry_point(&parsed, variant).map_err(|e| match e {
         EntryError::Missing(reason) => invalid(reason),
         EntryError::Workgroup(shader) => BackendError::WorkgroupMismatch {
@@ -95,17 +157,16 @@ pub(super) fn load(
         },
     })?;
 
-    // SAFETY: the module parsed above; vulkano validates it against the device's
-    // features before handing it to the driver, and any panic in its reflection is
-    // caught and reported as SPIR-V that does not load.
-    let module = catch_unwind(AssertUnwindSafe(|| unsafe {
-        ShaderModule::new(gpu.device.clone(), ShaderModuleCreateInfo::new(spirv))
-    }))
-    .map_err(|_| invalid("reflecting the module failed".into()))?
-    .map_err(|e| match e {
-        Validated::ValidationError(v) => invalid(v.to_string()),
-        Validated::Error(e) => vk_error(gpu.info.index, 0, Validated::Error(e)),
-    })?;
+    // SAFETY: SPIRV-Tools' validator accepted the module for the device's Vulkan
+    // version (`load`), which is what `vkCreateShaderModule` requires of valid usage;
+    // vulkano also checks it against the device's features before handing it to the
+    // driver.
+    let module =
+        unsafe { ShaderModule::new(gpu.device.clone(), ShaderModuleCreateInfo::new(spirv)) }
+            .map_err(|e| match e {
+                Validated::ValidationError(v) => invalid(v.to_string()),
+                Validated::Error(e) => vk_error(gpu.info.index, 0, Validated::Error(e)),
+            })?;
     let entry = module
         .entry_point_with_execution(&variant.entry_point, ExecutionModel::GLCompute)
         .ok_or_else(|| {

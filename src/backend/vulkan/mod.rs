@@ -10,15 +10,18 @@
 //! [`BackendError`]. A device the driver reports lost is remembered, and later calls
 //! on it fail fast with `DeviceLost`.
 //!
-//! Submodules: `open` (loader, instance, devices, [`DeviceInfo`]), `kernel` (load-time
-//! validation and pipelines), `dispatch` (job validation, recording, submit/wait),
-//! `reuse` (slots and pools), `errors` (vulkano → [`BackendError`]).
+//! Submodules: `open` (loader, instance, devices, [`DeviceInfo`]), `validate`
+//! (SPIRV-Tools' validator on every module, before vulkano or a driver sees it),
+//! `kernel` (load-time validation and pipelines), `dispatch` (job validation,
+//! recording, submit/wait), `reuse` (slots and pools), `errors` (vulkano →
+//! [`BackendError`]).
 
 mod dispatch;
 mod errors;
 mod kernel;
 mod open;
 mod reuse;
+mod validate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -35,6 +38,7 @@ use self::kernel::{LoadedKernel, VariantKey};
 use self::open::Gpu;
 pub use self::reuse::ReuseStats;
 use self::reuse::Role;
+pub use self::validate::spirv_words_from_bytes;
 use crate::backend::{
     Backend, BackendError, BackendKind, DeviceInfo, DispatchJob, DispatchOutput, KernelHandle,
     KernelVariant, QueueId,
