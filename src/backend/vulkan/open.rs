@@ -262,10 +262,14 @@ fn open_device(
     }))
 }
 
-/// Shader features that WGSL kernels commonly need, where the device has them.
+/// Shader features that WGSL kernels commonly need, where the device has them; and
+/// `robustBufferAccess`: a user's kernel (valid SPIR-V, but indexing past a buffer at
+/// run time, which no validator can see) reads zeros and loses its stray writes instead
+/// of corrupting the driver's memory (SPEC §11: no process crashes on a user's module).
 fn shader_features(physical: &PhysicalDevice) -> DeviceFeatures {
     let api = physical.api_version();
     let mut wanted = DeviceFeatures {
+        robust_buffer_access: true,
         shader_int64: true,
         shader_int16: true,
         ..DeviceFeatures::empty()
