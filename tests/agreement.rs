@@ -1,7 +1,8 @@
 //! Answers compared the way the kernel's numbers demand (SPEC §9): a float variant that
-//! reassociates a sum is adopted under a tolerance and rejected as a mismatch under
-//! `Exact`, on the CPU backend and on Vulkan (lavapipe in CI); a mismatch names the
-//! binding, the first element and the difference.
+//! reassociates a sum is rejected as a mismatch under `Exact` and judged on its speed
+//! alone under a tolerance, on the CPU backend and on Vulkan (lavapipe in CI); a pair
+//! whose output is declared `f32` adopts its faster reassociating variant; a mismatch
+//! names the binding, the first element and the difference.
 
 #[path = "support/vulkan.rs"]
 mod no_vulkan;
@@ -67,7 +68,7 @@ fn decide_fsum(engine: &Engine, fsum: FSum) -> (KernelVerdict, Option<VerdictRea
     (verdict, reason, mismatches)
 }
 
-fn exact_rejects_and_tolerance_adopts(backend: BackendChoice, kind: BackendKind) {
+fn exact_rejects_and_tolerance_judges_on_speed(backend: BackendChoice, kind: BackendKind) {
     let Some(engine) = engine(backend) else {
         return;
     };
@@ -82,20 +83,32 @@ fn exact_rejects_and_tolerance_adopts(backend: BackendChoice, kind: BackendKind)
     assert!(detail.element.is_some(), "{detail}");
     assert!(detail.difference.is_some(), "{detail}");
 
+    // Within the tolerance the variant is judged on its speed alone: never a mismatch,
+    // decided by the paired window (adopted where it measures faster — on lavapipe it
+    // usually does; the CPU backend's timing in a test build is too close to call).
     let (verdict, reason, mismatches) = decide_fsum(&engine, FSum::tolerant());
     assert!(mismatches.is_empty(), "{mismatches:?}");
-    assert_eq!(verdict, KernelVerdict::Adopted, "{reason:?}");
+    assert_ne!(verdict, KernelVerdict::Undecided);
+    assert!(
+        matches!(
+            reason,
+            Some(VerdictReason::Measured(_) | VerdictReason::Inconclusive { .. })
+        ),
+        "{verdict:?} {reason:?}"
+    );
 }
 
 /// The fsum tree variant differs from the chunked one in the last bits of every sum.
 #[test]
-fn a_reassociating_float_variant_is_rejected_exactly_and_adopted_within_a_tolerance_on_cpu() {
-    exact_rejects_and_tolerance_adopts(BackendChoice::Cpu, BackendKind::Cpu);
+fn a_reassociating_float_variant_is_a_mismatch_exactly_and_judged_on_speed_within_a_tolerance_on_cpu(
+) {
+    exact_rejects_and_tolerance_judges_on_speed(BackendChoice::Cpu, BackendKind::Cpu);
 }
 
 #[test]
-fn a_reassociating_float_variant_is_rejected_exactly_and_adopted_within_a_tolerance_on_vulkan() {
-    exact_rejects_and_tolerance_adopts(BackendChoice::Vulkan, BackendKind::Vulkan);
+fn a_reassociating_float_variant_is_a_mismatch_exactly_and_judged_on_speed_within_a_tolerance_on_vulkan(
+) {
+    exact_rejects_and_tolerance_judges_on_speed(BackendChoice::Vulkan, BackendKind::Vulkan);
 }
 
 /// Sums the f32s of binding 0 into binding 1: `lanes` interleaved partial sums (1:
@@ -135,7 +148,7 @@ fn a_pairs_float_binding_is_compared_as_declared_and_a_mismatch_names_it() {
     let tolerance = Agreement::Float {
         elem: photofinish::FloatElem::F32,
         max_ulps: 0,
-        rel: 1e-5,
+        rel: 1e-3,
         abs: 0.0,
     };
     let tolerant = engine

@@ -3,10 +3,11 @@
 //!
 //! The input is split in chunks of `CHUNK_ELEMS` (1024) elements. Variant 0 (conservative)
 //! adds each chunk's elements one after the other, one invocation per chunk; variant 1
-//! (speculative) reads each chunk as vec4s into four running sums — a quarter of the
-//! loop and wider loads, but the additions associate differently, so its answer
-//! differs from the conservative one in the last bits. Both write one
-//! partial sum per chunk, which [`Workload::answer`] adds in chunk order. The CPU code
+//! (speculative) gives each quarter chunk to an invocation, which reads it as vec4s
+//! into four running sums — four times the parallelism and wider loads, but the
+//! additions associate differently, so its answer differs from the conservative one in
+//! the last bits. Each writes one partial sum per chunk (per quarter chunk), which
+//! [`Workload::answer`] adds in order. The CPU code
 //! of each variant does the same arithmetic in the same order as its shader, and the
 //! reference is the conservative arithmetic, so the conservative answer is bit-exact on
 //! every backend (IEEE single precision, round to nearest, inputs without subnormals).
@@ -75,10 +76,10 @@ impl FSum {
     ) -> Result<DispatchPlan, WorkloadError> {
         check_variant(NAME, variant, 2)?;
         let elems = input_len(NAME, input)?.div_ceil(4);
-        let chunks = u64::from(elems).div_ceil(CHUNK_ELEMS as u64).max(1);
-        let workgroups = workgroups_for(chunks, u64::from(WORKGROUP_SIZE));
+        let partials = partials_of(variant, elems as usize) as u64;
+        let workgroups = workgroups_for(partials, u64::from(WORKGROUP_SIZE));
         Ok(DispatchPlan {
-            buffers: vec![bind(), BufferArg::Zeroed(chunks * 4)],
+            buffers: vec![bind(), BufferArg::Zeroed(partials * 4)],
             push_constants: elems.to_le_bytes().to_vec(),
             workgroups,
         })
@@ -116,16 +117,16 @@ impl Workload for FSum {
         outputs: &[Vec<u8>],
     ) -> Result<Vec<u8>, WorkloadError> {
         check_variant(NAME, variant, 2)?;
-        let chunks = input.len().div_ceil(4).div_ceil(CHUNK_ELEMS).max(1);
+        let expected = partials_of(variant, input.len().div_ceil(4));
         match outputs {
-            [partials] if partials.len() == chunks * 4 => {
+            [partials] if partials.len() == expected * 4 => {
                 let total = floats(partials).fold(0.0f32, |acc, x| acc + x);
                 Ok(total.to_le_bytes().to_vec())
             }
             _ => Err(WorkloadError::BadOutput {
                 workload: NAME,
                 variant,
-                reason: format!("expected one buffer of {} partial sums", chunks),
+                reason: format!("expected one buffer of {expected} partial sums"),
             }),
         }
     }
@@ -166,6 +167,17 @@ impl Workload for FSum {
     }
 }
 
+/// Partial sums variant `variant` writes for `elems` elements: one per chunk
+/// (conservative), one per quarter chunk (speculative); at least one.
+fn partials_of(variant: usize, elems: usize) -> usize {
+    let per = if variant == 0 {
+        CHUNK_ELEMS
+    } else {
+        CHUNK_ELEMS / 4
+    };
+    elems.div_ceil(per).max(1)
+}
+
 /// The little-endian `f32`s of `bytes` (whole elements only).
 fn floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
     bytes
@@ -173,15 +185,16 @@ fn floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
         .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]]))
 }
 
-/// The kernel's elements and its partial-sum buffer, checked against each other.
+/// The kernel's elements and variant `variant`'s partial-sum buffer, checked against
+/// each other.
 fn chunked_buffers<'a>(
+    variant: usize,
     buffers: &'a mut [Vec<u8>],
     push: &[u8],
 ) -> Result<(&'a [u8], &'a mut [u8]), String> {
     let elems = push_word(push, 0)? as usize;
     let (input, output) = input_output(buffers)?;
-    let chunks = elems.div_ceil(CHUNK_ELEMS).max(1);
-    if input.len() < elems * 4 || output.len() < chunks * 4 {
+    if input.len() < elems * 4 || output.len() < partials_of(variant, elems) * 4 {
         return Err(format!(
             "{} input bytes and {} output bytes for {elems} elements",
             input.len(),
@@ -191,40 +204,43 @@ fn chunked_buffers<'a>(
     Ok((&input[..elems * 4], output))
 }
 
-/// CPU variant 0: each chunk's elements added one after the other.
+/// CPU variant 0: each chunk's elements added one after the other, the chunks one
+/// after the other on the calling thread (the reference arithmetic, serially: the
+/// conservative variant is the known-good one, not the fast one).
 fn chunked_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<(), String> {
-    let (input, output) = chunked_buffers(buffers, push)?;
-    output
-        .par_chunks_mut(4)
-        .zip(input.par_chunks(CHUNK_ELEMS * 4))
-        .for_each(|(out, chunk)| {
-            let sum = floats(chunk).fold(0.0f32, |acc, x| acc + x);
-            out.copy_from_slice(&sum.to_le_bytes());
-        });
+    let (input, output) = chunked_buffers(0, buffers, push)?;
+    for (out, chunk) in output.chunks_mut(4).zip(input.chunks(CHUNK_ELEMS * 4)) {
+        let sum = floats(chunk).fold(0.0f32, |acc, x| acc + x);
+        out.copy_from_slice(&sum.to_le_bytes());
+    }
     Ok(())
 }
 
-/// CPU variant 1: each chunk as the vec4 shader sums it — four running sums of every
-/// fourth element, `(x + y) + (z + w)` at the end.
+/// CPU variant 1: each quarter chunk as the vec4 shader sums it — four running sums of
+/// every fourth element, `(x + y) + (z + w)` at the end; a task per 16 quarters.
 fn vec4_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<(), String> {
-    let (input, output) = chunked_buffers(buffers, push)?;
+    const QUARTER_BYTES: usize = CHUNK_ELEMS;
+    const PER_TASK: usize = 16;
+    let (input, output) = chunked_buffers(1, buffers, push)?;
     output
-        .par_chunks_mut(4)
-        .zip(input.par_chunks(CHUNK_ELEMS * 4))
-        .for_each(|(out, chunk)| {
-            let mut acc = [0.0f32; 4];
-            let mut vecs = chunk.chunks_exact(16);
-            for v in &mut vecs {
-                for (lane, w) in acc.iter_mut().zip(v.chunks_exact(4)) {
-                    *lane += f32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+        .par_chunks_mut(4 * PER_TASK)
+        .zip(input.par_chunks(QUARTER_BYTES * PER_TASK))
+        .for_each(|(out, quarters)| {
+            for (out, quarter) in out.chunks_exact_mut(4).zip(quarters.chunks(QUARTER_BYTES)) {
+                let mut acc = [0.0f32; 4];
+                let mut vecs = quarter.chunks_exact(16);
+                for v in &mut vecs {
+                    for (lane, w) in acc.iter_mut().zip(v.chunks_exact(4)) {
+                        *lane += f32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                    }
                 }
+                // A last, partial vec4 (the input is zero padded on the GPU).
+                for (lane, x) in acc.iter_mut().zip(floats(vecs.remainder())) {
+                    *lane += x;
+                }
+                let sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+                out.copy_from_slice(&sum.to_le_bytes());
             }
-            // A last, partial vec4 (the input is zero padded on the GPU).
-            for (lane, x) in acc.iter_mut().zip(floats(vecs.remainder())) {
-                *lane += x;
-            }
-            let sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-            out.copy_from_slice(&sum.to_le_bytes());
         });
     Ok(())
 }
