@@ -1,71 +1,318 @@
-//! GB/s of every built-in variant against the device's copy bandwidth, measured in the
-//! same run (issue #3, #6.5).
+//! GB/s of every built-in variant against the device's limit and against PyTorch,
+//! measured in the same run (issues #3, #6.5, #31).
 //!
-//! Times are GPU timestamps (`DispatchOutput::kernel_ns`), fed to criterion through
-//! `iter_custom`, so host submit overhead is not counted. The baseline is a
-//! vkCmdCopyBuffer of `PHOTOFINISH_COPY_BYTES` (default 1 GiB on a discrete GPU, 64 MiB
-//! otherwise) between two device-local buffers on the same queue.
+//! Every figure is the median of `PF_KERNEL_RUNS` (default 20, at least 10) warm GPU
+//! timestamps (`DispatchOutput::kernel_ns` around the kernel alone; three untimed runs
+//! first), so host submit, upload and download are not counted.
+//!
+//! **The limit.** A reduce or a histogram reads each input byte once, so its limit is
+//! what the memory moves per second. The bench measures two copies of the input's size
+//! (and `vkCmdCopyBuffer` also at `PHOTOFINISH_COPY_BYTES`, default 1 GiB on a discrete
+//! GPU, 64 MiB otherwise) between two device-local buffers: `vkCmdCopyBuffer` and a
+//! vec4 grid-stride compute copy (`shaders/copy_vec4.wgsl`). Each is reported as bytes
+//! copied and bytes moved (read + written) per second; the limit is the larger bytes
+//! moved per second at the input's size. A sanity check fails the bench (exit status 1)
+//! when the limit is below half the datasheet bandwidth of the device (a table by
+//! device name: H100 SXM 3.35 TB/s, H100 NVL 3.9, H100 PCIe 2.0, H200 4.8); devices not
+//! in the table skip the check with a note.
+//!
+//! **Peers.** With `PF_PEERS` naming the output of `scripts/peers.py` (run before this
+//! bench on the GPU machine by `.gpu/run.sh`), each kernel is also divided by PyTorch at
+//! the same size: reduce by `torch.sum` (CUB), histogram by `torch.bincount` (uniform and
+//! skewed), the copy by a d2d `copy_`.
+//!
+//! **Sweep.** The wide reduce and the lane-columns histogram loop grid-stride, so any
+//! workgroup count is correct; the bench also times them at several counts (the plan's
+//! cap is `WIDE_WORKGROUPS` / `LANES_WORKGROUPS`), to choose that cap on real hardware.
 //!
 //! ```sh
 //! PHOTOFINISH_BENCH_BYTES=268435456 cargo bench --bench kernels
 //! ```
 //! Input size defaults to 256 MiB on a discrete GPU and 8 MiB on a software device.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use photofinish::backend::vulkan::VulkanBackend;
-use photofinish::backend::Backend;
-use photofinish::kernels::{self, InputShape};
+use photofinish::backend::{
+    Backend, BindingAccess, BindingDesc, BufferArg, DispatchJob, KernelVariant, QueueId,
+};
+use photofinish::kernels::{self, InputShape, LANES_WORKGROUPS, WIDE_WORKGROUPS};
 
-fn env_bytes(name: &str, default: u64) -> u64 {
+/// Below this share of the datasheet bandwidth the limit is taken as broken.
+const SANITY_SHARE: f64 = 0.5;
+
+fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
-fn bench_kernels(c: &mut Criterion) {
+/// The datasheet memory bandwidth (TB/s) for a device name, with what it is.
+fn datasheet(name: &str) -> Option<(&'static str, f64)> {
+    let n = name.to_lowercase();
+    if n.contains("h200") {
+        Some(("H200 HBM3e", 4.8))
+    } else if n.contains("h100") && n.contains("pcie") {
+        Some(("H100 PCIe HBM2e", 2.0))
+    } else if n.contains("h100") && n.contains("nvl") {
+        Some(("H100 NVL HBM3", 3.9))
+    } else if n.contains("h100") {
+        Some(("H100 SXM HBM3", 3.35))
+    } else {
+        None
+    }
+}
+
+/// Median of `v` (sorted in place); 1 at least, so a division by it is defined.
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0).max(1)
+}
+
+/// `runs` warm GPU times of `job` (three untimed first), their median in ns, or why
+/// not.
+fn time_job(backend: &VulkanBackend, job: &DispatchJob, runs: usize) -> Result<u64, String> {
+    for _ in 0..3 {
+        backend
+            .dispatch(std::slice::from_ref(job))
+            .remove(0)
+            .map_err(|e| e.to_string())?;
+    }
+    let mut ns = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let out = backend
+            .dispatch(std::slice::from_ref(job))
+            .remove(0)
+            .map_err(|e| e.to_string())?;
+        ns.push(out.kernel_ns.ok_or("the queue has no timestamps")?);
+    }
+    Ok(median(&mut ns))
+}
+
+/// The compute copy of the bench's baseline: binding 0 read, binding 1 written.
+fn copy_variant() -> KernelVariant {
+    let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/copy_vec4.spv"));
+    KernelVariant {
+        name: "bench/copy-vec4".into(),
+        spirv: Some(
+            bytes
+                .chunks_exact(4)
+                .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+                .collect(),
+        ),
+        entry_point: "main".into(),
+        workgroup_size: [kernels::WORKGROUP_SIZE, 1, 1],
+        bindings: vec![
+            BindingDesc {
+                slot: 0,
+                access: BindingAccess::Read,
+            },
+            BindingDesc {
+                slot: 1,
+                access: BindingAccess::Write,
+            },
+        ],
+        push_constant_bytes: 4,
+        cpu: None,
+    }
+}
+
+/// A copy's median: bytes copied and bytes moved (read + written) per ns (= GB/s).
+struct CopyFigure {
+    what: String,
+    bytes: u64,
+    median_ns: u64,
+}
+
+impl CopyFigure {
+    fn copied(&self) -> f64 {
+        self.bytes as f64 / self.median_ns as f64
+    }
+    fn moved(&self) -> f64 {
+        2.0 * self.copied()
+    }
+}
+
+/// `vkCmdCopyBuffer` of `bytes`, warm (one call first, and each call copies once
+/// before its timed copy), the median of `runs` calls.
+fn command_copy(
+    backend: &VulkanBackend,
+    queue: QueueId,
+    bytes: u64,
+    runs: usize,
+) -> Result<CopyFigure, String> {
+    backend
+        .measure_copy_bandwidth(queue, bytes)
+        .map_err(|e| e.to_string())?;
+    let mut ns = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let c = backend
+            .measure_copy_bandwidth(queue, bytes)
+            .map_err(|e| e.to_string())?;
+        ns.push(c.gpu_ns);
+    }
+    Ok(CopyFigure {
+        what: format!("vkCmdCopyBuffer {} MiB", bytes >> 20),
+        bytes,
+        median_ns: median(&mut ns),
+    })
+}
+
+/// The vec4 compute copy of `bytes` (a multiple of 16), the median of `runs`.
+fn kernel_copy(
+    backend: &VulkanBackend,
+    queue: QueueId,
+    bytes: u64,
+    runs: usize,
+) -> Result<CopyFigure, String> {
+    let kernel = backend
+        .load_kernel(queue.device, &copy_variant())
+        .map_err(|e| e.to_string())?;
+    let vecs = u32::try_from(bytes / 16).map_err(|_| "the copy is too large".to_string())?;
+    let data: Arc<[u8]> = vec![0x5a; (bytes / 16 * 16) as usize].into();
+    let job = DispatchJob {
+        queue,
+        kernel,
+        buffers: vec![
+            BufferArg::Data(data),
+            BufferArg::Zeroed(u64::from(vecs) * 16),
+        ],
+        push_constants: vecs.to_le_bytes().to_vec(),
+        workgroups: [WIDE_WORKGROUPS.max(1), 1, 1],
+    };
+    let median_ns = time_job(backend, &job, runs)?;
+    Ok(CopyFigure {
+        what: format!("compute copy {} MiB", bytes >> 20),
+        bytes: u64::from(vecs) * 16,
+        median_ns,
+    })
+}
+
+/// `peer <name> bytes=<n> median_ns=<ns> gbps=<x> note=<t>` lines of scripts/peers.py:
+/// (name, bytes) → GB/s of input.
+fn read_peers() -> HashMap<(String, u64), f64> {
+    let mut peers = HashMap::new();
+    let Ok(path) = std::env::var("PF_PEERS") else {
+        println!("peers: PF_PEERS is not set; no ÷ PyTorch column (scripts/peers.py)");
+        return peers;
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("peers: cannot read {path}: {e}; no ÷ PyTorch column");
+            return peers;
+        }
+    };
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("peer") {
+            continue;
+        }
+        let Some(name) = words.next() else { continue };
+        let fields: HashMap<&str, &str> = words.filter_map(|w| w.split_once('=')).collect();
+        let bytes = fields.get("bytes").and_then(|b| b.parse().ok());
+        let gbps = fields.get("gbps").and_then(|g| g.parse().ok());
+        if let (Some(bytes), Some(gbps)) = (bytes, gbps) {
+            peers.insert((name.to_owned(), bytes), gbps);
+        }
+    }
+    println!("peers: {} figures from {path}", peers.len());
+    peers
+}
+
+/// The peer of a kernel and shape.
+fn peer_name(workload: &str, shape: InputShape) -> Option<&'static str> {
+    match (workload, shape) {
+        ("reduce", _) => Some("sum_u32"),
+        ("histogram", InputShape::Skewed) => Some("bincount_skewed"),
+        ("histogram", _) => Some("bincount_uniform"),
+        _ => None,
+    }
+}
+
+fn ratio(x: Option<f64>) -> String {
+    x.map_or("-".into(), |r| format!("{r:.2}×"))
+}
+
+fn main() {
     let backend = match VulkanBackend::new() {
-        Ok(b) => Arc::new(b),
+        Ok(b) => b,
         Err(e) => {
             eprintln!("kernels bench: no Vulkan device ({e}); nothing to measure");
             return;
         }
     };
-    let device = &backend.devices()[0];
+    let device = backend.devices()[0].clone();
     let discrete = device.device_type == "discrete";
-    let input_bytes = env_bytes(
+    let input_bytes = env_u64(
         "PHOTOFINISH_BENCH_BYTES",
         if discrete { 256 << 20 } else { 8 << 20 },
     ) as usize;
-    let copy_bytes = env_bytes(
+    let copy_bytes = env_u64(
         "PHOTOFINISH_COPY_BYTES",
         if discrete { 1 << 30 } else { 64 << 20 },
     );
+    let runs = env_u64("PF_KERNEL_RUNS", 20).max(10) as usize;
     let queue = backend.queues()[0];
-
-    let copy = match backend.measure_copy_bandwidth(queue, copy_bytes) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("kernels bench: copy bandwidth failed: {e}");
-            return;
-        }
-    };
     println!(
-        "device: {} ({}), copy bandwidth: {:.1} GB/s ({} MiB copy, {:.3} ms)",
+        "device: {} ({}), input {} MiB, median of {runs} warm runs",
         device.name,
         device.driver_version,
-        copy.gb_per_s,
-        copy.bytes >> 20,
-        copy.gpu_ns as f64 / 1e6
+        input_bytes >> 20
     );
 
-    let mut summary = Vec::new();
-    let mut group = c.benchmark_group("kernels");
-    group.sample_size(10);
-    group.throughput(Throughput::Bytes(input_bytes as u64));
+    // The limit: copies at the input's size (and the command copy at copy_bytes).
+    let mut copies = Vec::new();
+    let input_u64 = input_bytes as u64;
+    for figure in [
+        command_copy(&backend, queue, input_u64 / 4 * 4, runs),
+        kernel_copy(&backend, queue, input_u64, runs),
+        command_copy(&backend, queue, copy_bytes / 4 * 4, runs),
+    ] {
+        match figure {
+            Ok(f) => copies.push(f),
+            Err(e) => eprintln!("kernels bench: a copy failed: {e}"),
+        }
+    }
+    let peers = read_peers();
+    for c in &copies {
+        let peer = peers.get(&("copy".to_owned(), c.bytes)).copied();
+        println!(
+            "COPY {:<28} {:>9.3} ms  copied {:>8.1} GB/s  moved {:>8.1} GB/s  ÷PyTorch {}",
+            c.what,
+            c.median_ns as f64 / 1e6,
+            c.copied(),
+            c.moved(),
+            ratio(peer.map(|p| c.copied() / p))
+        );
+    }
+    let limit = copies
+        .iter()
+        .filter(|c| c.bytes + 16 > input_u64 && c.bytes <= input_u64)
+        .map(CopyFigure::moved)
+        .fold(0.0f64, f64::max);
+    println!("LIMIT {limit:.1} GB/s moved (read + written) by the faster copy of the input's size");
+    let mut sane = true;
+    match datasheet(&device.name) {
+        Some((what, tb_s)) => {
+            let share = limit / (tb_s * 1000.0);
+            sane = share >= SANITY_SHARE;
+            println!(
+                "SANITY {}: the limit is {share:.2}× the datasheet's {tb_s} TB/s ({what}); \
+                 below {SANITY_SHARE}× the baseline is broken",
+                if sane { "ok" } else { "FAILED" }
+            );
+        }
+        None => println!(
+            "SANITY skipped: no datasheet figure for `{}` (the table knows H100 and H200)",
+            device.name
+        ),
+    }
+
+    let mut rows = Vec::new();
+    let mut all_correct = true;
     for workload in kernels::builtin() {
         let shapes: &[InputShape] = match workload.name() {
             "histogram" => &[InputShape::Uniform, InputShape::Skewed],
@@ -73,8 +320,10 @@ fn bench_kernels(c: &mut Criterion) {
             _ => &[InputShape::Uniform],
         };
         for &shape in shapes {
-            let input = workload.generate(shape, input_bytes, 7);
+            let input: Arc<[u8]> = workload.generate(shape, input_bytes, 7).into();
             let reference = workload.reference(&input);
+            let peer = peer_name(workload.name(), shape)
+                .and_then(|p| peers.get(&(p.to_owned(), input_u64)).copied());
             for (vi, variant) in workload.variants().iter().enumerate() {
                 let id = format!("{}/{:?}/{}", workload.name(), shape, variant.name);
                 let kernel = match backend.load_kernel(0, variant) {
@@ -84,58 +333,84 @@ fn bench_kernels(c: &mut Criterion) {
                         continue;
                     }
                 };
-                let plan = match workload.plan(vi, &input) {
+                let plan = match workload.plan_shared(vi, &input) {
                     Ok(p) => p,
                     Err(e) => {
                         eprintln!("{id}: cannot plan: {e}");
                         continue;
                     }
                 };
+                let planned = plan.workgroups[0];
                 let job = plan.into_job(queue, kernel);
                 // One checked run: a variant that is fast but wrong is no result.
-                let verified = match backend.dispatch(std::slice::from_ref(&job)).remove(0) {
+                let correct = match backend.dispatch(std::slice::from_ref(&job)).remove(0) {
                     Ok(out) => workload
                         .answer(vi, &input, &out.outputs)
-                        .map(|a| a == reference)
-                        .unwrap_or(false),
+                        .is_ok_and(|a| a == reference),
                     Err(e) => {
                         eprintln!("{id}: dispatch failed: {e}");
                         continue;
                     }
                 };
-                let mut gpu_ns = Vec::new();
-                group.bench_function(&id, |b| {
-                    b.iter_custom(|iters| {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            let out = backend.dispatch(std::slice::from_ref(&job)).remove(0);
-                            let ns = out.ok().and_then(|o| o.kernel_ns).unwrap_or(0);
-                            gpu_ns.push(ns);
-                            total += Duration::from_nanos(ns);
+                all_correct &= correct;
+                let ns = match time_job(&backend, &job, runs) {
+                    Ok(ns) => ns,
+                    Err(e) => {
+                        eprintln!("{id}: {e}");
+                        continue;
+                    }
+                };
+                rows.push((id.clone(), planned, ns, peer, correct));
+                // The wide variants at other workgroup counts (correct for any).
+                let sweep = matches!(
+                    variant.name.as_str(),
+                    "reduce/vec4-wide" | "histogram/lane-columns"
+                );
+                if sweep {
+                    for groups in [132u32, 264, 528, 2112, 4224, 8448, 16896] {
+                        let mut j = job.clone();
+                        j.workgroups[0] = groups;
+                        let ok = backend
+                            .dispatch(std::slice::from_ref(&j))
+                            .remove(0)
+                            .ok()
+                            .and_then(|o| workload.answer(vi, &input, &o.outputs).ok())
+                            .is_some_and(|a| a == reference);
+                        all_correct &= ok;
+                        if let Ok(ns) = time_job(&backend, &j, runs) {
+                            rows.push((id.clone(), groups, ns, peer, ok));
                         }
-                        total
-                    })
-                });
-                gpu_ns.sort_unstable();
-                let median = gpu_ns.get(gpu_ns.len() / 2).copied().unwrap_or(0).max(1);
-                let gbps = input.len() as f64 / median as f64;
-                summary.push((id, median, gbps, gbps / copy.gb_per_s, verified));
+                    }
+                }
             }
         }
     }
-    group.finish();
 
     println!(
-        "\n{:<55} {:>12} {:>9} {:>8} {:>8}",
-        "variant", "median GPU", "GB/s", "÷copy", "correct"
+        "\n{:<55} {:>7} {:>11} {:>9} {:>8} {:>9} {:>8}",
+        "variant", "groups", "median GPU", "GB/s", "÷limit", "÷PyTorch", "correct"
     );
-    for (id, ns, gbps, ratio, ok) in summary {
+    for (id, groups, ns, peer, ok) in &rows {
+        let gbps = input_bytes as f64 / *ns as f64;
+        let of_limit = (limit > 0.0).then(|| gbps / limit);
         println!(
-            "{id:<55} {:>9.3} ms {gbps:>9.1} {ratio:>7.2}× {ok:>8}",
-            ns as f64 / 1e6
+            "{id:<55} {groups:>7} {:>8.3} ms {gbps:>9.1} {:>8} {:>9} {ok:>8}",
+            *ns as f64 / 1e6,
+            ratio(of_limit),
+            ratio(peer.map(|p| gbps / p)),
         );
     }
+    println!(
+        "(planned caps: reduce/vec4-wide {WIDE_WORKGROUPS}, histogram/lane-columns \
+         {LANES_WORKGROUPS} workgroups; GB/s = input bytes per ns; ÷limit against the \
+         copy's bytes moved)"
+    );
+    if !sane {
+        eprintln!("kernels bench: the copy baseline failed its sanity check (see SANITY)");
+        std::process::exit(1);
+    }
+    if !all_correct {
+        eprintln!("kernels bench: a variant answered wrongly (correct = false above)");
+        std::process::exit(1);
+    }
 }
-
-criterion_group!(benches, bench_kernels);
-criterion_main!(benches);

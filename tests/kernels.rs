@@ -136,6 +136,92 @@ fn cpu_backend_every_variant_matches_the_reference() {
     every_variant_matches_the_reference(&backend, &SIZES, None);
 }
 
+/// The wide variants of issue #31 by (workload, variant index): reduce's `vec4-wide`
+/// and histogram's `lane-columns`.
+const WIDE_VARIANTS: [(&str, usize); 2] = [("reduce", 2), ("histogram", 2)];
+
+/// Sizes at the wide variants' edges: around whole 16 KiB tiles of the wide reduce and
+/// whole vec4s of the lane-columns histogram, with ragged ends of 1 to 15 bytes.
+const WIDE_EDGE_SIZES: [usize; 8] = [
+    15,
+    16,
+    17,
+    16 * 1024 - 4,
+    16 * 1024,
+    16 * 1024 + 12,
+    3 * 16 * 1024 + 1,
+    5 * 16 * 1024 + 4 * 256 * 16 + 7,
+];
+
+/// The wide variants answer like the reference at their tile and vector edges, with
+/// the planned workgroup count and with 1, 3 and 7 workgroups (grid-stride over tiles,
+/// the ragged end shared among invocations).
+fn wide_variants_match_the_reference_at_their_edges(backend: &dyn Backend) {
+    for (name, variant) in WIDE_VARIANTS {
+        let workload = kernels::by_name(name).expect("built-in");
+        assert!(
+            workload.variants()[variant].name.ends_with("wide")
+                || workload.variants()[variant].name.ends_with("lane-columns"),
+            "{name} variant {variant} is {}",
+            workload.variants()[variant].name
+        );
+        for shape in workload.shapes() {
+            for (i, &len) in WIDE_EDGE_SIZES.iter().enumerate() {
+                let input = workload.generate(shape, len, 40 + i as u64);
+                let want = workload.reference(&input);
+                for cap in [None, Some(1), Some(3), Some(7)] {
+                    let got = run_variant(backend, workload.as_ref(), variant, &input, cap);
+                    assert_eq!(
+                        got.as_ref(),
+                        Ok(&want),
+                        "{name} variant {variant}, {shape:?}, {len} bytes, cap {cap:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The lane-columns histogram reads whole vec4s of the zero-padded buffer; the padding
+/// bytes past the input's length must not count in bin 0.
+fn lane_columns_histogram_counts_no_padding_zero(backend: &dyn Backend) {
+    let hist = kernels::by_name("histogram").expect("histogram");
+    for len in 1..=40usize {
+        let input = vec![0xab; len];
+        let got = run_variant(backend, hist.as_ref(), 2, &input, None).expect("runs");
+        assert_eq!(&got[0..4], &0u32.to_le_bytes(), "{len} bytes: bin 0");
+        assert_eq!(
+            &got[0xab * 4..0xab * 4 + 4],
+            &(len as u32).to_le_bytes(),
+            "{len} bytes: bin 0xab"
+        );
+    }
+}
+
+#[test]
+fn cpu_backend_wide_variants_match_the_reference_at_their_edges() {
+    let backend = CpuBackend::with_threads(2).expect("CPU backend");
+    wide_variants_match_the_reference_at_their_edges(&backend);
+    lane_columns_histogram_counts_no_padding_zero(&backend);
+}
+
+/// The wide variants ask for at most their cap of workgroups, whatever the input (the
+/// grid-stride loop covers the rest), one for a small input and none for an empty one.
+#[test]
+fn wide_variants_plan_at_most_their_cap_of_workgroups() {
+    let big = vec![0u8; 256 << 20];
+    for ((name, variant), cap) in WIDE_VARIANTS
+        .into_iter()
+        .zip([kernels::WIDE_WORKGROUPS, kernels::LANES_WORKGROUPS])
+    {
+        let workload = kernels::by_name(name).expect("built-in");
+        let plan = |input: &[u8]| workload.plan(variant, input).expect("plan").workgroups;
+        assert_eq!(plan(&big), [cap, 1, 1], "{name}");
+        assert_eq!(plan(&[1u8; 16]), [1, 1, 1], "{name}");
+        assert_eq!(plan(&[]), [0, 1, 1], "{name}");
+    }
+}
+
 #[cfg(feature = "vulkan")]
 mod vulkan {
     use std::sync::OnceLock;
@@ -165,6 +251,14 @@ mod vulkan {
     fn vulkan_kernels_are_correct_with_fewer_workgroups_than_planned() {
         if let Some(backend) = backend() {
             every_variant_matches_the_reference(backend, &SIZES[..SIZES.len() - 1], Some(2));
+        }
+    }
+
+    #[test]
+    fn vulkan_wide_variants_match_the_reference_at_their_edges() {
+        if let Some(backend) = backend() {
+            wide_variants_match_the_reference_at_their_edges(backend);
+            lane_columns_histogram_counts_no_padding_zero(backend);
         }
     }
 

@@ -4,6 +4,11 @@
 //! atomic; variant 1 (speculative) privatises: each workgroup (on the CPU: each rayon
 //! task) counts into its own bins and merges them once. Which wins depends on the
 //! distribution: skewed input makes the shared global bins a contention hot spot.
+//! Variant 2 (speculative, `lane-columns`) is built for the memory's bandwidth: 16
+//! sub-histograms per workgroup (16 KiB of shared counters), interleaved so that at most
+//! two invocations of a 32-wide subgroup collide on an address or a bank, vec4 loads, and at most [`LANES_WORKGROUPS`]
+//! workgroups in a grid-stride loop (issue #31); on the CPU, each rayon task counts into
+//! four interleaved sub-histograms.
 //!
 //! Answer: the 256 counts, `u32` little-endian each (1024 bytes).
 
@@ -25,6 +30,12 @@ const ANSWER_BYTES: usize = BINS * 4;
 /// Input words each invocation of the privatised shader handles (more work per
 /// workgroup amortises its merge).
 const PRIVATE_WORDS_PER_INVOCATION: u64 = 16;
+/// The most workgroups the lane-columns variant asks for: a few per multiprocessor of
+/// a large GPU (132 on an H100 or H200; 16 KiB of shared counters each), so each merges
+/// its counters once for a large share of the input. Any count is correct.
+pub const LANES_WORKGROUPS: u32 = 1056;
+/// How many variants `histogram` has.
+const VARIANTS: usize = 3;
 /// Bytes per rayon task in the CPU variants.
 const CPU_CHUNK: usize = 64 * 1024;
 
@@ -41,18 +52,25 @@ impl Histogram {
         input: &[u8],
         bind: impl FnOnce() -> BufferArg,
     ) -> Result<DispatchPlan, WorkloadError> {
-        check_variant(NAME, variant, 2)?;
+        check_variant(NAME, variant, VARIANTS)?;
         let len = input_len(NAME, input)?;
         let words = u64::from(len).div_ceil(4);
-        let per_invocation = if variant == 0 {
-            1
-        } else {
-            PRIVATE_WORDS_PER_INVOCATION
+        let workgroups = match variant {
+            0 => workgroups_for(words, u64::from(WORKGROUP_SIZE)),
+            1 => workgroups_for(
+                words,
+                u64::from(WORKGROUP_SIZE) * PRIVATE_WORDS_PER_INVOCATION,
+            ),
+            _ => {
+                // One vec4 per invocation and step.
+                let [x, y, z] = workgroups_for(words.div_ceil(4), u64::from(WORKGROUP_SIZE));
+                [x.min(LANES_WORKGROUPS), y, z]
+            }
         };
         Ok(DispatchPlan {
             buffers: vec![bind(), BufferArg::Zeroed(ANSWER_BYTES as u64)],
             push_constants: len.to_le_bytes().to_vec(),
-            workgroups: workgroups_for(words, u64::from(WORKGROUP_SIZE) * per_invocation),
+            workgroups,
         })
     }
 }
@@ -76,6 +94,12 @@ impl Workload for Histogram {
                 4,
                 Arc::new(privatised_cpu),
             ),
+            builtin_variant(
+                "histogram/lane-columns",
+                include_bytes!(concat!(env!("OUT_DIR"), "/histogram_lanes.spv")),
+                4,
+                Arc::new(lane_columns_cpu),
+            ),
         ]
     }
 
@@ -87,7 +111,7 @@ impl Workload for Histogram {
         _input: &[u8],
         outputs: &[Vec<u8>],
     ) -> Result<Vec<u8>, WorkloadError> {
-        check_variant(NAME, variant, 2)?;
+        check_variant(NAME, variant, VARIANTS)?;
         single_output(NAME, variant, outputs, ANSWER_BYTES).map(<[u8]>::to_vec)
     }
 
@@ -156,6 +180,40 @@ fn privatised_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<(
                 bins
             },
         )
+        .reduce(
+            || [0u32; BINS],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x = x.wrapping_add(y);
+                }
+                a
+            },
+        );
+    write_words(output, &counts)
+}
+
+/// CPU variant 2: each rayon task counts into four interleaved sub-histograms (bin `b`
+/// of column `c` at `b * 4 + c`, byte `i` of the task into column `i % 4`), merged per
+/// bin, then the tasks' bins are summed.
+fn lane_columns_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<(), String> {
+    const COLUMNS: usize = 4;
+    let len = push_word(push, 0)? as usize;
+    let (input, output) = input_output(buffers)?;
+    let data = input_prefix(input, len)?;
+    let counts = data
+        .par_chunks(CPU_CHUNK)
+        .map(|chunk| {
+            let mut cols = vec![0u32; BINS * COLUMNS];
+            for (i, &b) in chunk.iter().enumerate() {
+                let at = usize::from(b) * COLUMNS + i % COLUMNS;
+                cols[at] = cols[at].wrapping_add(1);
+            }
+            let mut bins = [0u32; BINS];
+            for (bin, col) in bins.iter_mut().zip(cols.chunks_exact(COLUMNS)) {
+                *bin = col.iter().fold(0u32, |a, &c| a.wrapping_add(c));
+            }
+            bins
+        })
         .reduce(
             || [0u32; BINS],
             |mut a, b| {

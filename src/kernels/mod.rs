@@ -27,8 +27,8 @@ mod reduce;
 mod scan;
 
 pub use fsum::FSum;
-pub use histogram::Histogram;
-pub use reduce::Reduce;
+pub use histogram::{Histogram, LANES_WORKGROUPS};
+pub use reduce::{Reduce, WIDE_WORKGROUPS};
 pub use scan::{Scan, DEFAULT_PATTERN, MAX_PATTERN_BYTES, SCAN_SLOT_CAPACITY, SCAN_TILE_BYTES};
 
 /// The largest input a built-in workload accepts (2 GiB): byte positions and counts stay
