@@ -76,11 +76,22 @@ struct Gain {
     offset: f32,
 }
 
+/// A variant's CPU code, as `KernelVariant::with_cpu` takes it.
+trait CpuCode:
+    Fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String> + Send + Sync + 'static
+{
+}
+
+impl<F> CpuCode for F where
+    F: Fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String> + Send + Sync + 'static
+{
+}
+
 fn floats(bytes: &[u8]) -> Vec<f32> {
     bytemuck::pod_collect_to_vec(bytes)
 }
 
-fn smooth_cpu(fused: bool) -> impl Fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String> {
+fn smooth_cpu(fused: bool) -> impl CpuCode {
     move |buffers, push, _| {
         let n = u32::from_le_bytes(push[..4].try_into().map_err(|_| "push")?) as usize;
         let x = floats(&buffers[0]);
@@ -99,7 +110,7 @@ fn smooth_cpu(fused: bool) -> impl Fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result
     }
 }
 
-fn gain_cpu(fused: bool) -> impl Fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String> {
+fn gain_cpu(fused: bool) -> impl CpuCode {
     move |buffers, push, _| {
         let p: Gain = bytemuck::pod_read_unaligned(push.get(..12).ok_or("push")?);
         let x = floats(&buffers[0]);
@@ -123,14 +134,8 @@ fn gain_cpu(fused: bool) -> impl Fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(
 fn register(
     engine: &Engine,
     name: &str,
-    (plain, plain_cpu): (
-        &str,
-        impl Fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String> + Send + Sync + 'static,
-    ),
-    (fused, fused_cpu): (
-        &str,
-        impl Fn(&mut [Vec<u8>], &[u8], [u32; 3]) -> Result<(), String> + Send + Sync + 'static,
-    ),
+    (plain, plain_cpu): (&str, impl CpuCode),
+    (fused, fused_cpu): (&str, impl CpuCode),
 ) -> Result<KernelId, Box<dyn std::error::Error>> {
     let plain = KernelVariant::wgsl(format!("{name}/plain"), plain, "main")?.with_cpu(plain_cpu);
     let fused = KernelVariant::wgsl(format!("{name}/fma"), fused, "main")?.with_cpu(fused_cpu);
