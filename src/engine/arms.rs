@@ -132,6 +132,10 @@ fn spawn(backend: Arc<dyn Backend>) -> Option<Helper> {
                     ),
                 }),
             };
+            // Let go of the job (the batch's input, which it may share with the
+            // caller) before the result is out: by the time the caller has its answer
+            // the engine holds no reference to the input.
+            drop(job);
             if result_tx.send(result).is_err() {
                 return;
             }

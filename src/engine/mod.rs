@@ -994,7 +994,9 @@ impl Engine {
     /// Submits a batch, blocking while the device's queue is full. The ticket gets
     /// exactly one answer; by the time it is in, the engine has dropped its reference
     /// to the batch's payload, so an input the caller still holds (an `Arc<[u8]>`) is
-    /// its alone again:
+    /// its alone again (one exception: a race whose speculative arm is still running
+    /// when the caller is answered, past the 100 ms grace, lets go of the input when
+    /// that arm ends):
     ///
     /// ```
     /// # use std::sync::Arc;
