@@ -2,7 +2,7 @@
 //! WGSL — a 3-tap smoothing filter, then a gain and offset — each with a speculative
 //! variant that fuses multiply-adds (`fma`), so its answers differ from the plain
 //! variant's in the last bits. Each kernel declares its output as `f32` within a few
-//! ulps, so the fused variants are judged on speed, not rejected as mismatches. Every
+//! ulps (or a tiny absolute difference near zero), so the fused variants are judged on speed, not rejected as mismatches. Every
 //! variant also carries CPU code, so the same registration runs on the CPU backend
 //! where there is no GPU. The batches are submitted and awaited from an async task.
 //!
@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use photofinish::{
-    bytemuck, Agreement, BackendChoice, Batch, BufferArg, DispatchPlan, Engine, Event, KernelId,
-    KernelVariant, Output, TrySubmitError,
+    bytemuck, Agreement, BackendChoice, Batch, BufferArg, DispatchPlan, Engine, Event, FloatElem,
+    KernelId, KernelVariant, Output, TrySubmitError,
 };
 
 const SMOOTH_PLAIN: &str = "
@@ -130,21 +130,24 @@ fn gain_cpu(fused: bool) -> impl CpuCode {
 }
 
 /// Registers a kernel from a plain and a fused WGSL variant, each with its CPU code,
-/// its output compared as f32 within 4 ulps.
+/// its output compared as f32 within 4 ulps or 1e-6.
 fn register(
     engine: &Engine,
     name: &str,
     (plain, plain_cpu): (&str, impl CpuCode),
     (fused, fused_cpu): (&str, impl CpuCode),
 ) -> Result<KernelId, Box<dyn std::error::Error>> {
+    // 4 ulps, or 1e-6 absolute near zero, where a fused multiply-add that cancels
+    // differs from the plain one by many ulps of a tiny result.
+    let within = Agreement::Float {
+        elem: FloatElem::F32,
+        max_ulps: 4,
+        rel: 0.0,
+        abs: 1e-6,
+    };
     let plain = KernelVariant::wgsl(format!("{name}/plain"), plain, "main")?.with_cpu(plain_cpu);
     let fused = KernelVariant::wgsl(format!("{name}/fma"), fused, "main")?.with_cpu(fused_cpu);
-    Ok(engine.register_variants_agreeing(
-        name,
-        plain,
-        vec![fused],
-        &[(1, Agreement::f32_ulps(4))],
-    )?)
+    Ok(engine.register_variants_agreeing(name, plain, vec![fused], &[(1, within)])?)
 }
 
 /// Submits without blocking the async task's thread: on `Full`, yields and retries.
