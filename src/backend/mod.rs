@@ -22,6 +22,7 @@ pub use wgsl::ShaderError;
 /// Which implementation a [`Backend`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum BackendKind {
     /// Real Vulkan compute through vulkano.
     Vulkan,

@@ -56,6 +56,7 @@ pub const DEFAULT_DISPATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which backend to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum BackendChoice {
     /// Vulkan when a loader and a device exist, otherwise the CPU backend.
     #[default]
