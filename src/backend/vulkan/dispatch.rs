@@ -218,8 +218,9 @@ pub(super) fn start<'a>(
 
 /// Waits for `fence`: polls it for up to [`fence_spin`], then blocks. The clock is read
 /// every eighth poll: read at every one, it took more of the loop's time than the
-/// fence's status did (profile of submit_overhead on an H200 host, BENCHMARKS.md tenth
-/// session), and a poll that comes later notices the fence later.
+/// fence's status did (profile of submit_overhead on an H200 host,
+/// docs/journal/2026-11-22-h200-10-busy-wait.md), and a poll that comes later notices
+/// the fence later.
 /// `timeout` (`None`: for ever) bounds the whole wait, spin included: past it the wait
 /// answers `VulkanError::Timeout`.
 fn wait_fence(fence: &Fence, timeout: Option<Duration>) -> Result<(), vulkano::VulkanError> {

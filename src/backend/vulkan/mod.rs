@@ -86,8 +86,9 @@ pub struct VulkanOptions {
 /// NVIDIA (two small kernels on two family-0 queues of an H200 ran one after the
 /// other), and every extra one cost: with 8 per family (16 workers) an H200 ran 20 000
 /// 64 KiB batches at 10 841 batches/s against 24 838/s with 1, and one producer with
-/// 32 batches in flight got 83.6 µs per batch against 24.1 µs (BENCHMARKS.md, third
-/// session). Raise it where a device's queues of one family do run side by side.
+/// 32 batches in flight got 83.6 µs per batch against 24.1 µs
+/// (docs/journal/2026-11-21-h200-03-one-queue-per-family.md). Raise it where a device's
+/// queues of one family do run side by side.
 pub const DEFAULT_MAX_QUEUES_PER_FAMILY: u32 = 1;
 
 /// Default of [`VulkanOptions::direct_max_bytes`]: 0, off. On an H200 in-place BAR
@@ -98,8 +99,9 @@ pub const DEFAULT_DIRECT_MAX_BYTES: u64 = 0;
 /// Default of [`VulkanOptions::host_max_bytes`]: 64 KiB. On an H200 a tiny kernel's
 /// batch (4 KiB) took 28.4 µs through the backend with its buffers in host memory
 /// against 36.6 µs staged, and 33.0 µs against 39.2 µs through the engine; 10 000
-/// 16 KiB batches of the regret trace took 305 ms against 353 ms (BENCHMARKS.md,
-/// fourth session). A kernel that hammers global atomics on such a buffer pays PCIe
+/// 16 KiB batches of the regret trace took 305 ms against 353 ms
+/// (docs/journal/2026-11-21-h200-04-host-memory.md). A kernel that hammers global
+/// atomics on such a buffer pays PCIe
 /// round trips for them: set 0 where that matters more than the copies.
 pub const DEFAULT_HOST_MAX_BYTES: u64 = 64 << 10;
 
