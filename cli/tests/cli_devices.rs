@@ -5,7 +5,7 @@
 //! unless `PHOTOFINISH_ALLOW_NO_VULKAN=1` is set.
 #![cfg(feature = "vulkan")]
 
-#[path = "support/vulkan.rs"]
+#[path = "../../tests/support/vulkan.rs"]
 mod no_vulkan;
 
 use std::process::{Command, Output};

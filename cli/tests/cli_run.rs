@@ -3,7 +3,7 @@
 //! the autotune file, and bad arguments. Small runs on the CPU backend, and one on
 //! Vulkan (lavapipe here).
 
-#[path = "support/vulkan.rs"]
+#[path = "../../tests/support/vulkan.rs"]
 mod no_vulkan;
 
 use std::path::Path;

@@ -84,11 +84,6 @@ pub(super) enum Started<'a> {
     Running(Box<InFlight<'a>>),
 }
 
-/// Bytes a binding occupies on the device: the job's length rounded up to a word.
-fn bound_len(len: u64) -> u64 {
-    padded_len(len)
-}
-
 /// Checks a job against its kernel and device. Returns the queue family's timestamp
 /// valid bits.
 pub(super) fn validate(
@@ -352,7 +347,7 @@ fn write_inputs(gpu: &Gpu, slot: &Slot, job: &DispatchJob) -> Result<(), Backend
     for (binding, arg) in slot.bindings.iter().zip(&job.buffers) {
         let BufferArg::Data(data) = arg else { continue };
         let target = binding.upload.as_ref().unwrap_or(&binding.device);
-        let bound = bound_len(binding.len) as usize;
+        let bound = padded_len(binding.len) as usize;
         let mut guard = target.buffer.write().map_err(|e| {
             BackendError::Vulkan(format!(
                 "writing an input on device {}: {e}",
@@ -450,7 +445,7 @@ fn slot_bindings(
 ) -> Result<Vec<SlotBinding>, BackendError> {
     let mut bindings = Vec::with_capacity(key.buffers.len());
     for (&(len, uploaded), desc) in key.buffers.iter().zip(&kernel.bindings) {
-        let bound = bound_len(len);
+        let bound = padded_len(len);
         let binding = if let Some(role) = in_place {
             SlotBinding {
                 len,
@@ -483,7 +478,7 @@ fn slot_bindings(
 /// the command buffer.
 fn record(gpu: &Gpu, kernel: &LoadedKernel, key: &SlotKey) -> Result<Slot, BackendError> {
     let device = gpu.info.index;
-    let total: u64 = key.buffers.iter().map(|&(len, _)| bound_len(len)).sum();
+    let total: u64 = key.buffers.iter().map(|&(len, _)| padded_len(len)).sum();
     let in_place = if gpu.unified_memory {
         Some(Role::Unified)
     } else if total <= gpu.host_max_bytes {
@@ -521,7 +516,7 @@ fn record(gpu: &Gpu, kernel: &LoadedKernel, key: &SlotKey) -> Result<Slot, Backe
         bindings.iter().zip(&kernel.bindings).map(|(b, desc)| {
             WriteDescriptorSet::buffer(
                 desc.slot,
-                b.device.buffer.clone().slice(0..bound_len(b.len)),
+                b.device.buffer.clone().slice(0..padded_len(b.len)),
             )
         }),
         [],
@@ -538,10 +533,10 @@ fn record(gpu: &Gpu, kernel: &LoadedKernel, key: &SlotKey) -> Result<Slot, Backe
     )
     .map_err(|e| gpu.note(vk_error(device, 0, e)))?;
     for (b, &(_, uploaded)) in bindings.iter().zip(&key.buffers) {
-        let target = b.device.buffer.clone().slice(0..bound_len(b.len));
+        let target = b.device.buffer.clone().slice(0..padded_len(b.len));
         match (&b.upload, uploaded) {
             (Some(upload), _) => {
-                let source = upload.buffer.clone().slice(0..bound_len(b.len));
+                let source = upload.buffer.clone().slice(0..padded_len(b.len));
                 builder
                     .copy_buffer(CopyBufferInfo::buffers(source, target))
                     .map_err(recording)?;
@@ -595,7 +590,7 @@ fn record(gpu: &Gpu, kernel: &LoadedKernel, key: &SlotKey) -> Result<Slot, Backe
     }
     for b in &bindings {
         if let Some(readback) = &b.readback {
-            let bound = bound_len(b.len);
+            let bound = padded_len(b.len);
             builder
                 .copy_buffer(CopyBufferInfo::buffers(
                     b.device.buffer.clone().slice(0..bound),
@@ -662,8 +657,8 @@ mod tests {
 
     #[test]
     fn bindings_are_bound_in_whole_words() {
-        assert_eq!(bound_len(1), 4);
-        assert_eq!(bound_len(4), 4);
-        assert_eq!(bound_len(10), 12);
+        assert_eq!(padded_len(1), 4);
+        assert_eq!(padded_len(4), 4);
+        assert_eq!(padded_len(10), 12);
     }
 }
