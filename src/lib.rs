@@ -90,6 +90,10 @@ pub use engine::{
     INLINE_OUTPUT_BUFFERS, INLINE_OUTPUT_BYTES, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
     TIMED_SINGLE_PERIOD,
 };
+pub use engine::{
+    KeyStats, PriorSource, TuningKey, CONFIRM_T, DEFAULT_MAX_KEYS_PER_KERNEL, MAX_TRANSFER_CLASSES,
+    MIN_SIZE_CLASS_BYTES, RERACE_FIRST_SKIPS, RERACE_MAX_SKIPS, RERACE_RACES,
+};
 pub use kernels::DispatchPlan;
 pub use policy::{Agreement, FloatElem};
 

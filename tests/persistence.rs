@@ -53,6 +53,29 @@ fn adopted() -> KernelVerdict {
     }
 }
 
+/// A version 1 file (verdicts per kernel, before tuning keys) is read as it is, says
+/// it was migrated, keeps its verdict, and is saved back as the current version.
+#[test]
+fn a_version_1_file_is_migrated_not_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("autotune.json");
+    saved_store(&path, "d1");
+    let current = format!("\"version\": {}", photofinish::autotune::SCHEMA_VERSION);
+    let old = fs::read_to_string(&path)
+        .expect("read")
+        .replacen(&current, "\"version\": 1", 1);
+    fs::write(&path, old).expect("write");
+    let (store, report) =
+        AutotuneStore::load(&path, &device("d1"), LoadMode::Strict).expect("version 1 is read");
+    assert_eq!(report.migrated_from, Some(1));
+    assert_eq!(report.verdicts, 1);
+    assert_eq!(verdict_of(&store, 1, 2), Some(adopted()));
+    store.save(&path).expect("save");
+    assert!(fs::read_to_string(&path).expect("read").contains(&current));
+    let (_, report) = AutotuneStore::load(&path, &device("d1"), LoadMode::Strict).expect("load");
+    assert_eq!(report.migrated_from, None);
+}
+
 /// A store of `driver` with two records and one verdict, saved at `path`.
 fn saved_store(path: &Path, driver: &str) -> AutotuneStore {
     let store = AutotuneStore::new(device(driver));
@@ -282,11 +305,11 @@ fn foreign_schema_or_version_is_a_foreign_schema_error() {
     let future =
         fs::read_to_string(&path)
             .expect("read")
-            .replacen("\"version\": 1", "\"version\": 2", 1);
+            .replacen("\"version\": 2", "\"version\": 3", 1);
     fs::write(&path, future).expect("write");
     let err = strict_error(&path);
     match &err {
-        AutotuneError::ForeignSchema { found_version, .. } => assert_eq!(found_version, "2"),
+        AutotuneError::ForeignSchema { found_version, .. } => assert_eq!(found_version, "3"),
         other => panic!("expected ForeignSchema, got {other}"),
     }
 }
@@ -507,7 +530,7 @@ fn a_file_of_a_newer_schema_version_is_never_overwritten() {
     let future =
         fs::read_to_string(&path)
             .expect("read")
-            .replacen("\"version\": 1", "\"version\": 7", 1);
+            .replacen("\"version\": 2", "\"version\": 7", 1);
     fs::write(&path, &future).expect("write");
 
     // As the engine opens it: a logged fresh start...

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use photofinish::autotune::{AutotuneStore, LoadMode, LoadOutcome, Trust};
 use photofinish::{
     Batch, ByteSumWorkload, CacheStatus, Engine, Event, InjectedFault, KernelId, KernelVerdict,
-    TestBackend, VerdictReason,
+    PriorSource, TestBackend, VerdictReason,
 };
 
 /// A test backend where the speculative variant is twice as fast.
@@ -64,21 +64,25 @@ fn a_second_engine_starts_from_the_stored_verdict_and_reverifies_it() {
     ));
     let events = engine.subscribe();
     let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    // The key's state, with its prior, is made by its first batch.
+    run_batches(&engine, k, 1);
     let stats = engine.kernel_stats(k).unwrap();
     assert_eq!(stats.cache, CacheStatus::Loaded);
+    assert_eq!(stats.keys.len(), 1);
+    assert_eq!(stats.keys[0].prior_source, Some(PriorSource::File));
     assert_eq!(
         stats.verdict,
         KernelVerdict::Undecided,
         "a loaded verdict is not trusted before its race"
     );
     assert_eq!(
-        stats.observation.baseline_dispatches, 0,
+        stats.observation.baseline_dispatches, 1,
         "the window holds only this engine's samples"
     );
 
     // MIN_DISPATCHES_FOR_VERDICT (8) agreeing races re-verify it, with conservative
     // answers meanwhile; from then on the speculative variant runs alone.
-    run_batches(&engine, k, 12);
+    run_batches(&engine, k, 11);
     let stats = engine.kernel_stats(k).unwrap();
     assert_eq!(stats.verdict, KernelVerdict::Adopted);
     assert_eq!(stats.cache, CacheStatus::Reverified);

@@ -58,7 +58,7 @@ pub use key::{
 };
 pub use persist::{
     AutotuneError, LoadMode, LoadOutcome, LoadReport, MAX_STALE_GROUPS, MAX_STORE_FILE_BYTES,
-    SAVE_LOCK_TIMEOUT, SCHEMA_NAME, SCHEMA_VERSION,
+    MIGRATED_VERSIONS, SAVE_LOCK_TIMEOUT, SCHEMA_NAME, SCHEMA_VERSION,
 };
 pub use race::{
     record_speculative_variant_race, PairedSpeculationSample, PairedSpeculationUpdate,

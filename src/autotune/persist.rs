@@ -53,8 +53,26 @@ use super::store::{AutotuneStore, KernelVerdict, StaleGroup, StaleReason, Trust,
 /// The `schema` field every autotune file carries.
 pub const SCHEMA_NAME: &str = "photofinish-autotune";
 
-/// The layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The layout version this build writes.
+///
+/// Version 2 (tuning keys, SPEC §8): a verdict belongs to (kernel, variant pair,
+/// tuning key), and the speculative key's `spec_hash` names the tuning key
+/// (`TuningKey::hash64`, never 0). Version 1 files, whose verdicts are per kernel
+/// (`spec_hash` 0), are read as they are — the layout is the same — and their
+/// verdicts kept as kernel-wide priors: a key with no entry of its own starts from
+/// its kernel's (see the engine's `priors.rs`). The next save writes version 2, the
+/// version 1 entries included. The load logs the migration and says so in
+/// [`LoadReport::migrated_from`].
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Older layout versions this build reads and migrates (see [`SCHEMA_VERSION`]).
+pub const MIGRATED_VERSIONS: &[u32] = &[1];
+
+/// True for a version this build reads.
+fn readable(version: u64) -> bool {
+    version == u64::from(SCHEMA_VERSION)
+        || MIGRATED_VERSIONS.iter().any(|&v| u64::from(v) == version)
+}
 
 /// The largest file [`AutotuneStore::load`] reads, and the largest
 /// [`AutotuneStore::save`] writes: 16 MiB.
@@ -200,6 +218,9 @@ pub struct LoadReport {
     pub verdicts: usize,
     /// Records and verdicts in stale groups (kept, not used).
     pub stale: usize,
+    /// The older layout version the file was migrated from (read as it is, saved as
+    /// [`SCHEMA_VERSION`]), if it was.
+    pub migrated_from: Option<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -439,12 +460,22 @@ impl AutotuneStore {
                 report(LoadOutcome::Missing, 0, 0, &[]),
             )),
             Ok(Some(parsed)) => {
-                let report = report(
+                let mut report = report(
                     LoadOutcome::Loaded,
                     parsed.entries.len(),
                     parsed.verdicts.len(),
                     &parsed.stale,
                 );
+                if parsed.version != SCHEMA_VERSION {
+                    tracing::info!(
+                        path = %path.display(),
+                        from = parsed.version,
+                        to = SCHEMA_VERSION,
+                        verdicts = parsed.verdicts.len(),
+                        "autotune file of an older layout migrated: its per-kernel verdicts are kept as priors for every tuning key, and the next save writes the new layout"
+                    );
+                    report.migrated_from = Some(parsed.version);
+                }
                 for group in &parsed.stale {
                     tracing::info!(
                         path = %path.display(),
@@ -490,6 +521,7 @@ fn report(
             .iter()
             .map(|g| g.entries.len() + g.verdicts.len())
             .sum(),
+        migrated_from: None,
     }
 }
 
@@ -536,6 +568,8 @@ fn read_capped(path: &Path) -> Result<Option<Vec<u8>>, AutotuneError> {
 
 #[derive(Default)]
 struct Parsed {
+    /// The layout version the file had.
+    version: u32,
     entries: Vec<(AutotuneKey, AutotuneRecord)>,
     verdicts: Vec<(VariantPairKey, KernelVerdict)>,
     stale: Vec<StaleGroup>,
@@ -595,7 +629,7 @@ fn classify(path: &Path, bytes: &[u8]) -> Result<WireFile, AutotuneError> {
     let schema = object.get("schema");
     let version = object.get("version");
     if schema.and_then(|s| s.as_str()) != Some(SCHEMA_NAME)
-        || version.and_then(|v| v.as_u64()) != Some(u64::from(SCHEMA_VERSION))
+        || !version.and_then(|v| v.as_u64()).is_some_and(readable)
     {
         let shown = |v: Option<&serde_json::Value>| v.map_or("none".into(), |v| v.to_string());
         return Err(AutotuneError::ForeignSchema {
@@ -611,7 +645,7 @@ fn parse(path: &Path, bytes: &[u8], current: &DeviceIdentity) -> Result<Parsed, 
     // A well-formed file of this schema and version is read in one pass; anything else
     // goes through `classify` for the precise error.
     let file = match serde_json::from_slice::<WireFile>(bytes) {
-        Ok(file) if file.schema == SCHEMA_NAME && file.version == SCHEMA_VERSION => file,
+        Ok(file) if file.schema == SCHEMA_NAME && readable(u64::from(file.version)) => file,
         _ => classify(path, bytes)?,
     };
     let corrupt = |detail: String| AutotuneError::Corrupt {
@@ -658,6 +692,7 @@ fn parse(path: &Path, bytes: &[u8], current: &DeviceIdentity) -> Result<Parsed, 
     }
     let (entries, verdicts) = live.unwrap_or_default();
     Ok(Parsed {
+        version: file.version,
         entries,
         verdicts,
         stale,

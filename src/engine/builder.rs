@@ -104,6 +104,7 @@ pub struct EngineBuilder {
     mode: SpeculationMode,
     threshold_pct: u32,
     persistence: Persistence,
+    max_keys_per_kernel: usize,
 }
 
 impl Default for EngineBuilder {
@@ -121,6 +122,7 @@ impl Default for EngineBuilder {
             mode: SpeculationMode::Auto,
             threshold_pct: DEFAULT_THRESHOLD_PCT,
             persistence: Persistence::Default,
+            max_keys_per_kernel: super::DEFAULT_MAX_KEYS_PER_KERNEL,
         }
     }
 }
@@ -223,9 +225,22 @@ impl EngineBuilder {
     }
 
     /// One audit race in `period` batches of an adopted kernel on each queue (0: no
-    /// audits).
+    /// audits). The same ticks pace the re-races of rejected keys (SPEC §8): a key
+    /// rejected for its timings is raced again after [`RERACE_FIRST_SKIPS`](crate::RERACE_FIRST_SKIPS)
+    /// ticks, then after twice as many each time it stays rejected, up to
+    /// [`RERACE_MAX_SKIPS`](crate::RERACE_MAX_SKIPS); with 0, never.
     pub fn audit_period(mut self, period: u64) -> Self {
         self.audit_period = period;
+        self
+    }
+
+    /// The most tuning keys (SPEC §8) a kernel keeps in memory (default
+    /// [`DEFAULT_MAX_KEYS_PER_KERNEL`](crate::DEFAULT_MAX_KEYS_PER_KERNEL) = 64; at
+    /// least 1). A batch of a new key past the bound makes the kernel forget its least
+    /// recently used key (`Event::KeyEvicted`); that key's verdicts stay in the
+    /// autotune store, and a later batch of it starts from them as priors.
+    pub fn max_keys_per_kernel(mut self, keys: usize) -> Self {
+        self.max_keys_per_kernel = keys.max(1);
         self
     }
 
@@ -324,6 +339,7 @@ impl EngineBuilder {
                 load: super::contention::DeviceLoad::new(queues.len()),
                 queues,
                 lost: Default::default(),
+                shares_cores: info.device_type == "cpu",
             });
         }
         if devices.iter().all(|d| d.queues.is_empty()) {
@@ -344,6 +360,7 @@ impl EngineBuilder {
                 mode: self.mode,
                 busy_wait,
                 dispatch_timeout: self.dispatch_timeout,
+                max_keys_per_kernel: self.max_keys_per_kernel,
             },
             speculator: AdaptiveSpeculator::new(self.threshold_pct),
             tunes,

@@ -23,6 +23,7 @@ use crate::backend::{BackendKind, QueueId};
 use crate::policy::SpeculationVerdict;
 
 use super::registry::RaceSample;
+use super::tuning::TuningKey;
 use super::KernelId;
 
 /// The state of a kernel as the engine runs it.
@@ -50,7 +51,10 @@ impl fmt::Display for KernelVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum VerdictReason {
-    /// The paired race window reached a verdict (`decide_speculation`).
+    /// The paired race window reached a verdict (`decide_speculation`), confirmed by
+    /// the engine's paired test on the races' time ratios (an adoption needs the
+    /// speculative variant faster race by race beyond their noise, a rejection must
+    /// not contradict that; `CONFIRM_T`).
     Measured(SpeculationVerdict),
     /// The speculative variant's answer differed from the conservative one.
     Mismatch,
@@ -70,6 +74,11 @@ pub enum VerdictReason {
         /// Paired samples in the window when it was decided.
         samples: u32,
     },
+    /// A variant rejected for its timings on this key is raced again (its re-race
+    /// schedule, SPEC §8): undecided until it wins clearly within
+    /// [`RERACE_RACES`](crate::RERACE_RACES) races (adopted) or does not (rejected
+    /// again, with twice the wait before the next re-race).
+    Rerace,
 }
 
 /// Where two answers of a race disagreed (SPEC §9): the output binding (`None` for a
@@ -124,7 +133,7 @@ pub enum Event {
         /// Why this one (e.g. "auto: no Vulkan device, using the CPU backend").
         reason: String,
     },
-    /// A kernel's verdict changed.
+    /// A kernel's verdict on one tuning key changed.
     VerdictChanged {
         /// The kernel.
         kernel: KernelId,
@@ -133,6 +142,8 @@ pub enum Event {
         /// The speculative variant the verdict is on (its index among the kernel's
         /// variants: 1 for the first speculative one).
         variant: usize,
+        /// The tuning key the verdict belongs to.
+        key: TuningKey,
         /// The verdict before.
         from: KernelVerdict,
         /// The verdict now.
@@ -150,10 +161,14 @@ pub enum Event {
         name: String,
         /// The speculative variant that raced.
         variant: usize,
-        /// The sample: its index and both arms' `kernel_ns`.
+        /// The batch's tuning key.
+        key: TuningKey,
+        /// The sample: its index (among the key's samples) and both arms' `kernel_ns`.
         sample: RaceSample,
-        /// What the paired window says after this sample (`KeepRacing` while it
-        /// needs more samples). The `VerdictChanged` it causes, if any, follows.
+        /// What the paired window says after this sample (N2, `KeepRacing` while it
+        /// needs more samples; the engine's paired test on top may still keep racing,
+        /// see `VerdictReason::Measured`). The `VerdictChanged` it causes, if any,
+        /// follows.
         window_verdict: SpeculationVerdict,
     },
     /// A kernel with several speculative variants moved play to another one: the
@@ -166,6 +181,8 @@ pub enum Event {
         name: String,
         /// The variant now in play (its index among the kernel's variants).
         variant: usize,
+        /// The tuning key whose play moved.
+        key: TuningKey,
         /// That variant's name.
         variant_name: String,
         /// The verdict on it (`Engine::verdict` reports this from now on).
@@ -177,14 +194,27 @@ pub enum Event {
         kernel: KernelId,
         /// Its name.
         name: String,
-        /// The speculative variant that disagreed.
+        /// The speculative variant that disagreed (rejected on every key from now on).
         variant: usize,
+        /// The batch's tuning key.
+        key: TuningKey,
         /// The queue the speculative arm ran on.
         queue: QueueId,
         /// True when it happened in an audit race of an adopted kernel.
         audit: bool,
         /// Where and by how much the answers differ.
         detail: MismatchDetail,
+    },
+    /// A kernel held more tuning keys than `EngineBuilder::max_keys_per_kernel`: the
+    /// least recently used one was forgotten in memory. Its verdicts stay in the
+    /// autotune store; a later batch of that key starts from them as priors.
+    KeyEvicted {
+        /// The kernel.
+        kernel: KernelId,
+        /// Its name.
+        name: String,
+        /// The key forgotten.
+        key: TuningKey,
     },
     /// The shared adaptive speculator switched the fused path on or off.
     SpeculatorToggled {

@@ -16,9 +16,12 @@ mod dispatch_policy;
 mod doorbell;
 mod error;
 mod events;
+mod keys;
 mod ladder;
 mod mailbox;
+mod priors;
 mod race;
+mod record;
 mod registry;
 mod saver;
 #[cfg(not(photofinish_loom))]
@@ -27,6 +30,7 @@ mod supervisor;
 mod test_backend;
 mod ticket;
 mod trace;
+mod tuning;
 mod verdict;
 mod window;
 
@@ -37,10 +41,9 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::TrySendError;
 
-use crate::autotune::{AutotuneStore, LoadReport, PairedSpeculationWindow, Trust};
+use crate::autotune::{AutotuneStore, LoadReport, PairedSpeculationWindow};
 use crate::backend::{Backend, BackendKind, DeviceInfo, KernelVariant, QueueId};
 use crate::kernels::{DispatchPlan, InputShape, Workload};
-use crate::policy::SpeculationVerdict;
 use crate::speculator::{AdaptiveSpeculator, SpeculationMode};
 
 pub use buffers::{Buffers, Iter as BufferIter, INLINE_OUTPUT_BUFFERS, INLINE_OUTPUT_BYTES};
@@ -53,6 +56,10 @@ pub use error::{EngineError, TrySubmitError};
 pub use events::{Event, KernelVerdict, MismatchDetail, Subscription, VerdictReason};
 #[cfg(not(photofinish_loom))]
 pub use events::{RecvError, RecvTimeoutError, SubscriptionIntoIter, TryRecvError};
+pub use keys::{
+    KeyStats, PriorSource, CONFIRM_T, RERACE_FIRST_SKIPS, RERACE_MAX_SKIPS, RERACE_RACES,
+};
+pub use priors::MAX_TRANSFER_CLASSES;
 pub use race::TIMED_SINGLE_PERIOD;
 pub use registry::{
     Arm, CacheStatus, KernelId, KernelStats, RaceSample, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
@@ -63,6 +70,7 @@ pub use test_backend::{
 };
 pub use ticket::Ticket;
 pub use trace::TraceStats;
+pub use tuning::{TuningKey, DEFAULT_MAX_KEYS_PER_KERNEL, MIN_SIZE_CLASS_BYTES};
 
 /// Internals the loom models in `loom-tests/` drive directly. Not part of the API.
 #[doc(hidden)]
@@ -76,6 +84,7 @@ pub mod protocol {
     #[cfg(photofinish_loom)]
     pub use super::ticket::SlotProbe;
     pub use super::ticket::{one_shot_for_models as one_shot, Responder};
+    pub use super::tuning::KeyTable;
     pub use super::verdict::VerdictCell;
     pub use super::window::{Share, Window};
     #[cfg(photofinish_loom)]
@@ -84,7 +93,7 @@ pub mod protocol {
 
 use events::EventBus;
 use mailbox::{Gate, Mailbox};
-use registry::{Hint, Kernel, KernelSource, Registry};
+use registry::{Kernel, KernelSource, Registry};
 use ticket::Responder;
 
 /// What a batch carries.
@@ -102,6 +111,7 @@ pub(crate) enum Payload {
 pub struct Batch {
     kernel: KernelId,
     payload: Payload,
+    app: Option<u64>,
 }
 
 impl Batch {
@@ -110,6 +120,7 @@ impl Batch {
         Batch {
             kernel,
             payload: Payload::Input(input.into()),
+            app: None,
         }
     }
 
@@ -120,12 +131,30 @@ impl Batch {
         Batch {
             kernel,
             payload: Payload::Plan(Box::new(plan)),
+            app: None,
         }
     }
 
     /// The kernel this batch is for.
     pub fn kernel(&self) -> KernelId {
         self.kernel
+    }
+
+    /// This batch with application key `app` in its tuning key (SPEC §8): whatever
+    /// the application knows makes the winner differ besides the batch's size — a data
+    /// distribution tag, a hash of a shape tuple. Batches with different application
+    /// keys get verdicts of their own and never share one.
+    #[must_use]
+    pub fn with_tuning_key(mut self, app: u64) -> Self {
+        self.app = Some(app);
+        self
+    }
+
+    /// The tuning key this batch's verdict belongs to: its size class (the bytes of
+    /// its input, or of its plan's buffers, rounded up to a power of two, at least
+    /// [`MIN_SIZE_CLASS_BYTES`]) and its application key.
+    pub fn tuning_key(&self) -> TuningKey {
+        TuningKey::for_bytes(race::payload_len(&self.payload) as u64, self.app)
     }
 }
 
@@ -183,6 +212,8 @@ pub(crate) enum Msg {
 pub(crate) struct Job {
     pub(crate) kernel: Arc<Kernel>,
     payload: Payload,
+    /// The batch's application key (`Batch::with_tuning_key`).
+    pub(crate) app: Option<u64>,
     pub(crate) responder: Responder<Answer>,
 }
 
@@ -273,6 +304,11 @@ mod retired_plans {
 }
 
 impl Job {
+    /// The tuning key of the batch (see `Batch::tuning_key`).
+    pub(crate) fn tuning_key(&self) -> TuningKey {
+        TuningKey::for_bytes(race::payload_len(&self.payload) as u64, self.app)
+    }
+
     /// Answers the batch. Its payload and kernel reference go back with the answer and
     /// are dropped by the caller's thread, which allocated the one and counted the
     /// other, before it gets the answer: a caller that takes the answer finds the
@@ -284,6 +320,7 @@ impl Job {
             kernel,
             payload,
             responder,
+            ..
         } = self;
         let home = Home {
             payload,
@@ -298,12 +335,14 @@ impl Job {
         let Job {
             kernel,
             payload,
+            app,
             responder,
         } = self;
         responder.disarm();
         Batch {
             kernel: kernel.id,
             payload,
+            app,
         }
     }
 
@@ -338,6 +377,8 @@ pub(crate) struct Config {
     /// How long one backend call may run before its batch is answered
     /// `DispatchTimedOut` (`EngineBuilder::dispatch_timeout`; `None`: for ever).
     pub(crate) dispatch_timeout: Option<std::time::Duration>,
+    /// Tuning keys a kernel keeps in memory (`EngineBuilder::max_keys_per_kernel`).
+    pub(crate) max_keys_per_kernel: usize,
 }
 
 /// One queue a worker owns, with a count of who is using it. Each on cache lines of
@@ -358,6 +399,11 @@ pub(crate) struct DeviceSlot {
     lost: AtomicBool,
     /// The backend calls running on the device (a race's samples read it).
     pub(crate) load: contention::DeviceLoad,
+    /// The device's queues run on the host's cores (the CPU backend, a software
+    /// Vulkan driver): a race's two arms run back to back, each with every core, as
+    /// two arms at once would each be timed on half the cores and the other's memory
+    /// traffic (see `race::race`).
+    pub(crate) shares_cores: bool,
 }
 
 /// One device's autotune store and the file it is saved to.
@@ -645,6 +691,7 @@ impl Engine {
             KernelSource::Workload(Arc::clone(&workload)),
             variants,
             agree::KernelAgreement::Answer(workload.agreement()),
+            self.core.config.max_keys_per_kernel,
         )?;
         for spec in 1..=kernel.speculative_count() {
             let declared = declares_counter_tail(&kernel, workload.as_ref(), spec);
@@ -656,7 +703,7 @@ impl Engine {
                 self.probe_fused(&kernel, workload.as_ref(), spec)?;
             }
         }
-        self.resume_from_cache(&kernel);
+        priors::resume_keys(&self.core, &kernel);
         Ok(kernel.id)
     }
 
@@ -836,58 +883,10 @@ impl Engine {
             KernelSource::Pair,
             variants,
             agreement,
+            self.core.config.max_keys_per_kernel,
         )?;
-        self.resume_from_cache(&kernel);
+        priors::resume_keys(&self.core, &kernel);
         Ok(kernel.id)
-    }
-
-    /// Looks for a verdict on each of this kernel's pairs (conservative, speculative
-    /// variant) loaded from an autotune file. A loaded verdict is a prior, never a fact
-    /// (SPEC §11): a rejected one is taken as it is (the variant runs no race); an
-    /// adopted one leaves the variant undecided — callers get conservative answers —
-    /// until it agreed with the conservative variant on as many raced batches of this
-    /// engine as a fresh engine needs before it adopts (`MIN_DISPATCHES_FOR_VERDICT`),
-    /// and its window holds only this engine's samples, so a forged or saturated one
-    /// weighs nothing (see `race::confirm_prior`).
-    fn resume_from_cache(&self, kernel: &Kernel) {
-        for spec in 1..=kernel.speculative_count() {
-            self.resume_variant(kernel, spec);
-        }
-    }
-
-    fn resume_variant(&self, kernel: &Kernel, spec: usize) {
-        for (device, tune) in self.core.tunes.iter().enumerate() {
-            let Some(stored) = tune.store.verdict(kernel.pair_keys(&tune.adapter_id, spec)) else {
-                continue;
-            };
-            if stored.trust != Trust::Loaded
-                || stored.verdict.verdict == SpeculationVerdict::KeepRacing
-            {
-                continue;
-            }
-            tracing::info!(
-                kernel = %kernel.name,
-                variant = %kernel.variants[spec].name,
-                device,
-                verdict = ?stored.verdict.verdict,
-                "verdict loaded from the autotune file, taken as a prior"
-            );
-            {
-                let mut log = kernel.log(spec);
-                log.window = PairedSpeculationWindow::new();
-                log.cache = CacheStatus::Loaded;
-                if stored.verdict.verdict == SpeculationVerdict::Adopt {
-                    log.hint = Some(Hint {
-                        device,
-                        verdict: stored.verdict,
-                    });
-                }
-            }
-            if stored.verdict.verdict == SpeculationVerdict::Reject {
-                race::take_rejected_prior(&self.core, kernel, spec, device);
-            }
-            return;
-        }
     }
 
     /// What the engine knows about a kernel's races: verdict, whether it came from the
@@ -896,23 +895,55 @@ impl Engine {
     pub fn kernel_stats(&self, kernel: KernelId) -> Option<KernelStats> {
         let k = self.core.registry.get(kernel)?;
         let trace = k.trace_stats();
-        let variant = k.in_play();
-        let variant_verdicts = (1..=k.speculative_count())
-            .map(|v| k.verdict_of(v))
+        let mut keys: Vec<KeyStats> = k
+            .tuning
+            .entries()
+            .iter()
+            .map(|e| e.value().stats())
             .collect();
-        let log = k.log(variant);
+        keys.sort_by_key(|stats| stats.key);
+        // The summary's races are the busiest key's (the first of equals).
+        let busiest = keys
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, stats)| (stats.races, std::cmp::Reverse(*i)))
+            .map(|(_, stats)| stats.clone());
+        let summary = busiest.unwrap_or_else(|| KeyStats {
+            key: TuningKey::for_bytes(0, None),
+            verdict: KernelVerdict::Undecided,
+            variant: 1,
+            variant_verdicts: vec![KernelVerdict::Undecided; k.speculative_count()],
+            races: 0,
+            from_prior: false,
+            prior_source: None,
+            prior_key: None,
+            cache: CacheStatus::NotCached,
+            reraces: 0,
+            samples: Vec::new(),
+            verdict_at_sample: None,
+            observation: PairedSpeculationWindow::new().observation(),
+        });
         Some(KernelStats {
             kernel: k.id,
             name: k.name.clone(),
-            verdict: k.verdict_of(variant),
-            variant,
-            variant_verdicts,
-            cache: log.cache,
-            samples: log.samples.clone(),
-            verdict_at_sample: log.verdict_at_sample,
-            observation: log.window.observation(),
+            verdict: k.verdict(),
+            variant: summary.variant,
+            variant_verdicts: summary.variant_verdicts,
+            cache: summary.cache,
+            samples: summary.samples,
+            verdict_at_sample: summary.verdict_at_sample,
+            observation: summary.observation,
             trace,
+            keys,
         })
+    }
+
+    /// The verdict of `kernel` on tuning key `key` (see [`Batch::tuning_key`]); `None`
+    /// for an unknown id or a key the kernel does not hold in memory (not met yet, or
+    /// forgotten: see [`EngineBuilder::max_keys_per_kernel`]).
+    pub fn verdict_for(&self, kernel: KernelId, key: TuningKey) -> Option<KernelVerdict> {
+        let k = self.core.registry.get(kernel)?;
+        k.key_state(&key).map(|state| state.verdict())
     }
 
     /// The autotune store of `device` (verdicts and race winners measured on it, and
@@ -966,7 +997,9 @@ impl Engine {
         &self.core.speculator
     }
 
-    /// The kernel's current verdict; `None` for an unknown id.
+    /// The kernel's current verdict over its tuning keys (see
+    /// [`KernelStats::verdict`]; [`Engine::verdict_for`] gives one key's); `None` for
+    /// an unknown id.
     pub fn verdict(&self, kernel: KernelId) -> Option<KernelVerdict> {
         self.core.registry.get(kernel).map(|k| k.verdict())
     }
@@ -1027,6 +1060,11 @@ impl Engine {
 
     /// Submits a batch without blocking: `Full` (with the batch back) when the
     /// device's queue has no room.
+    #[allow(
+        clippy::result_large_err,
+        reason = "a refused batch goes back by value, as crossbeam's `TrySendError` gives \
+                  back its message; boxing it would allocate for every refusal of a full queue"
+    )]
     pub fn try_submit(&self, batch: Batch) -> Result<Ticket, TrySubmitError> {
         // Checked before the batch is taken apart, so that a refusal hands it back
         // whole (a batch is not cloned for that: a plan's clone is a copy).
@@ -1041,7 +1079,7 @@ impl Engine {
             Err(EngineError::ShutDown) => return Err(TrySubmitError::ShutDown(batch)),
             Err(e) => return Err(TrySubmitError::Rejected(batch, e)),
         };
-        let (job, ticket) = self.job(kernel, batch.payload);
+        let (job, ticket) = self.job(kernel, batch.payload, batch.app);
         let Some(_pass) = self.core.gate.enter() else {
             return Err(TrySubmitError::ShutDown(job.into_batch()));
         };
@@ -1112,7 +1150,7 @@ impl Engine {
             match kernel.and_then(|kernel| fits(kernel, &batch.payload)) {
                 Ok(kernel) => {
                     last = Some(Arc::clone(&kernel));
-                    let (job, ticket) = self.job(kernel, batch.payload);
+                    let (job, ticket) = self.job(kernel, batch.payload, batch.app);
                     // The ticket `PREFETCH_AHEAD` earlier prefetches this one's slot
                     // when it is waited for.
                     let earlier = tickets.len().checked_sub(PREFETCH_AHEAD);
@@ -1173,7 +1211,7 @@ impl Engine {
         }
         let kernel = self.check(&batch)?;
         let device = self.pick_device()?;
-        let (job, ticket) = self.job(kernel, batch.payload);
+        let (job, ticket) = self.job(kernel, batch.payload, batch.app);
         Ok((job, ticket, device))
     }
 
@@ -1193,12 +1231,13 @@ impl Engine {
     /// An accepted batch's job and the caller's ticket for its answer. Every
     /// submission path makes its jobs here, so this is where the thread frees one plan
     /// it retired (`retired_plans`), just after the caller allocated this batch.
-    fn job(&self, kernel: Arc<Kernel>, payload: Payload) -> (Job, Ticket) {
+    fn job(&self, kernel: Arc<Kernel>, payload: Payload, app: Option<u64>) -> (Job, Ticket) {
         retired_plans::free_one();
         let (responder, ticket) = ticket::one_shot(self.core.config.busy_wait);
         let job = Job {
             kernel,
             payload,
+            app,
             responder,
         };
         (job, ticket)

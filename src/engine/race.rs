@@ -16,16 +16,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::autotune::{
-    AutotuneRecord, KernelVerdict as StoredKernelVerdict, PairedSpeculationSample,
-    SpeculativeVariantRace, VerdictReason as StoredReason,
-};
-use crate::backend::{BackendError, DispatchJob, DispatchOutput, KernelVariant, QueueId};
+use crate::backend::{BackendError, DispatchJob, DispatchOutput, QueueId};
 use crate::kernels::WorkloadError;
-use crate::policy::{
-    decide_persistent_kernel, ArmIndependenceVerdict, PersistentKernelDecision, SpeculationVerdict,
-    MIN_DISPATCHES_FOR_VERDICT,
-};
+use crate::policy::{decide_persistent_kernel, ArmIndependenceVerdict, PersistentKernelDecision};
 use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
 
 use super::arms;
@@ -33,9 +26,10 @@ use super::contention::{Call, Watch};
 use super::dispatch_policy;
 use super::error::EngineError;
 use super::events::{Event, KernelVerdict, VerdictReason};
-use super::registry::{
-    Arm, CacheStatus, Hint, Kernel, Lane, RaceSample, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
-};
+use super::keys::KeyState;
+use super::priors;
+use super::record::{self, reject_everywhere, reject_on, rerace_due, ArmTimes};
+use super::registry::{Arm, Kernel, Lane};
 use super::supervisor::{self, panic_message};
 use super::trace;
 use super::{Answer, Core, Job, Output, Payload};
@@ -78,16 +72,18 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
     if let Some(hung) = job.kernel.disabled.get() {
         return Err(Fault::Input(hung.clone()));
     }
-    let (choice, policy_due, lane) = begin(core, queue, job);
+    let state = priors::state_for(core, &job.kernel, job.tuning_key());
+    let (choice, policy_due, lane) = begin(core, queue, job, &state);
     match choice {
         // An adopted variant that refuses a batch the conservative one may take is no
         // longer trusted, and the batch runs conservatively.
-        Choice::Single { arm, spec } => match single(core, queue, job, lane, arm, spec, policy_due)
-        {
-            Err(fault) => after_single_fault(core, queue, job, arm, spec, fault),
-            ok => ok,
-        },
-        Choice::Race { audit, spec } => race(core, queue, job, lane, audit, spec),
+        Choice::Single { arm, spec } => {
+            match single(core, queue, (job, &state), lane, arm, spec, policy_due) {
+                Err(fault) => after_single_fault(core, queue, (job, &state), arm, spec, fault),
+                ok => ok,
+            }
+        }
+        Choice::Race { audit, spec } => race(core, queue, (job, &state), lane, audit, spec),
     }
 }
 
@@ -95,19 +91,33 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
 /// The flag: a single-arm run of it should evaluate the policy bundle (a new shape, or
 /// a periodic refresh; see `due_for_single_arm`), counted on `queue`'s lane, which is
 /// returned for the rest of the batch's counts.
-fn begin<'j>(core: &Core, queue: QueueId, job: &'j Job) -> (Choice, bool, &'j Lane) {
+fn begin<'j>(
+    core: &Core,
+    queue: QueueId,
+    job: &'j Job,
+    state: &KeyState,
+) -> (Choice, bool, &'j Lane) {
     let lane = job.kernel.lane(queue);
     let policy_due = {
         let mut history = lane.history();
         history.shapes.note(payload_len(&job.payload));
         history.shapes.due_for_single_arm()
     };
-    (choose(core, lane, &job.kernel), policy_due, lane)
+    (
+        choose(core, lane, &job.kernel, state, queue.device),
+        policy_due,
+        lane,
+    )
 }
 
-fn choose(core: &Core, lane: &Lane, kernel: &Kernel) -> Choice {
-    let spec = kernel.in_play();
-    let verdict = kernel.verdict_of(spec);
+fn choose(core: &Core, lane: &Lane, kernel: &Kernel, state: &KeyState, device: usize) -> Choice {
+    let spec = state.in_play();
+    let mut verdict = state.verdict_of(spec);
+    if verdict != KernelVerdict::Rejected && kernel.is_broken(spec) {
+        // Broken on another key while this one was being made: rejected here too.
+        reject_on(core, kernel, state, spec, device, VerdictReason::Mismatch);
+        verdict = KernelVerdict::Rejected;
+    }
     if verdict != KernelVerdict::Rejected && kernel.fused(spec) == Some(true) {
         let fused =
             resolve_fused_path(core.config.mode, &core.speculator, &FusedSupport::Supported)
@@ -133,6 +143,12 @@ fn choose(core: &Core, lane: &Lane, kernel: &Kernel) -> Choice {
     }
     let arm = match verdict {
         KernelVerdict::Undecided => return Choice::Race { audit: false, spec },
+        KernelVerdict::Rejected
+            if lane.audit_due(core.config.audit_period)
+                && rerace_due(core, kernel, state, spec, device) =>
+        {
+            return Choice::Race { audit: false, spec }
+        }
         KernelVerdict::Rejected => Arm::Conservative,
         KernelVerdict::Adopted if lane.audit_due(core.config.audit_period) => {
             return Choice::Race { audit: true, spec }
@@ -308,7 +324,7 @@ pub(crate) fn retire_hung(
     if variant == 0 {
         let _ = kernel.disabled.set(error.clone());
     } else {
-        reject(
+        reject_everywhere(
             core,
             kernel,
             variant,
@@ -510,14 +526,14 @@ fn consult_policy(
 fn single(
     core: &Core,
     queue: QueueId,
-    job: &Job,
+    (job, state): (&Job, &KeyState),
     lane: &Lane,
     arm: Arm,
     spec: usize,
     policy_due: bool,
 ) -> Result<Answer, Fault> {
     let variant = arm.variant(spec);
-    let dj = prepare_single(core, queue, job, lane, variant)?;
+    let dj = prepare_single(core, queue, (job, state), lane, variant)?;
     if policy_due {
         consult_policy(core, &job.kernel, queue, lane, [&dj, &dj], None);
     }
@@ -542,7 +558,7 @@ fn single_timed(lane: &Lane) -> bool {
 fn prepare_single(
     core: &Core,
     queue: QueueId,
-    job: &Job,
+    (job, state): (&Job, &KeyState),
     lane: &Lane,
     variant: usize,
 ) -> Result<DispatchJob, Fault> {
@@ -551,7 +567,7 @@ fn prepare_single(
         make_job(core, kernel, variant, queue, &job.payload).map_err(Fault::Input)?;
     trace::note(
         core,
-        kernel,
+        (kernel, state),
         lane,
         queue.device,
         trace::shape_of(&dj),
@@ -600,10 +616,14 @@ pub(crate) const GROUP_MAX_KERNEL_NS: u64 = 20_000;
 /// backlog beyond what the device's idle workers take, at most `max_group`
 /// (`EngineBuilder::max_group`). With grouping off (the default) it reads nothing.
 pub(crate) fn group_size(core: &Core, queue: QueueId, first: &Job, queued: usize) -> usize {
-    if queued == 0
-        || core.config.max_group <= 1
-        || first.kernel.verdict() == KernelVerdict::Undecided
-    {
+    if queued == 0 || core.config.max_group <= 1 {
+        return 1;
+    }
+    let decided = first
+        .kernel
+        .key_state(&first.tuning_key())
+        .is_some_and(|state| state.verdict() != KernelVerdict::Undecided);
+    if !decided {
         return 1;
     }
     let spare = queued.saturating_sub(core.idle_queues(queue));
@@ -641,28 +661,38 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
     let mut results: Vec<Option<Result<Answer, Fault>>> = jobs.iter().map(|_| None).collect();
     let mut grouped: Vec<(usize, Arm, usize)> = Vec::with_capacity(jobs.len());
     let mut dispatch_jobs: Vec<DispatchJob> = Vec::with_capacity(jobs.len());
+    let mut states: Vec<Arc<KeyState>> = Vec::with_capacity(jobs.len());
     let mut policy_due = false;
     for (i, job) in jobs.iter().enumerate() {
         if core.is_lost(queue.device) || job.kernel.disabled.get().is_some() {
             results[i] = Some(run(core, queue, job));
             continue;
         }
-        let (choice, due, lane) = begin(core, queue, job);
+        let state = priors::state_for(core, &job.kernel, job.tuning_key());
+        let (choice, due, lane) = begin(core, queue, job, &state);
         match choice {
             Choice::Single { arm, spec } => {
                 policy_due |= due;
-                match prepare_single(core, queue, job, lane, arm.variant(spec)) {
+                match prepare_single(core, queue, (job, &state), lane, arm.variant(spec)) {
                     Ok(dj) => {
                         grouped.push((i, arm, spec));
                         dispatch_jobs.push(dj);
+                        states.push(state);
                     }
                     Err(fault) => {
-                        results[i] = Some(after_single_fault(core, queue, job, arm, spec, fault))
+                        results[i] = Some(after_single_fault(
+                            core,
+                            queue,
+                            (job, &state),
+                            arm,
+                            spec,
+                            fault,
+                        ))
                     }
                 }
             }
             Choice::Race { audit, spec } => {
-                results[i] = Some(race(core, queue, job, lane, audit, spec))
+                results[i] = Some(race(core, queue, (job, &state), lane, audit, spec))
             }
         }
     }
@@ -674,10 +704,12 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
     }
     match dispatch_group(core, queue, jobs, &grouped, &dispatch_jobs) {
         Ok(outs) => {
-            for (&(i, arm, spec), out) in grouped.iter().zip(outs) {
+            for ((&(i, arm, spec), out), state) in grouped.iter().zip(outs).zip(&states) {
                 let result = complete_single(core, queue, &jobs[i], arm, spec, out);
                 results[i] = Some(match result {
-                    Err(fault) => after_single_fault(core, queue, &jobs[i], arm, spec, fault),
+                    Err(fault) => {
+                        after_single_fault(core, queue, (&jobs[i], state), arm, spec, fault)
+                    }
                     ok => ok,
                 });
             }
@@ -699,7 +731,7 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
 fn after_single_fault(
     core: &Core,
     queue: QueueId,
-    job: &Job,
+    (job, state): (&Job, &KeyState),
     arm: Arm,
     spec: usize,
     fault: Fault,
@@ -713,8 +745,16 @@ fn after_single_fault(
             // The conservative variant first: a batch it refuses too is the batch's
             // fault, answered with its error, and changes no verdict.
             let lane = job.kernel.lane(queue);
-            let answer = single(core, queue, job, lane, Arm::Conservative, spec, false)?;
-            reject(
+            let answer = single(
+                core,
+                queue,
+                (job, state),
+                lane,
+                Arm::Conservative,
+                spec,
+                false,
+            )?;
+            reject_everywhere(
                 core,
                 &job.kernel,
                 spec,
@@ -766,7 +806,7 @@ fn dispatch_group(
 }
 
 /// Bytes a batch carries.
-fn payload_len(payload: &Payload) -> usize {
+pub(crate) fn payload_len(payload: &Payload) -> usize {
     match payload {
         Payload::Input(input) => input.len(),
         Payload::Plan(plan) => plan.buffers.iter().map(|b| b.len() as usize).sum(),
@@ -798,7 +838,7 @@ pub(crate) const JUDGE_GRACE: Duration = Duration::from_millis(100);
 fn race(
     core: &Core,
     queue: QueueId,
-    job: &Job,
+    (job, state): (&Job, &Arc<KeyState>),
     lane: &Lane,
     audit: bool,
     spec_variant: usize,
@@ -813,7 +853,7 @@ fn race(
     let loaded = cons_loaded || spec.as_ref().is_ok_and(|(_, l)| *l);
     trace::note(
         core,
-        kernel,
+        (kernel, state),
         lane,
         queue.device,
         trace::shape_of(&cons),
@@ -825,7 +865,10 @@ fn race(
     let concurrent = match &spec {
         Ok(spec) => consult_policy(core, kernel, queue, lane, [&cons, spec], Some(spec_variant)),
         Err(_) => false,
-    };
+    } && !core
+        .devices
+        .get(queue.device)
+        .is_some_and(|d| d.shares_cores);
     let partner = if concurrent {
         core.borrow_partner(queue)
     } else {
@@ -859,7 +902,7 @@ fn race(
     match arm.take(JUDGE_GRACE) {
         Some(spec_arm) => judge(
             core,
-            (kernel, input.map(|i| &i[..])),
+            (kernel, state, input.map(|i| &i[..])),
             queue,
             audit,
             &output,
@@ -870,6 +913,7 @@ fn race(
             // Still running: answer now, judge later.
             let pending = Pending {
                 kernel: Arc::clone(kernel),
+                state: Arc::clone(state),
                 input: input.cloned(),
                 queue,
                 spec_queue,
@@ -981,6 +1025,8 @@ impl SpecRun {
 /// that arm needs. Kept by the worker's thread until [`judge_pending`].
 struct Pending {
     kernel: Arc<Kernel>,
+    /// The batch's tuning key.
+    state: Arc<KeyState>,
     /// The batch's input (a workload's), held until the arm is judged.
     input: Option<Arc<[u8]>>,
     queue: QueueId,
@@ -1028,7 +1074,7 @@ pub(crate) fn judge_pending(core: &Core) {
     };
     judge(
         core,
-        (&p.kernel, p.input.as_deref()),
+        (&p.kernel, &p.state, p.input.as_deref()),
         p.queue,
         p.audit,
         &p.cons,
@@ -1057,7 +1103,7 @@ struct Timed {
 /// caller gets.
 fn judge(
     core: &Core,
-    (kernel, input): (&Kernel, Option<&[u8]>),
+    (kernel, state, input): (&Kernel, &KeyState, Option<&[u8]>),
     queue: QueueId,
     audit: bool,
     cons: &Output,
@@ -1075,7 +1121,7 @@ fn judge(
         }
         SpecArm::Failed(Ok(e)) => match classify(kernel, e) {
             Fault::Input(e) => {
-                reject(
+                reject_everywhere(
                     core,
                     kernel,
                     spec,
@@ -1089,7 +1135,7 @@ fn judge(
             }
         },
         SpecArm::Failed(Err(e)) => {
-            reject(
+            reject_everywhere(
                 core,
                 kernel,
                 spec,
@@ -1099,7 +1145,7 @@ fn judge(
         }
         SpecArm::Ran(out, spec_queue) => {
             if let Err(e) = note_speculative_run(core, kernel, spec, &out.outputs) {
-                reject(
+                reject_everywhere(
                     core,
                     kernel,
                     spec,
@@ -1112,7 +1158,7 @@ fn judge(
             let spec_output = match finish(kernel, spec, input, out.outputs) {
                 Ok(o) => o,
                 Err(e) => {
-                    reject(
+                    reject_everywhere(
                         core,
                         kernel,
                         spec,
@@ -1128,11 +1174,12 @@ fn judge(
                     kernel: kernel.id,
                     name: kernel.name.clone(),
                     variant: spec,
+                    key: state.key,
                     queue: spec_queue,
                     audit,
                     detail,
                 });
-                reject(core, kernel, spec, device, VerdictReason::Mismatch);
+                reject_everywhere(core, kernel, spec, device, VerdictReason::Mismatch);
                 return;
             }
             let (Some(c_ns), Some(s_ns)) = (cons_time.ns, spec_ns) else {
@@ -1144,268 +1191,7 @@ fn judge(
                 speculative_ns: s_ns,
                 contended: cons_time.contended,
             };
-            record_race(core, kernel, spec, (queue, spec_queue), times);
+            record::record_race(core, (kernel, state), spec, (queue, spec_queue), times);
         }
-    }
-}
-
-/// The tuning a variant ran with, as the autotune map records a race's winner.
-fn record_of(variant: &KernelVariant) -> AutotuneRecord {
-    AutotuneRecord {
-        workgroup_size: variant.workgroup_size,
-        unroll: 1,
-        tile: [1, 1, 1],
-        recorded_at: AutotuneRecord::timestamp_now(),
-    }
-}
-
-/// Both arms' kernel times of one agreeing race, and whether another backend call
-/// shared the device with it.
-#[derive(Debug, Clone, Copy)]
-struct ArmTimes {
-    conservative_ns: u64,
-    speculative_ns: u64,
-    contended: bool,
-}
-
-/// Feeds one timed, agreeing race to the kernel's paired window (which stores the
-/// race's winner in the device's autotune map), keeps and publishes the sample, and
-/// acts on the window's verdict — or, for the first race after a verdict was loaded
-/// from the autotune file, re-verifies that verdict. A contended race's times are
-/// clamped before they feed the window (see `ArmHistory`); the kept sample is raw.
-fn record_race(
-    core: &Core,
-    kernel: &Kernel,
-    spec: usize,
-    (queue, spec_queue): (QueueId, QueueId),
-    times: ArmTimes,
-) {
-    let ArmTimes {
-        conservative_ns,
-        speculative_ns,
-        contended,
-    } = times;
-    let Some(tune) = core.tunes.get(queue.device) else {
-        return;
-    };
-    let race = SpeculativeVariantRace {
-        conservative_dispatch_ns: conservative_ns,
-        speculative_dispatch_ns: speculative_ns,
-        // Variants are compiled once, at registration, not per race.
-        conservative_compile_ns: 0,
-        speculative_compile_ns: 0,
-        conservative_record: record_of(&kernel.variants[0]),
-        speculative_record: record_of(&kernel.variants[spec]),
-    };
-    let (sample, verdict, hint, samples) = {
-        let mut log = kernel.log(spec);
-        let race = SpeculativeVariantRace {
-            conservative_dispatch_ns: log.history[0].feed(conservative_ns, contended),
-            speculative_dispatch_ns: log.history[1].feed(speculative_ns, contended),
-            ..race
-        };
-        let update = log.window.record_sample(
-            &tune.store,
-            kernel.pair_keys(&tune.adapter_id, spec),
-            PairedSpeculationSample::from(race),
-        );
-        let sample = RaceSample {
-            index: log.next_sample,
-            conservative_ns,
-            speculative_ns,
-            conservative_queue: queue,
-            speculative_queue: spec_queue,
-        };
-        log.next_sample = log.next_sample.saturating_add(1);
-        if log.samples.len() < MAX_KEPT_SAMPLES {
-            log.samples.push(sample);
-        }
-        (sample, update.verdict, log.hint, log.window.len())
-    };
-    core.bus.publish(Event::RaceSample {
-        kernel: kernel.id,
-        name: kernel.name.clone(),
-        variant: spec,
-        sample,
-        window_verdict: verdict,
-    });
-    // An undecided variant whose window still says keep racing after
-    // MAX_UNDECIDED_RACES samples is not worth racing on: rejected, conservative runs.
-    let inconclusive = verdict == SpeculationVerdict::KeepRacing
-        && samples >= MAX_UNDECIDED_RACES
-        && kernel.verdict_of(spec) == KernelVerdict::Undecided;
-    let effective = if inconclusive {
-        SpeculationVerdict::Reject
-    } else {
-        verdict
-    };
-    if let Some(hint) = hint {
-        if confirm_prior(core, kernel, spec, &hint, (verdict, samples, sample.index)) {
-            return;
-        }
-    }
-    let reason = if inconclusive {
-        VerdictReason::Inconclusive { samples }
-    } else {
-        VerdictReason::Measured(verdict)
-    };
-    let changed = match effective {
-        SpeculationVerdict::Adopt => adopt(core, kernel, spec, queue.device, reason),
-        SpeculationVerdict::Reject => reject(core, kernel, spec, queue.device, reason),
-        SpeculationVerdict::KeepRacing => false,
-    };
-    if changed {
-        kernel.log(spec).verdict_at_sample = Some(sample.index);
-    }
-}
-
-/// One agreeing race of a variant whose adopted verdict was loaded (a prior, SPEC
-/// §11). The variant stays undecided — callers get conservative answers — until its
-/// window, which holds only this engine's samples, has `MIN_DISPATCHES_FOR_VERDICT`
-/// of them: then the prior is confirmed and adopted, unless this engine's own window
-/// says reject (overturned: the caller rejects as for any measured verdict). What the
-/// prior saves is the KeepRacing period and the coin flip of a close call, never a
-/// confirmation race: a forged or poisoned entry puts a wrong answer in no caller's
-/// hands more easily than no entry (a disagreement on any of these races rejects the
-/// variant before this runs). True when the race needs nothing more from the caller.
-fn confirm_prior(
-    core: &Core,
-    kernel: &Kernel,
-    spec: usize,
-    hint: &Hint,
-    (own, samples, index): (SpeculationVerdict, u32, u32),
-) -> bool {
-    if own == SpeculationVerdict::Reject {
-        tracing::info!(kernel = %kernel.name, ?own, "loaded verdict overturned by this engine's races");
-        let mut log = kernel.log(spec);
-        log.hint = None;
-        log.cache = CacheStatus::Overturned;
-        return false;
-    }
-    if samples < MIN_DISPATCHES_FOR_VERDICT {
-        return true;
-    }
-    if let Some(tune) = core.tunes.get(hint.device) {
-        tune.store
-            .mark_verdict_verified(kernel.pair_keys(&tune.adapter_id, spec));
-    }
-    {
-        let mut log = kernel.log(spec);
-        log.hint = None;
-        log.cache = CacheStatus::Reverified;
-        log.verdict_at_sample = Some(index);
-    }
-    tracing::info!(kernel = %kernel.name, samples, loaded = ?hint.verdict.verdict, "loaded verdict re-verified");
-    adopt(core, kernel, spec, hint.device, VerdictReason::Reverified);
-    true
-}
-
-/// Takes a rejected verdict loaded from the autotune file as it is (a rejected prior
-/// costs no race, SPEC §11): publishes the change (reason `VerdictReason::Prior`) and
-/// moves play along the ladder. The store keeps the loaded entry as it was.
-pub(crate) fn take_rejected_prior(core: &Core, kernel: &Kernel, spec: usize, device: usize) {
-    if kernel.candidate(spec).verdict.reject().is_some() {
-        published(
-            core,
-            kernel,
-            spec,
-            device,
-            (KernelVerdict::Undecided, KernelVerdict::Rejected),
-            VerdictReason::Prior,
-        );
-    }
-}
-
-/// Rejects speculative variant `spec` from whatever state it is in; publishes and
-/// stores once. True for the call that made the change.
-fn reject(core: &Core, kernel: &Kernel, spec: usize, device: usize, reason: VerdictReason) -> bool {
-    match kernel.candidate(spec).verdict.reject() {
-        Some(from) => {
-            let change = (from, KernelVerdict::Rejected);
-            published(core, kernel, spec, device, change, reason);
-            true
-        }
-        None => false,
-    }
-}
-
-/// Adopts speculative variant `spec` if still undecided; publishes and stores once.
-/// True for the call that made the change.
-fn adopt(core: &Core, kernel: &Kernel, spec: usize, device: usize, reason: VerdictReason) -> bool {
-    let changed = kernel.candidate(spec).verdict.adopt();
-    if changed {
-        let change = (KernelVerdict::Undecided, KernelVerdict::Adopted);
-        published(core, kernel, spec, device, change, reason);
-    }
-    changed
-}
-
-/// Logs, publishes and stores a verdict change on speculative variant `spec` made by
-/// this thread on `device`'s race, asks the saver thread to save that device's store
-/// (never waits for it), and moves play along the kernel's ladder of variants.
-fn published(
-    core: &Core,
-    kernel: &Kernel,
-    spec: usize,
-    device: usize,
-    (from, to): (KernelVerdict, KernelVerdict),
-    reason: VerdictReason,
-) {
-    let variant = kernel.variants[spec].name.as_str();
-    tracing::info!(kernel = %kernel.name, variant, %from, %to, ?reason, "verdict changed");
-    let observation = {
-        let mut log = kernel.log(spec);
-        if !matches!(reason, VerdictReason::Reverified | VerdictReason::Prior)
-            && log.hint.take().is_some()
-        {
-            // Decided (e.g. by a mismatch) before the loaded verdict was re-verified.
-            log.cache = CacheStatus::Overturned;
-        }
-        log.window.observation()
-    };
-    let stored_reason = match reason {
-        VerdictReason::Mismatch | VerdictReason::SpeculativeFailed(_) => {
-            StoredReason::OutputMismatch
-        }
-        _ => StoredReason::Measured,
-    };
-    let prior = reason == VerdictReason::Prior;
-    core.bus.publish(Event::VerdictChanged {
-        kernel: kernel.id,
-        name: kernel.name.clone(),
-        variant: spec,
-        from,
-        to,
-        reason,
-    });
-    // A prior taken as it is stays in the store as it was loaded (its reason and its
-    // trust with it).
-    let tune = core.tunes.get(device).filter(|_| !prior);
-    if let Some(tune) = tune {
-        let verdict = match to {
-            KernelVerdict::Adopted => SpeculationVerdict::Adopt,
-            KernelVerdict::Rejected => SpeculationVerdict::Reject,
-            KernelVerdict::Undecided => SpeculationVerdict::KeepRacing,
-        };
-        tune.store.set_verdict(
-            kernel.pair_keys(&tune.adapter_id, spec),
-            StoredKernelVerdict {
-                verdict,
-                observation,
-                reason: stored_reason,
-            },
-        );
-        core.request_save(device);
-    }
-    if let Some(next) = kernel.settle() {
-        let verdict = kernel.verdict_of(next);
-        tracing::info!(kernel = %kernel.name, variant = %kernel.variants[next].name, %verdict, "speculative variant in play");
-        core.bus.publish(Event::VariantInPlay {
-            kernel: kernel.id,
-            name: kernel.name.clone(),
-            variant: next,
-            variant_name: kernel.variants[next].name.clone(),
-            verdict,
-        });
     }
 }

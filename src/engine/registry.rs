@@ -13,10 +13,7 @@ use std::time::Instant;
 use crossbeam_utils::CachePadded;
 use rayon::prelude::*;
 
-use crate::autotune::{
-    KernelVerdict as StoredKernelVerdict, PairedSpeculationWindow, SpecCacheKey,
-    SpeculativeVariantKeys,
-};
+use crate::autotune::{SpecCacheKey, SpeculativeVariantKeys};
 use crate::backend::{Backend, BackendError, BindingAccess, KernelHandle, KernelVariant, QueueId};
 use crate::kernels::Workload;
 use crate::policy::SpeculationObservation;
@@ -26,9 +23,9 @@ use super::agree::KernelAgreement;
 use super::dispatch_policy::{PolicyState, ShapeRun};
 use super::error::EngineError;
 use super::events::KernelVerdict;
-use super::ladder::Ladder;
+use super::keys::{KeyState, KeyStats};
 use super::trace::{TraceState, TraceStats, TraceWindow};
-use super::verdict::VerdictCell;
+use super::tuning::{KeyTable, TuningKey};
 
 /// The id `register` hands out; batches name their kernel with it.
 ///
@@ -150,12 +147,14 @@ pub struct KernelStats {
     pub kernel: KernelId,
     /// Its name.
     pub name: String,
-    /// Its verdict now: the one on the speculative variant in play.
+    /// Its verdict over its tuning keys: `Adopted` when some key runs a speculative
+    /// variant, else `Undecided` when some key still races, else `Rejected`.
     pub verdict: KernelVerdict,
-    /// The speculative variant in play (its index among the kernel's variants; 1
-    /// unless the kernel has several speculative variants). The fields below about
-    /// races (`cache`, `samples`, `verdict_at_sample`, `observation`) are this
-    /// variant's.
+    /// The speculative variant in play on the kernel's busiest key (the one with the
+    /// most races; its index among the kernel's variants; 1 unless the kernel has
+    /// several speculative variants). The fields below about races (`variant_verdicts`,
+    /// `cache`, `samples`, `verdict_at_sample`, `observation`) are that key's and that
+    /// variant's; `keys` has every key.
     pub variant: usize,
     /// The verdict on every speculative variant, in order (`[0]` is variant 1's).
     pub variant_verdicts: Vec<KernelVerdict>,
@@ -171,88 +170,8 @@ pub struct KernelStats {
     pub observation: SpeculationObservation,
     /// Trace-JIT's hits, misses and background pre-loads for this kernel.
     pub trace: TraceStats,
-}
-
-/// A verdict loaded from the autotune file, waiting for its re-verification race.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Hint {
-    /// The device whose store held it.
-    pub(crate) device: usize,
-    /// The loaded verdict.
-    pub(crate) verdict: StoredKernelVerdict,
-}
-
-/// A kernel's race bookkeeping, behind one lock: the paired window, the kept samples,
-/// and the state of a loaded verdict.
-#[derive(Debug)]
-pub(crate) struct RaceLog {
-    pub(crate) window: PairedSpeculationWindow,
-    pub(crate) samples: Vec<RaceSample>,
-    pub(crate) next_sample: u32,
-    pub(crate) verdict_at_sample: Option<u32>,
-    pub(crate) hint: Option<Hint>,
-    pub(crate) cache: CacheStatus,
-    /// The last [`ArmHistory::LEN`] raw kernel times of each arm, `[conservative,
-    /// speculative]`, for clamping contended samples.
-    pub(crate) history: [ArmHistory; 2],
-}
-
-/// Recent raw kernel times of one arm.
-///
-/// A race's arms share the GPU with whatever other workers run at that moment, so now
-/// and then an arm's time is inflated many-fold by a heavy kernel on another queue (on
-/// an H200: an 11 µs arm measured at 1.4 ms next to a 35 ms global-atomics histogram).
-/// The paired window decides on means, which one such sample can swing. So a sample
-/// taken while another backend call ran on the device (`contention`) has each arm's
-/// time clamped to [`ArmHistory::CLAMP`] × the median of that arm's recent times
-/// before it feeds the window: it still counts and a slow run still weighs, but a
-/// disturbance cannot outvote the rest. A race alone on its device feeds its times as
-/// measured — a variant's own occasional slow runs are part of its cost (on lavapipe,
-/// one queue, no race is ever contended). Kept samples (`KernelStats::samples`) are raw.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct ArmHistory {
-    recent: std::collections::VecDeque<u64>,
-}
-
-impl ArmHistory {
-    /// Raw times kept per arm.
-    pub(crate) const LEN: usize = 16;
-    /// Times needed before clamping starts.
-    pub(crate) const MIN_FOR_MEDIAN: usize = 3;
-    /// The most a contended sample may weigh, in medians.
-    pub(crate) const CLAMP: u64 = 4;
-
-    /// Records `ns` and returns what feeds the window: `ns` itself, or for a
-    /// `contended` sample `ns` clamped against the times recorded before it.
-    pub(crate) fn feed(&mut self, ns: u64, contended: bool) -> u64 {
-        let fed = if contended && self.recent.len() >= Self::MIN_FOR_MEDIAN {
-            let mut sorted: Vec<u64> = self.recent.iter().copied().collect();
-            sorted.sort_unstable();
-            let median = sorted[sorted.len() / 2];
-            ns.min(median.saturating_mul(Self::CLAMP).max(1))
-        } else {
-            ns
-        };
-        if self.recent.len() == Self::LEN {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(ns);
-        fed
-    }
-}
-
-impl Default for RaceLog {
-    fn default() -> Self {
-        RaceLog {
-            window: PairedSpeculationWindow::new(),
-            samples: Vec::new(),
-            next_sample: 0,
-            verdict_at_sample: None,
-            hint: None,
-            cache: CacheStatus::NotCached,
-            history: Default::default(),
-        }
-    }
+    /// Every tuning key the kernel holds in memory, by application key then size.
+    pub keys: Vec<KeyStats>,
 }
 
 /// One variant on one device: loaded at most once, by whoever needs it first (a batch,
@@ -272,32 +191,13 @@ impl LoadSlot {
     }
 }
 
-/// One speculative variant of a kernel: its verdict against the conservative variant
-/// and the bookkeeping of its races.
-#[derive(Debug)]
-pub(crate) struct Candidate {
-    pub(crate) verdict: VerdictCell,
-    fused: AtomicU8,
-    log: Mutex<RaceLog>,
-}
-
-impl Candidate {
-    fn new() -> Self {
-        Candidate {
-            verdict: VerdictCell::default(),
-            fused: AtomicU8::new(FUSED_UNKNOWN),
-            log: Mutex::new(RaceLog::default()),
-        }
-    }
-}
-
 /// One registered kernel.
 ///
-/// Variant 0 is the conservative one; variants 1.. are speculative candidates, each
-/// with its own verdict and race log against variant 0. One candidate is *in play* at
-/// a time (batches race or run it); [`Kernel::settle`] moves play along the ladder:
-/// the first undecided candidate, and once all are decided the adopted one whose
-/// window measured it fastest relative to the conservative variant.
+/// Variant 0 is the conservative one; variants 1.. are speculative candidates. Their
+/// verdicts belong to tuning keys (SPEC §8): `tuning` holds one [`KeyState`] per kind
+/// of batch the kernel has met (bounded; see `tuning.rs`), each with its own verdicts,
+/// race logs and ladder. What belongs to a variant whatever the batch — whether it
+/// writes a counter tail, whether it ever answered wrongly — stays here.
 ///
 /// Aligned to 128 bytes so that in an `Arc<Kernel>` the reference counts, which every
 /// submit and every finished batch write, sit on other cache lines than the fields a
@@ -314,16 +214,23 @@ pub(crate) struct Kernel {
     /// the conservative variant everywhere and every speculative one on the first
     /// device).
     handles: Vec<Vec<LoadSlot>>,
-    /// `candidates[v - 1]` for speculative variant `v`.
-    candidates: Vec<Candidate>,
-    /// The speculative variant in play (a variant index, 1..) and its moves.
-    ladder: Ladder,
+    /// The per-key states.
+    pub(crate) tuning: KeyTable<KeyState>,
+    /// `fused[v - 1]`: whether speculative variant `v` writes a counter tail.
+    fused: Box<[AtomicU8]>,
+    /// `broken[v - 1]`: speculative variant `v` answered wrongly or failed on some
+    /// batch, so it is rejected on every key, present and future, for good.
+    broken: Box<[AtomicBool]>,
+    /// Set once the kernel forgot a key (see `priors.rs`).
+    forgot: AtomicBool,
     /// One lane per queue of the backend: what each queue's worker counts of this
     /// kernel batch by batch.
     lanes: Box<[(QueueId, Lane)]>,
     /// The lane of a queue not in `lanes` (none: the backend's queue list is fixed).
     spare_lane: Lane,
-    /// The autotune key of every variant, in variant order.
+    /// The autotune key of every variant, in variant order, with `spec_hash` 0: the
+    /// kernel-wide entries of files written before tuning keys. A key's own entries
+    /// are named by `KeyState::pair_keys`.
     pub(crate) keys: Vec<SpecCacheKey>,
     /// What the engine measured for the dispatch policy.
     pub(crate) policy: Mutex<PolicyState>,
@@ -387,59 +294,41 @@ impl Lane {
 }
 
 impl Kernel {
-    /// The speculative variant in play.
-    pub(crate) fn in_play(&self) -> usize {
-        self.ladder.in_play()
-    }
-
     /// How many speculative variants the kernel has.
     pub(crate) fn speculative_count(&self) -> usize {
-        self.candidates.len()
+        self.variants.len() - 1
     }
 
-    /// Speculative variant `spec`'s state (`spec` out of range reads the last one).
-    pub(crate) fn candidate(&self, spec: usize) -> &Candidate {
-        let i = spec.clamp(1, self.candidates.len()) - 1;
-        &self.candidates[i]
+    /// The state of tuning key `key`, if the kernel holds it now.
+    pub(crate) fn key_state(&self, key: &TuningKey) -> Option<Arc<KeyState>> {
+        self.tuning.get(key)
     }
 
-    /// The verdict on speculative variant `spec`.
-    pub(crate) fn verdict_of(&self, spec: usize) -> KernelVerdict {
-        self.candidate(spec).verdict.get()
-    }
-
-    /// The kernel's verdict: the one on the speculative variant in play.
+    /// The kernel's verdict over its keys: `Adopted` when some key runs a speculative
+    /// variant, else `Undecided` when some key still races, else `Rejected` (also with
+    /// no key met yet: `Undecided`).
     pub(crate) fn verdict(&self) -> KernelVerdict {
-        self.verdict_of(self.in_play())
-    }
-
-    /// Moves play along the ladder after a verdict change (see `ladder`): the first
-    /// undecided speculative variant; once none is undecided, the adopted one with the
-    /// lowest speculative ÷ conservative mean in its window; with none adopted, play
-    /// stays. Returns the new variant in play when it moved.
-    pub(crate) fn settle(&self) -> Option<usize> {
-        self.ladder.settle(
-            self.candidates.len(),
-            |v| self.verdict_of(v),
-            |v| self.relative_cost_ppm(v),
-        )
-    }
-
-    /// Speculative variant `spec`'s mean time in parts per million of the conservative
-    /// mean measured in the same races (`u64::MAX` with nothing measured).
-    fn relative_cost_ppm(&self, spec: usize) -> u64 {
-        let o = self.log(spec).window.observation();
-        if o.baseline_mean_ns == 0 || o.speculative_dispatches == 0 {
-            return u64::MAX;
+        let entries = self.tuning.entries();
+        let verdicts = entries.iter().map(|e| e.value().verdict());
+        let mut summary = None;
+        for verdict in verdicts {
+            summary = Some(match (summary, verdict) {
+                (_, KernelVerdict::Adopted) | (Some(KernelVerdict::Adopted), _) => {
+                    KernelVerdict::Adopted
+                }
+                (_, KernelVerdict::Undecided) | (Some(KernelVerdict::Undecided), _) => {
+                    KernelVerdict::Undecided
+                }
+                _ => KernelVerdict::Rejected,
+            });
         }
-        let ppm = u128::from(o.speculative_mean_ns) * 1_000_000 / u128::from(o.baseline_mean_ns);
-        u64::try_from(ppm).unwrap_or(u64::MAX)
+        summary.unwrap_or(KernelVerdict::Undecided)
     }
 
     /// `Some(true)`: speculative variant `spec` is a fused kernel with a counter tail;
     /// `None`: not known yet (it has not run).
     pub(crate) fn fused(&self, spec: usize) -> Option<bool> {
-        match self.candidate(spec).fused.load(Ordering::Acquire) {
+        match self.fused[spec.clamp(1, self.fused.len()) - 1].load(Ordering::Acquire) {
             FUSED_YES => Some(true),
             FUSED_NO => Some(false),
             _ => None,
@@ -448,13 +337,33 @@ impl Kernel {
 
     /// Records whether speculative variant `spec` wrote a counter tail.
     pub(crate) fn set_fused(&self, spec: usize, fused: bool) {
-        self.candidate(spec)
-            .fused
+        self.fused[spec.clamp(1, self.fused.len()) - 1]
             .store(if fused { FUSED_YES } else { FUSED_NO }, Ordering::Release);
     }
 
-    /// The autotune keys of the pair (conservative, `spec`) on an adapter.
-    pub(crate) fn pair_keys<'a>(
+    /// True once the kernel forgot a tuning key to stay within its bound.
+    pub(crate) fn has_forgotten_keys(&self) -> bool {
+        self.forgot.load(Ordering::Acquire)
+    }
+
+    /// Notes that the kernel forgot a tuning key.
+    pub(crate) fn note_forgotten_key(&self) {
+        self.forgot.store(true, Ordering::Release);
+    }
+
+    /// True once speculative variant `spec` answered wrongly or failed (see `broken`).
+    pub(crate) fn is_broken(&self, spec: usize) -> bool {
+        self.broken[spec.clamp(1, self.broken.len()) - 1].load(Ordering::Acquire)
+    }
+
+    /// Marks speculative variant `spec` broken; true for the call that did.
+    pub(crate) fn set_broken(&self, spec: usize) -> bool {
+        !self.broken[spec.clamp(1, self.broken.len()) - 1].swap(true, Ordering::AcqRel)
+    }
+
+    /// The kernel-wide autotune keys (`spec_hash` 0) of the pair (conservative,
+    /// `spec`): where files written before tuning keys kept the kernel's verdict.
+    pub(crate) fn legacy_pair_keys<'a>(
         &'a self,
         adapter_id: &'a str,
         spec: usize,
@@ -465,15 +374,6 @@ impl Kernel {
             speculative: &self.keys[spec],
             adapter_id,
         }
-    }
-
-    /// Speculative variant `spec`'s race log, even if a thread panicked while holding
-    /// it (its contents are plain counters and samples, consistent at every step).
-    pub(crate) fn log(&self, spec: usize) -> std::sync::MutexGuard<'_, RaceLog> {
-        self.candidate(spec)
-            .log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The dispatch-policy measurements (plain numbers, consistent at every step).
@@ -660,6 +560,7 @@ impl Registry {
         source: KernelSource,
         variants: Vec<KernelVariant>,
         agreement: KernelAgreement,
+        max_keys: usize,
     ) -> Result<Arc<Kernel>, EngineError> {
         if variants.len() < 2 {
             return Err(EngineError::InvalidKernel {
@@ -691,8 +592,16 @@ impl Registry {
             handles: (0..devices)
                 .map(|_| variants.iter().map(|_| LoadSlot::default()).collect())
                 .collect(),
-            candidates: variants[1..].iter().map(|_| Candidate::new()).collect(),
-            ladder: Ladder::new(1),
+            tuning: KeyTable::new(max_keys),
+            fused: variants[1..]
+                .iter()
+                .map(|_| AtomicU8::new(FUSED_UNKNOWN))
+                .collect(),
+            broken: variants[1..]
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            forgot: AtomicBool::new(false),
             lanes: backend
                 .queues()
                 .iter()
@@ -818,48 +727,6 @@ pub(crate) fn spec_cache_key(variant: &KernelVariant) -> SpecCacheKey {
         binding_sig,
         workgroup_size: variant.workgroup_size,
         spec_hash: 0,
-    }
-}
-
-#[cfg(test)]
-mod history_tests {
-    use super::ArmHistory;
-
-    #[test]
-    fn a_contended_outlier_is_clamped_to_four_medians_and_kept_raw() {
-        let mut h = ArmHistory::default();
-        for ns in [11_000, 10_800, 11_200] {
-            assert_eq!(h.feed(ns, true), ns, "no median yet");
-        }
-        assert_eq!(h.feed(1_408_576, true), 4 * 11_000);
-        // The raw time was kept: the median of [10.8, 11, 11.2, 1408.6] µs is 11.2 µs.
-        assert_eq!(h.feed(50_000, true), 44_800);
-        assert_eq!(h.feed(12_000, true), 12_000, "an ordinary time passes");
-    }
-
-    #[test]
-    fn an_uncontended_sample_feeds_as_measured() {
-        let mut h = ArmHistory::default();
-        for ns in [11_000, 10_800, 11_200] {
-            h.feed(ns, false);
-        }
-        assert_eq!(h.feed(1_408_576, false), 1_408_576);
-    }
-
-    #[test]
-    fn only_the_last_sixteen_times_count() {
-        let mut h = ArmHistory::default();
-        for _ in 0..16 {
-            h.feed(1_000, true);
-        }
-        for _ in 0..16 {
-            h.feed(100_000, true);
-        }
-        assert_eq!(
-            h.feed(150_000, true),
-            150_000,
-            "the old regime is forgotten"
-        );
     }
 }
 

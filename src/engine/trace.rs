@@ -29,6 +29,7 @@ use crate::backend::DispatchJob;
 use crate::policy::{decide_trace_jit_speculation, TraceJitDecision, TraceJitInputs};
 
 use super::events::{Event, KernelVerdict};
+use super::keys::KeyState;
 use super::registry::{Kernel, Lane};
 use super::Core;
 
@@ -185,7 +186,7 @@ impl Drop for PendingGuard {
 /// speculative variant in the background on every other live device that lacks it.
 pub(crate) fn note(
     core: &Core,
-    kernel: &Arc<Kernel>,
+    (kernel, state): (&Arc<Kernel>, &KeyState),
     lane: &Lane,
     device: usize,
     shape: u64,
@@ -199,8 +200,8 @@ pub(crate) fn note(
     else {
         return;
     };
-    let spec = kernel.in_play();
-    if kernel.verdict_of(spec) == KernelVerdict::Rejected {
+    let spec = state.in_play();
+    if state.verdict_of(spec) == KernelVerdict::Rejected {
         return;
     }
     for target in 0..core.devices.len() {
@@ -321,6 +322,7 @@ mod engine_tests {
         let job = Job {
             kernel: k,
             payload: Payload::Input(input),
+            app: None,
             responder,
         };
         let answer = crate::engine::race::run(&engine.core, queue(device), &job);

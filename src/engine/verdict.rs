@@ -84,4 +84,13 @@ impl VerdictCell {
             }
         }
     }
+
+    /// Rejected → Undecided, to race a rejected variant again (a re-race, SPEC §8).
+    /// Returns true for the one caller that made the move; false when it was not
+    /// Rejected (an adoption or another reopen came first).
+    pub fn reopen(&self) -> bool {
+        self.word
+            .compare_exchange(REJECTED, UNDECIDED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
 }
