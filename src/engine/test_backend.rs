@@ -62,7 +62,9 @@ pub struct TestBackend {
     devices: Vec<DeviceInfo>,
     queues: Vec<QueueId>,
     kernels: Mutex<Vec<KernelVariant>>,
-    timings: Mutex<HashMap<String, u64>>,
+    /// Reported kernel time per variant: `(fixed ns, picoseconds per byte of the
+    /// job's buffers)`.
+    timings: Mutex<HashMap<String, (u64, u64)>>,
     rules: Mutex<Vec<Rule>>,
     lost: Vec<AtomicBool>,
     runs: Mutex<HashMap<String, u64>>,
@@ -138,7 +140,15 @@ impl TestBackend {
     /// Reports `ns` as the kernel time of every dispatch of the variant named `variant`
     /// (instead of the measured time).
     pub fn set_kernel_ns(&self, variant: &str, ns: u64) {
-        lock(&self.timings).insert(variant.to_string(), ns);
+        lock(&self.timings).insert(variant.to_string(), (ns, 0));
+    }
+
+    /// Reports `fixed_ns` plus `ps_per_byte` picoseconds per byte of the job's buffers
+    /// as the kernel time of every dispatch of the variant named `variant`: a variant
+    /// whose cost grows with the batch at its own rate, so that winners can differ by
+    /// batch size (tuning keys).
+    pub fn set_kernel_cost(&self, variant: &str, fixed_ns: u64, ps_per_byte: u64) {
+        lock(&self.timings).insert(variant.to_string(), (fixed_ns, ps_per_byte));
     }
 
     /// [`set_kernel_ns`](Self::set_kernel_ns) for both variants of [`ByteSumWorkload`]:
@@ -274,10 +284,12 @@ impl TestBackend {
                 None => outputs.push(vec![0xff]),
             }
         }
+        let bytes: u64 = job.buffers.iter().map(|b| b.len()).sum();
         let kernel_ns = lock(&self.timings)
             .get(&variant.name)
-            .copied()
-            .unwrap_or(measured);
+            .map_or(measured, |&(fixed, ps)| {
+                fixed.saturating_add(bytes.saturating_mul(ps) / 1000)
+            });
         Ok(DispatchOutput {
             outputs,
             kernel_ns: Some(kernel_ns),
