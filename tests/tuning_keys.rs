@@ -74,7 +74,10 @@ fn a_new_key_starts_from_its_decided_neighbour_and_pays_only_the_confirmation_ra
     let engine = builder(&backend).build().unwrap();
     let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
     run(&engine, k, SMALL, 12);
-    assert_eq!(engine.verdict_for(k, key(SMALL)), Some(KernelVerdict::Adopted));
+    assert_eq!(
+        engine.verdict_for(k, key(SMALL)),
+        Some(KernelVerdict::Adopted)
+    );
     let cold_races = engine.kernel_stats(k).unwrap().keys[0].races;
 
     // 16 KiB is two classes away: it starts from the 4 KiB verdict as a prior, and its
@@ -88,7 +91,10 @@ fn a_new_key_starts_from_its_decided_neighbour_and_pays_only_the_confirmation_ra
             .wait()
             .unwrap();
         if answer.variant != 0 {
-            assert!(raced >= 8, "the prior answered before its confirmation races");
+            assert!(
+                raced >= 8,
+                "the prior answered before its confirmation races"
+            );
         }
         raced += usize::from(answer.raced);
     }
@@ -123,7 +129,10 @@ fn a_rejected_neighbour_costs_the_new_key_no_race() {
     let engine = builder(&backend).build().unwrap();
     let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
     run(&engine, k, SMALL, 10);
-    assert_eq!(engine.verdict_for(k, key(SMALL)), Some(KernelVerdict::Rejected));
+    assert_eq!(
+        engine.verdict_for(k, key(SMALL)),
+        Some(KernelVerdict::Rejected)
+    );
     let before = backend.runs(ByteSumWorkload::SPECULATIVE);
     run(&engine, k, 8 << 10, 30);
     assert_eq!(
@@ -212,15 +221,24 @@ fn a_wrong_answer_on_one_key_rejects_the_variant_on_every_key() {
     let engine = builder(&backend).build().unwrap();
     let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
     run(&engine, k, SMALL, 12);
-    assert_eq!(engine.verdict_for(k, key(SMALL)), Some(KernelVerdict::Adopted));
+    assert_eq!(
+        engine.verdict_for(k, key(SMALL)),
+        Some(KernelVerdict::Adopted)
+    );
     backend.inject(
         ByteSumWorkload::SPECULATIVE,
         InjectedFault::CorruptOutput,
         1,
     );
     run(&engine, k, LARGE, 1);
-    assert_eq!(engine.verdict_for(k, key(SMALL)), Some(KernelVerdict::Rejected));
-    assert_eq!(engine.verdict_for(k, key(LARGE)), Some(KernelVerdict::Rejected));
+    assert_eq!(
+        engine.verdict_for(k, key(SMALL)),
+        Some(KernelVerdict::Rejected)
+    );
+    assert_eq!(
+        engine.verdict_for(k, key(LARGE)),
+        Some(KernelVerdict::Rejected)
+    );
     // And on a key met later, with no race.
     let before = backend.runs(ByteSumWorkload::SPECULATIVE);
     run(&engine, k, 64 << 10, 10);
@@ -255,7 +273,10 @@ fn a_key_forgotten_past_the_bound_and_met_again_starts_from_its_stored_verdict()
     let small = stats.keys.iter().find(|s| s.key == key(SMALL)).unwrap();
     assert_eq!(small.prior_source, Some(PriorSource::File));
     run(&engine, k, SMALL, 10);
-    assert_eq!(engine.verdict_for(k, key(SMALL)), Some(KernelVerdict::Adopted));
+    assert_eq!(
+        engine.verdict_for(k, key(SMALL)),
+        Some(KernelVerdict::Adopted)
+    );
     engine.shutdown();
 }
 
@@ -288,13 +309,22 @@ fn a_restart_reverifies_each_key_from_the_file() {
         .keys
         .iter()
         .all(|s| s.prior_source == Some(PriorSource::File)));
-    assert_eq!(engine.verdict_for(k, key(SMALL)), Some(KernelVerdict::Undecided));
-    assert_eq!(engine.verdict_for(k, key(LARGE)), Some(KernelVerdict::Rejected));
+    assert_eq!(
+        engine.verdict_for(k, key(SMALL)),
+        Some(KernelVerdict::Undecided)
+    );
+    assert_eq!(
+        engine.verdict_for(k, key(LARGE)),
+        Some(KernelVerdict::Rejected)
+    );
     // The large key's rejection costs no race; the small key's adoption is re-verified.
     run(&engine, k, LARGE, 10);
     assert_eq!(backend.runs(ByteSumWorkload::SPECULATIVE), 0);
     run(&engine, k, SMALL, 10);
-    assert_eq!(engine.verdict_for(k, key(SMALL)), Some(KernelVerdict::Adopted));
+    assert_eq!(
+        engine.verdict_for(k, key(SMALL)),
+        Some(KernelVerdict::Adopted)
+    );
     let stats = engine.kernel_stats(k).unwrap();
     let small = stats.keys.iter().find(|s| s.key == key(SMALL)).unwrap();
     assert_eq!(small.cache, photofinish::CacheStatus::Reverified);
