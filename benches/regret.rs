@@ -1,27 +1,41 @@
-//! regret (issue #6, bench 4): the total time of a trace whose best variant changes,
-//! through photofinish's engine against three ways of choosing variants in advance.
+//! regret (issue #6, bench 4; issue #27): the total time of a trace whose best variant
+//! changes, through photofinish's engine against three ways of choosing variants in
+//! advance.
 //!
-//! The trace: `PF_REGRET_BATCHES` batches (default 10 000) of `PF_REGRET_BYTES` bytes
-//! each (default 16 KiB), alternating `histogram` and `scan`. Histogram batches run on
-//! uniform, then skewed, then uniform data (thirds of the trace); scan batches on sparse,
-//! then dense matches (halves). Policies, all on the same backend (`PF_BENCH_BACKEND`,
-//! CPU by default) with one thread per queue pulling batches from the trace:
+//! Two traces, each its own group:
+//! - `regret-keys` (tuning keys): `PF_REGRET_KEY_BATCHES` batches (default 1 500) whose
+//!   sizes interleave `PF_REGRET_SIZES` (default `4096,262144,2097152`), round robin
+//!   over the kernels `histogram`, `scan` and `sum` (whose winner flips with the size)
+//!   and, per kernel, over the sizes. The best variant depends on the size and the
+//!   phase: the engine has one tuning key per (kernel, size).
+//! - `regret` (one size, the trace before tuning keys): `PF_REGRET_BATCHES` batches
+//!   (default 10 000) of `PF_REGRET_BYTES` bytes each (default 16 KiB), alternating
+//!   `histogram` and `scan`.
+//!
+//! Histogram batches run on uniform, then skewed, then uniform data (thirds of the
+//! trace); scan batches on sparse, then dense matches (halves); sum on uniform data.
+//! Policies, all on the same backend (`PF_BENCH_BACKEND`, CPU by default) with one
+//! thread per queue pulling batches from the trace:
 //! - `photofinish`: a fresh engine (nothing learnt) per run; the trace is submitted
 //!   through it and it races, learns and audits as it does in production.
-//! - `oracle`: the best variant of each batch's phase, known in advance (measured before
-//!   the run by running that phase's batches of the trace with each variant, one thread
-//!   per queue as in the trace, best of 3; not counted).
+//! - `oracle`: the best variant of each batch's (phase, size), known in advance
+//!   (measured before the run by running those batches of the trace with each variant,
+//!   one thread per queue as in the trace, best of 3; not counted).
 //! - `conservative`: always variant 0.
 //!
 //! The fixed policies plan each batch as the engine does (`Workload::plan_shared`: the
 //! input's `Arc` bound without a copy where no padding is needed), so they differ from
 //! the engine in the choice of variants and in the engine's own machinery only.
 //! - `exhaustive`: before the trace, every variant of each kernel runs
-//!   `PF_REGRET_TUNE_RUNS` times (default 10) on the kernel's first input and the fastest
-//!   is fixed for the whole trace (what Triton's and Kernel Tuner's autotuners do); the
+//!   `PF_REGRET_TUNE_RUNS` times (default 10) on the kernel's first input of each size
+//!   and the fastest is fixed for that size for the whole trace (what Triton's
+//!   autotuner does with its `key=` arguments, and Kernel Tuner per problem size); the
 //!   tuning time is counted.
 //!
-//! Targets: photofinish ≤ 1.05× the oracle's time and below exhaustive-upfront's.
+//! Targets: photofinish ≤ 1.05× the oracle's time and below exhaustive-upfront's. The
+//! report also gives the races the engine ran per tuning key in its last run, with key
+//! transfer (the default) and without (`EngineBuilder::key_transfer(false)`, one more
+//! run, not timed).
 //!
 //! With `PF_REGRET_EVENTS` set, the report ends with the engine's events of its last
 //! run (verdict changes, race samples, speculator switches), each with the time since
@@ -48,8 +62,8 @@ struct TraceKernel {
     workload: Arc<dyn Workload>,
     /// The shape of each phase, in trace order.
     phases: Vec<InputShape>,
-    /// `inputs[phase][k]`.
-    inputs: Vec<Vec<Arc<[u8]>>>,
+    /// `inputs[phase][size][k]`.
+    inputs: Vec<Vec<Vec<Arc<[u8]>>>>,
     /// The backend's handle of each variant on device 0.
     handles: Vec<photofinish::backend::KernelHandle>,
 }
@@ -59,23 +73,29 @@ struct TraceKernel {
 struct Step {
     kernel: usize,
     phase: usize,
+    /// Index into `Trace::sizes`.
+    size: usize,
     input: usize,
 }
 
 struct Trace {
     backend: Arc<dyn Backend>,
+    /// Input bytes of the trace's batches, interleaved.
+    sizes: Vec<usize>,
     kernels: Vec<TraceKernel>,
     steps: Vec<Step>,
     /// The engine's verdicts at the end of its last run, for the report.
     last_verdicts: std::sync::Mutex<String>,
+    /// Whether the engine's new keys start from a decided neighbour.
+    transfer: std::sync::atomic::AtomicBool,
     /// With `PF_REGRET_EVENTS` set: the events of the engine's last run, each with the
     /// milliseconds since the trace started, for the report.
     last_events: Option<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Trace {
-    fn new(backend: Arc<dyn Backend>, batches: usize, bytes: usize) -> Self {
-        let workloads: [(Arc<dyn Workload>, Vec<InputShape>); 2] = [
+    fn new(backend: Arc<dyn Backend>, batches: usize, sizes: Vec<usize>, keyed: bool) -> Self {
+        let mut workloads: Vec<(Arc<dyn Workload>, Vec<InputShape>)> = vec![
             (
                 Arc::new(Histogram),
                 vec![InputShape::Uniform, InputShape::Skewed, InputShape::Uniform],
@@ -85,6 +105,11 @@ impl Trace {
                 vec![InputShape::SparseMatches, InputShape::DenseMatches],
             ),
         ];
+        if keyed {
+            if let Some(sum) = photofinish::kernels::by_name("sum") {
+                workloads.push((sum, vec![InputShape::Uniform]));
+            }
+        }
         let kernels: Vec<TraceKernel> = workloads
             .into_iter()
             .enumerate()
@@ -93,10 +118,16 @@ impl Trace {
                     .iter()
                     .enumerate()
                     .map(|(p, &shape)| {
-                        (0..POOL)
-                            .map(|i| {
-                                let seed = (k * 1000 + p * 100 + i) as u64;
-                                Arc::from(workload.generate(shape, bytes, seed))
+                        sizes
+                            .iter()
+                            .enumerate()
+                            .map(|(z, &bytes)| {
+                                (0..POOL)
+                                    .map(|i| {
+                                        let seed = (k * 10_000 + z * 1000 + p * 100 + i) as u64;
+                                        Arc::from(workload.generate(shape, bytes, seed))
+                                    })
+                                    .collect()
                             })
                             .collect()
                     })
@@ -122,18 +153,22 @@ impl Trace {
             .map(|i| {
                 let kernel = i % kernels.len();
                 let phases = kernels[kernel].phases.len();
+                let round = i / kernels.len();
                 Step {
                     kernel,
                     phase: i * phases / batches.max(1),
-                    input: (i / kernels.len()) % POOL,
+                    size: round % sizes.len(),
+                    input: (round / sizes.len()) % POOL,
                 }
             })
             .collect();
         Trace {
             backend,
+            sizes,
             kernels,
             steps,
             last_verdicts: std::sync::Mutex::new(String::new()),
+            transfer: std::sync::atomic::AtomicBool::new(true),
             last_events: std::env::var_os("PF_REGRET_EVENTS")
                 .is_some()
                 .then(|| std::sync::Mutex::new(Vec::new())),
@@ -141,7 +176,7 @@ impl Trace {
     }
 
     fn input(&self, step: Step) -> &Arc<[u8]> {
-        &self.kernels[step.kernel].inputs[step.phase][step.input]
+        &self.kernels[step.kernel].inputs[step.phase][step.size][step.input]
     }
 
     /// Runs one batch with `variant` on `queue` and turns its output into the answer.
@@ -237,9 +272,15 @@ impl Trace {
         started.elapsed() / runs.max(1) as u32
     }
 
-    /// Mean time per batch of each variant of `kernel` on the inputs of `phase` (`runs`
-    /// runs of each variant on each input of the pool, one batch at a time).
-    fn phase_times(&self, kernel: usize, phase: usize, runs: usize) -> Vec<Duration> {
+    /// Mean time per batch of each variant of `kernel` on the inputs of `phase` and
+    /// `size` (`runs` runs of each variant on each input of the pool, one batch at a
+    /// time).
+    fn phase_times(
+        &self,
+        kernel: usize,
+        (phase, size): (usize, usize),
+        runs: usize,
+    ) -> Vec<Duration> {
         let variants = self.kernels[kernel].handles.len();
         (0..variants)
             .map(|v| {
@@ -249,6 +290,7 @@ impl Trace {
                             Step {
                                 kernel,
                                 phase,
+                                size,
                                 input,
                             },
                             v,
@@ -266,12 +308,17 @@ impl Trace {
     /// the wall times. One-at-a-time timings (`phase_times`) can rank the variants the
     /// other way when the queues' threads share the machine (the CPU backend's rayon
     /// pool on a 2-core VM did).
-    fn in_trace_times(&self, kernel: usize, phase: usize, runs: usize) -> Vec<Duration> {
+    fn in_trace_times(
+        &self,
+        kernel: usize,
+        (phase, size): (usize, usize),
+        runs: usize,
+    ) -> Vec<Duration> {
         let steps: Vec<Step> = self
             .steps
             .iter()
             .copied()
-            .filter(|s| s.kernel == kernel && s.phase == phase)
+            .filter(|s| s.kernel == kernel && s.phase == phase && s.size == size)
             .collect();
         (0..self.kernels[kernel].handles.len())
             .map(|v| {
@@ -287,26 +334,31 @@ impl Trace {
     /// is part of the returned time.
     fn run_exhaustive(&self, tune_runs: usize) -> Duration {
         let started = Instant::now();
-        let winners: Vec<usize> = (0..self.kernels.len())
+        let winners: Vec<Vec<usize>> = (0..self.kernels.len())
             .map(|k| {
-                let first = self
-                    .steps
-                    .iter()
-                    .copied()
-                    .find(|s| s.kernel == k)
-                    .unwrap_or(Step {
-                        kernel: k,
-                        phase: 0,
-                        input: 0,
-                    });
-                let variants = self.kernels[k].handles.len();
-                (0..variants)
-                    .min_by_key(|&v| self.time_variant(first, v, tune_runs))
-                    .unwrap_or(0)
+                (0..self.sizes.len())
+                    .map(|z| {
+                        let first = self
+                            .steps
+                            .iter()
+                            .copied()
+                            .find(|s| s.kernel == k && s.size == z)
+                            .unwrap_or(Step {
+                                kernel: k,
+                                phase: 0,
+                                size: z,
+                                input: 0,
+                            });
+                        let variants = self.kernels[k].handles.len();
+                        (0..variants)
+                            .min_by_key(|&v| self.time_variant(first, v, tune_runs))
+                            .unwrap_or(0)
+                    })
+                    .collect()
             })
             .collect();
         let tuning = started.elapsed();
-        tuning + self.run_fixed(&|step| winners[step.kernel])
+        tuning + self.run_fixed(&|step| winners[step.kernel][step.size])
     }
 
     /// The trace through a fresh engine; building it and shutting it down are not
@@ -314,6 +366,7 @@ impl Trace {
     fn run_engine(&self) -> Duration {
         let engine = Engine::builder()
             .backend_instance(Arc::clone(&self.backend))
+            .key_transfer(self.transfer.load(Ordering::Relaxed))
             // Measured from nothing learnt: no autotune file is read or saved (saves
             // fsync, and a file left by an earlier run would pre-decide the verdicts).
             .without_autotune_file()
@@ -368,9 +421,31 @@ impl Trace {
             .kernels
             .iter()
             .zip(&ids)
-            .map(|(k, id)| format!("{}: {:?}", k.workload.name(), engine.verdict(*id)))
+            .map(|(k, id)| {
+                let keys = engine.kernel_stats(*id).map_or_else(String::new, |stats| {
+                    stats
+                        .keys
+                        .iter()
+                        .map(|key| {
+                            let prior = key
+                                .prior_source
+                                .map_or_else(String::new, |p| format!(", from {p}"));
+                            format!("{} {} {} races{prior}", key.key, key.verdict, key.races)
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                });
+                format!("{}: [{keys}]", k.workload.name())
+            })
             .collect::<Vec<_>>()
             .join(", ");
+        let races: u32 = ids
+            .iter()
+            .filter_map(|id| engine.kernel_stats(*id))
+            .flat_map(|stats| stats.keys)
+            .map(|key| key.races)
+            .sum();
+        let verdicts = format!("{races} races in all; {verdicts}");
         *self.last_verdicts.lock().unwrap_or_else(|p| p.into_inner()) = verdicts;
         drop(engine);
         if let (Some(log), Some(last)) = (log, &self.last_events) {
@@ -384,25 +459,30 @@ impl Trace {
     }
 }
 
-/// For each kernel and phase of the trace, `time(kernel, phase)`'s time per variant,
-/// printed after `label`, and the fastest variant.
+/// For each kernel, phase and size of the trace, `time(kernel, (phase, size))`'s time
+/// per variant, printed after `label`, and the fastest variant: `[kernel][phase][size]`.
 fn choose_per_phase(
     trace: &Trace,
     label: &str,
-    time: impl Fn(usize, usize) -> Vec<Duration>,
-) -> Vec<Vec<usize>> {
+    time: impl Fn(usize, (usize, usize)) -> Vec<Duration>,
+) -> Vec<Vec<Vec<usize>>> {
     (0..trace.kernels.len())
         .map(|k| {
             (0..trace.kernels[k].phases.len())
                 .map(|p| {
-                    let times = time(k, p);
-                    println!(
-                        "regret: {label}, variant 0 / 1 / …: {} {:?}: {}",
-                        trace.kernels[k].workload.name(),
-                        trace.kernels[k].phases[p],
-                        micros(&times)
-                    );
-                    fastest(&times)
+                    (0..trace.sizes.len())
+                        .map(|z| {
+                            let times = time(k, (p, z));
+                            println!(
+                                "regret: {label}, variant 0 / 1 / …: {} {:?} {} B: {}",
+                                trace.kernels[k].workload.name(),
+                                trace.kernels[k].phases[p],
+                                trace.sizes[z],
+                                micros(&times)
+                            );
+                            fastest(&times)
+                        })
+                        .collect()
                 })
                 .collect()
         })
@@ -469,33 +549,64 @@ fn wait(ticket: Option<photofinish::Ticket>) {
 }
 
 fn regret(c: &mut Criterion) {
-    let batches = common::env_usize("PF_REGRET_BATCHES", 10_000).max(1);
-    let bytes = common::env_usize("PF_REGRET_BYTES", 16 * 1024).max(16);
     let tune_runs = common::env_usize("PF_REGRET_TUNE_RUNS", 10).max(1);
-    let trace = Trace::new(common::backend_from_env(), batches, bytes);
+    let sizes: Vec<usize> = std::env::var("PF_REGRET_SIZES")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .filter_map(|s| s.trim().parse().ok())
+                .filter(|&n: &usize| n >= 16)
+                .collect()
+        })
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![4096, 256 << 10, 2 << 20]);
+    let keyed = Trace::new(
+        common::backend_from_env(),
+        common::env_usize("PF_REGRET_KEY_BATCHES", 1500).max(1),
+        sizes,
+        true,
+    );
+    run_trace(c, "regret-keys", &keyed, tune_runs);
+    if std::env::var_os("PF_REGRET_KEYS_ONLY").is_none() {
+        let single = Trace::new(
+            common::backend_from_env(),
+            common::env_usize("PF_REGRET_BATCHES", 10_000).max(1),
+            vec![common::env_usize("PF_REGRET_BYTES", 16 * 1024).max(16)],
+            false,
+        );
+        run_trace(c, "regret", &single, tune_runs);
+    }
+}
+
+/// One trace's group: the probe table, the oracle, the four policies and the ratios.
+fn run_trace(c: &mut Criterion, name: &str, trace: &Trace, tune_runs: usize) {
     let device = trace
         .backend
         .devices()
         .first()
         .map_or_else(|| "?".to_owned(), |d| d.name.clone());
     let queues = trace.backend.queues().len();
-    println!("regret: {batches} batches of {bytes} bytes on {device} ({queues} queues)");
+    let kernels: Vec<&str> = trace.kernels.iter().map(|k| k.workload.name()).collect();
+    println!(
+        "{name}: {} batches of {:?} bytes, kernels {kernels:?}, on {device} ({queues} queues)",
+        trace.steps.len(),
+        trace.sizes
+    );
     // Each phase's variants timed one batch at a time, printed so a run shows how much
     // (or how little) the choice is worth per phase; with `PF_REGRET_PROBE_ONLY` that
     // table is all.
-    let probe = choose_per_phase(&trace, "per batch", |k, p| trace.phase_times(k, p, 5));
-    println!("regret: one-at-a-time choices {probe:?}");
+    let probe = choose_per_phase(trace, "per batch", |k, p| trace.phase_times(k, p, 5));
+    println!("{name}: one-at-a-time choices {probe:?}");
     if std::env::var_os("PF_REGRET_PROBE_ONLY").is_some() {
         return; // the table only (size sweeps on the GPU machine)
     }
-    // The oracle: each phase's fastest variant when the phase's batches run as in the
+    // The oracle: each (phase, size)'s fastest variant when its batches run as in the
     // trace (measured here, not counted in its time).
-    let oracle = choose_per_phase(&trace, "phase in the trace", |k, p| {
+    let oracle = choose_per_phase(trace, "phase in the trace", |k, p| {
         trace.in_trace_times(k, p, 3)
     });
-    println!("regret: oracle choices {oracle:?}");
+    println!("{name}: oracle choices {oracle:?}");
 
-    let name = "regret";
     let mut group = c.benchmark_group(name);
     group.sampling_mode(SamplingMode::Flat);
     group.sample_size(common::env_usize("PF_REGRET_SAMPLES", 10).max(10));
@@ -503,10 +614,15 @@ fn regret(c: &mut Criterion) {
     common::timed(&mut group, name, "photofinish", |iters| {
         total(iters, &|| trace.run_engine())
     });
+    let with_transfer = trace
+        .last_verdicts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let oracle_progress = std::sync::Mutex::new(Vec::new());
     common::timed(&mut group, name, "oracle", |iters| {
         total(iters, &|| {
-            let choose = |step: Step| oracle[step.kernel][step.phase];
+            let choose = |step: Step| oracle[step.kernel][step.phase][step.size];
             if trace.last_events.is_some() {
                 oracle_progress
                     .lock()
@@ -525,29 +641,37 @@ fn regret(c: &mut Criterion) {
         total(iters, &|| trace.run_exhaustive(tune_runs))
     });
     group.finish();
-    println!(
-        "regret: engine verdicts at the end of its last run: {}",
-        trace
-            .last_verdicts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    );
+    println!("{name}: engine's keys at the end of its last run: {with_transfer}");
+    if trace.sizes.len() > 1 {
+        // The same trace once more without key transfer: what the races would be.
+        trace.transfer.store(false, Ordering::Relaxed);
+        let time = trace.run_engine();
+        trace.transfer.store(true, Ordering::Relaxed);
+        println!(
+            "{name}: without key transfer ({:.1} ms, one run): {}",
+            time.as_secs_f64() * 1e3,
+            trace
+                .last_verdicts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        );
+    }
     if let Some(events) = &trace.last_events {
         let events = events.lock().unwrap_or_else(|p| p.into_inner());
         println!(
-            "regret: the engine's events in its last run ({}):",
+            "{name}: the engine's events in its last run ({}):",
             events.len()
         );
         for line in events.iter() {
-            println!("regret:   {line}");
+            println!("{name}:   {line}");
         }
-        println!("regret: the oracle's last run:");
+        println!("{name}: the oracle's last run:");
         for line in oracle_progress
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
-            println!("regret:   {line}");
+            println!("{name}:   {line}");
         }
     }
     for (baseline, target) in [
@@ -556,9 +680,9 @@ fn regret(c: &mut Criterion) {
         ("conservative", "< 1x"),
     ] {
         common::print_time_ratio(
-            &format!("photofinish vs {baseline}"),
-            "regret/photofinish",
-            &format!("regret/{baseline}"),
+            &format!("{name}: photofinish vs {baseline}"),
+            &format!("{name}/photofinish"),
+            &format!("{name}/{baseline}"),
             target,
         );
     }

@@ -105,6 +105,7 @@ pub struct EngineBuilder {
     threshold_pct: u32,
     persistence: Persistence,
     max_keys_per_kernel: usize,
+    key_transfer: bool,
 }
 
 impl Default for EngineBuilder {
@@ -123,6 +124,7 @@ impl Default for EngineBuilder {
             threshold_pct: DEFAULT_THRESHOLD_PCT,
             persistence: Persistence::Default,
             max_keys_per_kernel: super::DEFAULT_MAX_KEYS_PER_KERNEL,
+            key_transfer: true,
         }
     }
 }
@@ -244,6 +246,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Whether a new tuning key starts from its nearest decided neighbour's verdict as
+    /// a prior (default true; SPEC §8 transfer). Off, every key starts cold unless the
+    /// store holds a verdict of its own: for measuring what transfer saves.
+    pub fn key_transfer(mut self, on: bool) -> Self {
+        self.key_transfer = on;
+        self
+    }
+
     /// How fused kernels choose their path (default `Auto`: follow the speculator).
     /// `Force` makes registering a kernel without a fused path an error.
     pub fn speculation_mode(mut self, mode: SpeculationMode) -> Self {
@@ -361,6 +371,7 @@ impl EngineBuilder {
                 busy_wait,
                 dispatch_timeout: self.dispatch_timeout,
                 max_keys_per_kernel: self.max_keys_per_kernel,
+                key_transfer: self.key_transfer,
             },
             speculator: AdaptiveSpeculator::new(self.threshold_pct),
             tunes,

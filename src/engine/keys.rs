@@ -12,11 +12,11 @@ use crate::autotune::{
     SpeculativeVariantKeys,
 };
 use crate::policy::{SpeculationObservation, SpeculationVerdict, MIN_DISPATCHES_FOR_VERDICT};
-use crate::sync::Mutex;
+use crate::sync::{AtomicBool, Mutex, Ordering};
 
 use super::events::KernelVerdict;
 use super::ladder::Ladder;
-use super::registry::{CacheStatus, RaceSample};
+use super::registry::{CacheStatus, KernelId, RaceSample};
 use super::tuning::TuningKey;
 use super::verdict::VerdictCell;
 
@@ -352,7 +352,12 @@ pub(crate) struct Candidate {
 /// the ladder.
 #[derive(Debug)]
 pub(crate) struct KeyState {
+    /// The kernel it belongs to.
+    pub(crate) kernel: KernelId,
     pub(crate) key: TuningKey,
+    /// Set when the kernel's table forgot this key (a worker's cached state is then
+    /// looked up afresh).
+    forgotten: AtomicBool,
     /// `candidates[v - 1]` for speculative variant `v`.
     candidates: Box<[Candidate]>,
     ladder: Ladder,
@@ -363,10 +368,12 @@ pub(crate) struct KeyState {
 impl KeyState {
     /// A cold key of a kernel whose variants have the autotune keys `variant_keys`
     /// (conservative first).
-    pub(crate) fn new(key: TuningKey, variant_keys: &[SpecCacheKey]) -> Self {
+    pub(crate) fn new(kernel: KernelId, key: TuningKey, variant_keys: &[SpecCacheKey]) -> Self {
         let spec_hash = key.hash64();
         KeyState {
+            kernel,
             key,
+            forgotten: AtomicBool::new(false),
             candidates: variant_keys[1..]
                 .iter()
                 .map(|_| Candidate::default())
@@ -377,6 +384,16 @@ impl KeyState {
                 .map(|k| SpecCacheKey { spec_hash, ..*k })
                 .collect(),
         }
+    }
+
+    /// Marks the state forgotten by its kernel's table.
+    pub(crate) fn forget(&self) {
+        self.forgotten.store(true, Ordering::Release);
+    }
+
+    /// True once the kernel's table forgot this state.
+    pub(crate) fn is_forgotten(&self) -> bool {
+        self.forgotten.load(Ordering::Acquire)
     }
 
     /// The speculative variant in play.

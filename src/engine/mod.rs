@@ -379,6 +379,8 @@ pub(crate) struct Config {
     pub(crate) dispatch_timeout: Option<std::time::Duration>,
     /// Tuning keys a kernel keeps in memory (`EngineBuilder::max_keys_per_kernel`).
     pub(crate) max_keys_per_kernel: usize,
+    /// New keys start from a decided neighbour (`EngineBuilder::key_transfer`).
+    pub(crate) key_transfer: bool,
 }
 
 /// One queue a worker owns, with a count of who is using it. Each on cache lines of

@@ -40,6 +40,20 @@ use super::Core;
 /// The most size classes (factors of two) a verdict transfers across.
 pub const MAX_TRANSFER_CLASSES: u32 = 3;
 
+thread_local! {
+    /// The key state of this worker thread's last batch: a worker whose batches keep to
+    /// one key (the common case) takes it from here, with no shared write, instead of
+    /// cloning the table's `Arc` for every batch (two read-modify-writes of one cache
+    /// line that every worker of the key would share).
+    static LAST: std::cell::RefCell<Option<Arc<KeyState>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Gives a batch's key state back to this thread's cache when the batch is done (see
+/// `LAST`).
+pub(crate) fn done_with(state: Arc<KeyState>) {
+    LAST.with_borrow_mut(|last| *last = Some(state));
+}
+
 /// Makes, at registration, the state of every key of `kernel` that an autotune file
 /// holds a verdict for (loaded, not yet re-verified), so that `KernelStats` shows what
 /// was loaded before a batch comes and a rejected prior costs no race from the first
@@ -89,12 +103,18 @@ fn same_variant(a: &SpecCacheKey, b: &SpecCacheKey) -> bool {
 /// `Event::KeyEvicted`; a variant it starts rejected says so by `Event::VerdictChanged`
 /// (reason `Prior`).
 pub(crate) fn state_for(core: &Core, kernel: &Kernel, key: TuningKey) -> Arc<KeyState> {
+    let cached = LAST.with_borrow_mut(|last| {
+        last.take_if(|s| s.kernel == kernel.id && s.key == key && !s.is_forgotten())
+    });
+    if let Some(state) = cached {
+        return state;
+    }
     if let Some(state) = kernel.key_state(&key) {
         return state;
     }
     let mut rejected: Vec<(usize, usize)> = Vec::new();
     let (state, evicted) = kernel.tuning.get_or_insert(key, |others| {
-        let state = KeyState::new(key, &kernel.keys);
+        let state = KeyState::new(kernel.id, key, &kernel.keys);
         for spec in 1..=state.speculative_count() {
             if kernel.is_broken(spec) {
                 state.candidate(spec).verdict.reject();
@@ -113,6 +133,7 @@ pub(crate) fn state_for(core: &Core, kernel: &Kernel, key: TuningKey) -> Arc<Key
     });
     if let Some(gone) = evicted {
         kernel.note_forgotten_key();
+        gone.value().forget();
         tracing::debug!(kernel = %kernel.name, key = %gone.key(), "tuning key forgotten in memory (its verdict stays in the store)");
         core.bus.publish(Event::KeyEvicted {
             kernel: kernel.id,
@@ -182,14 +203,16 @@ fn prior(
     if let Some(hint) = stored(false) {
         return Some((hint, None));
     }
-    if let Some((hint, key)) = neighbour(state.key, spec, others) {
-        return Some((hint, Some(key)));
+    if core.config.key_transfer {
+        if let Some((hint, key)) = neighbour(state.key, spec, others) {
+            return Some((hint, Some(key)));
+        }
     }
     stored(true).map(|hint| (hint, None))
 }
 
 /// The verdict on variant `spec` of the nearest key to `key` that transfers (see the
-/// module docs); nearer first, then the smaller key.
+/// module docs); nearer first, then the one met first.
 fn neighbour(
     key: TuningKey,
     spec: usize,

@@ -74,7 +74,7 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
     }
     let state = priors::state_for(core, &job.kernel, job.tuning_key());
     let (choice, policy_due, lane) = begin(core, queue, job, &state);
-    match choice {
+    let result = match choice {
         // An adopted variant that refuses a batch the conservative one may take is no
         // longer trusted, and the batch runs conservatively.
         Choice::Single { arm, spec } => {
@@ -84,7 +84,9 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
             }
         }
         Choice::Race { audit, spec } => race(core, queue, (job, &state), lane, audit, spec),
-    }
+    };
+    priors::done_with(state);
+    result
 }
 
 /// Counts the batch's shape for the dispatch policy and chooses what to run for it.
