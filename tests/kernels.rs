@@ -222,6 +222,67 @@ fn wide_variants_plan_at_most_their_cap_of_workgroups() {
     }
 }
 
+/// Sizes for `sum`: empty, ragged (not a multiple of 4 or 16), around the 256-word
+/// stride of one workgroup, and large enough that every task of the wide grid has work.
+const SUM_SIZES: [usize; 10] = [
+    0,
+    1,
+    7,
+    16,
+    17,
+    1000,
+    4096 + 12,
+    (64 << 10) + 5,
+    (1 << 20) + 3,
+    (3 << 20) + 13,
+];
+
+/// Both `sum` variants answer like the reference at [`SUM_SIZES`], with the planned
+/// workgroup count and with 1 and 3 workgroups (the wide grid's loop strides by the
+/// grid, the one-workgroup variant's too).
+fn sum_variants_match_the_reference(backend: &dyn Backend) {
+    let sum = kernels::by_name("sum").expect("sum is found by name");
+    let names: Vec<String> = sum.variants().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, ["sum/wide-grid", "sum/one-workgroup"]);
+    for (i, &len) in SUM_SIZES.iter().enumerate() {
+        let input = sum.generate(InputShape::Uniform, len, 70 + i as u64);
+        assert_eq!(input.len(), len);
+        let want = sum.reference(&input);
+        for variant in 0..2 {
+            for cap in [None, Some(1), Some(3)] {
+                let got = run_variant(backend, sum.as_ref(), variant, &input, cap);
+                assert_eq!(
+                    got.as_ref(),
+                    Ok(&want),
+                    "sum variant {variant}, {len} bytes, cap {cap:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn cpu_backend_sum_variants_match_the_reference() {
+    let backend = CpuBackend::with_threads(2).expect("CPU backend");
+    sum_variants_match_the_reference(&backend);
+}
+
+/// The wide grid is the same whatever the size (none for an empty input); the other
+/// variant is one workgroup.
+#[test]
+fn sum_plans_a_fixed_wide_grid_and_one_workgroup() {
+    let sum = kernels::Sum;
+    for len in [1usize, 4096, 8 << 20] {
+        let input = vec![1u8; len];
+        let wide = sum.plan(0, &input).expect("plan").workgroups;
+        assert_eq!(wide, [kernels::SUM_GRID_WORKGROUPS, 1, 1], "{len} bytes");
+        assert_eq!(sum.plan(1, &input).expect("plan").workgroups, [1, 1, 1]);
+    }
+    for variant in 0..2 {
+        assert_eq!(sum.plan(variant, &[]).expect("plan").workgroups, [0, 1, 1]);
+    }
+}
+
 #[cfg(feature = "vulkan")]
 mod vulkan {
     use std::sync::OnceLock;
@@ -263,6 +324,13 @@ mod vulkan {
     }
 
     #[test]
+    fn vulkan_sum_variants_match_the_reference() {
+        if let Some(backend) = backend() {
+            sum_variants_match_the_reference(backend);
+        }
+    }
+
+    #[test]
     fn vulkan_fused_scan_reports_rollbacks_like_the_cpu_backend() {
         let Some(vulkan) = backend() else { return };
         let cpu = CpuBackend::with_threads(2).expect("CPU backend");
@@ -294,10 +362,16 @@ fn references_are_right_on_hand_made_inputs() {
     assert_eq!(&counts[1020..1024], &1u32.to_le_bytes());
     assert_eq!(counts.iter().map(|&b| u32::from(b)).sum::<u32>(), 3);
 
-    let reduce = kernels::by_name("reduce").expect("reduce");
     let mut input = u32::MAX.to_le_bytes().to_vec();
     input.extend_from_slice(&[2, 1]); // zero extended: 0x0102
-    assert_eq!(reduce.reference(&input), 0x0101u32.to_le_bytes());
+    for name in ["reduce", "sum"] {
+        let workload = kernels::by_name(name).expect(name);
+        assert_eq!(
+            workload.reference(&input),
+            0x0101u32.to_le_bytes(),
+            "{name}"
+        );
+    }
 
     let scan = Scan::new(b"aba").expect("pattern");
     let positions: Vec<u8> = [0u32, 2, 6].iter().flat_map(|p| p.to_le_bytes()).collect();

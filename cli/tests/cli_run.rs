@@ -1,6 +1,7 @@
 //! `photofinish run` as a user runs it: the real binary, its exit codes, its table, its
 //! JSON, its report directory (JSON + well-formed SVG), a second run that starts from
-//! the autotune file, and bad arguments. Small runs on the CPU backend, and one on
+//! the autotune file, a mixed-size trace (`--sizes`: a row, a JSON entry and a chart
+//! per tuning key), and bad arguments. Small runs on the CPU backend, and one on
 //! Vulkan (lavapipe here).
 
 #[path = "../../tests/support/vulkan.rs"]
@@ -85,7 +86,7 @@ fn run_on_the_cpu_prints_a_table_row_per_kernel() {
     ] {
         assert!(lines[1].contains(header), "{header}: {stdout}");
     }
-    for kernel in ["histogram", "reduce", "scan"] {
+    for kernel in ["histogram", "reduce", "scan", "sum"] {
         let row = lines
             .iter()
             .find(|l| l.starts_with(kernel))
@@ -172,12 +173,192 @@ fn report_dir_gets_json_and_a_well_formed_svg_per_kernel() {
     let report = dir.path().join("out");
     let report_arg = report.display().to_string();
     let stdout = run_ok(&refs(&small(&["--report", &report_arg])));
-    assert!(stdout.contains("report: 4 files"), "{stdout}");
+    assert!(stdout.contains("report: 5 files"), "{stdout}");
     let body = std::fs::read_to_string(report.join("report.json")).expect("report.json");
     let value = json(&body);
-    assert_eq!(value["kernels"].as_array().map(Vec::len), Some(3));
-    for kernel in ["histogram", "reduce", "scan"] {
-        assert_well_formed_svg(&report.join(format!("{kernel}.svg")));
+    assert_eq!(value["kernels"].as_array().map(Vec::len), Some(4));
+    // One size, so one tuning key per kernel: one chart each, named with the key.
+    for kernel in ["histogram", "reduce", "scan", "sum"] {
+        assert_well_formed_svg(&report.join(format!("{kernel}-16KiB.svg")));
+    }
+}
+
+/// The sizes of the mixed-size runs below: two tuning keys per kernel.
+const TWO_SIZES: [&str; 6] = [
+    "run",
+    "--backend",
+    "cpu",
+    "--batches",
+    "16",
+    "--sizes=4KiB,1MiB",
+];
+
+#[test]
+fn sizes_give_a_table_row_per_kernel_and_key() {
+    let stdout = run_ok(&TWO_SIZES);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].contains("4KiB, 1MiB"), "{stdout}");
+    for header in ["key", "verdict", "prior", "races", "speedup", "verified"] {
+        assert!(lines[1].contains(header), "{header}: {stdout}");
+    }
+    for kernel in ["histogram", "reduce", "scan", "sum"] {
+        let rows: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.split_whitespace().next() == Some(kernel))
+            .collect();
+        assert_eq!(rows.len(), 2, "two keys for {kernel}:\n{stdout}");
+        for (row, key) in rows.iter().zip(["4KiB", "1MiB"]) {
+            assert_eq!(row.split_whitespace().nth(1), Some(key), "{row}");
+            // The 16 batches alternate: 8 per size, each answer checked.
+            assert!(row.trim_end().ends_with("8/8"), "{row}");
+            assert!(
+                ["undecided", "adopted", "rejected"]
+                    .iter()
+                    .any(|v| row.contains(v)),
+                "{row}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sizes_give_each_kernel_a_json_keys_array_with_the_contract_fields() {
+    let value = json(&run_ok(&[&TWO_SIZES[..], &["--json"]].concat()));
+    assert_eq!(value["sizes_bytes"], serde_json::json!([4096, 1 << 20]));
+    let kernels = value["kernels"].as_array().expect("kernels");
+    assert_eq!(kernels.len(), 4);
+    for k in kernels {
+        // The per-kernel summary stays.
+        assert_eq!(k["batches"], 16, "{k}");
+        assert!(k["verdict"].is_string(), "{k}");
+        let keys = k["keys"].as_array().expect("keys is an array");
+        assert_eq!(keys.len(), 2, "{k}");
+        for (entry, (name, class)) in keys.iter().zip([("4KiB", 4096u64), ("1MiB", 1 << 20)]) {
+            assert_eq!(entry["key"], name, "{entry}");
+            assert_eq!(entry["size_class_bytes"].as_u64(), Some(class), "{entry}");
+            let verdict = entry["verdict"].as_str().expect("verdict is a string");
+            assert!(
+                ["adopted", "rejected", "undecided"].contains(&verdict),
+                "{entry}"
+            );
+            assert!(entry["races"].is_u64(), "{entry}");
+            assert!(entry["from_prior"].is_boolean(), "{entry}");
+            let source = &entry["prior_source"];
+            assert!(
+                source.is_null()
+                    || ["neighbour", "file", "fleet"].contains(&source.as_str().unwrap_or("?")),
+                "{entry}"
+            );
+            assert_eq!(
+                source.is_null(),
+                entry["from_prior"] == false,
+                "a prior has a source: {entry}"
+            );
+            assert!(
+                entry["speedup"].is_null() || entry["speedup"].is_f64(),
+                "{entry}"
+            );
+            assert_eq!(entry["batches"], 8, "{entry}");
+            assert_eq!(entry["verified"], 8, "{entry}");
+        }
+        // Every sample names its key; the keys split the batches evenly.
+        let samples = k["samples"].as_array().expect("samples");
+        for name in ["4KiB", "1MiB"] {
+            assert_eq!(
+                samples.iter().filter(|s| s["key"] == name).count(),
+                8,
+                "{k}"
+            );
+        }
+    }
+}
+
+/// The flipping workload on the CPU backend: the one-workgroup variant wins 4 KiB
+/// batches (about 70×) and the two-thread wide grid 8 MiB ones, so the same run adopts
+/// it for one key and rejects it for the other.
+#[test]
+fn sum_with_two_sizes_adopts_one_workgroup_small_and_rejects_it_large() {
+    let value = json(&run_ok(&[
+        "run",
+        "--backend",
+        "cpu",
+        "--workload",
+        "sum",
+        "--batches",
+        "160",
+        "--sizes=4KiB,8MiB",
+        "--json",
+    ]));
+    let keys = value["kernels"][0]["keys"].as_array().expect("keys");
+    let verdicts: Vec<(&str, &str)> = keys
+        .iter()
+        .map(|k| {
+            (
+                k["key"].as_str().unwrap_or("?"),
+                k["verdict"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [("4KiB", "adopted"), ("8MiB", "rejected")],
+        "{value}"
+    );
+}
+
+#[test]
+fn sizes_write_a_chart_per_kernel_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = dir.path().join("out");
+    let report_arg = report.display().to_string();
+    let args = [
+        &TWO_SIZES[..],
+        &["--workload", "reduce", "--report", &report_arg],
+    ]
+    .concat();
+    let stdout = run_ok(&args);
+    assert!(stdout.contains("report: 3 files"), "{stdout}");
+    for key in ["4KiB", "1MiB"] {
+        assert_well_formed_svg(&report.join(format!("reduce-{key}.svg")));
+    }
+    let value = json(&std::fs::read_to_string(report.join("report.json")).expect("report.json"));
+    assert_eq!(
+        value["kernels"][0]["keys"].as_array().map(Vec::len),
+        Some(2)
+    );
+}
+
+#[test]
+fn sizes_and_size_together_is_an_error_naming_both() {
+    let stderr = run_fails(&[
+        "run",
+        "--backend",
+        "cpu",
+        "--sizes",
+        "4KiB,8MiB",
+        "--size",
+        "64KiB",
+    ]);
+    assert!(
+        stderr.contains("--sizes") && stderr.contains("--size <"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_entry_in_sizes_is_an_error_naming_it() {
+    for (sizes, expected) in [
+        ("4KiB,lots,8MiB", "`lots` is not a size"),
+        ("4KiB,0", "--sizes must be at least 1"),
+        ("4KiB,3GiB", "--sizes 3GiB is too large"),
+        ("4KiB,12parsecs", "unknown unit `parsecs`"),
+    ] {
+        let stderr = run_fails(&["run", "--backend", "cpu", "--sizes", sizes]);
+        assert!(
+            stderr.contains(expected) && stderr.contains("--sizes"),
+            "{sizes}: {stderr}"
+        );
     }
 }
 

@@ -25,11 +25,13 @@ mod fsum;
 mod histogram;
 mod reduce;
 mod scan;
+mod sum;
 
 pub use fsum::FSum;
 pub use histogram::{Histogram, LANES_WORKGROUPS};
 pub use reduce::{Reduce, WIDE_WORKGROUPS};
 pub use scan::{Scan, DEFAULT_PATTERN, MAX_PATTERN_BYTES, SCAN_SLOT_CAPACITY, SCAN_TILE_BYTES};
+pub use sum::{Sum, SUM_GRID_WORKGROUPS};
 
 /// The largest input a built-in workload accepts (2 GiB): byte positions and counts stay
 /// well inside `u32` in the shaders.
@@ -202,12 +204,14 @@ pub trait Workload: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
-/// Every built-in workload: `histogram`, `reduce`, `scan` (with [`DEFAULT_PATTERN`]).
+/// Every built-in workload: `histogram`, `reduce`, `scan` (with [`DEFAULT_PATTERN`])
+/// and `sum` (whose winner flips with the batch's size).
 pub fn builtin() -> Vec<Arc<dyn Workload>> {
     vec![
         Arc::new(Histogram),
         Arc::new(Reduce),
         Arc::new(Scan::default()),
+        Arc::new(Sum),
     ]
 }
 
@@ -423,7 +427,7 @@ mod tests {
 
     #[test]
     fn by_name_finds_each_builtin_and_nothing_else() {
-        for name in ["histogram", "reduce", "scan"] {
+        for name in ["histogram", "reduce", "scan", "fsum", "sum"] {
             assert_eq!(by_name(name).map(|w| w.name()), Some(name));
         }
         assert!(by_name("sort").is_none());

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 /// The built-in workloads `run` knows by name.
-pub(crate) const WORKLOAD_NAMES: [&str; 3] = ["histogram", "reduce", "scan"];
+pub(crate) const WORKLOAD_NAMES: [&str; 4] = ["histogram", "reduce", "scan", "sum"];
 
 /// The largest `--size` a built-in workload accepts (2 GiB, the library's
 /// `kernels::MAX_INPUT_BYTES`).
@@ -36,6 +36,19 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "1MiB", value_parser = parse_size, allow_hyphen_values = true)]
     pub(crate) size: u64,
 
+    /// Several input sizes, comma-separated (e.g. `4KiB,256KiB,8MiB`): one trace per
+    /// workload whose batches take the sizes in turn, so the engine learns a verdict
+    /// per tuning key (size class). Each size is written and checked as `--size` is;
+    /// `--batches` counts the batches of all sizes together. Not with `--size`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = parse_sizes_entry,
+        allow_hyphen_values = true,
+        conflicts_with = "size",
+    )]
+    pub(crate) sizes: Option<Vec<u64>>,
+
     /// Print the results as JSON on stdout instead of progress bars and a table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -60,13 +73,43 @@ pub(crate) struct RunArgs {
 }
 
 impl RunArgs {
-    /// The workload names to run, in the canonical order, each once.
+    /// The input sizes of the trace, in the order batches take them: `--sizes` when
+    /// given (each once, first occurrence kept), else `--size` alone.
+    pub(crate) fn trace_sizes(&self) -> Vec<u64> {
+        match &self.sizes {
+            Some(sizes) if !sizes.is_empty() => {
+                let mut once = Vec::with_capacity(sizes.len());
+                for &size in sizes {
+                    if !once.contains(&size) {
+                        once.push(size);
+                    }
+                }
+                once
+            }
+            _ => vec![self.size],
+        }
+    }
+
+    /// The option the sizes came from, for messages: `--sizes` or `--size`.
+    pub(crate) fn size_option(&self) -> &'static str {
+        if self.sizes.is_some() {
+            "--sizes"
+        } else {
+            "--size"
+        }
+    }
+
+    /// The workload names to run, in the canonical order, each once (`fsum`, which
+    /// `all` leaves out, last).
     pub(crate) fn workload_names(&self) -> Vec<&'static str> {
         let all = self.workload.contains(&WorkloadArg::All);
         WORKLOAD_NAMES
             .iter()
+            .chain(&["fsum"])
             .copied()
-            .filter(|name| all || self.workload.iter().any(|w| w.name() == Some(*name)))
+            .filter(|name| {
+                (all && *name != "fsum") || self.workload.iter().any(|w| w.name() == Some(*name))
+            })
             .collect()
     }
 }
@@ -83,6 +126,12 @@ pub(crate) enum WorkloadArg {
     /// Find every occurrence of a byte pattern: per-position check vs fused tiled
     /// prefilter + confirm.
     Scan,
+    /// Sum of u32 whose winner flips with the batch's size: a fixed wide grid vs one
+    /// workgroup.
+    Sum,
+    /// Sum of f32 compared within a tolerance: sequential vs reassociated (`all` leaves
+    /// it out).
+    Fsum,
 }
 
 impl WorkloadArg {
@@ -93,6 +142,8 @@ impl WorkloadArg {
             WorkloadArg::Histogram => Some("histogram"),
             WorkloadArg::Reduce => Some("reduce"),
             WorkloadArg::Scan => Some("scan"),
+            WorkloadArg::Sum => Some("sum"),
+            WorkloadArg::Fsum => Some("fsum"),
         }
     }
 }
@@ -168,6 +219,15 @@ pub(crate) fn format_bytes(n: u128) -> String {
 /// of 1000). Refuses 0, anything above 2 GiB, and anything else with a message that
 /// says what to write.
 pub(crate) fn parse_size(input: &str) -> Result<u64, ArgError> {
+    parse_size_for(input, "--size")
+}
+
+/// Parses one entry of `--sizes` as [`parse_size`] does; its messages name `--sizes`.
+pub(crate) fn parse_sizes_entry(input: &str) -> Result<u64, ArgError> {
+    parse_size_for(input, "--sizes")
+}
+
+fn parse_size_for(input: &str, what: &'static str) -> Result<u64, ArgError> {
     let trimmed = input.trim();
     let digits_end = trimmed
         .find(|c: char| !c.is_ascii_digit())
@@ -196,11 +256,11 @@ pub(crate) fn parse_size(input: &str) -> Result<u64, ArgError> {
     };
     let bytes = number.saturating_mul(scale);
     if bytes == 0 {
-        return Err(ArgError::Zero { what: "--size" });
+        return Err(ArgError::Zero { what });
     }
     if bytes > u128::from(MAX_SIZE_BYTES) {
         return Err(ArgError::TooLarge {
-            what: "--size",
+            what,
             value: ByteCount::Bytes(bytes),
             max: ByteCount::Bytes(u128::from(MAX_SIZE_BYTES)),
         });
@@ -319,8 +379,46 @@ mod tests {
             names(&["--workload", "reduce", "--workload", "all"]).ok(),
             Some(WORKLOAD_NAMES.to_vec())
         );
+        assert_eq!(
+            names(&["--workload", "fsum,all"]).ok(),
+            Some(vec!["histogram", "reduce", "scan", "sum", "fsum"])
+        );
         assert!(names(&["--workload", "sort"]).is_err());
         assert!(names(&["--size", "0"]).is_err());
         assert!(names(&["--batches", "0"]).is_err());
+    }
+
+    #[test]
+    fn sizes_parse_as_a_list_and_exclude_size() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let parse = |argv: &[&str]| {
+            Wrap::try_parse_from(std::iter::once("run").chain(argv.iter().copied()))
+        };
+        let run = parse(&["--sizes", "4KiB,256KiB,8MiB,4KiB"])
+            .expect("parses")
+            .run;
+        assert_eq!(run.trace_sizes(), [4 << 10, 256 << 10, 8 << 20]);
+        assert_eq!(run.size_option(), "--sizes");
+        let run = parse(&["--size", "64KiB"]).expect("parses").run;
+        assert_eq!(run.trace_sizes(), [64 << 10]);
+        assert_eq!(run.size_option(), "--size");
+        let err = parse(&["--sizes", "4KiB", "--size", "8KiB"]).expect_err("both");
+        let message = err.to_string();
+        assert!(
+            message.contains("--sizes") && message.contains("--size "),
+            "{message}"
+        );
+        let err = parse(&["--sizes", "4KiB,0,8MiB"]).expect_err("a zero entry");
+        assert!(
+            err.to_string().contains("--sizes must be at least 1"),
+            "{err}"
+        );
+        let err = parse(&["--sizes", "4KiB,lots"]).expect_err("a bad entry");
+        assert!(err.to_string().contains("`lots` is not a size"), "{err}");
     }
 }

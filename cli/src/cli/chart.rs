@@ -1,10 +1,11 @@
-//! The convergence chart of one kernel: both variants' kernel time per sample, with
-//! the point where the verdict came marked, drawn as SVG with plotters. It renders a
-//! [`KernelReport`] into an SVG string; writing the file is the caller's business.
+//! The convergence chart of one kernel, or of one tuning key of it: both variants'
+//! kernel time per sample, with the point where the verdict came marked, drawn as SVG
+//! with plotters. It renders a [`KernelReport`] (or one of its [`KeyReport`]s) into an
+//! SVG string; writing the file is the caller's business.
 
 use plotters::prelude::*;
 
-use super::report::KernelReport;
+use super::report::{KernelReport, KeyReport, Verdict};
 
 /// Width and height of a chart in pixels.
 pub(crate) const CHART_SIZE: (u32, u32) = (900, 500);
@@ -25,26 +26,89 @@ pub(crate) struct ChartError {
 /// microseconds; a line per variant (points where a sample has a time), a vertical line
 /// at `samples_to_verdict` labelled with the verdict.
 pub(crate) fn render_svg(kernel: &KernelReport) -> Result<String, ChartError> {
+    let view = View {
+        title: format!(
+            "{}: {} vs {}",
+            kernel.kernel, kernel.conservative_variant, kernel.speculative_variant
+        ),
+        conservative_variant: &kernel.conservative_variant,
+        speculative_variant: &kernel.speculative_variant,
+        points: kernel
+            .samples
+            .iter()
+            .map(|s| (s.index, s.conservative_ns, s.speculative_ns))
+            .collect(),
+        verdict: kernel.verdict,
+        verdict_at: kernel.samples_to_verdict,
+    };
+    render_view(&kernel.kernel, &view)
+}
+
+/// The SVG document of the chart of one key of `kernel`: x is the sample index among
+/// that key's batches. The verdict line stands at the key's race sample that decided
+/// it (`samples_to_verdict`, counted among the key's samples with both arms' times).
+pub(crate) fn render_key_svg(kernel: &KernelReport, key: &KeyReport) -> Result<String, ChartError> {
+    let mine = kernel
+        .samples
+        .iter()
+        .filter(|s| s.key.as_deref() == Some(key.key.as_str()));
+    let points: Vec<(u32, Option<u64>, Option<u64>)> = (1u32..)
+        .zip(mine)
+        .map(|(i, s)| (i, s.conservative_ns, s.speculative_ns))
+        .collect();
+    let verdict_at = key.samples_to_verdict.map(|n| {
+        points
+            .iter()
+            .filter(|(_, c, s)| c.is_some() && s.is_some())
+            .nth(n.saturating_sub(1) as usize)
+            .map_or(n, |&(i, _, _)| i)
+    });
+    let view = View {
+        title: format!(
+            "{} at {}: {} vs {}",
+            kernel.kernel, key.key, kernel.conservative_variant, kernel.speculative_variant
+        ),
+        conservative_variant: &kernel.conservative_variant,
+        speculative_variant: &kernel.speculative_variant,
+        points,
+        verdict: key.verdict,
+        verdict_at,
+    };
+    render_view(&format!("{} at {}", kernel.kernel, key.key), &view)
+}
+
+/// What a chart draws.
+struct View<'a> {
+    title: String,
+    conservative_variant: &'a str,
+    speculative_variant: &'a str,
+    /// (x, conservative time, speculative time) per sample.
+    points: Vec<(u32, Option<u64>, Option<u64>)>,
+    verdict: Verdict,
+    verdict_at: Option<u32>,
+}
+
+fn render_view(name: &str, view: &View<'_>) -> Result<String, ChartError> {
     let mut svg = String::new();
-    draw(kernel, &mut svg).map_err(|reason| ChartError {
-        kernel: kernel.kernel.clone(),
+    draw(view, &mut svg).map_err(|reason| ChartError {
+        kernel: name.to_string(),
         reason,
     })?;
     Ok(svg)
 }
 
-fn draw(k: &KernelReport, svg: &mut String) -> Result<(), String> {
+fn draw(k: &View<'_>, svg: &mut String) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
     let us = |ns: u64| ns as f64 / 1_000.0;
     let conservative: Vec<(u32, f64)> = k
-        .samples
+        .points
         .iter()
-        .filter_map(|s| s.conservative_ns.map(|ns| (s.index, us(ns))))
+        .filter_map(|&(x, c, _)| c.map(|ns| (x, us(ns))))
         .collect();
     let speculative: Vec<(u32, f64)> = k
-        .samples
+        .points
         .iter()
-        .filter_map(|s| s.speculative_ns.map(|ns| (s.index, us(ns))))
+        .filter_map(|&(x, _, s)| s.map(|ns| (x, us(ns))))
         .collect();
     let y_max = conservative
         .iter()
@@ -53,16 +117,12 @@ fn draw(k: &KernelReport, svg: &mut String) -> Result<(), String> {
         .fold(0.0f64, f64::max);
     // Headroom above the highest sample; a 1 µs axis when there are no times at all.
     let y_top = if y_max > 0.0 { y_max * 1.1 } else { 1.0 };
-    let x_last = k.samples.len().max(1) as u32;
+    let x_last = k.points.iter().map(|p| p.0).max().unwrap_or(0).max(1);
 
     let root = SVGBackend::with_string(svg, CHART_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let title = format!(
-        "{}: {} vs {}",
-        k.kernel, k.conservative_variant, k.speculative_variant
-    );
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
+        .caption(&k.title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -76,8 +136,8 @@ fn draw(k: &KernelReport, svg: &mut String) -> Result<(), String> {
         .map_err(|e| err(&e))?;
 
     for (points, color, label) in [
-        (&conservative, CONSERVATIVE, k.conservative_variant.as_str()),
-        (&speculative, SPECULATIVE, k.speculative_variant.as_str()),
+        (&conservative, CONSERVATIVE, k.conservative_variant),
+        (&speculative, SPECULATIVE, k.speculative_variant),
     ] {
         chart
             .draw_series(LineSeries::new(
@@ -96,7 +156,7 @@ fn draw(k: &KernelReport, svg: &mut String) -> Result<(), String> {
             .map_err(|e| err(&e))?;
     }
 
-    if let Some(at) = k.samples_to_verdict {
+    if let Some(at) = k.verdict_at {
         let label = format!("{} after {at} samples", k.verdict.as_str());
         chart
             .draw_series(std::iter::once(PathElement::new(

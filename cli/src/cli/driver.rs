@@ -3,6 +3,10 @@
 //! answer against the workload's CPU reference, and turns answers and engine events
 //! into the [`RunReport`]. Only public library API is used here.
 //!
+//! With `--sizes` a workload's batches take the sizes in turn (round-robin), each size
+//! with its own pool of inputs, so one trace interleaves tuning keys (SPEC §8); every
+//! sample carries its batch's key, and race samples are matched to answers per key.
+//!
 //! Samples are numbered in the order their answers complete. The verdict comes from the
 //! engine's `VerdictChanged` events, drained after every answer. "Samples to verdict"
 //! for a measured verdict is found by replaying the library's own decision rule
@@ -10,7 +14,7 @@
 //! [`KernelTally::finish`]); for a mismatch it is the number of answers the driver had
 //! when it saw the event.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,14 +26,14 @@ use photofinish::backend::DeviceInfo;
 use photofinish::kernels::{self, InputShape, Workload};
 use photofinish::{
     Answer, Arm, BackendChoice, Batch, CacheStatus, Engine, EngineError, Event, KernelId,
-    KernelVerdict, Output, RaceSample, Subscription, Ticket, VerdictReason,
+    KernelVerdict, KeyStats, Output, RaceSample, Subscription, Ticket, TuningKey, VerdictReason,
 };
 
 use super::args::{format_bytes, RunArgs};
-use super::report::{ArmName, KernelTally, RunReport, Verdict};
+use super::report::{ArmName, KernelTally, KeyReport, RunReport, Verdict};
 
-/// Distinct inputs per kernel: batches cycle through them (generating `--batches`
-/// inputs of `--size` each would cost more than the kernels).
+/// Distinct inputs per kernel and size: batches cycle through them (generating
+/// `--batches` inputs of `--size` each would cost more than the kernels).
 const INPUT_POOL: usize = 4;
 
 /// How long to wait on the oldest ticket before looking for any other finished one.
@@ -49,9 +53,12 @@ pub(crate) enum DriverError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// `--size` is more than a device takes in one storage buffer.
-    #[error("--size {size} is more than device {device} ({name}) takes in one storage buffer (maxStorageBufferRange {range} bytes); the largest size this device takes is {largest}")]
+    /// A `--size` (or `--sizes` entry) is more than a device takes in one storage
+    /// buffer.
+    #[error("{option} {size} is more than device {device} ({name}) takes in one storage buffer (maxStorageBufferRange {range} bytes); the largest size this device takes is {largest}")]
     SizeOverDeviceLimit {
+        /// The option: `--size` or `--sizes`.
+        option: &'static str,
         /// The size asked for, formatted.
         size: String,
         /// The device's index.
@@ -65,7 +72,9 @@ pub(crate) enum DriverError {
     },
     /// A workload the options name is not built in (a bug: the options list only
     /// built-in names).
-    #[error("no built-in workload is called `{0}`; choose one of histogram, reduce, scan")]
+    #[error(
+        "no built-in workload is called `{0}`; choose one of histogram, reduce, scan, sum, fsum"
+    )]
     UnknownWorkload(String),
 }
 
@@ -115,7 +124,10 @@ pub(crate) fn run(
         None => builder.without_autotune_file(),
     };
     let engine = builder.build()?;
-    check_size(args.size, engine.devices())?;
+    let sizes = args.trace_sizes();
+    for &size in &sizes {
+        check_size(args.size_option(), size, engine.devices())?;
+    }
     let events = engine.subscribe();
     let mut report = RunReport {
         backend: engine.backend_kind().to_string(),
@@ -123,7 +135,8 @@ pub(crate) fn run(
         devices: engine.devices().iter().map(|d| d.name.clone()).collect(),
         workers: engine.worker_count(),
         batches: args.batches,
-        size_bytes: args.size,
+        size_bytes: sizes[0],
+        sizes_bytes: sizes.clone(),
         autotune_file: args.autotune_file.as_ref().map(|p| p.display().to_string()),
         kernels: Vec::new(),
     };
@@ -157,7 +170,7 @@ pub(crate) fn run(
         registered.push((workload, id, bar));
     }
     for (workload, id, bar) in registered {
-        let tally = run_kernel(&engine, &events, workload.as_ref(), id, args, &bar)?;
+        let tally = run_kernel(&engine, &events, workload.as_ref(), id, args, &sizes, &bar)?;
         let kernel = tally.finish();
         bar.finish_with_message(kernel.verdict.as_str());
         report.kernels.push(kernel);
@@ -178,12 +191,17 @@ pub(crate) fn run(
 /// input is generated. The built-in workloads pad the input to a multiple of 16 bytes,
 /// and their outputs are smaller than their inputs at any size a device limits, so the
 /// largest size a device takes is its `max_storage_buffer_range` rounded down to 16.
-pub(crate) fn check_size(size: u64, devices: &[DeviceInfo]) -> Result<(), DriverError> {
+pub(crate) fn check_size(
+    option: &'static str,
+    size: u64,
+    devices: &[DeviceInfo],
+) -> Result<(), DriverError> {
     for device in devices {
         let range = device.limits.max_storage_buffer_range;
         let largest = range / 16 * 16;
         if size.div_ceil(16).saturating_mul(16) > range {
             return Err(DriverError::SizeOverDeviceLimit {
+                option,
                 size: format_bytes(u128::from(size)),
                 device: device.index,
                 name: device.name.clone(),
@@ -201,14 +219,15 @@ fn bar_style() -> ProgressStyle {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
-/// Submits one kernel's batches, at most twice the worker count in flight, and
-/// collects answers in the order they complete.
+/// Submits one kernel's batches, at most twice the worker count in flight, the sizes
+/// taken in turn, and collects answers in the order they complete.
 fn run_kernel(
     engine: &Engine,
     events: &Subscription,
     workload: &dyn Workload,
     id: KernelId,
     args: &RunArgs,
+    sizes: &[u64],
     bar: &ProgressBar,
 ) -> Result<KernelTally, DriverError> {
     let variants = workload.variants();
@@ -217,27 +236,45 @@ fn run_kernel(
     if let Some(v) = engine.verdict(id).and_then(decided) {
         tally.started_from_cache(v);
     }
-    let pool = inputs(workload, args);
+    let total = args.batches as usize;
+    let pools: Vec<Vec<Input>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(at, &size)| {
+            // Batches of this size: those whose turn it is in the round-robin.
+            let batches = total / sizes.len() + usize::from(at < total % sizes.len());
+            let first_seed = args.seed.wrapping_add((at * INPUT_POOL) as u64);
+            inputs(workload, size, batches, first_seed)
+        })
+        .collect();
     let in_flight_max = engine.worker_count().max(1) * 2;
-    let mut in_flight: Vec<(Ticket, usize)> = Vec::with_capacity(in_flight_max);
-    let mut races: VecDeque<RaceSample> = VecDeque::new();
+    let mut in_flight: Vec<(Ticket, InputAt)> = Vec::with_capacity(in_flight_max);
+    let mut seen = Seen::default();
     let mut submitted = 0usize;
-    while submitted < args.batches as usize || !in_flight.is_empty() {
-        if submitted < args.batches as usize && in_flight.len() < in_flight_max {
-            let which = submitted % pool.len();
-            let batch = Batch::new(id, Arc::clone(&pool[which].0));
-            in_flight.push((engine.submit(batch)?, which));
+    while submitted < total || !in_flight.is_empty() {
+        if submitted < total && in_flight.len() < in_flight_max {
+            let size = submitted % sizes.len();
+            let pool = &pools[size];
+            let which = (submitted / sizes.len()) % pool.len();
+            let batch = Batch::new(id, Arc::clone(&pool[which].input));
+            let at = InputAt {
+                size,
+                which,
+                key: batch.tuning_key(),
+            };
+            in_flight.push((engine.submit(batch)?, at));
             submitted += 1;
             continue;
         }
-        let (answer, which) = next_answer(&mut in_flight)?;
+        let (answer, at) = next_answer(&mut in_flight)?;
         // The engine publishes a race's sample before it answers the batch, so drain
         // first: the sample of this answer's race is then queued.
-        drain(events, id, &mut tally, &mut races, bar);
-        collect(&mut tally, answer, &pool[which].1, &mut races);
+        drain(events, id, &mut tally, &mut seen, bar);
+        let reference = &pools[at.size][at.which].reference;
+        collect(&mut tally, answer, reference, at.key, &mut seen.races);
         bar.inc(1);
     }
-    drain(events, id, &mut tally, &mut races, bar);
+    drain(events, id, &mut tally, &mut seen, bar);
     if let Some(stats) = engine.kernel_stats(id) {
         tally.engine_facts(
             stats.verdict_at_sample.map(|i| i.saturating_add(1)),
@@ -249,13 +286,57 @@ fn run_kernel(
             &stats.cache.to_string(),
         );
         tally.window_means(stats.observation);
+        let keys: Vec<KeyReport> = stats
+            .keys
+            .iter()
+            .map(|k| {
+                let reason = seen.reasons.get(&k.key).map(String::as_str);
+                KeyReport::new(k, tally.samples(), reason)
+            })
+            .collect();
+        let summary_key = busiest(&stats.keys).map(|k| k.key.to_string());
+        tally.keys(Verdict::of(stats.verdict), keys, summary_key);
     }
     Ok(tally)
 }
 
+/// The key whose races `KernelStats`' summary fields report: the one with the most
+/// races, the first of equals (`keys` is in the engine's order).
+fn busiest(keys: &[KeyStats]) -> Option<&KeyStats> {
+    keys.iter()
+        .enumerate()
+        .max_by_key(|(i, k)| (k.races, std::cmp::Reverse(*i)))
+        .map(|(_, k)| k)
+}
+
+/// One generated input and its CPU reference answer.
+struct Input {
+    input: Arc<[u8]>,
+    reference: Vec<u8>,
+}
+
+/// Where a batch in flight took its input from, and its tuning key.
+#[derive(Debug, Clone, Copy)]
+struct InputAt {
+    /// Index into the sizes.
+    size: usize,
+    /// Index into that size's pool.
+    which: usize,
+    /// The batch's key.
+    key: TuningKey,
+}
+
+/// What the events told so far: race samples not yet matched to an answer, per key,
+/// and the words of each key's last verdict change.
+#[derive(Debug, Default)]
+struct Seen {
+    races: HashMap<TuningKey, VecDeque<RaceSample>>,
+    reasons: HashMap<TuningKey, String>,
+}
+
 /// The first answer to complete among `in_flight` (removed from it), with the index
 /// of its input.
-fn next_answer(in_flight: &mut Vec<(Ticket, usize)>) -> Result<(Answer, usize), DriverError> {
+fn next_answer(in_flight: &mut Vec<(Ticket, InputAt)>) -> Result<(Answer, InputAt), DriverError> {
     loop {
         if let Some(at) = in_flight.iter().position(|(t, _)| t.is_ready()) {
             let (ticket, which) = in_flight.swap_remove(at);
@@ -272,49 +353,58 @@ fn next_answer(in_flight: &mut Vec<(Ticket, usize)>) -> Result<(Answer, usize), 
     }
 }
 
-/// `INPUT_POOL` inputs of `args.size` bytes, cycling through the workload's shapes,
-/// each with its CPU reference answer.
-fn inputs(workload: &dyn Workload, args: &RunArgs) -> Vec<(Arc<[u8]>, Vec<u8>)> {
+/// Up to `INPUT_POOL` inputs of `size` bytes (no more than `batches`), cycling through
+/// the workload's shapes, seeded `first_seed`, `first_seed + 1`…, each with its CPU
+/// reference answer.
+fn inputs(workload: &dyn Workload, size: u64, batches: usize, first_seed: u64) -> Vec<Input> {
     let shapes = workload.shapes();
-    let len = usize::try_from(args.size).unwrap_or(usize::MAX);
-    let count = INPUT_POOL.min(args.batches as usize).max(1);
+    let len = usize::try_from(size).unwrap_or(usize::MAX);
+    let count = INPUT_POOL.min(batches).max(1);
     (0..count)
         .map(|i| {
             let shape = shapes.get(i % shapes.len().max(1)).copied();
             let input = workload.generate(
                 shape.unwrap_or(InputShape::Uniform),
                 len,
-                args.seed.wrapping_add(i as u64),
+                first_seed.wrapping_add(i as u64),
             );
             let reference = workload.reference(&input);
-            (Arc::from(input), reference)
+            Input {
+                input: Arc::from(input),
+                reference,
+            }
         })
         .collect()
 }
 
 /// One answer into the tally. A raced answer takes both arms' times from the oldest
-/// race sample the engine published (an exact pair; with several batches in flight it
-/// may be another batch's race, which does not matter for the per-sample series).
+/// race sample the engine published for its key (an exact pair; with several batches
+/// in flight it may be another batch's race of the same key, which does not matter
+/// for the per-sample series).
 fn collect(
     tally: &mut KernelTally,
     answer: Answer,
     reference: &[u8],
-    races: &mut VecDeque<RaceSample>,
+    key: TuningKey,
+    races: &mut HashMap<TuningKey, VecDeque<RaceSample>>,
 ) {
     let verified = matches!(&answer.output, Output::Answer(bytes) if bytes == reference);
     let (answered_by, conservative_ns, speculative_ns) = match answer.arm {
-        Arm::Conservative if answer.raced => match races.pop_front() {
-            Some(r) => (
-                ArmName::Conservative,
-                Some(r.conservative_ns),
-                Some(r.speculative_ns),
-            ),
-            None => (ArmName::Conservative, answer.kernel_ns, None),
-        },
+        Arm::Conservative if answer.raced => {
+            match races.get_mut(&key).and_then(VecDeque::pop_front) {
+                Some(r) => (
+                    ArmName::Conservative,
+                    Some(r.conservative_ns),
+                    Some(r.speculative_ns),
+                ),
+                None => (ArmName::Conservative, answer.kernel_ns, None),
+            }
+        }
         Arm::Conservative => (ArmName::Conservative, answer.kernel_ns, None),
         Arm::Speculative => (ArmName::Speculative, None, answer.kernel_ns),
     };
-    tally.push(
+    tally.push_keyed(
+        Some(key.to_string()),
         conservative_ns,
         speculative_ns,
         answered_by,
@@ -328,16 +418,26 @@ fn drain(
     events: &Subscription,
     id: KernelId,
     tally: &mut KernelTally,
-    races: &mut VecDeque<RaceSample>,
+    seen: &mut Seen,
     bar: &ProgressBar,
 ) {
     for event in events.try_iter() {
         match event {
-            Event::RaceSample { kernel, sample, .. } if kernel == id => races.push_back(sample),
+            Event::RaceSample {
+                kernel,
+                key,
+                sample,
+                ..
+            } if kernel == id => seen.races.entry(key).or_default().push_back(sample),
             Event::VerdictChanged {
-                kernel, to, reason, ..
+                kernel,
+                key,
+                to,
+                reason,
+                ..
             } if kernel == id => {
                 let verdict = decided(to).unwrap_or(Verdict::Undecided);
+                seen.reasons.insert(key, reason_text(&reason));
                 if reason == VerdictReason::Reverified {
                     tally.verdict(verdict, "re-verified", false);
                     tally.reverified();
@@ -346,7 +446,7 @@ fn drain(
                     tally.verdict(verdict, &reason_text(&reason), measured);
                 }
                 bar.set_message(format!(
-                    "{} after {} samples",
+                    "{key}: {} after {} samples",
                     verdict.as_str(),
                     tally.batches()
                 ));
@@ -413,7 +513,7 @@ mod tests {
     fn a_size_over_a_devices_storage_buffer_range_is_refused_up_front() {
         let small = 128u64 << 20;
         let devices = [device(0, u64::from(u32::MAX)), device(1, small)];
-        let err = check_size(2 << 30, &devices).expect_err("2GiB is over 128MiB");
+        let err = check_size("--size", 2 << 30, &devices).expect_err("2GiB is over 128MiB");
         let message = err.to_string();
         assert!(
             message.contains("device 1")
@@ -421,17 +521,20 @@ mod tests {
                 && message.contains("the largest size this device takes is 128MiB"),
             "{message}"
         );
-        assert!(check_size(small, &devices).is_ok(), "128MiB fits exactly");
         assert!(
-            check_size(small + 1, &devices).is_err(),
+            check_size("--size", small, &devices).is_ok(),
+            "128MiB fits exactly"
+        );
+        assert!(
+            check_size("--size", small + 1, &devices).is_err(),
             "padded past the range"
         );
         // A range that is no multiple of 16 (lavapipe's 2^31 - 1): the input is padded
         // to 16 bytes, so the largest size is the range rounded down to 16.
         let odd = [device(0, (1 << 31) - 1)];
         let largest = ((1u64 << 31) - 1) / 16 * 16;
-        assert!(check_size(largest, &odd).is_ok());
-        let err = check_size(largest + 1, &odd).expect_err("padded past the range");
+        assert!(check_size("--size", largest, &odd).is_ok());
+        let err = check_size("--size", largest + 1, &odd).expect_err("padded past the range");
         assert!(
             err.to_string().contains(&format!("({largest} bytes)")),
             "{err}"

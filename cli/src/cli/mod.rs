@@ -1,10 +1,11 @@
 //! `photofinish run`: the main job. It runs the built-in workloads through the engine
 //! (a thin client of the library's public API: it builds an [`photofinish::Engine`],
 //! registers, submits, waits and listens to events, as any embedding application
-//! could), then prints a table per kernel, or JSON, and optionally writes a report
-//! directory with `report.json` and an SVG convergence chart per kernel.
+//! could), then prints a table with a row per (kernel, tuning key), or JSON, and
+//! optionally writes a report directory with `report.json` and an SVG convergence
+//! chart per (kernel, tuning key).
 //!
-//! - `args`: the options and their validation (`--size 64KiB`, `--batches`).
+//! - `args`: the options and their validation (`--size 64KiB`, `--sizes`, `--batches`).
 //! - `report`: the one model every output is a view of.
 //! - `table`, `chart`: the text table and the SVG chart.
 //! - `driver`: submitting batches and collecting samples from answers and events.
@@ -12,7 +13,8 @@
 //! Nothing here panics on bad input: every failure is a [`RunError`] whose message says
 //! what to do, printed as one line with a non-zero exit. What can be checked before the
 //! run is: the `--report` and `--autotune-file` directories are created and written to
-//! (a probe file), and `--size` is checked against every device's storage-buffer limit.
+//! (a probe file), and every `--size`/`--sizes` size is checked against every device's
+//! storage-buffer limit.
 //! A file the user asked for that could not be written after the run (the report, an
 //! autotune save) is an error too, after the table: nothing fails silently.
 
@@ -147,8 +149,17 @@ pub(crate) fn print_report(
 /// The file name of a kernel's chart: its name with anything but `[A-Za-z0-9_-]`
 /// replaced, so a kernel name can never leave the report directory.
 pub(crate) fn chart_file_name(kernel: &str) -> String {
-    let safe: String = kernel
-        .chars()
+    format!("{}.svg", safe_name(kernel))
+}
+
+/// The file name of the chart of one tuning key of a kernel: `reduce-4KiB.svg`,
+/// `reduce-64KiB_app_7.svg` (`/` and `:` replaced like anything else unsafe).
+pub(crate) fn key_chart_file_name(kernel: &str, key: &str) -> String {
+    format!("{}-{}.svg", safe_name(kernel), safe_name(key))
+}
+
+fn safe_name(name: &str) -> String {
+    name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
                 c
@@ -156,11 +167,11 @@ pub(crate) fn chart_file_name(kernel: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("{safe}.svg")
+        .collect()
 }
 
-/// Writes `report.json` and one chart per kernel into `dir` (created if missing).
+/// Writes `report.json` and one chart per (kernel, tuning key) into `dir` (created if
+/// missing); a kernel without keys gets one chart under its own name.
 /// Returns the files written. Each file is written whole to a temporary name and then
 /// renamed, so a reader never sees half a file; a write that fails (a full disk)
 /// removes its temporary file.
@@ -175,10 +186,23 @@ pub(crate) fn write_report_dir(dir: &Path, report: &RunReport) -> Result<Vec<Pat
     write_whole(&json_path, report_json(report)?.as_bytes()).map_err(io(&json_path))?;
     written.push(json_path);
     for kernel in &report.kernels {
-        let svg = chart::render_svg(kernel)?;
-        let path = dir.join(chart_file_name(&kernel.kernel));
-        write_whole(&path, svg.as_bytes()).map_err(io(&path))?;
-        written.push(path);
+        let charts = if kernel.keys.is_empty() {
+            vec![(chart_file_name(&kernel.kernel), chart::render_svg(kernel)?)]
+        } else {
+            let mut charts = Vec::with_capacity(kernel.keys.len());
+            for key in &kernel.keys {
+                charts.push((
+                    key_chart_file_name(&kernel.kernel, &key.key),
+                    chart::render_key_svg(kernel, key)?,
+                ));
+            }
+            charts
+        };
+        for (name, svg) in charts {
+            let path = dir.join(name);
+            write_whole(&path, svg.as_bytes()).map_err(io(&path))?;
+            written.push(path);
+        }
     }
     Ok(written)
 }
@@ -213,6 +237,7 @@ mod tests {
             workers: 1,
             batches: 10,
             size_bytes: 1024,
+            sizes_bytes: vec![1024],
             autotune_file: None,
             kernels: vec![k.finish()],
         }
@@ -223,6 +248,12 @@ mod tests {
         assert_eq!(chart_file_name("histogram"), "histogram.svg");
         assert_eq!(chart_file_name("../etc/passwd"), "___etc_passwd.svg");
         assert_eq!(chart_file_name("a b/c"), "a_b_c.svg");
+        assert_eq!(key_chart_file_name("reduce", "4KiB"), "reduce-4KiB.svg");
+        assert_eq!(
+            key_chart_file_name("reduce", "64KiB/app:7"),
+            "reduce-64KiB_app_7.svg"
+        );
+        assert_eq!(key_chart_file_name("../x", "../y"), "___x-___y.svg");
     }
 
     #[test]

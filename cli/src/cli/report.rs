@@ -1,9 +1,11 @@
 //! The report model of `photofinish run`: per kernel, every sample's arm times, the
 //! verdict and when it came, the means, the speedup and how many answers were checked
-//! against the CPU reference. The table, the JSON and the charts are all views of this
+//! against the CPU reference; and per tuning key of the kernel (SPEC §8) the same facts
+//! for that key's batches, with the prior the key started from. The table, the JSON and the charts are all views of this
 //! one model, so they always tell the same facts. Pure data: no I/O here.
 
 use photofinish::policy::{decide_speculation, SpeculationObservation, SpeculationVerdict};
+use photofinish::{CacheStatus, KernelVerdict, KeyStats, PriorSource};
 use serde::{Deserialize, Serialize};
 
 /// A kernel's verdict as the report states it.
@@ -19,6 +21,15 @@ pub(crate) enum Verdict {
 }
 
 impl Verdict {
+    /// The report's verdict for the engine's.
+    pub(crate) fn of(v: KernelVerdict) -> Self {
+        match v {
+            KernelVerdict::Adopted => Verdict::Adopted,
+            KernelVerdict::Rejected => Verdict::Rejected,
+            _ => Verdict::Undecided,
+        }
+    }
+
     /// The word the table prints.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -54,6 +65,129 @@ pub(crate) struct Sample {
     pub(crate) raced: bool,
     /// True when the answer equalled the CPU reference.
     pub(crate) verified: bool,
+    /// The batch's tuning key (`TuningKey`'s Display, e.g. `64KiB`).
+    #[serde(default)]
+    pub(crate) key: Option<String>,
+}
+
+/// What the run learned about one tuning key of a kernel (SPEC §8: the JSON `keys`
+/// array). Races, the prior and the verdict are the engine's (`KernelStats::keys`);
+/// batches and verified answers are counted over this key's batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct KeyReport {
+    /// The key as `TuningKey` displays it (`4KiB`, `64KiB/app:7`).
+    pub(crate) key: String,
+    /// Its size class in bytes.
+    pub(crate) size_class_bytes: u64,
+    /// Its application key, if any.
+    pub(crate) app_key: Option<u64>,
+    /// The verdict on the speculative variant in play for this key.
+    pub(crate) verdict: Verdict,
+    /// Why, in words (empty while undecided and nothing happened).
+    pub(crate) verdict_reason: String,
+    /// The speculative variant in play (1 for the first).
+    pub(crate) variant: usize,
+    /// Races run for this key (every variant's, audits and re-races included).
+    pub(crate) races: u32,
+    /// True when the key started from a prior (a neighbour's, the file's or the
+    /// fleet's verdict) rather than cold.
+    pub(crate) from_prior: bool,
+    /// Where the prior came from: `neighbour`, `file`, `fleet`, or null.
+    pub(crate) prior_source: Option<String>,
+    /// The neighbour key the prior came from (`neighbour` only).
+    pub(crate) prior_key: Option<String>,
+    /// The prior in the table's words: `-`, `neighbour 4KiB`, `from cache,
+    /// re-verified`, `from fleet, re-verified`.
+    pub(crate) prior: String,
+    /// Times a rejected verdict of this key was raced again.
+    pub(crate) reraces: u32,
+    /// The key's race sample (1-based, counted among this key's race samples as the
+    /// engine counts them) that decided its verdict; `None` while undecided or when
+    /// the verdict was not decided by this run's measurement.
+    pub(crate) samples_to_verdict: Option<u32>,
+    /// Batches of this key answered.
+    pub(crate) batches: u32,
+    /// Of them, batches that raced both variants.
+    pub(crate) raced: u32,
+    /// Of them, answers equal to the CPU reference.
+    pub(crate) verified: u32,
+    /// Mean kernel time of the conservative variant in this key's window (the engine's
+    /// paired means); without window means, over this key's samples that have one.
+    pub(crate) conservative_mean_ns: Option<u64>,
+    /// The same for the speculative variant.
+    pub(crate) speculative_mean_ns: Option<u64>,
+    /// `conservative_mean_ns / speculative_mean_ns`; null before both were timed.
+    pub(crate) speedup: Option<f64>,
+}
+
+impl KeyReport {
+    /// The report of `stats`'s key, counting `samples` whose key is that key.
+    /// `reason` is the words of the last verdict change the run saw for the key.
+    pub(crate) fn new(stats: &KeyStats, samples: &[Sample], reason: Option<&str>) -> Self {
+        let key = stats.key.to_string();
+        let mine = || samples.iter().filter(|s| s.key.as_deref() == Some(&key));
+        let count = |f: fn(&Sample) -> bool| {
+            u32::try_from(mine().filter(|s| f(s)).count()).unwrap_or(u32::MAX)
+        };
+        let o = &stats.observation;
+        let (conservative_mean_ns, speculative_mean_ns) =
+            if o.baseline_dispatches > 0 && o.speculative_dispatches > 0 {
+                (Some(o.baseline_mean_ns), Some(o.speculative_mean_ns))
+            } else {
+                (
+                    mean(mine().filter_map(|s| s.conservative_ns)),
+                    mean(mine().filter_map(|s| s.speculative_ns)),
+                )
+            };
+        let speedup = match (conservative_mean_ns, speculative_mean_ns) {
+            (Some(c), Some(s)) if s > 0 && c > 0 => Some(c as f64 / s as f64),
+            _ => None,
+        };
+        let verdict = Verdict::of(stats.verdict);
+        let measured_here = stats.cache == CacheStatus::NotCached && verdict != Verdict::Undecided;
+        KeyReport {
+            size_class_bytes: stats.key.size_class_bytes(),
+            app_key: stats.key.app_key(),
+            verdict,
+            verdict_reason: reason.unwrap_or_default().to_string(),
+            variant: stats.variant,
+            races: stats.races,
+            from_prior: stats.from_prior,
+            prior_source: stats.prior_source.map(|p| p.to_string()),
+            prior_key: stats.prior_key.map(|k| k.to_string()),
+            prior: prior_words(stats),
+            reraces: stats.reraces,
+            samples_to_verdict: stats
+                .verdict_at_sample
+                .filter(|_| measured_here)
+                .map(|i| i.saturating_add(1)),
+            batches: count(|_| true),
+            raced: count(|s| s.raced),
+            verified: count(|s| s.verified),
+            conservative_mean_ns,
+            speculative_mean_ns,
+            speedup,
+            key,
+        }
+    }
+}
+
+/// The prior column: `-` for a cold key; `neighbour 4KiB`; the autotune file's
+/// `CacheStatus` words (`from cache, re-verified`); for the fleet the same with
+/// `from fleet` (SPEC §13).
+pub(crate) fn prior_words(stats: &KeyStats) -> String {
+    match stats.prior_source {
+        Some(PriorSource::Neighbour) => match stats.prior_key {
+            Some(key) => format!("neighbour {key}"),
+            None => "neighbour".to_string(),
+        },
+        Some(PriorSource::File) => stats.cache.to_string(),
+        Some(PriorSource::Fleet) => stats.cache.to_string().replace("from cache", "from fleet"),
+        Some(other) => other.to_string(),
+        None if stats.cache != CacheStatus::NotCached => stats.cache.to_string(),
+        None if stats.from_prior => "prior (another variant)".to_string(),
+        None => "-".to_string(),
+    }
 }
 
 /// Everything the run learned about one kernel.
@@ -104,6 +238,10 @@ pub(crate) struct KernelReport {
     pub(crate) all_samples_speculative_mean_ns: Option<u64>,
     /// Every sample, in answer order.
     pub(crate) samples: Vec<Sample>,
+    /// One entry per tuning key the engine holds for the kernel, by application key
+    /// then size (SPEC §8). The fields above are the kernel's summary.
+    #[serde(default)]
+    pub(crate) keys: Vec<KeyReport>,
 }
 
 /// The whole run.
@@ -119,8 +257,12 @@ pub(crate) struct RunReport {
     pub(crate) workers: usize,
     /// Batches per workload asked for.
     pub(crate) batches: u32,
-    /// Input bytes per batch.
+    /// Input bytes per batch (the first size of `sizes_bytes`).
     pub(crate) size_bytes: u64,
+    /// Every input size of the trace, in the order batches take them (`--sizes`;
+    /// `[size_bytes]` for `--size`).
+    #[serde(default)]
+    pub(crate) sizes_bytes: Vec<u64>,
     /// The autotune file, when one was given.
     pub(crate) autotune_file: Option<String>,
     /// One entry per kernel, in the order they ran.
@@ -135,6 +277,8 @@ pub(crate) struct KernelTally {
     measured: Option<Verdict>,
     /// The engine window's (conservative, speculative) means, when it has both.
     window_means: Option<(u64, u64)>,
+    /// The key the summary's races are about (the busiest), when the run had keys.
+    summary_key: Option<String>,
 }
 
 impl KernelTally {
@@ -160,9 +304,11 @@ impl KernelTally {
                 all_samples_conservative_mean_ns: None,
                 all_samples_speculative_mean_ns: None,
                 samples: Vec::new(),
+                keys: Vec::new(),
             },
             measured: None,
             window_means: None,
+            summary_key: None,
         }
     }
 
@@ -173,9 +319,30 @@ impl KernelTally {
         self.report.verdict_reason = "from cache".into();
     }
 
-    /// Adds one answered batch; `index` is assigned here.
+    /// Adds one answered batch without a tuning key; `index` is assigned here.
+    #[cfg(test)]
     pub(crate) fn push(
         &mut self,
+        conservative_ns: Option<u64>,
+        speculative_ns: Option<u64>,
+        answered_by: ArmName,
+        raced: bool,
+        verified: bool,
+    ) {
+        self.push_keyed(
+            None,
+            conservative_ns,
+            speculative_ns,
+            answered_by,
+            raced,
+            verified,
+        );
+    }
+
+    /// Adds one answered batch of tuning key `key`; `index` is assigned here.
+    pub(crate) fn push_keyed(
+        &mut self,
+        key: Option<String>,
         conservative_ns: Option<u64>,
         speculative_ns: Option<u64>,
         answered_by: ArmName,
@@ -193,7 +360,38 @@ impl KernelTally {
             answered_by,
             raced,
             verified,
+            key,
         });
+    }
+
+    /// The samples pushed so far.
+    pub(crate) fn samples(&self) -> &[Sample] {
+        &self.report.samples
+    }
+
+    /// The kernel's tuning keys (`KernelStats::keys`, as [`KeyReport`]s) and its
+    /// verdict over them. With several keys the summary's verdict is the engine's
+    /// over its keys, its reason counts the keys' verdicts, and its samples to verdict
+    /// are the busiest key's (`summary_key`).
+    pub(crate) fn keys(
+        &mut self,
+        verdict: Verdict,
+        keys: Vec<KeyReport>,
+        summary_key: Option<String>,
+    ) {
+        if keys.len() > 1 {
+            let n = |v: Verdict| keys.iter().filter(|k| k.verdict == v).count();
+            self.report.verdict = verdict;
+            self.report.verdict_reason = format!(
+                "over {} keys: {} adopted, {} rejected, {} undecided",
+                keys.len(),
+                n(Verdict::Adopted),
+                n(Verdict::Rejected),
+                n(Verdict::Undecided)
+            );
+        }
+        self.summary_key = summary_key;
+        self.report.keys = keys;
     }
 
     /// Records a verdict seen after the samples pushed so far. The first decided
@@ -266,8 +464,18 @@ impl KernelTally {
     /// replaying the library's decision rule over the paired times in answer order;
     /// when the replay reaches the same verdict, its point is `samples_to_verdict`.
     pub(crate) fn finish(mut self) -> KernelReport {
+        let summary: Vec<Sample> = match &self.summary_key {
+            Some(key) => self
+                .report
+                .samples
+                .iter()
+                .filter(|s| s.key.as_ref() == Some(key))
+                .cloned()
+                .collect(),
+            None => self.report.samples.clone(),
+        };
         if let (Some(engine_verdict), Some((at, replayed))) =
-            (self.measured, replay_verdict_point(&self.report.samples))
+            (self.measured, replay_verdict_point(&summary))
         {
             if engine_verdict == replayed {
                 self.report.samples_to_verdict = Some(at);
@@ -491,6 +699,89 @@ mod tests {
         t.finish().samples
     }
 
+    fn key_stats(kib: u64) -> KeyStats {
+        KeyStats {
+            key: photofinish::TuningKey::for_bytes(kib << 10, None),
+            verdict: KernelVerdict::Adopted,
+            variant: 1,
+            variant_verdicts: vec![KernelVerdict::Adopted],
+            races: 9,
+            from_prior: false,
+            prior_source: None,
+            prior_key: None,
+            cache: CacheStatus::NotCached,
+            reraces: 0,
+            samples: Vec::new(),
+            verdict_at_sample: Some(7),
+            observation: SpeculationObservation {
+                baseline_dispatches: 9,
+                baseline_mean_ns: 300,
+                speculative_dispatches: 9,
+                speculative_mean_ns: 100,
+                side_compile_cost_ns: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn a_key_report_counts_its_own_batches_and_takes_the_engines_verdict() {
+        let mut t = tally();
+        for i in 0..6u64 {
+            let key = if i % 2 == 0 { "4KiB" } else { "8MiB" };
+            t.push_keyed(
+                Some(key.into()),
+                Some(300),
+                Some(100),
+                ArmName::Conservative,
+                true,
+                i != 4,
+            );
+        }
+        let k = KeyReport::new(&key_stats(4), t.samples(), Some("measured: adopt"));
+        assert_eq!((k.key.as_str(), k.size_class_bytes), ("4KiB", 4096));
+        assert_eq!((k.batches, k.raced, k.verified), (3, 3, 2));
+        assert_eq!(k.verdict, Verdict::Adopted);
+        assert_eq!(
+            k.samples_to_verdict,
+            Some(8),
+            "verdict_at_sample 7 is the 8th"
+        );
+        assert_eq!(k.speedup, Some(3.0));
+        assert_eq!((k.prior.as_str(), k.prior_source.as_deref()), ("-", None));
+        let value = serde_json::to_value(&k).expect("serialises");
+        for field in [
+            "key",
+            "size_class_bytes",
+            "verdict",
+            "races",
+            "from_prior",
+            "prior_source",
+            "speedup",
+        ] {
+            assert!(value.get(field).is_some(), "{field} in {value}");
+        }
+        assert_eq!(value["verdict"], "adopted");
+        assert_eq!(value["prior_source"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn the_prior_column_names_the_neighbour_the_file_and_the_fleet() {
+        let mut s = key_stats(8 << 10);
+        s.from_prior = true;
+        s.prior_source = Some(PriorSource::Neighbour);
+        s.prior_key = Some(photofinish::TuningKey::for_bytes(4096, None));
+        assert_eq!(prior_words(&s), "neighbour 4KiB");
+        s.prior_source = Some(PriorSource::File);
+        s.prior_key = None;
+        s.cache = CacheStatus::Reverified;
+        assert_eq!(prior_words(&s), "from cache, re-verified");
+        s.prior_source = Some(PriorSource::Fleet);
+        assert_eq!(prior_words(&s), "from fleet, re-verified");
+        let k = KeyReport::new(&s, &[], None);
+        assert_eq!(k.prior_source.as_deref(), Some("fleet"));
+        assert_eq!(k.samples_to_verdict, None, "not decided by this run");
+    }
+
     #[test]
     fn the_report_round_trips_through_json() {
         let mut t = tally();
@@ -503,6 +794,7 @@ mod tests {
             workers: 2,
             batches: 1,
             size_bytes: 4096,
+            sizes_bytes: vec![4096],
             autotune_file: None,
             kernels: vec![t.finish()],
         };

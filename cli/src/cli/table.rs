@@ -1,21 +1,31 @@
-//! The text table `photofinish run` prints at the end: one row per kernel with its
-//! verdict, samples to verdict, both variants' mean times, the speedup and how many
-//! answers were verified. Formatting only: it renders a [`RunReport`] into a string.
+//! The text table `photofinish run` prints at the end: one row per (kernel, tuning
+//! key) with the key's verdict, the prior it started from, its races, samples to
+//! verdict, both variants' mean times, the speedup and how many of its answers were
+//! verified. A kernel without keys (a report of an older run) gets one row of its
+//! summary. Formatting only: it renders a [`RunReport`] into a string.
 
 use std::fmt::Write as _;
 
 use super::args::format_bytes;
-use super::report::{KernelReport, RunReport};
+use super::report::{KernelReport, KeyReport, RunReport, Verdict};
 
-const HEADERS: [&str; 7] = [
+const COLUMNS: usize = 10;
+
+const HEADERS: [&str; COLUMNS] = [
     "kernel",
+    "key",
     "verdict",
+    "prior",
+    "races",
     "samples to verdict",
     "conservative mean",
     "speculative mean",
     "speedup",
     "verified",
 ];
+
+/// Columns printed left-aligned (text); the others are numbers, right-aligned.
+const TEXT_COLUMNS: usize = 4;
 
 /// A duration in the unit that keeps 3 significant digits readable.
 pub(crate) fn format_ns(ns: u64) -> String {
@@ -31,20 +41,31 @@ pub(crate) fn format_ns(ns: u64) -> String {
     }
 }
 
-/// The verdict cell: the verdict and, where it says something, why.
-fn verdict_cell(k: &KernelReport) -> String {
-    if k.verdict_reason.is_empty() {
-        k.verdict.as_str().to_string()
+/// The verdict and, where it says something, why.
+fn verdict_cell(verdict: Verdict, reason: &str) -> String {
+    if reason.is_empty() {
+        verdict.as_str().to_string()
     } else {
-        format!("{} ({})", k.verdict.as_str(), k.verdict_reason)
+        format!("{} ({reason})", verdict.as_str())
     }
 }
 
-fn row(k: &KernelReport) -> [String; 7] {
-    let opt_ns = |v: Option<u64>| v.map_or_else(|| "-".to_string(), format_ns);
+fn opt_ns(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_string(), format_ns)
+}
+
+fn speedup_cell(s: Option<f64>) -> String {
+    s.map_or_else(|| "-".to_string(), |s| format!("{s:.2}x"))
+}
+
+/// The summary row of a kernel that has no keys.
+fn kernel_row(k: &KernelReport) -> [String; COLUMNS] {
     [
         k.kernel.clone(),
-        verdict_cell(k),
+        "-".to_string(),
+        verdict_cell(k.verdict, &k.verdict_reason),
+        "-".to_string(),
+        k.raced.to_string(),
         match (k.samples_to_verdict, k.from_cache) {
             (Some(n), _) => n.to_string(),
             (None, true) => "cached".to_string(),
@@ -52,15 +73,59 @@ fn row(k: &KernelReport) -> [String; 7] {
         },
         opt_ns(k.conservative_mean_ns),
         opt_ns(k.speculative_mean_ns),
-        k.speedup
-            .map_or_else(|| "-".to_string(), |s| format!("{s:.2}x")),
+        speedup_cell(k.speedup),
         format!("{}/{}", k.verified, k.batches),
     ]
 }
 
-/// The whole table with a one-line heading naming the backend and the run's size.
+/// The row of one key of `k`.
+fn key_row(k: &KernelReport, key: &KeyReport) -> [String; COLUMNS] {
+    let decided = key.verdict != Verdict::Undecided;
+    [
+        k.kernel.clone(),
+        key.key.clone(),
+        verdict_cell(key.verdict, &key.verdict_reason),
+        key.prior.clone(),
+        key.races.to_string(),
+        match (key.samples_to_verdict, key.prior_source.as_deref()) {
+            (Some(n), _) => n.to_string(),
+            (None, Some("file" | "fleet")) if decided => "cached".to_string(),
+            (None, Some(_)) if decided => "prior".to_string(),
+            _ => "-".to_string(),
+        },
+        opt_ns(key.conservative_mean_ns),
+        opt_ns(key.speculative_mean_ns),
+        speedup_cell(key.speedup),
+        format!("{}/{}", key.verified, key.batches),
+    ]
+}
+
+/// The run's sizes: `64KiB`, or `4KiB, 8MiB`.
+fn sizes_text(report: &RunReport) -> String {
+    if report.sizes_bytes.is_empty() {
+        return format_bytes(u128::from(report.size_bytes));
+    }
+    let sizes: Vec<String> = report
+        .sizes_bytes
+        .iter()
+        .map(|&b| format_bytes(u128::from(b)))
+        .collect();
+    sizes.join(", ")
+}
+
+/// The whole table with a one-line heading naming the backend and the run's sizes.
 pub(crate) fn render(report: &RunReport) -> String {
-    let rows: Vec<[String; 7]> = report.kernels.iter().map(row).collect();
+    let rows: Vec<[String; COLUMNS]> = report
+        .kernels
+        .iter()
+        .flat_map(|k| {
+            if k.keys.is_empty() {
+                vec![kernel_row(k)]
+            } else {
+                k.keys.iter().map(|key| key_row(k, key)).collect()
+            }
+        })
+        .collect();
     let mut widths = HEADERS.map(|h| h.chars().count());
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
@@ -68,15 +133,26 @@ pub(crate) fn render(report: &RunReport) -> String {
         }
     }
     let mut out = String::new();
+    let batches = if report.sizes_bytes.len() > 1 {
+        format!(
+            "{} batches per kernel, sizes {} in turn",
+            report.batches,
+            sizes_text(report)
+        )
+    } else {
+        format!(
+            "{} batches of {} per kernel",
+            report.batches,
+            sizes_text(report)
+        )
+    };
     // Writing into a String cannot fail.
     let _ = writeln!(
         out,
-        "backend: {} ({}) — {} workers, {} batches of {} per kernel",
+        "backend: {} ({}) — {} workers, {batches}",
         report.backend,
         report.devices.join(", "),
         report.workers,
-        report.batches,
-        format_bytes(u128::from(report.size_bytes)),
     );
     let line = |cells: &[String]| {
         let mut s = String::new();
@@ -85,8 +161,7 @@ pub(crate) fn render(report: &RunReport) -> String {
                 s.push_str("  ");
             }
             let pad = w.saturating_sub(cell.chars().count());
-            // Text left, numbers right.
-            if i < 2 {
+            if i < TEXT_COLUMNS {
                 s.push_str(cell);
                 s.extend(std::iter::repeat_n(' ', pad));
             } else {
@@ -135,6 +210,7 @@ mod tests {
             workers: 2,
             batches: 8,
             size_bytes: 64 * 1024,
+            sizes_bytes: vec![64 * 1024],
             autotune_file: None,
             kernels: vec![adopted.finish(), cached.finish()],
         }
@@ -177,6 +253,63 @@ mod tests {
             assert!(scan.contains(cell), "{cell:?} in {scan:?}");
         }
         assert!(text.contains("scan: the speculative variant disagreed 1 time(s)"));
+    }
+
+    #[test]
+    fn a_kernel_with_keys_gets_a_row_per_key() {
+        use super::super::report::KeyReport;
+        let key = |name: &str, verdict: Verdict, prior: &str| KeyReport {
+            key: name.into(),
+            size_class_bytes: 4096,
+            app_key: None,
+            verdict,
+            verdict_reason: String::new(),
+            variant: 1,
+            races: 8,
+            from_prior: prior != "-",
+            prior_source: (prior != "-").then(|| "neighbour".into()),
+            prior_key: None,
+            prior: prior.into(),
+            reraces: 0,
+            samples_to_verdict: (prior == "-").then_some(8),
+            batches: 4,
+            raced: 4,
+            verified: 4,
+            conservative_mean_ns: Some(2_000),
+            speculative_mean_ns: Some(1_000),
+            speedup: Some(2.0),
+        };
+        let mut run = report();
+        run.sizes_bytes = vec![4096, 8 << 20];
+        run.kernels[0].keys = vec![
+            key("4KiB", Verdict::Rejected, "-"),
+            key("8MiB", Verdict::Adopted, "neighbour 4KiB"),
+        ];
+        let text = render(&run);
+        assert!(text
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("sizes 4KiB, 8MiB in turn")));
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("reduce")).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(
+            rows[0].contains("4KiB") && rows[0].contains("rejected"),
+            "{text}"
+        );
+        assert!(
+            rows[1].contains("8MiB")
+                && rows[1].contains("neighbour 4KiB")
+                && rows[1].contains("prior"),
+            "{text}"
+        );
+        assert!(rows.iter().all(|r| r.ends_with("4/4")), "{text}");
+        // The kernel without keys keeps its summary row.
+        // (Its mismatch note below the table starts with "scan:".)
+        let scan_rows = text
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some("scan"))
+            .count();
+        assert_eq!(scan_rows, 1, "{text}");
     }
 
     #[test]
