@@ -274,39 +274,6 @@ fn sizes_give_each_kernel_a_json_keys_array_with_the_contract_fields() {
     }
 }
 
-/// The flipping workload on the CPU backend: the one-workgroup variant wins 4 KiB
-/// batches (about 70×) and the two-thread wide grid 8 MiB ones, so the same run adopts
-/// it for one key and rejects it for the other.
-#[test]
-fn sum_with_two_sizes_adopts_one_workgroup_small_and_rejects_it_large() {
-    let value = json(&run_ok(&[
-        "run",
-        "--backend",
-        "cpu",
-        "--workload",
-        "sum",
-        "--batches",
-        "160",
-        "--sizes=4KiB,8MiB",
-        "--json",
-    ]));
-    let keys = value["kernels"][0]["keys"].as_array().expect("keys");
-    let verdicts: Vec<(&str, &str)> = keys
-        .iter()
-        .map(|k| {
-            (
-                k["key"].as_str().unwrap_or("?"),
-                k["verdict"].as_str().unwrap_or("?"),
-            )
-        })
-        .collect();
-    assert_eq!(
-        verdicts,
-        [("4KiB", "adopted"), ("8MiB", "rejected")],
-        "{value}"
-    );
-}
-
 #[test]
 fn sizes_write_a_chart_per_kernel_and_key() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -317,16 +317,22 @@ impl ArmHistory {
     /// The most a contended sample may weigh, in medians.
     pub(crate) const CLAMP: u64 = 4;
 
+    /// The median of the recent times, once there are [`Self::MIN_FOR_MEDIAN`].
+    pub(crate) fn median(&self) -> Option<u64> {
+        if self.recent.len() < Self::MIN_FOR_MEDIAN {
+            return None;
+        }
+        let mut sorted: Vec<u64> = self.recent.iter().copied().collect();
+        sorted.sort_unstable();
+        Some(sorted[sorted.len() / 2])
+    }
+
     /// Records `ns` and returns what feeds the window: `ns` itself, or for a
     /// `contended` sample `ns` clamped against the times recorded before it.
     pub(crate) fn feed(&mut self, ns: u64, contended: bool) -> u64 {
-        let fed = if contended && self.recent.len() >= Self::MIN_FOR_MEDIAN {
-            let mut sorted: Vec<u64> = self.recent.iter().copied().collect();
-            sorted.sort_unstable();
-            let median = sorted[sorted.len() / 2];
-            ns.min(median.saturating_mul(Self::CLAMP).max(1))
-        } else {
-            ns
+        let fed = match self.median() {
+            Some(median) if contended => ns.min(median.saturating_mul(Self::CLAMP).max(1)),
+            _ => ns,
         };
         if self.recent.len() == Self::LEN {
             self.recent.pop_front();

@@ -876,10 +876,31 @@ fn race(
     } else {
         None
     };
+
     let mut arm = SpecRun::new(spec, queue);
     if let Some(partner_queue) = partner.as_ref().and_then(|p| p.id()) {
         // At the same time on the partner queue.
         arm.hand_out(core, kernel, spec_variant, Some(partner_queue));
+    }
+    // Back to back, the arms take turns going first (by the parity of the key's races
+    // of this variant): whatever else the machine does at a fixed moment of the
+    // workers' cycle — an application thread woken by the answer, the next batch's
+    // upload — then falls on each arm in half the races instead of always on the same
+    // one, where it would bias every sample of a run the same way.
+    // Going first, the speculative arm delays the caller's answer by its time: it is
+    // waited for at most `JUDGE_GRACE` plus twice the conservative arm's recent median
+    // (a slower or hung one then runs on beside the conservative arm, judged when it
+    // ends, as one still running after the conservative arm is).
+    let mut spec_first = None;
+    if partner.as_ref().and_then(|p| p.id()).is_none() {
+        let log = state.log(spec_variant);
+        if log.races % 2 == 1 {
+            let cons_ns = log.history[0].median().unwrap_or(0);
+            drop(log);
+            arm.hand_out(core, kernel, spec_variant, None);
+            let patience = JUDGE_GRACE + Duration::from_nanos(cons_ns.saturating_mul(2));
+            spec_first = Some(arm.take(patience));
+        }
     }
     let cons_call = dispatch_one(core, (kernel, 0), cons, Measure::Race);
     // Back to back on our queue (a no-op when already handed out).
@@ -901,7 +922,11 @@ fn race(
     };
     let spec_queue = arm.queue;
     let input = input_of(&job.payload);
-    match arm.take(JUDGE_GRACE) {
+    let spec_arm = match spec_first {
+        Some(Some(done)) => Some(done),
+        _ => arm.take(JUDGE_GRACE),
+    };
+    match spec_arm {
         Some(spec_arm) => judge(
             core,
             (kernel, state, input.map(|i| &i[..])),

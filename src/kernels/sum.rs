@@ -12,13 +12,14 @@
 //!   small ones and spreads large ones over every core.
 //! - variant 1 (speculative, `sum/one-workgroup`) launches one workgroup, which loops
 //!   over the whole input one word per invocation at a time (the loop strides by the
-//!   grid, so it is correct for any count). On the CPU backend it is a plain loop over
-//!   the words on the calling thread. It costs almost nothing to start and uses one
-//!   core, so it wins on small batches and loses on large ones.
+//!   grid, so it is correct for any count). On the CPU backend that workgroup runs as
+//!   written on the calling thread, invocation after invocation, each striding through
+//!   the input 1 KiB at a time. It costs almost nothing to start and uses one core and
+//!   its strided loads, so it wins on small batches and loses on large ones.
 //!
 //! Where the winner flips is measured by `examples/sum_flip.rs`: on a 2-core machine's
-//! CPU backend and on lavapipe the one-workgroup variant is the faster one up to a few
-//! hundred KiB and the wide grid from about a MiB (BENCHMARKS.md has the figures).
+//! CPU backend the one-workgroup variant is about 20× faster at 4 KiB, the two equal
+//! near 64 KiB, and the wide grid about 3× faster at 256 KiB and 13× at 8 MiB.
 //!
 //! Answer: the sum modulo 2^32, `u32` little-endian (4 bytes).
 
@@ -157,10 +158,28 @@ fn wide_grid_cpu(buffers: &mut [Vec<u8>], push: &[u8], groups: [u32; 3]) -> Resu
     write_words(output, &[sum])
 }
 
-/// CPU variant 1: one word at a time, on the calling thread.
+/// The invocations of `sum/one-workgroup`'s one workgroup (its `@workgroup_size`).
+const WORKGROUP_INVOCATIONS: usize = 256;
+
+/// CPU variant 1: the shader's one workgroup run as written, on the calling thread, one
+/// invocation after another: invocation `i` sums words `i`, `i + 256`, `i + 512`… (its
+/// loop strides by the grid, which is this one workgroup), and the partials are added.
+/// Each invocation's loads are 1 KiB apart, so a large input is walked 256 times in
+/// strides, every cache line fetched again by each of the 16 invocations whose words
+/// it holds: cheap while the input sits in the first-level cache, slow once it does not.
 fn one_workgroup_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<(), String> {
     let words = push_word(push, 0)? as usize;
     let (input, output) = input_output(buffers)?;
     let data = input_prefix(input, words * 4)?;
-    write_words(output, &[word_sum(data)])
+    let mut sum = 0u32;
+    for invocation in 0..WORKGROUP_INVOCATIONS.min(words) {
+        let mut acc = 0u32;
+        let mut word = invocation;
+        while word < words {
+            acc = acc.wrapping_add(le_word(&data[word * 4..word * 4 + 4]));
+            word += WORKGROUP_INVOCATIONS;
+        }
+        sum = sum.wrapping_add(acc);
+    }
+    write_words(output, &[sum])
 }
