@@ -258,6 +258,16 @@ pub enum Event {
         /// What the driver said.
         detail: String,
     },
+    /// The fleet store (SPEC §13) cannot be reached: the engine goes on with its local
+    /// file, keeps what it would publish, and reconnects with backoff. Mapped from the
+    /// fleet client's `FleetStatus::Unavailable` (feature `redis`).
+    FleetUnavailable {
+        /// Why, in the fleet client's words.
+        reason: String,
+    },
+    /// The fleet store answers again: its entries were read afresh and the kept writes
+    /// are being sent. Mapped from `FleetStatus::Restored`.
+    FleetRestored,
 }
 
 /// How many events one subscriber lost because its channel was full.
