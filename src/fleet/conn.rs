@@ -17,7 +17,7 @@ const SCAN_COUNT: usize = 512;
 pub(crate) enum Target {
     Single(Client),
     Cluster {
-        client: ClusterClient,
+        client: Box<ClusterClient>,
         /// A plain client of the first seed node: pub/sub messages reach every node of
         /// a cluster, so one subscription on any node hears every write.
         subscriber: Client,
@@ -27,14 +27,14 @@ pub(crate) enum Target {
 /// The command connection of either kind.
 pub(crate) enum Commands {
     Single(redis::Connection),
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl Commands {
     pub(crate) fn con(&mut self) -> &mut dyn ConnectionLike {
         match self {
             Commands::Single(c) => c,
-            Commands::Cluster(c) => c,
+            Commands::Cluster(c) => &mut **c,
         }
     }
 
@@ -154,7 +154,10 @@ pub(crate) fn parse(
         .response_timeout(command_timeout)
         .build()
         .map_err(|e| bad(e.to_string()))?;
-    Ok(Target::Cluster { client, subscriber })
+    Ok(Target::Cluster {
+        client: Box::new(client),
+        subscriber,
+    })
 }
 
 impl Target {
@@ -176,7 +179,7 @@ impl Target {
                 let c = client.get_connection()?;
                 c.set_read_timeout(Some(command_timeout))?;
                 c.set_write_timeout(Some(command_timeout))?;
-                (Commands::Cluster(c), subscriber)
+                (Commands::Cluster(Box::new(c)), subscriber)
             }
         };
         redis::cmd("PING").query::<()>(commands.con())?;

@@ -142,7 +142,7 @@ mod tests {
         let a = key("a:b", "c");
         let b = key("a", "b:c");
         assert_ne!(a.to_string(), b.to_string());
-        assert_eq!(a.to_string().matches(':').count(), 11);
+        assert_eq!(a.to_string().matches(':').count(), 10);
         assert!(key("é%", "").to_string().contains(":%C3%A9%25::"));
     }
 

@@ -81,7 +81,9 @@
 //!   `redis://` URLs separated by commas: a Redis Cluster through the `redis` crate's
 //!   cluster client. Keys spread over the cluster's slots; the scan runs on every
 //!   primary (from `CLUSTER SLOTS`); the subscription is on the first seed node (a
-//!   cluster relays `PUBLISH` to every node).
+//!   cluster relays `PUBLISH` to every node). Tested on a one-node cluster
+//!   (`tests/fleet.rs`); a node must announce an address (`cluster-announce-ip`) for
+//!   the scan to reach it.
 //!
 //! ```no_run
 //! use photofinish::fleet::{DeviceModel, Fleet, FleetEntry, FleetKey};
