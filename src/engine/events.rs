@@ -63,8 +63,10 @@ pub enum VerdictReason {
     /// A verdict loaded from the autotune file was re-verified: as many agreeing races
     /// of this engine as a fresh engine needs before it adopts.
     Reverified,
-    /// A rejected verdict loaded from the autotune file, taken as a prior: the variant
-    /// runs no race (SPEC §11).
+    /// A rejected verdict taken as a prior — from the autotune file, a neighbour key
+    /// or the fleet store (at a key's start, or heard live from another host for a
+    /// key still undecided here) — or a fleet mismatch, which rejects the key whatever
+    /// its verdict: the variant runs no race (SPEC §11, §13).
     Prior,
     /// The paired window still said keep racing after `samples` races
     /// ([`MAX_UNDECIDED_RACES`](crate::MAX_UNDECIDED_RACES)): the speculative variant

@@ -14,7 +14,7 @@ use super::entry::{decode, encode, may_replace, FleetEntry};
 use super::key::{fleet_channel, fleet_key_prefix, FleetKey};
 
 /// What went wrong connecting to the fleet, and what to do about it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FleetError {
     /// The URL is not one the fleet understands.
@@ -166,6 +166,8 @@ struct Shared {
     outstanding: AtomicU64,
     skipped_values: AtomicU64,
     not_shared: AtomicU64,
+    /// Moves on every change of the mirror (see `Fleet::generation`).
+    generation: AtomicU64,
 }
 
 impl Shared {
@@ -175,12 +177,20 @@ impl Shared {
         self.mirror.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Puts `entry` in the mirror unless a sticky mismatch is there.
-    fn offer(&self, key: &str, entry: FleetEntry) {
+    /// Puts `entry` in the mirror unless a sticky mismatch is there; true when the
+    /// mirror changed.
+    fn offer(&self, key: &str, entry: FleetEntry) -> bool {
         let mut mirror = self.mirror();
-        if may_replace(mirror.get(key), &entry) {
+        if may_replace(mirror.get(key), &entry) && mirror.get(key) != Some(&entry) {
             mirror.insert(key.to_owned(), entry);
+            return true;
         }
+        false
+    }
+
+    /// Counts a change of the mirror.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn skip(&self, key: &str, why: &str) {
@@ -303,6 +313,7 @@ impl Fleet {
         };
         let key = key.to_string();
         let entry = entry.clamped();
+        // This client's own write: not a change `generation` counts.
         self.shared.offer(&key, entry.clone());
         self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
         let mut write = Write { key, entry, json };
@@ -337,6 +348,15 @@ impl Fleet {
     /// [`Fleet::is_available`]). Clones share one stream: each change goes to one reader.
     pub fn statuses(&self) -> Receiver<FleetStatus> {
         self.statuses.clone()
+    }
+
+    /// A count that moves whenever the local copy takes a change from Redis (the copy
+    /// read at connect or after a reconnect, an entry read after a live announcement
+    /// that differs from the copy's) — not for this client's own writes. Poll it to
+    /// learn that other hosts changed something without reading every entry; never
+    /// waits on Redis.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
     }
 
     /// Counters of what the client did.
@@ -589,6 +609,8 @@ impl Worker {
             }
         }
         *mirror = fresh;
+        drop(mirror);
+        self.shared.changed();
         Ok(())
     }
 
@@ -631,7 +653,11 @@ impl Worker {
     /// Reads `key` again and puts what Redis holds in the mirror.
     fn refresh(&mut self, commands: &mut Commands, key: &str) -> Result<(), RedisError> {
         match read_value(commands, key)? {
-            Ok(Some(entry)) => self.shared.offer(key, entry),
+            Ok(Some(entry)) => {
+                if self.shared.offer(key, entry) {
+                    self.shared.changed();
+                }
+            }
             Err(why) => self.shared.skip(key, &why),
             Ok(None) => {
                 // Deleted (by an operator): forget it, unless a mismatch or a write
@@ -641,6 +667,8 @@ impl Worker {
                     && !self.pending.contains_key(key)
                 {
                     mirror.remove(key);
+                    drop(mirror);
+                    self.shared.changed();
                 }
             }
         }
