@@ -52,7 +52,7 @@ fn trace(url: Option<&str>, round: u64) -> f64 {
     let input: Arc<[u8]> = vec![7u8; 4 << 10].into();
     let start = Instant::now();
     for i in 0..KEYS * BATCHES_PER_KEY {
-        let app = round << 32 | i / BATCHES_PER_KEY;
+        let app = (round << 32) | (i / BATCHES_PER_KEY);
         let batch = Batch::new(k, Arc::clone(&input)).with_tuning_key(app);
         engine
             .submit(batch)

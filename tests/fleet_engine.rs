@@ -565,7 +565,7 @@ fn redis_killed_and_restarted_under_eight_producers_answers_every_ticket_once() 
                 // A new application key every 10 batches: a verdict change every 10.
                 let mut i = 0u64;
                 while !stop.load(Ordering::Acquire) {
-                    let app = p << 32 | i / 10;
+                    let app = (p << 32) | (i / 10);
                     let input = vec![(i % 251) as u8; 4 << 10];
                     let expected = ByteSumWorkload.reference(&input);
                     let ticket = engine

@@ -72,6 +72,7 @@ pub(crate) enum DriverError {
         largest: String,
     },
     /// `--fleet` was given to a binary built without the `redis` feature.
+    #[cfg_attr(feature = "redis", allow(dead_code))]
     #[error("--fleet needs a photofinish built with the `redis` feature (cargo build -p photofinish-cli --features redis)")]
     FleetNotBuilt,
     /// A workload the options name is not built in (a bug: the options list only
