@@ -8,7 +8,9 @@
 //! (the baseline) and on one sharing through Redis, alternately, `ROUNDS` times each;
 //! it prints the median wall time per batch of each and their ratio, and the
 //! difference per verdict change. The worker's part of a verdict change is one channel
-//! send, so the difference should be within the rounds' spread.
+//! send, so the difference should be within the rounds' spread. Last, the cost of that
+//! send alone: `try_send` of a message of the engine's offer's size (160 bytes, `Copy`)
+//! on a bounded channel of 4 096, the link thread's.
 //!
 //! `cargo bench --features redis --bench fleet`
 
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use photofinish::{Batch, ByteSumWorkload, Engine, TestBackend};
 
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 9;
 const KEYS: u64 = 400;
 const BATCHES_PER_KEY: u64 = 10;
 
@@ -69,6 +71,36 @@ fn trace(url: Option<&str>, round: u64) -> f64 {
     ns
 }
 
+/// Nanoseconds per `try_send` of a 160-byte message on a bounded channel of 4 096:
+/// (into a channel nobody drains meanwhile, emptied between runs — the send alone;
+/// while another thread drains it as fast as it can — sends and receives fighting
+/// over the channel's lines, a bound no engine reaches: a verdict change comes at most
+/// once per race).
+fn send_ns() -> (f64, f64) {
+    const SENDS: u64 = 4000;
+    const RUNS: u64 = 250;
+    let (tx, rx) = crossbeam_channel::bounded::<[u64; 20]>(4096);
+    let mut alone = Duration::ZERO;
+    for run in 0..RUNS {
+        let start = Instant::now();
+        for i in 0..SENDS {
+            let _ = tx.try_send([run ^ i; 20]);
+        }
+        alone += start.elapsed();
+        while rx.try_recv().is_ok() {}
+    }
+    let drain = std::thread::spawn(move || rx.iter().count());
+    let start = Instant::now();
+    for i in 0..SENDS * RUNS {
+        let _ = tx.try_send([i; 20]);
+    }
+    let drained = start.elapsed();
+    drop(tx);
+    let _ = drain.join();
+    let per = |d: Duration| d.as_nanos() as f64 / (SENDS * RUNS) as f64;
+    (per(alone), per(drained))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -111,5 +143,11 @@ fn main() {
         "  ratio with/without {:.3}; difference per verdict change {:+.0} ns",
         m_on / m_off,
         (m_on - m_off) * BATCHES_PER_KEY as f64
+    );
+    let sends: Vec<(f64, f64)> = (0..5).map(|_| send_ns()).collect();
+    println!(
+        "fleet/worker-send: median {:.1} ns per try_send of a 160-byte offer (drained by another thread meanwhile: {:.1} ns)",
+        median(sends.iter().map(|s| s.0).collect()),
+        median(sends.iter().map(|s| s.1).collect())
     );
 }
