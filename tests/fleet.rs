@@ -16,6 +16,7 @@ use photofinish::fleet::{
 };
 use photofinish::policy::{SpeculationObservation, SpeculationVerdict};
 
+use redis_support::eventually;
 use watchdog::watchdog;
 
 fn key(tuning: u64) -> FleetKey {
@@ -59,18 +60,6 @@ fn adopted(count: u32) -> FleetEntry {
 
 fn mismatch() -> FleetEntry {
     entry(SpeculationVerdict::Reject, VerdictReason::OutputMismatch, 1)
-}
-
-/// Polls `f` until it holds or `limit` passes.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
 }
 
 fn quick() -> FleetConfig {

@@ -27,6 +27,7 @@ use photofinish::{
 };
 use serde::{Deserialize, Serialize};
 
+use redis_support::eventually;
 use watchdog::watchdog;
 
 /// A backend whose speculative byte sum costs little to start and much per byte: it
@@ -55,16 +56,20 @@ fn host(backend: &Arc<TestBackend>, url: Option<&str>) -> EngineBuilder {
     }
 }
 
-/// Polls `f` until it holds or `limit` passes.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f()
+/// An entry another host might write: `verdict` with reason `reason`, and a window
+/// that claims `count` races per arm, the speculative one a million times faster.
+fn written(verdict: SpeculationVerdict, reason: StoredReason, count: u32) -> FleetEntry {
+    FleetEntry::now(photofinish::autotune::KernelVerdict {
+        verdict,
+        observation: photofinish::policy::SpeculationObservation {
+            baseline_dispatches: count,
+            baseline_mean_ns: 1_000_000,
+            speculative_dispatches: count,
+            speculative_mean_ns: 1,
+            side_compile_cost_ns: 0,
+        },
+        reason,
+    })
 }
 
 /// Submits one batch of `bytes` bytes (application key `app`) and checks its answer
@@ -375,12 +380,17 @@ fn a_verdict_reached_on_one_host_reaches_a_running_host_live() {
     );
     assert_eq!(s.prior_source, Some(PriorSource::Fleet));
 
-    // A decided key keeps its own verdict whatever the fleet says later.
-    let forged = FleetEntry::now(photofinish::autotune::KernelVerdict {
-        verdict: SpeculationVerdict::Reject,
-        observation: Default::default(),
-        reason: StoredReason::Measured,
-    });
+    // A decided key keeps its own verdict whatever the fleet says later (after B's
+    // own confirmation is in Redis, which would otherwise overwrite the forgery).
+    let small_key = b.fleet_key(kb, 1, small, 0).unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        b.fleet()
+            .unwrap()
+            .get(&small_key)
+            .is_some_and(|e| e.verdict.verdict == SpeculationVerdict::Adopt)
+    }));
+    assert!(b.flush_fleet(Duration::from_secs(10)));
+    let forged = written(SpeculationVerdict::Reject, StoredReason::Measured, 8);
     let other = Fleet::connect(&server.url()).unwrap();
     other.publish(&b.fleet_key(kb, 1, small, 0).unwrap(), forged);
     assert!(other.flush(Duration::from_secs(10)));
@@ -418,17 +428,7 @@ fn a_hostile_fleet_entry_marking_a_wrong_variant_adopted_never_yields_a_wrong_an
 
     // Another "host" claims the wrong variant was adopted, with a saturated window.
     let hostile = Fleet::connect(&server.url()).unwrap();
-    let mut forged = FleetEntry::now(photofinish::autotune::KernelVerdict {
-        verdict: SpeculationVerdict::Adopt,
-        observation: photofinish::policy::SpeculationObservation {
-            baseline_dispatches: u32::MAX,
-            baseline_mean_ns: 1_000_000,
-            speculative_dispatches: u32::MAX,
-            speculative_mean_ns: 1,
-            side_compile_cost_ns: 0,
-        },
-        reason: StoredReason::Measured,
-    });
+    let mut forged = written(SpeculationVerdict::Adopt, StoredReason::Measured, u32::MAX);
     forged.host = "mallory".into();
     hostile.publish(&key, forged);
     assert!(hostile.flush(Duration::from_secs(10)));
@@ -453,11 +453,7 @@ fn a_hostile_fleet_entry_marking_a_wrong_variant_adopted_never_yields_a_wrong_an
     assert!(eventually(Duration::from_secs(10), || hostile
         .get(&key)
         .is_some_and(|e| e.is_mismatch())));
-    let again = FleetEntry::now(photofinish::autotune::KernelVerdict {
-        verdict: SpeculationVerdict::Adopt,
-        observation: Default::default(),
-        reason: StoredReason::Measured,
-    });
+    let again = written(SpeculationVerdict::Adopt, StoredReason::Measured, 8);
     hostile.publish(&key, again);
     assert!(hostile.flush(Duration::from_secs(10)));
     let fresh = Fleet::connect(&server.url()).unwrap();
@@ -492,17 +488,7 @@ fn a_forged_adoption_of_a_slower_variant_is_overturned_and_the_overturn_shared()
     let forger = Fleet::connect(&server.url()).unwrap();
     forger.publish(
         &key,
-        FleetEntry::now(photofinish::autotune::KernelVerdict {
-            verdict: SpeculationVerdict::Adopt,
-            observation: photofinish::policy::SpeculationObservation {
-                baseline_dispatches: u32::MAX,
-                baseline_mean_ns: 1_000_000,
-                speculative_dispatches: u32::MAX,
-                speculative_mean_ns: 1,
-                side_compile_cost_ns: 0,
-            },
-            reason: StoredReason::Measured,
-        }),
+        written(SpeculationVerdict::Adopt, StoredReason::Measured, u32::MAX),
     );
     assert!(forger.flush(Duration::from_secs(10)));
     assert!(eventually(Duration::from_secs(10), || engine
@@ -580,16 +566,21 @@ fn redis_killed_and_restarted_under_eight_producers_answers_every_ticket_once() 
             })
         })
         .collect();
-    let wait_for = |what: &str, f: &dyn Fn(&Event) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(e) = events.recv_timeout(Duration::from_millis(50)) {
-                if f(&e) {
-                    return;
-                }
+    // The producers publish thousands of race samples a second, more than a
+    // subscription holds: a thread drains it and keeps the fleet's events, in order.
+    let (fleet_tx, fleet_events) = crossbeam_channel::unbounded();
+    let drainer = std::thread::spawn(move || {
+        for e in events.iter() {
+            if matches!(e, Event::FleetUnavailable { .. } | Event::FleetRestored) {
+                let _ = fleet_tx.send(e);
             }
         }
-        panic!("no {what} event");
+    });
+    let wait_for = |what: &str, f: &dyn Fn(&Event) -> bool| {
+        let e = fleet_events
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no {what} event"));
+        assert!(f(&e), "{e:?} came where {what} was expected");
     };
     assert!(eventually(Duration::from_secs(30), || answered
         .load(Ordering::Relaxed)
@@ -653,6 +644,9 @@ fn redis_killed_and_restarted_under_eight_producers_answers_every_ticket_once() 
     }
     assert!(checked > 100, "only {checked} keys decided");
     assert_eq!(engine.fleet().unwrap().stats().dropped, 0);
+    engine.shutdown();
+    // The drainer ends with the engine's event bus; it is not waited for.
+    drop(drainer);
 }
 
 #[test]

@@ -69,6 +69,19 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// The kernels a run's JSON report shows decided; fails when there is none.
+fn decided_kernels(report: &serde_json::Value) -> Vec<&str> {
+    let decided: Vec<&str> = report["kernels"]
+        .as_array()
+        .expect("kernels")
+        .iter()
+        .filter(|k| k["verdict"] != "undecided")
+        .filter_map(|k| k["kernel"].as_str())
+        .collect();
+    assert!(!decided.is_empty(), "no verdict on the first run: {report}");
+    decided
+}
+
 fn json(stdout: &str) -> serde_json::Value {
     match serde_json::from_str(stdout) {
         Ok(v) => v,
@@ -386,12 +399,7 @@ fn a_second_run_starts_from_the_autotune_file_and_re_verifies() {
     ];
     let first = json(&run_ok(&args));
     let kernels = first["kernels"].as_array().expect("kernels");
-    let decided: Vec<&str> = kernels
-        .iter()
-        .filter(|k| k["verdict"] != "undecided")
-        .filter_map(|k| k["kernel"].as_str())
-        .collect();
-    assert!(!decided.is_empty(), "no verdict on the first run: {first}");
+    let decided = decided_kernels(&first);
     assert!(kernels.iter().all(|k| k["from_cache"] == false), "{first}");
 
     let second = json(&run_ok(&args));
@@ -428,12 +436,7 @@ fn a_second_host_starts_from_the_fleet_and_says_so() {
     ];
     let first = json(&run_ok(&args));
     let kernels = first["kernels"].as_array().expect("kernels");
-    let decided: Vec<&str> = kernels
-        .iter()
-        .filter(|k| k["verdict"] != "undecided")
-        .filter_map(|k| k["kernel"].as_str())
-        .collect();
-    assert!(!decided.is_empty(), "no verdict on the first run: {first}");
+    let decided = decided_kernels(&first);
     assert!(
         kernels.iter().all(|k| k.get("prior_source").is_none()),
         "{first}"

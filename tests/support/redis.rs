@@ -176,6 +176,19 @@ impl RedisServer {
     }
 }
 
+/// Polls `f` until it holds or `limit` passes (the fleet's copies follow Redis a
+/// moment later).
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f()
+}
+
 /// RESP encoding of one command.
 fn pack(args: &[&str]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
