@@ -36,7 +36,9 @@
 //! announcement it reads that key again. [`Fleet::get`] reads the copy only.
 //! [`Fleet::publish`] puts the entry in the copy at once and queues it for the fleet
 //! thread (a bounded queue; when full, the oldest queued write is dropped and counted
-//! in [`FleetStats::dropped`]).
+//! in [`FleetStats::dropped`]). [`Fleet::generation`] moves whenever the copy takes a
+//! change from Redis, so a reader (the engine's fleet link) learns of other hosts'
+//! changes without reading every entry.
 //!
 //! The last writer wins, with one exception: **a mismatch is sticky**. A key whose entry
 //! is a rejection for a mismatch (`"reason":"mismatch"`) is never overwritten by
