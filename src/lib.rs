@@ -72,6 +72,8 @@ mod knobs;
 
 pub mod autotune;
 pub mod backend;
+#[cfg(feature = "redis")]
+pub mod fleet;
 pub mod kernels;
 pub mod policy;
 pub mod speculator;

@@ -1,11 +1,15 @@
 //! `photofinish run` as a user runs it: the real binary, its exit codes, its table, its
 //! JSON, its report directory (JSON + well-formed SVG), a second run that starts from
 //! the autotune file, a mixed-size trace (`--sizes`: a row, a JSON entry and a chart
-//! per tuning key), and bad arguments. Small runs on the CPU backend, and one on
+//! per tuning key), a second host that starts from the fleet (`--fleet`, against a
+//! real redis-server), and bad arguments. Small runs on the CPU backend, and one on
 //! Vulkan (lavapipe here).
 
 #[path = "../../tests/support/vulkan.rs"]
 mod no_vulkan;
+#[cfg(feature = "redis")]
+#[path = "../../tests/support/redis.rs"]
+mod redis_support;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -63,6 +67,19 @@ fn small(extra: &[&str]) -> Vec<String> {
 
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
+}
+
+/// The kernels a run's JSON report shows decided; fails when there is none.
+fn decided_kernels(report: &serde_json::Value) -> Vec<&str> {
+    let decided: Vec<&str> = report["kernels"]
+        .as_array()
+        .expect("kernels")
+        .iter()
+        .filter(|k| k["verdict"] != "undecided")
+        .filter_map(|k| k["kernel"].as_str())
+        .collect();
+    assert!(!decided.is_empty(), "no verdict on the first run: {report}");
+    decided
 }
 
 fn json(stdout: &str) -> serde_json::Value {
@@ -349,12 +366,7 @@ fn a_second_run_starts_from_the_autotune_file_and_re_verifies() {
     ];
     let first = json(&run_ok(&args));
     let kernels = first["kernels"].as_array().expect("kernels");
-    let decided: Vec<&str> = kernels
-        .iter()
-        .filter(|k| k["verdict"] != "undecided")
-        .filter_map(|k| k["kernel"].as_str())
-        .collect();
-    assert!(!decided.is_empty(), "no verdict on the first run: {first}");
+    let decided = decided_kernels(&first);
     assert!(kernels.iter().all(|k| k["from_cache"] == false), "{first}");
 
     let second = json(&run_ok(&args));
@@ -368,6 +380,53 @@ fn a_second_run_starts_from_the_autotune_file_and_re_verifies() {
     assert!(reverified >= 1, "{second}");
     let table = run_ok(&args[..args.len() - 1]);
     assert!(table.contains("from cache, re-verified"), "{table}");
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn a_second_host_starts_from_the_fleet_and_says_so() {
+    let Some(server) = redis_support::start() else {
+        return;
+    };
+    let url = server.url();
+    let args = [
+        "run",
+        "--backend",
+        "cpu",
+        "--batches",
+        "40",
+        "--size",
+        "16KiB",
+        "--fleet",
+        &url,
+        "--json",
+    ];
+    let first = json(&run_ok(&args));
+    let kernels = first["kernels"].as_array().expect("kernels");
+    let decided = decided_kernels(&first);
+    assert!(
+        kernels.iter().all(|k| k.get("prior_source").is_none()),
+        "{first}"
+    );
+
+    let second = json(&run_ok(&args));
+    for k in second["kernels"].as_array().expect("kernels") {
+        if decided.contains(&k["kernel"].as_str().unwrap_or_default()) {
+            assert_eq!(k["prior_source"], "fleet", "{k}");
+            assert!(
+                k["verdict_reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("from fleet"),
+                "{k}"
+            );
+        }
+    }
+    let table = run_ok(&args[..args.len() - 1]);
+    assert!(table.contains("from fleet"), "{table}");
+
+    let bad = run_fails(&["run", "--backend", "cpu", "--fleet", "http://nowhere"]);
+    assert!(bad.contains("fleet"), "{bad}");
 }
 
 #[test]

@@ -106,6 +106,10 @@ pub struct EngineBuilder {
     persistence: Persistence,
     max_keys_per_kernel: usize,
     key_transfer: bool,
+    /// The fleet store's URL; `None`: no fleet. Default: `PHOTOFINISH_FLEET_URL`.
+    fleet_url: Option<String>,
+    /// `crate::fleet::FleetConfig` (`()` without the `redis` feature).
+    fleet_config: super::fleet::Config,
 }
 
 impl Default for EngineBuilder {
@@ -125,6 +129,9 @@ impl Default for EngineBuilder {
             persistence: Persistence::Default,
             max_keys_per_kernel: super::DEFAULT_MAX_KEYS_PER_KERNEL,
             key_transfer: true,
+            fleet_url: crate::knobs::env_opt::<String>("PHOTOFINISH_FLEET_URL")
+                .filter(|url| !url.trim().is_empty()),
+            fleet_config: Default::default(),
         }
     }
 }
@@ -254,6 +261,40 @@ impl EngineBuilder {
         self
     }
 
+    /// Shares verdicts with other hosts through the fleet store at `url` (SPEC §13;
+    /// feature `redis`): `redis://[user:password@]host:port/db`, or
+    /// `redis+cluster://host:port,host:port` for a Redis Cluster. Default: the
+    /// environment variable `PHOTOFINISH_FLEET_URL` where set; this call overrides it.
+    ///
+    /// A fleet entry is a prior for a key this engine has no verdict of its own for
+    /// (adopted: confirmed by this engine's races before its variant answers; rejected:
+    /// no race; a mismatch: rejected for good), every verdict this engine reaches,
+    /// confirms or overturns is published, and other hosts' changes are heard live.
+    /// No worker ever waits on Redis. `build` fails with [`EngineError::Fleet`] for a
+    /// URL that does not parse or refused credentials; a Redis that does not answer
+    /// only delays `build` by [`FleetConfig::connect_wait`](crate::fleet::FleetConfig)
+    /// (3 s) and is reported by [`Event::FleetUnavailable`]. See the README, "Running a
+    /// fleet".
+    #[cfg(feature = "redis")]
+    pub fn fleet(mut self, url: impl Into<String>) -> Self {
+        self.fleet_url = Some(url.into());
+        self
+    }
+
+    /// No fleet store, whatever `PHOTOFINISH_FLEET_URL` says.
+    pub fn without_fleet(mut self) -> Self {
+        self.fleet_url = None;
+        self
+    }
+
+    /// How the fleet client connects and how much it holds (timeouts, backoff, queue
+    /// sizes; default [`FleetConfig::default`](crate::fleet::FleetConfig)).
+    #[cfg(feature = "redis")]
+    pub fn fleet_config(mut self, config: crate::fleet::FleetConfig) -> Self {
+        self.fleet_config = config;
+        self
+    }
+
     /// How fused kernels choose their path (default `Auto`: follow the speculator).
     /// `Force` makes registering a kernel without a fused path an error.
     pub fn speculation_mode(mut self, mode: SpeculationMode) -> Self {
@@ -308,6 +349,8 @@ impl EngineBuilder {
         };
         backend.set_dispatch_timeout(self.dispatch_timeout);
         let devices_info = backend.devices().to_vec();
+        let fleet =
+            super::fleet::FleetLink::connect(self.fleet_url.as_deref(), &self.fleet_config)?;
         let dir = self.autotune_dir_for(backend.kind());
         let tunes: Vec<DeviceTune> = devices_info
             .iter()
@@ -376,6 +419,7 @@ impl EngineBuilder {
             speculator: AdaptiveSpeculator::new(self.threshold_pct),
             tunes,
             saves,
+            fleet,
             next_device: AtomicUsize::new(0),
         });
         core.bus.publish_sticky(Event::BackendSelected {
@@ -392,6 +436,8 @@ impl EngineBuilder {
             workers: Mutex::new(Vec::new()),
             saver: Mutex::new(saver),
         };
+        // After `engine` exists, so that a failure below still stops the link thread.
+        super::fleet::FleetLink::start(&core)?;
         for (device, slot) in core.devices.iter().enumerate() {
             for q in &slot.queues {
                 let handle = supervisor::spawn(Arc::clone(&core), q.id)?;

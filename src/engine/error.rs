@@ -113,6 +113,13 @@ pub enum EngineError {
         /// What the OS said.
         reason: String,
     },
+    /// The fleet store (`EngineBuilder::fleet`, `PHOTOFINISH_FLEET_URL`) cannot be used:
+    /// its URL does not parse or Redis refused the credentials (what to do is in the
+    /// inner error). A Redis that does not answer is not an error: the engine starts,
+    /// says `Event::FleetUnavailable` and connects in the background.
+    #[cfg(feature = "redis")]
+    #[error("the fleet store cannot be used: {0}")]
+    Fleet(crate::fleet::FleetError),
 }
 
 /// Why [`Engine::try_submit`](super::Engine::try_submit) did not take a batch; the

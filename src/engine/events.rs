@@ -63,8 +63,10 @@ pub enum VerdictReason {
     /// A verdict loaded from the autotune file was re-verified: as many agreeing races
     /// of this engine as a fresh engine needs before it adopts.
     Reverified,
-    /// A rejected verdict loaded from the autotune file, taken as a prior: the variant
-    /// runs no race (SPEC §11).
+    /// A rejected verdict taken as a prior — from the autotune file, a neighbour key
+    /// or the fleet store (at a key's start, or heard live from another host for a
+    /// key still undecided here) — or a fleet mismatch, which rejects the key whatever
+    /// its verdict: the variant runs no race (SPEC §11, §13).
     Prior,
     /// The paired window still said keep racing after `samples` races
     /// ([`MAX_UNDECIDED_RACES`](crate::MAX_UNDECIDED_RACES)): the speculative variant
@@ -258,6 +260,16 @@ pub enum Event {
         /// What the driver said.
         detail: String,
     },
+    /// The fleet store (SPEC §13) cannot be reached: the engine goes on with its local
+    /// file, keeps what it would publish, and reconnects with backoff. Mapped from the
+    /// fleet client's `FleetStatus::Unavailable` (feature `redis`).
+    FleetUnavailable {
+        /// Why, in the fleet client's words.
+        reason: String,
+    },
+    /// The fleet store answers again: its entries were read afresh and the kept writes
+    /// are being sent. Mapped from `FleetStatus::Restored`.
+    FleetRestored,
 }
 
 /// How many events one subscriber lost because its channel was full.

@@ -16,6 +16,9 @@ mod dispatch_policy;
 mod doorbell;
 mod error;
 mod events;
+// Without the `redis` feature a stub that is always off, so call sites need no `cfg`.
+#[cfg_attr(not(feature = "redis"), path = "fleet_off.rs")]
+mod fleet;
 mod keys;
 mod ladder;
 mod mailbox;
@@ -473,6 +476,8 @@ pub(crate) struct Core {
     /// Save requests for the saver thread, one flag per device store; `None` (and no
     /// saver thread) when no store has a file.
     pub(crate) saves: Option<saver::SaveQueue>,
+    /// The fleet store (SPEC §13): off unless `EngineBuilder::fleet` (feature `redis`).
+    pub(crate) fleet: fleet::FleetLink,
     next_device: AtomicUsize,
 }
 
@@ -994,6 +999,44 @@ impl Engine {
         self.core.tunes.get(device)?.report.as_ref()
     }
 
+    /// The fleet client (SPEC §13), when the engine was built with one
+    /// ([`EngineBuilder::fleet`] or `PHOTOFINISH_FLEET_URL`): its local copy
+    /// ([`Fleet::entries`](crate::fleet::Fleet::entries)), counters and availability.
+    /// The engine reads its status stream itself and publishes it as
+    /// [`Event::FleetUnavailable`] and [`Event::FleetRestored`]; subscribe to those
+    /// rather than to [`Fleet::statuses`](crate::fleet::Fleet::statuses).
+    #[cfg(feature = "redis")]
+    pub fn fleet(&self) -> Option<&crate::fleet::Fleet> {
+        self.core.fleet.client()
+    }
+
+    /// The key under which the fleet holds the verdict on speculative variant
+    /// `variant` of `kernel` for tuning key `key` measured on `device` (whether or not
+    /// an engine has written it); `None` for an unknown kernel, variant or device.
+    #[cfg(feature = "redis")]
+    pub fn fleet_key(
+        &self,
+        kernel: KernelId,
+        variant: usize,
+        key: TuningKey,
+        device: usize,
+    ) -> Option<crate::fleet::FleetKey> {
+        let k = self.core.registry.get(kernel)?;
+        let info = self.core.backend.devices().get(device)?;
+        let speculative = k.keys.get(variant).filter(|_| variant > 0)?;
+        Some(fleet::fleet_key(info, &k.keys[0], speculative, key))
+    }
+
+    /// Waits up to `timeout` until every verdict change this engine made so far is in
+    /// the fleet's Redis (or refused there, a mismatch being sticky); true when none is
+    /// left, and at once without a fleet. Verdict changes are shared by background
+    /// threads, never by the worker that made them; this is the way to wait for them,
+    /// e.g. before another host starts. [`Engine::shutdown`] does it (for at most 2 s,
+    /// and only while Redis answers).
+    pub fn flush_fleet(&self, timeout: std::time::Duration) -> bool {
+        self.core.fleet.flush(timeout)
+    }
+
     /// The shared adaptive speculator (fused paths follow it in `SpeculationMode::Auto`).
     pub fn speculator(&self) -> &AdaptiveSpeculator {
         &self.core.speculator
@@ -1303,6 +1346,9 @@ impl Engine {
                     tracing::error!("the autotune saver thread ended by panic");
                 }
             }
+            // No verdict can change any more: the fleet link sends what it holds
+            // (waiting a bounded time, only while Redis answers) and stops.
+            self.core.fleet.stop();
         });
     }
 }

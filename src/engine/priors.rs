@@ -5,11 +5,14 @@
 //! 1. this key's own entry in a device's autotune store (a verdict loaded from the
 //!    file, or — once the kernel forgot a key to stay in its bound — one this engine
 //!    measured before it forgot the key: source `file`);
-//! 2. the nearest decided key of the kernel with the same application key, at most
+//! 2. the fleet's entry for this key, on any device (source `fleet`, feature `redis`,
+//!    SPEC §13; see `fleet.rs`) — except that a fleet *mismatch* comes first of all,
+//!    as a mismatch is sticky fleet-wide;
+//! 3. the nearest decided key of the kernel with the same application key, at most
 //!    [`MAX_TRANSFER_CLASSES`] size classes away, whose verdict was reached by its own
 //!    races (source `neighbour`; an inconclusive rejection or an unconfirmed prior
 //!    does not transfer);
-//! 3. the kernel-wide entry of a file written before tuning keys (source `file`).
+//! 4. the kernel-wide entry of a file written before tuning keys (source `file`).
 //!
 //! Whatever the source, the verdict is a prior: an adopted one leaves the variant
 //! undecided until it agreed on `MIN_DISPATCHES_FOR_VERDICT` races of this key
@@ -200,7 +203,15 @@ fn prior(
             })
         })
     };
+    // A fleet mismatch is sticky fleet-wide (SPEC §13): it comes before everything.
+    let fleet = core.fleet.prior(core, kernel, state, spec);
+    if let Some(hint) = fleet.filter(|h| h.verdict.reason == StoredReason::OutputMismatch) {
+        return Some((hint, None));
+    }
     if let Some(hint) = stored(false) {
+        return Some((hint, None));
+    }
+    if let Some(hint) = fleet {
         return Some((hint, None));
     }
     if core.config.key_transfer {

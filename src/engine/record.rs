@@ -243,6 +243,48 @@ pub(crate) fn announce_rejected_prior(
     );
 }
 
+/// Rejects variant `spec` on `state`'s key, which is in this engine's table already,
+/// for a fleet verdict heard live (`fleet.rs`, "Live changes"): a timing rejection of
+/// a key still undecided here (taken as a prior: no more races, re-raced on the key's
+/// schedule), or a mismatch, whatever the key's verdict here (for good). Published
+/// with reason `Prior`; neither the local store nor the fleet is written (the fleet
+/// has it, and the file holds only what this engine measured).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn take_fleet_rejection(
+    core: &Core,
+    kernel: &Kernel,
+    state: &KeyState,
+    spec: usize,
+    device: usize,
+    mismatch: bool,
+) {
+    let Some(from) = state.candidate(spec).verdict.reject() else {
+        if mismatch {
+            state.log(spec).basis = Basis::Broken;
+        }
+        return;
+    };
+    {
+        let mut log = state.log(spec);
+        log.hint = None;
+        log.prior = Some((super::keys::PriorSource::Fleet, None));
+        if mismatch {
+            log.basis = Basis::Broken;
+        } else {
+            log.basis = Basis::Prior;
+            log.rerace.rejected();
+        }
+    }
+    published(
+        core,
+        (kernel, state),
+        spec,
+        device,
+        (from, KernelVerdict::Rejected),
+        VerdictReason::Prior,
+    );
+}
+
 /// On an audit tick of a key whose variant `spec` is rejected for its timings: counts
 /// the tick on the key's re-race schedule and, when a re-race is due, reopens the
 /// variant (undecided, a fresh window, at most [`RERACE_RACES`] races to win) and says
@@ -411,15 +453,16 @@ fn published(
             KernelVerdict::Rejected => SpeculationVerdict::Reject,
             KernelVerdict::Undecided => SpeculationVerdict::KeepRacing,
         };
-        tune.store.set_verdict(
-            state.pair_keys(&tune.adapter_id, spec),
-            StoredKernelVerdict {
-                verdict,
-                observation,
-                reason: stored_reason,
-            },
-        );
+        let stored = StoredKernelVerdict {
+            verdict,
+            observation,
+            reason: stored_reason,
+        };
+        tune.store
+            .set_verdict(state.pair_keys(&tune.adapter_id, spec), stored);
         core.request_save(device);
+        // Shared with the fleet by its link thread: one channel send here.
+        core.fleet.offer(device, kernel, state, spec, stored);
     }
     if let Some(next) = state.settle() {
         let verdict = state.verdict_of(next);

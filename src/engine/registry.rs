@@ -536,6 +536,16 @@ impl Registry {
         }
     }
 
+    /// Every kernel registered so far (one still being added may be missing).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn all(&self) -> Vec<Arc<Kernel>> {
+        let added = self.next.load(Ordering::Acquire);
+        (0..added)
+            .filter_map(|i| u32::try_from(i).ok())
+            .filter_map(|i| self.get(self.id(i)))
+            .collect()
+    }
+
     /// The kernel with this id; `None` for an id this registry did not issue.
     pub(crate) fn get(&self, id: KernelId) -> Option<Arc<Kernel>> {
         if id.engine != self.tag {

@@ -67,6 +67,15 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub(crate) autotune_file: Option<PathBuf>,
 
+    /// Share verdicts with other hosts through the fleet store at this Redis URL
+    /// (`redis://host:port/db`, or `redis+cluster://host:port,host:port`): a verdict
+    /// another host reached is a prior here (an adopted one re-verified by this run's
+    /// races before it is trusted, a rejected one not raced), and this run's verdicts
+    /// are published. Overrides `PHOTOFINISH_FLEET_URL`. A Redis that does not answer
+    /// is not fatal: the run goes on with its local verdicts.
+    #[arg(long, value_name = "URL")]
+    pub(crate) fleet: Option<String>,
+
     /// Seed of the generated inputs (the same seed gives the same inputs).
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,

@@ -25,12 +25,13 @@ use photofinish::autotune::AutotuneError;
 use photofinish::backend::DeviceInfo;
 use photofinish::kernels::{self, InputShape, Workload};
 use photofinish::{
-    Answer, Arm, BackendChoice, Batch, CacheStatus, Engine, EngineError, Event, KernelId,
-    KernelVerdict, KeyStats, Output, RaceSample, Subscription, Ticket, TuningKey, VerdictReason,
+    Answer, Arm, BackendChoice, Batch, CacheStatus, Engine, EngineBuilder, EngineError, Event,
+    KernelId, KernelVerdict, KeyStats, Output, PriorSource, RaceSample, Subscription, Ticket,
+    TuningKey, VerdictReason,
 };
 
 use super::args::{format_bytes, RunArgs};
-use super::report::{ArmName, KernelTally, KeyReport, RunReport, Verdict};
+use super::report::{prior_words, ArmName, KernelTally, KeyReport, RunReport, Verdict};
 
 /// Distinct inputs per kernel and size: batches cycle through them (generating
 /// `--batches` inputs of `--size` each would cost more than the kernels).
@@ -70,6 +71,10 @@ pub(crate) enum DriverError {
         /// The largest `--size` it takes, formatted.
         largest: String,
     },
+    /// `--fleet` was given to a binary built without the `redis` feature.
+    #[cfg_attr(feature = "redis", allow(dead_code))]
+    #[error("--fleet needs a photofinish built with the `redis` feature (cargo build -p photofinish-cli --features redis)")]
+    FleetNotBuilt,
     /// A workload the options name is not built in (a bug: the options list only
     /// built-in names).
     #[error(
@@ -94,6 +99,17 @@ pub(crate) struct Unsaved {
     pub(crate) path: PathBuf,
     /// Why the save failed.
     pub(crate) error: Arc<AutotuneError>,
+}
+
+/// `builder` sharing verdicts through the fleet store at `url`.
+#[cfg(feature = "redis")]
+fn with_fleet(builder: EngineBuilder, url: &str) -> Result<EngineBuilder, DriverError> {
+    Ok(builder.fleet(url))
+}
+
+#[cfg(not(feature = "redis"))]
+fn with_fleet(_: EngineBuilder, _: &str) -> Result<EngineBuilder, DriverError> {
+    Err(DriverError::FleetNotBuilt)
 }
 
 /// What a run gives: the report, and the autotune stores it could not save.
@@ -122,6 +138,10 @@ pub(crate) fn run(
             builder.autotune_dir(dir)
         }
         None => builder.without_autotune_file(),
+    };
+    let builder = match &args.fleet {
+        Some(url) => with_fleet(builder, url)?,
+        None => builder,
     };
     let engine = builder.build()?;
     let sizes = args.trace_sizes();
@@ -296,6 +316,10 @@ fn run_kernel(
             .collect();
         let summary_key = busiest(&stats.keys).map(|k| k.key.to_string());
         tally.keys(Verdict::of(stats.verdict), keys, summary_key);
+        let fleet = busiest(&stats.keys).filter(|k| k.prior_source == Some(PriorSource::Fleet));
+        if let Some(key) = fleet {
+            tally.started_from_fleet(prior_words(key));
+        }
     }
     Ok(tally)
 }

@@ -182,11 +182,24 @@ pub(crate) fn prior_words(stats: &KeyStats) -> String {
             None => "neighbour".to_string(),
         },
         Some(PriorSource::File) => stats.cache.to_string(),
-        Some(PriorSource::Fleet) => stats.cache.to_string().replace("from cache", "from fleet"),
+        Some(PriorSource::Fleet) => fleet_words(stats).to_string(),
         Some(other) => other.to_string(),
         None if stats.cache != CacheStatus::NotCached => stats.cache.to_string(),
         None if stats.from_prior => "prior (another variant)".to_string(),
         None => "-".to_string(),
+    }
+}
+
+/// A key whose verdict began from a fleet entry: re-verified (adopted: its
+/// confirmation races agreed), overturned (this run's races rejected it), taken as it
+/// was (rejected there, or heard live while the key was under way: no race after it),
+/// or still being confirmed.
+fn fleet_words(stats: &KeyStats) -> &'static str {
+    match (stats.verdict, stats.verdict_at_sample) {
+        (KernelVerdict::Adopted, _) => "from fleet, re-verified",
+        (KernelVerdict::Rejected, Some(_)) => "from fleet, overturned by this run's races",
+        (KernelVerdict::Rejected, None) => "from fleet (rejected there): not raced",
+        _ => "from fleet, being re-verified",
     }
 }
 
@@ -207,6 +220,10 @@ pub(crate) struct KernelReport {
     pub(crate) from_cache: bool,
     /// True when a verdict from the autotune file was raced again and held.
     pub(crate) reverified: bool,
+    /// Where the verdict began when it began from a prior rather than cold: `"fleet"`
+    /// for a verdict another host shared (`--fleet`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) prior_source: Option<String>,
     /// Samples (1-based index) at which the verdict was first seen; `None` while
     /// undecided.
     pub(crate) samples_to_verdict: Option<u32>,
@@ -292,6 +309,7 @@ impl KernelTally {
                 verdict: Verdict::Undecided,
                 verdict_reason: String::new(),
                 from_cache: false,
+                prior_source: None,
                 reverified: false,
                 samples_to_verdict: None,
                 batches: 0,
@@ -434,6 +452,13 @@ impl KernelTally {
             self.report.samples_to_verdict = Some(at);
             self.measured = None;
         }
+    }
+
+    /// The verdict began from a fleet entry (SPEC §13): says so, in the key table's
+    /// words ([`prior_words`]).
+    pub(crate) fn started_from_fleet(&mut self, words: String) {
+        self.report.prior_source = Some("fleet".into());
+        self.report.verdict_reason = words;
     }
 
     /// The means of the engine's paired window (`KernelStats::observation`): what the
