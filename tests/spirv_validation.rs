@@ -41,8 +41,10 @@ const INPUT_BYTES: usize = 4_096;
 /// A child that prints nothing for this long is killed (its own deadline for a kernel
 /// that never returns did not fire either) and counted as a death.
 const SILENT_AFTER: Duration = Duration::from_secs(5);
-/// The whole corpus test fails rather than hangs after this long.
-const WATCHDOG: Duration = Duration::from_secs(150);
+/// The whole corpus test fails rather than hangs after this long. It takes 20–40 s on
+/// an idle 2-core machine and up to 150 s beside a build (ten stuck kernels at their
+/// 2 s deadline, and sixteen child processes each opening lavapipe).
+const WATCHDOG: Duration = Duration::from_secs(420);
 
 /// What the child prints before trying mutant `i`.
 const TRYING: &str = "trying";
@@ -61,8 +63,12 @@ const FINISHED: &str = "finished";
 
 /// The built-in variants with SPIR-V, with their workload and variant index.
 fn originals() -> Vec<(Arc<dyn Workload>, usize, KernelVariant)> {
+    // The corpus is fixed: the modules of these three workloads (`sum`, added to
+    // `builtin()` later, would reseed every mutant and change the outcomes that
+    // RELIABILITY.md records).
     builtin()
         .into_iter()
+        .filter(|w| ["histogram", "reduce", "scan"].contains(&w.name()))
         .flat_map(|w| {
             w.variants()
                 .into_iter()
