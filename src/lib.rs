@@ -100,8 +100,13 @@ pub use kernels::DispatchPlan;
 pub use policy::{Agreement, FloatElem};
 
 #[doc(hidden)]
+pub use engine::protocol;
+/// Test utilities (feature `test-util`, off by default): a backend for fault injection
+/// and tests of the engine's machinery, and the tiny workloads its tests run. Never a
+/// real device; not for production.
+#[cfg(any(test, feature = "test-util"))]
 pub use engine::{
-    protocol, ByteSumWorkload, FusedByteSumWorkload, HostCode, InjectedFault, LoadRecord,
+    ByteSumWorkload, FusedByteSumWorkload, HostCode, InjectedFault, LoadRecord,
     PanickyHostWorkload, TestBackend,
 };
 /// What [`Subscription`]'s reads return when no event comes.

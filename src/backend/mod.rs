@@ -28,7 +28,9 @@ pub enum BackendKind {
     Vulkan,
     /// The CPU backend: each workload's variants as rayon code.
     Cpu,
-    /// A backend written for tests (fault injection, actor machinery); never a real device.
+    /// A backend written for tests (fault injection, actor machinery; feature
+    /// `test-util`); never a real device.
+    #[cfg(any(test, feature = "test-util"))]
     Test,
 }
 
@@ -37,6 +39,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Vulkan => "vulkan",
             BackendKind::Cpu => "cpu",
+            #[cfg(any(test, feature = "test-util"))]
             BackendKind::Test => "test",
         })
     }

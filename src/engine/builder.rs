@@ -143,7 +143,8 @@ impl EngineBuilder {
         self
     }
 
-    /// Runs on this backend instance instead of opening one (e.g. a `TestBackend`).
+    /// Runs on this backend instance instead of opening one (a backend of your own, or
+    /// the `TestBackend` of feature `test-util`).
     pub fn backend_instance(mut self, backend: Arc<dyn Backend>) -> Self {
         self.instance = Some(backend);
         self
@@ -327,7 +328,7 @@ impl EngineBuilder {
         match &self.persistence {
             Persistence::Off => None,
             Persistence::Dir(d) => Some(d.clone()),
-            Persistence::Default if backend == BackendKind::Test => None,
+            Persistence::Default if is_test_backend(backend) => None,
             Persistence::Default => {
                 let dir = default_autotune_dir();
                 if dir.is_none() {
@@ -460,6 +461,18 @@ impl EngineBuilder {
         }
         Ok(engine)
     }
+}
+
+/// Whether `kind` is the test backend (feature `test-util`), which keeps no autotune
+/// file unless told to.
+fn is_test_backend(kind: BackendKind) -> bool {
+    #[cfg(any(test, feature = "test-util"))]
+    return kind == BackendKind::Test;
+    #[cfg(not(any(test, feature = "test-util")))]
+    return {
+        let _ = kind;
+        false
+    };
 }
 
 /// The default of [`EngineBuilder::max_searching`] for a device with `workers` workers:

@@ -30,6 +30,7 @@ mod saver;
 #[cfg(not(photofinish_loom))]
 mod spin;
 mod supervisor;
+#[cfg(any(test, feature = "test-util"))]
 mod test_backend;
 mod ticket;
 mod trace;
@@ -67,6 +68,7 @@ pub use race::TIMED_SINGLE_PERIOD;
 pub use registry::{
     Arm, CacheStatus, KernelId, KernelStats, RaceSample, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
 };
+#[cfg(any(test, feature = "test-util"))]
 pub use test_backend::{
     ByteSumWorkload, FusedByteSumWorkload, HostCode, InjectedFault, LoadRecord,
     PanickyHostWorkload, TestBackend,
@@ -1078,12 +1080,12 @@ impl Engine {
     ///
     /// ```
     /// # use std::sync::Arc;
-    /// # use photofinish::{Batch, ByteSumWorkload, Engine, TestBackend};
+    /// # use photofinish::{kernels, BackendChoice, Batch, Engine};
     /// let engine = Engine::builder()
-    ///     .backend_instance(Arc::new(TestBackend::new(1, 2, 1)))
+    ///     .backend(BackendChoice::Cpu)
     ///     .without_autotune_file()
     ///     .build()?;
-    /// let kernel = engine.register(Arc::new(ByteSumWorkload))?;
+    /// let kernel = engine.register(kernels::by_name("reduce").expect("built in"))?;
     /// let mut input: Arc<[u8]> = vec![1, 2, 3].into();
     /// engine.submit(Batch::new(kernel, Arc::clone(&input)))?.wait()?;
     /// // Reuse the buffer in place for the next batch.
@@ -1156,19 +1158,19 @@ impl Engine {
     /// in a call.
     ///
     /// ```
-    /// # use std::sync::Arc;
-    /// # use photofinish::kernels::Workload;
-    /// # use photofinish::{Batch, ByteSumWorkload, Engine, Output, TestBackend};
+    /// # use photofinish::kernels::{self, Workload};
+    /// # use photofinish::{BackendChoice, Batch, Engine, Output};
     /// let engine = Engine::builder()
-    ///     .backend_instance(Arc::new(TestBackend::new(1, 2, 1)))
+    ///     .backend(BackendChoice::Cpu)
     ///     .without_autotune_file()
     ///     .build()?;
-    /// let kernel = engine.register(Arc::new(ByteSumWorkload))?;
+    /// let reduce = kernels::by_name("reduce").expect("built in");
+    /// let kernel = engine.register(reduce.clone())?;
     /// let inputs: Vec<Vec<u8>> = (1..=8u8).map(|n| vec![n; 16]).collect();
     /// let batches = inputs.iter().map(|input| Batch::new(kernel, input.clone()));
     /// let tickets = engine.submit_many(batches)?;
     /// for (input, ticket) in inputs.iter().zip(tickets) {
-    ///     let expected = ByteSumWorkload.reference(input);
+    ///     let expected = reduce.reference(input);
     ///     assert_eq!(ticket.wait()?.output, Output::Answer(expected));
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())

@@ -407,6 +407,12 @@ impl KernelTally {
                 n(Verdict::Rejected),
                 n(Verdict::Undecided)
             );
+        } else if self.report.verdict != verdict && !self.report.from_cache {
+            // One key whose last verdict change was about another of its speculative
+            // variants (the ladder moved on, e.g. one rejected and the next still
+            // racing): the engine's summary is the kernel's verdict.
+            self.report.verdict = verdict;
+            self.report.verdict_reason = format!("{} (another variant in play)", verdict.as_str());
         }
         self.summary_key = summary_key;
         self.report.keys = keys;
@@ -805,6 +811,18 @@ mod tests {
         let k = KeyReport::new(&s, &[], None);
         assert_eq!(k.prior_source.as_deref(), Some("fleet"));
         assert_eq!(k.samples_to_verdict, None, "not decided by this run");
+    }
+
+    /// A kernel of one key whose first speculative variant was rejected and whose
+    /// next one is still racing was reported "rejected" from the last verdict change,
+    /// while the engine (and the fleet) held it undecided.
+    #[test]
+    fn one_key_takes_the_engines_summary_over_the_last_change() {
+        let mut t = KernelTally::new("reduce", "reduce/scalar", "reduce/vec4");
+        t.verdict(Verdict::Rejected, "measured: reject", true);
+        t.keys(Verdict::Undecided, Vec::new(), None);
+        assert_eq!(t.report.verdict, Verdict::Undecided);
+        assert!(t.report.verdict_reason.contains("another variant"));
     }
 
     #[test]
