@@ -30,10 +30,12 @@ const ANSWER_BYTES: usize = BINS * 4;
 /// Input words each invocation of the privatised shader handles (more work per
 /// workgroup amortises its merge).
 const PRIVATE_WORDS_PER_INVOCATION: u64 = 16;
-/// The most workgroups the lane-columns variant asks for: a few per multiprocessor of
-/// a large GPU (132 on an H100 or H200; 16 KiB of shared counters each), so each merges
-/// its counters once for a large share of the input. Any count is correct.
-pub const LANES_WORKGROUPS: u32 = 1056;
+/// The most workgroups the lane-columns variant asks for: two per multiprocessor of a
+/// large GPU (132 on an H100 or H200; 16 KiB of shared counters each), so each merges
+/// its counters once for a large share of the input. Any count is correct. The kernels
+/// bench's sweep on an H100 at 256 MiB: 452 GB/s at 264 workgroups, 407 at 1 056, 310 at
+/// 132, 96 at 16 896.
+pub const LANES_WORKGROUPS: u32 = 264;
 /// How many variants `histogram` has.
 const VARIANTS: usize = 3;
 /// Bytes per rayon task in the CPU variants.
