@@ -105,16 +105,11 @@ fn copy_variant() -> KernelVariant {
         entry_point: "main".into(),
         workgroup_size: [kernels::WORKGROUP_SIZE, 1, 1],
         bindings: vec![
-            BindingDesc {
-                slot: 0,
-                access: BindingAccess::Read,
-            },
-            BindingDesc {
-                slot: 1,
-                access: BindingAccess::Write,
-            },
+            BindingDesc::new(0, BindingAccess::Read),
+            BindingDesc::new(1, BindingAccess::Write),
         ],
         push_constant_bytes: 4,
+        items_per_invocation: 1,
         cpu: None,
     }
 }

@@ -206,16 +206,11 @@ fn variant(
         entry_point: "main".to_string(),
         workgroup_size,
         bindings: vec![
-            BindingDesc {
-                slot: 0,
-                access: BindingAccess::Read,
-            },
-            BindingDesc {
-                slot: 1,
-                access: BindingAccess::Write,
-            },
+            BindingDesc::new(0, BindingAccess::Read),
+            BindingDesc::new(1, BindingAccess::Write),
         ],
         push_constant_bytes: 12,
+        items_per_invocation: 1,
         cpu: Some(Arc::new(cpu)),
     })
 }

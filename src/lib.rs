@@ -79,7 +79,7 @@ pub mod policy;
 pub mod speculator;
 
 /// What a user of SPIR-V or WGSL pairs builds batches from, at the crate root.
-pub use backend::{BindingAccess, BufferArg, KernelVariant};
+pub use backend::{BindingAccess, BufferArg, KernelVariant, PlanError};
 /// The `Pod` trait (and its derive) that typed buffers and push constants take: the
 /// version photofinish uses.
 pub use bytemuck;

@@ -63,10 +63,9 @@ fn every_cpu_backend_error_a_user_can_cause_names_its_fix() {
     names_the_fix(&e.to_string(), "from this backend");
 
     let mut twice = reduce_variant();
-    twice.bindings.push(BindingDesc {
-        slot: 0,
-        access: BindingAccess::Read,
-    });
+    twice
+        .bindings
+        .push(BindingDesc::new(0, BindingAccess::Read));
     let e = backend
         .load_kernel(0, &twice)
         .expect_err("binding declared twice");

@@ -476,10 +476,9 @@ fn cpu_backend_refuses_what_it_cannot_run() {
         Err(BackendError::Unknown { .. })
     ));
     let mut twice = reduce_variant(true);
-    twice.bindings.push(BindingDesc {
-        slot: 0,
-        access: BindingAccess::Read,
-    });
+    twice
+        .bindings
+        .push(BindingDesc::new(0, BindingAccess::Read));
     assert!(matches!(
         backend.load_kernel(0, &twice),
         Err(BackendError::BindingMismatch { .. })

@@ -65,7 +65,7 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
 "#;
 
 fn binding(slot: u32, access: BindingAccess) -> BindingDesc {
-    BindingDesc { slot, access }
+    BindingDesc::new(slot, access)
 }
 
 fn scale_add() -> KernelVariant {
@@ -79,6 +79,7 @@ fn scale_add() -> KernelVariant {
             binding(1, BindingAccess::Write),
         ],
         push_constant_bytes: 8,
+        items_per_invocation: 1,
         cpu: None,
     }
 }
@@ -94,6 +95,7 @@ fn increment() -> KernelVariant {
             binding(1, BindingAccess::Write),
         ],
         push_constant_bytes: 0,
+        items_per_invocation: 1,
         cpu: None,
     }
 }
@@ -726,6 +728,7 @@ fn device_scoped_storage_atomics_load_and_run() {
             binding(1, BindingAccess::Write),
         ],
         push_constant_bytes: 0,
+        items_per_invocation: 1,
         cpu: None,
     };
     let k = b.load_kernel(0, &v).unwrap_or_else(|e| panic!("{e}"));

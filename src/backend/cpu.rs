@@ -401,11 +401,9 @@ mod tests {
             spirv: None,
             entry_point: "main".to_owned(),
             workgroup_size: [1, 1, 1],
-            bindings: vec![BindingDesc {
-                slot: 0,
-                access: BindingAccess::Write,
-            }],
+            bindings: vec![BindingDesc::new(0, BindingAccess::Write)],
             push_constant_bytes: 0,
+            items_per_invocation: 1,
             cpu: Some(Arc::new(code)),
         }
     }

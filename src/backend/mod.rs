@@ -19,6 +19,64 @@ mod wgsl;
 #[cfg(feature = "wgsl")]
 pub use wgsl::ShaderError;
 
+/// Why a batch planned by items cannot be dispatched by a variant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The variant would need more workgroups than a dispatch can have.
+    #[error("variant `{variant}`: {items} items at {per_workgroup} per workgroup need {workgroups} workgroups, above the {max} a dispatch may have in x; cover more items per invocation (`KernelVariant::with_items_per_invocation`) or split the batch")]
+    TooManyItems {
+        /// The variant.
+        variant: String,
+        /// The batch's items.
+        items: u64,
+        /// Items one workgroup covers (its invocations × items per invocation).
+        per_workgroup: u64,
+        /// The workgroups it would need.
+        workgroups: u64,
+        /// The most a dispatch may have in x.
+        max: u32,
+    },
+}
+
+/// The kind of number a binding's elements hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ScalarKind {
+    /// IEEE 754 floats (`f16`, `f32`, `f64`).
+    Float,
+    /// Unsigned integers (`u32`, `atomic<u32>`…).
+    Uint,
+    /// Signed integers.
+    Sint,
+    /// Booleans.
+    Bool,
+}
+
+/// The scalar a binding's elements are made of, as reflected from the shader: the
+/// leaf type through arrays, vectors, matrices and atomics (`array<vec4<f32>>` is
+/// `f32`). A struct whose fields are of different scalars has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Scalar {
+    /// Float, unsigned, signed or bool.
+    pub kind: ScalarKind,
+    /// Bytes per scalar.
+    pub bytes: u8,
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let letter = match self.kind {
+            ScalarKind::Float => "f",
+            ScalarKind::Uint => "u",
+            ScalarKind::Sint => "i",
+            ScalarKind::Bool => return f.write_str("bool"),
+        };
+        write!(f, "{letter}{}", u32::from(self.bytes) * 8)
+    }
+}
+
 /// Which implementation a [`Backend`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -150,6 +208,22 @@ pub struct BindingDesc {
     pub slot: u32,
     /// How the kernel uses it.
     pub access: BindingAccess,
+    /// The scalar its elements are made of, where reflected from the shader (WGSL, or
+    /// SPIR-V through [`KernelVariant::from_spirv`]); `None` for a hand declaration.
+    /// The engine checks a declared [`Agreement`](crate::policy::Agreement) against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element: Option<Scalar>,
+}
+
+impl BindingDesc {
+    /// Binding `slot`, used as `access`, of elements not declared.
+    pub fn new(slot: u32, access: BindingAccess) -> Self {
+        BindingDesc {
+            slot,
+            access,
+            element: None,
+        }
+    }
 }
 
 /// CPU implementation of a kernel variant: the CPU backend calls it with one byte slice
@@ -174,6 +248,11 @@ pub struct KernelVariant {
     pub bindings: Vec<BindingDesc>,
     /// Bytes of push constants the shader declares (0: none).
     pub push_constant_bytes: u32,
+    /// How many items one invocation covers when a batch is planned by items
+    /// ([`Batch::for_items`](crate::Batch::for_items)): the variant's
+    /// workgroups are `ceil(items / (workgroup invocations × items_per_invocation))`.
+    /// 1 unless set with [`KernelVariant::with_items_per_invocation`].
+    pub items_per_invocation: u32,
     /// CPU code for the CPU backend (`None`: this variant has no CPU implementation).
     pub cpu: Option<Arc<CpuKernelFn>>,
 }
@@ -278,6 +357,66 @@ impl KernelVariant {
         }
     }
 
+    /// The same variant covering `items` items per invocation when a batch is planned
+    /// by items ([`Batch::for_items`](crate::Batch::for_items)), so a "more work per
+    /// thread" variant dispatches fewer workgroups without a grid-stride loop (SPEC
+    /// §10). 0 is taken as 1.
+    ///
+    /// ```
+    /// use photofinish::backend::{BindingAccess, KernelVariant};
+    ///
+    /// let layout = [BindingAccess::Read, BindingAccess::Write];
+    /// let scalar = KernelVariant::cpu("k/scalar", &layout, 0, |_, _, _| Ok(()));
+    /// let four = scalar.clone().with_items_per_invocation(4);
+    /// assert_eq!(scalar.workgroups_for_items(10, u32::MAX)?, [10, 1, 1]);
+    /// assert_eq!(four.workgroups_for_items(10, u32::MAX)?, [3, 1, 1]);
+    /// # Ok::<(), photofinish::PlanError>(())
+    /// ```
+    pub fn with_items_per_invocation(self, items: u32) -> Self {
+        KernelVariant {
+            items_per_invocation: items.max(1),
+            ..self
+        }
+    }
+
+    /// The workgroups this variant dispatches to cover `items` items:
+    /// `ceil(items / (workgroup invocations × items per invocation))` in x (0 items:
+    /// an empty dispatch), at most `max` (the device's `maxComputeWorkGroupCount[0]`).
+    pub fn workgroups_for_items(&self, items: u64, max: u32) -> Result<[u32; 3], PlanError> {
+        let per_workgroup = self
+            .workgroup_size
+            .iter()
+            .chain(std::iter::once(&self.items_per_invocation))
+            .fold(1u64, |n, &d| n.saturating_mul(u64::from(d.max(1))));
+        let workgroups = items.div_ceil(per_workgroup);
+        match u32::try_from(workgroups) {
+            Ok(x) if x <= max => Ok([x, 1, 1]),
+            _ => Err(PlanError::TooManyItems {
+                variant: self.name.clone(),
+                items,
+                per_workgroup,
+                workgroups,
+                max,
+            }),
+        }
+    }
+
+    /// A variant from SPIR-V words with everything reflected through naga (feature
+    /// `wgsl`), as [`KernelVariant::wgsl`] does for WGSL: its storage bindings (group
+    /// 0) and how `entry` uses each, with their element scalars, its workgroup size and
+    /// its push-constant size. The words are kept as given (not rewritten). A module
+    /// naga cannot read is a [`ShaderError`]; declare it by hand with
+    /// [`KernelVariant::spirv`] then (the Vulkan backend still checks a hand
+    /// declaration against the module when it loads it).
+    #[cfg(feature = "wgsl")]
+    pub fn from_spirv(
+        name: impl Into<String>,
+        words: Arc<[u32]>,
+        entry: &str,
+    ) -> Result<Self, ShaderError> {
+        wgsl::reflect_spirv(name.into(), words, entry)
+    }
+
     /// The layout alone: no code yet.
     fn layout(
         name: impl Into<String>,
@@ -291,9 +430,10 @@ impl KernelVariant {
             workgroup_size: [1, 1, 1],
             bindings: (0u32..)
                 .zip(bindings)
-                .map(|(slot, &access)| BindingDesc { slot, access })
+                .map(|(slot, &access)| BindingDesc::new(slot, access))
                 .collect(),
             push_constant_bytes,
+            items_per_invocation: 1,
             cpu: None,
         }
     }
@@ -308,6 +448,7 @@ impl fmt::Debug for KernelVariant {
             .field("workgroup_size", &self.workgroup_size)
             .field("bindings", &self.bindings)
             .field("push_constant_bytes", &self.push_constant_bytes)
+            .field("items_per_invocation", &self.items_per_invocation)
             .field("cpu", &self.cpu.is_some())
             .finish()
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use naga::valid::{Capabilities, GlobalUse, ValidationFlags, Validator};
 use naga::{AddressSpace, ShaderStage};
 
-use super::{BindingAccess, BindingDesc, KernelVariant};
+use super::{BindingAccess, BindingDesc, KernelVariant, Scalar, ScalarKind};
 
 /// Why a WGSL kernel could not become a [`KernelVariant`]. Each says where (line and
 /// column in the source, where naga gives one) and what to change.
@@ -55,6 +55,15 @@ pub enum ShaderError {
         kernel: String,
         /// What it uses.
         reason: String,
+    },
+    /// naga cannot read or validate a SPIR-V module given to
+    /// [`KernelVariant::from_spirv`].
+    #[error("kernel `{kernel}`: the SPIR-V module cannot be reflected: {message}; declare its layout by hand with `KernelVariant::spirv`")]
+    Spirv {
+        /// The variant's name.
+        kernel: String,
+        /// naga's message.
+        message: String,
     },
     /// naga could not write the shader as SPIR-V.
     #[error("kernel `{kernel}`: SPIR-V output failed: {message}; simplify the shader or write SPIR-V and use `KernelVariant::spirv`")]
@@ -100,6 +109,100 @@ pub(super) fn compile(
             message: e.emit_to_string(source).trim_end().to_owned(),
             location: location(e.location(source)),
         })?;
+    let layout = reflect(&name, &module, &info, entry)?;
+    let options = naga::back::spv::Options {
+        lang_version: SPIRV_VERSION,
+        flags: naga::back::spv::WriterFlags::empty(),
+        ..Default::default()
+    };
+    let pipeline = naga::back::spv::PipelineOptions {
+        shader_stage: ShaderStage::Compute,
+        entry_point: entry.to_owned(),
+    };
+    let words =
+        naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| {
+            ShaderError::SpirvOutput {
+                kernel: name.clone(),
+                message: e.to_string(),
+            }
+        })?;
+    Ok(layout.into_variant(name, Arc::from(words), entry))
+}
+
+/// A SPIR-V module's layout reflected through naga's SPIR-V reader; the words are kept
+/// as given. naga's reader is not hardened against every malformed module, so a panic
+/// in it is caught and reported as the module being unreadable.
+pub(super) fn reflect_spirv(
+    name: String,
+    words: Arc<[u32]>,
+    entry: &str,
+) -> Result<KernelVariant, ShaderError> {
+    let unreadable = |message: String| ShaderError::Spirv {
+        kernel: name.clone(),
+        message,
+    };
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let options = naga::front::spv::Options {
+        adjust_coordinate_space: false,
+        strict_capabilities: false,
+        block_ctx_dump_prefix: None,
+    };
+    let parsed = std::panic::catch_unwind(|| naga::front::spv::parse_u8_slice(&bytes, &options))
+        .map_err(|_| unreadable("naga's SPIR-V reader panicked on the module".into()))?;
+    let module = parsed.map_err(|e| unreadable(e.to_string()))?;
+    // Reflection needs naga's analysis of which globals the entry point uses, not its
+    // verdict on the module (the driver's loader and SPIRV-Tools judge that): naga's
+    // reader turns some valid modules into IR its own validator refuses, so the checks
+    // are off here.
+    let info = Validator::new(ValidationFlags::empty(), Capabilities::all())
+        .validate(&module)
+        .map_err(|e| unreadable(error_chain(e.as_inner())))?;
+    let layout = reflect(&name, &module, &info, entry)?;
+    Ok(layout.into_variant(name, words, entry))
+}
+
+/// An error and its sources, outermost first.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    message
+}
+
+/// What a kernel's entry point declares, read from naga's module.
+struct Layout {
+    workgroup_size: [u32; 3],
+    bindings: Vec<BindingDesc>,
+    push_constant_bytes: u32,
+}
+
+impl Layout {
+    fn into_variant(self, name: String, words: Arc<[u32]>, entry: &str) -> KernelVariant {
+        KernelVariant {
+            name,
+            spirv: Some(words),
+            entry_point: entry.to_owned(),
+            workgroup_size: self.workgroup_size,
+            bindings: self.bindings,
+            push_constant_bytes: self.push_constant_bytes,
+            items_per_invocation: 1,
+            cpu: None,
+        }
+    }
+}
+
+/// The bindings `entry` uses (group 0 storage buffers, by binding number, each with its
+/// access and element scalar), its workgroup size and its push-constant size.
+fn reflect(
+    name: &str,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    entry: &str,
+) -> Result<Layout, ShaderError> {
     let computes = || {
         module
             .entry_points
@@ -109,13 +212,13 @@ pub(super) fn compile(
     };
     let Some((index, entry_point)) = computes().find(|(_, ep)| ep.name == entry) else {
         return Err(ShaderError::EntryPoint {
-            kernel: name,
+            kernel: name.to_owned(),
             entry: entry.to_owned(),
             found: computes().map(|(_, ep)| ep.name.clone()).collect(),
         });
     };
     let layout = |reason: String| ShaderError::Layout {
-        kernel: name.clone(),
+        kernel: name.to_owned(),
         reason,
     };
     if entry_point.workgroup_size_overrides.is_some() {
@@ -146,6 +249,7 @@ pub(super) fn compile(
                 bindings.push(BindingDesc {
                     slot: binding.binding,
                     access: access_of(used),
+                    element: element_of(module, var.ty),
                 });
             }
             AddressSpace::Immediate => {
@@ -163,31 +267,42 @@ pub(super) fn compile(
         }
     }
     bindings.sort_by_key(|b| b.slot);
-    let options = naga::back::spv::Options {
-        lang_version: SPIRV_VERSION,
-        flags: naga::back::spv::WriterFlags::empty(),
-        ..Default::default()
-    };
-    let pipeline = naga::back::spv::PipelineOptions {
-        shader_stage: ShaderStage::Compute,
-        entry_point: entry.to_owned(),
-    };
-    let words =
-        naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).map_err(|e| {
-            ShaderError::SpirvOutput {
-                kernel: name.clone(),
-                message: e.to_string(),
-            }
-        })?;
-    Ok(KernelVariant {
-        name,
-        spirv: Some(Arc::from(words)),
-        entry_point: entry.to_owned(),
+    Ok(Layout {
         workgroup_size: entry_point.workgroup_size,
         bindings,
         push_constant_bytes,
-        cpu: None,
     })
+}
+
+/// The scalar a type is made of, through arrays, vectors, matrices and atomics; a
+/// struct's when all its fields agree; `None` otherwise.
+fn element_of(module: &naga::Module, ty: naga::Handle<naga::Type>) -> Option<Scalar> {
+    use naga::TypeInner;
+    let scalar = |s: naga::Scalar| {
+        let kind = match s.kind {
+            naga::ScalarKind::Float | naga::ScalarKind::AbstractFloat => ScalarKind::Float,
+            naga::ScalarKind::Uint => ScalarKind::Uint,
+            naga::ScalarKind::Sint | naga::ScalarKind::AbstractInt => ScalarKind::Sint,
+            naga::ScalarKind::Bool => ScalarKind::Bool,
+        };
+        Some(Scalar {
+            kind,
+            bytes: s.width,
+        })
+    };
+    match &module.types[ty].inner {
+        TypeInner::Scalar(s) | TypeInner::Atomic(s) => scalar(*s),
+        TypeInner::Vector { scalar: s, .. } | TypeInner::Matrix { scalar: s, .. } => scalar(*s),
+        TypeInner::Array { base, .. } | TypeInner::BindingArray { base, .. } => {
+            element_of(module, *base)
+        }
+        TypeInner::Struct { members, .. } => {
+            let mut scalars = members.iter().map(|m| element_of(module, m.ty));
+            let first = scalars.next()??;
+            scalars.all(|s| s == Some(first)).then_some(first)
+        }
+        _ => None,
+    }
 }
 
 /// A binding's access from how the entry point uses it: written and read (atomics
@@ -229,16 +344,20 @@ fn other() {}
         assert_eq!(v.entry_point, "saxpy");
         assert_eq!(v.workgroup_size, [64, 2, 1]);
         assert_eq!(v.push_constant_bytes, 8);
+        let f32 = Some(Scalar {
+            kind: ScalarKind::Float,
+            bytes: 4,
+        });
         assert_eq!(
             v.bindings,
             vec![
                 BindingDesc {
-                    slot: 0,
-                    access: BindingAccess::Read
+                    element: f32,
+                    ..BindingDesc::new(0, BindingAccess::Read)
                 },
                 BindingDesc {
-                    slot: 1,
-                    access: BindingAccess::ReadWrite
+                    element: f32,
+                    ..BindingDesc::new(1, BindingAccess::ReadWrite)
                 },
             ],
             "the unused binding is not the entry point's"
@@ -315,5 +434,35 @@ fn main() {
         let v = KernelVariant::wgsl("k", src, "main").unwrap();
         let access: Vec<_> = v.bindings.iter().map(|b| b.access).collect();
         assert_eq!(access, vec![BindingAccess::Write, BindingAccess::ReadWrite]);
+        let u32 = Some(Scalar {
+            kind: ScalarKind::Uint,
+            bytes: 4,
+        });
+        assert!(
+            v.bindings.iter().all(|b| b.element == u32),
+            "atomic<u32> is u32"
+        );
+    }
+
+    #[test]
+    fn a_struct_of_one_scalar_has_it_and_a_mixed_struct_has_none() {
+        let src = "
+struct Same { a: vec4<f32>, b: array<f32, 3> }
+struct Mixed { a: f32, b: u32 }
+@group(0) @binding(0) var<storage, read_write> same: array<Same>;
+@group(0) @binding(1) var<storage, read_write> mixed: array<Mixed>;
+@compute @workgroup_size(1)
+fn main() {
+    same[0].a.x = 1.0;
+    mixed[0].b = 2u;
+}
+";
+        let v = KernelVariant::wgsl("k", src, "main").unwrap();
+        let elements: Vec<_> = v.bindings.iter().map(|b| b.element).collect();
+        let f32 = Scalar {
+            kind: ScalarKind::Float,
+            bytes: 4,
+        };
+        assert_eq!(elements, vec![Some(f32), None]);
     }
 }

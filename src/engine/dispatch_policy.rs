@@ -223,12 +223,10 @@ mod tests {
             bindings: access
                 .iter()
                 .enumerate()
-                .map(|(slot, &access)| BindingDesc {
-                    slot: slot as u32,
-                    access,
-                })
+                .map(|(slot, &access)| BindingDesc::new(slot as u32, access))
                 .collect(),
             push_constant_bytes: 0,
+            items_per_invocation: 1,
             cpu: None,
         }
     }

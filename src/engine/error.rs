@@ -48,6 +48,15 @@ pub enum EngineError {
         #[source]
         source: BackendError,
     },
+    /// A batch planned by items cannot be dispatched by one of the kernel's variants.
+    #[error("kernel `{kernel}`: {source}")]
+    Plan {
+        /// The kernel's name.
+        kernel: String,
+        /// Which variant and why (it says what to do).
+        #[source]
+        source: crate::backend::PlanError,
+    },
     /// The workload could not plan the batch or read its outputs.
     #[error("{0}; check the batch's input")]
     Workload(#[from] WorkloadError),

@@ -109,6 +109,8 @@ pub(crate) enum Payload {
     /// Buffers, push constants and workgroups for a SPIR-V pair (boxed: no count to
     /// write when the caller's thread drops it; see `retired_plans`).
     Plan(Box<DispatchPlan>),
+    /// A plan whose workgroups each variant derives from this many items (SPEC §10).
+    Items(Box<DispatchPlan>, u64),
 }
 
 /// One unit of work for a registered kernel.
@@ -136,6 +138,45 @@ impl Batch {
         Batch {
             kernel,
             payload: Payload::Plan(Box::new(plan)),
+            app: None,
+        }
+    }
+
+    /// A batch for a SPIR-V or WGSL pair that covers `items` items: each variant
+    /// dispatches its own workgroups for them, `ceil(items / (its workgroup
+    /// invocations × its items per invocation))` in x
+    /// ([`KernelVariant::workgroups_for_items`](crate::KernelVariant::workgroups_for_items)),
+    /// so variants of different workgroup sizes or items per invocation race on one
+    /// batch without grid-stride loops. The plan's `workgroups` is not read. A count a
+    /// variant cannot dispatch on the engine's devices is refused at submission
+    /// ([`EngineError::Plan`]).
+    ///
+    /// ```
+    /// use photofinish::{BackendChoice, Batch, BindingAccess, BufferArg, DispatchPlan, Engine, KernelVariant};
+    ///
+    /// let engine = Engine::builder().backend(BackendChoice::Cpu).without_autotune_file().build()?;
+    /// let layout = [BindingAccess::Write];
+    /// // Each writes, per workgroup it was given, one 1 into out[workgroup].
+    /// let mark = |buffers: &mut [Vec<u8>], _: &[u8], groups: [u32; 3]| {
+    ///     for g in 0..groups[0] as usize {
+    ///         buffers[0][4 * g] = 1;
+    ///     }
+    ///     Ok(())
+    /// };
+    /// let one = KernelVariant::cpu("mark/one", &layout, 0, mark);
+    /// let four = KernelVariant::cpu("mark/four", &layout, 0, mark).with_items_per_invocation(4);
+    /// let kernel = engine.register_variants("mark", one, vec![four])?;
+    /// let plan = DispatchPlan::new(vec![BufferArg::zeroed::<u32>(8)], [0, 1, 1]);
+    /// let answer = engine.submit(Batch::for_items(kernel, plan, 8))?.wait()?;
+    /// // The conservative variant (1 item per invocation, workgroup size 1) ran 8 groups.
+    /// let photofinish::Output::Buffers(out) = answer.output else { unreachable!() };
+    /// assert_eq!(out.view::<u32>(0).unwrap().iter().sum::<u32>(), 8);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn for_items(kernel: KernelId, plan: DispatchPlan, items: u64) -> Self {
+        Batch {
+            kernel,
+            payload: Payload::Items(Box::new(plan), items),
             app: None,
         }
     }
@@ -239,7 +280,7 @@ impl Home {
     pub(crate) fn release(self) {
         let Home { payload, kernel } = self;
         drop(kernel);
-        if let Payload::Plan(mut plan) = payload {
+        if let Payload::Plan(mut plan) | Payload::Items(mut plan, _) = payload {
             plan.buffers.clear();
             plan.push_constants.clear();
             retired_plans::retire(plan);
@@ -884,8 +925,9 @@ impl Engine {
                     .into(),
             });
         }
-        let agreement = agree::KernelAgreement::for_pair(name, &conservative, agreements)?;
-        let variants = std::iter::once(conservative).chain(speculative).collect();
+        let variants: Vec<KernelVariant> =
+            std::iter::once(conservative).chain(speculative).collect();
+        let agreement = agree::KernelAgreement::for_pair(name, &variants, agreements)?;
         let kernel = self.core.registry.add(
             self.core.backend.as_ref(),
             name.to_string(),
@@ -1194,7 +1236,8 @@ impl Engine {
                 Some(kernel) if kernel.id == batch.kernel => Ok(kernel),
                 _ => self.lookup(batch.kernel),
             };
-            match kernel.and_then(|kernel| fits(kernel, &batch.payload)) {
+            match kernel.and_then(|kernel| fits(kernel, &batch.payload, self.core.backend.as_ref()))
+            {
                 Ok(kernel) => {
                     last = Some(Arc::clone(&kernel));
                     let (job, ticket) = self.job(kernel, batch.payload, batch.app);
@@ -1264,7 +1307,11 @@ impl Engine {
 
     /// The batch's kernel, if it is registered and the batch carries what it takes.
     fn check(&self, batch: &Batch) -> Result<Arc<Kernel>, EngineError> {
-        fits(self.lookup(batch.kernel)?, &batch.payload)
+        fits(
+            self.lookup(batch.kernel)?,
+            &batch.payload,
+            self.core.backend.as_ref(),
+        )
     }
 
     /// The registered kernel `id`.
@@ -1361,21 +1408,45 @@ impl Drop for Engine {
     }
 }
 
-/// `kernel`, if `payload` is what it takes.
-fn fits(kernel: Arc<Kernel>, payload: &Payload) -> Result<Arc<Kernel>, EngineError> {
+/// `kernel`, if `payload` is what it takes; a batch by items only if every variant can
+/// dispatch its items within every device's `maxComputeWorkGroupCount[0]`.
+fn fits(
+    kernel: Arc<Kernel>,
+    payload: &Payload,
+    backend: &dyn Backend,
+) -> Result<Arc<Kernel>, EngineError> {
     match (&kernel.source, payload) {
         (KernelSource::Workload(_), Payload::Input(_)) | (KernelSource::Pair, Payload::Plan(_)) => {
             Ok(kernel)
         }
-        (KernelSource::Workload(_), Payload::Plan(_)) => Err(EngineError::WrongPayload {
-            kernel: kernel.name.clone(),
-            expected: "input bytes",
-            fix: "`Batch::new(kernel, input)`",
-        }),
+        (KernelSource::Pair, Payload::Items(_, items)) => {
+            let max_x = backend
+                .devices()
+                .iter()
+                .map(|d| d.limits.max_workgroup_count[0])
+                .min()
+                .unwrap_or(u32::MAX);
+            for variant in &kernel.variants {
+                if let Err(source) = variant.workgroups_for_items(*items, max_x) {
+                    return Err(EngineError::Plan {
+                        kernel: kernel.name.clone(),
+                        source,
+                    });
+                }
+            }
+            Ok(kernel)
+        }
+        (KernelSource::Workload(_), Payload::Plan(_) | Payload::Items(..)) => {
+            Err(EngineError::WrongPayload {
+                kernel: kernel.name.clone(),
+                expected: "input bytes",
+                fix: "`Batch::new(kernel, input)`",
+            })
+        }
         (KernelSource::Pair, Payload::Input(_)) => Err(EngineError::WrongPayload {
             kernel: kernel.name.clone(),
-            expected: "a dispatch plan (buffers, push constants, workgroups)",
-            fix: "`Batch::with_plan(kernel, plan)`",
+            expected: "a dispatch plan (buffers, push constants, workgroups or items)",
+            fix: "`Batch::with_plan(kernel, plan)` or `Batch::for_items(kernel, plan, items)`",
         }),
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::{BackendError, DispatchJob, DispatchOutput, QueueId};
-use crate::kernels::WorkloadError;
+use crate::kernels::{DispatchPlan, WorkloadError};
 use crate::policy::{decide_persistent_kernel, ArmIndependenceVerdict, PersistentKernelDecision};
 use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
 
@@ -241,6 +241,18 @@ fn make_job(
             Ok(workload.plan_shared(variant, input)?)
         })?,
         (Payload::Plan(plan), _) => (**plan).clone(),
+        (Payload::Items(plan, items), _) => {
+            let workgroups = kernel.variants[variant]
+                .workgroups_for_items(*items, u32::MAX)
+                .map_err(|source| EngineError::Plan {
+                    kernel: kernel.name.clone(),
+                    source,
+                })?;
+            DispatchPlan {
+                workgroups,
+                ..(**plan).clone()
+            }
+        }
         (Payload::Input(_), None) => {
             return Err(EngineError::WrongPayload {
                 kernel: kernel.name.clone(),
@@ -277,7 +289,7 @@ fn finish(
 fn input_of(payload: &Payload) -> Option<&Arc<[u8]>> {
     match payload {
         Payload::Input(input) => Some(input),
-        Payload::Plan(_) => None,
+        Payload::Plan(_) | Payload::Items(..) => None,
     }
 }
 
@@ -811,7 +823,9 @@ fn dispatch_group(
 pub(crate) fn payload_len(payload: &Payload) -> usize {
     match payload {
         Payload::Input(input) => input.len(),
-        Payload::Plan(plan) => plan.buffers.iter().map(|b| b.len() as usize).sum(),
+        Payload::Plan(plan) | Payload::Items(plan, _) => {
+            plan.buffers.iter().map(|b| b.len() as usize).sum()
+        }
     }
 }
 

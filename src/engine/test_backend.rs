@@ -425,16 +425,11 @@ fn bytesum_variant(name: &str, strategy: SumStrategy) -> KernelVariant {
         entry_point: "main".into(),
         workgroup_size: [64, 1, 1],
         bindings: vec![
-            BindingDesc {
-                slot: 0,
-                access: BindingAccess::Read,
-            },
-            BindingDesc {
-                slot: 1,
-                access: BindingAccess::Write,
-            },
+            BindingDesc::new(0, BindingAccess::Read),
+            BindingDesc::new(1, BindingAccess::Write),
         ],
         push_constant_bytes: 0,
+        items_per_invocation: 1,
         cpu: Some(Arc::new(
             move |buffers: &mut [Vec<u8>], _pc: &[u8], _wg: [u32; 3]| {
                 let [input, output] = buffers else {

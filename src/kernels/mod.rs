@@ -249,16 +249,11 @@ fn builtin_variant(
         entry_point: "main".to_owned(),
         workgroup_size: [WORKGROUP_SIZE, 1, 1],
         bindings: vec![
-            BindingDesc {
-                slot: 0,
-                access: BindingAccess::Read,
-            },
-            BindingDesc {
-                slot: 1,
-                access: BindingAccess::Write,
-            },
+            BindingDesc::new(0, BindingAccess::Read),
+            BindingDesc::new(1, BindingAccess::Write),
         ],
         push_constant_bytes,
+        items_per_invocation: 1,
         cpu: Some(cpu),
     }
 }

@@ -444,11 +444,9 @@ fn main() { out[0] = 1u; }
             spirv: Some(words.into()),
             entry_point: "main".into(),
             workgroup_size: [1, 1, 1],
-            bindings: vec![BindingDesc {
-                slot: 0,
-                access: BindingAccess::Write,
-            }],
+            bindings: vec![BindingDesc::new(0, BindingAccess::Write)],
             push_constant_bytes: 0,
+            items_per_invocation: 1,
             cpu: None,
         }
     }
