@@ -10,7 +10,8 @@
 //! vec4 loads, workgroup 256). Without arguments, the WGSL sources shipped in
 //! `examples/shaders/` are compiled with naga into `.spv` files in a temporary
 //! directory first, and those files are what gets loaded, exactly as files produced by
-//! any other shader compiler would be. Your own files must keep the layout: binding 0
+//! any other shader compiler would be; their layout is reflected from the modules
+//! (`KernelVariant::from_spirv`). Your own files must keep the layout: binding 0
 //! read-only input (`array<u32>`, padded to 16 bytes), binding 1 output (`array<u32>`),
 //! 12 bytes of push constants `{ n, a, b }`, entry point `main`.
 //!
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use photofinish::backend::{BindingAccess, BindingDesc, BufferArg, KernelVariant};
+use photofinish::backend::{BindingAccess, BufferArg, KernelVariant};
 use photofinish::kernels::DispatchPlan;
 use photofinish::{Batch, Engine, Event, KernelId, Output};
 
@@ -49,8 +50,8 @@ fn main() -> Result<(), Error> {
         [c, s] => (c.clone(), s.clone(), None),
         _ => return Err("usage: embed_spirv [CONSERVATIVE.spv SPECULATIVE.spv]".into()),
     };
-    let conservative = variant("affine/scalar", &conservative_spv, [64, 1, 1], affine_cpu)?;
-    let speculative = variant("affine/vec4", &speculative_spv, [256, 1, 1], affine_cpu)?;
+    let conservative = variant("affine/scalar", &conservative_spv, affine_cpu)?;
+    let speculative = variant("affine/vec4", &speculative_spv, affine_cpu)?;
     if let Some(dir) = scratch {
         // Loaded: the compiled files are no longer needed.
         let _ = std::fs::remove_dir_all(dir);
@@ -181,13 +182,9 @@ fn affine_cpu(buffers: &mut [Vec<u8>], push: &[u8], _groups: [u32; 3]) -> Result
     Ok(())
 }
 
-/// A variant whose GPU code is the SPIR-V in `path`.
-fn variant(
-    name: &str,
-    path: &Path,
-    workgroup_size: [u32; 3],
-    cpu: CpuCode,
-) -> Result<KernelVariant, Error> {
+/// A variant whose GPU code is the SPIR-V in `path`, its bindings, workgroup size and
+/// push constants reflected from the module (naga).
+fn variant(name: &str, path: &Path, cpu: CpuCode) -> Result<KernelVariant, Error> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if bytes.len() % 4 != 0 {
         return Err(format!(
@@ -200,19 +197,18 @@ fn variant(
         .chunks_exact(4)
         .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
         .collect();
-    Ok(KernelVariant {
-        name: name.to_string(),
-        spirv: Some(words),
-        entry_point: "main".to_string(),
-        workgroup_size,
-        bindings: vec![
-            BindingDesc::new(0, BindingAccess::Read),
-            BindingDesc::new(1, BindingAccess::Write),
-        ],
-        push_constant_bytes: 12,
-        items_per_invocation: 1,
-        cpu: Some(Arc::new(cpu)),
-    })
+    let variant = KernelVariant::from_spirv(name, words, "main")?;
+    let layout: Vec<_> = variant.bindings.iter().map(|b| b.access).collect();
+    if layout != [BindingAccess::Read, BindingAccess::Write] || variant.push_constant_bytes != 12 {
+        return Err(format!(
+            "{} does not have the pair's layout (binding 0 read, binding 1 written, 12 bytes \
+             of push constants): it has {layout:?} and {} bytes",
+            path.display(),
+            variant.push_constant_bytes
+        )
+        .into());
+    }
+    Ok(variant.with_cpu(cpu))
 }
 
 /// Compiles `examples/shaders/affine_{scalar,vec4}.wgsl` to `.spv` files with naga and

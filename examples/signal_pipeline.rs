@@ -4,7 +4,10 @@
 //! variant's in the last bits. Each kernel declares its output as `f32` within a few
 //! ulps (or a tiny absolute difference near zero), so the fused variants are judged on speed, not rejected as mismatches. Every
 //! variant also carries CPU code, so the same registration runs on the CPU backend
-//! where there is no GPU. The batches are submitted and awaited from an async task.
+//! where there is no GPU. The gain kernel's fused variant also covers four samples per
+//! invocation: batches say how many samples they cover (`Batch::for_items`) and each
+//! variant dispatches the workgroups it needs. The batches are submitted and awaited
+//! from an async task.
 //!
 //! Run: `cargo run --release --example signal_pipeline [-- --backend cpu|vulkan]`.
 
@@ -63,7 +66,10 @@ var<immediate> params: Params;
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-    if id.x < params.n { y[id.x] = fma(x[id.x], params.gain, params.offset); }
+    for (var k = 0u; k < 4u; k++) {
+        let i = id.x * 4u + k;
+        if i < params.n { y[i] = fma(x[i], params.gain, params.offset); }
+    }
 }
 ";
 
@@ -130,12 +136,13 @@ fn gain_cpu(fused: bool) -> impl CpuCode {
 }
 
 /// Registers a kernel from a plain and a fused WGSL variant, each with its CPU code,
-/// its output compared as f32 within 4 ulps or 1e-6.
+/// its output compared as f32 within 4 ulps or 1e-6; the fused variant covers
+/// `fused_items` samples per invocation.
 fn register(
     engine: &Engine,
     name: &str,
     (plain, plain_cpu): (&str, impl CpuCode),
-    (fused, fused_cpu): (&str, impl CpuCode),
+    (fused, fused_cpu, fused_items): (&str, impl CpuCode, u32),
 ) -> Result<KernelId, Box<dyn std::error::Error>> {
     // 4 ulps, or 1e-6 absolute near zero, where a fused multiply-add that cancels
     // differs from the plain one by many ulps of a tiny result.
@@ -146,7 +153,9 @@ fn register(
         abs: 1e-6,
     };
     let plain = KernelVariant::wgsl(format!("{name}/plain"), plain, "main")?.with_cpu(plain_cpu);
-    let fused = KernelVariant::wgsl(format!("{name}/fma"), fused, "main")?.with_cpu(fused_cpu);
+    let fused = KernelVariant::wgsl(format!("{name}/fma"), fused, "main")?
+        .with_cpu(fused_cpu)
+        .with_items_per_invocation(fused_items);
     Ok(engine.register_variants_agreeing(name, plain, vec![fused], &[(1, within)])?)
 }
 
@@ -196,13 +205,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &engine,
         "smooth",
         (SMOOTH_PLAIN, smooth_cpu(false)),
-        (SMOOTH_FMA, smooth_cpu(true)),
+        (SMOOTH_FMA, smooth_cpu(true), 1),
     )?;
     let gain = register(
         &engine,
         "gain",
         (GAIN_PLAIN, gain_cpu(false)),
-        (GAIN_FMA, gain_cpu(true)),
+        (GAIN_FMA, gain_cpu(true), 4),
     )?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -218,17 +227,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let signal: Vec<f32> = (0..n)
                     .map(|i| ((i * 7 + frame * 13) % 1000) as f32 / 997.0 - 0.5)
                     .collect();
-                let workgroups = [(n as u32).div_ceil(64), 1, 1];
                 let smoothed = first(
                     submit(
                         &engine,
-                        Batch::with_plan(
+                        Batch::for_items(
                             smooth,
-                            DispatchPlan::new(
-                                vec![BufferArg::from_slice(&signal), BufferArg::zeroed::<f32>(n)],
-                                workgroups,
-                            )
+                            DispatchPlan::from_buffers(vec![
+                                BufferArg::from_slice(&signal),
+                                BufferArg::zeroed::<f32>(n),
+                            ])
                             .with_push_constants(&(n as u32)),
+                            n as u64,
                         ),
                     )
                     .await?,
@@ -241,16 +250,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let out = first(
                     submit(
                         &engine,
-                        Batch::with_plan(
+                        Batch::for_items(
                             gain,
-                            DispatchPlan::new(
-                                vec![
-                                    BufferArg::from_slice(&smoothed),
-                                    BufferArg::zeroed::<f32>(n),
-                                ],
-                                workgroups,
-                            )
+                            DispatchPlan::from_buffers(vec![
+                                BufferArg::from_slice(&smoothed),
+                                BufferArg::zeroed::<f32>(n),
+                            ])
                             .with_push_constants(&params),
+                            n as u64,
                         ),
                     )
                     .await?,

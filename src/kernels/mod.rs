@@ -66,6 +66,13 @@ impl DispatchPlan {
         }
     }
 
+    /// A plan of `buffers` with no workgroup count of its own, for a batch by items
+    /// ([`Batch::for_items`](crate::Batch::for_items)), whose variants each dispatch
+    /// the workgroups they need.
+    pub fn from_buffers(buffers: Vec<BufferArg>) -> Self {
+        DispatchPlan::new(buffers, [0, 1, 1])
+    }
+
     /// The same plan with `value` as its push constants (any `Pod` type, e.g. a
     /// `#[repr(C)]` struct deriving `bytemuck::Pod` laid out as the shader's
     /// `var<immediate>` block).
