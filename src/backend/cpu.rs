@@ -79,6 +79,7 @@ impl CpuBackend {
                 transfer: true,
                 timestamp_valid_bits: 64,
             }],
+            bindless: crate::policy::BindlessSupport::Unsupported,
             limits: DeviceLimits {
                 max_workgroup_count: [MAX_WORKGROUP_COUNT; 3],
                 max_workgroup_size: [1024, 1024, 64],

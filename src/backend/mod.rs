@@ -160,6 +160,11 @@ pub struct DeviceInfo {
     pub queue_families: Vec<QueueFamilyInfo>,
     /// Limits relevant to compute.
     pub limits: DeviceLimits,
+    /// How much descriptor indexing the device supports (D9's input): `Full` with
+    /// runtime descriptor arrays of storage buffers indexed non-uniformly and partially
+    /// bound, `Static` with dynamically uniform indexing only, else `Unsupported` (the
+    /// CPU backend has no descriptors).
+    pub bindless: crate::policy::BindlessSupport,
 }
 
 /// A queue a backend opened: which device, which family, which queue of the family.

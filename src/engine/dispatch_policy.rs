@@ -8,11 +8,14 @@
 //!
 //! The engine acts on D2 (arms run concurrently on two queues only when independent)
 //! and on D1: when it fires for a backlog, a worker takes several queued batches and
-//! submits them in one backend call (`race::group_size`, `race::run_group`). D4
-//! record-and-replay is done by the Vulkan backend itself for repeat shapes; I2
-//! (trace-JIT) is acted on by `trace.rs` from its own per-kernel hit/miss history; D3
-//! (separate uploads: the backends upload inside each job's command buffer) and D9
-//! (bindless: no descriptor indexing in the backends) are evaluated and audited but
+//! submits them in one backend call (`race::group_size`, `race::run_group`). D4 is
+//! decided again inside the Vulkan backend per shape, from the record and submit costs
+//! it measures (`ReuseStats`): a shape's first run is launched plainly and taken apart,
+//! a repeated shape's recording kept and replayed. D9's support level is the device's
+//! (`DeviceInfo::bindless`, from its descriptor-indexing features). I2 (trace-JIT) is
+//! acted on by `trace.rs` from its own per-kernel hit/miss history. D3 (uploads travel
+//! inside each job's command buffer: no separate copy to overlap) and D9's bindless
+//! binding (the backends bind one buffer per binding) are evaluated and audited but
 //! have nothing to act on in this version. A single-arm run of a repeated shape
 //! re-evaluates the bundle only every [`POLICY_REFRESH`]-th time. This module decides
 //! nothing itself: the policy functions do.
@@ -21,8 +24,9 @@ use std::sync::Arc;
 
 use crate::backend::{BufferArg, DispatchJob, KernelVariant};
 use crate::policy::{
-    evaluate_dispatch_policy, ArmBindingSummary, BindlessInputs, CommandReuseInputs,
-    DispatchPolicyInputs, DispatchPolicyVerdict, PersistentKernelInputs, PolicyAudit,
+    evaluate_dispatch_policy, ArmBindingSummary, BindlessInputs, BindlessSupport,
+    CommandReuseInputs, DispatchPolicyInputs, DispatchPolicyVerdict, PersistentKernelInputs,
+    PolicyAudit,
 };
 
 /// A single-arm run of a repeated shape re-evaluates the bundle once in this many.
@@ -112,7 +116,7 @@ impl PolicyState {
         queued: usize,
         repeat: u32,
         arms: (ArmBindingSummary, ArmBindingSummary),
-        resource_count: usize,
+        (resource_count, support): (usize, BindlessSupport),
     ) -> DispatchPolicyInputs {
         let overhead = self.overhead_ns.unwrap_or(0);
         let first = self.first_overhead_ns.unwrap_or(0);
@@ -130,8 +134,8 @@ impl PolicyState {
             },
             bindless: BindlessInputs {
                 resource_count: u32::try_from(resource_count).unwrap_or(u32::MAX),
-                // The backends expose no descriptor indexing.
-                support: crate::policy::BindlessSupport::Unsupported,
+                // The device's descriptor-indexing features (`DeviceInfo::bindless`).
+                support,
                 dynamic_indexing: false,
             },
             // Trace-JIT history is not wired in this version: hits stay 0 (HoldSteady).

@@ -517,10 +517,15 @@ fn consult_policy(
         .get(queue.device)
         .map_or(0, |d| d.mailbox.len());
     let resources = kernel.variants[0].bindings.len();
+    let bindless = core
+        .backend
+        .devices()
+        .get(queue.device)
+        .map_or(Default::default(), |d| d.bindless);
     let repeat = lane.history().shapes.repeat;
     let (verdict, fired) = {
         let mut state = kernel.policy();
-        let inputs = state.inputs(queued, repeat, arms, resources);
+        let inputs = state.inputs(queued, repeat, arms, (resources, bindless));
         let verdict = dispatch_policy::evaluate(&inputs);
         let fired = state.audit(&verdict, race.is_some());
         (verdict, fired)

@@ -115,6 +115,7 @@ impl TestBackend {
                 driver_version: "test 1".into(),
                 timestamp_period_ns: 1.0,
                 queue_families,
+                bindless: crate::policy::BindlessSupport::Unsupported,
                 limits: DeviceLimits {
                     max_workgroup_count: [65535; 3],
                     max_workgroup_size: [1024, 1024, 64],

@@ -7,7 +7,8 @@ use std::fmt;
 pub const BINDLESS_RESOURCE_COUNT_THRESHOLD: u32 = 24;
 
 /// How much of descriptor indexing the device supports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BindlessSupport {
     /// No descriptor indexing.
     #[default]

@@ -519,6 +519,7 @@ mod tests {
             driver_version: "1".into(),
             timestamp_period_ns: 1.0,
             queue_families: Vec::new(),
+            bindless: photofinish::policy::BindlessSupport::Unsupported,
             limits: DeviceLimits {
                 max_workgroup_count: [65_535; 3],
                 max_workgroup_size: [1024, 1024, 64],

@@ -20,7 +20,7 @@
 //! the device's timestamp period.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vulkano::buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer};
 use vulkano::command_buffer::{
@@ -42,6 +42,7 @@ use super::reuse::{size_class, Pooled, Role, Slot, SlotBinding, SlotKey};
 use crate::backend::{
     check_buffers, padded_len, BackendError, BufferArg, DispatchJob, DispatchOutput,
 };
+use crate::policy::CommandReuseDecision;
 
 /// How long a finishing dispatch polls its fence before it blocks on it.
 pub(super) const FENCE_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
@@ -67,6 +68,8 @@ pub(super) struct InFlight<'a> {
     valid_bits: u32,
     /// The queue's index within its family (`key.family`), to find it again.
     queue_index: u32,
+    /// How many times the job's shape has been dispatched, this one included (D4).
+    repeat: u32,
 }
 
 impl Drop for InFlight<'_> {
@@ -180,7 +183,10 @@ pub(super) fn start<'a>(
         push_constants: job.push_constants.clone(),
         timed,
     };
-    let cached = gpu.reuse.lock().ok().and_then(|mut r| r.take_slot(&key));
+    let (cached, repeat) = match gpu.reuse.lock() {
+        Ok(mut r) => (r.take_slot(&key), r.note_seen(&key)),
+        Err(_) => (None, 1),
+    };
     let slot = match cached {
         Some(slot) => slot,
         None => record(gpu, &kernel, &key)?,
@@ -198,9 +204,14 @@ pub(super) fn start<'a>(
     // and which the host does not touch again until the fence has signalled. The
     // fence is unsignalled (new, or reset after its last wait) and lives in the slot,
     // which outlives the submission (`InFlight` waits on drop).
+    let submitted = Instant::now();
     queue
         .with(|mut q| unsafe { q.submit(std::slice::from_ref(&submit), Some(&slot.fence)) })
         .map_err(|e| gpu.note(vk_error(gpu.info.index, 0, e)))?;
+    let submit_ns = elapsed_ns(submitted);
+    if let Ok(mut r) = gpu.reuse.lock() {
+        r.note_submit(submit_ns);
+    }
     Ok(Started::Running(Box::new(InFlight {
         gpu,
         kernel,
@@ -208,6 +219,7 @@ pub(super) fn start<'a>(
         slot: Some(slot),
         valid_bits,
         queue_index: job.queue.index,
+        repeat,
     })))
 }
 
@@ -312,9 +324,19 @@ pub(super) fn finish(
         outputs.push(guard[..binding.len as usize].to_vec());
     }
     if let Ok(mut reuse) = gpu.reuse.lock() {
-        reuse.put_slot(job.key.clone(), slot);
+        // D4: keep the recording for the shape's next run, or launch it plainly (take
+        // the slot apart) when the shape is too rare to pay its recording back.
+        match reuse.command_reuse(job.repeat) {
+            CommandReuseDecision::RecordAndReplay { .. } => reuse.put_slot(job.key.clone(), slot),
+            CommandReuseDecision::PlainLaunches => reuse.retire_slot(slot),
+        }
     }
     Ok(DispatchOutput { outputs, kernel_ns })
+}
+
+/// Nanoseconds since `since`.
+fn elapsed_ns(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Nanoseconds between the two stamps of `queries`.
@@ -526,6 +548,7 @@ fn record(gpu: &Gpu, kernel: &LoadedKernel, key: &SlotKey) -> Result<Slot, Backe
     let recording = |e: Box<vulkano::ValidationError>| {
         BackendError::Vulkan(format!("recording `{}`: {e}", kernel.name))
     };
+    let recording_since = Instant::now();
     let mut builder = AutoCommandBufferBuilder::primary(
         gpu.commands.clone(),
         key.family,
@@ -602,7 +625,9 @@ fn record(gpu: &Gpu, kernel: &LoadedKernel, key: &SlotKey) -> Result<Slot, Backe
     let command = builder
         .build()
         .map_err(|e| gpu.note(vk_error(device, 0, e)))?;
+    let record_ns = elapsed_ns(recording_since);
     if let Ok(mut r) = gpu.reuse.lock() {
+        r.note_record(record_ns);
         r.stats.recorded += 1;
         r.stats.in_place += u64::from(
             bindings

@@ -23,6 +23,7 @@ use super::errors::{vk_error, DeviceFlag};
 use super::reuse::ReuseCache;
 use super::VulkanOptions;
 use crate::backend::{BackendError, DeviceInfo, DeviceLimits, QueueFamilyInfo, QueueId};
+use crate::policy::BindlessSupport;
 
 /// One opened device and everything shared by the work submitted to it.
 pub(super) struct Gpu {
@@ -284,7 +285,12 @@ fn shader_features(physical: &PhysicalDevice) -> DeviceFeatures {
         // atomics (which naga emits for storage atomics): both or neither.
         wanted.vulkan_memory_model = true;
         wanted.vulkan_memory_model_device_scope = true;
+        // Descriptor indexing, for D9 (bindless) where the device has it.
+        wanted.runtime_descriptor_array = true;
+        wanted.shader_storage_buffer_array_non_uniform_indexing = true;
+        wanted.descriptor_binding_partially_bound = true;
     }
+    wanted.shader_storage_buffer_array_dynamic_indexing = true;
     let mut features = wanted.intersection(physical.supported_features());
     if !features.vulkan_memory_model_device_scope {
         features.vulkan_memory_model = false;
@@ -330,6 +336,7 @@ fn describe(index: usize, physical: &PhysicalDevice, opened: &HashMap<u32, u32>)
         driver_version,
         timestamp_period_ns: p.timestamp_period,
         queue_families,
+        bindless: bindless_support(physical.supported_features()),
         limits: DeviceLimits {
             max_workgroup_count: p.max_compute_work_group_count,
             max_workgroup_size: p.max_compute_work_group_size,
@@ -338,6 +345,21 @@ fn describe(index: usize, physical: &PhysicalDevice, opened: &HashMap<u32, u32>)
             max_push_constants_size: p.max_push_constants_size,
             subgroup_size: p.subgroup_size,
         },
+    }
+}
+
+/// D9's support level from the device's descriptor-indexing features (all of which
+/// `shader_features` enables where supported).
+fn bindless_support(features: &DeviceFeatures) -> BindlessSupport {
+    if features.runtime_descriptor_array
+        && features.shader_storage_buffer_array_non_uniform_indexing
+        && features.descriptor_binding_partially_bound
+    {
+        BindlessSupport::Full
+    } else if features.shader_storage_buffer_array_dynamic_indexing {
+        BindlessSupport::Static
+    } else {
+        BindlessSupport::Unsupported
     }
 }
 

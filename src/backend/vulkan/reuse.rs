@@ -23,6 +23,8 @@ use vulkano::command_buffer::PrimaryAutoCommandBuffer;
 use vulkano::query::QueryPool;
 use vulkano::sync::fence::Fence;
 
+use crate::policy::{decide_command_reuse, CommandReuseDecision, CommandReuseInputs};
+
 /// What a pooled buffer is for; buffers of different roles live in different memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Role {
@@ -137,6 +139,27 @@ pub struct ReuseStats {
     /// in place (unified memory, or a small slot in host or BAR memory): no staging
     /// copies.
     pub in_place: u64,
+    /// Of the recorded command buffers, those launched plainly: D4 (command reuse)
+    /// said a shape seen this rarely does not pay back keeping its recording, so the
+    /// slot was taken apart after its one run (its buffers went to the pool).
+    pub plain_launches: u64,
+    /// Recording a slot's command buffer, ns (a moving average; 0 before the first).
+    pub record_ns: u64,
+    /// Submitting a recorded command buffer, ns (a moving average; 0 before the first).
+    pub submit_ns: u64,
+}
+
+/// How many distinct shapes a device remembers having seen (for D4's repeat count);
+/// past it the counts start over.
+const MAX_SEEN_SHAPES: usize = 4096;
+
+/// A moving average with weight 1/4 for the new sample (the first sample is taken as is).
+fn ema(old: u64, new: u64) -> u64 {
+    if old == 0 {
+        new
+    } else {
+        old - old / 4 + new / 4
+    }
 }
 
 /// The per-device cache of idle slots, pooled buffers and query pools.
@@ -152,6 +175,8 @@ pub(super) struct ReuseCache {
     buffers: HashMap<(Role, u64), Vec<Subbuffer<[u8]>>>,
     pooled_bytes: u64,
     query_pools: Vec<Arc<QueryPool>>,
+    /// How many times each shape was dispatched (at most [`MAX_SEEN_SHAPES`] shapes).
+    seen: HashMap<SlotKey, u32>,
     pub(super) stats: ReuseStats,
 }
 
@@ -167,6 +192,7 @@ impl ReuseCache {
             buffers: HashMap::new(),
             pooled_bytes: 0,
             query_pools: Vec::new(),
+            seen: HashMap::new(),
             stats: ReuseStats::default(),
         }
     }
@@ -252,6 +278,55 @@ impl ReuseCache {
         self.pooled_bytes -= class;
         self.stats.buffers_reused += 1;
         Some(Pooled { role, buffer })
+    }
+
+    /// Counts a dispatch of `key`: how many times its shape has now been dispatched.
+    pub(super) fn note_seen(&mut self, key: &SlotKey) -> u32 {
+        if let Some(n) = self.seen.get_mut(key) {
+            *n = n.saturating_add(1);
+            return *n;
+        }
+        if self.seen.len() >= MAX_SEEN_SHAPES {
+            self.seen.clear();
+        }
+        self.seen.insert(key.clone(), 1);
+        1
+    }
+
+    /// Records what recording a command buffer took.
+    pub(super) fn note_record(&mut self, ns: u64) {
+        self.stats.record_ns = ema(self.stats.record_ns, ns);
+    }
+
+    /// Records what submitting a recorded command buffer took.
+    pub(super) fn note_submit(&mut self, ns: u64) {
+        self.stats.submit_ns = ema(self.stats.submit_ns, ns);
+    }
+
+    /// D4 for a shape dispatched `repeat` times so far, from the measured costs: a
+    /// plain launch records and submits, a replay only submits, keeping a recording
+    /// costs its recording once.
+    pub(super) fn command_reuse(&self, repeat: u32) -> CommandReuseDecision {
+        let (record, submit) = (self.stats.record_ns.max(1), self.stats.submit_ns);
+        decide_command_reuse(CommandReuseInputs {
+            repeat_count: repeat,
+            per_launch_overhead_ns: record.saturating_add(submit),
+            record_overhead_ns: record,
+            replay_overhead_ns: submit,
+        })
+    }
+
+    /// Takes apart a slot whose recording is not kept (a plain launch): its buffers go
+    /// to the pool, its timestamp queries to the spare pools.
+    pub(super) fn retire_slot(&mut self, slot: Slot) {
+        self.stats.plain_launches += 1;
+        let (buffers, queries) = slot.into_parts();
+        if let Some(q) = queries {
+            self.query_pools.push(q);
+        }
+        for b in buffers {
+            self.put_buffer(b);
+        }
     }
 
     /// An idle two-query timestamp pool, if one is left from an evicted slot.

@@ -1,0 +1,158 @@
+//! The dispatch policy's inputs come from the device (SPEC §12): D9's support level is
+//! the device's descriptor-indexing features, so the same 32-binding kernel fires D9 on
+//! a Vulkan device that reports them (lavapipe does) and not on the CPU backend, which
+//! has no descriptors.
+#![cfg(all(feature = "wgsl", feature = "vulkan"))]
+
+#[path = "support/vulkan.rs"]
+mod no_vulkan;
+
+use photofinish::backend::vulkan::VulkanBackend;
+use photofinish::backend::Backend;
+use photofinish::policy::{BindlessSupport, BINDLESS_RESOURCE_COUNT_THRESHOLD};
+use photofinish::{
+    BackendChoice, Batch, BufferArg, DispatchPlan, Engine, Event, KernelVariant, Output,
+};
+
+/// Bindings of the generated kernel: 31 inputs and one output.
+const BINDINGS: u32 = 32;
+
+/// out[i] = the sum of the 31 inputs' element i; `plain` adds them in order, the other
+/// variant in reverse (same answer: integer addition).
+fn wide_kernel(name: &str, reverse: bool) -> KernelVariant {
+    let mut src = String::new();
+    for b in 0..BINDINGS - 1 {
+        src.push_str(&format!(
+            "@group(0) @binding({b}) var<storage, read> in{b}: array<u32>;\n"
+        ));
+    }
+    src.push_str(&format!(
+        "@group(0) @binding({}) var<storage, read_write> out: array<u32>;\n",
+        BINDINGS - 1
+    ));
+    src.push_str("@compute @workgroup_size(64)\nfn main(@builtin(global_invocation_id) id: vec3<u32>) {\n    let i = id.x;\n    if i >= arrayLength(&out) { return; }\n    var s = 0u;\n");
+    let mut order: Vec<u32> = (0..BINDINGS - 1).collect();
+    if reverse {
+        order.reverse();
+    }
+    for b in order {
+        src.push_str(&format!("    s += in{b}[i];\n"));
+    }
+    src.push_str("    out[i] = s;\n}\n");
+    KernelVariant::wgsl(name, &src, "main")
+        .expect("the generated WGSL compiles")
+        .with_cpu(|buffers, _, _| {
+            let (out, inputs) = buffers.split_last_mut().ok_or("no buffers")?;
+            for (i, word) in out.chunks_exact_mut(4).enumerate() {
+                let sum = inputs.iter().fold(0u32, |s, b| {
+                    s.wrapping_add(u32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap()))
+                });
+                word.copy_from_slice(&sum.to_le_bytes());
+            }
+            Ok(())
+        })
+}
+
+/// Runs the wide kernel a few times on `backend`; the rules of every `PolicyAudit`.
+fn audited_rules(backend: BackendChoice) -> Option<Vec<String>> {
+    let engine = match Engine::builder()
+        .backend(backend)
+        .without_autotune_file()
+        .build()
+    {
+        Ok(engine) => engine,
+        Err(e) => {
+            no_vulkan::skip_or_fail(&e);
+            return None;
+        }
+    };
+    let events = engine.subscribe();
+    let kernel = engine
+        .register_pair(
+            "wide",
+            wide_kernel("wide/forward", false),
+            wide_kernel("wide/reverse", true),
+        )
+        .expect("registers");
+    let n = 256usize;
+    for round in 0..4u32 {
+        let inputs: Vec<Vec<u32>> = (0..BINDINGS - 1)
+            .map(|b| (0..n as u32).map(|i| i * b + round).collect())
+            .collect();
+        let mut buffers: Vec<BufferArg> = inputs.iter().map(|v| BufferArg::from_slice(v)).collect();
+        buffers.push(BufferArg::zeroed::<u32>(n));
+        let answer = engine
+            .submit(Batch::for_items(
+                kernel,
+                DispatchPlan::from_buffers(buffers),
+                n as u64,
+            ))
+            .unwrap()
+            .wait()
+            .unwrap();
+        let Output::Buffers(out) = answer.output else {
+            panic!()
+        };
+        let expected: Vec<u32> = (0..n)
+            .map(|i| inputs.iter().fold(0u32, |s, v| s.wrapping_add(v[i])))
+            .collect();
+        assert_eq!(out.view::<u32>(0).unwrap().as_ref(), &expected[..]);
+    }
+    engine.shutdown();
+    Some(
+        events
+            .try_iter()
+            .filter_map(|e| match e {
+                Event::PolicyAudit { fired, .. } => Some(fired),
+                _ => None,
+            })
+            .flatten()
+            .collect(),
+    )
+}
+
+#[test]
+fn a_vulkan_device_reports_its_descriptor_indexing() {
+    let Some(backend) = no_vulkan::require(VulkanBackend::new()) else {
+        return;
+    };
+    for device in backend.devices() {
+        // lavapipe (Mesa 22: dynamically uniform indexing of storage-buffer arrays)
+        // and NVIDIA's driver (runtime arrays, non-uniform indexing: `Full`) both
+        // report descriptor indexing; a device with none reads `Unsupported`.
+        if device.name.contains("llvmpipe") {
+            assert_ne!(
+                device.bindless,
+                BindlessSupport::Unsupported,
+                "{}",
+                device.name
+            );
+        }
+        if device.name.contains("NVIDIA") {
+            assert_eq!(device.bindless, BindlessSupport::Full, "{}", device.name);
+        }
+    }
+}
+
+#[test]
+fn d9_fires_for_a_wide_kernel_on_a_device_with_descriptor_indexing_and_not_on_the_cpu() {
+    const { assert!(BINDINGS >= BINDLESS_RESOURCE_COUNT_THRESHOLD) };
+    let cpu = audited_rules(BackendChoice::Cpu).expect("the CPU backend opens");
+    assert!(!cpu.iter().any(|r| r.starts_with("D9")), "{cpu:?}");
+    let Some(backend) = no_vulkan::require(VulkanBackend::new()) else {
+        return;
+    };
+    // The kernel indexes its bindings statically, so any support makes D9 fire.
+    let supported = backend
+        .devices()
+        .iter()
+        .all(|d| d.bindless != BindlessSupport::Unsupported);
+    drop(backend);
+    if let Some(vulkan) = audited_rules(BackendChoice::Vulkan) {
+        assert_eq!(
+            vulkan.iter().any(|r| r.starts_with("D9")),
+            supported,
+            "{vulkan:?}"
+        );
+    }
+}
