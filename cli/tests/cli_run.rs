@@ -590,26 +590,28 @@ fn a_full_or_closed_stderr_is_no_panic_and_keeps_the_exit_code() {
     }
 }
 
-/// Regression (issue #25, item 10): `--report DIR` was checked only after the whole
-/// run. A directory that takes no files fails before the run: no table, no backend.
-#[test]
-fn a_report_dir_that_takes_no_files_fails_before_the_run() {
+/// Runs a small trace with `flag` pointing at a directory that takes no files — a path
+/// below a plain file, and (where `chattr` works) an immutable directory — and checks
+/// that each fails before the run: exit code 1, the flag named (and the path, with
+/// `names_path`), no table, no backend.
+fn an_unwritable_dir_fails_before_the_run(flag: &str, names_path: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let immutable = dir.path().join("immutable");
     std::fs::create_dir(&immutable).expect("mkdir");
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, b"x").expect("write");
-    let mut targets = vec![blocker.join("report")];
+    let mut targets = vec![blocker.join("below-a-file")];
     let chattr = make_immutable(&immutable);
     if chattr {
         targets.push(immutable.clone());
     }
     for target in &targets {
         let target = target.display().to_string();
-        let out = photofinish(&refs(&small(&["--report", &target])));
+        let out = photofinish(&refs(&small(&[flag, &target])));
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{target}: {stderr}");
-        assert!(stderr.contains("--report"), "{stderr}");
+        assert!(stderr.contains(flag), "{stderr}");
+        assert!(!names_path || stderr.contains(&target), "{stderr}");
         assert!(
             !stderr.contains("running on the") && out.stdout.is_empty(),
             "the run went ahead: {stderr}"
@@ -618,6 +620,13 @@ fn a_report_dir_that_takes_no_files_fails_before_the_run() {
     if chattr {
         undo_immutable(&immutable);
     }
+}
+
+/// Regression (issue #25, item 10): `--report DIR` was checked only after the whole
+/// run. A directory that takes no files fails before the run: no table, no backend.
+#[test]
+fn a_report_dir_that_takes_no_files_fails_before_the_run() {
+    an_unwritable_dir_fails_before_the_run("--report", false);
 }
 
 /// Regression (issue #25, item 9): a report write that failed part way (a full disk)
@@ -700,33 +709,7 @@ fn a_full_autotune_dir_exits_non_zero_and_leaves_no_temp_file() {
 /// warning after the whole run. It fails before the run, naming the directory.
 #[test]
 fn a_read_only_autotune_dir_fails_before_the_run_naming_it() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = dir.path().join("autotune");
-    std::fs::create_dir(&store).expect("mkdir");
-    let blocker = dir.path().join("file");
-    std::fs::write(&blocker, b"x").expect("write");
-    let mut targets = vec![blocker.join("autotune")];
-    let chattr = make_immutable(&store);
-    if chattr {
-        targets.push(store.clone());
-    }
-    for target in &targets {
-        let target = target.display().to_string();
-        let out = photofinish(&refs(&small(&["--autotune-file", &target])));
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{target}: {stderr}");
-        assert!(
-            stderr.contains(&target) && stderr.contains("--autotune-file"),
-            "{stderr}"
-        );
-        assert!(
-            !stderr.contains("running on the") && out.stdout.is_empty(),
-            "the run went ahead: {stderr}"
-        );
-    }
-    if chattr {
-        undo_immutable(&store);
-    }
+    an_unwritable_dir_fails_before_the_run("--autotune-file", true);
 }
 
 /// Regression (issue #25, item 10): `--size 2GiB` on a device whose

@@ -239,6 +239,21 @@ fn spirv_words(bytes: &[u8]) -> Arc<[u32]> {
 }
 
 /// The little-endian `u32` in the first four bytes of `w` (which has at least four).
+/// The wrapping sum of the little-endian words of `data` (whole words only).
+fn word_sum(data: &[u8]) -> u32 {
+    data.chunks_exact(4)
+        .fold(0u32, |acc, w| acc.wrapping_add(le_word(w)))
+}
+
+/// The wrapping sum of `input`'s little-endian words, a last partial word zero
+/// extended: the answer of `reduce` and `sum`.
+fn padded_word_sum(input: &[u8]) -> u32 {
+    let whole = input.len() / 4 * 4;
+    let mut tail = [0u8; 4];
+    tail[..input.len() - whole].copy_from_slice(&input[whole..]);
+    word_sum(&input[..whole]).wrapping_add(u32::from_le_bytes(tail))
+}
+
 fn le_word(w: &[u8]) -> u32 {
     u32::from_le_bytes([w[0], w[1], w[2], w[3]])
 }

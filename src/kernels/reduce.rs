@@ -17,8 +17,8 @@ use rayon::prelude::*;
 
 use super::{
     builtin_variant, check_variant, input_len, input_output, input_prefix, le_word,
-    plans_through_binding, push_word, single_output, workgroups_for, write_words, DispatchPlan,
-    InputShape, Workload, WorkloadError, WORKGROUP_SIZE,
+    padded_word_sum, plans_through_binding, push_word, single_output, word_sum, workgroups_for,
+    write_words, DispatchPlan, InputShape, Workload, WorkloadError, WORKGROUP_SIZE,
 };
 use crate::backend::{BufferArg, KernelVariant};
 
@@ -69,6 +69,14 @@ impl Reduce {
     }
 }
 
+/// `reduce/scalar`'s SPIR-V (also `sum/one-workgroup`'s).
+pub(super) const REDUCE_SCALAR_SPV: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/reduce_scalar.spv"));
+
+/// `reduce/vec4`'s SPIR-V (also `sum/wide-grid`'s).
+pub(super) const REDUCE_VEC4_SPV: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/reduce_vec4.spv"));
+
 impl Workload for Reduce {
     fn name(&self) -> &'static str {
         NAME
@@ -76,18 +84,8 @@ impl Workload for Reduce {
 
     fn variants(&self) -> Vec<KernelVariant> {
         vec![
-            builtin_variant(
-                "reduce/scalar",
-                include_bytes!(concat!(env!("OUT_DIR"), "/reduce_scalar.spv")),
-                4,
-                Arc::new(scalar_cpu),
-            ),
-            builtin_variant(
-                "reduce/vec4",
-                include_bytes!(concat!(env!("OUT_DIR"), "/reduce_vec4.spv")),
-                4,
-                Arc::new(vec4_cpu),
-            ),
+            builtin_variant("reduce/scalar", REDUCE_SCALAR_SPV, 4, Arc::new(scalar_cpu)),
+            builtin_variant("reduce/vec4", REDUCE_VEC4_SPV, 4, Arc::new(vec4_cpu)),
             builtin_variant(
                 "reduce/vec4-wide",
                 include_bytes!(concat!(env!("OUT_DIR"), "/reduce_wide.spv")),
@@ -110,12 +108,7 @@ impl Workload for Reduce {
     }
 
     fn reference(&self, input: &[u8]) -> Vec<u8> {
-        let sum = input.chunks(4).fold(0u32, |acc, word| {
-            let mut le = [0u8; 4];
-            le[..word.len()].copy_from_slice(word);
-            acc.wrapping_add(u32::from_le_bytes(le))
-        });
-        sum.to_le_bytes().to_vec()
+        padded_word_sum(input).to_le_bytes().to_vec()
     }
 
     fn generate(&self, shape: InputShape, len: usize, seed: u64) -> Vec<u8> {
@@ -151,11 +144,7 @@ fn scalar_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<(), S
     let data = input_prefix(input, words * 4)?;
     let sum = data
         .par_chunks(CPU_CHUNK_WORDS * 4)
-        .map(|chunk| {
-            chunk
-                .chunks_exact(4)
-                .fold(0u32, |acc, w| acc.wrapping_add(le_word(w)))
-        })
+        .map(|chunk| word_sum(chunk))
         .reduce(|| 0, u32::wrapping_add);
     write_words(output, &[sum])
 }

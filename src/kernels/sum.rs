@@ -17,6 +17,10 @@
 //!   the input 1 KiB at a time. It costs almost nothing to start and uses one core and
 //!   its strided loads, so it wins on small batches and loses on large ones.
 //!
+//! Its GPU code is `reduce`'s: the wide grid runs `reduce/vec4`'s shader, the one
+//! workgroup `reduce/scalar`'s (both loop grid-stride); only the plans and the CPU code
+//! are `sum`'s own.
+//!
 //! Where the winner flips is measured by `examples/sum_flip.rs`: on a 2-core machine's
 //! CPU backend the one-workgroup variant is about 20× faster at 4 KiB, the two equal
 //! near 64 KiB, and the wide grid about 3× faster at 256 KiB and 13× at 8 MiB.
@@ -29,8 +33,8 @@ use rayon::prelude::*;
 
 use super::{
     builtin_variant, check_variant, input_len, input_output, input_prefix, le_word,
-    plans_through_binding, push_word, single_output, write_words, DispatchPlan, InputShape,
-    Workload, WorkloadError,
+    padded_word_sum, plans_through_binding, push_word, single_output, word_sum, write_words,
+    DispatchPlan, InputShape, Workload, WorkloadError,
 };
 use crate::backend::{BufferArg, KernelVariant};
 
@@ -78,13 +82,13 @@ impl Workload for Sum {
         vec![
             builtin_variant(
                 "sum/wide-grid",
-                include_bytes!(concat!(env!("OUT_DIR"), "/sum_wide_grid.spv")),
+                super::reduce::REDUCE_VEC4_SPV,
                 4,
                 Arc::new(wide_grid_cpu),
             ),
             builtin_variant(
                 "sum/one-workgroup",
-                include_bytes!(concat!(env!("OUT_DIR"), "/sum_one_workgroup.spv")),
+                super::reduce::REDUCE_SCALAR_SPV,
                 4,
                 Arc::new(one_workgroup_cpu),
             ),
@@ -104,12 +108,7 @@ impl Workload for Sum {
     }
 
     fn reference(&self, input: &[u8]) -> Vec<u8> {
-        let sum = input.chunks(4).fold(0u32, |acc, word| {
-            let mut le = [0u8; 4];
-            le[..word.len()].copy_from_slice(word);
-            acc.wrapping_add(u32::from_le_bytes(le))
-        });
-        sum.to_le_bytes().to_vec()
+        padded_word_sum(input).to_le_bytes().to_vec()
     }
 
     /// Like a column of sizes or counts: most values small, every twentieth one of any
@@ -128,12 +127,6 @@ impl Workload for Sum {
         }
         out
     }
-}
-
-/// The wrapping sum of the little-endian words of `data` (whole words).
-fn word_sum(data: &[u8]) -> u32 {
-    data.chunks_exact(4)
-        .fold(0u32, |acc, w| acc.wrapping_add(le_word(w)))
 }
 
 /// CPU variant 0: one rayon task per planned workgroup (never fewer than one), each
