@@ -144,7 +144,7 @@ fn scalar_cpu(buffers: &mut [Vec<u8>], push: &[u8], _: [u32; 3]) -> Result<(), S
     let data = input_prefix(input, words * 4)?;
     let sum = data
         .par_chunks(CPU_CHUNK_WORDS * 4)
-        .map(|chunk| word_sum(chunk))
+        .map(word_sum)
         .reduce(|| 0, u32::wrapping_add);
     write_words(output, &[sum])
 }
