@@ -12,7 +12,9 @@ named by PF_PEERS):
 names: copy (d2d copy of the input; gbps counts bytes copied, bytes moved are twice
 that), sum_u32 (torch.sum of the input as 32-bit words: CUB's DeviceReduce),
 bincount_uniform / bincount_skewed (torch.bincount of the input as uint8, 256 bins,
-inputs of the kernels' uniform and skewed shapes). Python is a tool of the bench
+inputs of the kernels' uniform and skewed shapes), e2e_sum_u32 (end to end as
+benches/large_batch.rs measures the engine: a host tensor of the bytes `.to("cuda")`,
+`torch.sum` of its 32-bit words, `.item()`; wall clock, not CUDA events). Python is a tool of the bench
 script on the GPU machine, not a dependency of the crate.
 
     python3 scripts/peers.py [--bytes N ...] [--runs R]
@@ -37,6 +39,21 @@ def timed(torch, fn, runs):
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e6)  # ms -> ns
+    return statistics.median(times)
+
+
+def wall(fn, runs):
+    """Median ns of `fn()` over `runs` warm runs, by the wall clock (for work that
+    starts and ends on the host)."""
+    import time
+
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        fn()
+        times.append(time.perf_counter_ns() - start)
     return statistics.median(times)
 
 
@@ -81,6 +98,19 @@ def main():
             note = "int32_view_int32_acc"
             fn = lambda: torch.sum(words, dtype=torch.int32)  # noqa: E731
         line("sum_u32", nbytes, timed(torch, fn, args.runs), note)
+
+        # End to end from host memory (pageable, as an application's buffer is).
+        host = x.cpu()
+        view = torch.uint32 if note == "uint32" else torch.int32
+
+        def e2e():
+            words_on_gpu = host.to(dev).view(view)
+            if note == "uint32":
+                return torch.sum(words_on_gpu).item()
+            return torch.sum(words_on_gpu, dtype=torch.int32).item()
+
+        line("e2e_sum_u32", nbytes, wall(e2e, args.runs), f"h2d_sum_item_{note}")
+        del host
 
         try:
             line(
