@@ -318,7 +318,7 @@ fn bad_registrations_and_batches_are_typed_errors() {
         .register_pair("broken", cons.clone(), spec)
         .unwrap_err();
     assert!(matches!(err, EngineError::InvalidKernel { .. }), "{err}");
-    assert!(err.to_string().contains("same bindings"));
+    assert!(err.to_string().contains("same buffers"));
 
     let mut no_cpu = cons.clone();
     no_cpu.cpu = None;

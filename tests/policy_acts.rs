@@ -1,7 +1,9 @@
-//! The dispatch policy's inputs come from the device (SPEC §12): D9's support level is
-//! the device's descriptor-indexing features, so the same 32-binding kernel fires D9 on
-//! a Vulkan device that reports them (lavapipe does) and not on the CPU backend, which
-//! has no descriptors.
+//! The dispatch policy's inputs come from the device and D9 acts (SPEC §12): D9's
+//! support level is the device's descriptor-indexing features, so the same 32-binding
+//! kernel fires D9 on a Vulkan device that reports them (lavapipe does) and not on the
+//! CPU backend, which has no descriptors; and a variant that binds its 31 inputs
+//! through one descriptor array (`binding_array`) runs beside the one-binding-per-buffer
+//! variant, on both backends, with the same answers.
 #![cfg(all(feature = "wgsl", feature = "vulkan"))]
 
 #[path = "support/vulkan.rs"]
@@ -12,6 +14,7 @@ use photofinish::backend::Backend;
 use photofinish::policy::{BindlessSupport, BINDLESS_RESOURCE_COUNT_THRESHOLD};
 use photofinish::{
     BackendChoice, Batch, BufferArg, DispatchPlan, Engine, Event, KernelVariant, Output,
+    VerdictReason,
 };
 
 /// Bindings of the generated kernel: 31 inputs and one output.
@@ -53,8 +56,39 @@ fn wide_kernel(name: &str, reverse: bool) -> KernelVariant {
         })
 }
 
+/// The same sum with its 31 inputs bound through one descriptor array at binding 0
+/// (indexed by a loop counter: dynamically uniform, `Static` support is enough).
+fn bindless_kernel() -> KernelVariant {
+    let src = format!(
+        "enable wgpu_binding_array;
+struct Words {{ w: array<u32> }}
+@group(0) @binding(0) var<storage, read> inputs: binding_array<Words, {n}>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {{
+    let i = id.x;
+    if i >= arrayLength(&out) {{ return; }}
+    var s = 0u;
+    for (var b = 0u; b < {n}u; b++) {{ s += inputs[b].w[i]; }}
+    out[i] = s;
+}}
+",
+        n = BINDINGS - 1
+    );
+    let cpu = wide_kernel("cpu", false).cpu.expect("CPU code");
+    KernelVariant::wgsl("wide/bindless", &src, "main")
+        .expect("the generated WGSL compiles")
+        .with_cpu(move |buffers, push, groups| cpu(buffers, push, groups))
+}
+
 /// Runs the wide kernel a few times on `backend`; the rules of every `PolicyAudit`.
 fn audited_rules(backend: BackendChoice) -> Option<Vec<String>> {
+    audited_rules_of(backend, wide_kernel("wide/reverse", true))
+}
+
+/// Runs the wide kernel against `speculative` a few times on `backend`: every answer
+/// right, no mismatch; the rules of every `PolicyAudit`.
+fn audited_rules_of(backend: BackendChoice, speculative: KernelVariant) -> Option<Vec<String>> {
     let engine = match Engine::builder()
         .backend(backend)
         .without_autotune_file()
@@ -68,11 +102,7 @@ fn audited_rules(backend: BackendChoice) -> Option<Vec<String>> {
     };
     let events = engine.subscribe();
     let kernel = engine
-        .register_pair(
-            "wide",
-            wide_kernel("wide/forward", false),
-            wide_kernel("wide/reverse", true),
-        )
+        .register_pair("wide", wide_kernel("wide/forward", false), speculative)
         .expect("registers");
     let n = 256usize;
     for round in 0..4u32 {
@@ -99,15 +129,30 @@ fn audited_rules(backend: BackendChoice) -> Option<Vec<String>> {
         assert_eq!(out.view::<u32>(0).unwrap().as_ref(), &expected[..]);
     }
     engine.shutdown();
+    let mut rules = Vec::new();
+    for event in events.try_iter() {
+        match event {
+            Event::PolicyAudit { fired, .. } => rules.extend(fired),
+            Event::MismatchCaught { .. } => panic!("{event:?}"),
+            Event::VerdictChanged {
+                reason: VerdictReason::SpeculativeFailed(why),
+                ..
+            } => panic!("the speculative variant failed: {why}"),
+            _ => {}
+        }
+    }
+    Some(rules)
+}
+
+/// Whether every Vulkan device reports descriptor indexing; `None` without a device
+/// (where skipping is allowed).
+fn descriptor_indexing() -> Option<bool> {
+    let backend = no_vulkan::require(VulkanBackend::new())?;
     Some(
-        events
-            .try_iter()
-            .filter_map(|e| match e {
-                Event::PolicyAudit { fired, .. } => Some(fired),
-                _ => None,
-            })
-            .flatten()
-            .collect(),
+        backend
+            .devices()
+            .iter()
+            .all(|d| d.bindless != BindlessSupport::Unsupported),
     )
 }
 
@@ -139,20 +184,38 @@ fn d9_fires_for_a_wide_kernel_on_a_device_with_descriptor_indexing_and_not_on_th
     const { assert!(BINDINGS >= BINDLESS_RESOURCE_COUNT_THRESHOLD) };
     let cpu = audited_rules(BackendChoice::Cpu).expect("the CPU backend opens");
     assert!(!cpu.iter().any(|r| r.starts_with("D9")), "{cpu:?}");
-    let Some(backend) = no_vulkan::require(VulkanBackend::new()) else {
+    // The kernel indexes its bindings statically, so any support makes D9 fire.
+    let Some(supported) = descriptor_indexing() else {
         return;
     };
-    // The kernel indexes its bindings statically, so any support makes D9 fire.
-    let supported = backend
-        .devices()
-        .iter()
-        .all(|d| d.bindless != BindlessSupport::Unsupported);
-    drop(backend);
     if let Some(vulkan) = audited_rules(BackendChoice::Vulkan) {
         assert_eq!(
             vulkan.iter().any(|r| r.starts_with("D9")),
             supported,
             "{vulkan:?}"
         );
+    }
+}
+
+#[test]
+fn a_descriptor_array_variant_is_reflected_and_runs_beside_one_binding_per_buffer() {
+    let bindless = bindless_kernel();
+    assert_eq!(
+        bindless.bindings.len() as u32,
+        BINDINGS,
+        "31 array elements and the output"
+    );
+    assert!(bindless.bindings[..30].iter().all(|b| b.slot == 0));
+    assert_eq!(bindless.bindings[30].index, 30);
+    assert!(!bindless.indexes_descriptors_non_uniformly());
+    let cpu = audited_rules_of(BackendChoice::Cpu, bindless_kernel()).expect("CPU backend");
+    assert!(!cpu.iter().any(|r| r.starts_with("D9")), "{cpu:?}");
+    let Some(supported) = descriptor_indexing() else {
+        return;
+    };
+    if supported {
+        let vulkan =
+            audited_rules_of(BackendChoice::Vulkan, bindless_kernel()).expect("Vulkan backend");
+        assert!(vulkan.iter().any(|r| r.starts_with("D9")), "{vulkan:?}");
     }
 }

@@ -341,12 +341,10 @@ impl Backend for CpuBackend {
                 reason: "the variant has no CPU code".to_owned(),
             });
         };
-        let mut slots: Vec<u32> = variant.bindings.iter().map(|b| b.slot).collect();
-        slots.sort_unstable();
-        if let Some(pair) = slots.windows(2).find(|pair| pair[0] == pair[1]) {
+        if let Err(reason) = super::descriptor_counts(&variant.bindings) {
             return Err(BackendError::BindingMismatch {
                 kernel: variant.name.clone(),
-                reason: format!("binding {} is declared twice", pair[0]),
+                reason,
             });
         }
         // Loads one at a time, so two loads of one variant find the same entry.

@@ -218,6 +218,13 @@ pub struct BindingDesc {
     /// The engine checks a declared [`Agreement`](crate::policy::Agreement) against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub element: Option<Scalar>,
+    /// The element of a descriptor array (WGSL `binding_array<array<T>, n>`) this
+    /// buffer is bound to: an array of `n` buffers is `n` descriptions of one slot with
+    /// indices `0..n`, in order, each taking one buffer of the job. 0 for a plain
+    /// binding. Arrays are read-only, and need a device with descriptor indexing
+    /// ([`DeviceInfo::bindless`]).
+    #[serde(default)]
+    pub index: u32,
 }
 
 impl BindingDesc {
@@ -227,8 +234,54 @@ impl BindingDesc {
             slot,
             access,
             element: None,
+            index: 0,
         }
     }
+}
+
+/// The slots of `bindings` with their descriptor counts, in order; `Err` says what is
+/// wrong: a (slot, index) declared twice, an array whose indices are not `0..n` in a
+/// row, or a written array.
+pub(crate) fn descriptor_counts(bindings: &[BindingDesc]) -> Result<Vec<(u32, u32)>, String> {
+    let mut counts: Vec<(u32, u32)> = Vec::new();
+    for b in bindings {
+        if let Some((slot, count)) = counts.last_mut() {
+            if *slot == b.slot && b.index == *count {
+                *count += 1;
+                continue;
+            }
+        }
+        match () {
+            _ if counts.iter().any(|(slot, _)| *slot == b.slot) => {
+                return Err(if b.index == 0 {
+                    format!("binding {} is declared twice", b.slot)
+                } else {
+                    format!(
+                        "element {} of binding {}'s descriptor array is out of place (the elements of an array come in a row, from 0)",
+                        b.index, b.slot
+                    )
+                });
+            }
+            _ if b.index != 0 => {
+                return Err(format!(
+                    "binding {}'s descriptor array starts at element {}, not 0",
+                    b.slot, b.index
+                ))
+            }
+            _ => counts.push((b.slot, 1)),
+        }
+    }
+    for (slot, count) in &counts {
+        let written = bindings
+            .iter()
+            .any(|b| b.slot == *slot && b.access.writes());
+        if *count > 1 && written {
+            return Err(format!(
+                "binding {slot} is a written descriptor array; descriptor arrays must be read-only"
+            ));
+        }
+    }
+    Ok(counts)
 }
 
 /// CPU implementation of a kernel variant: the CPU backend calls it with one byte slice
@@ -420,6 +473,34 @@ impl KernelVariant {
         entry: &str,
     ) -> Result<Self, ShaderError> {
         wgsl::reflect_spirv(name.into(), words, entry)
+    }
+
+    /// Whether the variant's SPIR-V indexes a descriptor array with a non-uniform
+    /// (per-invocation) index: it declares the `StorageBufferArrayNonUniformIndexing`
+    /// capability (naga writes it for such an index). D9 needs `Full` descriptor
+    /// indexing for such a variant, `Static` otherwise.
+    pub fn indexes_descriptors_non_uniformly(&self) -> bool {
+        /// `OpCapability`, and the capability's number.
+        const OP_CAPABILITY: u32 = 17;
+        const STORAGE_BUFFER_ARRAY_NON_UNIFORM_INDEXING: u32 = 5308;
+        let Some(words) = self.spirv.as_deref() else {
+            return false;
+        };
+        let mut at = 5; // past the header
+        while let Some(&first) = words.get(at) {
+            let (count, opcode) = ((first >> 16) as usize, first & 0xffff);
+            if opcode == OP_CAPABILITY
+                && words.get(at + 1) == Some(&STORAGE_BUFFER_ARRAY_NON_UNIFORM_INDEXING)
+            {
+                return true;
+            }
+            // Capabilities come first in a module: past them, stop.
+            if opcode != OP_CAPABILITY || count == 0 {
+                return false;
+            }
+            at += count;
+        }
+        false
     }
 
     /// The layout alone: no code yet.
@@ -744,5 +825,53 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// default ignores it.
     fn set_dispatch_timeout(&self, timeout: Option<std::time::Duration>) {
         let _ = timeout;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn element(slot: u32, index: u32, access: BindingAccess) -> BindingDesc {
+        BindingDesc {
+            index,
+            ..BindingDesc::new(slot, access)
+        }
+    }
+
+    #[test]
+    fn descriptor_arrays_are_counted_per_slot() {
+        let read = BindingAccess::Read;
+        let bindings = [
+            element(0, 0, read),
+            element(0, 1, read),
+            element(0, 2, read),
+            element(1, 0, BindingAccess::Write),
+        ];
+        assert_eq!(descriptor_counts(&bindings), Ok(vec![(0, 3), (1, 1)]));
+    }
+
+    #[test]
+    fn a_repeated_slot_an_element_out_of_place_and_a_written_array_are_refused() {
+        let read = BindingAccess::Read;
+        let twice = [element(0, 0, read), element(0, 0, read)];
+        assert!(descriptor_counts(&twice).unwrap_err().contains("twice"));
+        let apart = [
+            element(0, 0, read),
+            element(1, 0, read),
+            element(0, 1, read),
+        ];
+        assert!(descriptor_counts(&apart)
+            .unwrap_err()
+            .contains("out of place"));
+        let late = [element(0, 1, read)];
+        assert!(descriptor_counts(&late).unwrap_err().contains("not 0"));
+        let written = [
+            element(0, 0, BindingAccess::Write),
+            element(0, 1, BindingAccess::Write),
+        ];
+        assert!(descriptor_counts(&written)
+            .unwrap_err()
+            .contains("read-only"));
     }
 }

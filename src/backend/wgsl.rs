@@ -102,13 +102,18 @@ pub(super) fn compile(
         message: e.emit_to_string(source).trim_end().to_owned(),
         location: location(e.location(source)),
     })?;
-    let info = Validator::new(ValidationFlags::all(), Capabilities::IMMEDIATES)
-        .validate(&module)
-        .map_err(|e| ShaderError::Invalid {
-            kernel: name.clone(),
-            message: e.emit_to_string(source).trim_end().to_owned(),
-            location: location(e.location(source)),
-        })?;
+    let info = Validator::new(
+        ValidationFlags::all(),
+        Capabilities::IMMEDIATES
+            | Capabilities::STORAGE_BUFFER_BINDING_ARRAY
+            | Capabilities::STORAGE_BUFFER_BINDING_ARRAY_NON_UNIFORM_INDEXING,
+    )
+    .validate(&module)
+    .map_err(|e| ShaderError::Invalid {
+        kernel: name.clone(),
+        message: e.emit_to_string(source).trim_end().to_owned(),
+        location: location(e.location(source)),
+    })?;
     let layout = reflect(&name, &module, &info, entry)?;
     let options = naga::back::spv::Options {
         lang_version: SPIRV_VERSION,
@@ -246,11 +251,30 @@ fn reflect(
                         binding.group
                     )));
                 }
-                bindings.push(BindingDesc {
+                let access = access_of(used);
+                // A descriptor array (`binding_array<array<T>, n>`): n buffers, one slot.
+                let (count, element) = match &module.types[var.ty].inner {
+                    naga::TypeInner::BindingArray { base, size } => {
+                        let naga::ArraySize::Constant(n) = size else {
+                            return Err(layout(format!(
+                                "`{label}` is a descriptor array without a fixed length"
+                            )));
+                        };
+                        if access.writes() {
+                            return Err(layout(format!(
+                                "`{label}` is a descriptor array the shader writes; descriptor arrays must be read-only"
+                            )));
+                        }
+                        (n.get(), element_of(module, *base))
+                    }
+                    _ => (1, element_of(module, var.ty)),
+                };
+                bindings.extend((0..count).map(|index| BindingDesc {
                     slot: binding.binding,
-                    access: access_of(used),
-                    element: element_of(module, var.ty),
-                });
+                    access,
+                    element,
+                    index,
+                }));
             }
             AddressSpace::Immediate => {
                 push_constant_bytes = module.types[var.ty].inner.size(module.to_ctx());
@@ -266,7 +290,7 @@ fn reflect(
             _ => {}
         }
     }
-    bindings.sort_by_key(|b| b.slot);
+    bindings.sort_by_key(|b| (b.slot, b.index));
     Ok(Layout {
         workgroup_size: entry_point.workgroup_size,
         bindings,
@@ -464,5 +488,37 @@ fn main() {
             bytes: 4,
         };
         assert_eq!(elements, vec![Some(f32), None]);
+    }
+
+    #[test]
+    fn a_descriptor_array_is_one_slot_of_n_elements_and_must_be_read_only() {
+        let src = "
+enable wgpu_binding_array;
+struct Words { w: array<u32> }
+@group(0) @binding(0) var<storage, read> inputs: binding_array<Words, 3>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(1)
+fn main() {
+    out[0] = inputs[0].w[0] + inputs[1].w[0] + inputs[2].w[0];
+}
+";
+        let v = KernelVariant::wgsl("k", src, "main").unwrap();
+        let layout: Vec<_> = v.bindings.iter().map(|b| (b.slot, b.index)).collect();
+        assert_eq!(layout, vec![(0, 0), (0, 1), (0, 2), (1, 0)]);
+        let written = src
+            .replace(
+                "var<storage, read> inputs",
+                "var<storage, read_write> inputs",
+            )
+            .replace(
+                "out[0] = inputs[0].w[0]",
+                "inputs[1].w[0] = 1u;\n    out[0] = inputs[0].w[0]",
+            );
+        match KernelVariant::wgsl("k", &written, "main") {
+            Err(ShaderError::Layout { reason, .. }) => {
+                assert!(reason.contains("read-only"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

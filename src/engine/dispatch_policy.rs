@@ -14,9 +14,10 @@
 //! a repeated shape's recording kept and replayed. D9's support level is the device's
 //! (`DeviceInfo::bindless`, from its descriptor-indexing features). I2 (trace-JIT) is
 //! acted on by `trace.rs` from its own per-kernel hit/miss history. D3 (uploads travel
-//! inside each job's command buffer: no separate copy to overlap) and D9's bindless
-//! binding (the backends bind one buffer per binding) are evaluated and audited but
-//! have nothing to act on in this version. A single-arm run of a repeated shape
+//! inside each job's command buffer: no separate copy to overlap) is evaluated and
+//! audited but has nothing to act on in this version; D9's bindless binding is the
+//! kernel author's (a variant declaring a descriptor array, which the Vulkan backend
+//! loads only on a device with the descriptor indexing it needs). A single-arm run of a repeated shape
 //! re-evaluates the bundle only every [`POLICY_REFRESH`]-th time. This module decides
 //! nothing itself: the policy functions do.
 
@@ -116,7 +117,7 @@ impl PolicyState {
         queued: usize,
         repeat: u32,
         arms: (ArmBindingSummary, ArmBindingSummary),
-        (resource_count, support): (usize, BindlessSupport),
+        (resource_count, support, dynamic_indexing): (usize, BindlessSupport, bool),
     ) -> DispatchPolicyInputs {
         let overhead = self.overhead_ns.unwrap_or(0);
         let first = self.first_overhead_ns.unwrap_or(0);
@@ -136,7 +137,8 @@ impl PolicyState {
                 resource_count: u32::try_from(resource_count).unwrap_or(u32::MAX),
                 // The device's descriptor-indexing features (`DeviceInfo::bindless`).
                 support,
-                dynamic_indexing: false,
+                // Whether a variant's SPIR-V indexes a descriptor array non-uniformly.
+                dynamic_indexing,
             },
             // Trace-JIT history is not wired in this version: hits stay 0 (HoldSteady).
             trace_jit: Default::default(),

@@ -16,7 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::{BackendError, DispatchJob, DispatchOutput, QueueId};
+use crate::backend::{BackendError, DispatchJob, DispatchOutput, KernelVariant, QueueId};
 use crate::kernels::{DispatchPlan, WorkloadError};
 use crate::policy::{decide_persistent_kernel, ArmIndependenceVerdict, PersistentKernelDecision};
 use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
@@ -522,10 +522,14 @@ fn consult_policy(
         .devices()
         .get(queue.device)
         .map_or(Default::default(), |d| d.bindless);
+    let dynamic = kernel
+        .variants
+        .iter()
+        .any(KernelVariant::indexes_descriptors_non_uniformly);
     let repeat = lane.history().shapes.repeat;
     let (verdict, fired) = {
         let mut state = kernel.policy();
-        let inputs = state.inputs(queued, repeat, arms, (resources, bindless));
+        let inputs = state.inputs(queued, repeat, arms, (resources, bindless, dynamic));
         let verdict = dispatch_policy::evaluate(&inputs);
         let fired = state.audit(&verdict, race.is_some());
         (verdict, fired)

@@ -672,16 +672,24 @@ impl Registry {
     }
 }
 
-/// The checks that make two variants raceable: same bindings, same push constants.
+/// The checks that make two variants raceable: they take the same buffers (as many,
+/// each used the same way, position by position: a batch's buffers go to either
+/// variant) and the same push constants. Slots may differ (a variant that binds its
+/// inputs through one descriptor array takes them at one slot), and so may what the
+/// variants declare of their elements (a reflected WGSL variant beside a hand-declared
+/// one).
 fn validate_pair(name: &str, [c, s]: [&KernelVariant; 2]) -> Result<(), EngineError> {
-    let invalid = |reason: String| EngineError::InvalidKernel {
+    let invalid = |reason: String| {
+        EngineError::InvalidKernel {
         kernel: name.to_string(),
         reason,
-        fix: "give both variants the same bindings (slot and access) and push-constant size",
+        fix: "give both variants the same buffers (as many, each read or written alike, in the same order) and push-constant size",
+    }
     };
-    if c.bindings != s.bindings {
+    let uses = |v: &KernelVariant| v.bindings.iter().map(|b| b.access).collect::<Vec<_>>();
+    if uses(c) != uses(s) {
         return Err(invalid(format!(
-            "bindings differ: conservative {:?}, speculative {:?}",
+            "the variants take different buffers: conservative {:?}, speculative {:?}",
             c.bindings, s.bindings
         )));
     }

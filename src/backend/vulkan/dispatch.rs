@@ -536,9 +536,11 @@ fn record(gpu: &Gpu, kernel: &LoadedKernel, key: &SlotKey) -> Result<Slot, Backe
         gpu.descriptors.clone(),
         set_layout,
         bindings.iter().zip(&kernel.bindings).map(|(b, desc)| {
-            WriteDescriptorSet::buffer(
+            // A plain binding is element 0 of its slot; an array's buffers each their own.
+            WriteDescriptorSet::buffer_array(
                 desc.slot,
-                b.device.buffer.clone().slice(0..padded_len(b.len)),
+                desc.index,
+                [b.device.buffer.clone().slice(0..padded_len(b.len))],
             )
         }),
         [],

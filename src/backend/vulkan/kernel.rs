@@ -32,6 +32,7 @@ use super::errors::vk_error;
 use super::open::Gpu;
 use super::validate;
 use crate::backend::{BackendError, BindingAccess, BindingDesc, KernelHandle, KernelVariant};
+use crate::policy::BindlessSupport;
 
 /// A variant loaded on one device.
 #[derive(Debug)]
@@ -180,14 +181,15 @@ fn build(
     let set_layout = DescriptorSetLayout::new(
         gpu.device.clone(),
         DescriptorSetLayoutCreateInfo {
-            bindings: variant
-                .bindings
-                .iter()
-                .map(|b| {
+            bindings: crate::backend::descriptor_counts(&variant.bindings)
+                .map_err(mismatch)?
+                .into_iter()
+                .map(|(slot, count)| {
                     (
-                        b.slot,
+                        slot,
                         DescriptorSetLayoutBinding {
                             stages: ShaderStages::COMPUTE,
+                            descriptor_count: count,
                             ..DescriptorSetLayoutBinding::descriptor_type(
                                 DescriptorType::StorageBuffer,
                             )
@@ -266,10 +268,28 @@ fn check_declared(gpu: &Gpu, variant: &KernelVariant) -> Result<(), BackendError
         kernel: variant.name.clone(),
         reason,
     };
-    let mut seen = std::collections::HashSet::new();
-    for b in &variant.bindings {
-        if !seen.insert(b.slot) {
-            return Err(mismatch(format!("binding {} is declared twice", b.slot)));
+    let counts = crate::backend::descriptor_counts(&variant.bindings).map_err(mismatch)?;
+    if counts.iter().any(|&(_, n)| n > 1) {
+        // D9: a descriptor array needs descriptor indexing; a non-uniform index into
+        // one needs it in full.
+        let needs = if variant.indexes_descriptors_non_uniformly() {
+            BindlessSupport::Full
+        } else {
+            BindlessSupport::Static
+        };
+        let has = gpu.info.bindless;
+        let enough = match needs {
+            BindlessSupport::Full => has == BindlessSupport::Full,
+            _ => has != BindlessSupport::Unsupported,
+        };
+        if !enough {
+            return Err(BackendError::Unsupported {
+                kernel: variant.name.clone(),
+                backend: crate::backend::BackendKind::Vulkan,
+                reason: format!(
+                    "it binds a descriptor array, which needs {needs} descriptor indexing; the device has {has} (give this device a variant with one binding per buffer)"
+                ),
+            });
         }
     }
     if variant.push_constant_bytes % 4 != 0 {
@@ -401,6 +421,18 @@ fn check_reflected_layout(
                 "binding {binding} is a {:?} in the shader; only storage buffers are supported",
                 req.descriptor_types
             ));
+        }
+        let declared_count = variant
+            .bindings
+            .iter()
+            .filter(|b| b.slot == *binding)
+            .count();
+        if let Some(count) = req.descriptor_count {
+            if count as usize != declared_count {
+                return Err(format!(
+                    "binding {binding} is an array of {count} descriptors in the shader, the variant declares {declared_count}"
+                ));
+            }
         }
         let writes = req.descriptors.values().any(|d| !d.memory_write.is_empty());
         if writes && declared.access == BindingAccess::Read {
