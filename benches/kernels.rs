@@ -1,9 +1,15 @@
 //! GB/s of every built-in variant against the device's limit and against PyTorch,
 //! measured in the same run (issues #3, #6.5, #31).
 //!
-//! Every figure is the median of `PF_KERNEL_RUNS` (default 20, at least 10) warm GPU
-//! timestamps (`DispatchOutput::kernel_ns` around the kernel alone; three untimed runs
-//! first), so host submit, upload and download are not counted.
+//! Every copy and variant is timed two ways, each the median of `PF_KERNEL_RUNS`
+//! (default 20, at least 10) GPU timestamps around the kernel alone, so host submit,
+//! upload and download are not counted: one dispatch per submit (three untimed
+//! first; the `one/submit` column), and back to back — after [`WARM_NS`] of untimed
+//! back-to-back dispatches, samples of about [`BUSY_NS`] of back-to-back dispatches in
+//! one command buffer (`VulkanBackend::dispatch_repeated`), per dispatch. The limit and
+//! the ÷ columns use the back-to-back figures: an H100's SM clock idles at 345 MHz and
+//! rises only after about 100 ms of sustained load, so a sub-millisecond kernel the
+//! host submits now and then runs at the idle clock (journal 2026-12-07).
 //!
 //! **The limit.** A reduce or a histogram reads each input byte once, so its limit is
 //! what the memory moves per second. The bench measures two copies of the input's size
@@ -11,15 +17,19 @@
 //! GPU, 64 MiB otherwise) between two device-local buffers: `vkCmdCopyBuffer` and a
 //! vec4 grid-stride compute copy (`shaders/copy_vec4.wgsl`). Each is reported as bytes
 //! copied and bytes moved (read + written) per second; the limit is the larger bytes
-//! moved per second at the input's size. A sanity check fails the bench (exit status 1)
-//! when the limit is below half the datasheet bandwidth of the device (a table by
-//! device name: H100 SXM 3.35 TB/s, H100 NVL 3.9, H100 PCIe 2.0, H200 4.8); devices not
-//! in the table skip the check with a note.
+//! moved per second at the input's size, back to back. A sanity check fails the bench
+//! (exit status 1) when the limit is below half the datasheet bandwidth of the device
+//! (a table by device name: H100 SXM 3.35 TB/s, H100 NVL 3.9, H100 PCIe 2.0, H200 4.8);
+//! devices not in the table skip the check with a note.
 //!
 //! **Peers.** With `PF_PEERS` naming the output of `scripts/peers.py` (run before this
 //! bench on the GPU machine by `.gpu/run.sh`), each kernel is also divided by PyTorch at
 //! the same size: reduce by `torch.sum` (CUB), histogram by `torch.bincount` (uniform and
 //! skewed), the copy by a d2d `copy_`.
+//!
+//! **Diagnosis.** `PF_KERNEL_DIAG=1` also prints the memory types and the one a large
+//! device buffer gets, the time per dispatch against 1 to 64 back-to-back repeats, and
+//! the compute copy and the wide reduce without `robustBufferAccess`.
 //!
 //! **Sweep.** The wide reduce and the lane-columns histogram loop grid-stride, so any
 //! workgroup count is correct; the bench also times them at several counts (the plan's
