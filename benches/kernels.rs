@@ -1,9 +1,15 @@
 //! GB/s of every built-in variant against the device's limit and against PyTorch,
 //! measured in the same run (issues #3, #6.5, #31).
 //!
-//! Every figure is the median of `PF_KERNEL_RUNS` (default 20, at least 10) warm GPU
-//! timestamps (`DispatchOutput::kernel_ns` around the kernel alone; three untimed runs
-//! first), so host submit, upload and download are not counted.
+//! Every copy and variant is timed two ways, each the median of `PF_KERNEL_RUNS`
+//! (default 20, at least 10) GPU timestamps around the kernel alone, so host submit,
+//! upload and download are not counted: one dispatch per submit (three untimed
+//! first; the `one/submit` column), and back to back — after [`WARM_NS`] of untimed
+//! back-to-back dispatches, samples of about [`BUSY_NS`] of back-to-back dispatches in
+//! one command buffer (`VulkanBackend::dispatch_repeated`), per dispatch. The limit and
+//! the ÷ columns use the back-to-back figures: an H100's SM clock idles at 345 MHz and
+//! rises only after about 100 ms of sustained load, so a sub-millisecond kernel the
+//! host submits now and then runs at the idle clock (journal 2026-12-07).
 //!
 //! **The limit.** A reduce or a histogram reads each input byte once, so its limit is
 //! what the memory moves per second. The bench measures two copies of the input's size
@@ -11,15 +17,19 @@
 //! GPU, 64 MiB otherwise) between two device-local buffers: `vkCmdCopyBuffer` and a
 //! vec4 grid-stride compute copy (`shaders/copy_vec4.wgsl`). Each is reported as bytes
 //! copied and bytes moved (read + written) per second; the limit is the larger bytes
-//! moved per second at the input's size. A sanity check fails the bench (exit status 1)
-//! when the limit is below half the datasheet bandwidth of the device (a table by
-//! device name: H100 SXM 3.35 TB/s, H100 NVL 3.9, H100 PCIe 2.0, H200 4.8); devices not
-//! in the table skip the check with a note.
+//! moved per second at the input's size, back to back. A sanity check fails the bench
+//! (exit status 1) when the limit is below half the datasheet bandwidth of the device
+//! (a table by device name: H100 SXM 3.35 TB/s, H100 NVL 3.9, H100 PCIe 2.0, H200 4.8);
+//! devices not in the table skip the check with a note.
 //!
 //! **Peers.** With `PF_PEERS` naming the output of `scripts/peers.py` (run before this
 //! bench on the GPU machine by `.gpu/run.sh`), each kernel is also divided by PyTorch at
 //! the same size: reduce by `torch.sum` (CUB), histogram by `torch.bincount` (uniform and
 //! skewed), the copy by a d2d `copy_`.
+//!
+//! **Diagnosis.** `PF_KERNEL_DIAG=1` also prints the memory types and the one a large
+//! device buffer gets, the time per dispatch against 1 to 64 back-to-back repeats, and
+//! the compute copy and the wide reduce without `robustBufferAccess`.
 //!
 //! **Sweep.** The wide reduce and the lane-columns histogram loop grid-stride, so any
 //! workgroup count is correct; the bench also times them at several counts (the plan's
@@ -33,7 +43,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use photofinish::backend::vulkan::VulkanBackend;
+use photofinish::backend::vulkan::{VulkanBackend, VulkanOptions};
 use photofinish::backend::{
     Backend, BindingAccess, BindingDesc, BufferArg, DispatchJob, KernelVariant, QueueId,
 };
@@ -91,6 +101,47 @@ fn time_job(backend: &VulkanBackend, job: &DispatchJob, runs: usize) -> Result<u
     Ok(median(&mut ns))
 }
 
+/// How long the GPU is kept busy per timed sample of [`time_busy`].
+const BUSY_NS: u64 = 20_000_000;
+/// How long the GPU is kept busy, untimed, before the back-to-back samples: an H100
+/// idles at a 345 MHz SM clock and raises it to 1 980 MHz only after about 100 ms of
+/// sustained load (nvidia-smi, 2026-12-07), so a kernel the host submits now and then
+/// runs at the idle clock.
+const WARM_NS: u64 = 400_000_000;
+
+/// Repeats that keep the GPU busy about `busy_ns` for a kernel of `one_ns`.
+fn repeats_for(busy_ns: u64, one_ns: u64) -> u32 {
+    busy_ns.div_ceil(one_ns.max(1)).clamp(1, 4096) as u32
+}
+
+/// Repeats that keep the GPU busy about [`BUSY_NS`] for a kernel of `one_ns`.
+fn busy_repeats(one_ns: u64) -> u32 {
+    repeats_for(BUSY_NS, one_ns).min(256)
+}
+
+/// `runs` warm GPU times of `job` dispatched back to back (`busy_repeats` of the
+/// per-submit time `one_ns`) in one command buffer, per dispatch, after [`WARM_NS`]
+/// of untimed back-to-back dispatches that raise the clocks; their median in ns.
+fn time_busy(
+    backend: &VulkanBackend,
+    job: &DispatchJob,
+    one_ns: u64,
+    runs: usize,
+) -> Result<u64, String> {
+    backend
+        .dispatch_repeated(job, repeats_for(WARM_NS, one_ns))
+        .map_err(|e| e.to_string())?;
+    let repeats = busy_repeats(one_ns);
+    let mut ns = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let out = backend
+            .dispatch_repeated(job, repeats)
+            .map_err(|e| e.to_string())?;
+        ns.push(out.kernel_ns.ok_or("the queue has no timestamps")? / u64::from(repeats));
+    }
+    Ok(median(&mut ns))
+}
+
 /// The compute copy of the bench's baseline: binding 0 read, binding 1 written.
 fn copy_variant() -> KernelVariant {
     let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/copy_vec4.spv"));
@@ -115,10 +166,12 @@ fn copy_variant() -> KernelVariant {
 }
 
 /// A copy's median: bytes copied and bytes moved (read + written) per ns (= GB/s).
+/// `median_ns` is the busy time (copies back to back); `one_ns` one copy per submit.
 struct CopyFigure {
     what: String,
     bytes: u64,
     median_ns: u64,
+    one_ns: u64,
 }
 
 impl CopyFigure {
@@ -131,37 +184,48 @@ impl CopyFigure {
 }
 
 /// `vkCmdCopyBuffer` of `bytes`, warm (one call first, and each call copies once
-/// before its timed copy), the median of `runs` calls.
+/// before its timed copies), the median of `runs` calls: one copy per call, and
+/// `busy_repeats` copies back to back per call.
 fn command_copy(
     backend: &VulkanBackend,
     queue: QueueId,
     bytes: u64,
     runs: usize,
 ) -> Result<CopyFigure, String> {
+    let sample = |repeats: u32| -> Result<u64, String> {
+        let mut ns = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let c = backend
+                .measure_copy_bandwidth_repeated(queue, bytes, repeats)
+                .map_err(|e| e.to_string())?;
+            ns.push(c.gpu_ns);
+        }
+        Ok(median(&mut ns))
+    };
     backend
         .measure_copy_bandwidth(queue, bytes)
         .map_err(|e| e.to_string())?;
-    let mut ns = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let c = backend
-            .measure_copy_bandwidth(queue, bytes)
-            .map_err(|e| e.to_string())?;
-        ns.push(c.gpu_ns);
-    }
+    let one_ns = sample(1)?;
+    // Untimed back-to-back copies first, to raise the clocks (see WARM_NS).
+    backend
+        .measure_copy_bandwidth_repeated(queue, bytes, repeats_for(WARM_NS, one_ns))
+        .map_err(|e| e.to_string())?;
+    let median_ns = sample(busy_repeats(one_ns))?;
     Ok(CopyFigure {
         what: format!("vkCmdCopyBuffer {} MiB", bytes >> 20),
         bytes,
-        median_ns: median(&mut ns),
+        median_ns,
+        one_ns,
     })
 }
 
-/// The vec4 compute copy of `bytes` (a multiple of 16), the median of `runs`.
-fn kernel_copy(
+/// The job of the vec4 compute copy of `bytes` (rounded down to whole vec4s) on
+/// `backend`, and the bytes it copies.
+fn copy_job(
     backend: &VulkanBackend,
     queue: QueueId,
     bytes: u64,
-    runs: usize,
-) -> Result<CopyFigure, String> {
+) -> Result<(DispatchJob, u64), String> {
     let kernel = backend
         .load_kernel(queue.device, &copy_variant())
         .map_err(|e| e.to_string())?;
@@ -177,12 +241,111 @@ fn kernel_copy(
         push_constants: vecs.to_le_bytes().to_vec(),
         workgroups: [WIDE_WORKGROUPS.max(1), 1, 1],
     };
-    let median_ns = time_job(backend, &job, runs)?;
+    Ok((job, u64::from(vecs) * 16))
+}
+
+/// The vec4 compute copy of `bytes` (a multiple of 16), the median of `runs`.
+fn kernel_copy(
+    backend: &VulkanBackend,
+    queue: QueueId,
+    bytes: u64,
+    runs: usize,
+) -> Result<CopyFigure, String> {
+    let (job, bytes) = copy_job(backend, queue, bytes)?;
+    let one_ns = time_job(backend, &job, runs)?;
+    let median_ns = time_busy(backend, &job, one_ns, runs)?;
     Ok(CopyFigure {
         what: format!("compute copy {} MiB", bytes >> 20),
-        bytes: u64::from(vecs) * 16,
+        bytes,
         median_ns,
+        one_ns,
     })
+}
+
+/// `PF_KERNEL_DIAG`: where the baseline's bandwidth goes. The memory types and the one
+/// a large device buffer gets; the compute copy's and `vkCmdCopyBuffer`'s time per copy
+/// against how many run back to back in one command buffer; and the compute copy and
+/// the wide reduce on a second backend without `robustBufferAccess`.
+fn diagnose(backend: &VulkanBackend, bytes: u64, runs: usize) {
+    let queue = backend.queues()[0];
+    match backend.memory_report(queue.device, bytes) {
+        Ok(r) => r.lines().for_each(|l| println!("DIAG memory {l}")),
+        Err(e) => println!("DIAG memory: {e}"),
+    }
+    let curve = |b: &VulkanBackend, what: &str, job: &DispatchJob, moved: u64| {
+        for repeats in [1u32, 2, 4, 16, 64] {
+            let mut ns = Vec::with_capacity(runs);
+            for _ in 0..runs.min(10) + 1 {
+                match b.dispatch_repeated(job, repeats) {
+                    Ok(o) => ns.push(o.kernel_ns.unwrap_or(0) / u64::from(repeats)),
+                    Err(e) => {
+                        println!("DIAG {what}: {e}");
+                        return;
+                    }
+                }
+            }
+            ns.remove(0);
+            let m = median(&mut ns);
+            println!(
+                "DIAG {what:<40} x{repeats:<3} {:>8.3} ms per dispatch  {:>8.1} GB/s",
+                m as f64 / 1e6,
+                moved as f64 / m as f64
+            );
+        }
+    };
+    if let Ok((job, copied)) = copy_job(backend, queue, bytes) {
+        curve(backend, "compute copy (moved)", &job, 2 * copied);
+    }
+    for repeats in [1u32, 2, 4, 16] {
+        let mut ns = Vec::new();
+        for _ in 0..runs.min(10) + 1 {
+            if let Ok(c) = backend.measure_copy_bandwidth_repeated(queue, bytes, repeats) {
+                ns.push(c.gpu_ns);
+            }
+        }
+        if ns.len() > 1 {
+            ns.remove(0);
+            let m = median(&mut ns);
+            println!(
+                "DIAG {:<40} x{repeats:<3} {:>8.3} ms per copy      {:>8.1} GB/s",
+                "vkCmdCopyBuffer (moved)",
+                m as f64 / 1e6,
+                2.0 * bytes as f64 / m as f64
+            );
+        }
+    }
+    let reduce = kernels::builtin()
+        .into_iter()
+        .find(|w| w.name() == "reduce");
+    let reduce_job = |b: &VulkanBackend| -> Option<DispatchJob> {
+        let w = reduce.as_ref()?;
+        let vi = w
+            .variants()
+            .iter()
+            .position(|v| v.name == "reduce/vec4-wide")?;
+        let input: Arc<[u8]> = w.generate(InputShape::Uniform, bytes as usize, 7).into();
+        let kernel = b.load_kernel(0, &w.variants()[vi]).ok()?;
+        let plan = w.plan_shared(vi, &input).ok()?;
+        Some(plan.into_job(b.queues()[0], kernel))
+    };
+    if let Some(job) = reduce_job(backend) {
+        curve(backend, "reduce/vec4-wide (input)", &job, bytes);
+    }
+    let options = VulkanOptions {
+        robust_buffer_access: false,
+        ..VulkanOptions::default()
+    };
+    match VulkanBackend::with_options(options) {
+        Ok(b) => {
+            if let Ok((job, copied)) = copy_job(&b, b.queues()[0], bytes) {
+                curve(&b, "no robustBufferAccess: compute copy", &job, 2 * copied);
+            }
+            if let Some(job) = reduce_job(&b) {
+                curve(&b, "no robustBufferAccess: reduce/vec4-wide", &job, bytes);
+            }
+        }
+        Err(e) => println!("DIAG no robustBufferAccess: cannot open: {e}"),
+    }
 }
 
 /// `peer <name> bytes=<n> median_ns=<ns> gbps=<x> note=<t>` lines of scripts/peers.py:
@@ -275,12 +438,15 @@ fn main() {
     for c in &copies {
         let peer = peers.get(&("copy".to_owned(), c.bytes)).copied();
         println!(
-            "COPY {:<28} {:>9.3} ms  copied {:>8.1} GB/s  moved {:>8.1} GB/s  ÷PyTorch {}",
+            "COPY {:<28} {:>9.3} ms  copied {:>8.1} GB/s  moved {:>8.1} GB/s  ÷PyTorch {}  \
+             (one per submit: {:.3} ms, moved {:.1} GB/s)",
             c.what,
             c.median_ns as f64 / 1e6,
             c.copied(),
             c.moved(),
-            ratio(peer.map(|p| c.copied() / p))
+            ratio(peer.map(|p| c.copied() / p)),
+            c.one_ns as f64 / 1e6,
+            2.0 * c.bytes as f64 / c.one_ns as f64,
         );
     }
     let limit = copies
@@ -288,7 +454,13 @@ fn main() {
         .filter(|c| c.bytes + 16 > input_u64 && c.bytes <= input_u64)
         .map(CopyFigure::moved)
         .fold(0.0f64, f64::max);
-    println!("LIMIT {limit:.1} GB/s moved (read + written) by the faster copy of the input's size");
+    println!(
+        "LIMIT {limit:.1} GB/s moved (read + written) by the faster copy of the input's size, \
+         back to back"
+    );
+    if std::env::var_os("PF_KERNEL_DIAG").is_some() {
+        diagnose(&backend, input_u64, runs);
+    }
     let mut sane = true;
     match datasheet(&device.name) {
         Some((what, tb_s)) => {
@@ -348,21 +520,26 @@ fn main() {
                     }
                 };
                 all_correct &= correct;
-                let ns = match time_job(&backend, &job, runs) {
-                    Ok(ns) => ns,
+                let timed = time_job(&backend, &job, runs)
+                    .and_then(|one| Ok((time_busy(&backend, &job, one, runs)?, one)));
+                let (ns, one) = match timed {
+                    Ok(t) => t,
                     Err(e) => {
                         eprintln!("{id}: {e}");
                         continue;
                     }
                 };
-                rows.push((id.clone(), planned, ns, peer, correct));
+                rows.push((id.clone(), planned, ns, Some(one), peer, correct));
                 // The wide variants at other workgroup counts (correct for any).
                 let sweep = matches!(
                     variant.name.as_str(),
                     "reduce/vec4-wide" | "histogram/lane-columns"
                 );
                 if sweep {
-                    for groups in [132u32, 264, 528, 2112, 4224, 8448, 16896] {
+                    for groups in [264u32, 528, 1056, 2112, 4224, 8448, 16896] {
+                        if groups == planned {
+                            continue;
+                        }
                         let mut j = job.clone();
                         j.workgroups[0] = groups;
                         let ok = backend
@@ -372,8 +549,10 @@ fn main() {
                             .and_then(|o| workload.answer(vi, &input, &o.outputs).ok())
                             .is_some_and(|a| a == reference);
                         all_correct &= ok;
-                        if let Ok(ns) = time_job(&backend, &j, runs) {
-                            rows.push((id.clone(), groups, ns, peer, ok));
+                        let timed = time_job(&backend, &j, 3.min(runs))
+                            .and_then(|one| time_busy(&backend, &j, one, runs));
+                        if let Ok(ns) = timed {
+                            rows.push((id.clone(), groups, ns, None, peer, ok));
                         }
                     }
                 }
@@ -382,14 +561,24 @@ fn main() {
     }
 
     println!(
-        "\n{:<55} {:>7} {:>11} {:>9} {:>8} {:>9} {:>8}",
-        "variant", "groups", "median GPU", "GB/s", "÷limit", "÷PyTorch", "correct"
+        "\n{:<55} {:>7} {:>11} {:>9} {:>8} {:>9} {:>8} {:>16}",
+        "variant",
+        "groups",
+        "median GPU",
+        "GB/s",
+        "÷limit",
+        "÷PyTorch",
+        "correct",
+        "one/submit GB/s"
     );
-    for (id, groups, ns, peer, ok) in &rows {
+    for (id, groups, ns, one, peer, ok) in &rows {
         let gbps = input_bytes as f64 / *ns as f64;
         let of_limit = (limit > 0.0).then(|| gbps / limit);
+        let one = one.map_or("-".into(), |o| {
+            format!("{:.1}", input_bytes as f64 / o as f64)
+        });
         println!(
-            "{id:<55} {groups:>7} {:>8.3} ms {gbps:>9.1} {:>8} {:>9} {ok:>8}",
+            "{id:<55} {groups:>7} {:>8.3} ms {gbps:>9.1} {:>8} {:>9} {ok:>8} {one:>16}",
             *ns as f64 / 1e6,
             ratio(of_limit),
             ratio(peer.map(|p| gbps / p)),
@@ -397,8 +586,8 @@ fn main() {
     }
     println!(
         "(planned caps: reduce/vec4-wide {WIDE_WORKGROUPS}, histogram/lane-columns \
-         {LANES_WORKGROUPS} workgroups; GB/s = input bytes per ns; ÷limit against the \
-         copy's bytes moved)"
+         {LANES_WORKGROUPS} workgroups; GB/s = input bytes per ns, dispatched back to back; \
+         ÷limit against the copy's bytes moved; one/submit: one dispatch per submit)"
     );
     if !sane {
         eprintln!("kernels bench: the copy baseline failed its sanity check (see SANITY)");

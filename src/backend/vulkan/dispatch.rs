@@ -150,12 +150,14 @@ fn unchanged_outputs(kernel: &LoadedKernel, job: &DispatchJob) -> Vec<Vec<u8>> {
 
 /// Phase one: validate, take or record the slot, write inputs and submit. `timed`:
 /// the slot writes two timestamps around the kernel (where the queue has them) and
-/// `finish` reads them; an untimed job answers `kernel_ns: None`.
+/// `finish` reads them; an untimed job answers `kernel_ns: None`. `repeats` (at least
+/// 1): how many times the kernel runs back to back between the timestamps.
 pub(super) fn start<'a>(
     gpu: &'a Gpu,
     kernel: Arc<LoadedKernel>,
     job: &DispatchJob,
     timed: bool,
+    repeats: u32,
 ) -> Result<Started<'a>, BackendError> {
     let valid_bits = validate(gpu, &kernel, job)?;
     let timed = timed && valid_bits > 0;
@@ -182,6 +184,7 @@ pub(super) fn start<'a>(
         workgroups: job.workgroups,
         push_constants: job.push_constants.clone(),
         timed,
+        repeats: repeats.max(1),
     };
     let (cached, repeat) = match gpu.reuse.lock() {
         Ok(mut r) => (r.take_slot(&key), r.note_seen(&key)),
@@ -597,13 +600,17 @@ fn record(gpu: &Gpu, kernel: &LoadedKernel, key: &SlotKey) -> Result<Slot, Backe
             .push_constants(layout.clone(), (i * 4) as u32, word)
             .map_err(recording)?;
     }
-    // SAFETY: the pipeline's layout was checked against the shader's reflected layout
-    // at load, every binding is bound to a buffer of the size the job asked for, the
-    // push constants cover the declared range and the group counts are within
-    // maxComputeWorkGroupCount. What the shader does inside its buffers is the kernel
-    // author's contract (as for any Vulkan compute shader).
-    unsafe {
-        builder.dispatch(key.workgroups).map_err(recording)?;
+    // Repeats write the same bindings, so the builder puts a barrier between them (as
+    // between two kernels of one stream elsewhere).
+    for _ in 0..key.repeats {
+        // SAFETY: the pipeline's layout was checked against the shader's reflected
+        // layout at load, every binding is bound to a buffer of the size the job asked
+        // for, the push constants cover the declared range and the group counts are
+        // within maxComputeWorkGroupCount. What the shader does inside its buffers is
+        // the kernel author's contract (as for any Vulkan compute shader).
+        unsafe {
+            builder.dispatch(key.workgroups).map_err(recording)?;
+        }
     }
     if let Some(q) = &queries {
         // SAFETY: query 1 of this slot's pool, reset above in this command buffer.

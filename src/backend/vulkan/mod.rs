@@ -78,6 +78,10 @@ pub struct VulkanOptions {
     /// host reads. Checked before `direct_max_bytes`. 0: off. Default
     /// [`DEFAULT_HOST_MAX_BYTES`], or `PHOTOFINISH_HOST_MAX_BYTES` where set.
     pub host_max_bytes: u64,
+    /// Enable `robustBufferAccess` (SPEC §11: a user's kernel that indexes past a
+    /// buffer reads zeros and loses its stray writes). Default on; off only to measure
+    /// what it costs (`PHOTOFINISH_ROBUST_BUFFER_ACCESS=false`).
+    pub robust_buffer_access: bool,
 }
 
 /// Default of [`VulkanOptions::max_queues_per_family`]: 1, so a device gets one worker
@@ -118,6 +122,7 @@ impl Default for VulkanOptions {
             always_stage: false,
             direct_max_bytes: env_or("PHOTOFINISH_DIRECT_MAX_BYTES", DEFAULT_DIRECT_MAX_BYTES),
             host_max_bytes: env_or("PHOTOFINISH_HOST_MAX_BYTES", DEFAULT_HOST_MAX_BYTES),
+            robust_buffer_access: env_or("PHOTOFINISH_ROBUST_BUFFER_ACCESS", true),
         }
     }
 }
@@ -192,6 +197,21 @@ impl VulkanBackend {
         queue: QueueId,
         bytes: u64,
     ) -> Result<CopyBandwidth, BackendError> {
+        self.measure_copy_bandwidth_repeated(queue, bytes, 1)
+    }
+
+    /// As [`measure_copy_bandwidth`](Self::measure_copy_bandwidth), with `repeats`
+    /// copies (at least 1) back to back between the timestamps: `gpu_ns` is their
+    /// total divided by `repeats`. A single copy of a fast device's memory lasts well
+    /// under a millisecond, after the host has left the GPU idle; back-to-back copies
+    /// measure it busy (the kernels bench's limit).
+    pub fn measure_copy_bandwidth_repeated(
+        &self,
+        queue: QueueId,
+        bytes: u64,
+        repeats: u32,
+    ) -> Result<CopyBandwidth, BackendError> {
+        let repeats = repeats.max(1);
         let gpu = self.gpu(queue.device)?;
         let vk_queue = gpu
             .queues
@@ -251,9 +271,11 @@ impl VulkanBackend {
                 .write_timestamp(queries.clone(), 0, PipelineStage::BottomOfPipe)
                 .map_err(recording)?;
         }
-        builder
-            .copy_buffer(CopyBufferInfo::buffers(src, dst))
-            .map_err(recording)?;
+        for _ in 0..repeats {
+            builder
+                .copy_buffer(CopyBufferInfo::buffers(src.clone(), dst.clone()))
+                .map_err(recording)?;
+        }
         // SAFETY: query 1 of the pool reset above.
         unsafe {
             builder
@@ -279,7 +301,7 @@ impl VulkanBackend {
             stamps[1],
             valid_bits,
             gpu.info.timestamp_period_ns,
-        );
+        ) / u64::from(repeats);
         Ok(CopyBandwidth {
             bytes,
             gpu_ns,
@@ -289,6 +311,62 @@ impl VulkanBackend {
                 bytes as f64 / gpu_ns as f64
             },
         })
+    }
+
+    /// Runs `job` once, timed, with its kernel dispatched `repeats` times (at least 1)
+    /// back to back between the two timestamps, in one command buffer: `kernel_ns` is
+    /// the total of all of them. The outputs are those after the last repeat (a kernel
+    /// that accumulates into its output has accumulated `repeats` times). A measurement
+    /// aid (the kernels bench): one dispatch per submit, as the engine runs a batch,
+    /// times a sub-millisecond kernel on a GPU the host has left idle.
+    pub fn dispatch_repeated(
+        &self,
+        job: &DispatchJob,
+        repeats: u32,
+    ) -> Result<DispatchOutput, BackendError> {
+        match self.start(job, true, repeats)? {
+            Started::Done(output) => Ok(output),
+            Started::Running(job) => dispatch::finish(*job, self.timeout()),
+        }
+    }
+
+    /// The memory types and heaps of `device`, one a line, and which type a device
+    /// buffer of `bytes` bytes (as a large staged dispatch binds) is allocated from.
+    pub fn memory_report(&self, device: usize, bytes: u64) -> Result<String, BackendError> {
+        use std::fmt::Write as _;
+        let gpu = self.gpu(device)?;
+        let props = gpu.device.physical_device().memory_properties();
+        let mut out = String::new();
+        for (i, h) in props.memory_heaps.iter().enumerate() {
+            let _ = writeln!(out, "heap {i}: {} MiB {:?}", h.size >> 20, h.flags);
+        }
+        for (i, t) in props.memory_types.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "type {i}: heap {} {:?}",
+                t.heap_index, t.property_flags
+            );
+        }
+        let role = if gpu.unified_memory {
+            Role::Unified
+        } else {
+            Role::Device
+        };
+        let pooled = dispatch::buffer(gpu, role, bytes)?;
+        let chosen = match pooled.buffer.buffer().memory() {
+            vulkano::buffer::BufferMemory::Normal(m) => {
+                let t = m.device_memory().memory_type_index();
+                format!(
+                    "type {t} ({:?}), allocation {} MiB, dedicated {}",
+                    props.memory_types[t as usize].property_flags,
+                    m.device_memory().allocation_size() >> 20,
+                    m.device_memory().is_dedicated()
+                )
+            }
+            other => format!("{other:?}"),
+        };
+        let _ = writeln!(out, "a {} MiB {role:?} buffer: {chosen}", bytes >> 20);
+        Ok(out)
     }
 
     fn gpu(&self, device: usize) -> Result<&Gpu, BackendError> {
@@ -315,7 +393,12 @@ impl VulkanBackend {
 
     /// Phase one of a job: look up its kernel and device, then start it (between two
     /// timestamps when `timed` and the queue has them).
-    fn start(&self, job: &DispatchJob, timed: bool) -> Result<Started<'_>, BackendError> {
+    fn start(
+        &self,
+        job: &DispatchJob,
+        timed: bool,
+        repeats: u32,
+    ) -> Result<Started<'_>, BackendError> {
         let kernel = self.kernel(job.kernel)?;
         if job.queue.device != kernel.handle.device {
             return Err(BackendError::Unknown {
@@ -327,7 +410,7 @@ impl VulkanBackend {
             });
         }
         let gpu = self.gpu(kernel.handle.device)?;
-        dispatch::start(gpu, kernel, job, timed)
+        dispatch::start(gpu, kernel, job, timed, repeats)
     }
 
     /// The fence-wait timeout (`None`: for ever).
@@ -341,7 +424,7 @@ impl VulkanBackend {
     /// Both phases of every job: all are started before any is waited for, so jobs on
     /// different queues run at the same time.
     fn run(&self, jobs: &[DispatchJob], timed: bool) -> Vec<Result<DispatchOutput, BackendError>> {
-        let started: Vec<_> = jobs.iter().map(|job| self.start(job, timed)).collect();
+        let started: Vec<_> = jobs.iter().map(|job| self.start(job, timed, 1)).collect();
         started
             .into_iter()
             .map(|s| match s? {

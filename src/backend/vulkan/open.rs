@@ -189,7 +189,7 @@ fn open_device(
                 khr_portability_subset: physical.supported_extensions().khr_portability_subset,
                 ..DeviceExtensions::empty()
             },
-            enabled_features: shader_features(physical),
+            enabled_features: shader_features(physical, options.robust_buffer_access),
             ..Default::default()
         },
     )
@@ -267,10 +267,10 @@ fn open_device(
 /// `robustBufferAccess`: a user's kernel (valid SPIR-V, but indexing past a buffer at
 /// run time, which no validator can see) reads zeros and loses its stray writes instead
 /// of corrupting the driver's memory (SPEC §11: no process crashes on a user's module).
-fn shader_features(physical: &PhysicalDevice) -> DeviceFeatures {
+fn shader_features(physical: &PhysicalDevice, robust: bool) -> DeviceFeatures {
     let api = physical.api_version();
     let mut wanted = DeviceFeatures {
-        robust_buffer_access: true,
+        robust_buffer_access: robust,
         shader_int64: true,
         shader_int16: true,
         ..DeviceFeatures::empty()

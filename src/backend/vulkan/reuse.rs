@@ -74,6 +74,10 @@ pub(super) struct SlotKey {
     pub(super) push_constants: Vec<u8>,
     /// Whether the slot writes timestamps around the kernel.
     pub(super) timed: bool,
+    /// How many times the kernel is dispatched back to back between the timestamps:
+    /// 1 for every job of the engine; more only for
+    /// [`VulkanBackend::dispatch_repeated`](super::VulkanBackend::dispatch_repeated).
+    pub(super) repeats: u32,
 }
 
 /// One binding of a slot.
