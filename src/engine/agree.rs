@@ -6,9 +6,9 @@
 use crate::backend::{KernelVariant, ScalarKind};
 use crate::policy::Agreement;
 
+use super::batch::Output;
 use super::error::EngineError;
 use super::events::MismatchDetail;
-use super::Output;
 
 /// The comparisons of one kernel.
 #[derive(Debug, Clone)]

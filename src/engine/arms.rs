@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::backend::{Backend, BackendError, DispatchJob, DispatchOutput};
 
-use super::supervisor::panic_message;
+use super::panics::panic_message;
 
 /// A helper thread and its two channels.
 struct Helper {

@@ -11,12 +11,15 @@ use crate::autotune::{AutotuneStore, DeviceIdentity, LoadMode};
 use crate::backend::{Backend, BackendError, BackendKind, DeviceInfo};
 use crate::speculator::{AdaptiveSpeculator, SpeculationMode, DEFAULT_THRESHOLD_PCT};
 
+use super::core::{Config, Core};
+use super::devices::{DeviceSlot, DeviceTune, QueueSlot};
 use super::error::EngineError;
 use super::events::{Event, EventBus};
+use super::handle::Engine;
 use super::mailbox::Gate;
 use super::registry::Registry;
 use super::saver::{self, SaveQueue};
-use super::{supervisor, Config, Core, DeviceSlot, DeviceTune, Engine, QueueSlot};
+use super::supervisor;
 
 /// Default capacity of each device's mailbox (batches waiting for a worker).
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;
@@ -112,6 +115,13 @@ pub struct EngineBuilder {
     fleet_config: super::fleet::Config,
 }
 
+impl Engine {
+    /// Starts configuring an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+}
+
 impl Default for EngineBuilder {
     fn default() -> Self {
         EngineBuilder {
@@ -127,7 +137,7 @@ impl Default for EngineBuilder {
             mode: SpeculationMode::Auto,
             threshold_pct: DEFAULT_THRESHOLD_PCT,
             persistence: Persistence::Default,
-            max_keys_per_kernel: super::DEFAULT_MAX_KEYS_PER_KERNEL,
+            max_keys_per_kernel: super::tuning::DEFAULT_MAX_KEYS_PER_KERNEL,
             key_transfer: true,
             fleet_url: crate::knobs::env_opt::<String>("PHOTOFINISH_FLEET_URL")
                 .filter(|url| !url.trim().is_empty()),
@@ -429,7 +439,18 @@ impl EngineBuilder {
             reason,
         });
         let saver = match core.saves {
-            Some(_) => Some(saver::spawn(Arc::clone(&core))?),
+            Some(_) => {
+                let core = Arc::clone(&core);
+                Some(saver::spawn(move || {
+                    if let Some(queue) = &core.saves {
+                        queue.run(|device| {
+                            if let Some(tune) = core.tunes.get(device) {
+                                queue.record(device, tune.path.as_deref(), tune.save());
+                            }
+                        });
+                    }
+                })?)
+            }
             None => None,
         };
         let engine = Engine {
@@ -438,7 +459,8 @@ impl EngineBuilder {
             saver: Mutex::new(saver),
         };
         // After `engine` exists, so that a failure below still stops the link thread.
-        super::fleet::FleetLink::start(&core)?;
+        #[cfg(feature = "redis")]
+        super::fleet_live::start(&core)?;
         for (device, slot) in core.devices.iter().enumerate() {
             for q in &slot.queues {
                 let handle = supervisor::spawn(Arc::clone(&core), q.id)?;

@@ -8,7 +8,7 @@
 //!
 //! The engine acts on D2 (arms run concurrently on two queues only when independent)
 //! and on D1: when it fires for a backlog, a worker takes several queued batches and
-//! submits them in one backend call (`race::group_size`, `race::run_group`). D4 is
+//! submits them in one backend call (`choose::group_size`, `race::run_group`). D4 is
 //! decided again inside the Vulkan backend per shape, from the record and submit costs
 //! it measures (`ReuseStats`): a shape's first run is launched plainly and taken apart,
 //! a repeated shape's recording kept and replayed. D9's support level is the device's

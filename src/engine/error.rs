@@ -5,7 +5,7 @@
 use crate::backend::{BackendError, BackendKind};
 use crate::kernels::WorkloadError;
 
-use super::Batch;
+use super::batch::Batch;
 
 /// Why the engine could not build, register, accept or answer something.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

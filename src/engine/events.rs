@@ -22,9 +22,9 @@ use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::backend::{BackendKind, QueueId};
 use crate::policy::SpeculationVerdict;
 
-use super::registry::RaceSample;
+use super::sample::KernelId;
+use super::sample::RaceSample;
 use super::tuning::TuningKey;
-use super::KernelId;
 
 /// The state of a kernel as the engine runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

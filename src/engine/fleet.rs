@@ -41,37 +41,37 @@
 //!
 //! Fleet verdicts are not copied into the local file; the file holds what this engine
 //! measured, confirmed or overturned, and it keeps working while Redis is gone.
+//!
+//! This file holds the link (the client, the channel, what a worker calls); the link
+//! thread, which reads the engine's state, is `fleet_live.rs`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
-use crate::autotune::{KernelVerdict as StoredKernelVerdict, SpecCacheKey, VerdictReason};
+use crate::autotune::{KernelVerdict as StoredKernelVerdict, SpecCacheKey};
 use crate::backend::DeviceInfo;
-use crate::fleet::{DeviceModel, Fleet, FleetConfig, FleetEntry, FleetKey, FleetStatus};
+use crate::fleet::{DeviceModel, Fleet, FleetConfig, FleetKey};
 use crate::policy::SpeculationVerdict;
 
 use super::error::EngineError;
-use super::events::{Event, KernelVerdict};
-use super::keys::{Basis, Hint, KeyState, PriorSource};
-use super::record;
+use super::keys::{Hint, KeyState, PriorSource};
 use super::registry::Kernel;
 use super::tuning::TuningKey;
-use super::Core;
 
 /// Verdict changes that may wait for the link thread (each is a few dozen bytes).
 const OFFER_CAPACITY: usize = 4096;
 /// How often the link thread looks at the client's statuses and copy when no verdict
 /// change comes.
-const POLL: Duration = Duration::from_millis(20);
+pub(super) const POLL: Duration = Duration::from_millis(20);
 /// How long `shutdown` waits for the verdicts of this engine to reach a Redis that
 /// answers (none while it does not: the client keeps nothing past its drop).
 pub(crate) const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
 /// The link thread's name.
-const THREAD_NAME: &str = "photofinish-fleet-link";
+pub(super) const THREAD_NAME: &str = "photofinish-fleet-link";
 
 /// The fleet client's configuration (`EngineBuilder::fleet_config`).
 pub(crate) type Config = FleetConfig;
@@ -79,15 +79,15 @@ pub(crate) type Config = FleetConfig;
 /// One verdict change for the fleet: everything `Copy`, so that the worker's send
 /// allocates nothing.
 #[derive(Debug, Clone, Copy)]
-struct Offer {
-    device: usize,
-    conservative: SpecCacheKey,
-    speculative: SpecCacheKey,
-    key: TuningKey,
-    verdict: StoredKernelVerdict,
+pub(super) struct Offer {
+    pub(super) device: usize,
+    pub(super) conservative: SpecCacheKey,
+    pub(super) speculative: SpecCacheKey,
+    pub(super) key: TuningKey,
+    pub(super) verdict: StoredKernelVerdict,
 }
 
-enum Msg {
+pub(super) enum Msg {
     Offer(Offer),
     Stop,
 }
@@ -95,18 +95,18 @@ enum Msg {
 /// The engine's fleet: off, or a connected client and the link thread's channel.
 #[derive(Debug, Default)]
 pub(crate) struct FleetLink {
-    on: Option<On>,
+    pub(super) on: Option<On>,
 }
 
 #[derive(Debug)]
-struct On {
-    fleet: Arc<Fleet>,
+pub(super) struct On {
+    pub(super) fleet: Arc<Fleet>,
     tx: Sender<Msg>,
-    rx: Receiver<Msg>,
+    pub(super) rx: Receiver<Msg>,
     /// Offers sent and not yet handed to the client.
-    queued: Arc<AtomicU64>,
+    pub(super) queued: Arc<AtomicU64>,
     warned_full: AtomicBool,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    pub(super) thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl FleetLink {
@@ -141,42 +141,19 @@ impl FleetLink {
         self.on.as_ref().map(|on| &*on.fleet)
     }
 
-    /// Starts the link thread (a no-op without a fleet).
-    pub(crate) fn start(core: &Arc<Core>) -> Result<(), EngineError> {
-        let Some(on) = &core.fleet.on else {
-            return Ok(());
-        };
-        let link = Link {
-            core: Arc::clone(core),
-            fleet: Arc::clone(&on.fleet),
-            rx: on.rx.clone(),
-            queued: Arc::clone(&on.queued),
-            seen: None,
-        };
-        let handle = std::thread::Builder::new()
-            .name(THREAD_NAME.to_owned())
-            .spawn(move || link.run())
-            .map_err(|e| EngineError::Spawn {
-                thread: THREAD_NAME.to_owned(),
-                reason: e.to_string(),
-            })?;
-        *on.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-        Ok(())
-    }
-
     /// The fleet's verdict on speculative variant `spec` of `state`'s key as a prior:
     /// a mismatch on any device first, else the first device's entry. Reads the
     /// client's in-memory copy only.
     pub(crate) fn prior(
         &self,
-        core: &Core,
+        devices: &[DeviceInfo],
         kernel: &Kernel,
         state: &KeyState,
         spec: usize,
     ) -> Option<Hint> {
         let on = self.on.as_ref()?;
         let mut found: Option<Hint> = None;
-        for (device, info) in core.backend.devices().iter().enumerate() {
+        for (device, info) in devices.iter().enumerate() {
             let key = fleet_key(info, &kernel.keys[0], &kernel.keys[spec], state.key);
             let Some(entry) = on.fleet.get(&key) else {
                 continue;
@@ -262,107 +239,6 @@ impl FleetLink {
             }
         }
     }
-}
-
-/// The link thread's state.
-struct Link {
-    core: Arc<Core>,
-    fleet: Arc<Fleet>,
-    rx: Receiver<Msg>,
-    queued: Arc<AtomicU64>,
-    /// The client's generation at the last rescan.
-    seen: Option<u64>,
-}
-
-impl Link {
-    fn run(mut self) {
-        loop {
-            match self.rx.recv_timeout(POLL) {
-                Ok(Msg::Offer(offer)) => self.share(offer),
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {}
-            }
-            self.statuses();
-            let generation = self.fleet.generation();
-            if self.seen != Some(generation) {
-                self.seen = Some(generation);
-                self.rescan();
-            }
-        }
-        while let Ok(Msg::Offer(offer)) = self.rx.try_recv() {
-            self.share(offer);
-        }
-        if self.fleet.is_available() && !self.fleet.flush(SHUTDOWN_FLUSH) {
-            tracing::warn!(
-                "fleet: some verdict changes did not reach Redis before shutdown (they are in the local file)"
-            );
-        }
-        self.statuses();
-    }
-
-    /// Builds the fleet key and entry of `offer` and hands them to the client.
-    fn share(&self, offer: Offer) {
-        if let Some(info) = self.core.backend.devices().get(offer.device) {
-            let key = fleet_key(info, &offer.conservative, &offer.speculative, offer.key);
-            self.fleet.publish(&key, FleetEntry::now(offer.verdict));
-        }
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Publishes the client's reachability changes as engine events.
-    fn statuses(&self) {
-        for status in self.fleet.statuses().try_iter() {
-            let event = match status {
-                FleetStatus::Unavailable { reason } => Event::FleetUnavailable { reason },
-                FleetStatus::Restored => Event::FleetRestored,
-            };
-            self.core.bus.publish(event);
-        }
-    }
-
-    /// Applies the fleet's entries to this engine's keys under way (see the module
-    /// docs, "Live changes").
-    fn rescan(&self) {
-        let core = &*self.core;
-        for kernel in core.registry.all() {
-            for entry in kernel.tuning.entries().iter() {
-                let state = entry.value();
-                for spec in 1..=state.speculative_count() {
-                    if let Some(hint) = core.fleet.prior(core, &kernel, state, spec) {
-                        apply_live(core, &kernel, state, spec, hint);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// One fleet verdict heard while `state`'s key is in this engine's table.
-fn apply_live(core: &Core, kernel: &Kernel, state: &KeyState, spec: usize, hint: Hint) {
-    let mismatch = hint.verdict.reason == VerdictReason::OutputMismatch;
-    let verdict = state.verdict_of(spec);
-    {
-        let mut log = state.log(spec);
-        if log.basis == Basis::Broken {
-            return;
-        }
-        if !mismatch {
-            if verdict != KernelVerdict::Undecided
-                || log.hint.is_some()
-                || log.rerace.left.is_some()
-            {
-                return;
-            }
-            if hint.verdict.verdict == SpeculationVerdict::Adopt {
-                tracing::info!(kernel = %kernel.name, key = %state.key, "fleet verdict heard live: adopted, to be confirmed");
-                log.hint = Some(hint);
-                log.prior = Some((PriorSource::Fleet, None));
-                return;
-            }
-        }
-    }
-    tracing::info!(kernel = %kernel.name, key = %state.key, mismatch, "fleet verdict heard live: rejected");
-    record::take_fleet_rejection(core, kernel, state, spec, hint.device, mismatch);
 }
 
 /// The fleet key of the pair (`conservative`, `speculative`) on the device `info`

@@ -8,7 +8,6 @@ use crate::autotune::KernelVerdict as StoredKernelVerdict;
 use super::error::EngineError;
 use super::keys::{Hint, KeyState};
 use super::registry::Kernel;
-use super::Core;
 
 /// The fleet client's configuration: none in this build.
 pub(crate) type Config = ();
@@ -27,11 +26,13 @@ impl FleetLink {
         Ok(FleetLink)
     }
 
-    pub(crate) fn start(_core: &std::sync::Arc<Core>) -> Result<(), EngineError> {
-        Ok(())
-    }
-
-    pub(crate) fn prior(&self, _: &Core, _: &Kernel, _: &KeyState, _: usize) -> Option<Hint> {
+    pub(crate) fn prior(
+        &self,
+        _: &[crate::backend::DeviceInfo],
+        _: &Kernel,
+        _: &KeyState,
+        _: usize,
+    ) -> Option<Hint> {
         None
     }
 

@@ -16,7 +16,7 @@ use crate::sync::{AtomicBool, Mutex, Ordering};
 
 use super::events::KernelVerdict;
 use super::ladder::Ladder;
-use super::registry::{CacheStatus, KernelId, RaceSample};
+use super::sample::{CacheStatus, KernelId, RaceSample};
 use super::tuning::TuningKey;
 use super::verdict::VerdictCell;
 

@@ -16,7 +16,7 @@
 //!
 //! Whatever the source, the verdict is a prior: an adopted one leaves the variant
 //! undecided until it agreed on `MIN_DISPATCHES_FOR_VERDICT` races of this key
-//! (`race::confirm_prior`); a rejected one is taken as it is — no race — and is raced
+//! (`record::confirm_prior`); a rejected one is taken as it is — no race — and is raced
 //! again on the key's re-race schedule. A variant that once answered wrongly starts
 //! rejected on every new key, for good.
 //!
@@ -33,12 +33,13 @@ use crate::autotune::{
 };
 use crate::policy::SpeculationVerdict;
 
+use super::core::Core;
 use super::events::{Event, KernelVerdict};
 use super::keys::{Basis, Hint, KeyState, PriorSource};
 use super::record;
-use super::registry::{CacheStatus, Kernel};
+use super::registry::Kernel;
+use super::sample::CacheStatus;
 use super::tuning::{Entry, TuningKey};
-use super::Core;
 
 /// The most size classes (factors of two) a verdict transfers across.
 pub const MAX_TRANSFER_CLASSES: u32 = 3;
@@ -204,7 +205,9 @@ fn prior(
         })
     };
     // A fleet mismatch is sticky fleet-wide (SPEC §13): it comes before everything.
-    let fleet = core.fleet.prior(core, kernel, state, spec);
+    let fleet = core
+        .fleet
+        .prior(core.backend.devices(), kernel, state, spec);
     if let Some(hint) = fleet.filter(|h| h.verdict.reason == StoredReason::OutputMismatch) {
         return Some((hint, None));
     }

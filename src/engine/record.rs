@@ -15,10 +15,11 @@ use crate::autotune::{
 use crate::backend::{KernelVariant, QueueId};
 use crate::policy::{SpeculationVerdict, MIN_DISPATCHES_FOR_VERDICT};
 
+use super::core::Core;
 use super::events::{Event, KernelVerdict, VerdictReason};
 use super::keys::{Basis, Hint, KeyState, RERACE_RACES};
-use super::registry::{CacheStatus, Kernel, RaceSample, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES};
-use super::Core;
+use super::registry::{Kernel, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES};
+use super::sample::{CacheStatus, RaceSample};
 
 /// The tuning a variant ran with, as the autotune map records a race's winner.
 fn record_of(variant: &KernelVariant) -> AutotuneRecord {

@@ -5,54 +5,28 @@
 //! rayon; lookups are lock-free reads of a `SwapCell` snapshot. The registry keeps
 //! state; the race module decides with it.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use crossbeam_utils::CachePadded;
 use rayon::prelude::*;
 
 use crate::autotune::{SpecCacheKey, SpeculativeVariantKeys};
-use crate::backend::{Backend, BackendError, BindingAccess, KernelHandle, KernelVariant, QueueId};
+use crate::backend::{Backend, BackendError, KernelHandle, KernelVariant, QueueId};
 use crate::kernels::Workload;
 use crate::policy::SpeculationObservation;
 use crate::sync::SwapCell;
 
 use super::agree::KernelAgreement;
-use super::dispatch_policy::{PolicyState, ShapeRun};
+use super::dispatch_policy::PolicyState;
 use super::error::EngineError;
 use super::events::KernelVerdict;
 use super::keys::{KeyState, KeyStats};
-use super::trace::{TraceState, TraceStats, TraceWindow};
+use super::lane::Lane;
+use super::sample::{CacheStatus, KernelId, RaceSample};
+use super::spec_key::spec_cache_key;
+use super::trace::{TraceState, TraceStats};
 use super::tuning::{KeyTable, TuningKey};
-
-/// The id `register` hands out; batches name their kernel with it.
-///
-/// An id is valid only on the engine that issued it: it carries that engine's tag, and
-/// another engine answers it with `EngineError::UnknownKernel`, never with its own
-/// kernel of the same number (SPEC §11).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KernelId {
-    /// The issuing registry's tag (`Registry::tag`), unique in the process.
-    engine: u32,
-    /// The kernel's index in that registry.
-    index: u32,
-}
-
-impl KernelId {
-    /// The raw number: the kernel's index among its engine's registrations (two
-    /// engines' ids can share it; the ids still differ).
-    pub fn get(self) -> u32 {
-        self.index
-    }
-}
-
-impl fmt::Display for KernelId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "k{}", self.index)
-    }
-}
 
 /// What a kernel is: a built-in workload or a user's SPIR-V variant pair.
 #[derive(Debug, Clone)]
@@ -61,26 +35,6 @@ pub(crate) enum KernelSource {
     Workload(Arc<dyn Workload>),
     /// A raw pair: batches carry their buffers, answers are the written buffers.
     Pair,
-}
-
-/// Which arm: the conservative variant or the speculative one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Arm {
-    /// Variant 0, the known-good one.
-    Conservative,
-    /// The speculative variant.
-    Speculative,
-}
-
-impl Arm {
-    /// The workload variant index of this arm when `spec` is the speculative variant
-    /// in play.
-    pub(crate) fn variant(self, spec: usize) -> usize {
-        match self {
-            Arm::Conservative => 0,
-            Arm::Speculative => spec,
-        }
-    }
 }
 
 const FUSED_UNKNOWN: u8 = 0;
@@ -97,47 +51,6 @@ pub const MAX_KEPT_SAMPLES: usize = 4096;
 /// it forever would double every batch's GPU work for a saving that does not count.
 /// Audit races of an adopted variant are not bound by it.
 pub const MAX_UNDECIDED_RACES: u32 = 64;
-
-/// One race of a kernel whose two arms agreed and both had GPU (or host) kernel times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RaceSample {
-    /// 0-based index of this sample among the kernel's timed races on this engine.
-    pub index: u32,
-    /// The conservative arm's `kernel_ns`.
-    pub conservative_ns: u64,
-    /// The speculative arm's `kernel_ns`.
-    pub speculative_ns: u64,
-    /// The queue the conservative arm ran on.
-    pub conservative_queue: QueueId,
-    /// The queue the speculative arm ran on (the same one when they ran back to back).
-    pub speculative_queue: QueueId,
-}
-
-/// Where a kernel's verdict came from, as far as the autotune file is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CacheStatus {
-    /// Nothing was loaded for this kernel: it races from scratch.
-    NotCached,
-    /// A verdict was loaded from the autotune file; the next race re-verifies it before
-    /// it is trusted (until then the kernel is undecided and races).
-    Loaded,
-    /// A loaded verdict was confirmed by a race on this run ("from cache, re-verified").
-    Reverified,
-    /// A loaded verdict was contradicted by the re-verification race; the kernel went
-    /// on from what this run measures.
-    Overturned,
-}
-
-impl fmt::Display for CacheStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CacheStatus::NotCached => "measured",
-            CacheStatus::Loaded => "from cache, not re-verified yet",
-            CacheStatus::Reverified => "from cache, re-verified",
-            CacheStatus::Overturned => "from cache, overturned",
-        })
-    }
-}
 
 /// What the engine knows about one kernel's races (`Engine::kernel_stats`): the CLI's
 /// per-kernel report reads it.
@@ -239,58 +152,8 @@ pub(crate) struct Kernel {
     /// How a race's two answers are compared.
     pub(crate) agreement: KernelAgreement,
     /// Set when the conservative variant did not return within the dispatch timeout:
-    /// the error every later batch of the kernel gets at once (`race::retire_hung`).
+    /// the error every later batch of the kernel gets at once (`judge::retire_hung`).
     pub(crate) disabled: std::sync::OnceLock<EngineError>,
-}
-
-/// What one queue's worker counts of a kernel, batch by batch, on cache lines of its
-/// own. These counts were the kernel's, shared by all its workers: every batch then
-/// wrote the kernel's lines from whichever core ran it, and on the H200 host's 16 CPU
-/// queues those lines travelled from core to core several times a batch.
-#[derive(Debug, Default)]
-pub(crate) struct Lane(CachePadded<LaneCounts>);
-
-#[derive(Debug, Default)]
-struct LaneCounts {
-    /// Batches of an adopted kernel run here; one in `audit_period` is audited.
-    audit_tick: AtomicU64,
-    /// Single-arm runs here; one in [`TIMED_SINGLE_PERIOD`] is timed.
-    single_tick: AtomicU64,
-    /// The shape run and trace window of this queue's batches. Only this queue's
-    /// worker takes it, except while it is restarted or a batch moves off a lost device.
-    history: Mutex<LaneHistory>,
-}
-
-/// The per-batch history of one queue's batches of a kernel.
-#[derive(Debug, Default)]
-pub(crate) struct LaneHistory {
-    /// Repeats of one input shape (the dispatch policy's repeat count).
-    pub(crate) shapes: ShapeRun,
-    /// Trace-JIT's recent shapes, hits and misses.
-    pub(crate) trace: TraceWindow,
-}
-
-impl Lane {
-    /// Counts a batch for the audit period; true for one in every `period` (never
-    /// with `period` 0).
-    pub(crate) fn audit_due(&self, period: u64) -> bool {
-        if period == 0 {
-            return false;
-        }
-        let tick = self.0.audit_tick.fetch_add(1, Ordering::Relaxed);
-        tick % period == period - 1
-    }
-
-    /// Counts a single-arm run; true for the first and then one in `period`.
-    pub(crate) fn single_due(&self, period: u64) -> bool {
-        let tick = self.0.single_tick.fetch_add(1, Ordering::Relaxed);
-        tick % period.max(1) == 0
-    }
-
-    /// The lane's shape run and trace window (plain counts: a poisoned lock is taken).
-    pub(crate) fn history(&self) -> std::sync::MutexGuard<'_, LaneHistory> {
-        self.0.history.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 impl Kernel {
@@ -707,57 +570,9 @@ fn validate_pair(name: &str, [c, s]: [&KernelVariant; 2]) -> Result<(), EngineEr
     Ok(())
 }
 
-/// 64-bit FNV-1a: a hash that stays the same across builds and Rust versions, as the
-/// autotune file's keys must.
-fn fnv1a(bytes: impl IntoIterator<Item = u8>, mut hash: u64) -> u64 {
-    for b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// The autotune key of a variant: its SPIR-V (or, without SPIR-V, its name) and entry
-/// point, its binding layout and push constants, its workgroup size. No
-/// specialisation constants are used, so `spec_hash` is 0.
-pub(crate) fn spec_cache_key(variant: &KernelVariant) -> SpecCacheKey {
-    let code = match &variant.spirv {
-        Some(words) => fnv1a(words.iter().flat_map(|w| w.to_le_bytes()), FNV_OFFSET),
-        None => fnv1a(variant.name.bytes(), FNV_OFFSET),
-    };
-    let shader_hash = fnv1a(variant.entry_point.bytes(), code);
-    let layout = variant.bindings.iter().flat_map(|b| {
-        let access: u8 = match b.access {
-            BindingAccess::Read => 0,
-            BindingAccess::Write => 1,
-            BindingAccess::ReadWrite => 2,
-        };
-        b.slot.to_le_bytes().into_iter().chain([access])
-    });
-    let binding_sig = fnv1a(
-        layout.chain(variant.push_constant_bytes.to_le_bytes()),
-        FNV_OFFSET,
-    );
-    SpecCacheKey {
-        shader_hash,
-        binding_sig,
-        workgroup_size: variant.workgroup_size,
-        spec_hash: 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fnv1a_matches_the_published_test_vectors() {
-        assert_eq!(fnv1a(*b"", FNV_OFFSET), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(*b"a", FNV_OFFSET), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a(*b"foobar", FNV_OFFSET), 0x8594_4171_f739_67e8);
-    }
 
     #[test]
     fn segments_cover_every_index_once_in_order() {
@@ -771,16 +586,5 @@ mod tests {
         }
         let (segment, slot) = segment_of(u32::MAX as usize);
         assert!(slot < FIRST_SEGMENT << segment);
-    }
-
-    #[test]
-    fn variants_of_a_workload_get_distinct_stable_keys() {
-        for workload in crate::kernels::builtin() {
-            let variants = workload.variants();
-            let a = spec_cache_key(&variants[0]);
-            let b = spec_cache_key(&variants[1]);
-            assert_ne!(a, b, "{}", workload.name());
-            assert_eq!(a, spec_cache_key(&workload.variants()[0]));
-        }
     }
 }

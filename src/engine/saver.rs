@@ -13,14 +13,12 @@
 //! `src/engine/README.md` ("Background saver").
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::autotune::AutotuneError;
 use crate::sync::{AtomicBool, Condvar, Mutex, MutexGuard, Ordering};
 
 use super::error::EngineError;
-use super::Core;
 
 /// The saver thread's name.
 pub(crate) const THREAD_NAME: &str = "photofinish-saver";
@@ -178,7 +176,7 @@ impl SaveQueue {
                 // another pass, even while this save runs.
                 if flag.swap(false, Ordering::AcqRel) {
                     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| save(store))) {
-                        let reason = super::supervisor::panic_message(panic.as_ref());
+                        let reason = super::panics::panic_message(panic.as_ref());
                         tracing::error!(
                             store,
                             %reason,
@@ -206,19 +204,12 @@ impl Drop for Ended<'_> {
     }
 }
 
-/// Starts the saver thread of `core` (whose `saves` must be `Some`).
-pub(crate) fn spawn(core: Arc<Core>) -> Result<JoinHandle<()>, EngineError> {
+/// Starts the saver thread, which runs `run`: the engine's loop over its save queue
+/// ([`SaveQueue::run`], saving each store it is asked to).
+pub(crate) fn spawn(run: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, EngineError> {
     std::thread::Builder::new()
         .name(THREAD_NAME.to_owned())
-        .spawn(move || {
-            if let Some(queue) = &core.saves {
-                queue.run(|device| {
-                    if let Some(tune) = core.tunes.get(device) {
-                        queue.record(device, tune.path.as_deref(), tune.save());
-                    }
-                });
-            }
-        })
+        .spawn(run)
         .map_err(|e| EngineError::Spawn {
             thread: THREAD_NAME.to_owned(),
             reason: e.to_string(),
@@ -230,6 +221,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc;
+    use std::sync::Arc;
     use std::time::Duration;
 
     /// A saver thread whose every save reports on `started` and then waits for a

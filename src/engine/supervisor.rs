@@ -23,183 +23,28 @@
 //! serves each queue at the time, so it returns within about the timeout even while a
 //! kernel loops.
 
-use std::any::Any;
-use std::cell::Cell;
-use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::atomic::AtomicCell;
-
 use crate::backend::QueueId;
 
+use super::batch::Answer;
+use super::choose::group_size;
+use super::core::Core;
+use super::dispatch::Fault;
 use super::error::EngineError;
 use super::events::Event;
+use super::job::{Job, Msg};
+use super::judge::{judge_pending, retire_hung};
 use super::mailbox::Mailbox;
-use super::race::{self, Fault};
-use super::registry::KernelId;
+use super::panics::panic_message;
+use super::race;
 use super::ticket::Responder;
+use super::watch::{note_window, park, unpark, Watch, CLAIMED, WATCH};
 use super::window::{Share, Window};
-use super::{Answer, Core, Job, Msg};
-
-/// `Watch::call` of a thread the watchdog gave up on.
-const CLAIMED: u64 = u64::MAX;
-
-/// What the watchdog sees of one worker thread. Only that thread and the watchdog
-/// touch it: per backend call the worker writes `what` and `call` twice, and per batch
-/// it parks and unparks the batch's responder (a swap each), all on lines no other
-/// worker writes.
-pub(crate) struct Watch {
-    /// 0: no backend call running; [`CLAIMED`]: given up on; otherwise the number of
-    /// the running call (the watchdog sees a call stuck when the same number stays).
-    call: AtomicU64,
-    /// The running call's kernel index (high half) and variant (low half).
-    what: AtomicU64,
-    /// The last call number the worker used.
-    next: AtomicU64,
-    /// The responder of the batch the worker runs alone, parked here while it runs
-    /// (vacant otherwise).
-    parked: AtomicCell<Responder<Answer>>,
-    /// The responders of a group the worker runs, parked here while it runs.
-    parked_group: Mutex<Vec<Responder<Answer>>>,
-    /// The window the worker is claiming from (set when it takes a copy, cleared when
-    /// it lets go of it: twice a window, not per batch), so that a new thread can
-    /// take over the jobs a thread given up on claimed and never ran.
-    window: Mutex<Option<Arc<Window<Job>>>>,
-}
-
-impl std::fmt::Debug for Watch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Watch")
-            .field("call", &self.call.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
-    }
-}
-
-impl Watch {
-    fn new() -> Self {
-        Watch {
-            call: AtomicU64::new(0),
-            what: AtomicU64::new(0),
-            next: AtomicU64::new(0),
-            parked: AtomicCell::new(Responder::vacant()),
-            parked_group: Mutex::new(Vec::new()),
-            window: Mutex::new(None),
-        }
-    }
-}
-
-thread_local! {
-    /// The watch of this thread, when it is a watched worker.
-    static WATCH: RefCell<Option<Arc<Watch>>> = const { RefCell::new(None) };
-    /// Set once the watchdog gave up on this thread (seen when a call returns).
-    static GIVEN_UP: Cell<bool> = const { Cell::new(false) };
-}
-
-/// One backend call being watched; ends it when dropped.
-#[must_use]
-pub(crate) struct CallGuard {
-    /// Its number; 0 when not watched.
-    seq: u64,
-}
-
-/// Marks the start of a backend call of variant `variant` of kernel `kernel` on this
-/// thread, for the watchdog (nothing when the thread is not a watched worker).
-pub(crate) fn begin_call(core: &Core, kernel: KernelId, variant: usize) -> CallGuard {
-    if core.config.dispatch_timeout.is_none() {
-        return CallGuard { seq: 0 };
-    }
-    WATCH.with_borrow(|watch| {
-        let Some(watch) = watch else {
-            return CallGuard { seq: 0 };
-        };
-        let seq = watch.next.load(Ordering::Relaxed).wrapping_add(1).max(1);
-        let seq = if seq == CLAIMED { 1 } else { seq };
-        watch.next.store(seq, Ordering::Relaxed);
-        let what = (u64::from(kernel.get()) << 32) | (variant as u64 & 0xffff_ffff);
-        watch.what.store(what, Ordering::Relaxed);
-        watch.call.store(seq, Ordering::Release);
-        CallGuard { seq }
-    })
-}
-
-impl Drop for CallGuard {
-    fn drop(&mut self) {
-        if self.seq == 0 {
-            return;
-        }
-        WATCH.with_borrow(|watch| {
-            if let Some(watch) = watch {
-                let ended =
-                    watch
-                        .call
-                        .compare_exchange(self.seq, 0, Ordering::AcqRel, Ordering::Acquire);
-                if ended.is_err() {
-                    // The watchdog claimed this call: it answered the batches.
-                    GIVEN_UP.set(true);
-                }
-            }
-        });
-    }
-}
-
-/// Parks the responders of `jobs` in this thread's watch while they run (a no-op on
-/// an unwatched thread), so the watchdog can answer them if the thread hangs.
-fn park(jobs: &mut [Job]) {
-    WATCH.with_borrow(|watch| {
-        let Some(watch) = watch else {
-            return;
-        };
-        match jobs {
-            [job] => watch
-                .parked
-                .store(std::mem::replace(&mut job.responder, Responder::vacant())),
-            jobs => {
-                let mut group = watch.parked_group.lock().unwrap_or_else(|p| p.into_inner());
-                group.extend(
-                    jobs.iter_mut()
-                        .map(|j| std::mem::replace(&mut j.responder, Responder::vacant())),
-                );
-            }
-        }
-    });
-}
-
-/// Gives `jobs` their parked responders back. False when the watchdog gave up on this
-/// thread meanwhile: it answered them, and this thread must leave them and end.
-fn unpark(jobs: &mut [Job]) -> bool {
-    if GIVEN_UP.get() {
-        return false;
-    }
-    WATCH.with_borrow(|watch| {
-        let Some(watch) = watch else {
-            return;
-        };
-        match jobs {
-            [job] => job.responder = watch.parked.swap(Responder::vacant()),
-            jobs => {
-                let mut group = watch.parked_group.lock().unwrap_or_else(|p| p.into_inner());
-                for (job, responder) in jobs.iter_mut().zip(group.drain(..)) {
-                    job.responder = responder;
-                }
-            }
-        }
-    });
-    true
-}
-
-/// Notes in this thread's watch the window it takes a copy of (`Some`) or lets go of
-/// (`None`); a no-op on an unwatched thread.
-fn note_window(window: Option<&Arc<Window<Job>>>) {
-    WATCH.with_borrow(|watch| {
-        if let Some(watch) = watch {
-            *lock(&watch.window) = window.map(Arc::clone);
-        }
-    });
-}
 
 /// One queue's worker as the engine and the watchdog see it: the thread serving the
 /// queue now (a new one after the watchdog gave up on one) and its watch.
@@ -386,7 +231,7 @@ fn give_up(core: &Arc<Core>, worker: &QueueWorker, watch: &Watch, call: u64, tim
     let error = match &kernel {
         // Retired before the batches are answered, so a caller that sees its error
         // sees the variant retired.
-        Some(kernel) => race::retire_hung(core, kernel, variant, queue.device, timeout),
+        Some(kernel) => retire_hung(core, kernel, variant, queue.device, timeout),
         None => EngineError::DispatchTimedOut {
             kernel: format!("#{}", what >> 32),
             variant: format!("#{variant}"),
@@ -455,7 +300,7 @@ fn supervise(core: &Core, queue: QueueId) {
 /// worker that takes a window claims from it until it is drained before it takes
 /// another message, so a window's batches are all run before the stop messages queued
 /// behind its copies are all taken. Under a backlog it takes several batches at once
-/// (as many as `race::group_size` allows: D1 fired and no idle worker of the device
+/// (as many as `choose::group_size` allows: D1 fired and no idle worker of the device
 /// would take them) and runs them as one group; a stop message met while taking them
 /// ends the loop after the group.
 fn worker_loop(
@@ -483,7 +328,7 @@ fn worker_loop(
             },
         };
         let queued = window.as_ref().map_or_else(|| mailbox.len(), |w| w.left());
-        let want = race::group_size(core, queue, &first, queued);
+        let want = group_size(core, queue, &first, queued);
         in_flight.push(first);
         while in_flight.len() < want {
             if window.is_some() {
@@ -521,7 +366,7 @@ fn worker_loop(
             if let Some(job) = in_flight.pop() {
                 respond(core, queue, job, result);
             }
-            race::judge_pending(core);
+            judge_pending(core);
             continue;
         }
         let results = {
@@ -535,7 +380,7 @@ fn worker_loop(
         for (job, result) in in_flight.drain(..).zip(results) {
             respond(core, queue, job, result);
         }
-        race::judge_pending(core);
+        judge_pending(core);
     }
     // A stop message is taken only with no window in hand (a window is claimed dry
     // before the next message is taken), so nothing is left behind here.
@@ -601,7 +446,7 @@ fn restart(core: &Core, queue: QueueId, jobs: Vec<Job>, reason: String) {
                 job.fail(reason);
             }
         }
-        race::judge_pending(core);
+        judge_pending(core);
     }
 }
 
@@ -619,7 +464,7 @@ fn take_over(core: &Core, queue: QueueId, window: &Window<Job>) {
                 job.fail(reason);
             }
         }
-        race::judge_pending(core);
+        judge_pending(core);
     }
 }
 
@@ -661,16 +506,5 @@ fn relocate(core: &Core, device: usize, job: Job) {
             job.fail(reason);
         }
     }
-    race::judge_pending(core);
-}
-
-/// The text of a panic's payload.
-pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".to_string()
-    }
+    judge_pending(core);
 }
