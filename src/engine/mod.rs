@@ -8,28 +8,32 @@
 //! shutdown protocol and the race join are described in `src/engine/README.md`.
 //!
 //! This file is the engine's table of contents: its modules, from the bottom layer up,
-//! and what it exports. Each file imports only files listed above it (or beside it in
-//! its layer), never one below.
+//! and what it exports. A file imports only files of its own layer or of the layers
+//! listed before it, never a later one, and no two files import each other.
 //!
 //! - **Actor primitives**, generic over what they carry, importing no engine type:
 //!   `spin` (spin-then-park), `doorbell` (workers asleep on a mailbox), `mailbox` (the
 //!   bounded channel and the shutdown gate), `window` (several jobs in one hand-off),
-//!   `contention` (backend calls in flight per device), `ticket` (the one-shot answer
-//!   slot).
-//! - **Vocabulary**: `error`, `tuning` (tuning keys), `registry`'s ids and samples,
-//!   `events` (the event stream and its bus), `verdict`, `ladder`, `agree`, `buffers`,
-//!   `batch` (a batch and its answer), `job` (a batch on its way to a worker, and the
-//!   mailbox message), `retired_plans` and `kept_windows` (a producer thread's caches).
-//! - **Kernel state**: `keys` (one tuning key's verdicts and races), `trace`
-//!   (trace-JIT), `dispatch_policy`, `registry` (the kernels), `devices`, `core` (what
-//!   every worker shares), `fleet`, `saver`, `priors`, `record` (a timed race into its
-//!   key's window and the store).
-//! - **Running a batch**: `choose` (which arms, in which order), `dispatch` (one
-//!   backend call, timed and watched), `judge` (comparing the arms and recording the
-//!   verdict), `race` (one batch or a group, start to answer), `arms` (the worker's
-//!   speculative arm thread), `watchdog`, `supervisor` (the worker loop, restarts,
-//!   retries).
-//! - **The handle**: `handle` (the [`Engine`] and its reports, shutdown), `register`,
+//!   `contention` (backend calls in flight per device), `slot` (the one-shot answer
+//!   slot), `panics`.
+//! - **Vocabulary**: `sample` (kernel ids, arms, race samples), `tuning` (tuning keys),
+//!   `error`, `events` (the event stream and its bus), `verdict`, `ladder`, `agree`,
+//!   `buffers`, `batch` (a batch and its answer), `spec_key`, `trace` and `lane`
+//!   (per-queue counts), `dispatch_policy`, `test_backend` and `test_workloads`
+//!   (feature `test-util`).
+//! - **Kernel state**: `keys` (one tuning key's verdicts and races), `registry` (the
+//!   kernels), `saver` (the save queue and its thread), `ticket` (the engine's tickets
+//!   over `slot`), `job` (a batch on its way to a worker, the mailbox message), `fleet`,
+//!   `devices`, `kept_windows` and `retired_plans` (a producer thread's caches), `core`
+//!   (what every worker shares).
+//! - **Deciding and recording**: `watch` (what the watchdog sees of a worker),
+//!   `trace_jit`, `record` (a timed race into its key's window and the store), `priors`,
+//!   `fleet_live`, `choose` (which arms, in which order).
+//! - **Running a batch**: `dispatch` (backend calls, timed and watched), `judge`
+//!   (comparing the arms, recording the verdict), `race` (one batch or a group, start
+//!   to answer), `arms` (the worker's speculative arm thread), `supervisor` (the worker
+//!   loop, restarts, retries, the watchdog thread).
+//! - **The handle**: `handle` (the [`Engine`], its reports, shutdown), `register`,
 //!   `submit`, `builder`.
 
 mod agree;
