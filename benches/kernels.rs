@@ -40,7 +40,8 @@
 //! ```
 //! Input size defaults to 256 MiB on a discrete GPU and 8 MiB on a software device.
 
-use std::collections::HashMap;
+mod common;
+
 use std::sync::Arc;
 
 use photofinish::backend::vulkan::{VulkanBackend, VulkanOptions};
@@ -348,38 +349,6 @@ fn diagnose(backend: &VulkanBackend, bytes: u64, runs: usize) {
     }
 }
 
-/// `peer <name> bytes=<n> median_ns=<ns> gbps=<x> note=<t>` lines of scripts/peers.py:
-/// (name, bytes) → GB/s of input.
-fn read_peers() -> HashMap<(String, u64), f64> {
-    let mut peers = HashMap::new();
-    let Ok(path) = std::env::var("PF_PEERS") else {
-        println!("peers: PF_PEERS is not set; no ÷ PyTorch column (scripts/peers.py)");
-        return peers;
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            println!("peers: cannot read {path}: {e}; no ÷ PyTorch column");
-            return peers;
-        }
-    };
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        if words.next() != Some("peer") {
-            continue;
-        }
-        let Some(name) = words.next() else { continue };
-        let fields: HashMap<&str, &str> = words.filter_map(|w| w.split_once('=')).collect();
-        let bytes = fields.get("bytes").and_then(|b| b.parse().ok());
-        let gbps = fields.get("gbps").and_then(|g| g.parse().ok());
-        if let (Some(bytes), Some(gbps)) = (bytes, gbps) {
-            peers.insert((name.to_owned(), bytes), gbps);
-        }
-    }
-    println!("peers: {} figures from {path}", peers.len());
-    peers
-}
-
 /// The peer of a kernel and shape.
 fn peer_name(workload: &str, shape: InputShape) -> Option<&'static str> {
     match (workload, shape) {
@@ -434,7 +403,7 @@ fn main() {
             Err(e) => eprintln!("kernels bench: a copy failed: {e}"),
         }
     }
-    let peers = read_peers();
+    let peers = common::read_peers("gbps");
     for c in &copies {
         let peer = peers.get(&("copy".to_owned(), c.bytes)).copied();
         println!(

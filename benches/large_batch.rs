@@ -275,20 +275,6 @@ fn large_bytes() -> usize {
         .unwrap_or_else(|e| common::fail(&format!("PF_LARGE_BYTES={raw}: {e}")))
 }
 
-/// PyTorch's end-to-end time for `bytes` (the `e2e_sum_u32` line of `PF_PEERS`), ns.
-fn pytorch_ns(bytes: usize) -> Option<f64> {
-    let path = std::env::var("PF_PEERS").ok()?;
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().find_map(|line| {
-        let mut words = line.split_whitespace();
-        (words.next() == Some("peer") && words.next() == Some("e2e_sum_u32")).then_some(())?;
-        let fields: Vec<(&str, &str)> = words.filter_map(|w| w.split_once('=')).collect();
-        let field = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
-        (field("bytes")?.parse::<usize>().ok()? == bytes)
-            .then(|| field("median_ns")?.parse().ok())?
-    })
-}
-
 fn main() {
     let bytes = large_bytes();
     let input: Arc<[u8]> = Reduce.generate(InputShape::Uniform, bytes, 11).into();
@@ -363,10 +349,10 @@ fn main() {
         &format!("{group_name}/hand-vulkano"),
         "<= 1.1x",
     );
-    match (
-        pytorch_ns(bytes),
-        common::mean_ns(&format!("{group_name}/engine")),
-    ) {
+    let torch = common::read_peers("median_ns")
+        .get(&("e2e_sum_u32".to_owned(), bytes as u64))
+        .copied();
+    match (torch, common::mean_ns(&format!("{group_name}/engine"))) {
         (Some(torch), Some(ours)) => println!(
             "RATIO engine vs PyTorch (host tensor .to(cuda), sum, .item()): {ours:.0} ns vs {torch:.0} ns = {:.3}x PyTorch's time",
             ours / torch

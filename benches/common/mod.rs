@@ -10,7 +10,7 @@
 
 pub mod empty;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -178,4 +178,38 @@ pub fn spirv(name: &str, wgsl: &str) -> Arc<[u32]> {
     naga::back::spv::write_vec(&module, &info, &options, None)
         .unwrap_or_else(|e| fail(&format!("bench shader {name}: SPIR-V output failed: {e}")))
         .into()
+}
+
+/// The `peer <name> bytes=<n> median_ns=<ns> gbps=<x> note=<t>` lines of
+/// scripts/peers.py in the file `PF_PEERS` names: (name, bytes) → the value of `field`
+/// (`gbps`: GB/s of input; `median_ns`). Empty, with a line saying why, when the
+/// variable is unset or the file unreadable.
+pub fn read_peers(field: &str) -> HashMap<(String, u64), f64> {
+    let mut peers = HashMap::new();
+    let Ok(path) = std::env::var("PF_PEERS") else {
+        println!("peers: PF_PEERS is not set; no PyTorch figures (scripts/peers.py)");
+        return peers;
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("peers: cannot read {path}: {e}; no PyTorch figures");
+            return peers;
+        }
+    };
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("peer") {
+            continue;
+        }
+        let Some(name) = words.next() else { continue };
+        let fields: HashMap<&str, &str> = words.filter_map(|w| w.split_once('=')).collect();
+        let bytes = fields.get("bytes").and_then(|b| b.parse().ok());
+        let value = fields.get(field).and_then(|v| v.parse().ok());
+        if let (Some(bytes), Some(value)) = (bytes, value) {
+            peers.insert((name.to_owned(), bytes), value);
+        }
+    }
+    println!("peers: {} figures from {path}", peers.len());
+    peers
 }
