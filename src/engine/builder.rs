@@ -432,6 +432,11 @@ impl EngineBuilder {
             saves,
             fleet,
             next_device: AtomicUsize::new(0),
+            max_workgroups_x: devices_info
+                .iter()
+                .map(|d| d.limits.max_workgroup_count[0])
+                .min()
+                .unwrap_or(u32::MAX),
         });
         core.bus.publish_sticky(Event::BackendSelected {
             kind: backend.kind(),

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::backend::{DispatchJob, KernelVariant, QueueId};
+use crate::backend::{DispatchJob, QueueId};
 use crate::policy::{
     decide_persistent_kernel, ArmIndependenceVerdict, PersistentKernelDecision,
     PersistentKernelInputs,
@@ -282,10 +282,7 @@ pub(super) fn consult_policy(
         .devices()
         .get(queue.device)
         .map_or(Default::default(), |d| d.bindless);
-    let dynamic = kernel
-        .variants
-        .iter()
-        .any(KernelVariant::indexes_descriptors_non_uniformly);
+    let dynamic = kernel.indexes_non_uniformly;
     let repeat = lane.history().shapes.repeat;
     let (verdict, fired) = {
         let mut state = kernel.policy();

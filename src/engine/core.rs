@@ -63,6 +63,9 @@ pub(crate) struct Core {
     /// The fleet store (SPEC §13): off unless `EngineBuilder::fleet` (feature `redis`).
     pub(crate) fleet: fleet::FleetLink,
     pub(super) next_device: AtomicUsize,
+    /// The least `maxComputeWorkGroupCount[0]` of the devices: a batch by items must
+    /// fit it on every device, since any device may run it.
+    pub(crate) max_workgroups_x: u32,
 }
 
 impl fmt::Debug for Core {

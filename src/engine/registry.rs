@@ -151,6 +151,9 @@ pub(crate) struct Kernel {
     pub(crate) trace: TraceState,
     /// How a race's two answers are compared.
     pub(crate) agreement: KernelAgreement,
+    /// Some variant's SPIR-V indexes a descriptor array non-uniformly (D9's dynamic
+    /// indexing), scanned once here rather than at every policy evaluation.
+    pub(crate) indexes_non_uniformly: bool,
     /// Set when the conservative variant did not return within the dispatch timeout:
     /// the error every later batch of the kernel gets at once (`judge::retire_hung`).
     pub(crate) disabled: std::sync::OnceLock<EngineError>,
@@ -485,6 +488,9 @@ impl Registry {
             policy: Mutex::new(PolicyState::default()),
             trace: TraceState::default(),
             agreement,
+            indexes_non_uniformly: variants
+                .iter()
+                .any(KernelVariant::indexes_descriptors_non_uniformly),
             disabled: std::sync::OnceLock::new(),
             variants,
         });

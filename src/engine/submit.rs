@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use crossbeam_channel::TrySendError;
 
-use crate::backend::Backend;
 
 use super::batch::{Batch, Payload};
 use super::error::{EngineError, TrySubmitError};
@@ -149,7 +148,7 @@ impl Engine {
                 Some(kernel) if kernel.id == batch.kernel => Ok(kernel),
                 _ => self.lookup(batch.kernel),
             };
-            match kernel.and_then(|kernel| fits(kernel, &batch.payload, self.core.backend.as_ref()))
+            match kernel.and_then(|kernel| fits(kernel, &batch.payload, self.core.max_workgroups_x))
             {
                 Ok(kernel) => {
                     last = Some(Arc::clone(&kernel));
@@ -223,7 +222,7 @@ impl Engine {
         fits(
             self.lookup(batch.kernel)?,
             &batch.payload,
-            self.core.backend.as_ref(),
+            self.core.max_workgroups_x,
         )
     }
 
@@ -274,23 +273,14 @@ impl Engine {
 }
 
 /// `kernel`, if `payload` is what it takes; a batch by items only if every variant can
-/// dispatch its items within every device's `maxComputeWorkGroupCount[0]`.
-fn fits(
-    kernel: Arc<Kernel>,
-    payload: &Payload,
-    backend: &dyn Backend,
-) -> Result<Arc<Kernel>, EngineError> {
+/// dispatch its items within `max_x` workgroups (every device's
+/// `maxComputeWorkGroupCount[0]`, `Core::max_workgroups_x`).
+fn fits(kernel: Arc<Kernel>, payload: &Payload, max_x: u32) -> Result<Arc<Kernel>, EngineError> {
     match (&kernel.source, payload) {
         (KernelSource::Workload(_), Payload::Input(_)) | (KernelSource::Pair, Payload::Plan(_)) => {
             Ok(kernel)
         }
         (KernelSource::Pair, Payload::Items(_, items)) => {
-            let max_x = backend
-                .devices()
-                .iter()
-                .map(|d| d.limits.max_workgroup_count[0])
-                .min()
-                .unwrap_or(u32::MAX);
             for variant in &kernel.variants {
                 if let Err(source) = variant.workgroups_for_items(*items, max_x) {
                     return Err(EngineError::Plan {
