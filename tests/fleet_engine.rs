@@ -254,8 +254,8 @@ fn three_host_processes_share_every_verdict_through_one_redis() {
         );
     }
 
-    // Host 1 decided every key on its own: 8 races for the clear ones, the undecided
-    // limit for the one within noise.
+    // Host 1 decided every key on its own in N2's 8 races: the clear ones, and the one
+    // within 4 % too (steadily under the adoption bar: rejected as inconclusive).
     let verdicts = |r: &HostReport| -> BTreeMap<String, String> {
         r.keys
             .iter()
@@ -272,7 +272,12 @@ fn three_host_processes_share_every_verdict_through_one_redis() {
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     assert_eq!(verdicts(&h1), expected, "host 1: {h1:?}");
-    assert_eq!(h1.keys["512KiB"].races, MAX_UNDECIDED_RACES, "{h1:?}");
+    assert!(
+        h1.keys
+            .values()
+            .all(|k| k.races == MIN_DISPATCHES_FOR_VERDICT),
+        "{h1:?}"
+    );
     assert!(h1.keys.values().all(|k| k.prior_source.is_none()), "{h1:?}");
 
     for (name, h) in [("host 2", &h2), ("host 3", &h3)] {

@@ -105,7 +105,7 @@ fn runs_on(backend: BackendChoice) -> Option<BackendKind> {
     let kernel = engine
         .register_pair("triple", scalar, strided)
         .expect("reflected variants register");
-    // Equal variants are decided (inconclusive) after MAX_UNDECIDED_RACES (64) races.
+    // Equal variants are decided (inconclusive) within MAX_UNDECIDED_RACES (64) races.
     for b in 0..(photofinish::MAX_UNDECIDED_RACES + 16) {
         if engine.verdict(kernel) != Some(KernelVerdict::Undecided) && b >= 12 {
             break;

@@ -68,10 +68,12 @@ pub enum VerdictReason {
     /// key still undecided here) — or a fleet mismatch, which rejects the key whatever
     /// its verdict: the variant runs no race (SPEC §11, §13).
     Prior,
-    /// The paired window still said keep racing after `samples` races
-    /// ([`MAX_UNDECIDED_RACES`](crate::MAX_UNDECIDED_RACES)): the speculative variant
-    /// is not slower but saves less than `MIN_ADOPT_SAVINGS_BPS`, so the known-good
-    /// conservative variant runs instead of racing forever.
+    /// The paired window still said keep racing after `samples` races: the
+    /// speculative variant is not slower but saves less than `MIN_ADOPT_SAVINGS_BPS`
+    /// — its races showed that beyond their noise (the paired test's `t ≤ −CONFIRM_T`
+    /// against the bar, from `MIN_DISPATCHES_FOR_VERDICT` races on), or
+    /// [`MAX_UNDECIDED_RACES`](crate::MAX_UNDECIDED_RACES) of them did not decide —
+    /// so the known-good conservative variant runs instead of racing on.
     Inconclusive {
         /// Paired samples in the window when it was decided.
         samples: u32,

@@ -11,7 +11,9 @@ use crate::autotune::{
     KernelVerdict as StoredKernelVerdict, PairedSpeculationWindow, SpecCacheKey,
     SpeculativeVariantKeys,
 };
-use crate::policy::{SpeculationObservation, SpeculationVerdict, MIN_DISPATCHES_FOR_VERDICT};
+use crate::policy::{
+    SpeculationObservation, SpeculationVerdict, MIN_ADOPT_SAVINGS_BPS, MIN_DISPATCHES_FOR_VERDICT,
+};
 use crate::sync::{AtomicBool, Mutex, Ordering};
 
 use super::events::KernelVerdict;
@@ -185,12 +187,24 @@ impl Rerace {
 ///   racing — so a variant within noise reaches Reject or, after
 ///   `MAX_UNDECIDED_RACES`, Inconclusive, never Adopt;
 /// - N2 says Reject: taken unless `t` ≥ [`CONFIRM_T`] (a few outliers made the
-///   speculative mean the larger although it won race by race): then keep racing.
+///   speculative mean the larger although it won race by race): then keep racing;
+/// - N2 says KeepRacing (the variant wins by less than its bar so far): the caller
+///   rejects it as inconclusive once the ratios' excess over the bar has
+///   `t ≤ −CONFIRM_T` ([`PairedRatios::under_the_bar`]) rather than racing it to
+///   `MAX_UNDECIDED_RACES`: a variant within noise of the conservative one, or faster
+///   by less than the bar, stops costing races after about eight of them.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct PairedRatios {
     n: u32,
     sum: f64,
     sum_sq: f64,
+}
+
+/// N2's adoption bar as a paired ratio: `ln(conservative ÷ speculative)` of a variant
+/// that saves exactly `MIN_ADOPT_SAVINGS_BPS` of the conservative time.
+fn adoption_bar_ratio() -> f64 {
+    let kept = 10_000 - MIN_ADOPT_SAVINGS_BPS.min(9_999);
+    (10_000.0 / kept as f64).ln()
 }
 
 /// The t statistic the paired test needs to call one variant faster (about a 0.5 %
@@ -208,6 +222,12 @@ impl PairedRatios {
 
     /// The paired t statistic; `None` with fewer than two races.
     pub(crate) fn t(&self) -> Option<f64> {
+        self.t_against(0.0)
+    }
+
+    /// The t statistic of the mean ratio's excess over `bar`; `None` with fewer than
+    /// two races.
+    fn t_against(&self, bar: f64) -> Option<f64> {
         if self.n < 2 {
             return None;
         }
@@ -215,15 +235,27 @@ impl PairedRatios {
         let mean = self.sum / n;
         let var = ((self.sum_sq - n * mean * mean) / (n - 1.0)).max(0.0);
         let se = (var / n).sqrt();
+        let excess = mean - bar;
         Some(if se > 0.0 {
-            mean / se
-        } else if mean > 0.0 {
+            excess / se
+        } else if excess > 0.0 {
             f64::INFINITY
-        } else if mean < 0.0 {
+        } else if excess < 0.0 {
             f64::NEG_INFINITY
         } else {
             0.0
         })
+    }
+
+    /// True when the races say, beyond their noise, that the speculative variant
+    /// saves less than N2's adoption bar (`MIN_ADOPT_SAVINGS_BPS`), from
+    /// `MIN_DISPATCHES_FOR_VERDICT` races on: N2 would keep racing it to
+    /// `MAX_UNDECIDED_RACES` and reject it as inconclusive, and this says so early.
+    pub(crate) fn under_the_bar(&self) -> bool {
+        self.n >= MIN_DISPATCHES_FOR_VERDICT
+            && self
+                .t_against(adoption_bar_ratio())
+                .is_some_and(|t| t <= -CONFIRM_T)
     }
 
     /// True when the races say the speculative variant is faster beyond their noise.
@@ -535,6 +567,27 @@ mod tests {
             noise.confirm(SpeculationVerdict::Reject),
             SpeculationVerdict::Reject
         );
+    }
+
+    #[test]
+    fn a_variant_within_noise_is_under_the_bar_after_eight_races_and_a_fast_one_never() {
+        // Equal variants, a few per cent of noise either way.
+        let equal = [(100, 103), (104, 100), (99, 101), (102, 98), (100, 102)];
+        let mut r = ratios(&equal);
+        assert!(!r.under_the_bar(), "five races are fewer than N2's eight");
+        for &(c, s) in &equal[..3] {
+            r.feed(c, s);
+        }
+        assert!(r.under_the_bar(), "eight races within 4 % of each other");
+        // 10 % faster, steadily: a real gain, but under the 15 % bar.
+        let modest = ratios(&[(110, 100), (111, 100), (109, 100), (110, 101)].repeat(2));
+        assert!(modest.under_the_bar());
+        // 1.5x faster with noise: never under the bar.
+        let fast = ratios(&[(150, 100), (130, 100), (170, 100), (140, 105)].repeat(4));
+        assert!(!fast.under_the_bar());
+        // Equal on average but too noisy to say: keep racing.
+        let noisy = ratios(&[(200, 100), (100, 190), (180, 100), (100, 170)].repeat(2));
+        assert!(!noisy.under_the_bar());
     }
 
     #[test]

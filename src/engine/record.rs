@@ -69,7 +69,7 @@ pub(crate) fn record_race(
         conservative_record: record_of(&kernel.variants[0]),
         speculative_record: record_of(&kernel.variants[spec]),
     };
-    let (sample, window_verdict, verdict, hint, samples, rerace) = {
+    let (sample, window_verdict, verdict, hint, (samples, under_the_bar), rerace) = {
         let mut log = state.log(spec);
         let fed_c = log.history[0].feed(conservative_ns, contended);
         let fed_s = log.history[1].feed(speculative_ns, contended);
@@ -97,6 +97,7 @@ pub(crate) fn record_race(
             log.samples.push(sample);
         }
         let confirmed = log.ratios.confirm(update.verdict);
+        let under_the_bar = log.ratios.under_the_bar();
         let rerace = log.rerace.left.as_mut().map(|left| {
             *left = left.saturating_sub(1);
             *left
@@ -106,7 +107,7 @@ pub(crate) fn record_race(
             update.verdict,
             confirmed,
             log.hint,
-            log.window.len(),
+            (log.window.len(), under_the_bar),
             rerace,
         )
     };
@@ -123,7 +124,9 @@ pub(crate) fn record_race(
         // A rejected variant raced again: adopted only by a clear win within its
         // budget; otherwise rejected again, with a longer wait before the next one.
         let reason = match verdict {
-            SpeculationVerdict::KeepRacing if left == 0 => VerdictReason::Inconclusive { samples },
+            SpeculationVerdict::KeepRacing if left == 0 || under_the_bar => {
+                VerdictReason::Inconclusive { samples }
+            }
             SpeculationVerdict::KeepRacing => return,
             measured => VerdictReason::Measured(measured),
         };
@@ -138,9 +141,10 @@ pub(crate) fn record_race(
         return;
     }
     // An undecided variant whose window still says keep racing after
-    // MAX_UNDECIDED_RACES samples is not worth racing on: rejected, conservative runs.
+    // MAX_UNDECIDED_RACES samples, or whose races already show it saving less than
+    // N2's bar beyond their noise, is not worth racing on: rejected, conservative runs.
     let inconclusive = verdict == SpeculationVerdict::KeepRacing
-        && samples >= MAX_UNDECIDED_RACES
+        && (samples >= MAX_UNDECIDED_RACES || under_the_bar)
         && state.verdict_of(spec) == KernelVerdict::Undecided;
     let effective = if inconclusive {
         SpeculationVerdict::Reject
@@ -153,7 +157,7 @@ pub(crate) fn record_race(
             (kernel, state),
             spec,
             (&hint, device),
-            (verdict, samples, sample.index),
+            (effective, samples, sample.index),
         ) {
             return;
         }
