@@ -9,25 +9,13 @@ mod no_vulkan;
 
 use std::sync::Arc;
 
+use no_vulkan::engine_on as engine;
+
 use photofinish::kernels::{FSum, InputShape, Workload};
 use photofinish::{
     backend::BackendKind, Agreement, BackendChoice, Batch, BindingAccess, BufferArg, DispatchPlan,
     Engine, Event, KernelVariant, KernelVerdict, Output, VerdictReason,
 };
-
-fn engine(backend: BackendChoice) -> Option<Engine> {
-    match Engine::builder()
-        .backend(backend)
-        .without_autotune_file()
-        .build()
-    {
-        Ok(engine) => Some(engine),
-        Err(e) => {
-            no_vulkan::skip_or_fail(&e);
-            None
-        }
-    }
-}
 
 /// Runs `fsum` batches until the kernel is decided; every answer within the tolerance
 /// of the reference. The verdict, its reason, and the mismatch events.

@@ -10,24 +10,17 @@ mod no_vulkan;
 
 use std::sync::Arc;
 
+use no_vulkan::engine_on as engine;
+
 use photofinish::backend::{ScalarKind, ShaderError};
 use photofinish::bytemuck;
 use photofinish::{
-    Agreement, BackendChoice, Batch, BufferArg, DispatchPlan, Engine, EngineError, Event,
-    KernelVariant, Output, PlanError, VerdictReason,
+    Agreement, BackendChoice, Batch, BufferArg, DispatchPlan, EngineError, Event, KernelVariant,
+    Output, PlanError, VerdictReason,
 };
 
 /// out[i] = in[i] * 3 + add, one item per invocation, 64 invocations per workgroup.
-const ONE: &str = "
-struct Params { add: u32, n: u32 }
-var<immediate> params: Params;
-@group(0) @binding(0) var<storage, read> input: array<u32>;
-@group(0) @binding(1) var<storage, read_write> output: array<u32>;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-    if id.x < params.n { output[id.x] = input[id.x] * 3u + params.add; }
-}
-";
+const ONE: &str = include_str!("support/triple.wgsl");
 
 /// The same, four consecutive items per invocation, 32 invocations per workgroup: a
 /// "more work per thread" variant written without a grid-stride loop, so it is right
@@ -105,20 +98,6 @@ fn batch(kernel: photofinish::KernelId, input: &[u32], add: u32) -> Batch {
     )
     .with_push_constants(&Params { add, n });
     Batch::for_items(kernel, plan, u64::from(n))
-}
-
-fn engine(backend: BackendChoice) -> Option<Engine> {
-    match Engine::builder()
-        .backend(backend)
-        .without_autotune_file()
-        .build()
-    {
-        Ok(engine) => Some(engine),
-        Err(e) => {
-            no_vulkan::skip_or_fail(&e);
-            None
-        }
-    }
 }
 
 /// Races the two geometries on batches by items: every answer right, no mismatch,

@@ -5,6 +5,8 @@
 
 use std::fmt::Display;
 
+use photofinish::{BackendChoice, Engine};
+
 /// `Some(value)` when the device opened; `None` (after saying so) when it did not and
 /// skipping is allowed; a failing test otherwise.
 pub fn require<T, E: Display>(opened: Result<T, E>) -> Option<T> {
@@ -27,4 +29,15 @@ pub fn skip_or_fail(why: &dyn Display) {
              `mesa-vulkan-drivers libvulkan1`); set PHOTOFINISH_ALLOW_NO_VULKAN=1 to skip them."
         );
     }
+}
+
+/// An engine on `backend` with no autotune file; `None` (after saying so) where the
+/// backend has no device and skipping is allowed, a failing test otherwise.
+pub fn engine_on(backend: BackendChoice) -> Option<Engine> {
+    require(
+        Engine::builder()
+            .backend(backend)
+            .without_autotune_file()
+            .build(),
+    )
 }
