@@ -87,7 +87,7 @@ pub use engine::{
     default_autotune_dir, Answer, Arm, BackendChoice, Batch, BufferIter, Buffers, CacheStatus,
     Engine, EngineBuilder, EngineError, Event, KernelId, KernelStats, KernelVerdict,
     MismatchDetail, Output, RaceSample, Subscription, Ticket, TraceStats, TrySubmitError,
-    VerdictReason, DEFAULT_AUDIT_PERIOD, DEFAULT_BUSY_WAIT, DEFAULT_CHANNEL_CAPACITY,
+    VerdictReason, Verify, DEFAULT_AUDIT_PERIOD, DEFAULT_BUSY_WAIT, DEFAULT_CHANNEL_CAPACITY,
     DEFAULT_DISPATCH_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP, DEFAULT_MAX_SEARCHING,
     INLINE_OUTPUT_BUFFERS, INLINE_OUTPUT_BYTES, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES,
     TIMED_SINGLE_PERIOD,

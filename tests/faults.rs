@@ -7,7 +7,7 @@ use photofinish::backend::BackendError;
 use photofinish::kernels::Workload;
 use photofinish::{
     Batch, ByteSumWorkload, Engine, EngineError, Event, InjectedFault, KernelVerdict, Output,
-    TestBackend,
+    TestBackend, Verify,
 };
 
 fn engine_on(backend: &Arc<TestBackend>) -> Engine {
@@ -167,23 +167,8 @@ fn wrong_speculative_output_is_never_returned_and_rejects_the_variant() {
 
 #[test]
 fn audit_race_catches_drift_of_an_adopted_variant() {
-    let backend = Arc::new(TestBackend::new(1, 2, 1));
-    backend.set_byte_sum_ns(1_000, 100);
-    let engine = Engine::builder()
-        .backend_instance(backend.clone())
-        .audit_period(1)
-        .build()
-        .unwrap();
+    let (backend, engine, k) = adopted(Some(Verify::Audit(1)));
     let events = engine.subscribe();
-    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
-    for i in 0..8u8 {
-        engine
-            .submit(Batch::new(k, vec![i]))
-            .unwrap()
-            .wait()
-            .unwrap();
-    }
-    assert_eq!(engine.verdict(k), Some(KernelVerdict::Adopted));
     backend.inject(
         ByteSumWorkload::SPECULATIVE,
         InjectedFault::CorruptOutput,
@@ -199,6 +184,75 @@ fn audit_race_catches_drift_of_an_adopted_variant() {
     assert!(events
         .try_iter()
         .any(|e| matches!(e, Event::MismatchCaught { audit: true, .. })));
+}
+
+/// An engine whose byte-sum kernel adopted its speculative variant (10x faster).
+fn adopted(verify: Option<Verify>) -> (Arc<TestBackend>, Engine, photofinish::KernelId) {
+    let backend = Arc::new(TestBackend::new(1, 2, 1));
+    backend.set_byte_sum_ns(1_000, 100);
+    let mut builder = Engine::builder().backend_instance(backend.clone());
+    if let Some(verify) = verify {
+        builder = builder.verify(verify);
+    }
+    let engine = builder.build().unwrap();
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    for i in 0..8u8 {
+        engine
+            .submit(Batch::new(k, vec![i]))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Adopted));
+    (backend, engine, k)
+}
+
+#[test]
+fn verify_always_checks_every_batch_of_an_adopted_variant_and_catches_the_first_wrong_one() {
+    let (backend, engine, k) = adopted(Some(Verify::Always));
+    let events = engine.subscribe();
+    let before = backend.runs(ByteSumWorkload::CONSERVATIVE);
+    for i in 0..20u8 {
+        let answer = engine
+            .submit(Batch::new(k, vec![i, 7]))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(answer.output, reference(&[i, 7]));
+    }
+    assert_eq!(
+        backend.runs(ByteSumWorkload::CONSERVATIVE) - before,
+        20,
+        "every batch raced against the conservative variant"
+    );
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Adopted));
+    backend.inject(
+        ByteSumWorkload::SPECULATIVE,
+        InjectedFault::CorruptOutput,
+        1,
+    );
+    let answer = engine
+        .submit(Batch::new(k, vec![99]))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(answer.output, reference(&[99]));
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Rejected));
+    assert!(events
+        .try_iter()
+        .any(|e| matches!(e, Event::MismatchCaught { audit: true, .. })));
+
+    // The default, Audit(64): the same twenty batches run the adopted variant alone.
+    let (backend, engine, k) = adopted(None);
+    let before = backend.runs(ByteSumWorkload::CONSERVATIVE);
+    for i in 0..20u8 {
+        engine
+            .submit(Batch::new(k, vec![i]))
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    assert_eq!(backend.runs(ByteSumWorkload::CONSERVATIVE) - before, 0);
 }
 
 #[test]

@@ -49,6 +49,29 @@ pub const DEFAULT_MAX_GROUP: usize = 1;
 /// each queue (counted per queue, so that workers share no counter).
 pub const DEFAULT_AUDIT_PERIOD: u64 = 64;
 
+/// How much of an adopted variant's work is checked against the conservative variant
+/// (SPEC §11; [`EngineBuilder::verify`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verify {
+    /// Every batch of an adopted variant is raced against the conservative variant
+    /// and answered with the conservative answer, the speculative one compared with
+    /// it: for applications that cannot take one wrong answer. What it costs is in
+    /// BENCHMARKS.md ("Verify::Always"): the speculative variant then saves no time,
+    /// it is only kept honest.
+    Always,
+    /// One batch in `n` of an adopted variant on each queue is such an audit race
+    /// (0: none); the others run the adopted variant alone. The default,
+    /// `Audit(DEFAULT_AUDIT_PERIOD)`; the same as [`EngineBuilder::audit_period`].
+    Audit(u64),
+}
+
+impl Default for Verify {
+    fn default() -> Self {
+        Verify::Audit(DEFAULT_AUDIT_PERIOD)
+    }
+}
+
 /// Default of [`EngineBuilder::dispatch_timeout`]: 10 s. Generous on purpose: it is
 /// five times the 2 s after which Windows resets a GPU that does not answer (TDR), so
 /// any kernel a desktop driver lets run finishes well inside it, and a slow first
@@ -98,6 +121,7 @@ pub struct EngineBuilder {
     channel_capacity: usize,
     event_capacity: usize,
     audit_period: u64,
+    verify_always: bool,
     max_group: usize,
     /// `None`: per device, `auto_max_searching`.
     max_searching: Option<usize>,
@@ -130,6 +154,7 @@ impl Default for EngineBuilder {
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             audit_period: DEFAULT_AUDIT_PERIOD,
+            verify_always: false,
             max_group: crate::knobs::env_or("PHOTOFINISH_MAX_GROUP", DEFAULT_MAX_GROUP),
             max_searching: crate::knobs::env_opt("PHOTOFINISH_MAX_SEARCHING"),
             busy_wait: crate::knobs::env_opt("PHOTOFINISH_BUSY_WAIT_US").map(Duration::from_micros),
@@ -251,6 +276,20 @@ impl EngineBuilder {
     /// [`RERACE_MAX_SKIPS`](crate::RERACE_MAX_SKIPS); with 0, never.
     pub fn audit_period(mut self, period: u64) -> Self {
         self.audit_period = period;
+        self.verify_always = false;
+        self
+    }
+
+    /// How much of an adopted variant's work is checked (SPEC §11): [`Verify::Always`]
+    /// races every batch of an adopted variant against the conservative one;
+    /// [`Verify::Audit`]`(n)` is [`audit_period`](Self::audit_period)`(n)`. The audit
+    /// ticks still pace re-races of rejected keys under `Always` (at the period set
+    /// before, by default [`DEFAULT_AUDIT_PERIOD`]).
+    pub fn verify(mut self, verify: Verify) -> Self {
+        match verify {
+            Verify::Always => self.verify_always = true,
+            Verify::Audit(period) => self = self.audit_period(period),
+        }
         self
     }
 
@@ -420,6 +459,7 @@ impl EngineBuilder {
             devices,
             config: Config {
                 audit_period: self.audit_period,
+                verify_always: self.verify_always,
                 max_group: self.max_group.max(1),
                 mode: self.mode,
                 busy_wait,

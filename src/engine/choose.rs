@@ -103,6 +103,8 @@ pub(super) trait Facts {
     fn audit_due(&mut self) -> bool;
     /// The rejected variant is due a re-race on this key.
     fn rerace_due(&mut self) -> bool;
+    /// Every batch of an adopted variant is checked (`Verify::Always`).
+    fn verify_always(&mut self) -> bool;
 }
 
 /// The facts of a real batch: its queue's lane, its key and the engine's speculator.
@@ -128,6 +130,10 @@ impl Facts for LaneFacts<'_> {
 
     fn rerace_due(&mut self) -> bool {
         rerace_due(self.core, self.kernel, self.state, self.spec, self.device)
+    }
+
+    fn verify_always(&mut self) -> bool {
+        self.core.config.verify_always
     }
 }
 
@@ -166,7 +172,9 @@ pub(super) fn decide(
             return Choice::Race { audit: false, spec }
         }
         KernelVerdict::Rejected => Arm::Conservative,
-        KernelVerdict::Adopted if facts.audit_due() => return Choice::Race { audit: true, spec },
+        KernelVerdict::Adopted if facts.verify_always() || facts.audit_due() => {
+            return Choice::Race { audit: true, spec }
+        }
         KernelVerdict::Adopted => Arm::Speculative,
     };
     Choice::Single { arm, spec }
@@ -310,6 +318,7 @@ mod tests {
         fused_path_off: bool,
         audit_due: bool,
         rerace_due: bool,
+        verify_always: bool,
         asked: Vec<&'static str>,
     }
 
@@ -319,6 +328,7 @@ mod tests {
                 fused_path_off,
                 audit_due,
                 rerace_due,
+                verify_always: false,
                 asked: Vec::new(),
             }
         }
@@ -336,6 +346,10 @@ mod tests {
         fn rerace_due(&mut self) -> bool {
             self.asked.push("rerace");
             self.rerace_due
+        }
+        fn verify_always(&mut self) -> bool {
+            self.asked.push("verify");
+            self.verify_always
         }
     }
 
@@ -364,11 +378,28 @@ mod tests {
         let mut told = Told::new(false, false, false);
         let choice = decide(KernelVerdict::Adopted, false, true, SPEC, &mut told);
         assert_eq!(choice, single(Arm::Speculative));
-        assert_eq!(told.asked, ["audit"]);
+        assert_eq!(told.asked, ["verify", "audit"]);
         let mut told = Told::new(false, true, false);
         let choice = decide(KernelVerdict::Adopted, false, true, SPEC, &mut told);
         assert_eq!(choice, race(true));
-        assert_eq!(told.asked, ["audit"], "the tick is counted once a batch");
+        assert_eq!(
+            told.asked,
+            ["verify", "audit"],
+            "the tick is counted once a batch"
+        );
+    }
+
+    #[test]
+    fn under_verify_always_every_batch_of_an_adopted_variant_is_an_audit_race() {
+        let mut told = Told::new(false, false, false);
+        told.verify_always = true;
+        let choice = decide(KernelVerdict::Adopted, false, true, SPEC, &mut told);
+        assert_eq!(choice, race(true));
+        // A rejected variant still runs conservatively, re-raced on its schedule.
+        let mut told = Told::new(false, false, true);
+        told.verify_always = true;
+        let choice = decide(KernelVerdict::Rejected, false, true, SPEC, &mut told);
+        assert_eq!(choice, single(Arm::Conservative));
     }
 
     #[test]
@@ -409,7 +440,7 @@ mod tests {
         let mut told = Told::new(false, false, false);
         let choice = decide(KernelVerdict::Adopted, true, true, SPEC, &mut told);
         assert_eq!(choice, single(Arm::Speculative));
-        assert_eq!(told.asked, ["fused", "audit"]);
+        assert_eq!(told.asked, ["fused", "verify", "audit"]);
         // A rejected variant's fused path is not asked about.
         let mut told = Told::new(true, false, false);
         let choice = decide(KernelVerdict::Rejected, true, true, SPEC, &mut told);

@@ -27,6 +27,8 @@ pub(crate) struct Config {
     /// One audit race in this many batches of an adopted kernel (0: none); also how
     /// often a fused kernel probes its fused path while the speculator has it off.
     pub(crate) audit_period: u64,
+    /// `Verify::Always`: every batch of an adopted variant is an audit race.
+    pub(crate) verify_always: bool,
     /// How fused kernels follow the speculator.
     pub(crate) mode: SpeculationMode,
     /// The most batches in one backend call (`EngineBuilder::max_group`; 1: off).

@@ -93,9 +93,9 @@ mod window;
 pub use batch::{Answer, Batch, Output};
 pub use buffers::{Buffers, Iter as BufferIter, INLINE_OUTPUT_BUFFERS, INLINE_OUTPUT_BYTES};
 pub use builder::{
-    default_autotune_dir, BackendChoice, EngineBuilder, DEFAULT_AUDIT_PERIOD, DEFAULT_BUSY_WAIT,
-    DEFAULT_CHANNEL_CAPACITY, DEFAULT_DISPATCH_TIMEOUT, DEFAULT_EVENT_CAPACITY, DEFAULT_MAX_GROUP,
-    DEFAULT_MAX_SEARCHING,
+    default_autotune_dir, BackendChoice, EngineBuilder, Verify, DEFAULT_AUDIT_PERIOD,
+    DEFAULT_BUSY_WAIT, DEFAULT_CHANNEL_CAPACITY, DEFAULT_DISPATCH_TIMEOUT, DEFAULT_EVENT_CAPACITY,
+    DEFAULT_MAX_GROUP, DEFAULT_MAX_SEARCHING,
 };
 pub use choose::TIMED_SINGLE_PERIOD;
 pub use error::{EngineError, TrySubmitError};

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use crossbeam_channel::TrySendError;
 
-
 use super::batch::{Batch, Payload};
 use super::error::{EngineError, TrySubmitError};
 use super::handle::Engine;
