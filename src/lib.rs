@@ -67,8 +67,8 @@
 
 pub(crate) mod sync;
 
+mod config;
 mod engine;
-mod knobs;
 
 pub mod autotune;
 pub mod backend;

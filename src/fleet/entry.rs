@@ -62,7 +62,7 @@ pub fn host_name() -> String {
         .ok()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .or_else(crate::config::host_name)
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
