@@ -67,8 +67,8 @@
 
 pub(crate) mod sync;
 
+mod config;
 mod engine;
-mod knobs;
 
 pub mod autotune;
 pub mod backend;
@@ -99,6 +99,8 @@ pub use engine::{
 pub use kernels::DispatchPlan;
 pub use policy::{Agreement, FloatElem};
 
+/// Internals the loom models in `loom-tests/` drive; only in the loom cfg's build.
+#[cfg(photofinish_loom)]
 #[doc(hidden)]
 pub use engine::protocol;
 /// Test utilities (feature `test-util`, off by default): a backend for fault injection

@@ -80,7 +80,7 @@ fn exact_rejects_and_tolerance_judges_on_speed(backend: BackendChoice, kind: Bac
     assert!(
         matches!(
             reason,
-            Some(VerdictReason::Measured(_) | VerdictReason::Inconclusive { .. })
+            Some(VerdictReason::Measured | VerdictReason::Inconclusive { .. })
         ),
         "{verdict:?} {reason:?}"
     );

@@ -288,10 +288,10 @@ fn verdicts_are_stored_per_variant_pair() {
     let verdict = KernelVerdict {
         verdict: SpeculationVerdict::Reject,
         observation: SpeculationObservation::default(),
-        reason: VerdictReason::OutputMismatch,
+        reason: VerdictReason::Mismatch,
     };
     assert!(store.verdict(pair.keys()).is_none());
-    assert!(store.set_verdict(pair.keys(), verdict).is_none());
+    assert!(store.set_verdict(pair.keys(), verdict.clone()).is_none());
     let stored = store.verdict(pair.keys());
     assert_eq!(
         stored.map(|s| (s.verdict, s.trust)),

@@ -77,7 +77,7 @@ fn faster_speculative_variant_is_adopted_after_the_paired_window() {
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].0, KernelVerdict::Undecided);
     assert_eq!(changes[0].1, KernelVerdict::Adopted);
-    assert!(matches!(changes[0].2, VerdictReason::Measured(_)));
+    assert!(matches!(changes[0].2, VerdictReason::Measured));
 }
 
 #[test]

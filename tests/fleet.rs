@@ -59,7 +59,7 @@ fn adopted(count: u32) -> FleetEntry {
 }
 
 fn mismatch() -> FleetEntry {
-    entry(SpeculationVerdict::Reject, VerdictReason::OutputMismatch, 1)
+    entry(SpeculationVerdict::Reject, VerdictReason::Mismatch, 1)
 }
 
 fn quick() -> FleetConfig {

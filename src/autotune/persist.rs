@@ -289,9 +289,11 @@ fn wire_verdict(pair: &VariantPairKey, v: &KernelVerdict) -> WireVerdict {
             SpeculationVerdict::Reject => WireVerdictKind::Reject,
             SpeculationVerdict::KeepRacing => WireVerdictKind::KeepRacing,
         },
-        reason: match v.reason {
-            VerdictReason::Measured => WireReason::Measured,
-            VerdictReason::OutputMismatch => WireReason::OutputMismatch,
+        // The file keeps what the store keeps of a reason (`VerdictReason::stored`).
+        reason: if v.reason.is_mismatch() {
+            WireReason::OutputMismatch
+        } else {
+            WireReason::Measured
         },
         observation: WireObservation {
             baseline_dispatches: o.baseline_dispatches,
@@ -311,7 +313,7 @@ fn kernel_verdict(w: WireVerdict) -> (VariantPairKey, KernelVerdict) {
     };
     let reason = match w.reason {
         WireReason::Measured => VerdictReason::Measured,
-        WireReason::OutputMismatch => VerdictReason::OutputMismatch,
+        WireReason::OutputMismatch => VerdictReason::Mismatch,
     };
     let o = w.observation;
     let observation = SpeculationObservation {
@@ -415,7 +417,7 @@ impl AutotuneStore {
             disk.verdicts.into_iter().collect();
         for (pair, stored) in &snapshot.verdicts {
             if stored.trust == Trust::Verified || !verdicts.contains_key(pair) {
-                verdicts.insert(pair.clone(), stored.verdict);
+                verdicts.insert(pair.clone(), stored.verdict.clone());
             }
         }
         // The disk's stale groups first (newest first, as saved: its header group first

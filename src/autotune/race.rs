@@ -8,10 +8,11 @@ use crate::policy::{decide_speculation, SpeculationObservation, SpeculationVerdi
 use super::key::{AutotuneKey, AutotuneRecord, SpeculativeVariantKeys};
 use super::store::AutotuneStore;
 
-/// Which side of a race.
+/// Which side of a race: the conservative variant or the speculative one. The engine
+/// calls it [`Arm`](crate::Arm) (the same type): which arm ran, which arm won.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SpeculativeVariantKind {
-    /// The conservative (known good) variant.
+    /// The conservative (known good) variant, variant 0.
     Conservative,
     /// The speculative variant.
     Speculative,

@@ -35,18 +35,71 @@ pub struct StoredRecord {
     pub trust: Trust,
 }
 
-/// Why a kernel has the verdict it has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Why a verdict is what it is: the reason an engine's `Event::VerdictChanged` gives,
+/// and the reason a [`KernelVerdict`] of the store, its file and the fleet store keep.
+/// The store keeps what a later run needs of it ([`VerdictReason::stored`]): whether
+/// the variant broke (`Mismatch`) or was measured (`Measured`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum VerdictReason {
-    /// The paired timing window decided it (`policy::decide_speculation`).
+    /// The paired race window reached the verdict (`policy::decide_speculation`),
+    /// confirmed by the engine's paired test on the races' time ratios (an adoption
+    /// needs the speculative variant faster race by race beyond their noise, a
+    /// rejection must not contradict that; `CONFIRM_T`).
     Measured,
-    /// The speculative variant's output disagreed with the conservative one: rejected
+    /// The speculative variant's answer differed from the conservative one: rejected
     /// at once, whatever the timings said.
-    OutputMismatch,
+    Mismatch,
+    /// The speculative variant failed where the conservative one ran.
+    SpeculativeFailed(String),
+    /// A verdict loaded from the autotune file was re-verified: as many agreeing races
+    /// of this engine as a fresh engine needs before it adopts.
+    Reverified,
+    /// A rejected verdict taken as a prior — from the autotune file, a neighbour key
+    /// or the fleet store (at a key's start, or heard live from another host for a
+    /// key still undecided here) — or a fleet mismatch, which rejects the key whatever
+    /// its verdict: the variant runs no race (SPEC §11, §13).
+    Prior,
+    /// The paired window still said keep racing after `samples` races: the
+    /// speculative variant is not slower but saves less than `MIN_ADOPT_SAVINGS_BPS`
+    /// — its races showed that beyond their noise (the paired test's `t ≤ −CONFIRM_T`
+    /// against the bar, from `MIN_DISPATCHES_FOR_VERDICT` races on), or
+    /// [`MAX_UNDECIDED_RACES`](crate::MAX_UNDECIDED_RACES) of them did not decide —
+    /// so the known-good conservative variant runs instead of racing on.
+    Inconclusive {
+        /// Paired samples in the window when it was decided.
+        samples: u32,
+    },
+    /// A variant rejected for its timings on this key is raced again (its re-race
+    /// schedule, SPEC §8): undecided until it wins clearly within
+    /// [`RERACE_RACES`](crate::RERACE_RACES) races (adopted) or does not (rejected
+    /// again, with twice the wait before the next re-race).
+    Rerace,
+}
+
+impl VerdictReason {
+    /// True where the speculative variant broke (its answer differed, or it failed):
+    /// a rejection for good, sticky in the fleet store.
+    pub fn is_mismatch(&self) -> bool {
+        matches!(
+            self,
+            VerdictReason::Mismatch | VerdictReason::SpeculativeFailed(_)
+        )
+    }
+
+    /// What the store, its file and the fleet store keep of this reason: `Mismatch`
+    /// where the variant broke, `Measured` for every other.
+    pub fn stored(&self) -> VerdictReason {
+        if self.is_mismatch() {
+            VerdictReason::Mismatch
+        } else {
+            VerdictReason::Measured
+        }
+    }
 }
 
 /// The verdict on one conservative/speculative pair, with the evidence for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KernelVerdict {
     /// Adopt, Reject, or KeepRacing (undecided).
     pub verdict: SpeculationVerdict,
@@ -58,7 +111,7 @@ pub struct KernelVerdict {
 }
 
 /// A verdict as the store holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredVerdict {
     /// The verdict.
     pub verdict: KernelVerdict,

@@ -80,6 +80,18 @@ impl Default for Verify {
 /// not never.
 pub const DEFAULT_DISPATCH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The builder's settings that the environment can fill in, resolved for `build`
+/// (`EngineBuilder::settings`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Settings {
+    max_group: usize,
+    /// `None`: per device, `auto_max_searching`.
+    max_searching: Option<usize>,
+    /// `None`: `auto_busy_wait`.
+    busy_wait: Option<Duration>,
+    fleet_url: Option<String>,
+}
+
 /// Which backend to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -122,9 +134,13 @@ pub struct EngineBuilder {
     event_capacity: usize,
     audit_period: u64,
     verify_always: bool,
-    max_group: usize,
-    /// `None`: per device, `auto_max_searching`.
+    // The settings below that the environment can fill in (`crate::config`) are
+    // `None` until the application sets them; `build` resolves them (`Settings`), so
+    // a value set here always wins over the environment.
+    max_group: Option<usize>,
+    /// `None`: the environment's, else per device `auto_max_searching`.
     max_searching: Option<usize>,
+    /// `None`: the environment's, else `auto_busy_wait`.
     busy_wait: Option<Duration>,
     /// `None`: no timeout (`without_dispatch_timeout`).
     dispatch_timeout: Option<Duration>,
@@ -133,8 +149,9 @@ pub struct EngineBuilder {
     persistence: Persistence,
     max_keys_per_kernel: usize,
     key_transfer: bool,
-    /// The fleet store's URL; `None`: no fleet. Default: `PHOTOFINISH_FLEET_URL`.
-    fleet_url: Option<String>,
+    /// The fleet store's URL as the application set it: `Some(None)` no fleet
+    /// (`without_fleet`), `None` the environment's (`PHOTOFINISH_FLEET_URL`), if any.
+    fleet_url: Option<Option<String>>,
     /// `crate::fleet::FleetConfig` (`()` without the `redis` feature).
     fleet_config: super::fleet::Config,
 }
@@ -155,17 +172,16 @@ impl Default for EngineBuilder {
             event_capacity: DEFAULT_EVENT_CAPACITY,
             audit_period: DEFAULT_AUDIT_PERIOD,
             verify_always: false,
-            max_group: crate::knobs::env_or("PHOTOFINISH_MAX_GROUP", DEFAULT_MAX_GROUP),
-            max_searching: crate::knobs::env_opt("PHOTOFINISH_MAX_SEARCHING"),
-            busy_wait: crate::knobs::env_opt("PHOTOFINISH_BUSY_WAIT_US").map(Duration::from_micros),
+            max_group: None,
+            max_searching: None,
+            busy_wait: None,
             dispatch_timeout: Some(DEFAULT_DISPATCH_TIMEOUT),
             mode: SpeculationMode::Auto,
             threshold_pct: DEFAULT_THRESHOLD_PCT,
             persistence: Persistence::Default,
             max_keys_per_kernel: super::tuning::DEFAULT_MAX_KEYS_PER_KERNEL,
             key_transfer: true,
-            fleet_url: crate::knobs::env_opt::<String>("PHOTOFINISH_FLEET_URL")
-                .filter(|url| !url.trim().is_empty()),
+            fleet_url: None,
             fleet_config: Default::default(),
         }
     }
@@ -200,7 +216,8 @@ impl EngineBuilder {
 
     /// The most batches a worker takes from a backlog into one backend call when the
     /// persistent-launch rule (D1) fires and the kernel is launch-bound (default
-    /// [`DEFAULT_MAX_GROUP`], or `PHOTOFINISH_MAX_GROUP` where set; 1: off).
+    /// [`DEFAULT_MAX_GROUP`], or `PHOTOFINISH_MAX_GROUP` where set and this is not
+    /// called; 1: off).
     ///
     /// Grouped batches are submitted back to back on one queue and waited for
     /// together: one round trip for the group, and each caller waits for the whole
@@ -212,13 +229,13 @@ impl EngineBuilder {
     /// histogram batches, whose time is copies rather than kernel, by 13–52 %
     /// (docs/journal/2026-11-21-h200-04-host-memory.md).
     pub fn max_group(mut self, batches: usize) -> Self {
-        self.max_group = batches;
+        self.max_group = Some(batches);
         self
     }
 
     /// The most workers of one device that poll its empty mailbox at once (at least 1;
     /// default half the device's workers, at least [`DEFAULT_MAX_SEARCHING`], or
-    /// `PHOTOFINISH_MAX_SEARCHING` where set). A
+    /// `PHOTOFINISH_MAX_SEARCHING` where set and this is not called). A
     /// worker that finds the mailbox empty polls it for up to 100 µs while fewer than
     /// this many do; the others sleep until a submit rings for them. Fewer pollers cost
     /// a busy many-core host fewer cache-line transfers per batch; more take a burst
@@ -234,7 +251,8 @@ impl EngineBuilder {
     /// Default: [`DEFAULT_BUSY_WAIT`] where the machine has more hardware threads than
     /// the engine has workers (one spare for the caller), otherwise zero, so on a
     /// crowded machine (the CPU backend, which keeps every core busy) a waiter gives its
-    /// CPU to whoever has work at once; `PHOTOFINISH_BUSY_WAIT_US` sets it instead.
+    /// CPU to whoever has work at once; `PHOTOFINISH_BUSY_WAIT_US` sets it where this is
+    /// not called.
     /// Busy waiting costs a core per waiter for that long after each hand-off; it
     /// spares a waiter that yielded the system call's delay in noticing its hand-off.
     pub fn busy_wait(mut self, wait: Duration) -> Self {
@@ -327,13 +345,13 @@ impl EngineBuilder {
     /// fleet".
     #[cfg(feature = "redis")]
     pub fn fleet(mut self, url: impl Into<String>) -> Self {
-        self.fleet_url = Some(url.into());
+        self.fleet_url = Some(Some(url.into()));
         self
     }
 
     /// No fleet store, whatever `PHOTOFINISH_FLEET_URL` says.
     pub fn without_fleet(mut self) -> Self {
-        self.fleet_url = None;
+        self.fleet_url = Some(None);
         self
     }
 
@@ -390,8 +408,27 @@ impl EngineBuilder {
         }
     }
 
+    /// The settings the environment can fill in, resolved: each one the application
+    /// set, else the environment's, else the built-in default (`None` where that
+    /// depends on the device).
+    fn settings(&self, env: &crate::config::Env) -> Settings {
+        Settings {
+            max_group: self
+                .max_group
+                .or(env.max_group)
+                .unwrap_or(DEFAULT_MAX_GROUP),
+            max_searching: self.max_searching.or(env.max_searching),
+            busy_wait: self.busy_wait.or(env.busy_wait),
+            fleet_url: match &self.fleet_url {
+                Some(url) => url.clone(),
+                None => env.fleet_url.clone(),
+            },
+        }
+    }
+
     /// Opens the backend and starts the workers.
     pub fn build(self) -> Result<Engine, EngineError> {
+        let settings = self.settings(&crate::config::Env::read());
         let bus = EventBus::new(self.event_capacity);
         let (backend, reason) = match self.instance.clone() {
             Some(b) => (b, "backend instance given to the builder".to_string()),
@@ -400,7 +437,7 @@ impl EngineBuilder {
         backend.set_dispatch_timeout(self.dispatch_timeout);
         let devices_info = backend.devices().to_vec();
         let fleet =
-            super::fleet::FleetLink::connect(self.fleet_url.as_deref(), &self.fleet_config)?;
+            super::fleet::FleetLink::connect(settings.fleet_url.as_deref(), &self.fleet_config)?;
         let dir = self.autotune_dir_for(backend.kind());
         let tunes: Vec<DeviceTune> = devices_info
             .iter()
@@ -418,7 +455,7 @@ impl EngineBuilder {
             %reason,
             "photofinish engine backend selected"
         );
-        let busy_wait = self
+        let busy_wait = settings
             .busy_wait
             .unwrap_or_else(|| auto_busy_wait(backend.queues().len()));
         let mut devices = Vec::with_capacity(devices_info.len());
@@ -435,7 +472,8 @@ impl EngineBuilder {
             devices.push(DeviceSlot {
                 mailbox: super::mailbox::Mailbox::new(
                     self.channel_capacity,
-                    self.max_searching
+                    settings
+                        .max_searching
                         .unwrap_or_else(|| auto_max_searching(queues.len())),
                     busy_wait,
                 ),
@@ -460,7 +498,7 @@ impl EngineBuilder {
             config: Config {
                 audit_period: self.audit_period,
                 verify_always: self.verify_always,
-                max_group: self.max_group.max(1),
+                max_group: settings.max_group.max(1),
                 mode: self.mode,
                 busy_wait,
                 dispatch_timeout: self.dispatch_timeout,
@@ -634,6 +672,67 @@ fn open_vulkan() -> Result<Arc<dyn Backend>, EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An environment that sets every variable the builder reads.
+    fn full_env() -> crate::config::Env {
+        crate::config::Env {
+            max_group: Some(8),
+            max_searching: Some(2),
+            busy_wait: Some(Duration::from_micros(20)),
+            fleet_url: Some("redis://from-env:6379/0".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_builder_setting_wins_over_the_environment() {
+        let builder = Engine::builder()
+            .max_group(1)
+            .max_searching(3)
+            .busy_wait(Duration::ZERO)
+            .without_fleet();
+        assert_eq!(
+            builder.settings(&full_env()),
+            Settings {
+                max_group: 1,
+                max_searching: Some(3),
+                busy_wait: Some(Duration::ZERO),
+                fleet_url: None,
+            }
+        );
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_builder_fleet_url_wins_over_the_environment() {
+        let builder = Engine::builder().fleet("redis://from-builder:6379/0");
+        assert_eq!(
+            builder.settings(&full_env()).fleet_url.as_deref(),
+            Some("redis://from-builder:6379/0")
+        );
+    }
+
+    #[test]
+    fn the_environment_fills_in_what_the_builder_left_unset() {
+        assert_eq!(
+            Engine::builder().settings(&full_env()),
+            Settings {
+                max_group: 8,
+                max_searching: Some(2),
+                busy_wait: Some(Duration::from_micros(20)),
+                fleet_url: Some("redis://from-env:6379/0".into()),
+            }
+        );
+        assert_eq!(
+            Engine::builder().settings(&crate::config::Env::default()),
+            Settings {
+                max_group: DEFAULT_MAX_GROUP,
+                max_searching: None,
+                busy_wait: None,
+                fleet_url: None,
+            }
+        );
+    }
 
     #[test]
     fn half_a_devices_workers_search_and_at_least_four() {

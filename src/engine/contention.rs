@@ -76,6 +76,7 @@ impl DeviceLoad {
     }
 
     /// Calls running now.
+    #[cfg(any(test, photofinish_loom))]
     pub fn active(&self) -> u32 {
         self.queues
             .iter()

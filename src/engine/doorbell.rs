@@ -144,6 +144,7 @@ impl Doorbell {
     }
 
     /// Workers asleep on the doorbell now (for tests and models).
+    #[cfg(any(test, photofinish_loom))]
     pub fn sleeping(&self) -> u64 {
         sleeping(self.idle.load(Ordering::SeqCst))
     }

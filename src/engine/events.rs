@@ -37,6 +37,28 @@ pub enum KernelVerdict {
     Rejected,
 }
 
+/// The window's verdict as the kernel's state: `KeepRacing` is undecided.
+impl From<SpeculationVerdict> for KernelVerdict {
+    fn from(v: SpeculationVerdict) -> Self {
+        match v {
+            SpeculationVerdict::Adopt => KernelVerdict::Adopted,
+            SpeculationVerdict::Reject => KernelVerdict::Rejected,
+            SpeculationVerdict::KeepRacing => KernelVerdict::Undecided,
+        }
+    }
+}
+
+/// The kernel's state as the window's verdict (what the autotune store keeps).
+impl From<KernelVerdict> for SpeculationVerdict {
+    fn from(v: KernelVerdict) -> Self {
+        match v {
+            KernelVerdict::Adopted => SpeculationVerdict::Adopt,
+            KernelVerdict::Rejected => SpeculationVerdict::Reject,
+            KernelVerdict::Undecided => SpeculationVerdict::KeepRacing,
+        }
+    }
+}
+
 impl fmt::Display for KernelVerdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -47,43 +69,9 @@ impl fmt::Display for KernelVerdict {
     }
 }
 
-/// Why a verdict changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum VerdictReason {
-    /// The paired race window reached a verdict (`decide_speculation`), confirmed by
-    /// the engine's paired test on the races' time ratios (an adoption needs the
-    /// speculative variant faster race by race beyond their noise, a rejection must
-    /// not contradict that; `CONFIRM_T`).
-    Measured(SpeculationVerdict),
-    /// The speculative variant's answer differed from the conservative one.
-    Mismatch,
-    /// The speculative variant failed where the conservative one ran.
-    SpeculativeFailed(String),
-    /// A verdict loaded from the autotune file was re-verified: as many agreeing races
-    /// of this engine as a fresh engine needs before it adopts.
-    Reverified,
-    /// A rejected verdict taken as a prior — from the autotune file, a neighbour key
-    /// or the fleet store (at a key's start, or heard live from another host for a
-    /// key still undecided here) — or a fleet mismatch, which rejects the key whatever
-    /// its verdict: the variant runs no race (SPEC §11, §13).
-    Prior,
-    /// The paired window still said keep racing after `samples` races: the
-    /// speculative variant is not slower but saves less than `MIN_ADOPT_SAVINGS_BPS`
-    /// — its races showed that beyond their noise (the paired test's `t ≤ −CONFIRM_T`
-    /// against the bar, from `MIN_DISPATCHES_FOR_VERDICT` races on), or
-    /// [`MAX_UNDECIDED_RACES`](crate::MAX_UNDECIDED_RACES) of them did not decide —
-    /// so the known-good conservative variant runs instead of racing on.
-    Inconclusive {
-        /// Paired samples in the window when it was decided.
-        samples: u32,
-    },
-    /// A variant rejected for its timings on this key is raced again (its re-race
-    /// schedule, SPEC §8): undecided until it wins clearly within
-    /// [`RERACE_RACES`](crate::RERACE_RACES) races (adopted) or does not (rejected
-    /// again, with twice the wait before the next re-race).
-    Rerace,
-}
+/// Why a verdict changed: the autotune store's reason, one type for the engine, its
+/// events, the autotune file and the fleet store.
+pub use crate::autotune::VerdictReason;
 
 /// Where two answers of a race disagreed (SPEC §9): the output binding (`None` for a
 /// workload's canonical answer), the first element that differs under the kernel's

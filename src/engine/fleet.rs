@@ -76,9 +76,9 @@ pub(super) const THREAD_NAME: &str = "photofinish-fleet-link";
 /// The fleet client's configuration (`EngineBuilder::fleet_config`).
 pub(crate) type Config = FleetConfig;
 
-/// One verdict change for the fleet: everything `Copy`, so that the worker's send
-/// allocates nothing.
-#[derive(Debug, Clone, Copy)]
+/// One verdict change for the fleet: plain values (the verdict's reason is the one the
+/// store keeps, `Measured` or `Mismatch`), so that the worker's send allocates nothing.
+#[derive(Debug, Clone)]
 pub(super) struct Offer {
     pub(super) device: usize,
     pub(super) conservative: SpecCacheKey,
@@ -161,12 +161,13 @@ impl FleetLink {
             if entry.verdict.verdict == SpeculationVerdict::KeepRacing {
                 continue;
             }
+            let mismatch = entry.is_mismatch();
             let hint = Hint {
                 device,
                 verdict: entry.verdict,
                 source: PriorSource::Fleet,
             };
-            if entry.is_mismatch() {
+            if mismatch {
                 return Some(hint);
             }
             found.get_or_insert(hint);

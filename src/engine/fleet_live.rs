@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::autotune::VerdictReason;
 use crate::fleet::{Fleet, FleetEntry, FleetStatus};
 use crate::policy::SpeculationVerdict;
 
@@ -121,7 +120,7 @@ impl Link {
 
 /// One fleet verdict heard while `state`'s key is in this engine's table.
 fn apply_live(core: &Core, kernel: &Kernel, state: &KeyState, spec: usize, hint: Hint) {
-    let mismatch = hint.verdict.reason == VerdictReason::OutputMismatch;
+    let mismatch = hint.verdict.reason.is_mismatch();
     let verdict = state.verdict_of(spec);
     {
         let mut log = state.log(spec);

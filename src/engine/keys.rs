@@ -88,7 +88,7 @@ impl KeyStats {
 }
 
 /// A verdict a key starts from, waiting for this engine's confirmation races.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Hint {
     /// The device whose store held it (for a neighbour's: the device of the key).
     pub(crate) device: usize,

@@ -200,6 +200,7 @@ impl Gate {
 
     /// Closes the gate (idempotent) and blocks until no producer is inside. Returns
     /// true for the call that closed it (the one that set the first word's bit).
+    #[cfg(photofinish_loom)]
     pub fn close_and_wait(&self) -> bool {
         let closed_first = self.close();
         self.wait_empty();

@@ -36,19 +36,25 @@
 //! - **The handle**: `handle` (the [`Engine`], its reports, shutdown), `register`,
 //!   `submit`, `builder`.
 
+// The modules marked `allow(unreachable_pub)` hold items that are `pub` for the loom
+// models in `loom-tests/`, which reach them through `protocol` (below) in the loom
+// cfg's build only; in every other build nothing outside the crate sees them.
 mod agree;
 mod arms;
 mod batch;
 mod buffers;
 mod builder;
 mod choose;
+#[cfg_attr(not(photofinish_loom), allow(unreachable_pub))]
 mod contention;
 mod core;
 mod devices;
 mod dispatch;
 mod dispatch_policy;
+#[cfg_attr(not(photofinish_loom), allow(unreachable_pub))]
 mod doorbell;
 mod error;
+#[cfg_attr(not(photofinish_loom), allow(unreachable_pub))]
 mod events;
 // Without the `redis` feature a stub that is always off, so call sites need no `cfg`.
 #[cfg_attr(not(feature = "redis"), path = "fleet_off.rs")]
@@ -60,8 +66,10 @@ mod job;
 mod judge;
 mod kept_windows;
 mod keys;
+#[cfg_attr(not(photofinish_loom), allow(unreachable_pub))]
 mod ladder;
 mod lane;
+#[cfg_attr(not(photofinish_loom), allow(unreachable_pub))]
 mod mailbox;
 mod panics;
 mod priors;
@@ -71,6 +79,7 @@ mod register;
 mod registry;
 mod retired_plans;
 mod sample;
+#[cfg_attr(not(photofinish_loom), allow(unreachable_pub))]
 mod saver;
 mod slot;
 mod spec_key;
@@ -82,12 +91,16 @@ mod supervisor;
 mod test_backend;
 #[cfg(any(test, feature = "test-util"))]
 mod test_workloads;
+#[cfg_attr(not(photofinish_loom), allow(unreachable_pub))]
 mod ticket;
 mod trace;
 mod trace_jit;
+#[cfg_attr(not(photofinish_loom), allow(unreachable_pub))]
 mod tuning;
+#[cfg_attr(not(photofinish_loom), allow(unreachable_pub))]
 mod verdict;
 mod watch;
+#[cfg_attr(not(photofinish_loom), allow(unreachable_pub))]
 mod window;
 
 pub use batch::{Answer, Batch, Output};
@@ -117,8 +130,9 @@ pub use ticket::Ticket;
 pub use trace::TraceStats;
 pub use tuning::{TuningKey, DEFAULT_MAX_KEYS_PER_KERNEL, MIN_SIZE_CLASS_BYTES};
 
-/// Internals the loom models in `loom-tests/` drive directly. Not part of the API.
-#[doc(hidden)]
+/// Internals the loom models in `loom-tests/` drive directly. Compiled only under the
+/// loom cfg (`scripts/loom` sets `--cfg photofinish_loom`), so no other build exports it.
+#[cfg(photofinish_loom)]
 pub mod protocol {
     pub use super::contention::{Call, DeviceLoad, Watch};
     pub use super::doorbell::Doorbell;
@@ -126,12 +140,10 @@ pub mod protocol {
     pub use super::ladder::{choose as choose_in_play, Ladder};
     pub use super::mailbox::{Gate, Pass};
     pub use super::saver::SaveQueue;
-    #[cfg(photofinish_loom)]
     pub use super::slot::SlotProbe;
     pub use super::ticket::{one_shot_for_models as one_shot, Responder};
     pub use super::tuning::KeyTable;
     pub use super::verdict::VerdictCell;
     pub use super::window::{Share, Window};
-    #[cfg(photofinish_loom)]
     pub use crate::sync::channel::Receiver as EventReceiver;
 }

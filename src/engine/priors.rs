@@ -28,9 +28,7 @@
 
 use std::sync::Arc;
 
-use crate::autotune::{
-    KernelVerdict as StoredKernelVerdict, SpecCacheKey, Trust, VerdictReason as StoredReason,
-};
+use crate::autotune::{KernelVerdict as StoredKernelVerdict, SpecCacheKey, Trust, VerdictReason};
 use crate::policy::SpeculationVerdict;
 
 use super::core::Core;
@@ -128,8 +126,9 @@ pub(crate) fn state_for(core: &Core, kernel: &Kernel, key: TuningKey) -> Arc<Key
             let Some((hint, from)) = prior(core, kernel, &state, spec, others) else {
                 continue;
             };
+            let device = hint.device;
             if start_from(&state, spec, hint, from) {
-                rejected.push((spec, hint.device));
+                rejected.push((spec, device));
             }
         }
         state.settle();
@@ -165,7 +164,7 @@ fn start_from(state: &KeyState, spec: usize, hint: Hint, from: Option<TuningKey>
         }
         _ => {
             state.candidate(spec).verdict.reject();
-            log.basis = if hint.verdict.reason == StoredReason::OutputMismatch {
+            log.basis = if hint.verdict.reason.is_mismatch() {
                 Basis::Broken
             } else {
                 Basis::Prior
@@ -208,8 +207,8 @@ fn prior(
     let fleet = core
         .fleet
         .prior(core.backend.devices(), kernel, state, spec);
-    if let Some(hint) = fleet.filter(|h| h.verdict.reason == StoredReason::OutputMismatch) {
-        return Some((hint, None));
+    if let Some(hint) = fleet.as_ref().filter(|h| h.verdict.reason.is_mismatch()) {
+        return Some((hint.clone(), None));
     }
     if let Some(hint) = stored(false) {
         return Some((hint, None));
@@ -255,7 +254,7 @@ fn neighbour(
             verdict: StoredKernelVerdict {
                 verdict,
                 observation: log.window.observation(),
-                reason: StoredReason::Measured,
+                reason: VerdictReason::Measured,
             },
             source: PriorSource::Neighbour,
         };

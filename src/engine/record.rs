@@ -10,7 +10,7 @@
 
 use crate::autotune::{
     AutotuneRecord, KernelVerdict as StoredKernelVerdict, PairedSpeculationSample,
-    SpeculativeVariantRace, VerdictReason as StoredReason,
+    SpeculativeVariantRace,
 };
 use crate::backend::{KernelVariant, QueueId};
 use crate::policy::{SpeculationVerdict, MIN_DISPATCHES_FOR_VERDICT};
@@ -106,7 +106,7 @@ pub(crate) fn record_race(
             sample,
             update.verdict,
             confirmed,
-            log.hint,
+            log.hint.clone(),
             (log.window.len(), under_the_bar),
             rerace,
         )
@@ -128,7 +128,7 @@ pub(crate) fn record_race(
                 VerdictReason::Inconclusive { samples }
             }
             SpeculationVerdict::KeepRacing => return,
-            measured => VerdictReason::Measured(measured),
+            _ => VerdictReason::Measured,
         };
         let changed = if verdict == SpeculationVerdict::Adopt {
             adopt(core, (kernel, state), spec, device, reason)
@@ -165,7 +165,7 @@ pub(crate) fn record_race(
     let reason = if inconclusive {
         VerdictReason::Inconclusive { samples }
     } else {
-        VerdictReason::Measured(verdict)
+        VerdictReason::Measured
     };
     let changed = match effective {
         SpeculationVerdict::Adopt => adopt(core, (kernel, state), spec, device, reason),
@@ -400,7 +400,7 @@ fn adopt(
 /// What a verdict reached for `reason` lets a neighbour key take from it.
 fn basis_of(reason: &VerdictReason) -> Basis {
     match reason {
-        VerdictReason::Measured(_) | VerdictReason::Reverified => Basis::Measured,
+        VerdictReason::Measured | VerdictReason::Reverified => Basis::Measured,
         VerdictReason::Inconclusive { .. } => Basis::Inconclusive,
         VerdictReason::Prior | VerdictReason::Rerace => Basis::Prior,
         _ => Basis::Broken,
@@ -433,12 +433,7 @@ fn published(
         }
         log.window.observation()
     };
-    let stored_reason = match reason {
-        VerdictReason::Mismatch | VerdictReason::SpeculativeFailed(_) => {
-            StoredReason::OutputMismatch
-        }
-        _ => StoredReason::Measured,
-    };
+    let stored_reason = reason.stored();
     // A prior taken as it is stays in the store as it was (its reason and its trust
     // with it); a re-race stores its outcome, not its start.
     let keep_store = matches!(reason, VerdictReason::Prior | VerdictReason::Rerace);
@@ -453,18 +448,13 @@ fn published(
     });
     let tune = core.tunes.get(device).filter(|_| !keep_store);
     if let Some(tune) = tune {
-        let verdict = match to {
-            KernelVerdict::Adopted => SpeculationVerdict::Adopt,
-            KernelVerdict::Rejected => SpeculationVerdict::Reject,
-            KernelVerdict::Undecided => SpeculationVerdict::KeepRacing,
-        };
         let stored = StoredKernelVerdict {
-            verdict,
+            verdict: to.into(),
             observation,
             reason: stored_reason,
         };
         tune.store
-            .set_verdict(state.pair_keys(&tune.adapter_id, spec), stored);
+            .set_verdict(state.pair_keys(&tune.adapter_id, spec), stored.clone());
         core.request_save(device);
         // Shared with the fleet by its link thread: one channel send here.
         core.fleet.offer(device, kernel, state, spec, stored);

@@ -34,14 +34,10 @@ impl fmt::Display for KernelId {
     }
 }
 
-/// Which arm: the conservative variant or the speculative one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Arm {
-    /// Variant 0, the known-good one.
-    Conservative,
-    /// The speculative variant.
-    Speculative,
-}
+/// Which arm of a race: the conservative variant or the speculative one. The autotune
+/// map's [`SpeculativeVariantKind`](crate::autotune::SpeculativeVariantKind) (SPEC §3)
+/// under the engine's name: one type.
+pub use crate::autotune::SpeculativeVariantKind as Arm;
 
 impl Arm {
     /// The workload variant index of this arm when `spec` is the speculative variant

@@ -459,7 +459,7 @@ impl<T: 'static, E: SlotError, H: Homebound> Ticket<T, E, H> {
     /// A probe of this ticket's slot, to check after the ticket and its responder are
     /// gone that the slot was freed; for the loom models in `loom-tests/`.
     #[cfg(photofinish_loom)]
-    pub fn probe_for_models(&self) -> SlotProbe {
+    pub(crate) fn probe_for_models(&self) -> SlotProbe {
         SlotProbe(&self.slot().freed)
     }
 

@@ -64,6 +64,7 @@ pub(crate) fn one_shot<T: 'static>(busy: Duration) -> (Responder<T>, Ticket<T>) 
 }
 
 /// [`one_shot`] for the loom models in `loom-tests/` (not part of the API).
+#[cfg(photofinish_loom)]
 pub fn one_shot_for_models<T: 'static>() -> (Responder<T>, Ticket<T>) {
     one_shot(Duration::ZERO)
 }
@@ -114,6 +115,7 @@ impl<T: 'static> Responder<T> {
     /// Answers handing a batch's input bytes back with the answer, as the engine's
     /// workers hand back a batch's payload; for the loom models in `loom-tests/` (not
     /// part of the API).
+    #[cfg(any(test, photofinish_loom))]
     pub fn answer_sending_input_home_for_models(
         self,
         result: Result<T, EngineError>,

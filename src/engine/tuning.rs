@@ -209,11 +209,13 @@ impl<V> KeyTable<V> {
     }
 
     /// Keys held now.
+    #[cfg(any(test, photofinish_loom))]
     pub fn len(&self) -> usize {
         self.entries.read(Vec::len)
     }
 
     /// True when no key is held.
+    #[cfg(photofinish_loom)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

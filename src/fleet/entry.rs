@@ -43,7 +43,7 @@ impl FleetEntry {
 
     /// True for a rejection because the variants' answers differed: sticky fleet-wide.
     pub fn is_mismatch(&self) -> bool {
-        self.verdict.reason == VerdictReason::OutputMismatch
+        self.verdict.reason.is_mismatch()
     }
 
     /// The entry with its window counts clamped to [`MAX_FLEET_WINDOW_COUNT`].
@@ -62,7 +62,7 @@ pub fn host_name() -> String {
         .ok()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .or_else(crate::config::host_name)
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
@@ -121,9 +121,11 @@ pub(crate) fn encode(entry: &FleetEntry, tuning_key_display: &str) -> Option<Str
         SpeculationVerdict::Reject => WireVerdict::Rejected,
         SpeculationVerdict::KeepRacing => return None,
     };
-    let reason = match entry.verdict.reason {
-        VerdictReason::Measured => WireReason::Measured,
-        VerdictReason::OutputMismatch => WireReason::Mismatch,
+    // The wire keeps what the store keeps of a reason (`VerdictReason::stored`).
+    let reason = if entry.verdict.reason.is_mismatch() {
+        WireReason::Mismatch
+    } else {
+        WireReason::Measured
     };
     let o = entry.verdict.observation;
     let wire = Wire {
@@ -157,7 +159,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<FleetEntry, String> {
     };
     let reason = match wire.reason {
         WireReason::Measured => VerdictReason::Measured,
-        WireReason::Mismatch => VerdictReason::OutputMismatch,
+        WireReason::Mismatch => VerdictReason::Mismatch,
     };
     let w = wire.window;
     let entry = FleetEntry {
@@ -244,7 +246,7 @@ mod tests {
     fn mismatch_is_sticky() {
         let adopt = entry(SpeculationVerdict::Adopt, VerdictReason::Measured, 8);
         let reject = entry(SpeculationVerdict::Reject, VerdictReason::Measured, 8);
-        let mismatch = entry(SpeculationVerdict::Reject, VerdictReason::OutputMismatch, 1);
+        let mismatch = entry(SpeculationVerdict::Reject, VerdictReason::Mismatch, 1);
         assert!(may_replace(None, &adopt));
         assert!(may_replace(Some(&reject), &adopt));
         assert!(may_replace(Some(&adopt), &mismatch));

@@ -461,13 +461,13 @@ fn drain(
                 ..
             } if kernel == id => {
                 let verdict = decided(to).unwrap_or(Verdict::Undecided);
-                seen.reasons.insert(key, reason_text(&reason));
+                seen.reasons.insert(key, reason_text(&reason, to));
                 if reason == VerdictReason::Reverified {
                     tally.verdict(verdict, "re-verified", false);
                     tally.reverified();
                 } else {
-                    let measured = matches!(reason, VerdictReason::Measured(_));
-                    tally.verdict(verdict, &reason_text(&reason), measured);
+                    let measured = matches!(reason, VerdictReason::Measured);
+                    tally.verdict(verdict, &reason_text(&reason, to), measured);
                 }
                 bar.set_message(format!(
                     "{key}: {} after {} samples",
@@ -490,9 +490,13 @@ fn decided(v: KernelVerdict) -> Option<Verdict> {
     }
 }
 
-fn reason_text(reason: &VerdictReason) -> String {
+/// `to`: the verdict the change reached, which a measured reason names.
+fn reason_text(reason: &VerdictReason, to: KernelVerdict) -> String {
     match reason {
-        VerdictReason::Measured(v) => format!("measured: {v:?}").to_lowercase(),
+        VerdictReason::Measured => {
+            let v = photofinish::policy::SpeculationVerdict::from(to);
+            format!("measured: {v:?}").to_lowercase()
+        }
         VerdictReason::Mismatch => "speculative answer disagreed".into(),
         VerdictReason::SpeculativeFailed(why) => format!("speculative variant failed: {why}"),
         VerdictReason::Reverified => "from cache, re-verified".into(),

@@ -29,7 +29,6 @@ use vulkano::command_buffer::{
 };
 use vulkano::descriptor_set::{DescriptorSet, WriteDescriptorSet};
 use vulkano::memory::allocator::{AllocationCreateInfo, MemoryTypeFilter};
-use vulkano::memory::MemoryPropertyFlags;
 use vulkano::pipeline::{Pipeline, PipelineBindPoint};
 use vulkano::query::{QueryPool, QueryPoolCreateInfo, QueryResultFlags, QueryType};
 use vulkano::sync::fence::{Fence, FenceCreateInfo};
@@ -44,18 +43,9 @@ use crate::backend::{
 };
 use crate::policy::CommandReuseDecision;
 
-/// How long a finishing dispatch polls its fence before it blocks on it.
+/// How long a finishing dispatch polls its fence before it blocks on it (a constant:
+/// the environment variable that once set it only served to measure the poll).
 pub(super) const FENCE_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
-
-/// [`FENCE_SPIN`], or `PHOTOFINISH_FENCE_SPIN_US` microseconds where that is set (a
-/// measurement knob, read once; 0 blocks at once).
-fn fence_spin() -> std::time::Duration {
-    static SPIN: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| {
-        let default = u64::try_from(FENCE_SPIN.as_micros()).unwrap_or(u64::MAX);
-        std::time::Duration::from_micros(crate::knobs::env_or("PHOTOFINISH_FENCE_SPIN_US", default))
-    })
-}
 
 /// A job after submission: what is needed to finish it.
 pub(super) struct InFlight<'a> {
@@ -226,7 +216,7 @@ pub(super) fn start<'a>(
     })))
 }
 
-/// Waits for `fence`: polls it for up to [`fence_spin`], then blocks. The clock is read
+/// Waits for `fence`: polls it for up to [`FENCE_SPIN`], then blocks. The clock is read
 /// every eighth poll: read at every one, it took more of the loop's time than the
 /// fence's status did (profile of submit_overhead on an H200 host,
 /// docs/journal/2026-11-22-h200-10-busy-wait.md), and a poll that comes later notices
@@ -235,7 +225,7 @@ pub(super) fn start<'a>(
 /// answers `VulkanError::Timeout`.
 fn wait_fence(fence: &Fence, timeout: Option<Duration>) -> Result<(), vulkano::VulkanError> {
     let start = std::time::Instant::now();
-    let spin = fence_spin();
+    let spin = FENCE_SPIN;
     let mut polls = 0u32;
     loop {
         if fence.is_signaled()? {
@@ -404,15 +394,6 @@ pub(super) fn buffer(gpu: &Gpu, role: Role, bytes: u64) -> Result<Pooled, Backen
             storage,
             MemoryTypeFilter::PREFER_DEVICE | MemoryTypeFilter::HOST_RANDOM_ACCESS,
         ),
-        Role::Direct => (
-            storage,
-            MemoryTypeFilter {
-                required_flags: MemoryPropertyFlags::DEVICE_LOCAL
-                    | MemoryPropertyFlags::HOST_VISIBLE,
-                preferred_flags: MemoryPropertyFlags::HOST_COHERENT,
-                not_preferred_flags: MemoryPropertyFlags::empty(),
-            },
-        ),
         Role::Host => (
             storage,
             MemoryTypeFilter::PREFER_HOST | MemoryTypeFilter::HOST_RANDOM_ACCESS,
@@ -508,15 +489,13 @@ fn record(gpu: &Gpu, kernel: &LoadedKernel, key: &SlotKey) -> Result<Slot, Backe
         Some(Role::Unified)
     } else if total <= gpu.host_max_bytes {
         Some(Role::Host)
-    } else if total <= gpu.direct_max_bytes {
-        Some(Role::Direct)
     } else {
         None
     };
     let bindings = match in_place {
         Some(role) => match slot_bindings(gpu, kernel, key, Some(role)) {
             Ok(b) => b,
-            // A full BAR, or no host memory left to bind: stage this slot instead.
+            // No host memory left to bind: stage this slot instead.
             Err(_) if role != Role::Unified => slot_bindings(gpu, kernel, key, None)?,
             Err(e) => return Err(e),
         },

@@ -43,16 +43,21 @@ use crate::backend::{
     Backend, BackendError, BackendKind, DeviceInfo, DispatchJob, DispatchOutput, KernelHandle,
     KernelVariant, QueueId,
 };
-use crate::knobs::env_or;
 use crate::sync::{AtomicU64, Ordering};
 
 /// How the Vulkan backend opens devices and how much it keeps for reuse.
+///
+/// `VulkanOptions::default()` is the built-in defaults with what the environment sets
+/// (`PHOTOFINISH_MAX_QUEUES_PER_FAMILY`, `PHOTOFINISH_HOST_MAX_BYTES`; the table in
+/// `src/config.rs`). A field the application sets (`VulkanOptions { host_max_bytes: 0,
+/// ..Default::default() }`) wins over the environment, and options handed to
+/// [`VulkanBackend::with_options`] are used as they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VulkanOptions {
     /// The most queues opened per queue family (an H200's family 0 has 16; each opened
     /// queue gets its own worker). At least 1. Default
     /// [`DEFAULT_MAX_QUEUES_PER_FAMILY`], or `PHOTOFINISH_MAX_QUEUES_PER_FAMILY` where
-    /// set.
+    /// set (see the type's docs).
     pub max_queues_per_family: u32,
     /// Also open software devices (lavapipe) when a hardware device is present. Where
     /// no hardware device exists, software devices are always opened.
@@ -66,21 +71,15 @@ pub struct VulkanOptions {
     /// host visible (lavapipe, integrated GPUs) — the path discrete GPUs take for all
     /// but small dispatches.
     pub always_stage: bool,
-    /// On a discrete GPU with a device-local, host-visible memory type (a PCIe BAR): a
-    /// dispatch whose buffers total at most this many bytes keeps them there, written
-    /// and read in place by the host, with no staging copies on the GPU (a tiny
-    /// kernel's latency is mostly those copies). 0: always stage. Default
-    /// [`DEFAULT_DIRECT_MAX_BYTES`], or `PHOTOFINISH_DIRECT_MAX_BYTES` where set.
-    pub direct_max_bytes: u64,
     /// On a discrete GPU: a dispatch whose buffers total at most this many bytes binds
     /// host-cached system memory directly (the kernel reads and writes it over PCIe),
     /// written and read in place by the host — no staging copies on the GPU and cached
-    /// host reads. Checked before `direct_max_bytes`. 0: off. Default
-    /// [`DEFAULT_HOST_MAX_BYTES`], or `PHOTOFINISH_HOST_MAX_BYTES` where set.
+    /// host reads. 0: off. Default [`DEFAULT_HOST_MAX_BYTES`], or
+    /// `PHOTOFINISH_HOST_MAX_BYTES` where set (see the type's docs).
     pub host_max_bytes: u64,
     /// Enable `robustBufferAccess` (SPEC §11: a user's kernel that indexes past a
     /// buffer reads zeros and loses its stray writes). Default on; off only to measure
-    /// what it costs (`PHOTOFINISH_ROBUST_BUFFER_ACCESS=false`).
+    /// what it costs.
     pub robust_buffer_access: bool,
 }
 
@@ -95,11 +94,6 @@ pub struct VulkanOptions {
 /// queues of one family do run side by side.
 pub const DEFAULT_MAX_QUEUES_PER_FAMILY: u32 = 1;
 
-/// Default of [`VulkanOptions::direct_max_bytes`]: 0, off. On an H200 in-place BAR
-/// buffers made a tiny kernel's batch 3.9× slower than staging (157 µs vs 40.6 µs:
-/// the host's uncached reads of the results over PCIe), so staging stays the default.
-pub const DEFAULT_DIRECT_MAX_BYTES: u64 = 0;
-
 /// Default of [`VulkanOptions::host_max_bytes`]: 64 KiB. On an H200 a tiny kernel's
 /// batch (4 KiB) took 28.4 µs through the backend with its buffers in host memory
 /// against 36.6 µs staged, and 33.0 µs against 39.2 µs through the engine; 10 000
@@ -111,18 +105,23 @@ pub const DEFAULT_HOST_MAX_BYTES: u64 = 64 << 10;
 
 impl Default for VulkanOptions {
     fn default() -> Self {
+        VulkanOptions::with_env(&crate::config::Env::read())
+    }
+}
+
+impl VulkanOptions {
+    /// The built-in defaults, with what `env` sets in place of theirs.
+    fn with_env(env: &crate::config::Env) -> Self {
         VulkanOptions {
-            max_queues_per_family: env_or(
-                "PHOTOFINISH_MAX_QUEUES_PER_FAMILY",
-                DEFAULT_MAX_QUEUES_PER_FAMILY,
-            ),
+            max_queues_per_family: env
+                .max_queues_per_family
+                .unwrap_or(DEFAULT_MAX_QUEUES_PER_FAMILY),
             software_devices_with_hardware: true,
             max_cached_commands: 256,
             reuse_budget_bytes: 512 << 20,
             always_stage: false,
-            direct_max_bytes: env_or("PHOTOFINISH_DIRECT_MAX_BYTES", DEFAULT_DIRECT_MAX_BYTES),
-            host_max_bytes: env_or("PHOTOFINISH_HOST_MAX_BYTES", DEFAULT_HOST_MAX_BYTES),
-            robust_buffer_access: env_or("PHOTOFINISH_ROBUST_BUFFER_ACCESS", true),
+            host_max_bytes: env.host_max_bytes.unwrap_or(DEFAULT_HOST_MAX_BYTES),
+            robust_buffer_access: true,
         }
     }
 }

@@ -38,10 +38,6 @@ pub(super) struct Gpu {
     /// Every device-local memory type is host visible (lavapipe, many integrated GPUs):
     /// buffers are written and read in place, without staging copies.
     pub(super) unified_memory: bool,
-    /// Dispatches whose buffers total at most this many bytes use `Role::Direct`
-    /// buffers (no staging); 0 where the device has no device-local host-visible
-    /// memory, or is unified.
-    pub(super) direct_max_bytes: u64,
     /// Slots of at most this many bytes are bound to host-cached system memory and
     /// written and read in place (0 on unified devices).
     pub(super) host_max_bytes: u64,
@@ -223,14 +219,6 @@ fn open_device(
         && device_local
             .iter()
             .all(|f| f.contains(MemoryPropertyFlags::HOST_VISIBLE));
-    let bar = device_local
-        .iter()
-        .any(|f| f.contains(MemoryPropertyFlags::HOST_VISIBLE));
-    let direct_max_bytes = if bar && !unified_memory && !options.always_stage {
-        options.direct_max_bytes
-    } else {
-        0
-    };
     // Where device memory is host visible anyway, in place is already the rule.
     let host_max_bytes = if unified_memory {
         0
@@ -253,7 +241,6 @@ fn open_device(
         queues,
         pipeline_cache,
         unified_memory,
-        direct_max_bytes,
         host_max_bytes,
         lost: DeviceFlag::default(),
         reuse: Mutex::new(ReuseCache::new(

@@ -32,9 +32,6 @@ pub(super) enum Role {
     Device,
     /// Device-local and host-visible storage buffer, written and read in place.
     Unified,
-    /// Device-local, host-visible storage buffer on a device whose device memory is
-    /// not all host visible (a PCIe BAR): small slots written and read in place.
-    Direct,
     /// Host-visible, host-cached system memory bound to the kernel as a storage buffer
     /// (the GPU reads and writes it over PCIe): small slots written and read in place,
     /// with no staging copies and no uncached reads.
