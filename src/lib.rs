@@ -96,6 +96,7 @@ pub use engine::{
     KeyStats, PriorSource, TuningKey, CONFIRM_T, DEFAULT_MAX_KEYS_PER_KERNEL, MAX_TRANSFER_CLASSES,
     MIN_SIZE_CLASS_BYTES, RERACE_FIRST_SKIPS, RERACE_MAX_SKIPS, RERACE_RACES,
 };
+pub use engine::{SpecConstant, Specialization};
 pub use kernels::DispatchPlan;
 pub use policy::{Agreement, FloatElem};
 

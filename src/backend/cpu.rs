@@ -370,6 +370,17 @@ impl Backend for CpuBackend {
     }
 
     /// See `run_all`; kernels timed with the host clock.
+    /// A variant's CPU code does not see specialisation constants (they may change how
+    /// fast a kernel is, never its answer): each set of values loads the same code.
+    fn load_kernel_specialised(
+        &self,
+        device: usize,
+        variant: &KernelVariant,
+        _constants: &[(u32, u32)],
+    ) -> Result<KernelHandle, BackendError> {
+        self.load_kernel(device, variant)
+    }
+
     fn dispatch(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
         self.run_all(jobs, true)
     }

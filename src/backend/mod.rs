@@ -503,6 +503,32 @@ impl KernelVariant {
         false
     }
 
+    /// The ids of the specialisation constants its SPIR-V declares (every
+    /// `OpDecorate … SpecId`), in the order they appear; empty without SPIR-V.
+    pub fn specialisation_constant_ids(&self) -> Vec<u32> {
+        /// `OpDecorate`, and the `SpecId` decoration's number.
+        const OP_DECORATE: u32 = 71;
+        const SPEC_ID: u32 = 1;
+        let Some(words) = self.spirv.as_deref() else {
+            return Vec::new();
+        };
+        let mut ids = Vec::new();
+        let mut at = 5; // past the header
+        while let Some(&first) = words.get(at) {
+            let (count, opcode) = ((first >> 16) as usize, first & 0xffff);
+            if count == 0 {
+                break;
+            }
+            if opcode == OP_DECORATE && count >= 4 && words.get(at + 2) == Some(&SPEC_ID) {
+                if let Some(&id) = words.get(at + 3) {
+                    ids.push(id);
+                }
+            }
+            at += count;
+        }
+        ids
+    }
+
     /// The layout alone: no code yet.
     fn layout(
         name: impl Into<String>,
@@ -802,6 +828,31 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         device: usize,
         variant: &KernelVariant,
     ) -> Result<KernelHandle, BackendError>;
+
+    /// Loads `variant` on `device` with its SPIR-V specialisation constants set:
+    /// `constants` are (constant id, value) pairs, each value a 32-bit word read as the
+    /// constant's declared type (a `uint`, an `int`'s bits, a `float`'s bits, a `bool`
+    /// as non-zero). Each distinct set of values is its own pipeline and its own
+    /// handle. With no constants it is [`load_kernel`](Backend::load_kernel); the
+    /// default refuses any constant as `Unsupported`. The Vulkan backend compiles a
+    /// pipeline per set of values; the CPU backend loads the variant's CPU code, which
+    /// does not see them (a specialisation may change how fast a kernel is, never its
+    /// answer).
+    fn load_kernel_specialised(
+        &self,
+        device: usize,
+        variant: &KernelVariant,
+        constants: &[(u32, u32)],
+    ) -> Result<KernelHandle, BackendError> {
+        if constants.is_empty() {
+            return self.load_kernel(device, variant);
+        }
+        Err(BackendError::Unsupported {
+            kernel: variant.name.clone(),
+            backend: self.kind(),
+            reason: "this backend does not take specialisation constants".into(),
+        })
+    }
 
     /// Runs the jobs, each on its own queue, all submitted before any is waited for, so
     /// jobs on different queues run at the same time where the device allows it.

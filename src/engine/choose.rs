@@ -291,10 +291,18 @@ pub(super) fn consult_policy(
         .get(queue.device)
         .map_or(Default::default(), |d| d.bindless);
     let dynamic = kernel.indexes_non_uniformly;
-    let repeat = lane.history().shapes.repeat;
+    let (repeat, trace_jit) = {
+        let history = lane.history();
+        (history.shapes.repeat, history.trace.last_inputs)
+    };
     let (verdict, fired) = {
         let mut state = kernel.policy();
-        let inputs = state.inputs(queued, repeat, arms, (resources, bindless, dynamic));
+        let inputs = state.inputs(
+            (queued, repeat),
+            arms,
+            (resources, bindless, dynamic),
+            trace_jit,
+        );
         let verdict = dispatch_policy::evaluate(&inputs);
         let fired = state.audit(&verdict, race.is_some());
         (verdict, fired)

@@ -18,10 +18,12 @@ use super::choose::single_timed;
 use super::contention::{Call, Watch};
 use super::core::Core;
 use super::error::EngineError;
+use super::events::Event;
 use super::job::Job;
 use super::panics::panic_message;
 use super::registry::Kernel;
 use super::sample::Arm;
+use super::tuning::TuningKey;
 use super::watch;
 
 /// Why a batch did not produce an answer on this queue.
@@ -89,7 +91,7 @@ fn caught<T>(
 pub(super) fn make_job(
     core: &Core,
     kernel: &Kernel,
-    variant: usize,
+    (variant, key): (usize, &TuningKey),
     queue: QueueId,
     payload: &Payload,
 ) -> Result<(DispatchJob, bool), EngineError> {
@@ -119,13 +121,27 @@ pub(super) fn make_job(
             })
         }
     };
-    let (handle, loaded) = kernel
-        .handle(core.backend.as_ref(), queue.device, variant)
+    let (handle, ready) = kernel
+        .handle_for(core.backend.as_ref(), queue.device, variant, key)
         .map_err(|source| EngineError::Backend {
             kernel: kernel.name.clone(),
             source,
         })?;
-    Ok((plan.into_job(queue, handle), loaded.is_some()))
+    if let Some(ns) = ready.compiled_ns {
+        kernel.trace.note_miss(ns);
+    }
+    if ready.first_use_of_pre {
+        kernel.trace.note_outcome(true);
+        core.bus.publish(Event::PreSpecialisationOutcome {
+            kernel: kernel.id,
+            key: Some(*key),
+            variant: kernel.variants[variant].name.clone(),
+            device: queue.device,
+            constants: kernel.spec_values(variant, key),
+            used: true,
+        });
+    }
+    Ok((plan.into_job(queue, handle), ready.compiled_ns.is_some()))
 }
 
 /// The canonical output of `variant` from its dispatch output.

@@ -12,8 +12,9 @@
 //! decided again inside the Vulkan backend per shape, from the record and submit costs
 //! it measures (`ReuseStats`): a shape's first run is launched plainly and taken apart,
 //! a repeated shape's recording kept and replayed. D9's support level is the device's
-//! (`DeviceInfo::bindless`, from its descriptor-indexing features). I2 (trace-JIT) is
-//! acted on by `trace.rs` from its own per-kernel hit/miss history. D3 (uploads travel
+//! (`DeviceInfo::bindless`, from its descriptor-indexing features). I2 (trace-JIT) takes
+//! the prediction of the batch's queue's per-key history (`trace.rs`) and is acted on
+//! by `trace_jit.rs`, which pre-specialises the predicted key's pipelines. D3 (uploads travel
 //! inside each job's command buffer: no separate copy to overlap) is evaluated and
 //! audited but has nothing to act on in this version; D9's bindless binding is the
 //! kernel author's (a variant declaring a descriptor array, which the Vulkan backend
@@ -27,7 +28,7 @@ use crate::backend::{BufferArg, DispatchJob, KernelVariant};
 use crate::policy::{
     evaluate_dispatch_policy, ArmBindingSummary, BindlessInputs, BindlessSupport,
     CommandReuseInputs, DispatchPolicyInputs, DispatchPolicyVerdict, PersistentKernelInputs,
-    PolicyAudit,
+    PolicyAudit, TraceJitInputs,
 };
 
 /// A single-arm run of a repeated shape re-evaluates the bundle once in this many.
@@ -110,14 +111,15 @@ impl PolicyState {
         }
     }
 
-    /// The policy inputs for the next batch; `queued` batches wait behind it and its
-    /// shape came `repeat` times in a row on its queue.
+    /// The policy inputs for the next batch; `queued` batches wait behind it, its
+    /// shape came `repeat` times in a row on its queue, and `trace_jit` is what its
+    /// queue's trace-JIT history predicted after it (`trace.rs`).
     pub(crate) fn inputs(
         &self,
-        queued: usize,
-        repeat: u32,
+        (queued, repeat): (usize, u32),
         arms: (ArmBindingSummary, ArmBindingSummary),
         (resource_count, support, dynamic_indexing): (usize, BindlessSupport, bool),
+        trace_jit: TraceJitInputs,
     ) -> DispatchPolicyInputs {
         let overhead = self.overhead_ns.unwrap_or(0);
         let first = self.first_overhead_ns.unwrap_or(0);
@@ -140,8 +142,9 @@ impl PolicyState {
                 // Whether a variant's SPIR-V indexes a descriptor array non-uniformly.
                 dynamic_indexing,
             },
-            // Trace-JIT history is not wired in this version: hits stay 0 (HoldSteady).
-            trace_jit: Default::default(),
+            // The prediction of the batch's own key's successor, from its queue's
+            // history; trace-JIT acted on the same inputs when it noted the batch.
+            trace_jit,
         }
     }
 

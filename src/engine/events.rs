@@ -215,7 +215,9 @@ pub enum Event {
         /// The commit-rate EMA at the switch, in ppm.
         commit_rate_ppm: u64,
     },
-    /// Trace-JIT pre-loaded a kernel's predicted variant in the background.
+    /// Trace-JIT pre-loaded a kernel's predicted variant in the background. Published
+    /// with [`Event::KeyPreSpecialised`], which says which key it is for and with which
+    /// specialisation constants.
     PreSpecialised {
         /// The kernel.
         kernel: KernelId,
@@ -225,6 +227,47 @@ pub enum Event {
         device: usize,
         /// Expected savings in ns.
         expected_savings_ns: u64,
+    },
+    /// Trace-JIT (I2) said Speculate after a batch of `after`, predicting `key` next,
+    /// and compiled in the background, on rayon, the pipeline `key`'s batches will run
+    /// on `device` that was not there: `variant` specialised with `constants`
+    /// ((constant id, value) pairs; empty for a variant without specialisation
+    /// constants, which was loaded as it is).
+    KeyPreSpecialised {
+        /// The kernel.
+        kernel: KernelId,
+        /// The key whose batch made the prediction.
+        after: TuningKey,
+        /// The key predicted to come next.
+        key: TuningKey,
+        /// The variant compiled.
+        variant: String,
+        /// The device it was compiled on.
+        device: usize,
+        /// Its specialisation constants, (id, value).
+        constants: Vec<(u32, u32)>,
+        /// What the compile took, ns.
+        compile_ns: u64,
+        /// The saving the policy expected, ns.
+        expected_savings_ns: u64,
+    },
+    /// What became of a pipeline trace-JIT compiled ahead of its key
+    /// ([`Event::KeyPreSpecialised`]): a batch of the key came and ran on it without a
+    /// compile on its critical path (`used`), or the engine shut down with no batch
+    /// having used it (`!used`: the compile was wasted).
+    PreSpecialisationOutcome {
+        /// The kernel.
+        kernel: KernelId,
+        /// The key of the batch that used it (`None` when wasted).
+        key: Option<TuningKey>,
+        /// The variant.
+        variant: String,
+        /// The device.
+        device: usize,
+        /// Its specialisation constants, (id, value).
+        constants: Vec<(u32, u32)>,
+        /// A batch used it.
+        used: bool,
     },
     /// An aggressive path fired in the dispatch policy for a kernel.
     PolicyAudit {

@@ -254,6 +254,7 @@ impl Engine {
             }
             drop(workers);
             self.core.preloads.wait_idle();
+            super::trace_jit::report_unused(&self.core);
             // The workers are joined, so no request can come after these: the saver's
             // last pass saves every store (races record winners without a verdict
             // change, so each store is saved, dirty or not), then it exits.

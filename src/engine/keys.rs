@@ -19,6 +19,7 @@ use crate::sync::{AtomicBool, Mutex, Ordering};
 use super::events::KernelVerdict;
 use super::ladder::Ladder;
 use super::sample::{CacheStatus, KernelId, RaceSample};
+use super::specialise::spec_hash;
 use super::tuning::TuningKey;
 use super::verdict::VerdictCell;
 
@@ -405,9 +406,17 @@ pub(crate) struct KeyState {
 
 impl KeyState {
     /// A cold key of a kernel whose variants have the autotune keys `variant_keys`
-    /// (conservative first).
-    pub(crate) fn new(kernel: KernelId, key: TuningKey, variant_keys: &[SpecCacheKey]) -> Self {
-        let spec_hash = key.hash64();
+    /// (conservative first) and, for this key, the specialisation-constant values
+    /// `values` (one list per variant; empty for a variant without constants, and
+    /// where `values` is short). Each variant's `spec_hash` for the key names the key
+    /// and those values.
+    pub(crate) fn new(
+        kernel: KernelId,
+        key: TuningKey,
+        variant_keys: &[SpecCacheKey],
+        values: &[Vec<(u32, u32)>],
+    ) -> Self {
+        let key_hash = key.hash64();
         KeyState {
             kernel,
             key,
@@ -419,9 +428,19 @@ impl KeyState {
             ladder: Ladder::new(1),
             store_keys: variant_keys
                 .iter()
-                .map(|k| SpecCacheKey { spec_hash, ..*k })
+                .enumerate()
+                .map(|(v, k)| SpecCacheKey {
+                    spec_hash: spec_hash(key_hash, values.get(v).map_or(&[], Vec::as_slice)),
+                    ..*k
+                })
                 .collect(),
         }
+    }
+
+    /// Variant `variant`'s autotune key for this tuning key.
+    #[cfg(test)]
+    pub(crate) fn store_key(&self, variant: usize) -> SpecCacheKey {
+        self.store_keys[variant.min(self.store_keys.len() - 1)]
     }
 
     /// Marks the state forgotten by its kernel's table.

@@ -18,7 +18,8 @@
 //!   slot), `panics`.
 //! - **Vocabulary**: `sample` (kernel ids, arms, race samples), `tuning` (tuning keys),
 //!   `error`, `events` (the event stream and its bus), `verdict`, `ladder`, `agree`,
-//!   `buffers`, `batch` (a batch and its answer), `spec_key`, `trace` and `lane`
+//!   `buffers`, `batch` (a batch and its answer), `spec_key`, `specialise` (a
+//!   variant's specialisation constants and each key's values), `trace` and `lane`
 //!   (per-queue counts), `dispatch_policy`, `test_backend` and `test_workloads`
 //!   (feature `test-util`).
 //! - **Kernel state**: `keys` (one tuning key's verdicts and races), `registry` (the
@@ -83,6 +84,7 @@ mod sample;
 mod saver;
 mod slot;
 mod spec_key;
+mod specialise;
 #[cfg(not(photofinish_loom))]
 mod spin;
 mod submit;
@@ -122,6 +124,7 @@ pub use keys::{
 pub use priors::MAX_TRANSFER_CLASSES;
 pub use registry::{KernelStats, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES};
 pub use sample::{Arm, CacheStatus, KernelId, RaceSample};
+pub use specialise::{SpecConstant, Specialization};
 #[cfg(any(test, feature = "test-util"))]
 pub use test_backend::{InjectedFault, LoadRecord, TestBackend};
 #[cfg(any(test, feature = "test-util"))]

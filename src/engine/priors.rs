@@ -37,6 +37,7 @@ use super::keys::{Basis, Hint, KeyState, PriorSource};
 use super::record;
 use super::registry::Kernel;
 use super::sample::CacheStatus;
+use super::specialise::spec_hash;
 use super::tuning::{Entry, TuningKey};
 
 /// The most size classes (factors of two) a verdict transfers across.
@@ -79,9 +80,16 @@ pub(crate) fn resume_keys(core: &Core, kernel: &Kernel) {
             if !ours || stored.trust != Trust::Loaded || pair.speculative.spec_hash == 0 {
                 continue;
             }
-            let key = classes
+            let Some(spec) = kernel.keys[1..]
                 .iter()
-                .find(|k| k.hash64() == pair.speculative.spec_hash);
+                .position(|k| same_variant(&pair.speculative, k))
+            else {
+                continue;
+            };
+            let key = classes.iter().find(|k| {
+                spec_hash(k.hash64(), &kernel.spec_values(spec + 1, k))
+                    == pair.speculative.spec_hash
+            });
             if let Some(&key) = key {
                 if !found.contains(&key) {
                     found.push(key);
@@ -116,7 +124,10 @@ pub(crate) fn state_for(core: &Core, kernel: &Kernel, key: TuningKey) -> Arc<Key
     }
     let mut rejected: Vec<(usize, usize)> = Vec::new();
     let (state, evicted) = kernel.tuning.get_or_insert(key, |others| {
-        let state = KeyState::new(kernel.id, key, &kernel.keys);
+        let values: Vec<Vec<(u32, u32)>> = (0..kernel.variants.len())
+            .map(|v| kernel.spec_values(v, &key))
+            .collect();
+        let state = KeyState::new(kernel.id, key, &kernel.keys, &values);
         for spec in 1..=state.speculative_count() {
             if kernel.is_broken(spec) {
                 state.candidate(spec).verdict.reject();

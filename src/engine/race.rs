@@ -40,7 +40,6 @@ use super::lane::Lane;
 use super::priors;
 use super::record::reject_everywhere;
 use super::sample::Arm;
-use super::trace::shape_of;
 use super::trace_jit;
 
 /// Runs `job` on `queue` and returns its answer.
@@ -102,16 +101,9 @@ fn prepare_single(
     variant: usize,
 ) -> Result<DispatchJob, Fault> {
     let kernel = &job.kernel;
-    let (dj, loaded) =
-        make_job(core, kernel, variant, queue, &job.payload).map_err(Fault::Input)?;
-    trace_jit::note(
-        core,
-        (kernel, state),
-        lane,
-        queue.device,
-        shape_of(&dj),
-        loaded,
-    );
+    let (dj, compiled) =
+        make_job(core, kernel, (variant, &state.key), queue, &job.payload).map_err(Fault::Input)?;
+    trace_jit::note(core, (kernel, state), lane, compiled);
     Ok(dj)
 }
 
@@ -284,18 +276,12 @@ fn race(
     // judged it) is judged first.
     judge_pending(core);
     let kernel = &job.kernel;
-    let (cons, cons_loaded) =
-        make_job(core, kernel, 0, queue, &job.payload).map_err(Fault::Input)?;
-    let spec = make_job(core, kernel, spec_variant, queue, &job.payload);
-    let loaded = cons_loaded || spec.as_ref().is_ok_and(|(_, l)| *l);
-    trace_jit::note(
-        core,
-        (kernel, state),
-        lane,
-        queue.device,
-        shape_of(&cons),
-        loaded,
-    );
+    let key = &state.key;
+    let (cons, cons_compiled) =
+        make_job(core, kernel, (0, key), queue, &job.payload).map_err(Fault::Input)?;
+    let spec = make_job(core, kernel, (spec_variant, key), queue, &job.payload);
+    let compiled = cons_compiled || spec.as_ref().is_ok_and(|(_, c)| *c);
+    trace_jit::note(core, (kernel, state), lane, compiled);
     let spec = spec.map(|(job, _)| job);
     // D2: the arms share a moment on two queues only when their buffers are
     // independent; otherwise they run back to back.

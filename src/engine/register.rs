@@ -14,6 +14,7 @@ use super::handle::Engine;
 use super::priors;
 use super::registry::{Kernel, KernelSource};
 use super::sample::KernelId;
+use super::specialise::Specialization;
 
 /// Whether the workload's speculative variant `variant` writes a counter tail (is
 /// fused), read from its declared output layout without running it: the tail parser is
@@ -49,7 +50,7 @@ impl Engine {
             self.core.backend.as_ref(),
             name,
             KernelSource::Workload(Arc::clone(&workload)),
-            variants,
+            (variants, Vec::new()),
             agree::KernelAgreement::Answer(workload.agreement()),
             self.core.config.max_keys_per_kernel,
         )?;
@@ -225,6 +226,45 @@ impl Engine {
         speculative: Vec<KernelVariant>,
         agreements: &[(u32, crate::policy::Agreement)],
     ) -> Result<KernelId, EngineError> {
+        self.register_variants_specialised(name, conservative, speculative, agreements, Vec::new())
+    }
+
+    /// [`Engine::register_variants_agreeing`] with SPIR-V specialisation constants
+    /// (SPEC §12): `specialisations` lists (variant index, [`Specialization`]) for the
+    /// variants that declare constants (0 is the conservative one). A batch of tuning
+    /// key K runs such a variant on the pipeline specialised with the values K picks,
+    /// compiled once per device and set of values — on the first batch that needs it,
+    /// or ahead of it, in the background, when trace-JIT predicts K
+    /// (`Event::KeyPreSpecialised`). Each variant's autotune entries for K name the
+    /// values in their `spec_hash`. A constant id the variant's SPIR-V does not
+    /// declare, a constant without candidates or an index past the variants is
+    /// `InvalidKernel`. On the CPU backend the constants do not reach the variant's CPU
+    /// code.
+    ///
+    /// ```
+    /// use photofinish::{BackendChoice, BindingAccess, Engine, KernelVariant, Specialization};
+    ///
+    /// let engine = Engine::builder().backend(BackendChoice::Cpu).without_autotune_file().build()?;
+    /// let layout = [BindingAccess::Read, BindingAccess::Write];
+    /// let sum = |name: &str| KernelVariant::cpu(name, &layout, 0, |_, _, _| Ok(()));
+    /// let kernel = engine.register_variants_specialised(
+    ///     "sum",
+    ///     sum("sum/plain"),
+    ///     vec![sum("sum/unrolled")],
+    ///     &[],
+    ///     vec![(1, Specialization::new().constant(0, "unroll", &[1, 2, 4, 8]))],
+    /// )?;
+    /// # let _ = kernel;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn register_variants_specialised(
+        &self,
+        name: &str,
+        conservative: KernelVariant,
+        speculative: Vec<KernelVariant>,
+        agreements: &[(u32, crate::policy::Agreement)],
+        specialisations: Vec<(usize, Specialization)>,
+    ) -> Result<KernelId, EngineError> {
         if self.core.gate.is_closed() {
             return Err(EngineError::ShutDown);
         }
@@ -238,11 +278,25 @@ impl Engine {
         let variants: Vec<KernelVariant> =
             std::iter::once(conservative).chain(speculative).collect();
         let agreement = agree::KernelAgreement::for_pair(name, &variants, agreements)?;
+        let mut specs: Vec<Option<Specialization>> = vec![None; variants.len()];
+        for (index, spec) in specialisations {
+            let Some(slot) = specs.get_mut(index) else {
+                return Err(EngineError::InvalidKernel {
+                    kernel: name.to_string(),
+                    reason: format!(
+                        "a specialisation is declared for variant {index}; the kernel has {} variants",
+                        variants.len()
+                    ),
+                    fix: "index the variants from 0 (the conservative one), in the order given",
+                });
+            };
+            *slot = Some(spec);
+        }
         let kernel = self.core.registry.add(
             self.core.backend.as_ref(),
             name.to_string(),
             KernelSource::Pair,
-            variants,
+            (variants, specs),
             agreement,
             self.core.config.max_keys_per_kernel,
         )?;

@@ -45,6 +45,8 @@ pub struct LoadRecord {
     pub thread: Option<String>,
     /// True when it was called from a rayon pool thread.
     pub on_rayon: bool,
+    /// The specialisation constants it was loaded with, (id, value) pairs.
+    pub constants: Vec<(u32, u32)>,
 }
 
 #[derive(Debug)]
@@ -68,6 +70,8 @@ pub struct TestBackend {
     lost: Vec<AtomicBool>,
     runs: Mutex<HashMap<String, u64>>,
     loads: Mutex<Vec<LoadRecord>>,
+    /// How long each load takes (a compile's cost), ns.
+    load_ns: AtomicU64,
     dispatch_calls: AtomicU64,
     untimed_calls: AtomicU64,
     /// Percent off the reported time of every second job run (see
@@ -134,6 +138,7 @@ impl TestBackend {
             rules: Mutex::new(Vec::new()),
             runs: Mutex::new(HashMap::new()),
             loads: Mutex::new(Vec::new()),
+            load_ns: AtomicU64::new(0),
             dispatch_calls: AtomicU64::new(0),
             untimed_calls: AtomicU64::new(0),
             second_job_discount: AtomicU64::new(0),
@@ -170,6 +175,12 @@ impl TestBackend {
     pub fn set_byte_sum_ns(&self, conservative: u64, speculative: u64) {
         self.set_kernel_ns(ByteSumWorkload::CONSERVATIVE, conservative);
         self.set_kernel_ns(ByteSumWorkload::SPECULATIVE, speculative);
+    }
+
+    /// Makes every later `load_kernel` take `ns` (sleeping), as a pipeline compile
+    /// does: what a batch that loads on its critical path waits for.
+    pub fn set_load_ns(&self, ns: u64) {
+        self.load_ns.store(ns, Ordering::Relaxed);
     }
 
     /// Injects `fault` into the next `times` dispatches of the variant named `variant`.
@@ -344,6 +355,15 @@ impl Backend for TestBackend {
         device: usize,
         variant: &KernelVariant,
     ) -> Result<KernelHandle, BackendError> {
+        self.load_kernel_specialised(device, variant, &[])
+    }
+
+    fn load_kernel_specialised(
+        &self,
+        device: usize,
+        variant: &KernelVariant,
+        constants: &[(u32, u32)],
+    ) -> Result<KernelHandle, BackendError> {
         if device >= self.devices.len() {
             return Err(BackendError::Unknown {
                 what: format!("device {device}"),
@@ -361,7 +381,12 @@ impl Backend for TestBackend {
             variant: variant.name.clone(),
             thread: std::thread::current().name().map(str::to_string),
             on_rayon: rayon::current_thread_index().is_some(),
+            constants: constants.to_vec(),
         });
+        let ns = self.load_ns.load(Ordering::Relaxed);
+        if ns > 0 {
+            std::thread::sleep(std::time::Duration::from_nanos(ns));
+        }
         let mut kernels = lock(&self.kernels);
         kernels.push(variant.clone());
         Ok(KernelHandle {

@@ -56,6 +56,24 @@ impl TuningKey {
         1 << self.class_log2
     }
 
+    /// log2 of the size class.
+    pub(crate) fn class_log2(&self) -> u8 {
+        self.class_log2
+    }
+
+    /// The key of the same application key `step` size classes up (down when
+    /// negative); `None` past the smallest class or 2^63.
+    pub(crate) fn stepped(&self, step: i8) -> Option<TuningKey> {
+        let class_log2 = i16::from(self.class_log2) + i16::from(step);
+        let class_log2 = u8::try_from(class_log2).ok()?;
+        (MIN_CLASS_LOG2..=63)
+            .contains(&class_log2)
+            .then_some(TuningKey {
+                app: self.app,
+                class_log2,
+            })
+    }
+
     /// The application key, if the batch carried one.
     pub fn app_key(&self) -> Option<u64> {
         self.app

@@ -25,7 +25,7 @@ use vulkano::pipeline::compute::ComputePipelineCreateInfo;
 use vulkano::pipeline::layout::{PipelineLayoutCreateInfo, PushConstantRange};
 use vulkano::pipeline::{ComputePipeline, PipelineLayout, PipelineShaderStageCreateInfo};
 use vulkano::shader::spirv::{ExecutionMode, ExecutionModel, Instruction, Spirv};
-use vulkano::shader::{ShaderModule, ShaderModuleCreateInfo, ShaderStages};
+use vulkano::shader::{ShaderModule, ShaderModuleCreateInfo, ShaderStages, SpecializationConstant};
 use vulkano::{Validated, VulkanError};
 
 use super::errors::vk_error;
@@ -54,11 +54,21 @@ pub(super) struct VariantKey {
     workgroup_size: [u32; 3],
     bindings: Vec<BindingDesc>,
     push_constant_bytes: u32,
+    /// The specialisation constants' values, sorted by id: one pipeline per set.
+    constants: Vec<(u32, u32)>,
 }
 
 impl VariantKey {
-    pub(super) fn new(device: usize, variant: &KernelVariant, spirv: &Arc<[u32]>) -> Self {
+    pub(super) fn new(
+        device: usize,
+        variant: &KernelVariant,
+        spirv: &Arc<[u32]>,
+        constants: &[(u32, u32)],
+    ) -> Self {
+        let mut constants = constants.to_vec();
+        constants.sort_unstable();
         VariantKey {
+            constants,
             device,
             name: variant.name.clone(),
             spirv: spirv.clone(),
@@ -70,11 +80,12 @@ impl VariantKey {
     }
 }
 
-/// Validates `variant` and builds its pipeline on `gpu`; `handle` is the handle it gets.
+/// Validates `variant` and builds its pipeline on `gpu`, specialised with `constants`
+/// ((id, value) pairs); `handle` is the handle it gets.
 pub(super) fn load(
     gpu: &Gpu,
     variant: &KernelVariant,
-    spirv: &[u32],
+    (spirv, constants): (&[u32], &[(u32, u32)]),
     handle: KernelHandle,
 ) -> Result<LoadedKernel, BackendError> {
     let name = variant.name.as_str();
@@ -113,29 +124,31 @@ pub(super) fn load(
             })
         }
     }
-    catch_unwind(AssertUnwindSafe(|| build(gpu, variant, spirv, handle))).unwrap_or_else(
-        |payload| {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".into());
-            Err(BackendError::InvalidSpirv {
-                kernel: name.to_string(),
-                reason: format!(
-                    "vulkano panicked on a module SPIRV-Tools' validator accepted ({what}); \
+    catch_unwind(AssertUnwindSafe(|| {
+        build(gpu, variant, (spirv, constants), handle)
+    }))
+    .unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(BackendError::InvalidSpirv {
+            kernel: name.to_string(),
+            reason: format!(
+                "vulkano panicked on a module SPIRV-Tools' validator accepted ({what}); \
                      please report it with the module"
-                ),
-            })
-        },
-    )
+            ),
+        })
+    })
 }
 
-/// Parses and reflects `spirv` (which passed the validator) and builds its pipeline.
+/// Parses and reflects `spirv` (which passed the validator) and builds its pipeline,
+/// specialised with `constants`.
 fn build(
     gpu: &Gpu,
     variant: &KernelVariant,
-    spirv: &[u32],
+    (spirv, constants): (&[u32], &[(u32, u32)]),
     handle: KernelHandle,
 ) -> Result<LoadedKernel, BackendError> {
     let name = variant.name.as_str();
@@ -168,7 +181,15 @@ fn build(
                 Validated::ValidationError(v) => invalid(v.to_string()),
                 Validated::Error(e) => vk_error(gpu.info.index, 0, Validated::Error(e)),
             })?;
-    let entry = module
+    let specialised = module
+        .specialize(
+            specialisation(&module, constants)
+                .map_err(invalid)?
+                .into_iter()
+                .collect(),
+        )
+        .map_err(|v| invalid(v.to_string()))?;
+    let entry = specialised
         .entry_point_with_execution(&variant.entry_point, ExecutionModel::GLCompute)
         .ok_or_else(|| {
             invalid(format!(
@@ -244,6 +265,45 @@ fn build(
         push_constant_bytes: variant.push_constant_bytes,
         pipeline,
     })
+}
+
+/// The values of `constants` ((id, value) pairs) typed as `module` declares each
+/// constant: a 32-bit word read as a `uint`, an `int`'s bits, a `float`'s bits or a
+/// `bool` (non-zero). `Err` names a constant the module does not have, or one of a
+/// type a 32-bit word cannot give.
+fn specialisation(
+    module: &ShaderModule,
+    constants: &[(u32, u32)],
+) -> Result<Vec<(u32, SpecializationConstant)>, String> {
+    let declared = module.specialization_constants();
+    constants
+        .iter()
+        .map(|&(id, value)| {
+            let typed = match declared.get(&id) {
+                None => {
+                    let mut ids: Vec<u32> = declared.keys().copied().collect();
+                    ids.sort_unstable();
+                    return Err(format!(
+                        "it has no specialisation constant {id} (it declares {ids:?})"
+                    ));
+                }
+                Some(SpecializationConstant::U32(_)) => SpecializationConstant::U32(value),
+                Some(SpecializationConstant::I32(_)) => {
+                    SpecializationConstant::I32(i32::from_ne_bytes(value.to_ne_bytes()))
+                }
+                Some(SpecializationConstant::F32(_)) => {
+                    SpecializationConstant::F32(f32::from_bits(value))
+                }
+                Some(SpecializationConstant::Bool(_)) => SpecializationConstant::Bool(value != 0),
+                Some(other) => {
+                    return Err(format!(
+                        "specialisation constant {id} is a {other:?}; only 32-bit and bool constants can be set"
+                    ))
+                }
+            };
+            Ok((id, typed))
+        })
+        .collect()
 }
 
 /// A layout or pipeline the device refused: validation → `BindingMismatch`.

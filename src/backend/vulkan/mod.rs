@@ -452,6 +452,15 @@ impl Backend for VulkanBackend {
         device: usize,
         variant: &KernelVariant,
     ) -> Result<KernelHandle, BackendError> {
+        self.load_kernel_specialised(device, variant, &[])
+    }
+
+    fn load_kernel_specialised(
+        &self,
+        device: usize,
+        variant: &KernelVariant,
+        constants: &[(u32, u32)],
+    ) -> Result<KernelHandle, BackendError> {
         let gpu = self.gpu(device)?;
         let Some(spirv) = &variant.spirv else {
             return Err(BackendError::Unsupported {
@@ -460,7 +469,7 @@ impl Backend for VulkanBackend {
                 reason: "the variant has no SPIR-V".into(),
             });
         };
-        let key = VariantKey::new(device, variant, spirv);
+        let key = VariantKey::new(device, variant, spirv, constants);
         let poisoned = || BackendError::Vulkan("the kernel table was poisoned".into());
         if let Some(handle) = self.loaded.lock().map_err(|_| poisoned())?.get(&key) {
             return Ok(*handle);
@@ -469,7 +478,7 @@ impl Backend for VulkanBackend {
             device,
             id: self.next_kernel.fetch_add(1, Ordering::Relaxed),
         };
-        let loaded = kernel::load(gpu, variant, spirv, handle)?;
+        let loaded = kernel::load(gpu, variant, (spirv, constants), handle)?;
         // Two threads may have loaded the same variant at once: the first to get here
         // wins and the other's pipeline is dropped.
         let mut table = self.loaded.lock().map_err(|_| poisoned())?;
