@@ -19,10 +19,12 @@
 //! - **Vocabulary**: `sample` (kernel ids, arms, race samples), `tuning` (tuning keys),
 //!   `error`, `events` (the event stream and its bus), `verdict`, `ladder`, `agree`,
 //!   `buffers`, `batch` (a batch and its answer), `spec_key`, `specialise` (a
-//!   variant's specialisation constants and each key's values), `trace` and `lane`
+//!   variant's specialisation constants and each key's values), `spec_slots` (a
+//!   kernel's specialised pipelines), `trace` and `lane`
 //!   (per-queue counts), `dispatch_policy`, `test_backend` and `test_workloads`
 //!   (feature `test-util`).
-//! - **Kernel state**: `keys` (one tuning key's verdicts and races), `registry` (the
+//! - **Kernel state**: `keys` (one tuning key's verdicts and races), `paired` (the
+//!   paired test on top of N2, the arm-time clamp), `registry` (the
 //!   kernels), `saver` (the save queue and its thread), `ticket` (the engine's tickets
 //!   over `slot`), `job` (a batch on its way to a worker, the mailbox message), `fleet`,
 //!   `devices`, `kept_windows` and `retired_plans` (a producer thread's caches), `core`
@@ -72,6 +74,7 @@ mod ladder;
 mod lane;
 #[cfg_attr(not(photofinish_loom), allow(unreachable_pub))]
 mod mailbox;
+mod paired;
 mod panics;
 mod priors;
 mod race;
@@ -84,6 +87,7 @@ mod sample;
 mod saver;
 mod slot;
 mod spec_key;
+mod spec_slots;
 mod specialise;
 #[cfg(not(photofinish_loom))]
 mod spin;
@@ -118,9 +122,8 @@ pub use events::{Event, KernelVerdict, MismatchDetail, Subscription, VerdictReas
 #[cfg(not(photofinish_loom))]
 pub use events::{RecvError, RecvTimeoutError, SubscriptionIntoIter, TryRecvError};
 pub use handle::Engine;
-pub use keys::{
-    KeyStats, PriorSource, CONFIRM_T, RERACE_FIRST_SKIPS, RERACE_MAX_SKIPS, RERACE_RACES,
-};
+pub use keys::{KeyStats, PriorSource, RERACE_FIRST_SKIPS, RERACE_MAX_SKIPS, RERACE_RACES};
+pub use paired::CONFIRM_T;
 pub use priors::MAX_TRANSFER_CLASSES;
 pub use registry::{KernelStats, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES};
 pub use sample::{Arm, CacheStatus, KernelId, RaceSample};

@@ -1,6 +1,6 @@
 //! The verdict half of a race: feeding a timed, agreeing race to its key's paired
 //! window, acting on what the window says (with the paired test on top of N2, see
-//! `keys::PairedRatios`), confirming priors, re-racing rejected keys, and publishing,
+//! `paired::PairedRatios`), confirming priors, re-racing rejected keys, and publishing,
 //! storing and saving every verdict change.
 //!
 //! A verdict belongs to (kernel, speculative variant, tuning key). Rejections for
