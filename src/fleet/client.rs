@@ -372,7 +372,8 @@ impl Fleet {
         }
     }
 
-    /// Waits up to `timeout` until every accepted write is in Redis (or refused there);
+    /// Waits up to `timeout` until every accepted write is in Redis (or refused there,
+    /// and what Redis kept instead is in the local copy);
     /// true when none is outstanding. For shutdown and tests: it blocks its caller, so a
     /// worker never calls it.
     pub fn flush(&self, timeout: Duration) -> bool {
@@ -636,16 +637,21 @@ impl Worker {
             let Some(w) = self.pending.remove(&key) else {
                 continue;
             };
-            self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
-            if stored == 1 {
+            // The write stops counting as outstanding only once its whole effect is in
+            // place — for a refused one, the mismatch re-read into the mirror — so a
+            // `flush` that returned sees what Redis kept.
+            let done = if stored == 1 {
                 self.shared.written.fetch_add(1, Ordering::Relaxed);
                 if self.own.len() < self.config.max_pending || self.own.contains_key(&key) {
                     self.own.insert(key, w);
                 }
+                Ok(())
             } else {
                 self.shared.refused_sticky.fetch_add(1, Ordering::Relaxed);
-                self.refresh(commands, &key)?;
-            }
+                self.refresh(commands, &key)
+            };
+            self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+            done?;
         }
         Ok(())
     }
