@@ -369,7 +369,6 @@ impl Backend for CpuBackend {
         })
     }
 
-    /// See `run_all`; kernels timed with the host clock.
     /// A variant's CPU code does not see specialisation constants (they may change how
     /// fast a kernel is, never its answer): each set of values loads the same code.
     fn load_kernel_specialised(
@@ -381,6 +380,7 @@ impl Backend for CpuBackend {
         self.load_kernel(device, variant)
     }
 
+    /// See `run_all`; kernels timed with the host clock.
     fn dispatch(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
         self.run_all(jobs, true)
     }
