@@ -37,7 +37,8 @@
 //!   to answer), `arms` (the worker's speculative arm thread), `supervisor` (the worker
 //!   loop, restarts, retries, the watchdog thread).
 //! - **The handle**: `handle` (the [`Engine`], its reports, shutdown), `register`,
-//!   `submit`, `builder`.
+//!   `submit`, `builder` (the options), `start` (`EngineBuilder::build`: opening the
+//!   backend, the stores and the workers).
 
 // The modules marked `allow(unreachable_pub)` hold items that are `pub` for the loom
 // models in `loom-tests/`, which reach them through `protocol` (below) in the loom
@@ -91,6 +92,7 @@ mod spec_slots;
 mod specialise;
 #[cfg(not(photofinish_loom))]
 mod spin;
+mod start;
 mod submit;
 mod supervisor;
 #[cfg(any(test, feature = "test-util"))]
