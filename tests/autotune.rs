@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::thread;
 
 use photofinish::autotune::{
-    record_speculative_variant_race, AutotuneKey, AutotuneRecord, AutotuneStore, KernelVerdict,
+    record_speculative_variant_race, AutotuneKey, AutotuneRecord, AutotuneStore,
     PairedSpeculationSample, PairedSpeculationWindow, SpecCacheKey, SpeculativeVariantKeys,
-    SpeculativeVariantKind, SpeculativeVariantRace, Trust, VerdictReason,
+    SpeculativeVariantKind, SpeculativeVariantRace, Trust, VerdictReason, VerdictRecord,
 };
 use photofinish::policy::{SpeculationObservation, SpeculationVerdict};
 
@@ -285,8 +285,8 @@ fn verdicts_are_stored_per_variant_pair() {
         speculative: &other_speculative,
         ..pair.keys()
     };
-    let verdict = KernelVerdict {
-        verdict: SpeculationVerdict::Reject,
+    let verdict = VerdictRecord {
+        verdict: photofinish::KernelVerdict::Rejected,
         observation: SpeculationObservation::default(),
         reason: VerdictReason::Mismatch,
     };

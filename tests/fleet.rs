@@ -10,11 +10,12 @@ mod watchdog;
 
 use std::time::{Duration, Instant};
 
-use photofinish::autotune::{KernelVerdict, VerdictReason};
+use photofinish::autotune::{VerdictReason, VerdictRecord};
 use photofinish::fleet::{
     DeviceModel, Fleet, FleetConfig, FleetEntry, FleetError, FleetKey, FleetStatus,
 };
-use photofinish::policy::{SpeculationObservation, SpeculationVerdict};
+use photofinish::policy::SpeculationObservation;
+use photofinish::KernelVerdict;
 
 use redis_support::eventually;
 use watchdog::watchdog;
@@ -36,9 +37,9 @@ fn key(tuning: u64) -> FleetKey {
     }
 }
 
-fn entry(verdict: SpeculationVerdict, reason: VerdictReason, count: u32) -> FleetEntry {
+fn entry(verdict: KernelVerdict, reason: VerdictReason, count: u32) -> FleetEntry {
     FleetEntry {
-        verdict: KernelVerdict {
+        verdict: VerdictRecord {
             verdict,
             observation: SpeculationObservation {
                 baseline_dispatches: count,
@@ -55,11 +56,11 @@ fn entry(verdict: SpeculationVerdict, reason: VerdictReason, count: u32) -> Flee
 }
 
 fn adopted(count: u32) -> FleetEntry {
-    entry(SpeculationVerdict::Adopt, VerdictReason::Measured, count)
+    entry(KernelVerdict::Adopted, VerdictReason::Measured, count)
 }
 
 fn mismatch() -> FleetEntry {
-    entry(SpeculationVerdict::Reject, VerdictReason::Mismatch, 1)
+    entry(KernelVerdict::Rejected, VerdictReason::Mismatch, 1)
 }
 
 fn quick() -> FleetConfig {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use photofinish::autotune::VerdictReason as StoredReason;
 use photofinish::fleet::{Fleet, FleetEntry};
 use photofinish::kernels::Workload;
-use photofinish::policy::{SpeculationVerdict, MIN_DISPATCHES_FOR_VERDICT};
+use photofinish::policy::MIN_DISPATCHES_FOR_VERDICT;
 use photofinish::{
     Batch, ByteSumWorkload, Engine, EngineBuilder, Event, InjectedFault, KernelId, KernelVerdict,
     PriorSource, TestBackend, TuningKey, MAX_UNDECIDED_RACES,
@@ -58,8 +58,8 @@ fn host(backend: &Arc<TestBackend>, url: Option<&str>) -> EngineBuilder {
 
 /// An entry another host might write: `verdict` with reason `reason`, and a window
 /// that claims `count` races per arm, the speculative one a million times faster.
-fn written(verdict: SpeculationVerdict, reason: StoredReason, count: u32) -> FleetEntry {
-    FleetEntry::now(photofinish::autotune::KernelVerdict {
+fn written(verdict: KernelVerdict, reason: StoredReason, count: u32) -> FleetEntry {
+    FleetEntry::now(photofinish::autotune::VerdictRecord {
         verdict,
         observation: photofinish::policy::SpeculationObservation {
             baseline_dispatches: count,
@@ -392,10 +392,10 @@ fn a_verdict_reached_on_one_host_reaches_a_running_host_live() {
         b.fleet()
             .unwrap()
             .get(&small_key)
-            .is_some_and(|e| e.verdict.verdict == SpeculationVerdict::Adopt)
+            .is_some_and(|e| e.verdict.verdict == KernelVerdict::Adopted)
     }));
     assert!(b.flush_fleet(Duration::from_secs(10)));
-    let forged = written(SpeculationVerdict::Reject, StoredReason::Measured, 8);
+    let forged = written(KernelVerdict::Rejected, StoredReason::Measured, 8);
     let other = Fleet::connect(&server.url()).unwrap();
     other.publish(&b.fleet_key(kb, 1, small, 0).unwrap(), forged);
     assert!(other.flush(Duration::from_secs(10)));
@@ -403,9 +403,7 @@ fn a_verdict_reached_on_one_host_reaches_a_running_host_live() {
         .fleet()
         .unwrap()
         .get(&b.fleet_key(kb, 1, small, 0).unwrap())
-        .is_some_and(
-            |e| e.verdict.verdict == SpeculationVerdict::Reject
-        )));
+        .is_some_and(|e| e.verdict.verdict == KernelVerdict::Rejected)));
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(b.verdict_for(kb, small), Some(KernelVerdict::Adopted));
 }
@@ -433,7 +431,7 @@ fn a_hostile_fleet_entry_marking_a_wrong_variant_adopted_never_yields_a_wrong_an
 
     // Another "host" claims the wrong variant was adopted, with a saturated window.
     let hostile = Fleet::connect(&server.url()).unwrap();
-    let mut forged = written(SpeculationVerdict::Adopt, StoredReason::Measured, u32::MAX);
+    let mut forged = written(KernelVerdict::Adopted, StoredReason::Measured, u32::MAX);
     forged.host = "mallory".into();
     hostile.publish(&key, forged);
     assert!(hostile.flush(Duration::from_secs(10)));
@@ -458,7 +456,7 @@ fn a_hostile_fleet_entry_marking_a_wrong_variant_adopted_never_yields_a_wrong_an
     assert!(eventually(Duration::from_secs(10), || hostile
         .get(&key)
         .is_some_and(|e| e.is_mismatch())));
-    let again = written(SpeculationVerdict::Adopt, StoredReason::Measured, 8);
+    let again = written(KernelVerdict::Adopted, StoredReason::Measured, 8);
     hostile.publish(&key, again);
     assert!(hostile.flush(Duration::from_secs(10)));
     let fresh = Fleet::connect(&server.url()).unwrap();
@@ -493,7 +491,7 @@ fn a_forged_adoption_of_a_slower_variant_is_overturned_and_the_overturn_shared()
     let forger = Fleet::connect(&server.url()).unwrap();
     forger.publish(
         &key,
-        written(SpeculationVerdict::Adopt, StoredReason::Measured, u32::MAX),
+        written(KernelVerdict::Adopted, StoredReason::Measured, u32::MAX),
     );
     assert!(forger.flush(Duration::from_secs(10)));
     assert!(eventually(Duration::from_secs(10), || engine
@@ -516,9 +514,7 @@ fn a_forged_adoption_of_a_slower_variant_is_overturned_and_the_overturn_shared()
     assert!(engine.flush_fleet(Duration::from_secs(10)));
     assert!(eventually(Duration::from_secs(10), || forger
         .get(&key)
-        .is_some_and(
-            |e| e.verdict.verdict == SpeculationVerdict::Reject
-        )));
+        .is_some_and(|e| e.verdict.verdict == KernelVerdict::Rejected)));
 }
 
 // ---------------------------------------------------------------------------------
@@ -640,11 +636,7 @@ fn redis_killed_and_restarted_under_eight_producers_answers_every_ticket_once() 
         let entry = fresh
             .get(&key)
             .unwrap_or_else(|| panic!("{} lost by the restart", s.key));
-        let expected = match s.verdict {
-            KernelVerdict::Adopted => SpeculationVerdict::Adopt,
-            _ => SpeculationVerdict::Reject,
-        };
-        assert_eq!(entry.verdict.verdict, expected, "{}", s.key);
+        assert_eq!(entry.verdict.verdict, s.verdict, "{}", s.key);
         checked += 1;
     }
     assert!(checked > 100, "only {checked} keys decided");

@@ -5,11 +5,12 @@ use std::fs;
 use std::path::Path;
 
 use photofinish::autotune::{
-    AutotuneError, AutotuneKey, AutotuneRecord, AutotuneStore, DeviceIdentity, KernelVerdict,
-    LoadMode, LoadOutcome, SpecCacheKey, SpeculativeVariantKeys, StaleReason, Trust, VerdictReason,
-    MAX_STORE_FILE_BYTES, SCHEMA_NAME,
+    AutotuneError, AutotuneKey, AutotuneRecord, AutotuneStore, DeviceIdentity, LoadMode,
+    LoadOutcome, SpecCacheKey, SpeculativeVariantKeys, StaleReason, Trust, VerdictReason,
+    VerdictRecord, MAX_STORE_FILE_BYTES, SCHEMA_NAME,
 };
-use photofinish::policy::{SpeculationObservation, SpeculationVerdict};
+use photofinish::policy::SpeculationObservation;
+use photofinish::KernelVerdict;
 use proptest::prelude::*;
 
 const ADAPTER: &str = "10de:2335 NVIDIA H200";
@@ -39,9 +40,9 @@ fn record(unroll: u32) -> AutotuneRecord {
     }
 }
 
-fn adopted() -> KernelVerdict {
-    KernelVerdict {
-        verdict: SpeculationVerdict::Adopt,
+fn adopted() -> VerdictRecord {
+    VerdictRecord {
+        verdict: KernelVerdict::Adopted,
         observation: SpeculationObservation {
             baseline_dispatches: 9,
             baseline_mean_ns: u64::MAX,
@@ -438,15 +439,15 @@ fn a_save_sweeps_temp_files_that_killed_saves_left_behind() {
     );
 }
 
-fn rejected() -> KernelVerdict {
-    KernelVerdict {
-        verdict: SpeculationVerdict::Reject,
+fn rejected() -> VerdictRecord {
+    VerdictRecord {
+        verdict: KernelVerdict::Rejected,
         ..adopted()
     }
 }
 
 /// The verdict `store` holds for the pair of shaders `(c, s)`.
-fn verdict_of(store: &AutotuneStore, c: u64, s: u64) -> Option<KernelVerdict> {
+fn verdict_of(store: &AutotuneStore, c: u64, s: u64) -> Option<VerdictRecord> {
     let (c, s) = (cache_key(c), cache_key(s));
     let keys = SpeculativeVariantKeys {
         conservative: &c,
@@ -457,7 +458,7 @@ fn verdict_of(store: &AutotuneStore, c: u64, s: u64) -> Option<KernelVerdict> {
 }
 
 /// Sets the verdict on the pair of shaders `(c, s)` as measured by `store`.
-fn set_verdict_of(store: &AutotuneStore, c: u64, s: u64, verdict: KernelVerdict) {
+fn set_verdict_of(store: &AutotuneStore, c: u64, s: u64, verdict: VerdictRecord) {
     let (c, s) = (cache_key(c), cache_key(s));
     let keys = SpeculativeVariantKeys {
         conservative: &c,

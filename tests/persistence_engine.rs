@@ -148,7 +148,7 @@ fn a_loaded_verdict_contradicted_by_its_race_is_overturned() {
     assert!(snapshot
         .verdicts
         .values()
-        .all(|v| v.verdict.verdict == photofinish::policy::SpeculationVerdict::Reject));
+        .all(|v| v.verdict.verdict == KernelVerdict::Rejected));
 }
 
 #[test]

@@ -19,7 +19,6 @@ use photofinish::autotune::{AutotuneStore, LoadMode, VariantPairKey};
 use photofinish::backend::cpu::CpuBackend;
 use photofinish::backend::{BindingAccess, BufferArg, KernelVariant};
 use photofinish::kernels::DispatchPlan;
-use photofinish::policy::SpeculationVerdict;
 use photofinish::{Batch, Engine, KernelId, KernelVerdict};
 
 use tracing::field::{Field, Visit};
@@ -256,7 +255,7 @@ fn engine_in(dir: &Path) -> Engine {
 }
 
 /// Verdicts by key, as `store` holds them.
-fn verdicts(store: &AutotuneStore) -> BTreeMap<VariantPairKey, SpeculationVerdict> {
+fn verdicts(store: &AutotuneStore) -> BTreeMap<VariantPairKey, KernelVerdict> {
     store
         .publish()
         .verdicts
@@ -266,7 +265,7 @@ fn verdicts(store: &AutotuneStore) -> BTreeMap<VariantPairKey, SpeculationVerdic
 }
 
 /// The verdicts in device 0's autotune file right now.
-fn on_disk(engine: &Engine) -> BTreeMap<VariantPairKey, SpeculationVerdict> {
+fn on_disk(engine: &Engine) -> BTreeMap<VariantPairKey, KernelVerdict> {
     let path = engine.autotune_path(0).expect("persistence on");
     let identity = engine.autotune_store(0).unwrap().identity();
     let (store, _) = AutotuneStore::load(path, identity, LoadMode::Strict)

@@ -13,11 +13,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use photofinish::autotune::{
-    AutotuneError, AutotuneStore, DeviceIdentity, KernelVerdict, LoadMode, SpecCacheKey,
-    SpeculativeVariantKeys, VerdictReason,
+    AutotuneError, AutotuneStore, DeviceIdentity, LoadMode, SpecCacheKey, SpeculativeVariantKeys,
+    VerdictReason, VerdictRecord,
 };
-use photofinish::policy::{SpeculationObservation, SpeculationVerdict};
-use photofinish::{Batch, ByteSumWorkload, Engine, TestBackend};
+use photofinish::policy::SpeculationObservation;
+use photofinish::{Batch, ByteSumWorkload, Engine, KernelVerdict, TestBackend};
 
 /// Set in a child's environment to `<path>;<which>`: save `which`'s verdicts to path.
 const SAVER_ENV: &str = "PHOTOFINISH_SHARED_DIR_SAVER";
@@ -41,12 +41,12 @@ fn cache_key(shader_hash: u64) -> SpecCacheKey {
     }
 }
 
-fn verdict(which: u64) -> KernelVerdict {
-    KernelVerdict {
+fn verdict(which: u64) -> VerdictRecord {
+    VerdictRecord {
         verdict: if which == 0 {
-            SpeculationVerdict::Adopt
+            KernelVerdict::Adopted
         } else {
-            SpeculationVerdict::Reject
+            KernelVerdict::Rejected
         },
         observation: SpeculationObservation {
             baseline_dispatches: 8,
@@ -75,7 +75,7 @@ fn set(store: &AutotuneStore, which: u64, i: u64) {
     store.set_verdict(keys, verdict(which));
 }
 
-fn get(store: &AutotuneStore, which: u64, i: u64) -> Option<KernelVerdict> {
+fn get(store: &AutotuneStore, which: u64, i: u64) -> Option<VerdictRecord> {
     let (c, s) = pair(which, i);
     let keys = SpeculativeVariantKeys {
         conservative: &c,

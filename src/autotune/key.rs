@@ -1,5 +1,19 @@
 //! The keys and records of the autotune map, and the identity of the device they were
 //! measured on. Plain data: no shared state, no I/O.
+//!
+//! Each key names one thing, from the smallest up:
+//!
+//! | key | names | |
+//! |---|---|---|
+//! | [`SpecCacheKey`] | one compiled shader variant (its `spec_hash` carries the tuning key and specialisation values) | SPEC §3 |
+//! | [`AutotuneKey`] | a variant on one adapter: what a tuning record is stored under | SPEC §3 |
+//! | [`SpeculativeVariantKeys`] | a conservative/speculative pair on one adapter, borrowed and `Copy` | SPEC §3 |
+//! | [`VariantPairKey`] | the same pair owned: what a verdict is stored under (`From` the borrowed one, as `PathBuf` from `&Path`) | |
+//!
+//! Outside this module, `TuningKey` (the engine's: a kind of batch) and
+//! `fleet::FleetKey` (the fleet store's key string: the pair and tuning key on a
+//! device model and driver, SPEC §13) build on these; none of them converts into
+//! another except the two pair forms.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -66,6 +66,6 @@ pub use race::{
     SpeculativeVariantRace,
 };
 pub use store::{
-    AutotuneSnapshot, AutotuneStore, KernelVerdict, StaleGroup, StaleReason, StoredRecord,
-    StoredVerdict, Trust, VerdictReason,
+    AutotuneSnapshot, AutotuneStore, StaleGroup, StaleReason, StoredRecord, StoredVerdict, Trust,
+    VerdictReason, VerdictRecord,
 };

@@ -45,10 +45,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{SpeculationObservation, SpeculationVerdict};
+use crate::policy::{KernelVerdict, SpeculationObservation};
 
 use super::key::{AutotuneKey, AutotuneRecord, DeviceIdentity, VariantPairKey};
-use super::store::{AutotuneStore, KernelVerdict, StaleGroup, StaleReason, Trust, VerdictReason};
+use super::store::{AutotuneStore, StaleGroup, StaleReason, Trust, VerdictReason, VerdictRecord};
 
 /// The `schema` field every autotune file carries.
 pub const SCHEMA_NAME: &str = "photofinish-autotune";
@@ -280,14 +280,14 @@ struct WireObservation {
     side_compile_cost_ns: u64,
 }
 
-fn wire_verdict(pair: &VariantPairKey, v: &KernelVerdict) -> WireVerdict {
+fn wire_verdict(pair: &VariantPairKey, v: &VerdictRecord) -> WireVerdict {
     let o = v.observation;
     WireVerdict {
         pair: pair.clone(),
         verdict: match v.verdict {
-            SpeculationVerdict::Adopt => WireVerdictKind::Adopt,
-            SpeculationVerdict::Reject => WireVerdictKind::Reject,
-            SpeculationVerdict::KeepRacing => WireVerdictKind::KeepRacing,
+            KernelVerdict::Adopted => WireVerdictKind::Adopt,
+            KernelVerdict::Rejected => WireVerdictKind::Reject,
+            KernelVerdict::Undecided => WireVerdictKind::KeepRacing,
         },
         // The file keeps what the store keeps of a reason (`VerdictReason::stored`).
         reason: if v.reason.is_mismatch() {
@@ -305,11 +305,11 @@ fn wire_verdict(pair: &VariantPairKey, v: &KernelVerdict) -> WireVerdict {
     }
 }
 
-fn kernel_verdict(w: WireVerdict) -> (VariantPairKey, KernelVerdict) {
+fn verdict_record(w: WireVerdict) -> (VariantPairKey, VerdictRecord) {
     let verdict = match w.verdict {
-        WireVerdictKind::Adopt => SpeculationVerdict::Adopt,
-        WireVerdictKind::Reject => SpeculationVerdict::Reject,
-        WireVerdictKind::KeepRacing => SpeculationVerdict::KeepRacing,
+        WireVerdictKind::Adopt => KernelVerdict::Adopted,
+        WireVerdictKind::Reject => KernelVerdict::Rejected,
+        WireVerdictKind::KeepRacing => KernelVerdict::Undecided,
     };
     let reason = match w.reason {
         WireReason::Measured => VerdictReason::Measured,
@@ -323,7 +323,7 @@ fn kernel_verdict(w: WireVerdict) -> (VariantPairKey, KernelVerdict) {
         speculative_mean_ns: o.speculative_mean_ns,
         side_compile_cost_ns: o.side_compile_cost_ns,
     };
-    let v = KernelVerdict {
+    let v = VerdictRecord {
         verdict,
         observation,
         reason,
@@ -413,7 +413,7 @@ impl AutotuneStore {
                 entries.insert(key.clone(), (*stored.record).clone());
             }
         }
-        let mut verdicts: BTreeMap<VariantPairKey, KernelVerdict> =
+        let mut verdicts: BTreeMap<VariantPairKey, VerdictRecord> =
             disk.verdicts.into_iter().collect();
         for (pair, stored) in &snapshot.verdicts {
             if stored.trust == Trust::Verified || !verdicts.contains_key(pair) {
@@ -573,14 +573,14 @@ struct Parsed {
     /// The layout version the file had.
     version: u32,
     entries: Vec<(AutotuneKey, AutotuneRecord)>,
-    verdicts: Vec<(VariantPairKey, KernelVerdict)>,
+    verdicts: Vec<(VariantPairKey, VerdictRecord)>,
     stale: Vec<StaleGroup>,
 }
 
 /// What a save writes: this store merged with the file.
 struct Merged {
     entries: BTreeMap<AutotuneKey, AutotuneRecord>,
-    verdicts: BTreeMap<VariantPairKey, KernelVerdict>,
+    verdicts: BTreeMap<VariantPairKey, VerdictRecord>,
     stale: Vec<StaleGroup>,
 }
 
@@ -678,7 +678,7 @@ fn parse(path: &Path, bytes: &[u8], current: &DeviceIdentity) -> Result<Parsed, 
             .into_iter()
             .map(|e| (e.key, e.record))
             .collect();
-        let verdicts: Vec<_> = group.verdicts.into_iter().map(kernel_verdict).collect();
+        let verdicts: Vec<_> = group.verdicts.into_iter().map(verdict_record).collect();
         match StaleReason::between(&identity, current) {
             None if live.is_none() => live = Some((entries, verdicts)),
             // A second group for this very device and driver: only a hand-edited file

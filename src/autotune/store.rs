@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::policy::{SpeculationObservation, SpeculationVerdict};
+use crate::policy::{KernelVerdict, SpeculationObservation};
 use crate::sync::{Mutex, SharedMap, SwapCell};
 
 use super::key::{
@@ -36,7 +36,7 @@ pub struct StoredRecord {
 }
 
 /// Why a verdict is what it is: the reason an engine's `Event::VerdictChanged` gives,
-/// and the reason a [`KernelVerdict`] of the store, its file and the fleet store keep.
+/// and the reason a [`VerdictRecord`] of the store, its file and the fleet store keep.
 /// The store keeps what a later run needs of it ([`VerdictReason::stored`]): whether
 /// the variant broke (`Mismatch`) or was measured (`Measured`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -98,11 +98,12 @@ impl VerdictReason {
     }
 }
 
-/// The verdict on one conservative/speculative pair, with the evidence for it.
+/// The verdict on one conservative/speculative pair for one tuning key, with the
+/// evidence for it: what the store, its file and the fleet store keep.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct KernelVerdict {
-    /// Adopt, Reject, or KeepRacing (undecided).
-    pub verdict: SpeculationVerdict,
+pub struct VerdictRecord {
+    /// Adopted, rejected, or undecided (a window still racing).
+    pub verdict: KernelVerdict,
     /// What the window had seen when the verdict was taken; a restarted engine can
     /// resume its window from it (`PairedSpeculationWindow::resume`).
     pub observation: SpeculationObservation,
@@ -114,7 +115,7 @@ pub struct KernelVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredVerdict {
     /// The verdict.
-    pub verdict: KernelVerdict,
+    pub verdict: VerdictRecord,
     /// Whether it was taken on this run or loaded.
     pub trust: Trust,
 }
@@ -171,7 +172,7 @@ pub struct StaleGroup {
     /// The records.
     pub entries: Vec<(AutotuneKey, AutotuneRecord)>,
     /// The verdicts.
-    pub verdicts: Vec<(VariantPairKey, KernelVerdict)>,
+    pub verdicts: Vec<(VariantPairKey, VerdictRecord)>,
 }
 
 impl StaleReason {
@@ -234,7 +235,7 @@ impl AutotuneStore {
     pub(super) fn from_loaded(
         identity: DeviceIdentity,
         entries: Vec<(AutotuneKey, AutotuneRecord)>,
-        verdicts: Vec<(VariantPairKey, KernelVerdict)>,
+        verdicts: Vec<(VariantPairKey, VerdictRecord)>,
         stale: Vec<StaleGroup>,
     ) -> Self {
         let mut store = Self::new(identity);
@@ -302,7 +303,7 @@ impl AutotuneStore {
     pub fn set_verdict(
         &self,
         keys: SpeculativeVariantKeys<'_>,
-        verdict: KernelVerdict,
+        verdict: VerdictRecord,
     ) -> Option<StoredVerdict> {
         let stored = StoredVerdict {
             verdict,

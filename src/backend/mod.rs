@@ -577,7 +577,7 @@ pub struct KernelHandle {
 
 /// The contents of one binding for a dispatch, in binding order.
 ///
-/// One rule on every backend ([`check_buffers`] applies it): a buffer is any non-zero
+/// One rule on every backend (`check_buffers` applies it): a buffer is any non-zero
 /// number of bytes up to the device's `maxStorageBufferRange`
 /// ([`DeviceLimits::max_storage_buffer_range`]); either kind fits any binding —
 /// `Data` gives the buffer's contents (for a written binding: the contents the kernel

@@ -11,6 +11,8 @@ use crate::backend::Backend;
 use crate::speculator::{SpeculationMode, DEFAULT_THRESHOLD_PCT};
 
 use super::handle::Engine;
+#[cfg(doc)] // for doc links
+use super::{error::EngineError, events::Event};
 
 /// Default capacity of each device's mailbox (batches waiting for a worker).
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 1024;

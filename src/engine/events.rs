@@ -14,8 +14,6 @@
 //! the channel under `photofinish_loom`), so `loom-tests/tests/event_bus.rs` models the
 //! drop policy. This module never decides anything; it only delivers.
 
-use std::fmt;
-
 use crate::sync::channel::{unbounded, Receiver, Sender, TrySendError};
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 
@@ -26,48 +24,7 @@ use super::sample::KernelId;
 use super::sample::RaceSample;
 use super::tuning::TuningKey;
 
-/// The state of a kernel as the engine runs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KernelVerdict {
-    /// Not decided yet: batches race both variants.
-    Undecided,
-    /// The speculative variant won: it runs alone, with periodic audit races.
-    Adopted,
-    /// The speculative variant lost or disagreed: the conservative one runs alone.
-    Rejected,
-}
-
-/// The window's verdict as the kernel's state: `KeepRacing` is undecided.
-impl From<SpeculationVerdict> for KernelVerdict {
-    fn from(v: SpeculationVerdict) -> Self {
-        match v {
-            SpeculationVerdict::Adopt => KernelVerdict::Adopted,
-            SpeculationVerdict::Reject => KernelVerdict::Rejected,
-            SpeculationVerdict::KeepRacing => KernelVerdict::Undecided,
-        }
-    }
-}
-
-/// The kernel's state as the window's verdict (what the autotune store keeps).
-impl From<KernelVerdict> for SpeculationVerdict {
-    fn from(v: KernelVerdict) -> Self {
-        match v {
-            KernelVerdict::Adopted => SpeculationVerdict::Adopt,
-            KernelVerdict::Rejected => SpeculationVerdict::Reject,
-            KernelVerdict::Undecided => SpeculationVerdict::KeepRacing,
-        }
-    }
-}
-
-impl fmt::Display for KernelVerdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            KernelVerdict::Undecided => "undecided",
-            KernelVerdict::Adopted => "adopted",
-            KernelVerdict::Rejected => "rejected",
-        })
-    }
-}
+pub use crate::policy::KernelVerdict;
 
 /// Why a verdict changed: the autotune store's reason, one type for the engine, its
 /// events, the autotune file and the fleet store.

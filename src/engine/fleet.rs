@@ -52,10 +52,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
-use crate::autotune::{KernelVerdict as StoredKernelVerdict, SpecCacheKey};
+use crate::autotune::{SpecCacheKey, VerdictRecord};
 use crate::backend::DeviceInfo;
 use crate::fleet::{DeviceModel, Fleet, FleetConfig, FleetKey};
-use crate::policy::SpeculationVerdict;
+use crate::policy::KernelVerdict;
 
 use super::error::EngineError;
 use super::keys::{Hint, KeyState, PriorSource};
@@ -84,7 +84,7 @@ pub(super) struct Offer {
     pub(super) conservative: SpecCacheKey,
     pub(super) speculative: SpecCacheKey,
     pub(super) key: TuningKey,
-    pub(super) verdict: StoredKernelVerdict,
+    pub(super) verdict: VerdictRecord,
 }
 
 pub(super) enum Msg {
@@ -158,7 +158,7 @@ impl FleetLink {
             let Some(entry) = on.fleet.get(&key) else {
                 continue;
             };
-            if entry.verdict.verdict == SpeculationVerdict::KeepRacing {
+            if entry.verdict.verdict == KernelVerdict::Undecided {
                 continue;
             }
             let mismatch = entry.is_mismatch();
@@ -183,7 +183,7 @@ impl FleetLink {
         kernel: &Kernel,
         state: &KeyState,
         spec: usize,
-        verdict: StoredKernelVerdict,
+        verdict: VerdictRecord,
     ) {
         let Some(on) = &self.on else {
             return;

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::fleet::{Fleet, FleetEntry, FleetStatus};
-use crate::policy::SpeculationVerdict;
 
 use super::core::Core;
 use super::error::EngineError;
@@ -134,7 +133,7 @@ fn apply_live(core: &Core, kernel: &Kernel, state: &KeyState, spec: usize, hint:
             {
                 return;
             }
-            if hint.verdict.verdict == SpeculationVerdict::Adopt {
+            if hint.verdict.verdict == KernelVerdict::Adopted {
                 tracing::info!(kernel = %kernel.name, key = %state.key, "fleet verdict heard live: adopted, to be confirmed");
                 log.hint = Some(hint);
                 log.prior = Some((PriorSource::Fleet, None));

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::autotune::KernelVerdict as StoredKernelVerdict;
+use crate::autotune::VerdictRecord;
 
 use super::error::EngineError;
 use super::keys::{Hint, KeyState};
@@ -36,15 +36,7 @@ impl FleetLink {
         None
     }
 
-    pub(crate) fn offer(
-        &self,
-        _: usize,
-        _: &Kernel,
-        _: &KeyState,
-        _: usize,
-        _: StoredKernelVerdict,
-    ) {
-    }
+    pub(crate) fn offer(&self, _: usize, _: &Kernel, _: &KeyState, _: usize, _: VerdictRecord) {}
 
     pub(crate) fn flush(&self, _timeout: Duration) -> bool {
         true

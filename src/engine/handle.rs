@@ -21,6 +21,8 @@ use super::registry::KernelStats;
 use super::sample::{CacheStatus, KernelId};
 use super::supervisor;
 use super::tuning::TuningKey;
+#[cfg(doc)] // for doc links
+use super::{batch::Batch, events::Event};
 
 /// The engine: build it once, register kernels, submit batches from any thread.
 ///

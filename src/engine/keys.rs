@@ -8,8 +8,7 @@
 use std::fmt;
 
 use crate::autotune::{
-    KernelVerdict as StoredKernelVerdict, PairedSpeculationWindow, SpecCacheKey,
-    SpeculativeVariantKeys,
+    PairedSpeculationWindow, SpecCacheKey, SpeculativeVariantKeys, VerdictRecord,
 };
 use crate::policy::{SpeculationObservation, MIN_DISPATCHES_FOR_VERDICT};
 use crate::sync::{AtomicBool, Mutex, Ordering};
@@ -93,7 +92,7 @@ pub(crate) struct Hint {
     /// The device whose store held it (for a neighbour's: the device of the key).
     pub(crate) device: usize,
     /// The verdict.
-    pub(crate) verdict: StoredKernelVerdict,
+    pub(crate) verdict: VerdictRecord,
     /// Where it came from.
     pub(crate) source: PriorSource,
 }

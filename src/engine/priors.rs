@@ -28,8 +28,7 @@
 
 use std::sync::Arc;
 
-use crate::autotune::{KernelVerdict as StoredKernelVerdict, SpecCacheKey, Trust, VerdictReason};
-use crate::policy::SpeculationVerdict;
+use crate::autotune::{SpecCacheKey, Trust, VerdictReason, VerdictRecord};
 
 use super::core::Core;
 use super::events::{Event, KernelVerdict};
@@ -169,7 +168,7 @@ fn start_from(state: &KeyState, spec: usize, hint: Hint, from: Option<TuningKey>
         log.cache = CacheStatus::Loaded;
     }
     match hint.verdict.verdict {
-        SpeculationVerdict::Adopt => {
+        KernelVerdict::Adopted => {
             log.hint = Some(hint);
             false
         }
@@ -195,7 +194,7 @@ fn prior(
     spec: usize,
     others: &[Arc<Entry<KeyState>>],
 ) -> Option<(Hint, Option<TuningKey>)> {
-    let decided = |v: &StoredKernelVerdict| v.verdict != SpeculationVerdict::KeepRacing;
+    let decided = |v: &VerdictRecord| v.verdict != KernelVerdict::Undecided;
     let stored = |legacy: bool| {
         core.tunes.iter().enumerate().find_map(|(device, tune)| {
             let keys = if legacy {
@@ -251,18 +250,17 @@ fn neighbour(
             continue;
         }
         let other = entry.value();
-        let verdict = match other.verdict_of(spec) {
-            KernelVerdict::Adopted => SpeculationVerdict::Adopt,
-            KernelVerdict::Rejected => SpeculationVerdict::Reject,
-            KernelVerdict::Undecided => continue,
-        };
+        let verdict = other.verdict_of(spec);
+        if verdict == KernelVerdict::Undecided {
+            continue;
+        }
         let log = other.log(spec);
         if log.basis != Basis::Measured || log.hint.is_some() {
             continue;
         }
         let hint = Hint {
             device: 0,
-            verdict: StoredKernelVerdict {
+            verdict: VerdictRecord {
                 verdict,
                 observation: log.window.observation(),
                 reason: VerdictReason::Measured,

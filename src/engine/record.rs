@@ -9,8 +9,7 @@
 //! (`reject_everywhere`).
 
 use crate::autotune::{
-    AutotuneRecord, KernelVerdict as StoredKernelVerdict, PairedSpeculationSample,
-    SpeculativeVariantRace,
+    AutotuneRecord, PairedSpeculationSample, SpeculativeVariantRace, VerdictRecord,
 };
 use crate::backend::{KernelVariant, QueueId};
 use crate::policy::{SpeculationVerdict, MIN_DISPATCHES_FOR_VERDICT};
@@ -448,8 +447,8 @@ fn published(
     });
     let tune = core.tunes.get(device).filter(|_| !keep_store);
     if let Some(tune) = tune {
-        let stored = StoredKernelVerdict {
-            verdict: to.into(),
+        let stored = VerdictRecord {
+            verdict: to,
             observation,
             reason: stored_reason,
         };

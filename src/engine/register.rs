@@ -15,6 +15,10 @@ use super::priors;
 use super::registry::{Kernel, KernelSource};
 use super::sample::KernelId;
 use super::specialise::Specialization;
+#[cfg(doc)] // for doc links
+use super::{batch::Batch, events::Event};
+#[cfg(doc)]
+use crate::policy::Agreement;
 
 /// Whether the workload's speculative variant `variant` writes a counter tail (is
 /// fused), read from its declared output layout without running it: the tail parser is

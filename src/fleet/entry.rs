@@ -6,8 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::autotune::{KernelVerdict, VerdictReason};
-use crate::policy::{SpeculationObservation, SpeculationVerdict};
+use crate::autotune::{VerdictReason, VerdictRecord};
+use crate::policy::{KernelVerdict, SpeculationObservation};
 
 /// The most races per arm a window read from the fleet may claim. One engine decides a
 /// pair within `MAX_UNDECIDED_RACES` (64) paired races, so a window of more was not
@@ -22,7 +22,7 @@ pub const MAX_FLEET_WINDOW_COUNT: u32 = 64;
 pub struct FleetEntry {
     /// The verdict (adopt or reject; a keep-racing one is never published), its window
     /// and its reason.
-    pub verdict: KernelVerdict,
+    pub verdict: VerdictRecord,
     /// The host that measured it.
     pub host: String,
     /// When, in seconds since the Unix epoch.
@@ -31,7 +31,7 @@ pub struct FleetEntry {
 
 impl FleetEntry {
     /// `verdict`, measured on this host ([`host_name`]) now.
-    pub fn now(verdict: KernelVerdict) -> Self {
+    pub fn now(verdict: VerdictRecord) -> Self {
         Self {
             verdict,
             host: host_name(),
@@ -117,9 +117,9 @@ struct WireWindow {
 /// share).
 pub(crate) fn encode(entry: &FleetEntry, tuning_key_display: &str) -> Option<String> {
     let verdict = match entry.verdict.verdict {
-        SpeculationVerdict::Adopt => WireVerdict::Adopted,
-        SpeculationVerdict::Reject => WireVerdict::Rejected,
-        SpeculationVerdict::KeepRacing => return None,
+        KernelVerdict::Adopted => WireVerdict::Adopted,
+        KernelVerdict::Rejected => WireVerdict::Rejected,
+        KernelVerdict::Undecided => return None,
     };
     // The wire keeps what the store keeps of a reason (`VerdictReason::stored`).
     let reason = if entry.verdict.reason.is_mismatch() {
@@ -154,8 +154,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<FleetEntry, String> {
         (WireVerdict::Adopted, WireReason::Mismatch) => {
             return Err("an adopted verdict cannot have reason mismatch".to_owned())
         }
-        (WireVerdict::Adopted, _) => SpeculationVerdict::Adopt,
-        (WireVerdict::Rejected, _) => SpeculationVerdict::Reject,
+        (WireVerdict::Adopted, _) => KernelVerdict::Adopted,
+        (WireVerdict::Rejected, _) => KernelVerdict::Rejected,
     };
     let reason = match wire.reason {
         WireReason::Measured => VerdictReason::Measured,
@@ -163,7 +163,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<FleetEntry, String> {
     };
     let w = wire.window;
     let entry = FleetEntry {
-        verdict: KernelVerdict {
+        verdict: VerdictRecord {
             verdict,
             observation: SpeculationObservation {
                 baseline_dispatches: w.conservative_count,
@@ -184,9 +184,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<FleetEntry, String> {
 mod tests {
     use super::*;
 
-    fn entry(verdict: SpeculationVerdict, reason: VerdictReason, count: u32) -> FleetEntry {
+    fn entry(verdict: KernelVerdict, reason: VerdictReason, count: u32) -> FleetEntry {
         FleetEntry {
-            verdict: KernelVerdict {
+            verdict: VerdictRecord {
                 verdict,
                 observation: SpeculationObservation {
                     baseline_dispatches: count,
@@ -209,12 +209,12 @@ mod tests {
 
     #[test]
     fn round_trips_and_clamps_counts() {
-        let e = entry(SpeculationVerdict::Adopt, VerdictReason::Measured, 12);
+        let e = entry(KernelVerdict::Adopted, VerdictReason::Measured, 12);
         let json = encode(&e, "64KiB").expect("adopt encodes");
         assert!(json.contains("\"tuning_key\":\"64KiB\""), "{json}");
         assert_eq!(decode(json.as_bytes()), Ok(e));
 
-        let forged = entry(SpeculationVerdict::Adopt, VerdictReason::Measured, u32::MAX);
+        let forged = entry(KernelVerdict::Adopted, VerdictReason::Measured, u32::MAX);
         let back = decode(encode(&forged, "").expect("encodes").as_bytes()).expect("decodes");
         assert_eq!(back.verdict.observation.baseline_dispatches, 64);
         assert_eq!(back.verdict.observation.speculative_dispatches, 64);
@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn keep_racing_is_not_shared() {
-        let e = entry(SpeculationVerdict::KeepRacing, VerdictReason::Measured, 3);
+        let e = entry(KernelVerdict::Undecided, VerdictReason::Measured, 3);
         assert_eq!(encode(&e, ""), None);
     }
 
@@ -244,9 +244,9 @@ mod tests {
 
     #[test]
     fn mismatch_is_sticky() {
-        let adopt = entry(SpeculationVerdict::Adopt, VerdictReason::Measured, 8);
-        let reject = entry(SpeculationVerdict::Reject, VerdictReason::Measured, 8);
-        let mismatch = entry(SpeculationVerdict::Reject, VerdictReason::Mismatch, 1);
+        let adopt = entry(KernelVerdict::Adopted, VerdictReason::Measured, 8);
+        let reject = entry(KernelVerdict::Rejected, VerdictReason::Measured, 8);
+        let mismatch = entry(KernelVerdict::Rejected, VerdictReason::Mismatch, 1);
         assert!(may_replace(None, &adopt));
         assert!(may_replace(Some(&reject), &adopt));
         assert!(may_replace(Some(&adopt), &mismatch));

@@ -89,7 +89,7 @@
 //!
 //! ```no_run
 //! use photofinish::fleet::{DeviceModel, Fleet, FleetEntry, FleetKey};
-//! # fn verdict() -> photofinish::autotune::KernelVerdict { unimplemented!() }
+//! # fn verdict() -> photofinish::autotune::VerdictRecord { unimplemented!() }
 //! let fleet = Fleet::connect("redis://127.0.0.1:6379/0")?;
 //! let key = FleetKey {
 //!     device: DeviceModel { vendor_id: 0x10de, device_id: 0x2335, name: "NVIDIA H200".into() },

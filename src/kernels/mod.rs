@@ -203,9 +203,9 @@ pub trait Workload: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// How a speculative variant's canonical answer is compared with the conservative
-    /// one's (SPEC §9): [`Agreement::Exact`] (bytes) by default; a float workload whose
+    /// one's (SPEC §9): [`Agreement::Exact`](crate::policy::Agreement::Exact) (bytes) by default; a float workload whose
     /// fast variants reassociate or fuse arithmetic gives a tolerance
-    /// ([`Agreement::Float`]).
+    /// ([`Agreement::Float`](crate::policy::Agreement::Float)).
     fn agreement(&self) -> crate::policy::Agreement {
         crate::policy::Agreement::Exact
     }

@@ -38,8 +38,8 @@ pub use independence::{
 };
 pub use persistent::{decide_persistent_kernel, PersistentKernelDecision, PersistentKernelInputs};
 pub use speculation::{
-    decide_speculation, ratio_basis_points, SpeculationObservation, SpeculationVerdict,
-    MIN_ADOPT_SAVINGS_BPS, MIN_DISPATCHES_FOR_VERDICT,
+    decide_speculation, ratio_basis_points, KernelVerdict, SpeculationObservation,
+    SpeculationVerdict, MIN_ADOPT_SAVINGS_BPS, MIN_DISPATCHES_FOR_VERDICT,
 };
 pub use trace_jit::{
     decide_trace_jit_speculation, TraceJitDecision, TraceJitInputs, TRACE_JIT_HOT_SHAPE_THRESHOLD,

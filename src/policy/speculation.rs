@@ -62,6 +62,42 @@ impl fmt::Display for SpeculationVerdict {
     }
 }
 
+/// The verdict on a speculative variant for one tuning key: the one verdict type of the
+/// engine, its events, the autotune store, its file and the fleet store (the store and
+/// the fleet keep it in [`crate::autotune::VerdictRecord`] with its evidence).
+/// [`SpeculationVerdict`] is N2's answer for one window step (SPEC §1); its
+/// `KeepRacing` is a key still `Undecided` (`From`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelVerdict {
+    /// Not decided yet: batches race both variants.
+    Undecided,
+    /// The speculative variant won: it runs alone, with periodic audit races.
+    Adopted,
+    /// The speculative variant lost or disagreed: the conservative one runs alone.
+    Rejected,
+}
+
+/// The window's verdict as the kernel's state: `KeepRacing` is undecided.
+impl From<SpeculationVerdict> for KernelVerdict {
+    fn from(v: SpeculationVerdict) -> Self {
+        match v {
+            SpeculationVerdict::Adopt => KernelVerdict::Adopted,
+            SpeculationVerdict::Reject => KernelVerdict::Rejected,
+            SpeculationVerdict::KeepRacing => KernelVerdict::Undecided,
+        }
+    }
+}
+
+impl fmt::Display for KernelVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KernelVerdict::Undecided => "undecided",
+            KernelVerdict::Adopted => "adopted",
+            KernelVerdict::Rejected => "rejected",
+        })
+    }
+}
+
 /// Decides whether a speculative variant has earned adoption (SPEC §1, N2).
 ///
 /// ```

@@ -493,10 +493,11 @@ fn decided(v: KernelVerdict) -> Option<Verdict> {
 /// `to`: the verdict the change reached, which a measured reason names.
 fn reason_text(reason: &VerdictReason, to: KernelVerdict) -> String {
     match reason {
-        VerdictReason::Measured => {
-            let v = photofinish::policy::SpeculationVerdict::from(to);
-            format!("measured: {v:?}").to_lowercase()
-        }
+        VerdictReason::Measured => match to {
+            KernelVerdict::Adopted => "measured: adopt".into(),
+            KernelVerdict::Rejected => "measured: reject".into(),
+            _ => "measured: keepracing".into(),
+        },
         VerdictReason::Mismatch => "speculative answer disagreed".into(),
         VerdictReason::SpeculativeFailed(why) => format!("speculative variant failed: {why}"),
         VerdictReason::Reverified => "from cache, re-verified".into(),
