@@ -321,6 +321,7 @@ impl InlineBackend {
         Ok(DispatchOutput {
             outputs,
             kernel_ns: Some(kernel_ns),
+            recording_reused: None,
         })
     }
 }

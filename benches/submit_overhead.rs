@@ -25,6 +25,18 @@
 //! the two timestamps `backend-direct` pays, so engine ÷ backend-direct is the engine's
 //! own share less that saving. The engine's `max_group` is the builder's default
 //! (`PHOTOFINISH_MAX_GROUP`).
+//!
+//! D1 grouping against no grouping: a second engine, built with the other side of the
+//! builder's default (`max_group(8)` while `DEFAULT_MAX_GROUP` is 1, `max_group(1)`
+//! otherwise), runs the `engine-group<n>` and `engine-pipelined-group<n>` lines beside
+//! the default engine's `engine` and `engine-pipelined`, in the same run; the ratios
+//! printed last compare them. Grouping can act only on a backlog, so the one-at-a-time
+//! pair checks that the default costs a lone batch nothing.
+//!
+//! `PF_BENCH_BACKEND=cpu` runs the engines and `backend-direct` on the CPU backend (the
+//! variants carry the same increment as CPU code); the hand-written loops stay on the
+//! Vulkan device, so their ratios then compare different backends (information only).
+//! Unset or `vulkan`: everything on the Vulkan backend.
 
 mod common;
 
@@ -33,10 +45,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use photofinish::backend::cpu::CpuBackend;
 use photofinish::backend::vulkan::VulkanBackend;
 use photofinish::backend::{Backend, BindingAccess, BufferArg, KernelVariant};
 use photofinish::kernels::DispatchPlan;
-use photofinish::{Batch, Engine, KernelId, KernelVerdict, Output, Ticket};
+use photofinish::Event;
+use photofinish::{Batch, Engine, KernelId, KernelVerdict, Output, Ticket, DEFAULT_MAX_GROUP};
 use vulkano::buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer};
 use vulkano::command_buffer::allocator::StandardCommandBufferAllocator;
 use vulkano::command_buffer::{
@@ -390,8 +404,10 @@ impl Reused {
     }
 }
 
-/// An increment-shaped variant (one read-write binding, no push constants) of `spirv`.
-fn increment_variant(name: &str, spirv: &Arc<[u32]>) -> KernelVariant {
+/// An increment-shaped variant (one read-write binding, no push constants) of `spirv`,
+/// with the same increment as CPU code after `spin` rounds of busy work per word (the
+/// slowed conservative arm's stand-in on the CPU backend).
+fn increment_variant(name: &str, spirv: &Arc<[u32]>, spin: u32) -> KernelVariant {
     KernelVariant::spirv(
         name,
         Arc::clone(spirv),
@@ -399,40 +415,71 @@ fn increment_variant(name: &str, spirv: &Arc<[u32]>) -> KernelVariant {
         &[BindingAccess::ReadWrite],
         0,
     )
+    .with_cpu(move |buffers, _, _| {
+        let data = buffers.first_mut().ok_or("no buffer")?;
+        for word in data.chunks_exact_mut(4) {
+            let mut x = 1u32;
+            for _ in 0..spin {
+                x = std::hint::black_box(x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223));
+            }
+            std::hint::black_box(x);
+            let w = u32::from_le_bytes([word[0], word[1], word[2], word[3]]).wrapping_add(1);
+            word.copy_from_slice(&w.to_le_bytes());
+        }
+        Ok(())
+    })
 }
 
-/// The engine with the increment pair registered and the plain increment adopted, and
-/// the backend it runs on.
-fn engine_with_adopted_kernel(
-    spirv: &Arc<[u32]>,
-    words: usize,
-) -> (Engine, KernelId, Arc<VulkanBackend>) {
-    let vulkan = Arc::new(
+/// The backend the engines run on: the CPU backend under `PF_BENCH_BACKEND=cpu`, else
+/// the Vulkan backend.
+fn engine_backend() -> Arc<dyn Backend> {
+    if std::env::var("PF_BENCH_BACKEND").as_deref() == Ok("cpu") {
+        return Arc::new(
+            CpuBackend::new()
+                .unwrap_or_else(|e| common::fail(&format!("cannot open the CPU backend: {e}"))),
+        );
+    }
+    Arc::new(
         VulkanBackend::new()
             .unwrap_or_else(|e| common::fail(&format!("cannot open the Vulkan backend: {e}"))),
-    );
-    let engine = Engine::builder()
-        .backend_instance(Arc::clone(&vulkan) as Arc<dyn Backend>)
+    )
+}
+
+/// An engine on `backend` (with `max_group(n)` where given, else the builder's
+/// default) with the increment pair registered and the plain increment adopted.
+fn engine_with_adopted_kernel(
+    backend: &Arc<dyn Backend>,
+    max_group: Option<usize>,
+    spirv: &Arc<[u32]>,
+    words: usize,
+) -> (Engine, KernelId) {
+    let mut builder = Engine::builder()
+        .backend_instance(Arc::clone(backend))
         .audit_period(0)
         // Measured from nothing learnt: no autotune file is read or saved (saves
         // fsync, and a file left by an earlier run would pre-decide the verdicts).
-        .without_autotune_file()
+        .without_autotune_file();
+    if let Some(n) = max_group {
+        builder = builder.max_group(n);
+    }
+    let engine = builder
         .build()
-        .unwrap_or_else(|e| common::fail(&format!("cannot build the engine on Vulkan: {e}")));
+        .unwrap_or_else(|e| common::fail(&format!("cannot build the engine: {e}")));
     let kernel = engine
         .register_pair(
             "increment",
             increment_variant(
                 "increment/slow",
                 &common::spirv("slow-increment", SLOW_INCREMENT_WGSL),
+                64,
             ),
-            increment_variant("increment/plain", spirv),
+            increment_variant("increment/plain", spirv, 0),
         )
         .unwrap_or_else(|e| common::fail(&format!("cannot register the kernel: {e}")));
     let input = input(words);
     for _ in 0..2000 {
         if engine.verdict(kernel) == Some(KernelVerdict::Adopted) {
-            return (engine, kernel, vulkan);
+            return (engine, kernel);
         }
         engine_batch(&engine, kernel, &input);
     }
@@ -472,14 +519,14 @@ fn words_of(ticket: Ticket) -> Vec<u32> {
 /// The plain increment dispatched through the engine's Vulkan backend directly, from the
 /// bench thread (no engine, no worker): what the engine's own machinery adds on top.
 struct Direct<'a> {
-    backend: &'a VulkanBackend,
+    backend: &'a dyn Backend,
     kernel: photofinish::backend::KernelHandle,
     queue: photofinish::backend::QueueId,
 }
 
 impl<'a> Direct<'a> {
-    fn new(backend: &'a VulkanBackend, spirv: &Arc<[u32]>) -> Self {
-        let variant = increment_variant("increment/direct", spirv);
+    fn new(backend: &'a dyn Backend, spirv: &Arc<[u32]>) -> Self {
+        let variant = increment_variant("increment/direct", spirv, 0);
         let kernel = backend
             .load_kernel(0, &variant)
             .unwrap_or_else(|e| common::fail(&format!("backend-direct: cannot load: {e}")));
@@ -567,9 +614,14 @@ fn submit_overhead(c: &mut Criterion) {
     let depth = common::env_usize("PF_SUBMIT_DEPTH", 32).max(1) as u64;
     let spirv = common::spirv("increment", INCREMENT_WGSL);
     let hand = HandLoop::new(&spirv);
-    let (engine, kernel, vulkan) = engine_with_adopted_kernel(&spirv, words);
+    let backend = engine_backend();
+    let (engine, kernel) = engine_with_adopted_kernel(&backend, None, &spirv, words);
+    // The other side of the default: grouping on where it is off, and off where on.
+    let contrast = if DEFAULT_MAX_GROUP > 1 { 1 } else { 8 };
+    let (other, other_kernel) = engine_with_adopted_kernel(&backend, Some(contrast), &spirv, words);
+    let audits = [engine.subscribe(), other.subscribe()];
     let data = input(words);
-    let direct = Direct::new(&vulkan, &spirv);
+    let direct = Direct::new(&*backend, &spirv);
     check("the backend called directly", &data, &direct.batch(&data));
     check("the hand-written loop", &data, &hand.batch(&data));
     let reuse = hand.reused(words, false, false);
@@ -586,12 +638,20 @@ fn submit_overhead(c: &mut Criterion) {
         &floor.batch(&data),
     );
     check("the engine", &data, &engine_batch(&engine, kernel, &data));
+    check(
+        "the contrast engine",
+        &data,
+        &engine_batch(&other, other_kernel, &data),
+    );
+    let other_line = format!("engine-group{contrast}");
+    let other_pipelined = format!("engine-pipelined-group{contrast}");
 
     let name = "submit_overhead";
     let mut group = c.benchmark_group(name);
     // One batch at a time from this thread, each line in turn.
-    let one_at_a_time: [(&str, &dyn Fn() -> Vec<u32>); 6] = [
+    let one_at_a_time: [(&str, &dyn Fn() -> Vec<u32>); 7] = [
         ("engine", &|| engine_batch(&engine, kernel, &data)),
+        (&other_line, &|| engine_batch(&other, other_kernel, &data)),
         ("backend-direct", &|| direct.batch(&data)),
         ("hand-written", &|| hand.batch(&data)),
         ("hand-reuse", &|| reuse.batch(&data)),
@@ -607,6 +667,9 @@ fn submit_overhead(c: &mut Criterion) {
     }
     common::timed(&mut group, name, "engine-pipelined", |iters| {
         pipelined(&engine, kernel, &data, depth, iters)
+    });
+    common::timed(&mut group, name, &other_pipelined, |iters| {
+        pipelined(&other, other_kernel, &data, depth, iters)
     });
     group.finish();
     common::print_time_ratio(
@@ -644,6 +707,31 @@ fn submit_overhead(c: &mut Criterion) {
         "submit_overhead/engine-pipelined",
         "submit_overhead/hand-written",
         "<= 0.5x",
+    );
+    // What D1 did on each engine (an audit is published when what fired or what the
+    // engine did changed): whether the grouped engine really grouped.
+    for (audits, line) in audits.iter().zip(["default", &other_line]) {
+        for event in audits.try_iter() {
+            if let Event::PolicyAudit { fired, did, .. } = event {
+                for (fired, did) in fired.iter().zip(did).filter(|(f, _)| f.starts_with("D1")) {
+                    println!("AUDIT {line}: {fired} -> {did}");
+                }
+            }
+        }
+    }
+    common::print_time_ratio(
+        &format!(
+            "default max_group ({DEFAULT_MAX_GROUP}) vs max_group({contrast}), {depth} in flight"
+        ),
+        "submit_overhead/engine-pipelined",
+        &format!("submit_overhead/{other_pipelined}"),
+        "information",
+    );
+    common::print_time_ratio(
+        &format!("default max_group ({DEFAULT_MAX_GROUP}) vs max_group({contrast}), one at a time"),
+        "submit_overhead/engine",
+        &format!("submit_overhead/{other_line}"),
+        "no worse",
     );
 }
 

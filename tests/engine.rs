@@ -8,8 +8,9 @@ use std::time::Duration;
 use photofinish::backend::{BindingAccess, BufferArg, KernelVariant};
 use photofinish::kernels::{DispatchPlan, Workload};
 use photofinish::{
-    Arm, Batch, ByteSumWorkload, Engine, EngineError, Event, KernelVerdict, Output, TestBackend,
-    TrySubmitError, VerdictReason, INLINE_OUTPUT_BYTES,
+    Arm, Batch, ByteSumWorkload, Engine, EngineError, Event, GroupRefusal, KernelVerdict, Output,
+    PolicyAction, TestBackend, TrySubmitError, VerdictReason, DEFAULT_MAX_GROUP,
+    INLINE_OUTPUT_BYTES,
 };
 
 fn engine_on(backend: &Arc<TestBackend>) -> Engine {
@@ -534,7 +535,8 @@ fn single_arm_runs_are_timed_one_in_a_period_and_races_always() {
 /// `max_group` (`None`: the builder's default) whose variants report `scale` × 1 000 ns
 /// and × 500 ns of kernel time, holds the worker in a paused dispatch,
 /// queues `inputs` behind it, resumes, and returns the backend, each input's answer
-/// (checked against the reference) and the backend calls the backlog took.
+/// (checked against the reference), the backend calls the backlog took and what every
+/// `PolicyAudit` said the engine did about D1.
 /// How `run_backlog` submits its backlog.
 #[derive(Clone, Copy)]
 enum Submit {
@@ -549,7 +551,12 @@ fn run_backlog(
     max_group: Option<usize>,
     scale: u64,
     inputs: &[Vec<u8>],
-) -> (Arc<TestBackend>, Vec<photofinish::Answer>, u64) {
+) -> (
+    Arc<TestBackend>,
+    Vec<photofinish::Answer>,
+    u64,
+    Vec<PolicyAction>,
+) {
     let backend = Arc::new(TestBackend::new(1, 1, 1));
     backend.set_byte_sum_ns(1_000 * scale, 500 * scale);
     let mut builder = Engine::builder().backend_instance(backend.clone());
@@ -557,6 +564,7 @@ fn run_backlog(
         builder = builder.max_group(n);
     }
     let engine = builder.build().unwrap();
+    let events = engine.subscribe();
     let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
     for i in 0..8u8 {
         engine
@@ -598,7 +606,16 @@ fn run_backlog(
         .collect();
     let calls = backend.dispatch_calls() - before;
     engine.shutdown();
-    (backend, answers, calls)
+    let d1 = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::PolicyAudit { fired, did, .. } => Some(fired.into_iter().zip(did)),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|(fired, did)| fired.starts_with("D1").then_some(did))
+        .collect();
+    (backend, answers, calls, d1)
 }
 
 #[test]
@@ -615,7 +632,7 @@ fn a_window_of_a_decided_kernel_runs_in_groups_too() {
 /// `max_group(8)`, run on the speculative variant in groups.
 fn runs_in_groups(submit: Submit) {
     let inputs: Vec<Vec<u8>> = (0..40u8).map(|i| (0..=i).collect()).collect();
-    let (backend, answers, calls) = run_backlog(submit, Some(8), 1, &inputs);
+    let (backend, answers, calls, d1) = run_backlog(submit, Some(8), 1, &inputs);
     for answer in &answers {
         assert_eq!(answer.arm, Arm::Speculative);
     }
@@ -626,6 +643,23 @@ fn runs_in_groups(submit: Submit) {
         "40 backlogged batches took {calls} backend calls"
     );
     assert_eq!(backend.runs(ByteSumWorkload::SPECULATIVE), 8 + 1 + 40);
+    // The audit says so, with no more batches than a backend call really carried.
+    let largest = backend.largest_call();
+    assert!((2..=8).contains(&largest), "largest call {largest}");
+    let grouped: Vec<usize> = d1
+        .iter()
+        .filter_map(|did| match did {
+            PolicyAction::Grouped { batches } => Some(*batches),
+            _ => None,
+        })
+        .collect();
+    assert!(!grouped.is_empty(), "no audit said grouped: {d1:?}");
+    for batches in grouped {
+        assert!(
+            (2..=largest as usize).contains(&batches),
+            "audited {batches} grouped, the largest call carried {largest}: {d1:?}"
+        );
+    }
 }
 
 #[test]
@@ -728,10 +762,38 @@ fn shutdown_answers_every_batch_of_queued_windows() {
 }
 
 #[test]
-fn by_default_every_batch_is_its_own_backend_call() {
-    let inputs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 8]).collect();
-    let (_, _, calls) = run_backlog(Submit::EachAlone, None, 1, &inputs);
-    assert_eq!(calls, 20);
+fn by_default_a_launch_bound_backlog_is_grouped_and_the_audit_says_so() {
+    let inputs: Vec<Vec<u8>> = (0..20u8).map(|i| (0..=i).collect()).collect();
+    let (backend, _, calls, d1) = run_backlog(Submit::EachAlone, None, 1, &inputs);
+    assert!(
+        calls < 20,
+        "20 backlogged batches took {calls} backend calls"
+    );
+    let largest = backend.largest_call() as usize;
+    assert!((2..=DEFAULT_MAX_GROUP).contains(&largest), "{largest}");
+    assert!(
+        d1.iter()
+            .any(|did| matches!(did, PolicyAction::Grouped { batches } if *batches <= largest)),
+        "{d1:?}"
+    );
+}
+
+#[test]
+fn by_default_a_batch_submitted_alone_is_never_grouped() {
+    // One at a time (each answer waited for): no backlog, so no group however
+    // launch-bound the kernel, and the lone batch's latency is untouched.
+    let backend = Arc::new(TestBackend::new(1, 1, 1));
+    backend.set_byte_sum_ns(1_000, 500);
+    let engine = engine_on(&backend);
+    let k = engine.register(Arc::new(ByteSumWorkload)).unwrap();
+    for i in 0..40u8 {
+        let input: Vec<u8> = (0..=i).collect();
+        let answer = engine.submit(Batch::new(k, input.clone())).unwrap().wait();
+        assert_eq!(answer.unwrap().output, reference(&input));
+    }
+    assert_eq!(engine.verdict(k), Some(KernelVerdict::Adopted));
+    assert_eq!(backend.largest_call(), 1);
+    engine.shutdown();
 }
 
 #[test]
@@ -740,8 +802,19 @@ fn a_backlog_of_a_long_kernel_is_not_grouped() {
     // grouped, although the held call makes its launch overhead look far larger:
     // grouping would make each caller wait for the others' kernels.
     let inputs: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 8]).collect();
-    let (_, _, calls) = run_backlog(Submit::EachAlone, Some(8), 200, &inputs);
+    let (backend, _, calls, d1) = run_backlog(Submit::EachAlone, Some(8), 200, &inputs);
     assert_eq!(calls, 20);
+    assert_eq!(backend.largest_call(), 1);
+    // Where D1 fired, the audit says why the batch went alone.
+    for did in &d1 {
+        assert_eq!(
+            *did,
+            PolicyAction::NotGrouped {
+                why: GroupRefusal::NotLaunchBound
+            },
+            "{d1:?}"
+        );
+    }
 }
 
 #[test]

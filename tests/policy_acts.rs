@@ -14,7 +14,7 @@ use photofinish::backend::Backend;
 use photofinish::policy::{BindlessSupport, BINDLESS_RESOURCE_COUNT_THRESHOLD};
 use photofinish::{
     BackendChoice, Batch, BufferArg, DispatchPlan, Engine, Event, KernelVariant, Output,
-    VerdictReason,
+    PolicyAction, VerdictReason,
 };
 
 /// Bindings of the generated kernel: 31 inputs and one output.
@@ -83,12 +83,29 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {{
 
 /// Runs the wide kernel a few times on `backend`; the rules of every `PolicyAudit`.
 fn audited_rules(backend: BackendChoice) -> Option<Vec<String>> {
-    audited_rules_of(backend, wide_kernel("wide/reverse", true))
+    audited_rules_of(backend, wide_kernel("wide/reverse", true)).map(rules_of)
+}
+
+/// The rules of audited (fired, did) pairs.
+fn rules_of(audits: Vec<(String, PolicyAction)>) -> Vec<String> {
+    audits.into_iter().map(|(fired, _)| fired).collect()
+}
+
+/// What the engine said it did about D9 in `audits`.
+fn d9_actions(audits: &[(String, PolicyAction)]) -> Vec<PolicyAction> {
+    audits
+        .iter()
+        .filter(|(fired, _)| fired.starts_with("D9"))
+        .map(|(_, did)| *did)
+        .collect()
 }
 
 /// Runs the wide kernel against `speculative` a few times on `backend`: every answer
-/// right, no mismatch; the rules of every `PolicyAudit`.
-fn audited_rules_of(backend: BackendChoice, speculative: KernelVariant) -> Option<Vec<String>> {
+/// right, no mismatch; every `PolicyAudit`'s fired paths, each with what the engine did.
+fn audited_rules_of(
+    backend: BackendChoice,
+    speculative: KernelVariant,
+) -> Option<Vec<(String, PolicyAction)>> {
     let engine = match Engine::builder()
         .backend(backend)
         .without_autotune_file()
@@ -132,7 +149,10 @@ fn audited_rules_of(backend: BackendChoice, speculative: KernelVariant) -> Optio
     let mut rules = Vec::new();
     for event in events.try_iter() {
         match event {
-            Event::PolicyAudit { fired, .. } => rules.extend(fired),
+            Event::PolicyAudit { fired, did, .. } => {
+                assert_eq!(fired.len(), did.len(), "one action per fired path");
+                rules.extend(fired.into_iter().zip(did));
+            }
             Event::MismatchCaught { .. } => panic!("{event:?}"),
             Event::VerdictChanged {
                 reason: VerdictReason::SpeculativeFailed(why),
@@ -209,13 +229,58 @@ fn a_descriptor_array_variant_is_reflected_and_runs_beside_one_binding_per_buffe
     assert_eq!(bindless.bindings[30].index, 30);
     assert!(!bindless.indexes_descriptors_non_uniformly());
     let cpu = audited_rules_of(BackendChoice::Cpu, bindless_kernel()).expect("CPU backend");
-    assert!(!cpu.iter().any(|r| r.starts_with("D9")), "{cpu:?}");
+    assert!(d9_actions(&cpu).is_empty(), "{cpu:?}");
     let Some(supported) = descriptor_indexing() else {
         return;
     };
     if supported {
+        // D9 fires, and the audit says the race really bound through the array.
         let vulkan =
             audited_rules_of(BackendChoice::Vulkan, bindless_kernel()).expect("Vulkan backend");
-        assert!(vulkan.iter().any(|r| r.starts_with("D9")), "{vulkan:?}");
+        let did = d9_actions(&vulkan);
+        assert!(!did.is_empty(), "{vulkan:?}");
+        assert!(
+            did.iter().all(|a| *a == PolicyAction::DescriptorArray),
+            "{vulkan:?}"
+        );
+        // The same wide kernel with one binding per buffer in both variants: D9 fires,
+        // and the audit says no descriptor array was used.
+        let plain = audited_rules_of(BackendChoice::Vulkan, wide_kernel("wide/reverse", true))
+            .expect("Vulkan backend");
+        let did = d9_actions(&plain);
+        assert!(!did.is_empty(), "{plain:?}");
+        assert!(
+            did.iter().all(|a| *a == PolicyAction::OneBindingPerBuffer),
+            "{plain:?}"
+        );
+    }
+}
+
+#[test]
+fn every_fired_path_says_what_the_engine_did_on_the_cpu_and_vulkan() {
+    // The races of an undecided kernel run alone: where D1 fires, its action says so;
+    // D4 on the CPU backend has no command buffers to keep.
+    for backend in [BackendChoice::Cpu, BackendChoice::Vulkan] {
+        let Some(audits) = audited_rules_of(backend, wide_kernel("wide/reverse", true)) else {
+            continue;
+        };
+        assert!(!audits.is_empty(), "{backend:?}: no audit");
+        for (fired, did) in &audits {
+            let ok = match &fired[..2] {
+                "D1" => matches!(did, PolicyAction::NotGrouped { .. }),
+                "D2" => matches!(
+                    did,
+                    PolicyAction::ArmsConcurrent | PolicyAction::ArmsSerialised
+                ),
+                "D4" if backend == BackendChoice::Cpu => *did == PolicyAction::NoRecording,
+                "D4" => matches!(
+                    did,
+                    PolicyAction::RecordsAndReplays | PolicyAction::PlainLaunch
+                ),
+                "D9" => *did == PolicyAction::OneBindingPerBuffer,
+                _ => true,
+            };
+            assert!(ok, "{backend:?}: {fired} -> {did}");
+        }
     }
 }

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use photofinish::policy::SpeculationVerdict;
-use photofinish::{Batch, ByteSumWorkload, Engine, Event, KernelVerdict, TestBackend};
+use photofinish::{
+    Batch, ByteSumWorkload, Engine, Event, KernelVerdict, PolicyAction, TestBackend,
+};
 
 /// An engine on a `TestBackend` of one device with `families` one-queue families whose
 /// byte-sum variants take `[conservative, speculative]` ns, the byte-sum kernel
@@ -87,7 +89,7 @@ fn every_race_sample_is_published_and_kept_with_the_deciding_index() {
 }
 
 #[test]
-fn policy_audits_are_published_when_the_fired_rules_change_not_every_batch() {
+fn policy_audits_are_published_when_the_fired_rules_or_actions_change_not_every_batch() {
     let backend = Arc::new(TestBackend::new(1, 2, 1));
     let engine = Engine::builder()
         .backend_instance(backend.clone())
@@ -103,12 +105,13 @@ fn policy_audits_are_published_when_the_fired_rules_change_not_every_batch() {
             .unwrap();
     }
     engine.shutdown();
-    let audits: Vec<Vec<String>> = events
+    let audits: Vec<(Vec<String>, Vec<PolicyAction>)> = events
         .try_iter()
         .filter_map(|e| match e {
-            Event::PolicyAudit { kernel, fired } => {
+            Event::PolicyAudit { kernel, fired, did } => {
                 assert_eq!(kernel, k);
-                Some(fired)
+                assert_eq!(fired.len(), did.len(), "one action per fired path");
+                Some((fired, did))
             }
             _ => None,
         })
@@ -117,7 +120,7 @@ fn policy_audits_are_published_when_the_fired_rules_change_not_every_batch() {
     assert!(
         audits
             .first()
-            .is_some_and(|f| f.iter().any(|p| p == "D2 concurrent-arms")),
+            .is_some_and(|(f, _)| f.iter().any(|p| p == "D2 concurrent-arms")),
         "{audits:?}"
     );
     assert!(
@@ -126,12 +129,11 @@ fn policy_audits_are_published_when_the_fired_rules_change_not_every_batch() {
         audits.len()
     );
     for pair in audits.windows(2) {
-        let rules = |f: &Vec<String>| f.iter().map(|p| p[..2].to_string()).collect::<Vec<_>>();
-        assert_ne!(
-            rules(&pair[0]),
-            rules(&pair[1]),
-            "published without a change"
-        );
+        let news = |(f, did): &(Vec<String>, Vec<PolicyAction>)| {
+            let rules: Vec<String> = f.iter().map(|p| p[..2].to_string()).collect();
+            (rules, did.clone())
+        };
+        assert_ne!(news(&pair[0]), news(&pair[1]), "published without a change");
     }
 }
 

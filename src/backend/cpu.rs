@@ -201,6 +201,7 @@ impl CpuBackend {
             return Ok(DispatchOutput {
                 outputs: written(buffers),
                 kernel_ns: timed.then_some(0),
+                recording_reused: None,
             });
         }
         let code = kernel
@@ -240,6 +241,7 @@ impl CpuBackend {
                 Ok(DispatchOutput {
                     outputs: written(buffers),
                     kernel_ns,
+                    recording_reused: None,
                 })
             }
             Ok(Err(reason)) => Err(failed(reason)),

@@ -475,6 +475,12 @@ impl KernelVariant {
         wgsl::reflect_spirv(name.into(), words, entry)
     }
 
+    /// Whether the variant binds buffers through a descriptor array (a binding with an
+    /// array element past the first: see [`BindingDesc::index`]).
+    pub(crate) fn declares_descriptor_array(&self) -> bool {
+        self.bindings.iter().any(|b| b.index > 0)
+    }
+
     /// Whether the variant's SPIR-V indexes a descriptor array with a non-uniform
     /// (per-invocation) index: it declares the `StorageBufferArrayNonUniformIndexing`
     /// capability (naga writes it for such an index). D9 needs `Full` descriptor
@@ -698,6 +704,12 @@ pub struct DispatchOutput {
     /// bits, scaled by the timestamp period), measured around the CPU code on the CPU
     /// backend. `None` where the queue has no timestamps.
     pub kernel_ns: Option<u64>,
+    /// What the backend did with the dispatch's recorded command buffer (D4, command
+    /// reuse): `Some(true)` it replayed a recording of an earlier dispatch or kept this
+    /// one's for the shape's next run (record-and-replay), `Some(false)` it launched
+    /// plainly and took the recording apart after its one run, `None` where the backend
+    /// records no command buffers (the CPU backend) or ran nothing.
+    pub recording_reused: Option<bool>,
 }
 
 /// Why a backend could not do what was asked. Each variant says what to do about it.

@@ -35,9 +35,14 @@ pub const DEFAULT_MAX_SEARCHING: usize = 4;
 /// (docs/journal/2026-11-22-h200-10-busy-wait.md).
 pub const DEFAULT_BUSY_WAIT: Duration = Duration::from_micros(50);
 
-/// Default of [`EngineBuilder::max_group`]: 1, one batch per backend call (groups of 8
-/// measured no better on an H200: docs/journal/2026-11-21-h200-04-host-memory.md).
-pub const DEFAULT_MAX_GROUP: usize = 1;
+/// Default of [`EngineBuilder::max_group`]: 8. D1 then decides per kernel from its
+/// measured launch overhead and kernel time, and groups only a decided, launch-bound
+/// kernel's backlog beyond the idle workers (never a lone batch). On the 2-core build VM
+/// (`PF_BENCH_BACKEND=cpu PF_BENCH_SECS=1 cargo bench --bench submit_overhead`, BENCHMARKS.md)
+/// 32 tiny batches in flight took 0.83–0.98× the ungrouped time per batch on the CPU
+/// backend; on lavapipe D1 found the kernel not launch-bound and grouped nothing. The
+/// H200's "no better" figure predates D1's gating and is still to be re-measured.
+pub const DEFAULT_MAX_GROUP: usize = 8;
 /// Default audit period: one audit race in this many batches of an adopted kernel on
 /// each queue (counted per queue, so that workers share no counter).
 pub const DEFAULT_AUDIT_PERIOD: u64 = 64;

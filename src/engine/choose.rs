@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::backend::{DispatchJob, QueueId};
 use crate::policy::{
     decide_persistent_kernel, ArmIndependenceVerdict, PersistentKernelDecision,
-    PersistentKernelInputs,
+    PersistentKernelInputs, PolicyAudit,
 };
 use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
 
@@ -21,6 +21,7 @@ use super::events::{Event, KernelVerdict, VerdictReason};
 use super::job::Job;
 use super::keys::KeyState;
 use super::lane::Lane;
+use super::policy_action::{Acts, GroupRefusal};
 use super::record::{reject_on, rerace_due};
 use super::registry::Kernel;
 use super::sample::Arm;
@@ -211,66 +212,82 @@ pub(super) fn single_timed(lane: &Lane) -> bool {
 }
 
 /// How many batches to run in one backend call on `queue`, `first` included, when
-/// `queued` more wait in the device's mailbox: 1 unless `first`'s kernel is decided (a single-arm run) and D1 says the
-/// backlog's launch overheads outweigh the set-up of a persistent launch; then the
-/// backlog beyond what the device's idle workers take, at most `max_group`
-/// (`EngineBuilder::max_group`). With grouping off (the default) it reads nothing.
-pub(crate) fn group_size(core: &Core, queue: QueueId, first: &Job, queued: usize) -> usize {
-    if queued == 0 || core.config.max_group <= 1 {
-        return 1;
+/// `queued` more wait in the device's mailbox: `Err` (one batch, and why) unless
+/// `first`'s kernel is decided (a single-arm run) and D1 says the backlog's launch
+/// overheads outweigh the set-up of a persistent launch; then the backlog beyond what
+/// the device's idle workers take, at most `max_group` (`EngineBuilder::max_group`).
+/// With no backlog, or grouping off, it reads nothing.
+pub(crate) fn group_size(
+    core: &Core,
+    queue: QueueId,
+    first: &Job,
+    queued: usize,
+) -> Result<usize, GroupRefusal> {
+    if core.config.max_group <= 1 {
+        return Err(GroupRefusal::GroupingOff);
+    }
+    if queued == 0 {
+        return Err(GroupRefusal::NoBacklog);
     }
     let decided = first
         .kernel
         .key_state(&first.tuning_key())
         .is_some_and(|state| state.verdict() != KernelVerdict::Undecided);
     if !decided {
-        return 1;
+        return Err(GroupRefusal::KernelUndecided);
     }
     let spare = queued.saturating_sub(core.idle_queues(queue));
     if spare == 0 {
-        return 1;
+        return Err(GroupRefusal::NoBacklog);
     }
     let Some(inputs) = first
         .kernel
         .try_policy()
         .map(|p| p.persistent_inputs(queued))
     else {
-        return 1;
+        return Err(GroupRefusal::NotWorthIt);
     };
     group_for(spare, core.config.max_group, inputs)
 }
 
 /// The group for a backlog of which `spare` batches are beyond what idle workers take:
 /// `spare + 1` (at most `max_group`) when D1 says a persistent launch pays for the
-/// backlog and the kernel is short and launch-bound, 1 otherwise. Only such a kernel
-/// is grouped: a group's batches wait for the whole group's answers, which costs a
-/// long kernel's callers latency and saves it little.
-fn group_for(spare: usize, max_group: usize, inputs: PersistentKernelInputs) -> usize {
+/// backlog and the kernel is short and launch-bound, `Err` (why not) otherwise. Only
+/// such a kernel is grouped: a group's batches wait for the whole group's answers,
+/// which costs a long kernel's callers latency and saves it little.
+fn group_for(
+    spare: usize,
+    max_group: usize,
+    inputs: PersistentKernelInputs,
+) -> Result<usize, GroupRefusal> {
     let launch_bound = inputs.per_item_kernel_ns <= inputs.per_launch_overhead_ns
         && inputs.per_item_kernel_ns <= GROUP_MAX_KERNEL_NS;
     match decide_persistent_kernel(inputs) {
         PersistentKernelDecision::PersistentKernel { .. } if launch_bound => {
-            (spare + 1).min(max_group)
+            Ok((spare + 1).min(max_group))
         }
-        _ => 1,
+        PersistentKernelDecision::PersistentKernel { .. } => Err(GroupRefusal::NotLaunchBound),
+        PersistentKernelDecision::StandardLaunches => Err(GroupRefusal::NotWorthIt),
     }
 }
 
 /// Evaluates the dispatch policy for this batch (`race`: both arms run, the
-/// speculative one being that variant), publishes its aggressive paths when they
-/// changed for this kernel, and says whether the arms may run concurrently (D2).
+/// speculative one being that variant): whether the arms may run concurrently (D2) and
+/// the aggressive paths that fired, which the caller publishes with what it did about
+/// them once the batch has run ([`publish_audit`]).
 /// A single-arm run calls it only when `begin` said it is due: for a repeat of the
 /// shape it was evaluated for, nothing the bundle reads but the backlog has changed,
 /// and the backlog is read afresh for every group. The shape's repeat count is read
-/// from `lane`, `queue`'s.
+/// from `lane`, `queue`'s. `taken`: batches taken with this one from the backlog (a
+/// group's others, which the mailbox no longer counts, nor does it count a window's).
 pub(super) fn consult_policy(
     core: &Core,
     kernel: &Kernel,
-    queue: QueueId,
-    lane: &Lane,
+    (queue, lane): (QueueId, &Lane),
     jobs: [&DispatchJob; 2],
     race: Option<usize>,
-) -> bool {
+    taken: usize,
+) -> Consulted {
     let arms = match race {
         Some(spec) => {
             dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[spec]])
@@ -283,7 +300,8 @@ pub(super) fn consult_policy(
     let queued = core
         .devices
         .get(queue.device)
-        .map_or(0, |d| d.mailbox.len());
+        .map_or(0, |d| d.mailbox.len())
+        .max(taken);
     let resources = kernel.variants[0].bindings.len();
     let bindless = core
         .backend
@@ -295,26 +313,44 @@ pub(super) fn consult_policy(
         let history = lane.history();
         (history.shapes.repeat, history.trace.last_inputs)
     };
-    let (verdict, fired) = {
-        let mut state = kernel.policy();
-        let inputs = state.inputs(
-            (queued, repeat),
-            arms,
-            (resources, bindless, dynamic),
-            trace_jit,
-        );
-        let verdict = dispatch_policy::evaluate(&inputs);
-        let fired = state.audit(&verdict, race.is_some());
-        (verdict, fired)
-    };
-    if let Some(fired) = fired {
-        tracing::debug!(kernel = %kernel.name, ?fired, "dispatch policy paths changed");
-        core.bus.publish(Event::PolicyAudit {
-            kernel: kernel.id,
-            fired,
-        });
+    let inputs = kernel.policy().inputs(
+        (queued, repeat),
+        arms,
+        (resources, bindless, dynamic),
+        trace_jit,
+    );
+    let verdict = dispatch_policy::evaluate(&inputs);
+    Consulted {
+        independent: verdict.arm_independence == ArmIndependenceVerdict::Independent,
+        fired: dispatch_policy::fired(&verdict, race.is_some()),
     }
-    verdict.arm_independence == ArmIndependenceVerdict::Independent
+}
+
+/// What [`consult_policy`] found for a batch.
+#[derive(Debug, Default)]
+pub(super) struct Consulted {
+    /// D2: the arms' buffers are independent.
+    pub(super) independent: bool,
+    /// The aggressive paths that fired, in rule order.
+    pub(super) fired: Vec<PolicyAudit>,
+}
+
+/// Publishes `fired` (from [`consult_policy`]) as `Event::PolicyAudit` with what the
+/// engine did about each (`acts`, gathered as the batch ran), when the rules or the
+/// actions differ from those published last for `kernel`.
+pub(super) fn publish_audit(core: &Core, kernel: &Kernel, fired: &[PolicyAudit], acts: &Acts) {
+    if fired.is_empty() {
+        return;
+    }
+    let Some((fired, did)) = kernel.policy().audit(fired, acts) else {
+        return;
+    };
+    tracing::debug!(kernel = %kernel.name, ?fired, ?did, "dispatch policy paths or actions changed");
+    core.bus.publish(Event::PolicyAudit {
+        kernel: kernel.id,
+        fired,
+        did,
+    });
 }
 
 #[cfg(all(test, not(photofinish_loom)))]
@@ -488,18 +524,22 @@ mod tests {
     fn a_short_launch_bound_backlog_is_grouped_up_to_the_limit() {
         // Eight launches of 10 µs overhead outweigh a 20 µs set-up.
         let cheap = inputs(10_000, 5_000, 20_000);
-        assert_eq!(group_for(3, 8, cheap), 4);
-        assert_eq!(group_for(20, 8, cheap), 8, "at most max_group");
+        assert_eq!(group_for(3, 8, cheap), Ok(4));
+        assert_eq!(group_for(20, 8, cheap), Ok(8), "at most max_group");
     }
 
     #[test]
     fn a_long_or_kernel_bound_or_costly_to_set_up_backlog_is_not_grouped() {
+        let not_bound = Err(GroupRefusal::NotLaunchBound);
         // Kernel time above the launch overhead: not launch-bound.
-        assert_eq!(group_for(3, 8, inputs(10_000, 15_000, 20_000)), 1);
+        assert_eq!(group_for(3, 8, inputs(10_000, 15_000, 20_000)), not_bound);
         // Launch-bound but longer than GROUP_MAX_KERNEL_NS.
         let long = GROUP_MAX_KERNEL_NS + 1;
-        assert_eq!(group_for(3, 8, inputs(long * 2, long, 20_000)), 1);
+        assert_eq!(group_for(3, 8, inputs(long * 2, long, 20_000)), not_bound);
         // The set-up outweighs the launches.
-        assert_eq!(group_for(3, 8, inputs(10_000, 5_000, 10_000_000)), 1);
+        assert_eq!(
+            group_for(3, 8, inputs(10_000, 5_000, 10_000_000)),
+            Err(GroupRefusal::NotWorthIt)
+        );
     }
 }

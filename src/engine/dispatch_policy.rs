@@ -2,9 +2,11 @@
 //! what `policy::evaluate_dispatch_policy` takes from what the engine measured (host
 //! wall time of each backend call minus its kernel time as the per-launch overhead, the
 //! first launch's overhead as the record/setup cost, how often the same input shape
-//! repeats, the queue behind the batch, the arms' real buffer bindings), publishes each
-//! aggressive path that fires as `Event::PolicyAudit` (only when the fired set of a
-//! kernel changes, not every batch), and hands the verdict to the race.
+//! repeats, the queue behind the batch, the arms' real buffer bindings), hands the
+//! verdict to the race, and, once the batch has run, says which aggressive paths to
+//! publish as `Event::PolicyAudit` with what the engine did about each
+//! (`policy_action::PolicyAction`; only when the fired set of a kernel or the actions
+//! change, not every batch).
 //!
 //! The engine acts on D2 (arms run concurrently on two queues only when independent)
 //! and on D1: when it fires for a backlog, a worker takes several queued batches and
@@ -16,7 +18,8 @@
 //! the prediction of the batch's queue's per-key history (`trace.rs`) and is acted on
 //! by `trace_jit.rs`, which pre-specialises the predicted key's pipelines. D3 (uploads travel
 //! inside each job's command buffer: no separate copy to overlap) is evaluated and
-//! audited but has nothing to act on in this version; D9's bindless binding is the
+//! audited ("serialised: overlapped uploads not implemented") but has nothing to act on
+//! in this version; D9's bindless binding is the
 //! kernel author's (a variant declaring a descriptor array, which the Vulkan backend
 //! loads only on a device with the descriptor indexing it needs). A single-arm run of a repeated shape
 //! re-evaluates the bundle only every [`POLICY_REFRESH`]-th time. This module decides
@@ -30,6 +33,8 @@ use crate::policy::{
     CommandReuseInputs, DispatchPolicyInputs, DispatchPolicyVerdict, PersistentKernelInputs,
     PolicyAudit, TraceJitInputs,
 };
+
+use super::policy_action::{Acts, PolicyAction};
 
 /// A single-arm run of a repeated shape re-evaluates the bundle once in this many.
 pub(crate) const POLICY_REFRESH: u32 = 64;
@@ -73,8 +78,9 @@ pub(crate) struct PolicyState {
     first_overhead_ns: Option<u64>,
     /// Kernel time, EMA with α = 1/4.
     kernel_ns: Option<u64>,
-    /// The rules (`D1`, `D2`, …) of the aggressive paths published last.
-    last_fired: Vec<&'static str>,
+    /// The rules (`D1`, `D2`, …) of the aggressive paths published last, each with
+    /// what the engine did about it.
+    last_fired: Vec<(&'static str, PolicyAction)>,
 }
 
 fn ema(old: Option<u64>, new: u64) -> u64 {
@@ -148,25 +154,40 @@ impl PolicyState {
         }
     }
 
-    /// The paths to publish for this verdict, or `None` when the same rules fired last
-    /// time (a changed saving alone is not news) or none fired. `raced`: both arms run
-    /// (else D2 is moot).
+    /// The audit to publish for the paths that `fired` for a batch and what the engine
+    /// did about each (`acts`), or `None` when the same rules fired and the same actions
+    /// were taken last time (a changed saving alone is not news) or none fired. The
+    /// comparison allocates nothing.
     pub(crate) fn audit(
         &mut self,
-        verdict: &DispatchPolicyVerdict,
-        raced: bool,
-    ) -> Option<Vec<String>> {
-        let fired: Vec<PolicyAudit> = verdict
-            .aggressive_paths()
-            .filter(|p| raced || *p != PolicyAudit::ConcurrentArms)
-            .collect();
-        let rules: Vec<&'static str> = fired.iter().map(PolicyAudit::rule).collect();
-        if rules.is_empty() || rules == self.last_fired {
+        fired: &[PolicyAudit],
+        acts: &Acts,
+    ) -> Option<(Vec<String>, Vec<PolicyAction>)> {
+        let same = fired.len() == self.last_fired.len()
+            && fired
+                .iter()
+                .zip(&self.last_fired)
+                .all(|(p, &(rule, did))| p.rule() == rule && acts.action(p) == did);
+        if fired.is_empty() || same {
             return None;
         }
-        self.last_fired = rules;
-        Some(fired.iter().map(ToString::to_string).collect())
+        let did: Vec<PolicyAction> = fired.iter().map(|p| acts.action(p)).collect();
+        self.last_fired = fired
+            .iter()
+            .map(PolicyAudit::rule)
+            .zip(did.clone())
+            .collect();
+        Some((fired.iter().map(ToString::to_string).collect(), did))
     }
+}
+
+/// The aggressive paths `verdict` fires for a batch, in rule order. `raced`: both arms
+/// run (else D2 is moot).
+pub(crate) fn fired(verdict: &DispatchPolicyVerdict, raced: bool) -> Vec<PolicyAudit> {
+    verdict
+        .aggressive_paths()
+        .filter(|p| raced || *p != PolicyAudit::ConcurrentArms)
+        .collect()
 }
 
 /// The two arms' binding summaries over the buffers they really use: each arm's

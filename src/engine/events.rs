@@ -20,6 +20,7 @@ use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::backend::{BackendKind, QueueId};
 use crate::policy::SpeculationVerdict;
 
+use super::policy_action::PolicyAction;
 use super::sample::KernelId;
 use super::sample::RaceSample;
 use super::tuning::TuningKey;
@@ -226,12 +227,17 @@ pub enum Event {
         /// A batch used it.
         used: bool,
     },
-    /// An aggressive path fired in the dispatch policy for a kernel.
+    /// An aggressive path fired in the dispatch policy for a kernel, and what the
+    /// engine did about it. Published when the rules that fired or the engine's actions
+    /// changed for the kernel, not every batch.
     PolicyAudit {
         /// The kernel.
         kernel: KernelId,
-        /// What fired, as the policy displays it.
+        /// What fired, as the policy displays it (`policy::PolicyAudit`).
         fired: Vec<String>,
+        /// What the engine did about each, in the same order as `fired`, read from
+        /// what happened to the batch the policy was consulted for.
+        did: Vec<PolicyAction>,
     },
     /// A worker was restarted by its supervisor.
     WorkerRestarted {

@@ -77,6 +77,7 @@ mod lane;
 mod mailbox;
 mod paired;
 mod panics;
+mod policy_action;
 mod priors;
 mod race;
 mod record;
@@ -126,6 +127,7 @@ pub use events::{RecvError, RecvTimeoutError, SubscriptionIntoIter, TryRecvError
 pub use handle::Engine;
 pub use keys::{KeyStats, PriorSource, RERACE_FIRST_SKIPS, RERACE_MAX_SKIPS, RERACE_RACES};
 pub use paired::CONFIRM_T;
+pub use policy_action::{GroupRefusal, PolicyAction};
 pub use priors::MAX_TRANSFER_CLASSES;
 pub use registry::{KernelStats, MAX_KEPT_SAMPLES, MAX_UNDECIDED_RACES};
 pub use sample::{Arm, CacheStatus, KernelId, RaceSample};

@@ -22,8 +22,8 @@ use crate::backend::{BackendError, DispatchJob, DispatchOutput, QueueId};
 
 use super::batch::Answer;
 use super::choose::{
-    begin, consult_policy, first_arm_patience, single_timed, speculative_goes_first, Choice,
-    JUDGE_GRACE,
+    begin, consult_policy, first_arm_patience, publish_audit, single_timed, speculative_goes_first,
+    Choice, Consulted, JUDGE_GRACE,
 };
 use super::core::Core;
 use super::dispatch::{
@@ -37,13 +37,21 @@ use super::judge::{
 };
 use super::keys::KeyState;
 use super::lane::Lane;
+use super::policy_action::{Acts, GroupRefusal};
 use super::priors;
 use super::record::reject_everywhere;
 use super::sample::Arm;
 use super::trace_jit;
+use super::tuning::TuningKey;
 
-/// Runs `job` on `queue` and returns its answer.
-pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Fault> {
+/// Runs `job` on `queue` and returns its answer; `alone`: why it was not grouped with
+/// others of a backlog (what a `PolicyAudit` says of D1).
+pub(crate) fn run(
+    core: &Core,
+    queue: QueueId,
+    job: &Job,
+    alone: GroupRefusal,
+) -> Result<Answer, Fault> {
     if core.is_lost(queue.device) {
         return Err(Fault::DeviceLost {
             device: queue.device,
@@ -59,7 +67,8 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
         // An adopted variant that refuses a batch the conservative one may take is no
         // longer trusted, and the batch runs conservatively.
         Choice::Single { arm, spec } => {
-            match single(core, queue, (job, &state), lane, arm, spec, policy_due) {
+            let due = policy_due.then_some(alone);
+            match single(core, queue, (job, &state), lane, arm, spec, due) {
                 Err(fault) => after_single_fault(core, queue, (job, &state), arm, spec, fault),
                 ok => ok,
             }
@@ -70,8 +79,8 @@ pub(crate) fn run(core: &Core, queue: QueueId, job: &Job) -> Result<Answer, Faul
     result
 }
 
-/// A single-arm run of `job`, counted on `lane` (`queue`'s); `policy_due`: evaluate the
-/// dispatch policy for it.
+/// A single-arm run of `job`, counted on `lane` (`queue`'s); `policy_due` (why the
+/// batch runs alone): evaluate the dispatch policy for it and publish what it did.
 fn single(
     core: &Core,
     queue: QueueId,
@@ -79,32 +88,43 @@ fn single(
     lane: &Lane,
     arm: Arm,
     spec: usize,
-    policy_due: bool,
+    policy_due: Option<GroupRefusal>,
 ) -> Result<Answer, Fault> {
     let variant = arm.variant(spec);
-    let dj = prepare_single(core, queue, (job, state), lane, variant)?;
-    if policy_due {
-        consult_policy(core, &job.kernel, queue, lane, [&dj, &dj], None);
-    }
+    let (dj, pre) = prepare_single(core, queue, (job, state), lane, variant)?;
+    let consulted = policy_due.map(|alone| {
+        let c = consult_policy(core, &job.kernel, (queue, lane), [&dj, &dj], None, 0);
+        (c, alone)
+    });
     let timed = single_timed(lane);
     let (out, _) = dispatch_one(core, (&job.kernel, variant), dj, Measure::single(timed))?;
+    if let Some((Consulted { fired, .. }, alone)) = consulted {
+        let acts = Acts {
+            group: Err(alone),
+            concurrent: false,
+            recording_reused: out.as_ref().ok().and_then(|o| o.recording_reused),
+            descriptor_array: job.kernel.variants[variant].declares_descriptor_array(),
+            pre_specialised: pre,
+        };
+        publish_audit(core, &job.kernel, &fired, &acts);
+    }
     complete_single(core, queue, job, arm, spec, out)
 }
 
 /// The dispatch job of a single-arm run of `job` on `queue`, with trace-JIT told about
-/// it in `lane` (`queue`'s).
+/// it in `lane` (`queue`'s), and what trace-JIT pre-specialised (see `trace_jit::note`).
 fn prepare_single(
     core: &Core,
     queue: QueueId,
     (job, state): (&Job, &KeyState),
     lane: &Lane,
     variant: usize,
-) -> Result<DispatchJob, Fault> {
+) -> Result<(DispatchJob, Option<(TuningKey, usize)>), Fault> {
     let kernel = &job.kernel;
     let (dj, compiled) =
         make_job(core, kernel, (variant, &state.key), queue, &job.payload).map_err(Fault::Input)?;
-    trace_jit::note(core, (kernel, state), lane, compiled);
-    Ok(dj)
+    let pre = trace_jit::note(core, (kernel, state), lane, compiled);
+    Ok((dj, pre))
 }
 
 /// The answer of a single-arm run from its dispatch result.
@@ -148,9 +168,10 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
     let mut dispatch_jobs: Vec<DispatchJob> = Vec::with_capacity(jobs.len());
     let mut states: Vec<Arc<KeyState>> = Vec::with_capacity(jobs.len());
     let mut policy_due = false;
+    let mut pre = None;
     for (i, job) in jobs.iter().enumerate() {
         if core.is_lost(queue.device) || job.kernel.disabled.get().is_some() {
-            results[i] = Some(run(core, queue, job));
+            results[i] = Some(run(core, queue, job, GroupRefusal::NoBacklog));
             continue;
         }
         let state = priors::state_for(core, &job.kernel, job.tuning_key());
@@ -159,7 +180,10 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
             Choice::Single { arm, spec } => {
                 policy_due |= due;
                 match prepare_single(core, queue, (job, &state), lane, arm.variant(spec)) {
-                    Ok(dj) => {
+                    Ok((dj, noted)) => {
+                        if grouped.is_empty() {
+                            pre = noted;
+                        }
                         grouped.push((i, arm, spec));
                         dispatch_jobs.push(dj);
                         states.push(state);
@@ -181,14 +205,32 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
             }
         }
     }
-    if let (Some(&(first, _, _)), Some(dj), true) =
-        (grouped.first(), dispatch_jobs.first(), policy_due)
-    {
-        let kernel = &jobs[first].kernel;
-        consult_policy(core, kernel, queue, kernel.lane(queue), [dj, dj], None);
-    }
+    let consulted = match (grouped.first(), dispatch_jobs.first(), policy_due) {
+        (Some(&(first, arm, spec)), Some(dj), true) => {
+            let kernel = &jobs[first].kernel;
+            let lane = kernel.lane(queue);
+            let taken = jobs.len() - 1;
+            let c = consult_policy(core, kernel, (queue, lane), [dj, dj], None, taken);
+            Some((c.fired, kernel, arm.variant(spec)))
+        }
+        _ => None,
+    };
     match dispatch_group(core, queue, jobs, &grouped, &dispatch_jobs) {
         Ok(outs) => {
+            if let Some((fired, kernel, variant)) = consulted {
+                // The group's size is what the backend call really carried.
+                let acts = Acts {
+                    group: Ok(dispatch_jobs.len()),
+                    concurrent: false,
+                    recording_reused: outs
+                        .first()
+                        .and_then(|o| o.as_ref().ok())
+                        .and_then(|o| o.recording_reused),
+                    descriptor_array: kernel.variants[variant].declares_descriptor_array(),
+                    pre_specialised: pre,
+                };
+                publish_audit(core, kernel, &fired, &acts);
+            }
             for ((&(i, arm, spec), out), state) in grouped.iter().zip(outs).zip(&states) {
                 let result = complete_single(core, queue, &jobs[i], arm, spec, out);
                 results[i] = Some(match result {
@@ -237,7 +279,7 @@ fn after_single_fault(
                 lane,
                 Arm::Conservative,
                 spec,
-                false,
+                None,
             )?;
             reject_everywhere(
                 core,
@@ -281,17 +323,26 @@ fn race(
         make_job(core, kernel, (0, key), queue, &job.payload).map_err(Fault::Input)?;
     let spec = make_job(core, kernel, (spec_variant, key), queue, &job.payload);
     let compiled = cons_compiled || spec.as_ref().is_ok_and(|(_, c)| *c);
-    trace_jit::note(core, (kernel, state), lane, compiled);
+    let pre = trace_jit::note(core, (kernel, state), lane, compiled);
     let spec = spec.map(|(job, _)| job);
     // D2: the arms share a moment on two queues only when their buffers are
     // independent; otherwise they run back to back.
-    let concurrent = match &spec {
-        Ok(spec) => consult_policy(core, kernel, queue, lane, [&cons, spec], Some(spec_variant)),
-        Err(_) => false,
-    } && !core
-        .devices
-        .get(queue.device)
-        .is_some_and(|d| d.shares_cores);
+    let consulted = match &spec {
+        Ok(spec) => consult_policy(
+            core,
+            kernel,
+            (queue, lane),
+            [&cons, spec],
+            Some(spec_variant),
+            0,
+        ),
+        Err(_) => Consulted::default(),
+    };
+    let concurrent = consulted.independent
+        && !core
+            .devices
+            .get(queue.device)
+            .is_some_and(|d| d.shares_cores);
     let partner = if concurrent {
         core.borrow_partner(queue)
     } else {
@@ -317,6 +368,21 @@ fn race(
     let cons_call = dispatch_one(core, (kernel, 0), cons, Measure::Race);
     // Back to back on our queue (a no-op when already handed out).
     arm.hand_out(core, kernel, spec_variant, None);
+    if let Ok((out, _)) = &cons_call {
+        let variants = [&kernel.variants[0], &kernel.variants[spec_variant]];
+        let acts = Acts {
+            group: Err(if audit {
+                GroupRefusal::AuditRace
+            } else {
+                GroupRefusal::KernelUndecided
+            }),
+            concurrent: partner.as_ref().and_then(|p| p.id()).is_some(),
+            recording_reused: out.as_ref().ok().and_then(|o| o.recording_reused),
+            descriptor_array: variants.iter().any(|v| v.declares_descriptor_array()),
+            pre_specialised: pre,
+        };
+        publish_audit(core, kernel, &consulted.fired, &acts);
+    }
     let cons_result = cons_call.and_then(|(result, contended)| {
         let out = result.map_err(|e| classify_run(core, kernel, 0, queue.device, e))?;
         let input = input_of(&job.payload).map(|i| &i[..]);

@@ -41,6 +41,7 @@ use super::job::{Job, Msg};
 use super::judge::{judge_pending, retire_hung};
 use super::mailbox::Mailbox;
 use super::panics::panic_message;
+use super::policy_action::GroupRefusal;
 use super::race;
 use super::ticket::Responder;
 use super::watch::{note_window, park, unpark, Watch, CLAIMED, WATCH};
@@ -328,7 +329,10 @@ fn worker_loop(
             },
         };
         let queued = window.as_ref().map_or_else(|| mailbox.len(), |w| w.left());
-        let want = group_size(core, queue, &first, queued);
+        let (want, alone) = match group_size(core, queue, &first, queued) {
+            Ok(n) => (n, GroupRefusal::NoBacklog),
+            Err(why) => (1, why),
+        };
         in_flight.push(first);
         while in_flight.len() < want {
             if window.is_some() {
@@ -356,7 +360,7 @@ fn worker_loop(
             // One batch (no backlog): no group and no list of results to allocate.
             let result = {
                 let _busy = core.occupy(queue);
-                race::run(core, queue, &in_flight[0])
+                race::run(core, queue, &in_flight[0], alone)
             };
             if !unpark(in_flight) {
                 // Given up on by the watchdog, which answered the batch.
@@ -479,7 +483,7 @@ fn run_parked(
     park(std::slice::from_mut(job));
     let run = catch_unwind(AssertUnwindSafe(|| {
         let _busy = core.occupy(queue);
-        race::run(core, queue, job)
+        race::run(core, queue, job, GroupRefusal::NoBacklog)
     }));
     unpark(std::slice::from_mut(job)).then_some(run)
 }

@@ -74,6 +74,8 @@ pub struct TestBackend {
     load_ns: AtomicU64,
     dispatch_calls: AtomicU64,
     untimed_calls: AtomicU64,
+    /// The most jobs one `dispatch` call carried.
+    largest_call: AtomicU64,
     /// Percent off the reported time of every second job run (see
     /// [`TestBackend::set_second_job_discount`]), and the jobs run so far.
     second_job_discount: AtomicU64,
@@ -141,6 +143,7 @@ impl TestBackend {
             load_ns: AtomicU64::new(0),
             dispatch_calls: AtomicU64::new(0),
             untimed_calls: AtomicU64::new(0),
+            largest_call: AtomicU64::new(0),
             second_job_discount: AtomicU64::new(0),
             jobs_run: AtomicU64::new(0),
             paused: Mutex::new(false),
@@ -216,6 +219,11 @@ impl TestBackend {
     /// How many `dispatch` calls were made.
     pub fn dispatch_calls(&self) -> u64 {
         self.dispatch_calls.load(Ordering::Relaxed)
+    }
+
+    /// The most jobs one `dispatch` call has carried so far (a group's size).
+    pub fn largest_call(&self) -> u64 {
+        self.largest_call.load(Ordering::Relaxed)
     }
 
     /// Of those, the calls made through `dispatch_untimed` (which answer
@@ -322,6 +330,7 @@ impl TestBackend {
         Ok(DispatchOutput {
             outputs,
             kernel_ns: Some(kernel_ns),
+            recording_reused: None,
         })
     }
 }
@@ -397,6 +406,8 @@ impl Backend for TestBackend {
 
     fn dispatch(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
         self.dispatch_calls.fetch_add(1, Ordering::Relaxed);
+        self.largest_call
+            .fetch_max(jobs.len() as u64, Ordering::Relaxed);
         let mut paused = lock(&self.paused);
         while *paused {
             paused = self.resumed.wait(paused).unwrap_or_else(|p| p.into_inner());

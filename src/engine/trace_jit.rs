@@ -23,13 +23,15 @@ use super::tuning::TuningKey;
 
 /// Records one batch of `state`'s key of `kernel` in `lane`, its queue's (`compiled`:
 /// it compiled a pipeline on its critical path), and, when the policy says Speculate
-/// for the key predicted next, pre-specialises what that key needs.
+/// for the key predicted next, pre-specialises what that key needs. Returns that key and
+/// the compiles started for it (none: already compiled or being compiled), or `None`
+/// when the policy held steady.
 pub(crate) fn note(
     core: &Core,
     (kernel, state): (&Arc<Kernel>, &KeyState),
     lane: &Lane,
     compiled: bool,
-) {
+) -> Option<(TuningKey, usize)> {
     let compile_ns = kernel.trace.compile_ns();
     // Before a batch has waited for a compile, the compile itself is the least it
     // would wait.
@@ -37,21 +39,19 @@ pub(crate) fn note(
         0 => compile_ns,
         ns => ns,
     };
-    let Some(prediction) =
-        lane.history()
-            .trace
-            .note_batch(state.key, compiled, (compile_ns, miss_ns))
-    else {
-        return;
-    };
+    let prediction = lane
+        .history()
+        .trace
+        .note_batch(state.key, compiled, (compile_ns, miss_ns))?;
     let TraceJitDecision::Speculate {
         expected_savings_ns,
     } = decide_trace_jit_speculation(prediction.inputs)
     else {
-        return;
+        return None;
     };
     let next = prediction.next;
     let (variants, count) = needed(kernel, &next);
+    let mut started = 0;
     for &variant in &variants[..count] {
         let values = kernel.spec_values(variant, &next);
         for device in 0..core.devices.len() {
@@ -75,8 +75,10 @@ pub(crate) fn note(
                 let _running = guard;
                 job.run(backend.as_ref(), &bus);
             });
+            started += 1;
         }
     }
+    Some((next, started))
 }
 
 /// The variants a batch of `key` will run (the first `count` of the array; no
@@ -228,7 +230,12 @@ mod engine_tests {
             app: None,
             responder,
         };
-        let answer = crate::engine::race::run(&engine.core, queue(device), &job);
+        let answer = crate::engine::race::run(
+            &engine.core,
+            queue(device),
+            &job,
+            crate::engine::GroupRefusal::NoBacklog,
+        );
         assert!(answer.is_ok(), "batch on device {device}: {answer:?}");
         job.responder.disarm();
     }

@@ -60,6 +60,8 @@ pub(super) struct InFlight<'a> {
     queue_index: u32,
     /// How many times the job's shape has been dispatched, this one included (D4).
     repeat: u32,
+    /// The slot's command buffer was recorded for an earlier dispatch (a replay).
+    replayed: bool,
 }
 
 impl Drop for InFlight<'_> {
@@ -161,6 +163,7 @@ pub(super) fn start<'a>(
         return Ok(Started::Done(DispatchOutput {
             outputs: unchanged_outputs(&kernel, job),
             kernel_ns: Some(0),
+            recording_reused: None,
         }));
     }
     let key = SlotKey {
@@ -180,6 +183,7 @@ pub(super) fn start<'a>(
         Ok(mut r) => (r.take_slot(&key), r.note_seen(&key)),
         Err(_) => (None, 1),
     };
+    let replayed = cached.is_some();
     let slot = match cached {
         Some(slot) => slot,
         None => record(gpu, &kernel, &key)?,
@@ -213,6 +217,7 @@ pub(super) fn start<'a>(
         valid_bits,
         queue_index: job.queue.index,
         repeat,
+        replayed,
     })))
 }
 
@@ -316,15 +321,23 @@ pub(super) fn finish(
             .map_err(|e| BackendError::Vulkan(format!("reading back a result: {e}")))?;
         outputs.push(guard[..binding.len as usize].to_vec());
     }
+    let mut kept = false;
     if let Ok(mut reuse) = gpu.reuse.lock() {
         // D4: keep the recording for the shape's next run, or launch it plainly (take
         // the slot apart) when the shape is too rare to pay its recording back.
         match reuse.command_reuse(job.repeat) {
-            CommandReuseDecision::RecordAndReplay { .. } => reuse.put_slot(job.key.clone(), slot),
+            CommandReuseDecision::RecordAndReplay { .. } => {
+                reuse.put_slot(job.key.clone(), slot);
+                kept = true;
+            }
             CommandReuseDecision::PlainLaunches => reuse.retire_slot(slot),
         }
     }
-    Ok(DispatchOutput { outputs, kernel_ns })
+    Ok(DispatchOutput {
+        outputs,
+        kernel_ns,
+        recording_reused: Some(job.replayed || kept),
+    })
 }
 
 /// Nanoseconds since `since`.
