@@ -155,8 +155,9 @@ impl PolicyState {
     }
 
     /// The audit to publish for the paths that `fired` for a batch and what the engine
-    /// did about each (`acts`), or `None` when the same rules fired and the same actions
-    /// were taken last time (a changed saving alone is not news) or none fired. The
+    /// did about each (`acts`), or `None` when the same rules fired and the same kinds
+    /// of action were taken last time (a changed saving, group size or compile count
+    /// alone is not news: a backlog's groups vary batch by batch) or none fired. The
     /// comparison allocates nothing.
     pub(crate) fn audit(
         &mut self,
@@ -164,10 +165,10 @@ impl PolicyState {
         acts: &Acts,
     ) -> Option<(Vec<String>, Vec<PolicyAction>)> {
         let same = fired.len() == self.last_fired.len()
-            && fired
-                .iter()
-                .zip(&self.last_fired)
-                .all(|(p, &(rule, did))| p.rule() == rule && acts.action(p) == did);
+            && fired.iter().zip(&self.last_fired).all(|(p, (rule, did))| {
+                p.rule() == *rule
+                    && std::mem::discriminant(&acts.action(p)) == std::mem::discriminant(did)
+            });
         if fired.is_empty() || same {
             return None;
         }
