@@ -9,7 +9,9 @@
 //! - `store`: the concurrent [`AutotuneStore`] and its published [`AutotuneSnapshot`].
 //! - `race`: one race's winner ([`record_speculative_variant_race`]) and the
 //!   [`PairedSpeculationWindow`] that turns samples into a verdict.
-//! - `persist`: the versioned file, atomic saves, defensive loads ([`AutotuneError`]).
+//! - `persist`: the versioned file, merged saves, defensive loads; below it `wire` (the
+//!   file's serde layout), `atomic_file` (capped reads, the save lock, atomic
+//!   replacement) and `format` (the schema, the file's limits, [`AutotuneError`]).
 //!
 //! # Design note: trust and staleness
 //!
@@ -47,19 +49,22 @@
 //! assert_eq!(store.get(&decision.autotune_key).map(|r| r.workgroup_size), Some([256, 1, 1]));
 //! ```
 
+mod atomic_file;
+mod format;
 mod key;
 mod persist;
 mod race;
 mod store;
+mod wire;
 
+pub use format::{
+    AutotuneError, MAX_STORE_FILE_BYTES, SAVE_LOCK_TIMEOUT, SCHEMA_NAME, SCHEMA_VERSION,
+};
 pub use key::{
     AutotuneKey, AutotuneRecord, DeviceIdentity, SpecCacheKey, SpeculativeVariantKeys,
     VariantPairKey,
 };
-pub use persist::{
-    AutotuneError, LoadMode, LoadOutcome, LoadReport, MAX_STALE_GROUPS, MAX_STORE_FILE_BYTES,
-    MIGRATED_VERSIONS, SAVE_LOCK_TIMEOUT, SCHEMA_NAME, SCHEMA_VERSION,
-};
+pub use persist::{LoadMode, LoadOutcome, LoadReport, MAX_STALE_GROUPS, MIGRATED_VERSIONS};
 pub use race::{
     record_speculative_variant_race, PairedSpeculationSample, PairedSpeculationUpdate,
     PairedSpeculationWindow, SpeculativeVariantDecision, SpeculativeVariantKind,

@@ -8,7 +8,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Client, ConnectionLike, ErrorKind, RedisError, Value};
 
-use super::client::FleetError;
+use super::config::FleetError;
 
 /// How many keys one `SCAN` step asks for.
 const SCAN_COUNT: usize = 512;

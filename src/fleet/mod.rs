@@ -106,10 +106,13 @@
 //! ```
 
 mod client;
+mod config;
 mod conn;
 mod entry;
 mod key;
+mod worker;
 
-pub use client::{Fleet, FleetConfig, FleetError, FleetStats, FleetStatus};
+pub use client::Fleet;
+pub use config::{FleetConfig, FleetError, FleetStats, FleetStatus};
 pub use entry::{host_name, FleetEntry, MAX_FLEET_WINDOW_COUNT};
 pub use key::{fleet_channel, fleet_key_prefix, DeviceModel, FleetKey, FLEET_SCHEMA_VERSION};
