@@ -96,7 +96,9 @@ pub(crate) fn record_race(
             log.samples.push(sample);
         }
         let confirmed = log.ratios.confirm(update.verdict);
-        let under_the_bar = log.ratios.under_the_bar();
+        // Read only where it decides something: a window still keeping racing.
+        let under_the_bar =
+            confirmed == SpeculationVerdict::KeepRacing && log.ratios.under_the_bar();
         let rerace = log.rerace.left.as_mut().map(|left| {
             *left = left.saturating_sub(1);
             *left
