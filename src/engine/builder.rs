@@ -221,11 +221,11 @@ impl EngineBuilder {
     /// together: one round trip for the group, and each caller waits for the whole
     /// group, so only a kernel whose mean kernel time is at most its per-call overhead
     /// and at most 20 µs is grouped. It pays where a dispatch's host cost is the limit
-    /// and queues are few (the CPU backend, a one-queue device). On an H200 (one queue
-    /// per family) groups of 8 left pipelined tiny batches and 64 KiB batches level,
-    /// moved the 16 KiB `regret` trace within its run-to-run noise, and slowed 1 MiB
-    /// histogram batches, whose time is copies rather than kernel, by 13–52 %
-    /// (docs/journal/2026-11-21-h200-04-host-memory.md).
+    /// and queues are few (the CPU backend, a one-queue device): the figures are at
+    /// [`DEFAULT_MAX_GROUP`]. Before grouping was limited to launch-bound kernels, groups
+    /// of 8 on an H200 slowed 1 MiB histogram batches, whose time is copies rather than
+    /// kernel, by 13–52 % (docs/journal/2026-11-21-h200-04-host-memory.md); such a
+    /// kernel is not grouped now.
     pub fn max_group(mut self, batches: usize) -> Self {
         self.max_group = Some(batches);
         self
