@@ -322,6 +322,7 @@ impl InlineBackend {
             outputs,
             kernel_ns: Some(kernel_ns),
             recording_reused: None,
+            upload_overlapped: None,
         })
     }
 }

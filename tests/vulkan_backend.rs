@@ -13,8 +13,8 @@ use std::sync::{Arc, OnceLock};
 
 use photofinish::backend::vulkan::{VulkanBackend, VulkanOptions};
 use photofinish::backend::{
-    Backend, BackendError, BindingAccess, BindingDesc, BufferArg, DispatchJob, KernelHandle,
-    KernelVariant, QueueId,
+    Backend, BackendError, BindingAccess, BindingDesc, BufferArg, DispatchJob, DispatchOutput,
+    KernelHandle, KernelVariant, QueueId,
 };
 
 /// The backend shared by every test of this file (tests run on several threads, so this
@@ -821,6 +821,141 @@ fn builtin_workloads_match_their_reference_on_vulkan() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// A backend that stages every upload through copies (as a discrete GPU does for all
+/// but small dispatches), with overlapped uploads on or off.
+fn staged_backend(overlap_uploads: bool) -> VulkanBackend {
+    VulkanBackend::with_options(VulkanOptions {
+        always_stage: true,
+        host_max_bytes: 0,
+        overlap_uploads,
+        ..VulkanOptions::default()
+    })
+    .expect("staged backend opens")
+}
+
+/// A group of `scale_add` and `increment` jobs on one queue, each with buffers of its
+/// own, and a check of every answer.
+fn mixed_group(b: &VulkanBackend, round: u32) -> (Vec<DispatchJob>, impl Fn(&[DispatchOutput])) {
+    let (k, inc) = (load(b, &scale_add()), load(b, &increment()));
+    let q = first_queue(b);
+    let inputs: Vec<Vec<u32>> = (0..5u32)
+        .map(|j| (0..(3000 + 100 * j)).map(|i| i * 3 + j + round).collect())
+        .collect();
+    let mut jobs: Vec<DispatchJob> = inputs
+        .iter()
+        .enumerate()
+        .map(|(j, input)| scale_add_job(q, k, input, j as u32))
+        .collect();
+    let counts: Vec<u32> = (0..700).map(|i| i ^ round).collect();
+    jobs.insert(
+        2,
+        DispatchJob {
+            queue: q,
+            kernel: inc,
+            buffers: vec![BufferArg::Data(bytes(&counts)), BufferArg::Zeroed(4)],
+            push_constants: vec![],
+            workgroups: [700u32.div_ceil(32), 1, 1],
+        },
+    );
+    let check = move |outs: &[DispatchOutput]| {
+        assert_eq!(outs.len(), 6);
+        let mut scaled = outs.iter().take(2).chain(outs.iter().skip(3));
+        for (j, input) in inputs.iter().enumerate() {
+            expect_scale_add(
+                &scaled.next().expect("an output").outputs[0],
+                input,
+                j as u32,
+            );
+        }
+        let inc: Vec<u32> = counts.iter().map(|c| c + 1).collect();
+        assert_eq!(words(&outs[2].outputs[0]), inc);
+        assert_eq!(words(&outs[2].outputs[1]), vec![700]);
+    };
+    (jobs, check)
+}
+
+fn all_ok(results: Vec<Result<DispatchOutput, BackendError>>) -> Vec<DispatchOutput> {
+    results
+        .into_iter()
+        .map(|r| r.expect("dispatch succeeds"))
+        .collect()
+}
+
+#[test]
+fn a_group_with_overlapped_uploads_answers_as_jobs_run_one_by_one() {
+    let Some(_) = backend() else { return };
+    let b = staged_backend(true);
+    for round in 0..3 {
+        for timed in [true, false] {
+            let (jobs, check) = mixed_group(&b, round);
+            let before = b.reuse_stats(0).expect("device 0");
+            let outs = all_ok(b.dispatch_overlapped(&jobs, timed));
+            check(&outs);
+            // Every job after the first staged its uploads, which overlapped the
+            // kernels before it, in one command buffer.
+            let overlapped: Vec<_> = outs.iter().map(|o| o.upload_overlapped).collect();
+            assert_eq!(overlapped[0], None);
+            assert!(
+                overlapped[1..].iter().all(|o| *o == Some(true)),
+                "{overlapped:?}"
+            );
+            assert_eq!(outs.iter().all(|o| o.kernel_ns.is_some()), timed);
+            let after = b.reuse_stats(0).expect("device 0");
+            assert_eq!(after.uploads_overlapped - before.uploads_overlapped, 5);
+            assert_eq!(after.overlap_groups - before.overlap_groups, 1);
+            assert_eq!(after.uploads_serialised, before.uploads_serialised);
+
+            // The same jobs through `dispatch`: one submission each, the uploads
+            // serialised behind the kernels, the same answers.
+            let serial = all_ok(b.dispatch(&jobs));
+            check(&serial);
+            assert!(serial[1..]
+                .iter()
+                .all(|o| o.upload_overlapped == Some(false)));
+            let last = b.reuse_stats(0).expect("device 0");
+            assert_eq!(last.uploads_serialised - after.uploads_serialised, 5);
+            assert_eq!(last.overlap_groups, after.overlap_groups);
+        }
+    }
+}
+
+#[test]
+fn with_overlap_off_or_nothing_staged_a_group_is_submitted_job_by_job() {
+    let Some(shared) = backend() else { return };
+    let off = staged_backend(false);
+    let (jobs, check) = mixed_group(&off, 7);
+    let outs = all_ok(off.dispatch_overlapped(&jobs, true));
+    check(&outs);
+    assert!(outs[1..].iter().all(|o| o.upload_overlapped == Some(false)));
+    let stats = off.reuse_stats(0).expect("device 0");
+    assert_eq!(
+        (stats.uploads_overlapped, stats.overlap_groups),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(stats.uploads_serialised, 5, "{stats:?}");
+
+    // In place (lavapipe's memory is host visible; a discrete GPU's host memory for
+    // small slots): the host writes the inputs, no copy to overlap.
+    let in_place = VulkanBackend::with_options(VulkanOptions {
+        always_stage: true,
+        host_max_bytes: 1 << 20,
+        ..VulkanOptions::default()
+    })
+    .expect("backend opens");
+    for b in [shared, &in_place] {
+        let (jobs, check) = mixed_group(b, 8);
+        let before = b.reuse_stats(0).expect("device 0");
+        let outs = all_ok(b.dispatch_overlapped(&jobs, true));
+        check(&outs);
+        if b.reuse_stats(0).expect("device 0").in_place > 0 {
+            assert!(outs.iter().all(|o| o.upload_overlapped.is_none()));
+            let after = b.reuse_stats(0).expect("device 0");
+            assert_eq!(after.overlap_groups, before.overlap_groups);
         }
     }
 }

@@ -202,6 +202,7 @@ impl CpuBackend {
                 outputs: written(buffers),
                 kernel_ns: timed.then_some(0),
                 recording_reused: None,
+                upload_overlapped: None,
             });
         }
         let code = kernel
@@ -242,6 +243,7 @@ impl CpuBackend {
                     outputs: written(buffers),
                     kernel_ns,
                     recording_reused: None,
+                    upload_overlapped: None,
                 })
             }
             Ok(Err(reason)) => Err(failed(reason)),

@@ -317,6 +317,14 @@ pub struct DispatchOutput {
     /// plainly and took the recording apart after its one run, `None` where the backend
     /// records no command buffers (the CPU backend) or ran nothing.
     pub recording_reused: Option<bool>,
+    /// What the backend did with this job's staged uploads (D3, copy overlap) in a call
+    /// of several jobs on one queue: `Some(true)` its copies into the device buffers
+    /// ran beside the kernels of the call's earlier jobs (see
+    /// [`Backend::dispatch_overlapped`]), `Some(false)` they waited for those kernels,
+    /// `None` where there was nothing to overlap: the call's first job, a job whose
+    /// buffers the host writes in place (no copies), or a backend that stages nothing
+    /// (the CPU backend).
+    pub upload_overlapped: Option<bool>,
 }
 
 /// Why a backend could not do what was asked. Each variant says what to do about it.
@@ -485,6 +493,27 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// round trip); the default times as `dispatch` does.
     fn dispatch_untimed(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
         self.dispatch(jobs)
+    }
+
+    /// [`dispatch`](Backend::dispatch) (`timed`) or
+    /// [`dispatch_untimed`](Backend::dispatch_untimed) of jobs on one queue, in order,
+    /// where D3 (copy overlap) said each job's uploads may run beside the kernels of the
+    /// jobs before it: none of those kernels binds a buffer a later job's uploads write.
+    /// A backend that uploads through copies may then start a job's copies while the
+    /// earlier jobs' kernels run (the Vulkan backend records the call as one command
+    /// buffer: each job's copies right after the previous job's kernel, every read-back
+    /// at the end); [`DispatchOutput::upload_overlapped`] says what it did. The answers
+    /// are those of `dispatch`. The default dispatches as `dispatch` does.
+    fn dispatch_overlapped(
+        &self,
+        jobs: &[DispatchJob],
+        timed: bool,
+    ) -> Vec<Result<DispatchOutput, BackendError>> {
+        if timed {
+            self.dispatch(jobs)
+        } else {
+            self.dispatch_untimed(jobs)
+        }
     }
 
     /// The longest a dispatch may wait for its kernel (`None`: for ever), set by the

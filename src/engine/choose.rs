@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::backend::{DispatchJob, QueueId};
 use crate::policy::{
-    decide_persistent_kernel, ArmIndependenceVerdict, PersistentKernelDecision,
+    decide_persistent_kernel, ArmBindingSummary, ArmIndependenceVerdict, PersistentKernelDecision,
     PersistentKernelInputs, PolicyAudit,
 };
 use crate::speculator::{resolve_fused_path, FusedSupport, SpeculationMode};
@@ -280,21 +280,28 @@ fn group_for(
 /// and the backlog is read afresh for every group. The shape's repeat count is read
 /// from `lane`, `queue`'s. `taken`: batches taken with this one from the backlog (a
 /// group's others, which the mailbox no longer counts, nor does it count a window's).
+/// `copy`: D3's input for a group (`dispatch_policy::group_copy_inputs`), whose
+/// summary stands for the single arm.
 pub(super) fn consult_policy(
     core: &Core,
     kernel: &Kernel,
     (queue, lane): (QueueId, &Lane),
     jobs: [&DispatchJob; 2],
-    race: Option<usize>,
+    (race, copy): (Option<usize>, Option<(ArmBindingSummary, u32)>),
     taken: usize,
 ) -> Consulted {
-    let arms = match race {
-        Some(spec) => {
-            dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[spec]])
-        }
-        None => (
-            dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[0]]).0,
-            Default::default(),
+    let (arms, copy_dst) = match (race, copy) {
+        (Some(spec), _) => (
+            dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[spec]]),
+            None,
+        ),
+        (None, Some((before, dst))) => ((before, Default::default()), Some(dst)),
+        (None, None) => (
+            (
+                dispatch_policy::arm_summaries(jobs, [&kernel.variants[0], &kernel.variants[0]]).0,
+                Default::default(),
+            ),
+            None,
         ),
     };
     let queued = core
@@ -315,7 +322,7 @@ pub(super) fn consult_policy(
     };
     let inputs = kernel.policy().inputs(
         (queued, repeat),
-        arms,
+        (arms, copy_dst),
         (resources, bindless, dynamic),
         trace_jit,
     );

@@ -205,7 +205,8 @@ fn dispatch(
     measure: Measure,
 ) -> Result<(Vec<Result<DispatchOutput, BackendError>>, bool), Fault> {
     let timed = measure.timed();
-    let (results, wall_ns, contended) = timed_dispatch(core, (kernel, variant), jobs, measure);
+    let (results, wall_ns, contended) =
+        timed_dispatch(core, (kernel, variant), (jobs, false), measure);
     let kernel_ns = results
         .iter()
         .filter_map(|r| r.as_ref().ok().and_then(|o| o.kernel_ns))
@@ -224,10 +225,11 @@ fn dispatch(
 /// `Measure::Race`) whether another backend call ran on the same device at some moment
 /// during it. The call is watched as variant `variant` of `kernel` (see
 /// `watch::begin_call`): past the dispatch timeout the watchdog gives up on it.
+/// `overlap`: D3 let the jobs' uploads overlap (see [`dispatch_group`]).
 fn timed_dispatch(
     core: &Core,
     (kernel, variant): (&Kernel, usize),
-    jobs: &[DispatchJob],
+    (jobs, overlap): (&[DispatchJob], bool),
     measure: Measure,
 ) -> (Vec<Result<DispatchOutput, BackendError>>, u64, bool) {
     enum Counted<'a> {
@@ -242,7 +244,14 @@ fn timed_dispatch(
         })
     });
     let call = watch::begin_call(core, kernel.id, variant);
-    let (results, wall_ns) = if measure.timed() {
+    let (results, wall_ns) = if overlap {
+        let started = measure.timed().then(std::time::Instant::now);
+        let results = core.backend.dispatch_overlapped(jobs, measure.timed());
+        let wall_ns = started.map_or(0, |s| {
+            u64::try_from(s.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        });
+        (results, wall_ns)
+    } else if measure.timed() {
         let started = std::time::Instant::now();
         let results = core.backend.dispatch(jobs);
         let wall_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -291,13 +300,15 @@ pub(super) fn dispatch_one(
 }
 
 /// One backend call for the grouped jobs; each kernel's policy learns its share of the
-/// call's host time. `Err`: the backend broke its contract (the reason).
+/// call's host time. `overlap`: D3 let each job's uploads run beside the earlier jobs'
+/// kernels (`Backend::dispatch_overlapped`). `Err`: the backend broke its contract
+/// (the reason).
 pub(super) fn dispatch_group(
     core: &Core,
     queue: QueueId,
     jobs: &[Job],
     grouped: &[(usize, Arm, usize)],
-    dispatch_jobs: &[DispatchJob],
+    (dispatch_jobs, overlap): (&[DispatchJob], bool),
 ) -> Result<Vec<Result<DispatchOutput, BackendError>>, String> {
     if dispatch_jobs.is_empty() {
         return Ok(Vec::new());
@@ -314,7 +325,8 @@ pub(super) fn dispatch_group(
     let Some(first) = first else {
         return Ok(Vec::new());
     };
-    let (results, wall_ns, _) = timed_dispatch(core, first, dispatch_jobs, Measure::single(timed));
+    let measure = Measure::single(timed);
+    let (results, wall_ns, _) = timed_dispatch(core, first, (dispatch_jobs, overlap), measure);
     check_count(&results, dispatch_jobs)?;
     if timed {
         let share = wall_ns / dispatch_jobs.len() as u64;

@@ -16,10 +16,13 @@
 //! a repeated shape's recording kept and replayed. D9's support level is the device's
 //! (`DeviceInfo::bindless`, from its descriptor-indexing features). I2 (trace-JIT) takes
 //! the prediction of the batch's queue's per-key history (`trace.rs`) and is acted on
-//! by `trace_jit.rs`, which pre-specialises the predicted key's pipelines. D3 (uploads travel
-//! inside each job's command buffer: no separate copy to overlap) is evaluated and
-//! audited ("serialised: overlapped uploads not implemented") but has nothing to act on
-//! in this version; D9's bindless binding is the
+//! by `trace_jit.rs`, which pre-specialises the predicted key's pipelines. D3 is evaluated for a
+//! backend call that carries several batches (a D1 group): whether the next batch's
+//! uploads write a buffer an earlier kernel of the call binds
+//! ([`group_copy_inputs`]); when it says Overlap the worker asks the backend for
+//! overlapped uploads (`Backend::dispatch_overlapped`: the Vulkan backend records the
+//! group's staged copies beside the running kernels), and the audit says what the
+//! backend did (`DispatchOutput::upload_overlapped`). D9's bindless binding is the
 //! kernel author's (a variant declaring a descriptor array, which the Vulkan backend
 //! loads only on a device with the descriptor indexing it needs). A single-arm run of a repeated shape
 //! re-evaluates the bundle only every [`POLICY_REFRESH`]-th time. This module decides
@@ -120,10 +123,13 @@ impl PolicyState {
     /// The policy inputs for the next batch; `queued` batches wait behind it, its
     /// shape came `repeat` times in a row on its queue, and `trace_jit` is what its
     /// queue's trace-JIT history predicted after it (`trace.rs`).
+    /// `copy_dst_slot`: D3's input, the destination of the next batch's uploads in the
+    /// numbering of `arms` ([`group_copy_inputs`]; `None` when the backend call carries
+    /// no next batch).
     pub(crate) fn inputs(
         &self,
         (queued, repeat): (usize, u32),
-        arms: (ArmBindingSummary, ArmBindingSummary),
+        (arms, copy_dst_slot): ((ArmBindingSummary, ArmBindingSummary), Option<u32>),
         (resource_count, support, dynamic_indexing): (usize, BindlessSupport, bool),
         trace_jit: TraceJitInputs,
     ) -> DispatchPolicyInputs {
@@ -133,8 +139,8 @@ impl PolicyState {
             persistent: self.persistent_inputs(queued),
             arm_a: arms.0,
             arm_b: arms.1,
-            // Uploads travel inside the dispatch; no separate copy is queued.
-            copy_dst_slot: None,
+            // The next batch's upload destination, where the call carries one.
+            copy_dst_slot,
             graph: CommandReuseInputs {
                 repeat_count: repeat,
                 per_launch_overhead_ns: first,
@@ -191,6 +197,30 @@ pub(crate) fn fired(verdict: &DispatchPolicyVerdict, raced: bool) -> Vec<PolicyA
         .collect()
 }
 
+/// Numbers a call's buffers: a read-only input seen before (the same `Arc`) gets its
+/// number again, every other buffer a new one.
+#[derive(Default)]
+struct BufferIds {
+    shared: Vec<(Arc<[u8]>, u32)>,
+    next: u32,
+}
+
+impl BufferIds {
+    /// The number of `buffer`, bound for writing when `written`.
+    fn of(&mut self, written: bool, buffer: &BufferArg) -> u32 {
+        if let (BufferArg::Data(data), false) = (buffer, written) {
+            if let Some(&(_, id)) = self.shared.iter().find(|(d, _)| Arc::ptr_eq(d, data)) {
+                return id;
+            }
+            self.next += 1;
+            self.shared.push((Arc::clone(data), self.next));
+            return self.next;
+        }
+        self.next += 1;
+        self.next
+    }
+}
+
 /// The two arms' binding summaries over the buffers they really use: each arm's
 /// written buffers are its own (the backend allocates them per job), while a read-only
 /// input shared by both (the same `Arc`) is the same resource. Every distinct buffer
@@ -199,27 +229,11 @@ pub(crate) fn arm_summaries(
     jobs: [&DispatchJob; 2],
     variants: [&KernelVariant; 2],
 ) -> (ArmBindingSummary, ArmBindingSummary) {
-    let mut shared: Vec<(Arc<[u8]>, u32)> = Vec::new();
-    let mut next = 0u32;
+    let mut ids = BufferIds::default();
     let mut summary = |job: &DispatchJob, variant: &KernelVariant| {
         let mut arm = ArmBindingSummary::default();
         for (binding, buffer) in variant.bindings.iter().zip(&job.buffers) {
-            let id = match buffer {
-                BufferArg::Data(data) if !binding.access.writes() => {
-                    match shared.iter().find(|(d, _)| Arc::ptr_eq(d, data)) {
-                        Some(&(_, id)) => id,
-                        None => {
-                            next += 1;
-                            shared.push((Arc::clone(data), next));
-                            next
-                        }
-                    }
-                }
-                _ => {
-                    next += 1;
-                    next
-                }
-            };
+            let id = ids.of(binding.access.writes(), buffer);
             if binding.access.reads() {
                 arm.reads.insert(id);
             }
@@ -232,6 +246,50 @@ pub(crate) fn arm_summaries(
     let a = summary(jobs[0], variants[0]);
     let b = summary(jobs[1], variants[1]);
     (a, b)
+}
+
+/// D3's input for one backend call carrying `jobs` in order (a group; `variants[i]` is
+/// job i's variant): the bindings of the kernels that run before a job's uploads, as
+/// one summary, and the destination of those uploads — every buffer of a later job is
+/// one (uploaded or zero-filled before its kernel). Buffers are numbered as
+/// [`arm_summaries`] numbers them: a read-only input the jobs share (the same `Arc`)
+/// is one resource, every other buffer the job's own (the backend gives each job
+/// buffers of its own). So the destination is the first buffer of a later job that an
+/// earlier kernel binds, where there is one (D3 then says serialise), else the first
+/// buffer of job 1 with the summary of job 0 (overlap). `None`: fewer than two jobs.
+pub(crate) fn group_copy_inputs(
+    jobs: &[DispatchJob],
+    variants: &[&KernelVariant],
+) -> Option<(ArmBindingSummary, u32)> {
+    if jobs.len() < 2 {
+        return None;
+    }
+    let mut ids = BufferIds::default();
+    let mut before = ArmBindingSummary::default();
+    let mut first: Option<(ArmBindingSummary, u32)> = None;
+    for (i, (job, variant)) in jobs.iter().zip(variants).enumerate() {
+        let mut mine = ArmBindingSummary::default();
+        for (binding, buffer) in variant.bindings.iter().zip(&job.buffers) {
+            let id = ids.of(binding.access.writes(), buffer);
+            if i > 0 {
+                if before.touches(id) {
+                    return Some((before, id));
+                }
+                if first.is_none() {
+                    first = Some((before.clone(), id));
+                }
+            }
+            if binding.access.reads() {
+                mine.reads.insert(id);
+            }
+            if binding.access.writes() {
+                mine.writes.insert(id);
+            }
+        }
+        before.reads.append(&mut mine.reads);
+        before.writes.append(&mut mine.writes);
+    }
+    first
 }
 
 /// Evaluates the bundle.
@@ -289,6 +347,30 @@ mod tests {
             can_dispatch_concurrently(&sa, &sb),
             ArmIndependenceVerdict::Independent
         );
+    }
+
+    #[test]
+    fn d3_overlaps_a_groups_uploads_unless_an_earlier_kernel_binds_their_destination() {
+        use crate::policy::{can_overlap_copy_with_kernel, CopyOverlapDecision};
+        let v = variant([BindingAccess::Read, BindingAccess::Write]);
+        let d3 = |jobs: &[DispatchJob]| {
+            let variants = vec![&v; jobs.len()];
+            group_copy_inputs(jobs, &variants)
+                .map(|(before, dst)| can_overlap_copy_with_kernel(dst, &before))
+        };
+        let data = |n: u8| BufferArg::Data(Arc::from(vec![n; 16]));
+        let batch = |input: BufferArg| job(vec![input, BufferArg::Zeroed(4)]);
+        // Each batch's own input and output: the next upload writes nothing a running
+        // kernel binds.
+        let distinct = [batch(data(1)), batch(data(2)), batch(data(3))];
+        assert_eq!(d3(&distinct), Some(CopyOverlapDecision::Overlap));
+        // The third batch reads the first one's input (one resource): its upload
+        // would write what the first kernel reads.
+        let shared = data(9);
+        let aliased = [batch(shared.clone()), batch(data(2)), batch(shared)];
+        assert_eq!(d3(&aliased), Some(CopyOverlapDecision::Serialize));
+        // One batch: no next upload.
+        assert_eq!(d3(&distinct[..1]), None);
     }
 
     #[test]

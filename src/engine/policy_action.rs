@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use crate::backend::DispatchOutput;
 use crate::engine::TuningKey;
 use crate::policy::PolicyAudit;
 
@@ -67,9 +68,20 @@ pub enum PolicyAction {
     /// D2: the race's arms ran one after the other on one queue (no idle partner
     /// queue, or the device's queues share the CPU's cores).
     ArmsSerialised,
-    /// D3: the upload ran before the kernel, not beside it: overlapped uploads are not
-    /// implemented.
+    /// D3: the backend ran the staged uploads of the call's later batches beside the
+    /// kernels of the batches before them (`DispatchOutput::upload_overlapped`).
+    UploadsOverlapped {
+        /// Batches whose uploads overlapped an earlier kernel of the call.
+        batches: usize,
+    },
+    /// D3: the backend ran each later batch's staged uploads after the kernels before
+    /// it (it does not overlap uploads, e.g. the Vulkan backend with
+    /// `VulkanOptions::overlap_uploads` off).
     UploadsSerialised,
+    /// D3: the backend staged no upload to overlap: the host wrote the batches' buffers
+    /// in place (unified or host memory), or the backend copies nothing (the CPU
+    /// backend).
+    NoStagedUploads,
     /// D4: the backend replayed a kept recording of the shape, or kept this one's for
     /// its next run.
     RecordsAndReplays,
@@ -103,9 +115,16 @@ impl fmt::Display for PolicyAction {
             PolicyAction::NotGrouped { why } => write!(f, "not grouped: {why}"),
             PolicyAction::ArmsConcurrent => f.write_str("arms run concurrently"),
             PolicyAction::ArmsSerialised => f.write_str("arms serialised"),
-            PolicyAction::UploadsSerialised => {
-                f.write_str("serialised: overlapped uploads not implemented")
+            PolicyAction::UploadsOverlapped { batches } => {
+                write!(
+                    f,
+                    "uploads of {batches} batches overlapped the running kernel"
+                )
             }
+            PolicyAction::UploadsSerialised => {
+                f.write_str("uploads serialised behind the running kernel")
+            }
+            PolicyAction::NoStagedUploads => f.write_str("no staged uploads to overlap"),
             PolicyAction::RecordsAndReplays => f.write_str("records and replays"),
             PolicyAction::PlainLaunch => f.write_str("plain launch"),
             PolicyAction::NoRecording => f.write_str("plain launch: no command buffers"),
@@ -136,6 +155,32 @@ pub(crate) struct Acts {
     /// I2: the predicted key and the compiles started for it (`None`: nothing predicted
     /// worth a compile).
     pub(crate) pre_specialised: Option<(TuningKey, usize)>,
+    /// D3: what the backend did with the staged uploads of the call's later batches.
+    pub(crate) uploads: UploadsDone,
+}
+
+/// D3: of a backend call's batches, how many had their staged uploads overlapped with
+/// the earlier kernels and how many serialised behind them
+/// (`DispatchOutput::upload_overlapped`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct UploadsDone {
+    pub(crate) overlapped: usize,
+    pub(crate) serialised: usize,
+}
+
+impl UploadsDone {
+    /// Counted from a call's outputs.
+    pub(crate) fn of<E>(outs: &[Result<DispatchOutput, E>]) -> Self {
+        let mut done = UploadsDone::default();
+        for out in outs.iter().filter_map(|o| o.as_ref().ok()) {
+            match out.upload_overlapped {
+                Some(true) => done.overlapped += 1,
+                Some(false) => done.serialised += 1,
+                None => {}
+            }
+        }
+        done
+    }
 }
 
 impl Acts {
@@ -151,7 +196,15 @@ impl Acts {
             },
             PolicyAudit::ConcurrentArms if self.concurrent => PolicyAction::ArmsConcurrent,
             PolicyAudit::ConcurrentArms => PolicyAction::ArmsSerialised,
-            PolicyAudit::CopyOverlap => PolicyAction::UploadsSerialised,
+            PolicyAudit::CopyOverlap => match self.uploads {
+                UploadsDone { overlapped, .. } if overlapped > 0 => {
+                    PolicyAction::UploadsOverlapped {
+                        batches: overlapped,
+                    }
+                }
+                UploadsDone { serialised, .. } if serialised > 0 => PolicyAction::UploadsSerialised,
+                _ => PolicyAction::NoStagedUploads,
+            },
             PolicyAudit::RecordAndReplay { .. } => match self.recording_reused {
                 Some(true) => PolicyAction::RecordsAndReplays,
                 Some(false) => PolicyAction::PlainLaunch,
@@ -180,6 +233,7 @@ mod tests {
             recording_reused: None,
             descriptor_array: false,
             pre_specialised: None,
+            uploads: UploadsDone::default(),
         }
     }
 
@@ -203,11 +257,30 @@ mod tests {
     }
 
     #[test]
-    fn d3_says_uploads_are_serialised_and_d4_follows_the_backend() {
-        let mut a = acts(Ok(1));
+    fn d3_and_d4_follow_what_the_backend_did() {
+        let mut a = acts(Ok(3));
+        let d3 = PolicyAudit::CopyOverlap;
+        assert_eq!(a.action(&d3), PolicyAction::NoStagedUploads);
+        let outs: Vec<Result<DispatchOutput, ()>> = [None, Some(false), Some(false)]
+            .into_iter()
+            .map(|upload_overlapped| {
+                Ok(DispatchOutput {
+                    outputs: Vec::new(),
+                    kernel_ns: None,
+                    recording_reused: None,
+                    upload_overlapped,
+                })
+            })
+            .collect();
+        a.uploads = UploadsDone::of(&outs);
         assert_eq!(
-            a.action(&PolicyAudit::CopyOverlap).to_string(),
-            "serialised: overlapped uploads not implemented"
+            a.action(&d3).to_string(),
+            "uploads serialised behind the running kernel"
+        );
+        a.uploads.overlapped = 2;
+        assert_eq!(
+            a.action(&d3),
+            PolicyAction::UploadsOverlapped { batches: 2 }
         );
         let d4 = PolicyAudit::RecordAndReplay { savings_ns: 1 };
         assert_eq!(a.action(&d4), PolicyAction::NoRecording);

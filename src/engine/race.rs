@@ -19,6 +19,7 @@
 use std::sync::Arc;
 
 use crate::backend::{BackendError, DispatchJob, DispatchOutput, QueueId};
+use crate::policy::{can_overlap_copy_with_kernel, CopyOverlapDecision};
 
 use super::batch::Answer;
 use super::choose::{
@@ -29,6 +30,7 @@ use super::core::Core;
 use super::dispatch::{
     dispatch_group, dispatch_one, finish, input_of, make_job, Fault, Measure, SpecRun,
 };
+use super::dispatch_policy;
 use super::error::EngineError;
 use super::events::VerdictReason;
 use super::job::Job;
@@ -37,7 +39,7 @@ use super::judge::{
 };
 use super::keys::KeyState;
 use super::lane::Lane;
-use super::policy_action::{Acts, GroupRefusal};
+use super::policy_action::{Acts, GroupRefusal, UploadsDone};
 use super::priors;
 use super::record::reject_everywhere;
 use super::sample::Arm;
@@ -93,7 +95,14 @@ fn single(
     let variant = arm.variant(spec);
     let (dj, pre) = prepare_single(core, queue, (job, state), lane, variant)?;
     let consulted = policy_due.map(|alone| {
-        let c = consult_policy(core, &job.kernel, (queue, lane), [&dj, &dj], None, 0);
+        let c = consult_policy(
+            core,
+            &job.kernel,
+            (queue, lane),
+            [&dj, &dj],
+            (None, None),
+            0,
+        );
         (c, alone)
     });
     let timed = single_timed(lane);
@@ -105,6 +114,7 @@ fn single(
             recording_reused: out.as_ref().ok().and_then(|o| o.recording_reused),
             descriptor_array: job.kernel.variants[variant].declares_descriptor_array(),
             pre_specialised: pre,
+            uploads: UploadsDone::default(),
         };
         publish_audit(core, &job.kernel, &fired, &acts);
     }
@@ -205,17 +215,27 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
             }
         }
     }
+    // D3, for every group: the next batch's uploads overlap the running kernels unless
+    // an earlier kernel of the call binds what they write.
+    let variants: Vec<_> = grouped
+        .iter()
+        .map(|&(i, arm, spec)| &jobs[i].kernel.variants[arm.variant(spec)])
+        .collect();
+    let copy = dispatch_policy::group_copy_inputs(&dispatch_jobs, &variants);
+    let overlap = copy.as_ref().is_some_and(|(before, dst)| {
+        can_overlap_copy_with_kernel(*dst, before) == CopyOverlapDecision::Overlap
+    });
     let consulted = match (grouped.first(), dispatch_jobs.first(), policy_due) {
         (Some(&(first, arm, spec)), Some(dj), true) => {
             let kernel = &jobs[first].kernel;
             let lane = kernel.lane(queue);
             let taken = jobs.len() - 1;
-            let c = consult_policy(core, kernel, (queue, lane), [dj, dj], None, taken);
+            let c = consult_policy(core, kernel, (queue, lane), [dj, dj], (None, copy), taken);
             Some((c.fired, kernel, arm.variant(spec)))
         }
         _ => None,
     };
-    match dispatch_group(core, queue, jobs, &grouped, &dispatch_jobs) {
+    match dispatch_group(core, queue, jobs, &grouped, (&dispatch_jobs, overlap)) {
         Ok(outs) => {
             if let Some((fired, kernel, variant)) = consulted {
                 // The group's size is what the backend call really carried.
@@ -228,6 +248,7 @@ pub(crate) fn run_group(core: &Core, queue: QueueId, jobs: &[Job]) -> Vec<Result
                         .and_then(|o| o.recording_reused),
                     descriptor_array: kernel.variants[variant].declares_descriptor_array(),
                     pre_specialised: pre,
+                    uploads: UploadsDone::of(&outs),
                 };
                 publish_audit(core, kernel, &fired, &acts);
             }
@@ -333,7 +354,7 @@ fn race(
             kernel,
             (queue, lane),
             [&cons, spec],
-            Some(spec_variant),
+            (Some(spec_variant), None),
             0,
         ),
         Err(_) => Consulted::default(),
@@ -380,6 +401,7 @@ fn race(
             recording_reused: out.as_ref().ok().and_then(|o| o.recording_reused),
             descriptor_array: variants.iter().any(|v| v.declares_descriptor_array()),
             pre_specialised: pre,
+            uploads: UploadsDone::default(),
         };
         publish_audit(core, kernel, &consulted.fired, &acts);
     }

@@ -331,6 +331,7 @@ impl TestBackend {
             outputs,
             kernel_ns: Some(kernel_ns),
             recording_reused: None,
+            upload_overlapped: None,
         })
     }
 }

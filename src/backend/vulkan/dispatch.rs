@@ -1,6 +1,8 @@
 //! Running dispatch jobs: validate each job, take (or record) a slot for its shape,
 //! write its inputs, submit it — all jobs are submitted before any is waited for — then
-//! wait on each fence, read the timestamps and the written bindings back.
+//! wait on each fence, read the timestamps and the written bindings back. The
+//! recording of one job's commands (uploads, kernel, read-backs) is shared with the
+//! group recording of `overlap.rs`.
 //!
 //! Submission. A slot's recorded command buffer goes to `vkQueueSubmit` directly
 //! (`QueueGuard::submit`) with the slot's own fence, not through vulkano's `GpuFuture`
@@ -22,22 +24,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vulkano::buffer::{Buffer, BufferCreateInfo, BufferUsage, Subbuffer};
-use vulkano::command_buffer::{
-    AutoCommandBufferBuilder, CommandBufferSubmitInfo, CommandBufferUsage, CopyBufferInfo,
-    PrimaryCommandBufferAbstract, SubmitInfo,
-};
-use vulkano::descriptor_set::{DescriptorSet, WriteDescriptorSet};
-use vulkano::memory::allocator::{AllocationCreateInfo, MemoryTypeFilter};
-use vulkano::pipeline::{Pipeline, PipelineBindPoint};
-use vulkano::query::{QueryPool, QueryPoolCreateInfo, QueryResultFlags, QueryType};
-use vulkano::sync::fence::{Fence, FenceCreateInfo};
-use vulkano::sync::PipelineStage;
+use vulkano::command_buffer::{CommandBufferSubmitInfo, PrimaryCommandBufferAbstract, SubmitInfo};
+use vulkano::query::{QueryPool, QueryResultFlags};
+use vulkano::sync::fence::Fence;
 
-use super::errors::{alloc_error, vk_error, vulkan_error};
+use super::errors::{vk_error, vulkan_error};
 use super::kernel::LoadedKernel;
 use super::open::Gpu;
-use super::reuse::{size_class, Pooled, Role, Slot, SlotBinding, SlotKey};
+use super::overlap::GroupRun;
+use super::record::{record, JobParts};
+use super::reuse::{Slot, SlotKey};
 use crate::backend::{
     check_buffers, padded_len, BackendError, BufferArg, DispatchJob, DispatchOutput,
 };
@@ -62,13 +58,73 @@ pub(super) struct InFlight<'a> {
     repeat: u32,
     /// The slot's command buffer was recorded for an earlier dispatch (a replay).
     replayed: bool,
+    /// Submitted (alone, or in a group's command buffer): dropping it waits for its
+    /// fence. A job prepared and never submitted has nothing to wait for.
+    submitted: bool,
+    /// The group submission that ran the job, instead of its slot's own recording
+    /// (`overlap.rs`): its command buffer and fence.
+    pub(super) group: Option<Arc<GroupRun>>,
+    /// D3: what became of the job's staged uploads (`DispatchOutput::upload_overlapped`).
+    pub(super) upload_overlapped: Option<bool>,
+}
+
+impl<'a> InFlight<'a> {
+    /// The fence that signals when the job has finished: its group's, or its slot's.
+    fn fence(&self) -> Option<&Fence> {
+        match (&self.group, &self.slot) {
+            (Some(group), _) => Some(&group.fence),
+            (None, Some(slot)) => Some(&slot.fence),
+            (None, None) => None,
+        }
+    }
+
+    /// The job's slot copies its inputs from staging buffers (it is not in place).
+    pub(super) fn staged(&self) -> bool {
+        self.slot
+            .as_ref()
+            .is_some_and(|s| s.bindings.iter().any(|b| b.upload.is_some()))
+    }
+
+    /// The device the job runs on.
+    pub(super) fn gpu(&self) -> &'a Gpu {
+        self.gpu
+    }
+
+    /// The queue family the job's slot was recorded for and the queue's index in it.
+    pub(super) fn queue(&self) -> (u32, u32) {
+        (self.key.family, self.queue_index)
+    }
+
+    /// What a group recording needs of the job: its kernel, its shape and its slot's
+    /// bindings, descriptor set and queries.
+    pub(super) fn parts(&self) -> Result<JobParts<'_>, BackendError> {
+        let slot = self
+            .slot
+            .as_ref()
+            .ok_or_else(|| BackendError::Vulkan("a grouped dispatch had no slot".into()))?;
+        Ok((
+            &self.kernel,
+            &self.key,
+            &slot.bindings[..],
+            &slot.set,
+            slot.queries.as_ref(),
+        ))
+    }
+
+    /// Marks the job submitted inside `group`'s command buffer.
+    pub(super) fn submitted_in(&mut self, group: Arc<GroupRun>) {
+        self.group = Some(group);
+        self.submitted = true;
+    }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
+        if self.submitted {
             // Only on an unwinding or failed path; the error was (or will be) reported.
-            let _ = slot.fence.wait(None);
+            if let Some(fence) = self.fence() {
+                let _ = fence.wait(None);
+            }
         }
     }
 }
@@ -140,11 +196,13 @@ fn unchanged_outputs(kernel: &LoadedKernel, job: &DispatchJob) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Phase one: validate, take or record the slot, write inputs and submit. `timed`:
-/// the slot writes two timestamps around the kernel (where the queue has them) and
-/// `finish` reads them; an untimed job answers `kernel_ns: None`. `repeats` (at least
-/// 1): how many times the kernel runs back to back between the timestamps.
-pub(super) fn start<'a>(
+/// Phase one up to the submission: validate, take or record the slot and write the
+/// inputs. `timed`: the slot writes two timestamps around the kernel (where the queue
+/// has them) and `finish` reads them; an untimed job answers `kernel_ns: None`.
+/// `repeats` (at least 1): how many times the kernel runs back to back between the
+/// timestamps. The job is then submitted by [`submit`], or inside a group's command
+/// buffer (`overlap.rs`).
+pub(super) fn prepare<'a>(
     gpu: &'a Gpu,
     kernel: Arc<LoadedKernel>,
     job: &DispatchJob,
@@ -153,17 +211,20 @@ pub(super) fn start<'a>(
 ) -> Result<Started<'a>, BackendError> {
     let valid_bits = validate(gpu, &kernel, job)?;
     let timed = timed && valid_bits > 0;
-    let queue = gpu
+    if !gpu
         .queues
-        .get(&(job.queue.family, job.queue.index))
-        .ok_or_else(|| BackendError::Unknown {
+        .contains_key(&(job.queue.family, job.queue.index))
+    {
+        return Err(BackendError::Unknown {
             what: format!("queue {} (not opened by this backend)", job.queue),
-        })?;
+        });
+    }
     if job.workgroups.contains(&0) {
         return Ok(Started::Done(DispatchOutput {
             outputs: unchanged_outputs(&kernel, job),
             kernel_ns: Some(0),
             recording_reused: None,
+            upload_overlapped: None,
         }));
     }
     let key = SlotKey {
@@ -189,6 +250,35 @@ pub(super) fn start<'a>(
         None => record(gpu, &kernel, &key)?,
     };
     write_inputs(gpu, &slot, job)?;
+    Ok(Started::Running(Box::new(InFlight {
+        gpu,
+        kernel,
+        key,
+        slot: Some(slot),
+        valid_bits,
+        queue_index: job.queue.index,
+        repeat,
+        replayed,
+        submitted: false,
+        group: None,
+        upload_overlapped: None,
+    })))
+}
+
+/// Submits a prepared job's slot on its queue, alone.
+pub(super) fn submit(job: &mut InFlight<'_>) -> Result<(), BackendError> {
+    let gpu = job.gpu;
+    let queue = gpu
+        .queues
+        .get(&job.queue())
+        .ok_or_else(|| BackendError::Unknown {
+            what: format!("queue {:?} (not opened by this backend)", job.queue()),
+        })?;
+    let Some(slot) = job.slot.as_ref() else {
+        return Err(BackendError::Vulkan(
+            "a dispatch was submitted twice".into(),
+        ));
+    };
     let command: Arc<dyn PrimaryCommandBufferAbstract> = slot.command.clone();
     let submit = SubmitInfo {
         command_buffers: vec![CommandBufferSubmitInfo::new(command)],
@@ -206,19 +296,11 @@ pub(super) fn start<'a>(
         .with(|mut q| unsafe { q.submit(std::slice::from_ref(&submit), Some(&slot.fence)) })
         .map_err(|e| gpu.note(vk_error(gpu.info.index, 0, e)))?;
     let submit_ns = elapsed_ns(submitted);
+    job.submitted = true;
     if let Ok(mut r) = gpu.reuse.lock() {
         r.note_submit(submit_ns);
     }
-    Ok(Started::Running(Box::new(InFlight {
-        gpu,
-        kernel,
-        key,
-        slot: Some(slot),
-        valid_bits,
-        queue_index: job.queue.index,
-        repeat,
-        replayed,
-    })))
+    Ok(())
 }
 
 /// Waits for `fence`: polls it for up to [`FENCE_SPIN`], then blocks. The clock is read
@@ -263,13 +345,6 @@ fn abandon(job: InFlight<'_>, queue: Option<Arc<vulkano::device::Queue>>) {
     std::mem::forget(job);
 }
 
-/// A new unsignalled fence for a slot.
-fn new_fence(gpu: &Gpu) -> Result<Arc<Fence>, BackendError> {
-    Fence::new(gpu.device.clone(), FenceCreateInfo::default())
-        .map(Arc::new)
-        .map_err(|e| gpu.note(vk_error(gpu.info.index, 0, e)))
-}
-
 /// Phase two: wait for the fence, read the kernel time and the written bindings, and
 /// return the slot for reuse.
 /// `timeout` (`None`: for ever) bounds the fence wait; past it the job is abandoned
@@ -280,10 +355,10 @@ pub(super) fn finish(
 ) -> Result<DispatchOutput, BackendError> {
     let gpu = job.gpu;
     let device = gpu.info.index;
-    let Some(slot) = job.slot.as_ref() else {
+    let Some(fence) = job.fence() else {
         return Err(BackendError::Vulkan("a dispatch was finished twice".into()));
     };
-    match wait_fence(&slot.fence, timeout) {
+    match wait_fence(fence, timeout) {
         Ok(()) => {}
         Err(vulkano::VulkanError::Timeout) => {
             let kernel = job.kernel.name.clone();
@@ -301,8 +376,11 @@ pub(super) fn finish(
     let Some(slot) = job.slot.take() else {
         return Err(BackendError::Vulkan("a dispatch was finished twice".into()));
     };
-    // SAFETY: the fence has signalled and no submission that uses it is pending.
-    unsafe { slot.fence.reset() }.map_err(|e| gpu.note(vk_error(device, 0, e)))?;
+    job.submitted = false;
+    if job.group.is_none() {
+        // SAFETY: the fence has signalled and no submission that uses it is pending.
+        unsafe { slot.fence.reset() }.map_err(|e| gpu.note(vk_error(device, 0, e)))?;
+    }
     let (kernel, valid_bits) = (&job.kernel, job.valid_bits);
 
     let kernel_ns = match &slot.queries {
@@ -337,11 +415,12 @@ pub(super) fn finish(
         outputs,
         kernel_ns,
         recording_reused: Some(job.replayed || kept),
+        upload_overlapped: job.upload_overlapped,
     })
 }
 
 /// Nanoseconds since `since`.
-fn elapsed_ns(since: Instant) -> u64 {
+pub(super) fn elapsed_ns(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -386,262 +465,6 @@ fn write_inputs(gpu: &Gpu, slot: &Slot, job: &DispatchJob) -> Result<(), Backend
         guard[data.len()..bound].fill(0);
     }
     Ok(())
-}
-
-/// Allocates (or takes from the pool) a buffer of `role` for `bytes` bytes.
-pub(super) fn buffer(gpu: &Gpu, role: Role, bytes: u64) -> Result<Pooled, BackendError> {
-    let class = size_class(bytes);
-    if let Some(b) = gpu
-        .reuse
-        .lock()
-        .ok()
-        .and_then(|mut r| r.take_buffer(role, class))
-    {
-        return Ok(b);
-    }
-    let storage =
-        BufferUsage::STORAGE_BUFFER | BufferUsage::TRANSFER_SRC | BufferUsage::TRANSFER_DST;
-    let (usage, memory_type_filter) = match role {
-        Role::Device => (storage, MemoryTypeFilter::PREFER_DEVICE),
-        Role::Unified => (
-            storage,
-            MemoryTypeFilter::PREFER_DEVICE | MemoryTypeFilter::HOST_RANDOM_ACCESS,
-        ),
-        Role::Host => (
-            storage,
-            MemoryTypeFilter::PREFER_HOST | MemoryTypeFilter::HOST_RANDOM_ACCESS,
-        ),
-        Role::Upload => (
-            BufferUsage::TRANSFER_SRC,
-            MemoryTypeFilter::PREFER_HOST | MemoryTypeFilter::HOST_SEQUENTIAL_WRITE,
-        ),
-        Role::Readback => (
-            BufferUsage::TRANSFER_DST,
-            MemoryTypeFilter::PREFER_HOST | MemoryTypeFilter::HOST_RANDOM_ACCESS,
-        ),
-    };
-    let buffer: Subbuffer<[u8]> = Buffer::new_slice(
-        gpu.memory.clone(),
-        BufferCreateInfo {
-            usage,
-            ..Default::default()
-        },
-        AllocationCreateInfo {
-            memory_type_filter,
-            ..Default::default()
-        },
-        class,
-    )
-    .map_err(|e| gpu.note(alloc_error(gpu.info.index, class, e)))?;
-    if let Ok(mut r) = gpu.reuse.lock() {
-        r.stats.buffers_allocated += 1;
-    }
-    Ok(Pooled { role, buffer })
-}
-
-/// A two-query timestamp pool, from the pool or new.
-pub(super) fn query_pool(gpu: &Gpu) -> Result<Arc<QueryPool>, BackendError> {
-    if let Some(q) = gpu.reuse.lock().ok().and_then(|mut r| r.take_query_pool()) {
-        return Ok(q);
-    }
-    QueryPool::new(
-        gpu.device.clone(),
-        QueryPoolCreateInfo {
-            query_count: 2,
-            ..QueryPoolCreateInfo::query_type(QueryType::Timestamp)
-        },
-    )
-    .map_err(|e| gpu.note(vk_error(gpu.info.index, 0, e)))
-}
-
-/// The buffers of a slot for `key`: all in place in `role`'s memory (written and read
-/// by the host directly), or (`None`) device-local with staging buffers.
-fn slot_bindings(
-    gpu: &Gpu,
-    kernel: &LoadedKernel,
-    key: &SlotKey,
-    in_place: Option<Role>,
-) -> Result<Vec<SlotBinding>, BackendError> {
-    let mut bindings = Vec::with_capacity(key.buffers.len());
-    for (&(len, uploaded), desc) in key.buffers.iter().zip(&kernel.bindings) {
-        let bound = padded_len(len);
-        let binding = if let Some(role) = in_place {
-            SlotBinding {
-                len,
-                device: buffer(gpu, role, bound)?,
-                upload: None,
-                readback: None,
-            }
-        } else {
-            SlotBinding {
-                len,
-                device: buffer(gpu, Role::Device, bound)?,
-                upload: if uploaded {
-                    Some(buffer(gpu, Role::Upload, bound)?)
-                } else {
-                    None
-                },
-                readback: if desc.access.writes() {
-                    Some(buffer(gpu, Role::Readback, bound)?)
-                } else {
-                    None
-                },
-            }
-        };
-        bindings.push(binding);
-    }
-    Ok(bindings)
-}
-
-/// Records a slot for `key`: buffers, descriptor set, timestamps (if `key.timed`) and
-/// the command buffer.
-fn record(gpu: &Gpu, kernel: &LoadedKernel, key: &SlotKey) -> Result<Slot, BackendError> {
-    let device = gpu.info.index;
-    let total: u64 = key.buffers.iter().map(|&(len, _)| padded_len(len)).sum();
-    let in_place = if gpu.unified_memory {
-        Some(Role::Unified)
-    } else if total <= gpu.host_max_bytes {
-        Some(Role::Host)
-    } else {
-        None
-    };
-    let bindings = match in_place {
-        Some(role) => match slot_bindings(gpu, kernel, key, Some(role)) {
-            Ok(b) => b,
-            // No host memory left to bind: stage this slot instead.
-            Err(_) if role != Role::Unified => slot_bindings(gpu, kernel, key, None)?,
-            Err(e) => return Err(e),
-        },
-        None => slot_bindings(gpu, kernel, key, None)?,
-    };
-    let queries = if key.timed {
-        Some(query_pool(gpu)?)
-    } else {
-        None
-    };
-
-    let layout = kernel.pipeline.layout().clone();
-    let set_layout = layout.set_layouts().first().cloned().ok_or_else(|| {
-        BackendError::Vulkan(format!(
-            "kernel `{}` has no descriptor set layout",
-            kernel.name
-        ))
-    })?;
-    let set = DescriptorSet::new(
-        gpu.descriptors.clone(),
-        set_layout,
-        bindings.iter().zip(&kernel.bindings).map(|(b, desc)| {
-            // A plain binding is element 0 of its slot; an array's buffers each their own.
-            WriteDescriptorSet::buffer_array(
-                desc.slot,
-                desc.index,
-                [b.device.buffer.clone().slice(0..padded_len(b.len))],
-            )
-        }),
-        [],
-    )
-    .map_err(|e| gpu.note(vk_error(device, 0, e)))?;
-
-    let recording = |e: Box<vulkano::ValidationError>| {
-        BackendError::Vulkan(format!("recording `{}`: {e}", kernel.name))
-    };
-    let recording_since = Instant::now();
-    let mut builder = AutoCommandBufferBuilder::primary(
-        gpu.commands.clone(),
-        key.family,
-        CommandBufferUsage::MultipleSubmit,
-    )
-    .map_err(|e| gpu.note(vk_error(device, 0, e)))?;
-    for (b, &(_, uploaded)) in bindings.iter().zip(&key.buffers) {
-        let target = b.device.buffer.clone().slice(0..padded_len(b.len));
-        match (&b.upload, uploaded) {
-            (Some(upload), _) => {
-                let source = upload.buffer.clone().slice(0..padded_len(b.len));
-                builder
-                    .copy_buffer(CopyBufferInfo::buffers(source, target))
-                    .map_err(recording)?;
-            }
-            (None, false) => {
-                builder
-                    .fill_buffer(target.reinterpret::<[u32]>(), 0)
-                    .map_err(recording)?;
-            }
-            (None, true) => {} // in place: written by the host before each submit
-        }
-    }
-    if let Some(q) = &queries {
-        // SAFETY: the two queries belong to this slot alone, which one dispatch owns at
-        // a time, and are reset by this same command buffer before they are written.
-        unsafe {
-            builder
-                .reset_query_pool(q.clone(), 0..2)
-                .map_err(recording)?;
-            builder
-                .write_timestamp(q.clone(), 0, PipelineStage::BottomOfPipe)
-                .map_err(recording)?;
-        }
-    }
-    builder
-        .bind_pipeline_compute(kernel.pipeline.clone())
-        .map_err(recording)?
-        .bind_descriptor_sets(PipelineBindPoint::Compute, layout.clone(), 0, set)
-        .map_err(recording)?;
-    for (i, word) in key.push_constants.chunks_exact(4).enumerate() {
-        let word = u32::from_ne_bytes([word[0], word[1], word[2], word[3]]);
-        builder
-            .push_constants(layout.clone(), (i * 4) as u32, word)
-            .map_err(recording)?;
-    }
-    // Repeats write the same bindings, so the builder puts a barrier between them (as
-    // between two kernels of one stream elsewhere).
-    for _ in 0..key.repeats {
-        // SAFETY: the pipeline's layout was checked against the shader's reflected
-        // layout at load, every binding is bound to a buffer of the size the job asked
-        // for, the push constants cover the declared range and the group counts are
-        // within maxComputeWorkGroupCount. What the shader does inside its buffers is
-        // the kernel author's contract (as for any Vulkan compute shader).
-        unsafe {
-            builder.dispatch(key.workgroups).map_err(recording)?;
-        }
-    }
-    if let Some(q) = &queries {
-        // SAFETY: query 1 of this slot's pool, reset above in this command buffer.
-        unsafe {
-            builder
-                .write_timestamp(q.clone(), 1, PipelineStage::BottomOfPipe)
-                .map_err(recording)?;
-        }
-    }
-    for b in &bindings {
-        if let Some(readback) = &b.readback {
-            let bound = padded_len(b.len);
-            builder
-                .copy_buffer(CopyBufferInfo::buffers(
-                    b.device.buffer.clone().slice(0..bound),
-                    readback.buffer.clone().slice(0..bound),
-                ))
-                .map_err(recording)?;
-        }
-    }
-    let command = builder
-        .build()
-        .map_err(|e| gpu.note(vk_error(device, 0, e)))?;
-    let record_ns = elapsed_ns(recording_since);
-    if let Ok(mut r) = gpu.reuse.lock() {
-        r.note_record(record_ns);
-        r.stats.recorded += 1;
-        r.stats.in_place += u64::from(
-            bindings
-                .iter()
-                .all(|b| b.upload.is_none() && b.readback.is_none()),
-        );
-    }
-    Ok(Slot {
-        command,
-        bindings,
-        queries,
-        fence: new_fence(gpu)?,
-    })
 }
 
 impl Gpu {

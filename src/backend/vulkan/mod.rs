@@ -13,13 +13,16 @@
 //! Submodules: `open` (loader, instance, devices, [`DeviceInfo`]), `validate`
 //! (SPIRV-Tools' validator on every module, before vulkano or a driver sees it),
 //! `kernel` (load-time validation and pipelines), `dispatch` (job validation,
-//! recording, submit/wait), `reuse` (slots and pools), `errors` (vulkano →
+//! submit/wait), `record` (slots' buffers and command buffers), `overlap` (a group
+//! recorded with overlapped uploads, D3), `reuse` (slots and pools), `errors` (vulkano →
 //! [`BackendError`]).
 
 mod dispatch;
 mod errors;
 mod kernel;
 mod open;
+mod overlap;
+mod record;
 mod reuse;
 mod validate;
 
@@ -81,6 +84,14 @@ pub struct VulkanOptions {
     /// buffer reads zeros and loses its stray writes). Default on; off only to measure
     /// what it costs.
     pub robust_buffer_access: bool,
+    /// D3 (copy overlap) acted on: a call of several jobs on one queue whose uploads
+    /// D3 let overlap ([`Backend::dispatch_overlapped`]) is recorded as one command
+    /// buffer in which each job's staged upload copies run while the previous job's
+    /// kernel runs. Off: every job is submitted on its own, its uploads after the
+    /// kernels before it (the order of [`Backend::dispatch`]). Default on; off only to
+    /// measure what it gains (the `upload_overlap` bench). Jobs whose buffers the host
+    /// writes in place have no copies to overlap either way.
+    pub overlap_uploads: bool,
 }
 
 /// Default of [`VulkanOptions::max_queues_per_family`]: 1, so a device gets one worker
@@ -122,6 +133,7 @@ impl VulkanOptions {
             always_stage: false,
             host_max_bytes: env.host_max_bytes.unwrap_or(DEFAULT_HOST_MAX_BYTES),
             robust_buffer_access: true,
+            overlap_uploads: true,
         }
     }
 }
@@ -145,6 +157,8 @@ pub struct VulkanBackend {
     kernels: RwLock<HashMap<u64, Arc<LoadedKernel>>>,
     loaded: Mutex<HashMap<VariantKey, KernelHandle>>,
     next_kernel: AtomicU64,
+    /// [`VulkanOptions::overlap_uploads`].
+    overlap_uploads: bool,
     /// How long a fence wait lasts before the job is answered `TimedOut`, in
     /// nanoseconds (0: for ever); see `Backend::set_dispatch_timeout`.
     timeout_ns: AtomicU64,
@@ -172,6 +186,7 @@ impl VulkanBackend {
     pub fn with_options(options: VulkanOptions) -> Result<Self, BackendError> {
         let opened = open::open(&options)?;
         Ok(VulkanBackend {
+            overlap_uploads: options.overlap_uploads,
             infos: opened.gpus.iter().map(|g| g.info.clone()).collect(),
             gpus: opened.gpus,
             queues: opened.queues,
@@ -245,9 +260,9 @@ impl VulkanBackend {
         } else {
             Role::Device
         };
-        let src = dispatch::buffer(gpu, role, bytes)?.buffer.slice(0..bytes);
-        let dst = dispatch::buffer(gpu, role, bytes)?.buffer.slice(0..bytes);
-        let queries = dispatch::query_pool(gpu)?;
+        let src = record::buffer(gpu, role, bytes)?.buffer.slice(0..bytes);
+        let dst = record::buffer(gpu, role, bytes)?.buffer.slice(0..bytes);
+        let queries = record::query_pool(gpu)?;
         let device = gpu.info.index;
         let recording = |e: Box<vulkano::ValidationError>| {
             BackendError::Vulkan(format!("recording a copy: {e}"))
@@ -351,7 +366,7 @@ impl VulkanBackend {
         } else {
             Role::Device
         };
-        let pooled = dispatch::buffer(gpu, role, bytes)?;
+        let pooled = record::buffer(gpu, role, bytes)?;
         let chosen = match pooled.buffer.buffer().memory() {
             vulkano::buffer::BufferMemory::Normal(m) => {
                 let t = m.device_memory().memory_type_index();
@@ -398,6 +413,20 @@ impl VulkanBackend {
         timed: bool,
         repeats: u32,
     ) -> Result<Started<'_>, BackendError> {
+        let mut started = self.prepare(job, timed, repeats)?;
+        if let Started::Running(running) = &mut started {
+            dispatch::submit(running)?;
+        }
+        Ok(started)
+    }
+
+    /// [`start`](Self::start) up to the submission.
+    fn prepare(
+        &self,
+        job: &DispatchJob,
+        timed: bool,
+        repeats: u32,
+    ) -> Result<Started<'_>, BackendError> {
         let kernel = self.kernel(job.kernel)?;
         if job.queue.device != kernel.handle.device {
             return Err(BackendError::Unknown {
@@ -409,7 +438,7 @@ impl VulkanBackend {
             });
         }
         let gpu = self.gpu(kernel.handle.device)?;
-        dispatch::start(gpu, kernel, job, timed, repeats)
+        dispatch::prepare(gpu, kernel, job, timed, repeats)
     }
 
     /// The fence-wait timeout (`None`: for ever).
@@ -421,9 +450,27 @@ impl VulkanBackend {
     }
 
     /// Both phases of every job: all are started before any is waited for, so jobs on
-    /// different queues run at the same time.
-    fn run(&self, jobs: &[DispatchJob], timed: bool) -> Vec<Result<DispatchOutput, BackendError>> {
-        let started: Vec<_> = jobs.iter().map(|job| self.start(job, timed, 1)).collect();
+    /// different queues run at the same time. `overlap`: D3 let each job's uploads run
+    /// beside the earlier jobs' kernels (see [`Backend::dispatch_overlapped`]); acted on
+    /// when [`VulkanOptions::overlap_uploads`] is on, the jobs share one queue and a job
+    /// after the first stages its uploads.
+    fn run(
+        &self,
+        jobs: &[DispatchJob],
+        timed: bool,
+        overlap: bool,
+    ) -> Vec<Result<DispatchOutput, BackendError>> {
+        let one_queue = jobs.len() >= 2 && jobs.iter().all(|j| j.queue == jobs[0].queue);
+        let mut started: Vec<_> = if overlap && self.overlap_uploads && one_queue {
+            let mut prepared: Vec<_> = jobs.iter().map(|job| self.prepare(job, timed, 1)).collect();
+            self.submit_overlapped(&mut prepared);
+            prepared
+        } else {
+            jobs.iter().map(|job| self.start(job, timed, 1)).collect()
+        };
+        if one_queue {
+            self.note_serialised(&mut started);
+        }
         started
             .into_iter()
             .map(|s| match s? {
@@ -431,6 +478,56 @@ impl VulkanBackend {
                 Started::Running(job) => dispatch::finish(*job, self.timeout()),
             })
             .collect()
+    }
+
+    /// Submits the prepared jobs of one queue as one group with overlapped uploads
+    /// (`overlap.rs`) when a job after the first stages its uploads, else (or where the
+    /// group could not be recorded) each on its own. A job that fails to submit is
+    /// answered with the error.
+    fn submit_overlapped(&self, prepared: &mut [Result<Started<'_>, BackendError>]) {
+        let mut running: Vec<&mut dispatch::InFlight<'_>> = prepared
+            .iter_mut()
+            .filter_map(|p| match p {
+                Ok(Started::Running(job)) => Some(&mut **job),
+                _ => None,
+            })
+            .collect();
+        let staged_later = running.iter().skip(1).any(|j| j.staged());
+        if let (true, Some(gpu)) = (staged_later, running.first().map(|j| j.gpu())) {
+            match overlap::submit_group(gpu, &mut running) {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording a group with overlapped uploads failed; submitting its jobs one by one");
+                }
+            }
+        }
+        drop(running);
+        for p in prepared.iter_mut() {
+            if let Ok(Started::Running(job)) = p {
+                if let Err(e) = dispatch::submit(job) {
+                    *p = Err(e);
+                }
+            }
+        }
+    }
+
+    /// Marks the jobs after the first of a call on one queue that were submitted on
+    /// their own with staged uploads: those uploads waited for the earlier kernels.
+    fn note_serialised(&self, started: &mut [Result<Started<'_>, BackendError>]) {
+        let mut serialised = 0;
+        let mut gpu = None;
+        for s in started.iter_mut().skip(1) {
+            if let Ok(Started::Running(job)) = s {
+                if job.group.is_none() && job.staged() {
+                    job.upload_overlapped = Some(false);
+                    serialised += 1;
+                    gpu = Some(job.gpu());
+                }
+            }
+        }
+        if let Some(mut r) = gpu.and_then(|g| g.reuse.lock().ok()) {
+            r.stats.uploads_serialised += serialised;
+        }
     }
 }
 
@@ -494,11 +591,19 @@ impl Backend for VulkanBackend {
     }
 
     fn dispatch(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
-        self.run(jobs, true)
+        self.run(jobs, true, false)
     }
 
     fn dispatch_untimed(&self, jobs: &[DispatchJob]) -> Vec<Result<DispatchOutput, BackendError>> {
-        self.run(jobs, false)
+        self.run(jobs, false, false)
+    }
+
+    fn dispatch_overlapped(
+        &self,
+        jobs: &[DispatchJob],
+        timed: bool,
+    ) -> Vec<Result<DispatchOutput, BackendError>> {
+        self.run(jobs, timed, true)
     }
 
     fn set_dispatch_timeout(&self, timeout: Option<std::time::Duration>) {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use vulkano::buffer::Subbuffer;
 use vulkano::command_buffer::PrimaryAutoCommandBuffer;
+use vulkano::descriptor_set::DescriptorSet;
 use vulkano::query::QueryPool;
 use vulkano::sync::fence::Fence;
 
@@ -95,6 +96,9 @@ pub(super) struct SlotBinding {
 pub(super) struct Slot {
     pub(super) command: Arc<PrimaryAutoCommandBuffer>,
     pub(super) bindings: Vec<SlotBinding>,
+    /// The descriptor set over the device buffers, which the recording binds (a group
+    /// recording, `overlap.rs`, binds it again).
+    pub(super) set: Arc<DescriptorSet>,
     /// Two timestamp queries (before, after); `None` where the family has none.
     pub(super) queries: Option<Arc<QueryPool>>,
     /// Signalled when a submission of `command` has finished; unsignalled while the
@@ -146,6 +150,16 @@ pub struct ReuseStats {
     pub plain_launches: u64,
     /// Recording a slot's command buffer, ns (a moving average; 0 before the first).
     pub record_ns: u64,
+    /// D3 (copy overlap): jobs of a call of several whose staged uploads (copies into
+    /// their device buffers) ran beside the kernels of the call's earlier jobs, in one
+    /// command buffer ([`Backend::dispatch_overlapped`](crate::backend::Backend::dispatch_overlapped)).
+    pub uploads_overlapped: u64,
+    /// Jobs of a call of several whose staged uploads waited for the kernels of the
+    /// call's earlier jobs (each job submitted on its own: D3 said serialise, or
+    /// [`VulkanOptions::overlap_uploads`](super::VulkanOptions::overlap_uploads) is off).
+    pub uploads_serialised: u64,
+    /// Group command buffers recorded for overlapped uploads.
+    pub overlap_groups: u64,
     /// Submitting a recorded command buffer, ns (a moving average; 0 before the first).
     pub submit_ns: u64,
 }
