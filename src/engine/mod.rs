@@ -19,13 +19,13 @@
 //! - **Vocabulary**: `sample` (kernel ids, arms, race samples), `tuning` (tuning keys),
 //!   `error`, `events` (the event stream and its bus), `verdict`, `ladder`, `agree`,
 //!   `buffers`, `batch` (a batch and its answer), `spec_key`, `specialise` (a
-//!   variant's specialisation constants and each key's values), `spec_slots` (a
-//!   kernel's specialised pipelines), `trace` and `lane`
+//!   variant's specialisation constants and each key's values), `spec_slot` (one
+//!   specialised pipeline's compile state), `trace` and `lane`
 //!   (per-queue counts), `dispatch_policy`, `test_backend` and `test_workloads`
 //!   (feature `test-util`).
 //! - **Kernel state**: `keys` (one tuning key's verdicts and races), `paired` (the
 //!   paired test on top of N2, the arm-time clamp), `registry` (the
-//!   kernels), `saver` (the save queue and its thread), `ticket` (the engine's tickets
+//!   kernels), `spec_slots` (a kernel's specialised pipelines, compiled once each), `saver` (the save queue and its thread), `ticket` (the engine's tickets
 //!   over `slot`), `job` (a batch on its way to a worker, the mailbox message), `fleet`,
 //!   `devices`, `kept_windows` and `retired_plans` (a producer thread's caches), `core`
 //!   (what every worker shares).
@@ -89,6 +89,7 @@ mod sample;
 mod saver;
 mod slot;
 mod spec_key;
+mod spec_slot;
 mod spec_slots;
 mod specialise;
 #[cfg(not(photofinish_loom))]

@@ -6,8 +6,8 @@
 
 use std::fmt;
 
+use super::tuning::TuningKey;
 use crate::backend::DispatchOutput;
-use crate::engine::TuningKey;
 use crate::policy::PolicyAudit;
 
 /// Why D1's persistent/grouped launch was not acted on for a batch: it ran in a backend

@@ -26,7 +26,7 @@ use super::keys::{KeyState, KeyStats};
 use super::lane::Lane;
 use super::sample::{CacheStatus, KernelId, RaceSample};
 use super::spec_key::spec_cache_key;
-use super::spec_slots::{SpecSlot, SpecSlotKey};
+use super::spec_slot::{SpecSlot, SpecSlotKey};
 use super::specialise::Specialization;
 use super::trace::{TraceState, TraceStats};
 use super::tuning::{KeyTable, TuningKey};

@@ -31,8 +31,7 @@ use vulkano::sync::fence::Fence;
 use super::errors::{vk_error, vulkan_error};
 use super::kernel::LoadedKernel;
 use super::open::Gpu;
-use super::overlap::GroupRun;
-use super::record::{record, JobParts};
+use super::record::{elapsed_ns, record, GroupRun, JobParts};
 use super::reuse::{Slot, SlotKey};
 use crate::backend::{
     check_buffers, padded_len, BackendError, BufferArg, DispatchJob, DispatchOutput,
@@ -417,11 +416,6 @@ pub(super) fn finish(
         recording_reused: Some(job.replayed || kept),
         upload_overlapped: job.upload_overlapped,
     })
-}
-
-/// Nanoseconds since `since`.
-pub(super) fn elapsed_ns(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Nanoseconds between the two stamps of `queries`.

@@ -37,22 +37,15 @@ use std::sync::Arc;
 
 use vulkano::command_buffer::{
     AutoCommandBufferBuilder, CommandBufferSubmitInfo, CommandBufferUsage,
-    PrimaryAutoCommandBuffer, PrimaryCommandBufferAbstract, SubmitInfo,
+    PrimaryCommandBufferAbstract, SubmitInfo,
 };
 use vulkano::sync::fence::{Fence, FenceCreateInfo};
 
 use super::dispatch::InFlight;
 use super::errors::vk_error;
 use super::open::Gpu;
-use super::record::{record_kernel, record_readbacks, record_uploads, Builder};
+use super::record::{record_kernel, record_readbacks, record_uploads, Builder, GroupRun};
 use crate::backend::BackendError;
-
-/// One group submission: its command buffer (kept alive until the jobs finish) and
-/// the fence it signals. Every job of the group holds it; nobody resets the fence.
-pub(super) struct GroupRun {
-    _command: Arc<PrimaryAutoCommandBuffer>,
-    pub(super) fence: Arc<Fence>,
-}
 
 /// Records `jobs` (prepared, not submitted, all on one queue of `gpu`) as one command
 /// buffer with overlapped uploads and submits it. On success every job is marked

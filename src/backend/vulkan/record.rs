@@ -18,7 +18,6 @@ use vulkano::query::{QueryPool, QueryPoolCreateInfo, QueryType};
 use vulkano::sync::fence::{Fence, FenceCreateInfo};
 use vulkano::sync::PipelineStage;
 
-use super::dispatch::elapsed_ns;
 use super::errors::{alloc_error, vk_error};
 use super::kernel::LoadedKernel;
 use super::open::Gpu;
@@ -341,4 +340,16 @@ fn new_fence(gpu: &Gpu) -> Result<Arc<Fence>, BackendError> {
     Fence::new(gpu.device.clone(), FenceCreateInfo::default())
         .map(Arc::new)
         .map_err(|e| gpu.note(vk_error(gpu.info.index, 0, e)))
+}
+
+/// One group submission: its command buffer (kept alive until the jobs finish) and
+/// the fence it signals. Every job of the group holds it; nobody resets the fence.
+pub(super) struct GroupRun {
+    pub(super) _command: Arc<PrimaryAutoCommandBuffer>,
+    pub(super) fence: Arc<Fence>,
+}
+
+/// Nanoseconds since `since`.
+pub(super) fn elapsed_ns(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
