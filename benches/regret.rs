@@ -674,6 +674,7 @@ fn run_trace(c: &mut Criterion, name: &str, trace: &Trace, tune_runs: usize) {
             println!("{name}:   {line}");
         }
     }
+    paired_ratios(name, trace, &oracle, tune_runs);
     for (baseline, target) in [
         ("oracle", "<= 1.05x"),
         ("exhaustive", "< 1x"),
@@ -686,6 +687,38 @@ fn run_trace(c: &mut Criterion, name: &str, trace: &Trace, tune_runs: usize) {
             target,
         );
     }
+}
+
+/// The ratios again, paired: `PF_REGRET_PAIRS` (5) rounds, each running photofinish,
+/// the oracle and exhaustive tuning back to back, so that a slow stretch of a shared
+/// machine weighs on all three alike (criterion's groups run one policy's samples in a
+/// block, minutes apart). Prints each round's ratios and their medians.
+fn paired_ratios(name: &str, trace: &Trace, oracle: &[Vec<Vec<usize>>], tune_runs: usize) {
+    let rounds = common::env_usize("PF_REGRET_PAIRS", 5);
+    if rounds == 0 {
+        return;
+    }
+    let choose = |step: Step| oracle[step.kernel][step.phase][step.size];
+    let (mut vs_oracle, mut vs_exhaustive) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let ours = trace.run_engine().as_secs_f64();
+        let best = trace.run_fixed(&choose).as_secs_f64();
+        let tuned = trace.run_exhaustive(tune_runs).as_secs_f64();
+        vs_oracle.push(ours / best);
+        vs_exhaustive.push(ours / tuned);
+    }
+    vs_oracle.sort_by(f64::total_cmp);
+    vs_exhaustive.sort_by(f64::total_cmp);
+    let show = |v: &[f64]| {
+        let all: Vec<String> = v.iter().map(|r| format!("{r:.2}")).collect();
+        format!("{} (median {:.3}x)", all.join(" "), v[v.len() / 2])
+    };
+    println!(
+        "PAIRED {name}: photofinish ÷ oracle in {rounds} back-to-back rounds, sorted: {} \
+         (target <= 1.05x); ÷ exhaustive: {} (target < 1x)",
+        show(&vs_oracle),
+        show(&vs_exhaustive),
+    );
 }
 
 criterion_group! {
