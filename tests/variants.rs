@@ -375,3 +375,68 @@ fn eight_producers_race_a_ladder_of_variants_and_every_answer_is_right() {
     }
     let _ = done.send(());
 }
+
+#[test]
+fn a_new_key_races_only_the_variant_its_neighbour_runs() {
+    // Two speculative variants, both faster than the conservative one, one faster
+    // still. Decided on the 4 KiB key (256-byte batches): both adopted, the faster in
+    // play. A 32 KiB key (16 KiB batches and their output) then starts from that
+    // neighbour: the variant in play there
+    // pays its confirmation races, the one it beat starts rejected and is not raced.
+    let (backend, variants) = timed(&[
+        ("sum/conservative", 800_000, 0),
+        ("sum/fast", 400_000, 0),
+        ("sum/fastest", 100_000, 0),
+    ]);
+    let engine = engine(&backend);
+    let kernel = register(&engine, &variants);
+    run_until_all_decided(&engine, kernel, 200);
+    let stats = engine.kernel_stats(kernel).unwrap();
+    assert_eq!(
+        stats.variant_verdicts,
+        vec![KernelVerdict::Adopted, KernelVerdict::Adopted]
+    );
+    assert_eq!(stats.variant, 2, "the faster variant is in play");
+
+    let mut large = None;
+    let mut answers = Vec::new();
+    for seed in 0..20u8 {
+        let data: Vec<u8> = (0..16u32 << 10).map(|i| (i as u8) ^ seed).collect();
+        let plan = DispatchPlan {
+            buffers: vec![BufferArg::Data(data.clone().into()), BufferArg::Zeroed(8)],
+            push_constants: Vec::new(),
+            workgroups: [1, 1, 1],
+        };
+        let batch = Batch::with_plan(kernel, plan);
+        large = Some(batch.tuning_key());
+        let answer = engine
+            .submit(batch)
+            .and_then(|t| t.wait())
+            .expect("answered");
+        assert_eq!(answer.output, Output::Buffers(vec![expected(&data)].into()));
+        answers.push((answer.variant, answer.raced));
+    }
+    let stats = engine.kernel_stats(kernel).unwrap();
+    let key = stats
+        .keys
+        .iter()
+        .find(|s| Some(s.key) == large)
+        .expect("the key");
+    assert!(key.from_prior, "{key:?}");
+    assert_eq!(
+        key.variant_verdicts,
+        vec![KernelVerdict::Rejected, KernelVerdict::Adopted],
+        "the beaten variant starts rejected, the winner is confirmed"
+    );
+    assert_eq!(
+        key.races,
+        photofinish::policy::MIN_DISPATCHES_FOR_VERDICT,
+        "only the winner's confirmation races: {answers:?}"
+    );
+    assert!(
+        answers.iter().all(|&(variant, _)| variant != 1),
+        "the beaten variant never ran: {answers:?}"
+    );
+    assert_eq!(answers.last(), Some(&(2, false)));
+    engine.shutdown();
+}

@@ -25,6 +25,15 @@
 //! 16 KiB and 21× faster at 16 MiB on an H200), and a rejected prior costs no race, so
 //! a far neighbour's rejection would keep a large key on the slow variant until its
 //! first re-race.
+//!
+//! Also on top of SPEC §8, the ladder transfers too: a variant adopted at the neighbour
+//! but not in play there — another adopted variant of the kernel ran faster on that key
+//! — starts the new key as a rejected prior (no race; re-raced on the key's schedule,
+//! where it is adopted if it wins clearly). Only the neighbour's winner then pays its
+//! confirmation races, not every adopted variant: a kernel with two fast variants whose
+//! conservative arm is 20–30× slower spent 16+ races of that arm on each new key, the
+//! second variant's eight only to learn again that it loses to the first
+//! (docs/journal/2026-12-08-regret-keys.md).
 
 use std::sync::Arc;
 
@@ -250,9 +259,17 @@ fn neighbour(
             continue;
         }
         let other = entry.value();
-        let verdict = other.verdict_of(spec);
+        let mut verdict = other.verdict_of(spec);
         if verdict == KernelVerdict::Undecided {
             continue;
+        }
+        let winner = other.in_play();
+        if verdict == KernelVerdict::Adopted
+            && winner != spec
+            && other.verdict_of(winner) == KernelVerdict::Adopted
+        {
+            // Adopted there, but the ladder runs a faster one: not worth racing here.
+            verdict = KernelVerdict::Rejected;
         }
         let log = other.log(spec);
         if log.basis != Basis::Measured || log.hint.is_some() {
